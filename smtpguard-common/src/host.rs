@@ -1,0 +1,114 @@
+//! Per-host statistics: what the abuse-desk report reads for each subscriber host that
+//! tried an enforced port.
+
+use crate::sketch::{DistinctSketch, SKETCH_REGISTERS};
+
+/// Key of `HOST_STATS`. IPv4 hosts are stored IPv4-mapped (`::ffff:a.b.c.d`) so both
+/// families share one LRU map and one capacity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub addr: [u8; 16],
+}
+
+impl HostKey {
+    #[inline(always)]
+    pub const fn from_v4(addr: [u8; 4]) -> Self {
+        Self {
+            addr: ipv4_mapped(addr),
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+}
+
+/// `::ffff:a.b.c.d`, the IPv4-mapped IPv6 form used for IPv4 keys and destinations.
+#[inline(always)]
+pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Value of `HOST_STATS`. Counters are updated with atomic adds from every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostStats {
+    /// Connection attempts: segments with SYN set and ACK clear.
+    pub attempts: u64,
+    /// All segments that reached the policy (any TCP flags, fragments, unparseable ones).
+    pub segments: u64,
+    /// Segments dropped.
+    pub dropped: u64,
+    /// Boot-time nanoseconds (`bpf_ktime_get_boot_ns`) of the first and last segment.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Last destination address (IPv4-mapped for IPv4) and port (0 when unknown).
+    pub last_dst: [u8; 16],
+    pub last_dst_port: u32,
+    /// The [`crate::Reason`] of the last segment.
+    pub last_reason: u32,
+    /// Distinct-destination estimate (HyperLogLog registers over destination addresses).
+    pub dst_sketch: [u8; SKETCH_REGISTERS],
+}
+
+impl HostStats {
+    pub const fn first_seen(now_ns: u64) -> Self {
+        Self {
+            attempts: 0,
+            segments: 0,
+            dropped: 0,
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            last_dst: [0; 16],
+            last_dst_port: 0,
+            last_reason: 0,
+            dst_sketch: [0; SKETCH_REGISTERS],
+        }
+    }
+
+    pub fn sketch(&self) -> DistinctSketch<'_> {
+        DistinctSketch::new(&self.dst_sketch)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `#[repr(C)]` integers and byte arrays without implicit padding (layout tests below).
+    unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::HostStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<HostKey>(), 16);
+        assert_eq!(align_of::<HostKey>(), 1);
+        assert_eq!(size_of::<HostStats>(), 128);
+        assert_eq!(align_of::<HostStats>(), 8);
+        assert_eq!(offset_of!(HostStats, attempts), 0);
+        assert_eq!(offset_of!(HostStats, segments), 8);
+        assert_eq!(offset_of!(HostStats, dropped), 16);
+        assert_eq!(offset_of!(HostStats, first_seen_ns), 24);
+        assert_eq!(offset_of!(HostStats, last_seen_ns), 32);
+        assert_eq!(offset_of!(HostStats, last_dst), 40);
+        assert_eq!(offset_of!(HostStats, last_dst_port), 56);
+        assert_eq!(offset_of!(HostStats, last_reason), 60);
+        assert_eq!(offset_of!(HostStats, dst_sketch), 64);
+    }
+
+    #[test]
+    fn ipv4_keys_are_mapped() {
+        let key = HostKey::from_v4([100, 64, 1, 2]);
+        let expected: std::net::Ipv6Addr = "::ffff:100.64.1.2".parse().unwrap();
+        assert_eq!(key.addr, expected.octets());
+    }
+}

@@ -1,0 +1,15 @@
+//! Types shared by the smtpguard kernel program and user space.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding only, so the kernel and
+//! user space agree on the bytes; each type's layout is pinned by a test next to it.
+#![cfg_attr(not(test), no_std)]
+
+pub mod host;
+pub mod maps;
+pub mod policy;
+pub mod reason;
+pub mod sketch;
+
+pub use host::{HostKey, HostStats};
+pub use policy::{EnforcementConfig, Mode, PrefixRule, SubscriberPolicy, UnparseableAction};
+pub use reason::{REASON_COUNT, Reason, Verdict};

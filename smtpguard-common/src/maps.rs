@@ -1,0 +1,29 @@
+//! Names and default capacities of the kernel program's maps, shared so that the loader
+//! addresses exactly the maps the program declares.
+
+pub const SUBSCRIBERS_V4: &str = "SUBSCRIBERS_V4";
+pub const SUBSCRIBERS_V6: &str = "SUBSCRIBERS_V6";
+pub const RELAYS_V4: &str = "RELAYS_V4";
+pub const RELAYS_V6: &str = "RELAYS_V6";
+pub const EXEMPTIONS_V4: &str = "EXEMPTIONS_V4";
+pub const EXEMPTIONS_V6: &str = "EXEMPTIONS_V6";
+pub const ENFORCEMENT: &str = "ENFORCEMENT";
+pub const COUNTERS: &str = "COUNTERS";
+pub const HOST_STATS: &str = "HOST_STATS";
+
+/// Default number of prefixes in each subscriber LPM trie (one per address family).
+pub const DEFAULT_SUBSCRIBER_CAPACITY: u32 = 65_536;
+/// Default number of prefixes in each relay LPM trie.
+pub const DEFAULT_RELAY_CAPACITY: u32 = 4_096;
+/// Default number of prefixes in each exemption LPM trie.
+pub const DEFAULT_EXEMPTION_CAPACITY: u32 = 131_072;
+/// Default number of subscriber hosts whose attempts are tracked (LRU: the least recently
+/// seen host is evicted first).
+pub const DEFAULT_HOST_CAPACITY: u32 = 1_048_576;
+
+/// Most enforced TCP destination ports (the kernel scans them linearly).
+pub const MAX_PORTS: usize = 8;
+/// Most VLAN tags (802.1Q / 802.1ad / 0x9100) in front of the IP or PPPoE header.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Most IPv6 extension headers walked before the upper-layer header is declared unreachable.
+pub const MAX_IPV6_EXT_HEADERS: usize = 10;

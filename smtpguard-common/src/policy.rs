@@ -1,0 +1,159 @@
+//! Policy values the kernel looks up: what a subscriber range does, which ports are enforced.
+
+use crate::maps::MAX_PORTS;
+
+/// What happens to enforced-port traffic from a subscriber range.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop and count.
+    Enforce = 1,
+    /// Count and pass.
+    Monitor = 2,
+}
+
+/// Value of the subscriber LPM tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriberPolicy {
+    /// A [`Mode`] discriminant. The kernel treats anything but `Monitor` as `Enforce`,
+    /// so a corrupt value fails closed.
+    pub mode: u32,
+    /// Opaque identifier of the rule that installed the prefix (user space uses it to
+    /// explain a decision).
+    pub rule: u32,
+}
+
+impl SubscriberPolicy {
+    pub const fn new(mode: Mode, rule: u32) -> Self {
+        Self {
+            mode: mode as u32,
+            rule,
+        }
+    }
+
+    pub const fn is_monitor(&self) -> bool {
+        self.mode == Mode::Monitor as u32
+    }
+}
+
+/// Value of the relay and exemption LPM tries: membership plus the rule that put it there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixRule {
+    pub rule: u32,
+}
+
+/// What to do with a subscriber packet whose TCP header the parser cannot reach.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnparseableAction {
+    Pass = 0,
+    Drop = 1,
+}
+
+/// The single entry of the `ENFORCEMENT` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnforcementConfig {
+    /// Enforced TCP destination ports; only the first `port_count` are meaningful.
+    pub ports: [u16; MAX_PORTS],
+    pub port_count: u32,
+    /// An [`UnparseableAction`] discriminant; anything but `Pass` drops (fail closed).
+    pub unparseable: u32,
+}
+
+impl EnforcementConfig {
+    /// Builds the entry; `ports` beyond [`MAX_PORTS`] are ignored (the config rejects them first).
+    pub fn new(ports: &[u16], unparseable: UnparseableAction) -> Self {
+        let mut entry = Self {
+            ports: [0; MAX_PORTS],
+            port_count: 0,
+            unparseable: unparseable as u32,
+        };
+        for (slot, port) in entry.ports.iter_mut().zip(ports) {
+            *slot = *port;
+            entry.port_count += 1;
+        }
+        entry
+    }
+
+    #[inline(always)]
+    pub fn enforces(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if i as u32 >= self.port_count {
+                return false;
+            }
+            if self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    pub const fn drops_unparseable(&self) -> bool {
+        self.unparseable != UnparseableAction::Pass as u32
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers without implicit padding (layout tests below).
+    unsafe impl aya::Pod for super::SubscriberPolicy {}
+    unsafe impl aya::Pod for super::PrefixRule {}
+    unsafe impl aya::Pod for super::EnforcementConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<SubscriberPolicy>(), 8);
+        assert_eq!(offset_of!(SubscriberPolicy, mode), 0);
+        assert_eq!(offset_of!(SubscriberPolicy, rule), 4);
+        assert_eq!(size_of::<PrefixRule>(), 4);
+        assert_eq!(size_of::<EnforcementConfig>(), 24);
+        assert_eq!(offset_of!(EnforcementConfig, ports), 0);
+        assert_eq!(offset_of!(EnforcementConfig, port_count), 16);
+        assert_eq!(offset_of!(EnforcementConfig, unparseable), 20);
+        assert_eq!(align_of::<EnforcementConfig>(), 4);
+    }
+
+    #[test]
+    fn enforces_only_listed_ports() {
+        let config = EnforcementConfig::new(&[25, 2525], UnparseableAction::Drop);
+        assert!(config.enforces(25));
+        assert!(config.enforces(2525));
+        assert!(!config.enforces(587));
+        // Unused slots hold 0, which must not count as enforced.
+        assert!(!config.enforces(0));
+        assert!(config.drops_unparseable());
+    }
+
+    #[test]
+    fn all_eight_slots_are_scanned() {
+        let ports = [1, 2, 3, 4, 5, 6, 7, 25];
+        let config = EnforcementConfig::new(&ports, UnparseableAction::Pass);
+        assert_eq!(config.port_count, 8);
+        assert!(config.enforces(25));
+        assert!(!config.drops_unparseable());
+    }
+
+    #[test]
+    fn unknown_values_fail_closed() {
+        let policy = SubscriberPolicy { mode: 0, rule: 0 };
+        assert!(!policy.is_monitor());
+        let config = EnforcementConfig {
+            ports: [25, 0, 0, 0, 0, 0, 0, 0],
+            port_count: 1,
+            unparseable: 7,
+        };
+        assert!(config.drops_unparseable());
+    }
+}

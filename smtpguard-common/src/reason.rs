@@ -1,0 +1,149 @@
+//! Why the kernel program gave a frame its verdict. Each reason has a per-CPU counter
+//! (`COUNTERS[reason]`), and the verdict follows from the reason alone.
+
+/// What happens to a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// The reason behind a verdict; the discriminant is the index into `COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not TCP to an enforced port (UDP, ICMP, ARP, other ports, replies from port 25,
+    /// non-first fragments): passed untouched. This is most traffic.
+    Other = 0,
+    /// TCP to an enforced port from a source outside every subscriber range.
+    NotSubscriber = 1,
+    /// TCP to an enforced port of an allowlisted relay.
+    Relayed = 2,
+    /// TCP to an enforced port from an exempted source.
+    Exempt = 3,
+    /// TCP to an enforced port from a monitor-mode range: counted, passed.
+    Monitored = 4,
+    /// TCP to an enforced port from an enforce-mode range: dropped.
+    Dropped = 5,
+    /// A fragment from a subscriber that hides or overwrites the TCP header (IPv4 offset 1,
+    /// RFC 1858 / RFC 3128; an IPv4 or IPv6 first fragment without the whole TCP header,
+    /// RFC 7112): dropped.
+    FragmentDropped = 6,
+    /// A subscriber packet whose TCP header the parser cannot reach, with `unparseable = "drop"`.
+    UnparseableDropped = 7,
+    /// The same with `unparseable = "pass"`.
+    UnparseablePassed = 8,
+    /// Not well-formed up to the IP addresses (truncated link or IP header, bad IP version,
+    /// too many VLAN tags): the source cannot be attributed, and the kernel's own IP stack
+    /// discards such frames, so it is passed and counted.
+    Malformed = 9,
+}
+
+pub const REASON_COUNT: u32 = 10;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Other,
+        Reason::NotSubscriber,
+        Reason::Relayed,
+        Reason::Exempt,
+        Reason::Monitored,
+        Reason::Dropped,
+        Reason::FragmentDropped,
+        Reason::UnparseableDropped,
+        Reason::UnparseablePassed,
+        Reason::Malformed,
+    ];
+
+    pub const fn verdict(self) -> Verdict {
+        match self {
+            Reason::Dropped | Reason::FragmentDropped | Reason::UnparseableDropped => Verdict::Drop,
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// Whether the frame counts toward its source host's statistics: every subscriber packet
+    /// that reached the policy, except traffic to a relay, which is not a direct-to-MX attempt.
+    pub const fn tracks_host(self) -> bool {
+        matches!(
+            self,
+            Reason::Exempt
+                | Reason::Monitored
+                | Reason::Dropped
+                | Reason::FragmentDropped
+                | Reason::UnparseableDropped
+                | Reason::UnparseablePassed
+        )
+    }
+
+    /// Whether the frame was TCP to an enforced port, i.e. judged by the policy.
+    pub const fn judged(self) -> bool {
+        matches!(
+            self,
+            Reason::NotSubscriber
+                | Reason::Relayed
+                | Reason::Exempt
+                | Reason::Monitored
+                | Reason::Dropped
+        )
+    }
+
+    /// Stable name, used in replay output, metrics labels and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Other => "other",
+            Reason::NotSubscriber => "not-subscriber",
+            Reason::Relayed => "relayed",
+            Reason::Exempt => "exempt",
+            Reason::Monitored => "monitored",
+            Reason::Dropped => "dropped",
+            Reason::FragmentDropped => "fragment-dropped",
+            Reason::UnparseableDropped => "unparseable-dropped",
+            Reason::UnparseablePassed => "unparseable-passed",
+            Reason::Malformed => "malformed",
+        }
+    }
+
+    pub const fn from_index(index: u32) -> Option<Reason> {
+        if index < REASON_COUNT {
+            Some(Reason::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discriminants_are_counter_indices() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index);
+            assert_eq!(Reason::from_index(index as u32), Some(*reason));
+        }
+        assert_eq!(Reason::from_index(REASON_COUNT), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for a in Reason::ALL {
+            for b in Reason::ALL {
+                assert!(a == b || a.name() != b.name(), "{a:?} and {b:?} share a name");
+            }
+        }
+    }
+
+    #[test]
+    fn only_drop_reasons_drop() {
+        let dropping: Vec<_> = Reason::ALL
+            .into_iter()
+            .filter(|r| r.verdict() == Verdict::Drop)
+            .collect();
+        assert_eq!(
+            dropping,
+            [Reason::Dropped, Reason::FragmentDropped, Reason::UnparseableDropped]
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Counting: one per-CPU counter per reason for every frame, and per-host statistics for
+//! subscriber hosts that reach the policy.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
+use smtpguard_common::{
+    HostKey, HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
+};
+
+use crate::{
+    COUNTERS, HOST_STATS,
+    parse::{Addresses, Packet, Transport},
+};
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn record_host(packet: &Packet, reason: Reason) {
+    let (key, dst) = match packet.addresses {
+        Addresses::V4 { src, dst } => (HostKey::from_v4(src), ipv4_mapped(dst)),
+        Addresses::V6 { src, dst } => (HostKey::from_v6(src), dst),
+    };
+    let (dst_port, attempt) = match packet.transport {
+        Transport::Tcp { dst_port, flags } => {
+            (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0)
+        }
+        _ => (0, false),
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+
+    let stats = match HOST_STATS.get_ptr_mut(&key) {
+        Some(stats) => stats,
+        None => {
+            // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
+            // second CPU adds to it below instead of resetting it.
+            let _ = HOST_STATS.insert(&key, &HostStats::first_seen(now), BPF_NOEXIST as u64);
+            match HOST_STATS.get_ptr_mut(&key) {
+                Some(stats) => stats,
+                None => return,
+            }
+        }
+    };
+
+    // SAFETY: `stats` points into the map value, valid for this program run. Counters are
+    // shared between CPUs and added atomically; the last-seen fields are a last-writer-wins
+    // snapshot, and a lost sketch update only lowers the estimate by one destination.
+    unsafe {
+        add(&raw mut (*stats).segments, 1);
+        if attempt {
+            add(&raw mut (*stats).attempts, 1);
+        }
+        if reason.verdict() == Verdict::Drop {
+            add(&raw mut (*stats).dropped, 1);
+        }
+        (*stats).last_seen_ns = now;
+        (*stats).last_dst = dst;
+        (*stats).last_dst_port = dst_port as u32;
+        (*stats).last_reason = reason as u32;
+        let (index, rank) = sketch::slot(&dst);
+        // The mask is for the verifier: the index is already below the register count.
+        let register = &mut (*stats).dst_sketch[index & (SKETCH_REGISTERS - 1)];
+        if *register < rank {
+            *register = rank;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn add(counter: *mut u64, n: u64) {
+    // SAFETY: the caller passes a pointer into a map value, 8-byte aligned by `HostStats`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
