@@ -1,7 +1,7 @@
 //! Per-host statistics: what the abuse-desk report reads for each subscriber host that
 //! tried an enforced port.
 
-use crate::sketch::{DistinctSketch, SKETCH_REGISTERS};
+use crate::sketch::SKETCH_REGISTERS;
 
 /// Key of `HOST_STATS`. IPv4 hosts are stored IPv4-mapped (`::ffff:a.b.c.d`) so both
 /// families share one LRU map and one capacity.
@@ -70,8 +70,9 @@ impl HostStats {
         }
     }
 
-    pub fn sketch(&self) -> DistinctSketch<'_> {
-        DistinctSketch::new(&self.dst_sketch)
+    #[cfg(any(feature = "user", test))]
+    pub fn sketch(&self) -> crate::sketch::DistinctSketch<'_> {
+        crate::sketch::DistinctSketch::new(&self.dst_sketch)
     }
 }
 

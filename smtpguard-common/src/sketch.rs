@@ -74,11 +74,13 @@ fn trailing_zeros(mut x: u64) -> u32 {
     n
 }
 
-/// Read-only view of a host's registers.
+/// Read-only view of a host's registers (user space).
+#[cfg(any(feature = "user", test))]
 pub struct DistinctSketch<'a> {
     registers: &'a [u8; SKETCH_REGISTERS],
 }
 
+#[cfg(any(feature = "user", test))]
 impl<'a> DistinctSketch<'a> {
     pub fn new(registers: &'a [u8; SKETCH_REGISTERS]) -> Self {
         Self { registers }
@@ -86,7 +88,6 @@ impl<'a> DistinctSketch<'a> {
 
     /// Estimated number of distinct destinations (HyperLogLog with linear counting for
     /// small cardinalities, where it is nearly exact).
-    #[cfg(any(feature = "user", test))]
     pub fn estimate(&self) -> u64 {
         extern crate std;
         let m = SKETCH_REGISTERS as f64;
@@ -107,7 +108,6 @@ impl<'a> DistinctSketch<'a> {
     }
 
     /// Merges another host's registers in (for grouped reports).
-    #[cfg(any(feature = "user", test))]
     pub fn union(&self, other: &[u8; SKETCH_REGISTERS]) -> [u8; SKETCH_REGISTERS] {
         let mut merged = *self.registers;
         for (mine, theirs) in merged.iter_mut().zip(other) {

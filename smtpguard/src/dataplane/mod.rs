@@ -1,1 +1,224 @@
-pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/smtpguard"));
+//! The kernel side seen from user space: load the compiled program with the configured
+//! capacities, install the policy into its maps, attach it, run frames through it.
+
+mod maps;
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
+        tc::{self, TcAttachType},
+    },
+};
+use smtpguard_common::{HostStats, REASON_COUNT, Reason, maps as names};
+
+pub use self::maps::{PolicyMaps, host_address};
+use crate::config::{Capacity, Config};
+
+/// The compiled kernel program, built by build.rs (aya-build) from smtpguard-ebpf.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/smtpguard"));
+
+pub const XDP_PROGRAM: &str = "smtpguard_xdp";
+pub const TC_PROGRAM: &str = "smtpguard_tc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the kernel program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel program has no {kind} named {name}")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("{action} program {program}: {source}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching {program} to interface {interface}: {source}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("preparing the clsact qdisc on interface {interface}: {source}")]
+    Qdisc {
+        interface: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map} holds at most {capacity} entries; the policy needs {needed}")]
+    Capacity {
+        map: &'static str,
+        capacity: u32,
+        needed: usize,
+    },
+}
+
+/// A loaded (verified) instance of the kernel program with its own maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+/// How a frame fared in a test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameOutcome {
+    /// The program's return code (`xdp_action` for XDP).
+    pub action: u32,
+    /// The reason counter that moved; `None` only if the program returned without counting
+    /// (it always counts, so `None` is a bug the caller should report).
+    pub reason: Option<Reason>,
+}
+
+impl Dataplane {
+    /// Loads both entry points into the kernel with maps sized from `capacity`. The maps are
+    /// private to this instance: nothing is pinned, nothing live is touched.
+    pub fn load(capacity: &Capacity) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::SUBSCRIBERS_V4, capacity.subscribers)
+            .map_max_entries(names::SUBSCRIBERS_V6, capacity.subscribers)
+            .map_max_entries(names::RELAYS_V4, capacity.relays)
+            .map_max_entries(names::RELAYS_V6, capacity.relays)
+            .map_max_entries(names::EXEMPTIONS_V4, capacity.exemptions)
+            .map_max_entries(names::EXEMPTIONS_V6, capacity.exemptions)
+            .map_max_entries(names::HOST_STATS, capacity.hosts)
+            .load(PROGRAM)?;
+        program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
+            .load()
+            .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;
+        program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
+            .load()
+            .map_err(|source| program_error("loading", TC_PROGRAM, source))?;
+        Ok(Self { ebpf })
+    }
+
+    /// Loads the program and installs `config`'s policy into its fresh maps.
+    pub fn with_policy(config: &Config) -> Result<Self, DataplaneError> {
+        let mut dataplane = Self::load(&config.capacity)?;
+        dataplane.policy_maps()?.install(config, &config.capacity)?;
+        Ok(dataplane)
+    }
+
+    pub fn policy_maps(&mut self) -> Result<PolicyMaps<'_>, DataplaneError> {
+        PolicyMaps::new(&mut self.ebpf)
+    }
+
+    /// Attaches the XDP entry point; the attachment lasts as long as this instance.
+    pub fn attach_xdp(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        program_mut::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?
+            .attach(interface, mode)
+            .map_err(|source| attach_error(XDP_PROGRAM, interface, source))?;
+        Ok(())
+    }
+
+    /// Attaches the TC entry point on the interface's ingress.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        // TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an
+        // existing one is fine.
+        if let Err(source) = tc::qdisc_add_clsact(interface)
+            && !matches!(&source, tc::TcError::IoError(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+        {
+            return Err(DataplaneError::Qdisc {
+                interface: interface.to_owned(),
+                source,
+            });
+        }
+        program_mut::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| attach_error(TC_PROGRAM, interface, source))?;
+        Ok(())
+    }
+
+    /// Runs one frame through the XDP entry point with `BPF_PROG_TEST_RUN` and reports the
+    /// action and the reason counter it moved.
+    pub fn run_xdp(&mut self, frame: &[u8]) -> Result<FrameOutcome, DataplaneError> {
+        let before = self.counters()?;
+        let program = program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| program_error("test-running", XDP_PROGRAM, source))?;
+        let after = self.counters()?;
+        let reason = Reason::ALL
+            .into_iter()
+            .find(|reason| after[*reason as usize] != before[*reason as usize]);
+        Ok(FrameOutcome {
+            action: result.return_value,
+            reason,
+        })
+    }
+
+    /// Runs one frame through the TC entry point (`__sk_buff` test run); returns the TC action.
+    pub fn run_tc(&mut self, frame: &[u8]) -> Result<i32, DataplaneError> {
+        let program = program_ref::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?;
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| program_error("test-running", TC_PROGRAM, source))?;
+        Ok(result.return_value as i32)
+    }
+
+    /// Per-reason packet counts, summed over CPUs, indexed by `Reason as usize`.
+    pub fn counters(&self) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
+        maps::read_counters(&self.ebpf)
+    }
+
+    /// Every tracked host with its statistics.
+    pub fn hosts(&self) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
+        maps::read_hosts(&self.ebpf)
+    }
+}
+
+fn program_ref<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, DataplaneError>
+where
+    &'a P: TryFrom<&'a aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| program_error("using", name, source))
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Missing {
+        kind: "program",
+        name,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| program_error("using", name, source))
+}
+
+fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> DataplaneError {
+    DataplaneError::Program {
+        action,
+        program,
+        source,
+    }
+}
+
+fn attach_error(program: &'static str, interface: &str, source: ProgramError) -> DataplaneError {
+    DataplaneError::Attach {
+        program,
+        interface: interface.to_owned(),
+        source,
+    }
+}

@@ -1,0 +1,936 @@
+//! The operator's configuration file (TOML): which subscriber ranges are policed, which ports,
+//! which destinations (relays) and sources (exemptions) are allowed through, and how large the
+//! kernel maps are.
+//!
+//! The file is deserialized into private `Raw*` structs that mirror it key for key (unknown keys
+//! are rejected) and keep the byte span of every value a later check may complain about. Each
+//! section is then validated on its own into the public types. Every error names the file, the
+//! 1-based line and column of the offending value, the value, and what was expected.
+//!
+//! Adding a section (such as `[agent]`) means: a `Raw*` struct, a field in [`RawConfig`], a
+//! public struct, a field in [`Config`], a `validate_*` function called from [`Config::parse`],
+//! and the error variants it needs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use smtpguard_common::maps::{
+    DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_RELAY_CAPACITY,
+    DEFAULT_SUBSCRIBER_CAPACITY, MAX_PORTS,
+};
+use smtpguard_common::{Mode, UnparseableAction};
+use toml::Spanned;
+
+/// The TCP destination port enforced when the file does not list any.
+const DEFAULT_PORT: u16 = 25;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub enforcement: Enforcement,
+    /// Subscriber source ranges, in file order. They may overlap: the most specific wins.
+    pub subscribers: Vec<SubscriberRange>,
+    /// Allowlisted destinations (the ISP's smarthosts), in file order; no two overlap.
+    pub relays: Vec<RelayRange>,
+    /// Exempted sources, in file order; each lies inside some subscriber range.
+    pub exemptions: Vec<ExemptionRange>,
+    pub capacity: Capacity,
+}
+
+/// The `[enforcement]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enforcement {
+    /// Enforced TCP destination ports: 1 to [`MAX_PORTS`] distinct ports, in file order.
+    pub ports: Vec<u16>,
+    /// What to do with a subscriber packet whose TCP header cannot be parsed.
+    pub unparseable: UnparseableAction,
+}
+
+impl Default for Enforcement {
+    fn default() -> Self {
+        Self {
+            ports: vec![DEFAULT_PORT],
+            unparseable: UnparseableAction::Drop,
+        }
+    }
+}
+
+/// One `[[subscribers]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberRange {
+    pub prefix: IpNet,
+    pub mode: Mode,
+}
+
+/// One `[[relays]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayRange {
+    pub prefix: IpNet,
+}
+
+/// One `[[exemptions]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemptionRange {
+    pub prefix: IpNet,
+    /// Why the range is exempt, trimmed; never empty.
+    pub reason: String,
+}
+
+/// The `[capacity]` table: kernel map sizes, all at least 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capacity {
+    /// Subscriber prefixes per address family.
+    pub subscribers: u32,
+    /// Relay prefixes per address family.
+    pub relays: u32,
+    /// Exemption prefixes per address family.
+    pub exemptions: u32,
+    /// Tracked subscriber hosts.
+    pub hosts: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            subscribers: DEFAULT_SUBSCRIBER_CAPACITY,
+            relays: DEFAULT_RELAY_CAPACITY,
+            exemptions: DEFAULT_EXEMPTION_CAPACITY,
+            hosts: DEFAULT_HOST_CAPACITY,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `origin` is only used in error messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let src = Source { file: origin, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Toml {
+            file: src.file(),
+            at: err.span().map_or(Location::START, |span| src.at(span)),
+            message: toml_message(&err),
+        })?;
+
+        // Capacity first: the lists are checked against it.
+        let capacity = validate_capacity(&src, raw.capacity)?;
+        let enforcement = validate_enforcement(&src, raw.enforcement)?;
+        let subscribers = validate_subscribers(&src, raw.subscribers, capacity.subscribers)?;
+        let relays = validate_relays(&src, raw.relays, capacity.relays)?;
+        let exemptions = validate_exemptions(&src, raw.exemptions, &subscribers, capacity.exemptions)?;
+
+        Ok(Config {
+            enforcement,
+            subscribers,
+            relays,
+            exemptions,
+            capacity,
+        })
+    }
+}
+
+/// A 1-based line and column (in characters) in the config file; ordered by position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    /// The start of the file: where errors about something missing point.
+    pub const START: Location = Location { line: 1, column: 1 };
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// The lists of prefixes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixList {
+    Subscribers,
+    Relays,
+    Exemptions,
+}
+
+impl fmt::Display for PrefixList {
+    /// The singular noun used in messages ("relay prefix ...").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrefixList::Subscribers => "subscriber",
+            PrefixList::Relays => "relay",
+            PrefixList::Exemptions => "exemption",
+        })
+    }
+}
+
+/// The keys of the `[capacity]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacityKey {
+    Subscribers,
+    Relays,
+    Exemptions,
+    Hosts,
+}
+
+impl fmt::Display for CapacityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CapacityKey::Subscribers => "subscribers",
+            CapacityKey::Relays => "relays",
+            CapacityKey::Exemptions => "exemptions",
+            CapacityKey::Hosts => "hosts",
+        })
+    }
+}
+
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Why a string is not a CIDR prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixProblem {
+    /// No `/length` after the address.
+    MissingLength,
+    /// The part before the `/` is not an IPv4 or IPv6 address.
+    BadAddress,
+    /// The part after the `/` is not a number.
+    BadLength,
+    /// The length exceeds the address's bits.
+    LengthTooLong { length: u32, family: Family, max: u8 },
+}
+
+impl fmt::Display for PrefixProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrefixProblem::MissingLength => f.write_str("it has no /length"),
+            PrefixProblem::BadAddress => f.write_str("the part before the / is not an IP address"),
+            PrefixProblem::BadLength => f.write_str("the part after the / is not a prefix length"),
+            PrefixProblem::LengthTooLong {
+                length,
+                family,
+                max,
+            } => write!(f, "/{length} is longer than the {max} bits of an {family} address"),
+        }
+    }
+}
+
+/// Why a config file was rejected. Every variant but [`ConfigError::Read`] carries the file and
+/// the location of the offending value, and displays as `{file}:{line}:{column}: {message}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// TOML syntax errors and deserialization errors (unknown key, wrong type, unknown
+    /// `mode` or `unparseable` value, missing key); `message` is toml's, without its snippet.
+    #[error("{}:{at}: {message}", .file.display())]
+    Toml {
+        file: PathBuf,
+        at: Location,
+        message: String,
+    },
+
+    #[error(
+        "{}:{at}: no [[subscribers]] entries; expected at least one subscriber range, such as \
+         [[subscribers]] prefix = \"100.64.0.0/10\"",
+        .file.display()
+    )]
+    NoSubscribers { file: PathBuf, at: Location },
+
+    #[error(
+        "{}:{at}: enforcement.ports is empty; expected 1 to {max} TCP ports, such as [25]",
+        .file.display(),
+        max = MAX_PORTS
+    )]
+    NoPorts { file: PathBuf, at: Location },
+
+    #[error(
+        "{}:{at}: enforcement.ports lists {} ports {ports:?}; expected at most {max}",
+        .file.display(),
+        .ports.len(),
+        max = MAX_PORTS
+    )]
+    TooManyPorts {
+        file: PathBuf,
+        at: Location,
+        ports: Vec<i64>,
+    },
+
+    #[error(
+        "{}:{at}: port {value} is not a TCP port; expected a number from 1 to 65535",
+        .file.display()
+    )]
+    PortOutOfRange {
+        file: PathBuf,
+        at: Location,
+        value: i64,
+    },
+
+    #[error(
+        "{}:{at}: port {port} is listed twice (first at line {}); expected each port once",
+        .file.display(),
+        .first.line
+    )]
+    DuplicatePort {
+        file: PathBuf,
+        at: Location,
+        port: u16,
+        first: Location,
+    },
+
+    #[error(
+        "{}:{at}: {list} prefix {value:?} is not a CIDR prefix: {problem}; expected an address \
+         and a prefix length such as \"100.64.0.0/10\" or \"2001:db8::/32\"",
+        .file.display()
+    )]
+    InvalidPrefix {
+        file: PathBuf,
+        at: Location,
+        list: PrefixList,
+        value: String,
+        problem: PrefixProblem,
+    },
+
+    #[error(
+        "{}:{at}: {list} prefix {value:?} has host bits set; expected a network address such \
+         as \"{network}\"",
+        .file.display()
+    )]
+    HostBitsSet {
+        file: PathBuf,
+        at: Location,
+        list: PrefixList,
+        value: String,
+        network: IpNet,
+    },
+
+    #[error(
+        "{}:{at}: {list} prefix {value:?} duplicates {first_value:?} at line {}; expected each \
+         prefix once",
+        .file.display(),
+        .first.line
+    )]
+    DuplicatePrefix {
+        file: PathBuf,
+        at: Location,
+        list: PrefixList,
+        value: String,
+        first_value: String,
+        first: Location,
+    },
+
+    /// Two relays overlap; `at` is whichever of the two comes later in the file.
+    #[error(
+        "{}:{at}: relay prefix {narrower:?} (line {}) lies inside relay prefix {wider:?} (line \
+         {}); expected relays that do not overlap, so keep only one of them",
+        .file.display(),
+        .narrower_at.line,
+        .wider_at.line
+    )]
+    OverlappingRelays {
+        file: PathBuf,
+        at: Location,
+        wider: String,
+        wider_at: Location,
+        narrower: String,
+        narrower_at: Location,
+    },
+
+    #[error(
+        "{}:{at}: exemption {prefix:?} has an empty reason {value:?}; expected a short note on \
+         why the range is exempt",
+        .file.display()
+    )]
+    EmptyReason {
+        file: PathBuf,
+        at: Location,
+        prefix: String,
+        value: String,
+    },
+
+    #[error(
+        "{}:{at}: exemption prefix {value:?} is not inside any [[subscribers]] prefix, so it \
+         would have no effect; expected a range within a subscriber range",
+        .file.display()
+    )]
+    ExemptionOutsideSubscribers {
+        file: PathBuf,
+        at: Location,
+        value: String,
+    },
+
+    #[error(
+        "{}:{at}: capacity.{key} = {value}; expected a number from 1 to {max}",
+        .file.display(),
+        max = u32::MAX
+    )]
+    CapacityOutOfRange {
+        file: PathBuf,
+        at: Location,
+        key: CapacityKey,
+        value: i64,
+    },
+
+    /// A list holds more prefixes of one family than its map can; `at` is the first that does
+    /// not fit.
+    #[error(
+        "{}:{at}: {list} prefix {value:?} does not fit: the file has {count} {family} {list} \
+         prefixes but capacity.{key} is {capacity}; expected at most {capacity} per address \
+         family (raise capacity.{key} or remove entries)",
+        .file.display()
+    )]
+    CapacityExceeded {
+        file: PathBuf,
+        at: Location,
+        list: PrefixList,
+        key: CapacityKey,
+        value: String,
+        family: Family,
+        count: usize,
+        capacity: u32,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    // Absent: ports [25], unparseable = "drop".
+    #[serde(default)]
+    enforcement: RawEnforcement,
+    // Absent: rejected by validation (at least one entry is required). Spanned so that an
+    // empty `subscribers = []` can be pointed at.
+    #[serde(default)]
+    subscribers: Option<Spanned<Vec<RawSubscriber>>>,
+    // Absent: no relays.
+    #[serde(default)]
+    relays: Vec<RawRelay>,
+    // Absent: no exemptions.
+    #[serde(default)]
+    exemptions: Vec<RawExemption>,
+    // Absent: every map at its default size.
+    #[serde(default)]
+    capacity: RawCapacity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawEnforcement {
+    // Absent: [DEFAULT_PORT]. Ports are i64 so that 0, -1 and 70000 reach our own message.
+    ports: Option<Spanned<Vec<Spanned<i64>>>>,
+    // Absent: drop (fail closed).
+    unparseable: RawUnparseable,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawUnparseable {
+    Pass,
+    #[default]
+    Drop,
+}
+
+impl From<RawUnparseable> for UnparseableAction {
+    fn from(raw: RawUnparseable) -> Self {
+        match raw {
+            RawUnparseable::Pass => UnparseableAction::Pass,
+            RawUnparseable::Drop => UnparseableAction::Drop,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscriber {
+    prefix: Spanned<String>,
+    // Absent: enforce.
+    #[serde(default)]
+    mode: RawMode,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawMode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+impl From<RawMode> for Mode {
+    fn from(raw: RawMode) -> Self {
+        match raw {
+            RawMode::Enforce => Mode::Enforce,
+            RawMode::Monitor => Mode::Monitor,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    prefix: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExemption {
+    prefix: Spanned<String>,
+    // Required: no default.
+    reason: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCapacity {
+    // Each absent value: the matching DEFAULT_*_CAPACITY. i64 so that 0 and negative numbers
+    // reach our own message.
+    subscribers: Option<Spanned<i64>>,
+    relays: Option<Spanned<i64>>,
+    exemptions: Option<Spanned<i64>>,
+    hosts: Option<Spanned<i64>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+/// The text being parsed and where it came from.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn file(&self) -> PathBuf {
+        self.file.to_path_buf()
+    }
+
+    /// The 1-based line and column of the start of `span`.
+    fn at(&self, span: Range<usize>) -> Location {
+        let mut end = span.start.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &self.text[..end];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Location {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+/// toml's message without the snippet of the document its `Display` adds.
+fn toml_message(err: &toml::de::Error) -> String {
+    err.message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn validate_enforcement(
+    src: &Source<'_>,
+    raw: RawEnforcement,
+) -> Result<Enforcement, ConfigError> {
+    let defaults = Enforcement::default();
+    let ports = match raw.ports {
+        None => defaults.ports,
+        Some(list) => {
+            let list_at = src.at(list.span());
+            let list = list.into_inner();
+            if list.is_empty() {
+                return Err(ConfigError::NoPorts {
+                    file: src.file(),
+                    at: list_at,
+                });
+            }
+            if list.len() > MAX_PORTS {
+                return Err(ConfigError::TooManyPorts {
+                    file: src.file(),
+                    at: list_at,
+                    ports: list.iter().map(|port| *port.get_ref()).collect(),
+                });
+            }
+            let mut ports: Vec<(u16, Location)> = Vec::with_capacity(list.len());
+            for item in list {
+                let at = src.at(item.span());
+                let value = *item.get_ref();
+                let port = match u16::try_from(value) {
+                    Ok(port) if port != 0 => port,
+                    _ => {
+                        return Err(ConfigError::PortOutOfRange {
+                            file: src.file(),
+                            at,
+                            value,
+                        });
+                    }
+                };
+                if let Some(&(_, first)) = ports.iter().find(|(seen, _)| *seen == port) {
+                    return Err(ConfigError::DuplicatePort {
+                        file: src.file(),
+                        at,
+                        port,
+                        first,
+                    });
+                }
+                ports.push((port, at));
+            }
+            ports.into_iter().map(|(port, _)| port).collect()
+        }
+    };
+    Ok(Enforcement {
+        ports,
+        unparseable: raw.unparseable.into(),
+    })
+}
+
+fn validate_capacity(src: &Source<'_>, raw: RawCapacity) -> Result<Capacity, ConfigError> {
+    let value = |key: CapacityKey, raw: Option<Spanned<i64>>, default: u32| match raw {
+        None => Ok(default),
+        Some(raw) => match u32::try_from(*raw.get_ref()) {
+            Ok(value) if value != 0 => Ok(value),
+            _ => Err(ConfigError::CapacityOutOfRange {
+                file: src.file(),
+                at: src.at(raw.span()),
+                key,
+                value: *raw.get_ref(),
+            }),
+        },
+    };
+    let defaults = Capacity::default();
+    Ok(Capacity {
+        subscribers: value(CapacityKey::Subscribers, raw.subscribers, defaults.subscribers)?,
+        relays: value(CapacityKey::Relays, raw.relays, defaults.relays)?,
+        exemptions: value(CapacityKey::Exemptions, raw.exemptions, defaults.exemptions)?,
+        hosts: value(CapacityKey::Hosts, raw.hosts, defaults.hosts)?,
+    })
+}
+
+/// A prefix that parsed, with what the operator wrote and where.
+struct Entry {
+    net: IpNet,
+    text: String,
+    at: Location,
+}
+
+/// Parses one prefix; rejects anything but a network address with a valid length.
+fn parse_prefix(
+    src: &Source<'_>,
+    list: PrefixList,
+    raw: Spanned<String>,
+) -> Result<Entry, ConfigError> {
+    let at = src.at(raw.span());
+    let text = raw.into_inner();
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => {
+            return Err(ConfigError::InvalidPrefix {
+                file: src.file(),
+                at,
+                list,
+                problem: diagnose_prefix(&text),
+                value: text,
+            });
+        }
+    };
+    if net.trunc() != net {
+        return Err(ConfigError::HostBitsSet {
+            file: src.file(),
+            at,
+            list,
+            value: text,
+            network: net.trunc(),
+        });
+    }
+    Ok(Entry { net, text, at })
+}
+
+/// Says what is wrong with a string `IpNet` refused.
+fn diagnose_prefix(text: &str) -> PrefixProblem {
+    let Some((address, length)) = text.split_once('/') else {
+        return PrefixProblem::MissingLength;
+    };
+    let (family, max) = match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => (Family::V4, 32),
+        Ok(std::net::IpAddr::V6(_)) => (Family::V6, 128),
+        Err(_) => return PrefixProblem::BadAddress,
+    };
+    if length.is_empty() || !length.bytes().all(|b| b.is_ascii_digit()) {
+        return PrefixProblem::BadLength;
+    }
+    match length.parse::<u32>() {
+        Ok(length) if length > u32::from(max) => PrefixProblem::LengthTooLong {
+            length,
+            family,
+            max,
+        },
+        _ => PrefixProblem::BadLength,
+    }
+}
+
+/// Rejects a prefix listed twice (compared as networks, so "2001:db8::/32" and
+/// "2001:0db8::/32" are the same).
+fn check_duplicates(
+    src: &Source<'_>,
+    list: PrefixList,
+    entries: &[Entry],
+) -> Result<(), ConfigError> {
+    let mut seen: HashMap<IpNet, &Entry> = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(first) = seen.insert(entry.net, entry) {
+            return Err(ConfigError::DuplicatePrefix {
+                file: src.file(),
+                at: entry.at,
+                list,
+                value: entry.text.clone(),
+                first_value: first.text.clone(),
+                first: first.at,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rejects a list with more prefixes of one family than its map holds.
+fn check_capacity(
+    src: &Source<'_>,
+    list: PrefixList,
+    key: CapacityKey,
+    entries: &[Entry],
+    capacity: u32,
+) -> Result<(), ConfigError> {
+    for family in [Family::V4, Family::V6] {
+        let mut of_family = entries.iter().filter(|e| Family::of(&e.net) == family);
+        let count = of_family.clone().count();
+        // usize is at least 32 bits on every target this runs on.
+        if let Some(first_over) = of_family.nth(capacity as usize) {
+            return Err(ConfigError::CapacityExceeded {
+                file: src.file(),
+                at: first_over.at,
+                list,
+                key,
+                value: first_over.text.clone(),
+                family,
+                count,
+                capacity,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_subscribers(
+    src: &Source<'_>,
+    raw: Option<Spanned<Vec<RawSubscriber>>>,
+    capacity: u32,
+) -> Result<Vec<SubscriberRange>, ConfigError> {
+    let Some(raw) = raw else {
+        return Err(ConfigError::NoSubscribers {
+            file: src.file(),
+            at: Location::START,
+        });
+    };
+    let list_at = src.at(raw.span());
+    let raw = raw.into_inner();
+    if raw.is_empty() {
+        return Err(ConfigError::NoSubscribers {
+            file: src.file(),
+            at: list_at,
+        });
+    }
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut modes = Vec::with_capacity(raw.len());
+    for subscriber in raw {
+        entries.push(parse_prefix(src, PrefixList::Subscribers, subscriber.prefix)?);
+        modes.push(Mode::from(subscriber.mode));
+    }
+    // Overlaps are fine (the most specific prefix wins); exact duplicates are a mistake.
+    check_duplicates(src, PrefixList::Subscribers, &entries)?;
+    check_capacity(
+        src,
+        PrefixList::Subscribers,
+        CapacityKey::Subscribers,
+        &entries,
+        capacity,
+    )?;
+    Ok(entries
+        .iter()
+        .zip(modes)
+        .map(|(entry, mode)| SubscriberRange {
+            prefix: entry.net,
+            mode,
+        })
+        .collect())
+}
+
+fn validate_relays(
+    src: &Source<'_>,
+    raw: Vec<RawRelay>,
+    capacity: u32,
+) -> Result<Vec<RelayRange>, ConfigError> {
+    let entries = raw
+        .into_iter()
+        .map(|relay| parse_prefix(src, PrefixList::Relays, relay.prefix))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_duplicates(src, PrefixList::Relays, &entries)?;
+    check_relay_overlaps(src, &entries)?;
+    check_capacity(src, PrefixList::Relays, CapacityKey::Relays, &entries, capacity)?;
+    Ok(entries
+        .iter()
+        .map(|entry| RelayRange { prefix: entry.net })
+        .collect())
+}
+
+/// Rejects a relay that contains another (duplicates are already gone). Sorted by network
+/// address, then shortest prefix first, a prefix that contains others comes right before the
+/// first of them, so checking neighbours finds an overlap if there is one. Of the overlaps
+/// found, the one whose later entry comes first in the file is reported.
+fn check_relay_overlaps(src: &Source<'_>, entries: &[Entry]) -> Result<(), ConfigError> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| (entries[i].net.network(), entries[i].net.prefix_len()));
+    let overlap = order
+        .windows(2)
+        .filter(|pair| entries[pair[0]].net.contains(&entries[pair[1]].net))
+        .min_by_key(|pair| (pair[0].max(pair[1]), pair[0].min(pair[1])));
+    let Some(&[wider, narrower]) = overlap else {
+        return Ok(());
+    };
+    let (wider, narrower) = (&entries[wider], &entries[narrower]);
+    Err(ConfigError::OverlappingRelays {
+        file: src.file(),
+        at: wider.at.max(narrower.at),
+        wider: wider.text.clone(),
+        wider_at: wider.at,
+        narrower: narrower.text.clone(),
+        narrower_at: narrower.at,
+    })
+}
+
+fn validate_exemptions(
+    src: &Source<'_>,
+    raw: Vec<RawExemption>,
+    subscribers: &[SubscriberRange],
+    capacity: u32,
+) -> Result<Vec<ExemptionRange>, ConfigError> {
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut reasons = Vec::with_capacity(raw.len());
+    for exemption in raw {
+        let entry = parse_prefix(src, PrefixList::Exemptions, exemption.prefix)?;
+        let reason_at = src.at(exemption.reason.span());
+        let reason = exemption.reason.into_inner();
+        if reason.trim().is_empty() {
+            return Err(ConfigError::EmptyReason {
+                file: src.file(),
+                at: reason_at,
+                prefix: entry.text,
+                value: reason,
+            });
+        }
+        reasons.push(reason.trim().to_owned());
+        entries.push(entry);
+    }
+    check_duplicates(src, PrefixList::Exemptions, &entries)?;
+
+    // An exemption outside every subscriber range is never consulted. Walking up the
+    // exemption's supernets keeps this linear in the number of exemptions.
+    let subscriber_nets: std::collections::HashSet<IpNet> =
+        subscribers.iter().map(|s| s.prefix).collect();
+    for entry in &entries {
+        let covered = std::iter::successors(Some(entry.net), IpNet::supernet)
+            .any(|net| subscriber_nets.contains(&net));
+        if !covered {
+            return Err(ConfigError::ExemptionOutsideSubscribers {
+                file: src.file(),
+                at: entry.at,
+                value: entry.text.clone(),
+            });
+        }
+    }
+
+    check_capacity(
+        src,
+        PrefixList::Exemptions,
+        CapacityKey::Exemptions,
+        &entries,
+        capacity,
+    )?;
+    Ok(entries
+        .iter()
+        .zip(reasons)
+        .map(|(entry, reason)| ExemptionRange {
+            prefix: entry.net,
+            reason,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe() {
+        for text in [
+            "[enforcement]\nports = [25]\nbogus = 1\n",
+            "[[subscribers]]\nprefix = \"100.64.0.0/10\"\nmode = \"block\"\n",
+            "[[subscribers]]\nprefix = 5\n",
+            "[[exemptions]]\nprefix = \"100.64.0.0/10\"\n",
+            "[enforcement\n",
+            "subscribers = []\n",
+            "\n\n[[subscribers]]\nprefix = \"100.64.0.0/10\"\n[[subscribers]]\nprefix = \"100.64.0.0/10\"\n",
+            "[enforcement]\nports = [99999999999999999999]\n",
+        ] {
+            match Config::parse(text, Path::new("/x.toml")) {
+                Ok(c) => println!("OK {c:?}"),
+                Err(e) => println!("ERR {e}"),
+            }
+            if let Err(e) = toml::from_str::<RawConfig>(text) {
+                println!("   raw: {:?} {:?}", e.span(), e.message());
+            }
+        }
+        panic!();
+    }
+}

@@ -1,0 +1,328 @@
+//! A network-namespace lab: a subscriber, a gateway and an internet host, wired with veth
+//! pairs and routed through the gateway, for tests that need a real kernel path.
+//!
+//! Every namespace is deleted when its guard drops, including on panic, and names carry the
+//! process id so parallel tests and runs never collide.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use nix::sched::{CloneFlags, setns};
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `ip` with the arguments and fails with its stderr if it fails.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "sg{}-{}-{role}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sysctl", "-qw"])
+            .arg(format!("{key}={value}"))
+            .status()
+            .context("running sysctl")?;
+        if !status.success() {
+            bail!("sysctl {key}={value} in {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets and netlink requests
+    /// made there belong to it. The caller's thread stays where it was.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter_current_thread();
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
+    /// Like `run`, but detached: the thread lives on after the call returns.
+    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+        let path = self.path();
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    fn enter_current_thread(&self) {
+        enter(&self.path());
+    }
+}
+
+fn enter(path: &str) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {path}: {e}"));
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(error) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {error}");
+        }
+    }
+}
+
+/// Addresses of the lab. Subscribers live in the CGNAT range 100.64.0.0/10 and in
+/// 2001:db8:1000::/36; the internet side is documentation space.
+pub mod addr {
+    pub const SUBSCRIBER_V4: &str = "100.64.0.2";
+    pub const GATEWAY_SUB_V4: &str = "100.64.0.1";
+    pub const MX_V4: &str = "198.51.100.7";
+    pub const GATEWAY_INET_V4: &str = "198.51.100.1";
+    pub const RELAY_V4: &str = "192.0.2.25";
+    pub const SUBSCRIBER_V6: &str = "2001:db8:1000::2";
+    pub const GATEWAY_SUB_V6: &str = "2001:db8:1000::1";
+    pub const MX_V6: &str = "2001:db8:ffff::7";
+    pub const GATEWAY_INET_V6: &str = "2001:db8:ffff::1";
+    pub const RELAY_V6: &str = "2001:db8:25::25";
+}
+
+/// subscriber (sub0) <-> (sub0) gateway (inet0) <-> (inet0) internet
+///
+/// The gateway's `SUBSCRIBER_INTERFACE` is where smtpguard attaches.
+pub struct GatewayLab {
+    pub subscriber: Netns,
+    pub gateway: Netns,
+    pub internet: Netns,
+}
+
+pub const SUBSCRIBER_INTERFACE: &str = "sub0";
+const INTERNET_INTERFACE: &str = "inet0";
+
+impl GatewayLab {
+    pub fn new() -> anyhow::Result<Self> {
+        use addr::*;
+        let lab = Self {
+            subscriber: Netns::new("sub")?,
+            gateway: Netns::new("gw")?,
+            internet: Netns::new("inet")?,
+        };
+        lab.gateway.ip(&[
+            "link", "add", SUBSCRIBER_INTERFACE, "type", "veth", "peer", "name", "eth0",
+            "netns", lab.subscriber.name(),
+        ])?;
+        lab.gateway.ip(&[
+            "link", "add", INTERNET_INTERFACE, "type", "veth", "peer", "name", "eth0",
+            "netns", lab.internet.name(),
+        ])?;
+        for (netns, interface, addresses) in [
+            (&lab.subscriber, "eth0", [format!("{SUBSCRIBER_V4}/24"), format!("{SUBSCRIBER_V6}/64")]),
+            (&lab.gateway, SUBSCRIBER_INTERFACE, [format!("{GATEWAY_SUB_V4}/24"), format!("{GATEWAY_SUB_V6}/64")]),
+            (&lab.gateway, INTERNET_INTERFACE, [format!("{GATEWAY_INET_V4}/24"), format!("{GATEWAY_INET_V6}/64")]),
+            (&lab.internet, "eth0", [format!("{MX_V4}/24"), format!("{MX_V6}/64")]),
+        ] {
+            for address in &addresses {
+                // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
+                let mut args = vec!["addr", "add", address.as_str(), "dev", interface];
+                if address.contains(':') {
+                    args.push("nodad");
+                }
+                netns.ip(&args)?;
+            }
+            netns.ip(&["link", "set", interface, "up"])?;
+        }
+        // The relay is a second address of the internet host, routed through the gateway.
+        lab.internet.ip(&["addr", "add", &format!("{RELAY_V4}/32"), "dev", "eth0"])?;
+        lab.internet.ip(&["addr", "add", &format!("{RELAY_V6}/128"), "dev", "eth0", "nodad"])?;
+        lab.gateway.ip(&["route", "add", &format!("{RELAY_V4}/32"), "via", MX_V4])?;
+        lab.gateway.ip(&["-6", "route", "add", &format!("{RELAY_V6}/128"), "via", MX_V6])?;
+        lab.subscriber.ip(&["route", "add", "default", "via", GATEWAY_SUB_V4])?;
+        lab.subscriber.ip(&["-6", "route", "add", "default", "via", GATEWAY_SUB_V6])?;
+        lab.internet.ip(&["route", "add", "default", "via", GATEWAY_INET_V4])?;
+        lab.internet.ip(&["-6", "route", "add", "default", "via", GATEWAY_INET_V6])?;
+        lab.gateway.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.gateway.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        Ok(lab)
+    }
+}
+
+/// The banner every lab server sends, so a client sees data cross the gateway both ways.
+pub const BANNER: &[u8] = b"220 lab ESMTP\r\n";
+
+/// TCP servers in a namespace that greet every client with [`BANNER`]; stopped on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Servers {
+    /// Listens on every address of the namespace (IPv4 and IPv6) on each port.
+    pub fn start(netns: &Netns, ports: &[u16]) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut threads = Vec::new();
+        for &port in ports {
+            for any in ["0.0.0.0", "[::]"] {
+                let bind: SocketAddr = format!("{any}:{port}").parse()?;
+                let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+                let stop = stop.clone();
+                let accepted = accepted.clone();
+                threads.push(netns.spawn(move || {
+                    let listener = match bind_only(bind) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve(listener, &stop, &accepted);
+                }));
+                ready_rx.recv().context("server thread died")??;
+            }
+        }
+        Ok(Self {
+            stop,
+            threads,
+            accepted,
+        })
+    }
+
+    /// Connections accepted so far, over all ports and addresses.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+fn bind_only(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    let family = if address.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let socket = socket(family, SockType::Stream, SockFlag::SOCK_NONBLOCK, None)?;
+    setsockopt(&socket, sockopt::ReuseAddr, &true)?;
+    if address.is_ipv6() {
+        // Separate IPv4 and IPv6 listeners, so each family is served by its own socket.
+        setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        &SockaddrStorage::from(address),
+    )
+    .with_context(|| format!("binding {address}"))?;
+    listen(&socket, Backlog::new(64)?)?;
+    Ok(TcpListener::from(socket))
+}
+
+fn serve(listener: TcpListener, stop: &AtomicBool, accepted: &AtomicUsize) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.write_all(BANNER);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The outcome of one client connection attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Connect {
+    /// Connected and received the server's banner.
+    Greeted,
+    /// No answer within the timeout (the SYN was dropped on the way).
+    TimedOut,
+    /// Anything else, with the error.
+    Failed(String),
+}
+
+/// Connects from inside `netns` to `dst:port` and waits for the banner.
+pub fn connect(netns: &Netns, dst: IpAddr, port: u16, timeout: Duration) -> Connect {
+    netns.run(|| {
+        let target = SocketAddr::new(dst, port);
+        let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Connect::TimedOut,
+            Err(e) => return Connect::Failed(format!("connect {target}: {e}")),
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let mut banner = vec![0u8; BANNER.len()];
+        match stream.read_exact(&mut banner) {
+            Ok(()) if banner == BANNER => Connect::Greeted,
+            Ok(()) => Connect::Failed(format!("unexpected banner {banner:?}")),
+            Err(e) => Connect::Failed(format!("reading banner from {target}: {e}")),
+        }
+    })
+}
