@@ -130,7 +130,10 @@ mod tests {
     fn names_are_unique() {
         for a in Reason::ALL {
             for b in Reason::ALL {
-                assert!(a == b || a.name() != b.name(), "{a:?} and {b:?} share a name");
+                assert!(
+                    a == b || a.name() != b.name(),
+                    "{a:?} and {b:?} share a name"
+                );
             }
         }
     }
@@ -143,7 +146,11 @@ mod tests {
             .collect();
         assert_eq!(
             dropping,
-            [Reason::Dropped, Reason::FragmentDropped, Reason::UnparseableDropped]
+            [
+                Reason::Dropped,
+                Reason::FragmentDropped,
+                Reason::UnparseableDropped
+            ]
         );
     }
 }

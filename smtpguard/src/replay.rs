@@ -31,7 +31,9 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a pcap or pcapng capture (it starts with {magic}); expected a file written by tcpdump, tshark or Wireshark")]
+    #[error(
+        "{path} is not a pcap or pcapng capture (it starts with {magic}); expected a file written by tcpdump, tshark or Wireshark"
+    )]
     NotACapture { path: PathBuf, magic: String },
     #[error("reading capture {path}: {source}")]
     Read {
@@ -39,9 +41,13 @@ pub enum ReplayError {
         #[source]
         source: pcap_file::PcapError,
     },
-    #[error("{path} has link type {link:?}; replay needs Ethernet frames (link type EN10MB), as captured on a subscriber-facing interface")]
+    #[error(
+        "{path} has link type {link:?}; replay needs Ethernet frames (link type EN10MB), as captured on a subscriber-facing interface"
+    )]
     LinkType { path: PathBuf, link: DataLink },
-    #[error("frame {frame} of {path} is {len} bytes long; an Ethernet frame has at least {MIN_FRAME_LEN}")]
+    #[error(
+        "frame {frame} of {path} is {len} bytes long; an Ethernet frame has at least {MIN_FRAME_LEN}"
+    )]
     Runt {
         path: PathBuf,
         frame: usize,
@@ -113,10 +119,12 @@ pub fn read_ethernet_frames(path: &Path) -> Result<Vec<Vec<u8>>, ReplayError> {
         })
     };
     let mut magic = [0u8; 4];
-    let read = open()?.read(&mut magic).map_err(|source| ReplayError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let read = open()?
+        .read(&mut magic)
+        .map_err(|source| ReplayError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
     let reader = BufReader::new(open()?);
     let read_error = |source| ReplayError::Read {
         path: path.to_owned(),

@@ -23,20 +23,36 @@ const ETH_P_PPPOE_SESSION: u16 = 0x8864;
 /// A link-layer wrapper, outermost first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wrapper {
-    Vlan { tpid: u16, vid: u16 },
+    Vlan {
+        tpid: u16,
+        vid: u16,
+    },
     /// A PPPoE session header; `compressed` uses the one-byte PPP protocol field.
-    Pppoe { compressed: bool },
+    Pppoe {
+        compressed: bool,
+    },
 }
 
 /// An IPv6 extension header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extension {
-    HopByHop { len_units: u8 },
-    Routing { len_units: u8 },
-    DestinationOptions { len_units: u8 },
+    HopByHop {
+        len_units: u8,
+    },
+    Routing {
+        len_units: u8,
+    },
+    DestinationOptions {
+        len_units: u8,
+    },
     /// AH; `len_units` is the payload-length field (total = (len + 2) * 4 bytes).
-    Authentication { len_units: u8 },
-    Fragment { offset: u16, more: bool },
+    Authentication {
+        len_units: u8,
+    },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 impl Extension {
@@ -89,8 +105,15 @@ impl Extension {
 /// The upper layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Upper {
-    Tcp { src_port: u16, dst_port: u16, flags: u8 },
-    Udp { src_port: u16, dst_port: u16 },
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
     Icmp,
 }
 
@@ -142,7 +165,11 @@ impl FrameSpec {
     }
 
     fn with_upper(src: IpAddr, dst: IpAddr, upper: Upper) -> Self {
-        assert_eq!(src.is_ipv4(), dst.is_ipv4(), "{src} and {dst} differ in family");
+        assert_eq!(
+            src.is_ipv4(),
+            dst.is_ipv4(),
+            "{src} and {dst} differ in family"
+        );
         Self {
             wrappers: Vec::new(),
             src,
@@ -429,8 +456,14 @@ mod tests {
     #[test]
     fn qinq_pppoe_layout() {
         let frame = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN)
-            .wrap(Wrapper::Vlan { tpid: TPID_8021AD, vid: 100 })
-            .wrap(Wrapper::Vlan { tpid: TPID_8021Q, vid: 200 })
+            .wrap(Wrapper::Vlan {
+                tpid: TPID_8021AD,
+                vid: 100,
+            })
+            .wrap(Wrapper::Vlan {
+                tpid: TPID_8021Q,
+                vid: 200,
+            })
             .wrap(Wrapper::Pppoe { compressed: false })
             .build();
         assert_eq!(&frame[12..14], &TPID_8021AD.to_be_bytes());
@@ -446,7 +479,10 @@ mod tests {
     fn ipv6_chain_layout() {
         let frame = FrameSpec::tcp(ip("2001:db8::1"), ip("2001:db8:ffff::25"), 25, TCP_SYN)
             .extension(Extension::HopByHop { len_units: 0 })
-            .extension(Extension::Fragment { offset: 0, more: true })
+            .extension(Extension::Fragment {
+                offset: 0,
+                more: true,
+            })
             .build();
         assert_eq!(frame[14 + 6], 0); // first: hop-by-hop
         assert_eq!(frame[54], 44); // hop-by-hop's next: fragment

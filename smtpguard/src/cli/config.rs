@@ -3,8 +3,8 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use std::path::PathBuf;
 use crate::config::Config;
+use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {

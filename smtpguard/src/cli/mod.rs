@@ -3,7 +3,6 @@
 mod config;
 mod replay;
 
-
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// smtpguard: stops direct-to-MX spam from subscriber lines at the ISP's border gateway.
@@ -43,4 +42,3 @@ pub fn run() -> anyhow::Result<()> {
         Command::Config(command) => config::run(&command),
     }
 }
-

@@ -7,11 +7,11 @@ use clap::Args;
 use smtpguard_common::{HostStats, Reason};
 
 use super::Format;
-use std::path::PathBuf;
 use crate::{
     config::Config,
     replay::{ReplayReport, replay},
 };
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -38,7 +38,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 fn print_table(report: &ReplayReport) {
     println!("{:>7}  {:<8}  REASON", "FRAME", "VERDICT");
     for row in &report.frames {
-        println!("{:>7}  {:<8}  {}", row.frame, row.verdict, row.reason.name());
+        println!(
+            "{:>7}  {:<8}  {}",
+            row.frame,
+            row.verdict,
+            row.reason.name()
+        );
     }
     println!();
     let dropped = report.frames.iter().filter(|r| r.verdict == "drop").count();
@@ -111,7 +116,10 @@ fn print_json(report: &ReplayReport) -> anyhow::Result<()> {
             "hosts": hosts,
         }
     });
-    println!("{}", serde_json::to_string(&summary).context("encoding the summary")?);
+    println!(
+        "{}",
+        serde_json::to_string(&summary).context("encoding the summary")?
+    );
     Ok(())
 }
 

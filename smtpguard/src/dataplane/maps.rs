@@ -8,7 +8,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostStats, PrefixRule, REASON_COUNT, SubscriberPolicy, maps as names,
+    EnforcementConfig, HostKey, HostStats, PrefixRule, REASON_COUNT, SubscriberPolicy,
+    maps as names,
 };
 
 use super::DataplaneError;
@@ -40,11 +41,13 @@ impl<'a, V: Pod> PrefixTries<'a, V> {
         let len = u32::from(prefix.prefix_len());
         let (result, name) = match prefix {
             IpNet::V4(net) => (
-                self.v4.insert(&Key::new(len, net.network().octets()), value, 0),
+                self.v4
+                    .insert(&Key::new(len, net.network().octets()), value, 0),
                 self.names[0],
             ),
             IpNet::V6(net) => (
-                self.v6.insert(&Key::new(len, net.network().octets()), value, 0),
+                self.v6
+                    .insert(&Key::new(len, net.network().octets()), value, 0),
                 self.names[1],
             ),
         };
@@ -52,7 +55,10 @@ impl<'a, V: Pod> PrefixTries<'a, V> {
     }
 }
 
-fn typed<'a, T>(map: Option<&'a mut aya::maps::Map>, name: &'static str) -> Result<T, DataplaneError>
+fn typed<'a, T>(
+    map: Option<&'a mut aya::maps::Map>,
+    name: &'static str,
+) -> Result<T, DataplaneError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
 {
@@ -86,9 +92,17 @@ impl<'a> PolicyMaps<'a> {
         ]);
         Ok(Self {
             enforcement: typed(enforcement, names::ENFORCEMENT)?,
-            subscribers: PrefixTries::new(sub4, sub6, [names::SUBSCRIBERS_V4, names::SUBSCRIBERS_V6])?,
+            subscribers: PrefixTries::new(
+                sub4,
+                sub6,
+                [names::SUBSCRIBERS_V4, names::SUBSCRIBERS_V6],
+            )?,
             relays: PrefixTries::new(relay4, relay6, [names::RELAYS_V4, names::RELAYS_V6])?,
-            exemptions: PrefixTries::new(exempt4, exempt6, [names::EXEMPTIONS_V4, names::EXEMPTIONS_V6])?,
+            exemptions: PrefixTries::new(
+                exempt4,
+                exempt6,
+                [names::EXEMPTIONS_V4, names::EXEMPTIONS_V6],
+            )?,
         })
     }
 
@@ -96,9 +110,21 @@ impl<'a> PolicyMaps<'a> {
     /// the program never judges traffic against half a policy. Rule identifiers are the
     /// entries' positions in the config.
     pub fn install(&mut self, config: &Config, capacity: &Capacity) -> Result<(), DataplaneError> {
-        check_capacity(names::SUBSCRIBERS_V4, capacity.subscribers, config.subscribers.iter().map(|s| s.prefix))?;
-        check_capacity(names::RELAYS_V4, capacity.relays, config.relays.iter().map(|r| r.prefix))?;
-        check_capacity(names::EXEMPTIONS_V4, capacity.exemptions, config.exemptions.iter().map(|e| e.prefix))?;
+        check_capacity(
+            names::SUBSCRIBERS_V4,
+            capacity.subscribers,
+            config.subscribers.iter().map(|s| s.prefix),
+        )?;
+        check_capacity(
+            names::RELAYS_V4,
+            capacity.relays,
+            config.relays.iter().map(|r| r.prefix),
+        )?;
+        check_capacity(
+            names::EXEMPTIONS_V4,
+            capacity.exemptions,
+            config.exemptions.iter().map(|e| e.prefix),
+        )?;
         for (rule, range) in (0..).zip(&config.subscribers) {
             self.subscribers
                 .insert(range.prefix, SubscriberPolicy::new(range.mode, rule))?;
@@ -107,9 +133,11 @@ impl<'a> PolicyMaps<'a> {
             self.relays.insert(relay.prefix, PrefixRule { rule })?;
         }
         for (rule, exemption) in (0..).zip(&config.exemptions) {
-            self.exemptions.insert(exemption.prefix, PrefixRule { rule })?;
+            self.exemptions
+                .insert(exemption.prefix, PrefixRule { rule })?;
         }
-        let enforcement = EnforcementConfig::new(&config.enforcement.ports, config.enforcement.unparseable);
+        let enforcement =
+            EnforcementConfig::new(&config.enforcement.ports, config.enforcement.unparseable);
         self.enforcement
             .set(0, enforcement, 0)
             .map_err(|source| map_error(names::ENFORCEMENT, source))
@@ -142,8 +170,9 @@ pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize],
         kind: "map",
         name: names::COUNTERS,
     })?;
-    let counters: PerCpuArray<&MapData, u64> =
-        map.try_into().map_err(|source| map_error(names::COUNTERS, source))?;
+    let counters: PerCpuArray<&MapData, u64> = map
+        .try_into()
+        .map_err(|source| map_error(names::COUNTERS, source))?;
     let mut totals = [0u64; REASON_COUNT as usize];
     for (index, total) in (0..).zip(totals.iter_mut()) {
         let per_cpu = counters
@@ -159,8 +188,9 @@ pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, Datapl
         kind: "map",
         name: names::HOST_STATS,
     })?;
-    let hosts: HashMap<&MapData, HostKey, HostStats> =
-        map.try_into().map_err(|source| map_error(names::HOST_STATS, source))?;
+    let hosts: HashMap<&MapData, HostKey, HostStats> = map
+        .try_into()
+        .map_err(|source| map_error(names::HOST_STATS, source))?;
     hosts
         .iter()
         .map(|entry| {

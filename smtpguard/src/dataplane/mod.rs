@@ -28,7 +28,10 @@ pub enum DataplaneError {
     #[error("loading the kernel program: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the kernel program has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("{action} program {program}: {source}")]
     Program {
         action: &'static str,
@@ -207,7 +210,11 @@ where
         .map_err(|source| program_error("using", name, source))
 }
 
-fn program_error(action: &'static str, program: &'static str, source: ProgramError) -> DataplaneError {
+fn program_error(
+    action: &'static str,
+    program: &'static str,
+    source: ProgramError,
+) -> DataplaneError {
     DataplaneError::Program {
         action,
         program,

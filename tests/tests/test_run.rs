@@ -1,0 +1,846 @@
+//! The real kernel program, loaded into the kernel, judged frame by frame with
+//! `BPF_PROG_TEST_RUN`: for every parser case, the XDP verdict, the exact counter that moved,
+//! and the TC entry point's agreement; then the per-host statistics.
+
+use std::{net::IpAddr, path::Path};
+
+use aya::{programs::ProgramError, sys::SyscallError};
+use smtpguard::{
+    config::Config,
+    dataplane::{Dataplane, DataplaneError},
+};
+use smtpguard_common::{Reason, Verdict};
+use smtpguard_tests::frames::{
+    Extension, FrameSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD, TPID_8021Q,
+    TPID_9100, Upper, Wrapper, arp, ethernet,
+};
+
+const POLICY: &str = r#"
+[enforcement]
+ports = [25, 2525]
+unparseable = "drop"
+
+[[subscribers]]
+prefix = "100.64.0.0/10"
+mode = "enforce"
+[[subscribers]]
+prefix = "100.127.0.0/16"
+mode = "monitor"
+[[subscribers]]
+prefix = "2001:db8:1000::/36"
+mode = "enforce"
+[[subscribers]]
+prefix = "2001:db8:1fff::/48"
+mode = "monitor"
+
+[[relays]]
+prefix = "192.0.2.25/32"
+[[relays]]
+prefix = "2001:db8:25::25/128"
+
+[[exemptions]]
+prefix = "100.64.10.0/24"
+reason = "business static block"
+[[exemptions]]
+prefix = "2001:db8:1000:10::/64"
+reason = "business static block"
+
+[capacity]
+hosts = 4096
+"#;
+
+fn dataplane(unparseable: &str) -> Dataplane {
+    let text = POLICY.replace(
+        r#"unparseable = "drop""#,
+        &format!(r#"unparseable = "{unparseable}""#),
+    );
+    let config = Config::parse(&text, Path::new("test_run.toml")).expect("test policy is valid");
+    Dataplane::with_policy(&config).unwrap_or_else(|e| panic!("loading the program: {e:?}"))
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Addresses of one family for the roles a frame can play.
+struct Hosts {
+    subscriber: IpAddr,
+    monitored: IpAddr,
+    exempt: IpAddr,
+    outsider: IpAddr,
+    mx: IpAddr,
+    relay: IpAddr,
+}
+
+const V4: fn() -> Hosts = || Hosts {
+    subscriber: ip("100.64.0.2"),
+    monitored: ip("100.127.3.4"),
+    exempt: ip("100.64.10.5"),
+    outsider: ip("203.0.113.9"),
+    mx: ip("198.51.100.7"),
+    relay: ip("192.0.2.25"),
+};
+
+const V6: fn() -> Hosts = || Hosts {
+    subscriber: ip("2001:db8:1000::2"),
+    monitored: ip("2001:db8:1fff::4"),
+    exempt: ip("2001:db8:1000:10::5"),
+    outsider: ip("2001:db8:9999::9"),
+    mx: ip("2001:db8:ffff::7"),
+    relay: ip("2001:db8:25::25"),
+};
+
+const WRAPPERS: &[(&str, &[Wrapper])] = &[
+    ("plain", &[]),
+    (
+        "802.1Q",
+        &[Wrapper::Vlan {
+            tpid: TPID_8021Q,
+            vid: 10,
+        }],
+    ),
+    (
+        "802.1ad",
+        &[Wrapper::Vlan {
+            tpid: TPID_8021AD,
+            vid: 10,
+        }],
+    ),
+    (
+        "0x9100",
+        &[Wrapper::Vlan {
+            tpid: TPID_9100,
+            vid: 10,
+        }],
+    ),
+    (
+        "QinQ 88a8+8100",
+        &[
+            Wrapper::Vlan {
+                tpid: TPID_8021AD,
+                vid: 100,
+            },
+            Wrapper::Vlan {
+                tpid: TPID_8021Q,
+                vid: 200,
+            },
+        ],
+    ),
+    (
+        "QinQ 9100+9100",
+        &[
+            Wrapper::Vlan {
+                tpid: TPID_9100,
+                vid: 100,
+            },
+            Wrapper::Vlan {
+                tpid: TPID_9100,
+                vid: 200,
+            },
+        ],
+    ),
+    ("PPPoE", &[Wrapper::Pppoe { compressed: false }]),
+    (
+        "PPPoE, compressed protocol",
+        &[Wrapper::Pppoe { compressed: true }],
+    ),
+    (
+        "802.1Q + PPPoE",
+        &[
+            Wrapper::Vlan {
+                tpid: TPID_8021Q,
+                vid: 7,
+            },
+            Wrapper::Pppoe { compressed: false },
+        ],
+    ),
+    (
+        "QinQ + PPPoE",
+        &[
+            Wrapper::Vlan {
+                tpid: TPID_8021AD,
+                vid: 100,
+            },
+            Wrapper::Vlan {
+                tpid: TPID_8021Q,
+                vid: 200,
+            },
+            Wrapper::Pppoe { compressed: false },
+        ],
+    ),
+];
+
+struct Case {
+    name: String,
+    frame: Vec<u8>,
+    expected: Reason,
+}
+
+fn case(name: impl Into<String>, frame: Vec<u8>, expected: Reason) -> Case {
+    Case {
+        name: name.into(),
+        frame,
+        expected,
+    }
+}
+
+/// The policy's cases for one family inside one wrapper.
+fn policy_cases(wrapper: &str, wrappers: &[Wrapper], family: &str, h: &Hosts) -> Vec<Case> {
+    let tcp = |src, dst, port, flags| FrameSpec::tcp(src, dst, port, flags).wrappers(wrappers);
+    let mut cases = vec![
+        case(
+            "SYN to 25",
+            tcp(h.subscriber, h.mx, 25, TCP_SYN).build(),
+            Reason::Dropped,
+        ),
+        case(
+            "SYN to 2525 (second enforced port)",
+            tcp(h.subscriber, h.mx, 2525, TCP_SYN).build(),
+            Reason::Dropped,
+        ),
+        case(
+            "SYN to 587",
+            tcp(h.subscriber, h.mx, 587, TCP_SYN).build(),
+            Reason::Other,
+        ),
+        case(
+            "SYN to 465",
+            tcp(h.subscriber, h.mx, 465, TCP_SYN).build(),
+            Reason::Other,
+        ),
+        case(
+            "SYN to the relay",
+            tcp(h.subscriber, h.relay, 25, TCP_SYN).build(),
+            Reason::Relayed,
+        ),
+        case(
+            "SYN from an exempt host",
+            tcp(h.exempt, h.mx, 25, TCP_SYN).build(),
+            Reason::Exempt,
+        ),
+        case(
+            "SYN from a monitor range",
+            tcp(h.monitored, h.mx, 25, TCP_SYN).build(),
+            Reason::Monitored,
+        ),
+        case(
+            "SYN from outside",
+            tcp(h.outsider, h.mx, 25, TCP_SYN).build(),
+            Reason::NotSubscriber,
+        ),
+        case(
+            "exempt host to the relay",
+            tcp(h.exempt, h.relay, 25, TCP_SYN).build(),
+            Reason::Relayed,
+        ),
+        case(
+            "UDP to 25",
+            FrameSpec::udp(h.subscriber, h.mx, 25)
+                .wrappers(wrappers)
+                .build(),
+            Reason::Other,
+        ),
+        case(
+            "ICMP echo",
+            FrameSpec::icmp(h.subscriber, h.mx)
+                .wrappers(wrappers)
+                .build(),
+            Reason::Other,
+        ),
+    ];
+    for (flags_name, flags) in [
+        ("ACK", TCP_ACK),
+        ("PSH+ACK", TCP_PSH | TCP_ACK),
+        ("FIN+ACK", TCP_FIN | TCP_ACK),
+        ("RST", TCP_RST),
+        ("SYN+ACK", TCP_SYN | TCP_ACK),
+        ("no flags", 0),
+    ] {
+        cases.push(case(
+            format!("{flags_name} to 25 (every segment counts)"),
+            tcp(h.subscriber, h.mx, 25, flags).build(),
+            Reason::Dropped,
+        ));
+    }
+    // Replies: the MX answering from port 25, and a subscriber's server answering from 25.
+    let mut reply =
+        FrameSpec::tcp(h.mx, h.subscriber, 40_000, TCP_SYN | TCP_ACK).wrappers(wrappers);
+    reply.upper = Upper::Tcp {
+        src_port: 25,
+        dst_port: 40_000,
+        flags: TCP_SYN | TCP_ACK,
+    };
+    cases.push(case(
+        "reply from an MX's port 25",
+        reply.build(),
+        Reason::Other,
+    ));
+    let mut own_server = FrameSpec::tcp(h.subscriber, h.mx, 40_000, TCP_ACK).wrappers(wrappers);
+    own_server.upper = Upper::Tcp {
+        src_port: 25,
+        dst_port: 40_000,
+        flags: TCP_ACK,
+    };
+    cases.push(case(
+        "subscriber's own server answering from 25",
+        own_server.build(),
+        Reason::Other,
+    ));
+
+    // Truncation inside the TCP header of an unfragmented packet: the port may be there but
+    // the header is not whole, so `unparseable` applies.
+    let whole = tcp(h.subscriber, h.mx, 25, TCP_SYN).build();
+    cases.push(case(
+        "TCP header cut at 19 bytes",
+        whole[..whole.len() - 1].to_vec(),
+        Reason::UnparseableDropped,
+    ));
+    cases.push(case(
+        "TCP header cut at 4 bytes",
+        whole[..whole.len() - 16].to_vec(),
+        Reason::UnparseableDropped,
+    ));
+    let outsider = tcp(h.outsider, h.mx, 25, TCP_SYN).build();
+    cases.push(case(
+        "outsider's TCP header cut",
+        outsider[..outsider.len() - 10].to_vec(),
+        Reason::Other,
+    ));
+    let ip_header_len = if family == "IPv4" { 20 } else { 40 };
+    cases.push(case(
+        "IP header cut",
+        whole[..whole.len() - 20 - ip_header_len / 2].to_vec(),
+        Reason::Malformed,
+    ));
+
+    for case in &mut cases {
+        case.name = format!("{wrapper} {family}: {}", case.name);
+    }
+    cases
+}
+
+fn ipv4_cases() -> Vec<Case> {
+    let h = V4();
+    let tcp = |flags| FrameSpec::tcp(h.subscriber, h.mx, 25, flags);
+    let mut cases = Vec::new();
+    for options in [4, 8, 20, 40] {
+        cases.push(case(
+            format!("IPv4 with {options} bytes of options"),
+            tcp(TCP_SYN).ipv4_options(options).build(),
+            Reason::Dropped,
+        ));
+    }
+    cases.push(case(
+        "IPv4 with 40 bytes of options to 587",
+        FrameSpec::tcp(h.subscriber, h.mx, 587, TCP_SYN)
+            .ipv4_options(40)
+            .build(),
+        Reason::Other,
+    ));
+    // IHL below 5: the TCP header has no defined place.
+    for ihl in [0u8, 4] {
+        let mut frame = tcp(TCP_SYN).build();
+        frame[14] = 0x40 | ihl;
+        cases.push(case(
+            format!("IPv4 IHL {ihl} from a subscriber"),
+            frame,
+            Reason::UnparseableDropped,
+        ));
+    }
+    let mut bad_version = tcp(TCP_SYN).build();
+    bad_version[14] = 0x65;
+    cases.push(case(
+        "IPv4 ethertype with IP version 6",
+        bad_version,
+        Reason::Malformed,
+    ));
+    // Fragments.
+    cases.push(case(
+        "first fragment holding the TCP header",
+        tcp(TCP_SYN).ipv4_fragment(0, true).build(),
+        Reason::Dropped,
+    ));
+    cases.push(case(
+        "first fragment holding 8 bytes of TCP",
+        tcp(TCP_SYN).ipv4_fragment(0, true).upper_len(8).build(),
+        Reason::FragmentDropped,
+    ));
+    cases.push(case(
+        "offset-1 fragment from a subscriber (RFC 1858 overlap)",
+        tcp(TCP_SYN).ipv4_fragment(1, true).upper_len(16).build(),
+        Reason::FragmentDropped,
+    ));
+    cases.push(case(
+        "offset-1 fragment from outside",
+        FrameSpec::tcp(h.outsider, h.mx, 25, TCP_SYN)
+            .ipv4_fragment(1, false)
+            .upper_len(16)
+            .build(),
+        Reason::Other,
+    ));
+    cases.push(case(
+        "offset-1 fragment from a monitor range",
+        FrameSpec::tcp(h.monitored, h.mx, 25, TCP_SYN)
+            .ipv4_fragment(1, false)
+            .upper_len(16)
+            .build(),
+        Reason::Monitored,
+    ));
+    cases.push(case(
+        "offset-1 UDP fragment from a subscriber",
+        FrameSpec::udp(h.subscriber, h.mx, 25)
+            .ipv4_fragment(1, false)
+            .build(),
+        Reason::Other,
+    ));
+    cases.push(case(
+        "later fragment (offset 185)",
+        tcp(TCP_SYN).ipv4_fragment(185, false).build(),
+        Reason::Other,
+    ));
+    cases.push(case(
+        "middle fragment (offset 2)",
+        tcp(TCP_ACK).ipv4_fragment(2, true).build(),
+        Reason::Other,
+    ));
+    cases
+}
+
+fn ipv6_cases() -> Vec<Case> {
+    let h = V6();
+    let tcp = |port| FrameSpec::tcp(h.subscriber, h.mx, port, TCP_SYN);
+    let options = |len_units| Extension::DestinationOptions { len_units };
+    let mut cases = vec![
+        case(
+            "hop-by-hop",
+            tcp(25)
+                .extension(Extension::HopByHop { len_units: 0 })
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "routing",
+            tcp(25)
+                .extension(Extension::Routing { len_units: 2 })
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "destination options",
+            tcp(25).extension(options(1)).build(),
+            Reason::Dropped,
+        ),
+        case(
+            "AH",
+            tcp(25)
+                .extension(Extension::Authentication { len_units: 4 })
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "hop-by-hop, routing, destination options",
+            tcp(25)
+                .extension(Extension::HopByHop { len_units: 0 })
+                .extension(Extension::Routing { len_units: 2 })
+                .extension(options(0))
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "the same chain to 587",
+            tcp(587)
+                .extension(Extension::HopByHop { len_units: 0 })
+                .extension(Extension::Routing { len_units: 2 })
+                .extension(options(0))
+                .build(),
+            Reason::Other,
+        ),
+        case(
+            "first fragment with the whole TCP header",
+            tcp(25)
+                .extension(Extension::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "atomic fragment",
+            tcp(25)
+                .extension(Extension::Fragment {
+                    offset: 0,
+                    more: false,
+                })
+                .build(),
+            Reason::Dropped,
+        ),
+        case(
+            "first fragment with 8 bytes of TCP (RFC 7112)",
+            tcp(25)
+                .extension(Extension::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .upper_len(8)
+                .build(),
+            Reason::FragmentDropped,
+        ),
+        case(
+            "first fragment ending inside the extension chain",
+            tcp(25)
+                .extension(Extension::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .extension(options(3))
+                .upper_len(0)
+                .build()[..14 + 40 + 8 + 16]
+                .to_vec(),
+            Reason::FragmentDropped,
+        ),
+        case(
+            "later fragment",
+            tcp(25)
+                .extension(Extension::Fragment {
+                    offset: 100,
+                    more: false,
+                })
+                .build(),
+            Reason::Other,
+        ),
+        case(
+            "first fragment from outside without the TCP header",
+            FrameSpec::tcp(h.outsider, h.mx, 25, TCP_SYN)
+                .extension(Extension::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .upper_len(8)
+                .build(),
+            Reason::Other,
+        ),
+        case(
+            "chain cut inside a destination-options header",
+            tcp(25).extension(options(3)).build()[..14 + 40 + 16].to_vec(),
+            Reason::UnparseableDropped,
+        ),
+        case(
+            "UDP behind hop-by-hop",
+            FrameSpec::udp(h.subscriber, h.mx, 25)
+                .extension(Extension::HopByHop { len_units: 0 })
+                .build(),
+            Reason::Other,
+        ),
+    ];
+    // Chains of every length the parser walks, mixing header kinds.
+    let kinds = [
+        Extension::HopByHop { len_units: 0 },
+        options(1),
+        Extension::Routing { len_units: 0 },
+        Extension::Authentication { len_units: 1 },
+        options(0),
+    ];
+    for len in 1..=smtpguard_common::maps::MAX_IPV6_EXT_HEADERS {
+        let mut spec = tcp(25);
+        for i in 0..len {
+            spec = spec.extension(kinds[i % kinds.len()]);
+        }
+        cases.push(case(
+            format!("chain of {len} extension headers"),
+            spec.build(),
+            Reason::Dropped,
+        ));
+    }
+    let mut too_long = tcp(25);
+    for _ in 0..=smtpguard_common::maps::MAX_IPV6_EXT_HEADERS {
+        too_long = too_long.extension(options(0));
+    }
+    cases.push(case(
+        "chain one header longer than the parser walks",
+        too_long.build(),
+        Reason::UnparseableDropped,
+    ));
+    let mut bad_version = tcp(25).build();
+    bad_version[14] = 0x45;
+    cases.push(case(
+        "IPv6 ethertype with IP version 4",
+        bad_version,
+        Reason::Malformed,
+    ));
+    for case in &mut cases {
+        case.name = format!("IPv6: {}", case.name);
+    }
+    cases
+}
+
+fn link_cases() -> Vec<Case> {
+    let h = V4();
+    let syn = FrameSpec::tcp(h.subscriber, h.mx, 25, TCP_SYN);
+    let three_tags = syn
+        .clone()
+        .wrap(Wrapper::Vlan {
+            tpid: TPID_8021AD,
+            vid: 1,
+        })
+        .wrap(Wrapper::Vlan {
+            tpid: TPID_8021Q,
+            vid: 2,
+        })
+        .wrap(Wrapper::Vlan {
+            tpid: TPID_8021Q,
+            vid: 3,
+        })
+        .build();
+    let vlan = syn
+        .clone()
+        .wrap(Wrapper::Vlan {
+            tpid: TPID_8021Q,
+            vid: 2,
+        })
+        .build();
+    let pppoe = syn
+        .clone()
+        .wrap(Wrapper::Pppoe { compressed: false })
+        .build();
+    // PPPoE carrying LCP (0xc021): link control, not IP.
+    let lcp = ethernet(
+        &[],
+        0x8864,
+        &[
+            0x11, 0x00, 0x00, 0x2a, 0x00, 0x06, 0xc0, 0x21, 0x01, 0x01, 0x00, 0x04,
+        ],
+    );
+    vec![
+        case("ARP", arp(), Reason::Other),
+        case("PPPoE LCP", lcp, Reason::Other),
+        case(
+            "PPPoE discovery",
+            ethernet(&[], 0x8863, &[0x11, 0x09, 0, 0, 0, 0]),
+            Reason::Other,
+        ),
+        case("three VLAN tags", three_tags, Reason::Malformed),
+        case(
+            "Ethernet header only",
+            syn.build()[..14].to_vec(),
+            Reason::Malformed,
+        ),
+        case(
+            "cut inside the VLAN tag",
+            vlan[..16].to_vec(),
+            Reason::Malformed,
+        ),
+        case(
+            "cut inside the PPPoE header",
+            pppoe[..18].to_vec(),
+            Reason::Malformed,
+        ),
+        case(
+            "IPv4 with nothing after the ethertype",
+            syn.build()[..15].to_vec(),
+            Reason::Malformed,
+        ),
+    ]
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (wrapper, wrappers) in WRAPPERS {
+        cases.extend(policy_cases(wrapper, wrappers, "IPv4", &V4()));
+        cases.extend(policy_cases(wrapper, wrappers, "IPv6", &V6()));
+    }
+    cases.extend(ipv4_cases());
+    cases.extend(ipv6_cases());
+    cases.extend(link_cases());
+    cases
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs every case through both entry points and checks verdict, counter and agreement.
+fn check(dataplane: &mut Dataplane, cases: &[Case]) {
+    let mut failures = Vec::new();
+    let mut tc_refused = 0;
+    for case in cases {
+        let before = dataplane.counters().unwrap();
+        let outcome = dataplane
+            .run_xdp(&case.frame)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let after = dataplane.counters().unwrap();
+        let moved: Vec<(Reason, u64)> = Reason::ALL
+            .into_iter()
+            .filter(|r| after[*r as usize] != before[*r as usize])
+            .map(|r| (r, after[r as usize] - before[r as usize]))
+            .collect();
+        let expected_action = match case.expected.verdict() {
+            Verdict::Pass => 2, // XDP_PASS
+            Verdict::Drop => 1, // XDP_DROP
+        };
+        let expected_tc = match case.expected.verdict() {
+            Verdict::Pass => 0, // TC_ACT_OK
+            Verdict::Drop => 2, // TC_ACT_SHOT
+        };
+        let tc_action = match dataplane.run_tc(&case.frame) {
+            Ok(action) => action,
+            // The kernel's skb test run refuses (EINVAL) an untagged IP frame whose IP header
+            // is incomplete before any program runs, so only XDP can be asked about it.
+            Err(error) if case.expected == Reason::Malformed && is_einval(&error) => {
+                tc_refused += 1;
+                expected_tc
+            }
+            Err(error) => panic!("{}: {error:?}", case.name),
+        };
+        if moved != [(case.expected, 1)]
+            || outcome.action != expected_action
+            || tc_action != expected_tc
+        {
+            failures.push(format!(
+                "{}\n    expected {:?} (XDP {expected_action}, TC {expected_tc}); observed counters {moved:?}, XDP {}, TC {tc_action}\n    frame {}",
+                case.name, case.expected, outcome.action, hex(&case.frame)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // Only the handful of cut-IP-header frames may be refused; more means something else broke.
+    assert!(
+        tc_refused <= 4,
+        "the TC test run refused {tc_refused} frames"
+    );
+}
+
+fn is_einval(error: &DataplaneError) -> bool {
+    matches!(
+        error,
+        DataplaneError::Program { source: ProgramError::SyscallError(SyscallError { io_error, .. }), .. }
+            if io_error.raw_os_error() == Some(libc::EINVAL)
+    )
+}
+
+#[test]
+fn every_parser_case_gets_its_verdict_and_counter() {
+    let cases = all_cases();
+    assert!(
+        cases.len() > 400,
+        "the matrix shrank to {} cases",
+        cases.len()
+    );
+    check(&mut dataplane("drop"), &cases);
+}
+
+#[test]
+fn unparseable_pass_lets_unreachable_headers_through() {
+    let cases: Vec<Case> = all_cases()
+        .into_iter()
+        .map(|mut case| {
+            if case.expected == Reason::UnparseableDropped {
+                case.expected = Reason::UnparseablePassed;
+            }
+            case
+        })
+        .collect();
+    assert!(
+        cases
+            .iter()
+            .filter(|c| c.expected == Reason::UnparseablePassed)
+            .count()
+            > 20
+    );
+    check(&mut dataplane("pass"), &cases);
+}
+
+#[test]
+fn host_statistics_follow_the_traffic() {
+    let mut dataplane = dataplane("drop");
+    let h = V4();
+    let bot = h.subscriber;
+    // A bot: SYNs to 30 distinct MX hosts, one retransmission each, then an ACK.
+    for i in 0..30u8 {
+        let mx = IpAddr::from([198, 51, 100, 10 + i]);
+        for _ in 0..2 {
+            dataplane
+                .run_xdp(&FrameSpec::tcp(bot, mx, 25, TCP_SYN).build())
+                .unwrap();
+        }
+    }
+    dataplane
+        .run_xdp(&FrameSpec::tcp(bot, h.mx, 25, TCP_ACK).build())
+        .unwrap();
+    // The same host's legitimate traffic leaves no trace: submission, and mail via the relay.
+    dataplane
+        .run_xdp(&FrameSpec::tcp(bot, h.mx, 587, TCP_SYN).build())
+        .unwrap();
+    dataplane
+        .run_xdp(&FrameSpec::tcp(bot, h.relay, 25, TCP_SYN).build())
+        .unwrap();
+    // A misconfigured client: one destination, many retries, over IPv6 inside QinQ + PPPoE.
+    let client = V6().subscriber;
+    let wrappers = WRAPPERS[9].1;
+    for _ in 0..5 {
+        dataplane
+            .run_xdp(
+                &FrameSpec::tcp(client, V6().mx, 25, TCP_SYN)
+                    .wrappers(wrappers)
+                    .build(),
+            )
+            .unwrap();
+    }
+    // An exempt host is tracked but nothing is dropped; an outsider and a relay-only
+    // subscriber are not tracked.
+    dataplane
+        .run_xdp(&FrameSpec::tcp(h.exempt, h.mx, 25, TCP_SYN).build())
+        .unwrap();
+    dataplane
+        .run_xdp(&FrameSpec::tcp(h.outsider, h.mx, 25, TCP_SYN).build())
+        .unwrap();
+    dataplane
+        .run_xdp(&FrameSpec::tcp(ip("100.64.0.99"), h.relay, 25, TCP_SYN).build())
+        .unwrap();
+
+    let hosts: std::collections::HashMap<IpAddr, _> =
+        dataplane.hosts().unwrap().into_iter().collect();
+    let mut tracked: Vec<_> = hosts.keys().copied().collect();
+    tracked.sort();
+    let mut expected = vec![bot, client, h.exempt];
+    expected.sort();
+    assert_eq!(tracked, expected, "tracked hosts");
+
+    let stats = hosts[&bot];
+    assert_eq!(
+        (stats.attempts, stats.segments, stats.dropped),
+        (60, 61, 61),
+        "bot attempts/segments/dropped"
+    );
+    let distinct = stats.sketch().estimate();
+    assert!(
+        (24..=36).contains(&distinct),
+        "bot's 30 destinations estimated as {distinct}"
+    );
+    assert!(stats.first_seen_ns > 0 && stats.first_seen_ns <= stats.last_seen_ns);
+    assert_eq!(smtpguard::dataplane::host_address(&stats.last_dst), h.mx);
+    assert_eq!(stats.last_dst_port, 25);
+    assert_eq!(stats.last_reason, Reason::Dropped as u32);
+
+    let stats = hosts[&client];
+    assert_eq!(
+        (stats.attempts, stats.segments, stats.dropped),
+        (5, 5, 5),
+        "client"
+    );
+    assert_eq!(stats.sketch().estimate(), 1, "client's one destination");
+
+    let stats = hosts[&h.exempt];
+    assert_eq!(
+        (stats.attempts, stats.segments, stats.dropped),
+        (1, 1, 0),
+        "exempt host"
+    );
+    assert_eq!(stats.last_reason, Reason::Exempt as u32);
+}
