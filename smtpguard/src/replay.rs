@@ -152,7 +152,11 @@ pub fn read_ethernet_frames(path: &Path) -> Result<Vec<Vec<u8>>, ReplayError> {
         _ => {
             return Err(ReplayError::NotACapture {
                 path: path.to_owned(),
-                magic: format!("{:02x?}", &magic[..read]),
+                magic: magic[..read]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             });
         }
     };

@@ -844,3 +844,17 @@ fn host_statistics_follow_the_traffic() {
     );
     assert_eq!(stats.last_reason, Reason::Exempt as u32);
 }
+
+#[test]
+fn verifier_complexity_stays_within_budget() {
+    // A budget, not the kernel's limit (1,000,000): a parser change that makes the verifier
+    // walk many more paths shows up here first.
+    const BUDGET: u32 = 200_000;
+    for (program, count) in dataplane("drop").verified_instructions().unwrap() {
+        println!("{program}: the verifier processed {count} instructions");
+        assert!(
+            count > 0 && count <= BUDGET,
+            "{program}: {count} verified instructions (budget {BUDGET})"
+        );
+    }
+}

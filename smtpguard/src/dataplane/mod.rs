@@ -173,6 +173,21 @@ impl Dataplane {
         Ok(result.return_value as i32)
     }
 
+    /// How many instructions the kernel's verifier processed for each entry point: the
+    /// program's complexity, which must stay far below the kernel's one-million limit.
+    pub fn verified_instructions(&self) -> Result<[(&'static str, u32); 2], DataplaneError> {
+        let xdp = program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?
+            .info()
+            .map_err(|source| program_error("inspecting", XDP_PROGRAM, source))?;
+        let tc = program_ref::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?
+            .info()
+            .map_err(|source| program_error("inspecting", TC_PROGRAM, source))?;
+        Ok([
+            (XDP_PROGRAM, xdp.verified_instruction_count().unwrap_or(0)),
+            (TC_PROGRAM, tc.verified_instruction_count().unwrap_or(0)),
+        ])
+    }
+
     /// Per-reason packet counts, summed over CPUs, indexed by `Reason as usize`.
     pub fn counters(&self) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
         maps::read_counters(&self.ebpf)
