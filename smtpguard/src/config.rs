@@ -128,7 +128,8 @@ impl Config {
         let enforcement = validate_enforcement(&src, raw.enforcement)?;
         let subscribers = validate_subscribers(&src, raw.subscribers, capacity.subscribers)?;
         let relays = validate_relays(&src, raw.relays, capacity.relays)?;
-        let exemptions = validate_exemptions(&src, raw.exemptions, &subscribers, capacity.exemptions)?;
+        let exemptions =
+            validate_exemptions(&src, raw.exemptions, &subscribers, capacity.exemptions)?;
 
         Ok(Config {
             enforcement,
@@ -232,7 +233,11 @@ pub enum PrefixProblem {
     /// The part after the `/` is not a number.
     BadLength,
     /// The length exceeds the address's bits.
-    LengthTooLong { length: u32, family: Family, max: u8 },
+    LengthTooLong {
+        length: u32,
+        family: Family,
+        max: u8,
+    },
 }
 
 impl fmt::Display for PrefixProblem {
@@ -245,7 +250,10 @@ impl fmt::Display for PrefixProblem {
                 length,
                 family,
                 max,
-            } => write!(f, "/{length} is longer than the {max} bits of an {family} address"),
+            } => write!(
+                f,
+                "/{length} is longer than the {max} bits of an {family} address"
+            ),
         }
     }
 }
@@ -307,9 +315,11 @@ pub enum ConfigError {
     },
 
     #[error(
-        "{}:{at}: port {port} is listed twice (first at line {}); expected each port once",
+        "{}:{at}: port {port} is listed twice (first at line {}, column {}); expected each \
+         port once",
         .file.display(),
-        .first.line
+        .first.line,
+        .first.column
     )]
     DuplicatePort {
         file: PathBuf,
@@ -571,10 +581,7 @@ fn toml_message(err: &toml::de::Error) -> String {
         .join("; ")
 }
 
-fn validate_enforcement(
-    src: &Source<'_>,
-    raw: RawEnforcement,
-) -> Result<Enforcement, ConfigError> {
+fn validate_enforcement(src: &Source<'_>, raw: RawEnforcement) -> Result<Enforcement, ConfigError> {
     let defaults = Enforcement::default();
     let ports = match raw.ports {
         None => defaults.ports,
@@ -642,7 +649,11 @@ fn validate_capacity(src: &Source<'_>, raw: RawCapacity) -> Result<Capacity, Con
     };
     let defaults = Capacity::default();
     Ok(Capacity {
-        subscribers: value(CapacityKey::Subscribers, raw.subscribers, defaults.subscribers)?,
+        subscribers: value(
+            CapacityKey::Subscribers,
+            raw.subscribers,
+            defaults.subscribers,
+        )?,
         relays: value(CapacityKey::Relays, raw.relays, defaults.relays)?,
         exemptions: value(CapacityKey::Exemptions, raw.exemptions, defaults.exemptions)?,
         hosts: value(CapacityKey::Hosts, raw.hosts, defaults.hosts)?,
@@ -784,7 +795,11 @@ fn validate_subscribers(
     let mut entries = Vec::with_capacity(raw.len());
     let mut modes = Vec::with_capacity(raw.len());
     for subscriber in raw {
-        entries.push(parse_prefix(src, PrefixList::Subscribers, subscriber.prefix)?);
+        entries.push(parse_prefix(
+            src,
+            PrefixList::Subscribers,
+            subscriber.prefix,
+        )?);
         modes.push(Mode::from(subscriber.mode));
     }
     // Overlaps are fine (the most specific prefix wins); exact duplicates are a mistake.
@@ -817,7 +832,13 @@ fn validate_relays(
         .collect::<Result<Vec<_>, _>>()?;
     check_duplicates(src, PrefixList::Relays, &entries)?;
     check_relay_overlaps(src, &entries)?;
-    check_capacity(src, PrefixList::Relays, CapacityKey::Relays, &entries, capacity)?;
+    check_capacity(
+        src,
+        PrefixList::Relays,
+        CapacityKey::Relays,
+        &entries,
+        capacity,
+    )?;
     Ok(entries
         .iter()
         .map(|entry| RelayRange { prefix: entry.net })
@@ -911,26 +932,1002 @@ fn validate_exemptions(
 mod tests {
     use super::*;
 
-    #[test]
-    fn probe() {
-        for text in [
-            "[enforcement]\nports = [25]\nbogus = 1\n",
-            "[[subscribers]]\nprefix = \"100.64.0.0/10\"\nmode = \"block\"\n",
-            "[[subscribers]]\nprefix = 5\n",
-            "[[exemptions]]\nprefix = \"100.64.0.0/10\"\n",
-            "[enforcement\n",
-            "subscribers = []\n",
-            "\n\n[[subscribers]]\nprefix = \"100.64.0.0/10\"\n[[subscribers]]\nprefix = \"100.64.0.0/10\"\n",
-            "[enforcement]\nports = [99999999999999999999]\n",
-        ] {
-            match Config::parse(text, Path::new("/x.toml")) {
-                Ok(c) => println!("OK {c:?}"),
-                Err(e) => println!("ERR {e}"),
-            }
-            if let Err(e) = toml::from_str::<RawConfig>(text) {
-                println!("   raw: {:?} {:?}", e.span(), e.message());
-            }
+    const ORIGIN: &str = "/etc/smtpguard/smtpguard.toml";
+
+    /// Joins `lines` into a document; `lines[0]` is line 1.
+    fn doc(lines: &[&str]) -> String {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+
+    fn parse(lines: &[&str]) -> Result<Config, ConfigError> {
+        Config::parse(&doc(lines), Path::new(ORIGIN))
+    }
+
+    fn reject(lines: &[&str]) -> ConfigError {
+        match parse(lines) {
+            Ok(config) => panic!("accepted {config:?}"),
+            Err(err) => err,
         }
-        panic!();
+    }
+
+    /// Asserts the message starts with `{ORIGIN}:{line}:{column}: ` and contains every needle.
+    fn assert_message(err: &ConfigError, line: usize, column: usize, needles: &[&str]) {
+        let message = err.to_string();
+        let head = format!("{ORIGIN}:{line}:{column}: ");
+        assert!(
+            message.starts_with(&head),
+            "{message:?} should start with {head:?}"
+        );
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{message:?} should mention {needle:?}"
+            );
+        }
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    // ---- positive ---------------------------------------------------------------------------
+
+    #[test]
+    fn full_config_round_trips() {
+        let config = parse(&[
+            "[enforcement]",
+            "ports = [25, 2525]",
+            "unparseable = \"pass\"",
+            "",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "mode = \"enforce\"",
+            "",
+            "[[subscribers]]",
+            "prefix = \"198.51.100.0/24\"",
+            "mode = \"monitor\"",
+            "",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "",
+            "[[relays]]",
+            "prefix = \"192.0.2.26/32\"",
+            "",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+            "reason = \"  business static block \"",
+            "",
+            "[capacity]",
+            "subscribers = 10",
+            "relays = 20",
+            "exemptions = 30",
+            "hosts = 40",
+        ])
+        .unwrap();
+        assert_eq!(
+            config,
+            Config {
+                enforcement: Enforcement {
+                    ports: vec![25, 2525],
+                    unparseable: UnparseableAction::Pass,
+                },
+                subscribers: vec![
+                    SubscriberRange {
+                        prefix: net("100.64.0.0/10"),
+                        mode: Mode::Enforce,
+                    },
+                    SubscriberRange {
+                        prefix: net("198.51.100.0/24"),
+                        mode: Mode::Monitor,
+                    },
+                ],
+                relays: vec![
+                    RelayRange {
+                        prefix: net("192.0.2.25/32"),
+                    },
+                    RelayRange {
+                        prefix: net("192.0.2.26/32"),
+                    },
+                ],
+                exemptions: vec![ExemptionRange {
+                    prefix: net("100.64.10.0/24"),
+                    reason: "business static block".to_owned(),
+                }],
+                capacity: Capacity {
+                    subscribers: 10,
+                    relays: 20,
+                    exemptions: 30,
+                    hosts: 40,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn absent_sections_take_defaults() {
+        let config = parse(&["[[subscribers]]", "prefix = \"100.64.0.0/10\""]).unwrap();
+        assert_eq!(config.enforcement.ports, vec![25]);
+        assert_eq!(config.enforcement.unparseable, UnparseableAction::Drop);
+        assert_eq!(
+            config.subscribers,
+            vec![SubscriberRange {
+                prefix: net("100.64.0.0/10"),
+                mode: Mode::Enforce,
+            }]
+        );
+        assert!(config.relays.is_empty());
+        assert!(config.exemptions.is_empty());
+        assert_eq!(
+            config.capacity,
+            Capacity {
+                subscribers: DEFAULT_SUBSCRIBER_CAPACITY,
+                relays: DEFAULT_RELAY_CAPACITY,
+                exemptions: DEFAULT_EXEMPTION_CAPACITY,
+                hosts: DEFAULT_HOST_CAPACITY,
+            }
+        );
+    }
+
+    #[test]
+    fn partial_tables_take_defaults_for_missing_keys() {
+        let config = parse(&[
+            "[enforcement]",
+            "unparseable = \"pass\"",
+            "[capacity]",
+            "relays = 7",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+        ])
+        .unwrap();
+        assert_eq!(config.enforcement.ports, vec![25]);
+        assert_eq!(config.enforcement.unparseable, UnparseableAction::Pass);
+        assert_eq!(config.capacity.relays, 7);
+        assert_eq!(config.capacity.subscribers, DEFAULT_SUBSCRIBER_CAPACITY);
+        assert_eq!(config.capacity.hosts, DEFAULT_HOST_CAPACITY);
+    }
+
+    #[test]
+    fn ipv6_and_mixed_entries_are_kept() {
+        let config = parse(&[
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "mode = \"monitor\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/128\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[exemptions]]",
+            "prefix = \"2001:db8:1000:ff00::/56\"",
+            "reason = \"lab\"",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.subscribers,
+            vec![
+                SubscriberRange {
+                    prefix: net("2001:db8:1000::/36"),
+                    mode: Mode::Enforce,
+                },
+                SubscriberRange {
+                    prefix: net("100.64.0.0/10"),
+                    mode: Mode::Monitor,
+                },
+            ]
+        );
+        assert_eq!(
+            config.relays,
+            vec![
+                RelayRange {
+                    prefix: net("2001:db8:25::25/128"),
+                },
+                RelayRange {
+                    prefix: net("192.0.2.25/32"),
+                },
+            ]
+        );
+        assert_eq!(config.exemptions[0].prefix, net("2001:db8:1000:ff00::/56"));
+    }
+
+    #[test]
+    fn overlapping_subscribers_are_accepted() {
+        let config = parse(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[subscribers]]",
+            "prefix = \"100.127.0.0/16\"",
+            "mode = \"monitor\"",
+            "[[subscribers]]",
+            "prefix = \"100.127.5.0/24\"",
+        ])
+        .unwrap();
+        let modes: Vec<_> = config
+            .subscribers
+            .iter()
+            .map(|s| (s.prefix, s.mode))
+            .collect();
+        assert_eq!(
+            modes,
+            vec![
+                (net("100.64.0.0/10"), Mode::Enforce),
+                (net("100.127.0.0/16"), Mode::Monitor),
+                (net("100.127.5.0/24"), Mode::Enforce),
+            ]
+        );
+    }
+
+    #[test]
+    fn same_relay_count_fits_per_address_family() {
+        // Two IPv4 and two IPv6 relays fit in `relays = 2`: the capacity is per family.
+        let config = parse(&[
+            "[capacity]",
+            "relays = 2",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.26/32\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/128\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::26/128\"",
+        ])
+        .unwrap();
+        assert_eq!(config.relays.len(), 4);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/smtpguard.example.toml"
+        ));
+        let config = Config::load(path).unwrap();
+        assert_eq!(config.enforcement, Enforcement::default());
+        assert_eq!(
+            config.subscribers,
+            vec![
+                SubscriberRange {
+                    prefix: net("100.64.0.0/10"),
+                    mode: Mode::Enforce,
+                },
+                SubscriberRange {
+                    prefix: net("2001:db8:1000::/36"),
+                    mode: Mode::Enforce,
+                },
+                SubscriberRange {
+                    prefix: net("100.127.0.0/16"),
+                    mode: Mode::Monitor,
+                },
+            ]
+        );
+        assert_eq!(
+            config.relays,
+            vec![
+                RelayRange {
+                    prefix: net("192.0.2.25/32"),
+                },
+                RelayRange {
+                    prefix: net("2001:db8:25::25/128"),
+                },
+            ]
+        );
+        assert_eq!(
+            config.exemptions,
+            vec![ExemptionRange {
+                prefix: net("100.64.10.0/24"),
+                reason: "business static block".to_owned(),
+            }]
+        );
+        assert_eq!(config.capacity, Capacity::default());
+    }
+
+    #[test]
+    fn location_counts_lines_and_characters() {
+        let src = Source {
+            file: Path::new(ORIGIN),
+            text: "a\n\u{e9}\u{e9}x\n",
+        };
+        assert_eq!(src.at(0..1), Location { line: 1, column: 1 });
+        assert_eq!(src.at(2..3), Location { line: 2, column: 1 });
+        // "é" is two bytes but one column.
+        assert_eq!(src.at(6..7), Location { line: 2, column: 3 });
+        assert_eq!(src.at(8..8), Location { line: 3, column: 1 });
+    }
+
+    // ---- files and TOML ----------------------------------------------------------------------
+
+    #[test]
+    fn missing_file_names_path_and_io_error() {
+        let path = Path::new("/nonexistent/smtpguard/smtpguard.toml");
+        let err = Config::load(path).unwrap_err();
+        assert!(matches!(&err, ConfigError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("/nonexistent/smtpguard/smtpguard.toml: "),
+            "{message}"
+        );
+        assert!(message.contains("No such file or directory"), "{message}");
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[enforcement",
+            "ports = [25]",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 3, 13, &["unclosed table"]);
+        // toml's own rendering of the document is not repeated.
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[agnet]",
+            "socket = \"/run/smtpguard.sock\"",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 3, 2, &["unknown field `agnet`"]);
+    }
+
+    #[test]
+    fn unknown_nested_key_is_rejected() {
+        let err = reject(&[
+            "[enforcement]",
+            "ports = [25]",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "mdoe = \"monitor\"",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 5, 1, &["unknown field `mdoe`", "`mode`"]);
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let err = reject(&["[[subscribers]]", "prefix = 100"]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 2, 10, &["integer `100`", "expected a string"]);
+
+        let err = reject(&[
+            "[enforcement]",
+            "ports = 25",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+        ]);
+        assert_message(&err, 2, 9, &["integer `25`", "expected a sequence"]);
+    }
+
+    #[test]
+    fn unknown_mode_is_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "mode = \"block\"",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 3, 8, &["`block`", "`enforce` or `monitor`"]);
+    }
+
+    #[test]
+    fn unknown_unparseable_action_is_rejected() {
+        let err = reject(&[
+            "[enforcement]",
+            "unparseable = \"Drop\"",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 2, 15, &["`Drop`", "`pass` or `drop`"]);
+    }
+
+    // ---- enforcement ------------------------------------------------------------------------
+
+    #[test]
+    fn empty_ports_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[enforcement]",
+            "ports = []",
+        ]);
+        assert!(matches!(err, ConfigError::NoPorts { .. }));
+        assert_message(&err, 4, 9, &["enforcement.ports is empty", "1 to 8"]);
+    }
+
+    #[test]
+    fn more_than_max_ports_are_rejected() {
+        let err = reject(&[
+            "[enforcement]",
+            "ports = [25, 26, 27, 28, 29, 30, 31, 32, 33]",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+        ]);
+        assert!(matches!(err, ConfigError::TooManyPorts { ref ports, .. } if ports.len() == 9));
+        assert_message(&err, 2, 9, &["9 ports", "[25, 26,", "33]", "at most 8"]);
+    }
+
+    #[test]
+    fn ports_outside_tcp_range_are_rejected() {
+        for (value, column) in [("0", 14), ("-1", 14), ("70000", 14), ("65536", 14)] {
+            let ports = format!("ports = [25, {value}]");
+            let err = reject(&[
+                "[enforcement]",
+                &ports,
+                "[[subscribers]]",
+                "prefix = \"100.64.0.0/10\"",
+            ]);
+            let ConfigError::PortOutOfRange { value: got, .. } = err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(got.to_string(), value);
+            assert_message(
+                &err,
+                2,
+                column,
+                &[&format!("port {value} is not a TCP port"), "1 to 65535"],
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_ports_are_rejected() {
+        let err = reject(&[
+            "[enforcement]",
+            "ports = [25,",
+            "  587,",
+            "  25]",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+        ]);
+        assert!(matches!(err, ConfigError::DuplicatePort { port: 25, .. }));
+        assert_message(
+            &err,
+            4,
+            3,
+            &["port 25 is listed twice", "line 2, column 10"],
+        );
+    }
+
+    // ---- prefixes ---------------------------------------------------------------------------
+
+    #[test]
+    fn unparseable_prefixes_are_rejected() {
+        let cases = [
+            ("100.64.0.0", PrefixProblem::MissingLength),
+            (
+                "100.64.0.0/33",
+                PrefixProblem::LengthTooLong {
+                    length: 33,
+                    family: Family::V4,
+                    max: 32,
+                },
+            ),
+            (
+                "2001:db8::/129",
+                PrefixProblem::LengthTooLong {
+                    length: 129,
+                    family: Family::V6,
+                    max: 128,
+                },
+            ),
+            ("banana", PrefixProblem::MissingLength),
+            ("banana/8", PrefixProblem::BadAddress),
+            ("100.64.0.0/", PrefixProblem::BadLength),
+            ("100.64.0.0/+8", PrefixProblem::BadLength),
+        ];
+        for (value, expected) in cases {
+            let line = format!("prefix = \"{value}\"");
+            let err = reject(&["", "[[subscribers]]", &line]);
+            let ConfigError::InvalidPrefix { problem, list, .. } = &err else {
+                panic!("{value}: {err:?}");
+            };
+            assert_eq!(
+                (*problem, *list),
+                (expected, PrefixList::Subscribers),
+                "{value}"
+            );
+            assert_message(
+                &err,
+                3,
+                10,
+                &[
+                    &format!("subscriber prefix \"{value}\" is not a CIDR prefix"),
+                    &expected.to_string(),
+                    "expected an address and a prefix length",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn unparseable_relay_and_exemption_prefixes_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25\"",
+        ]);
+        assert_message(&err, 4, 10, &["relay prefix \"192.0.2.25\"", "no /length"]);
+
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/40\"",
+            "reason = \"x\"",
+        ]);
+        assert_message(
+            &err,
+            4,
+            10,
+            &[
+                "exemption prefix \"100.64.10.0/40\"",
+                "/40 is longer than the 32 bits",
+            ],
+        );
+    }
+
+    #[test]
+    fn subscriber_host_bits_are_rejected() {
+        let err = reject(&[
+            "[enforcement]",
+            "ports = [25]",
+            "",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.1/10\"",
+        ]);
+        assert!(matches!(err, ConfigError::HostBitsSet { network, .. }
+            if network == net("100.64.0.0/10")));
+        assert_eq!(
+            err.to_string(),
+            "/etc/smtpguard/smtpguard.toml:7:10: subscriber prefix \"100.64.0.1/10\" has host \
+             bits set; expected a network address such as \"100.64.0.0/10\""
+        );
+    }
+
+    #[test]
+    fn relay_and_exemption_host_bits_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/64\"",
+        ]);
+        assert_message(
+            &err,
+            4,
+            10,
+            &[
+                "relay prefix \"2001:db8:25::25/64\" has host bits set",
+                "\"2001:db8:25::/64\"",
+            ],
+        );
+
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[exemptions]]",
+            "reason = \"x\"",
+            "prefix = \"100.64.10.1/24\"",
+        ]);
+        assert_message(
+            &err,
+            5,
+            10,
+            &[
+                "exemption prefix \"100.64.10.1/24\" has host bits set",
+                "\"100.64.10.0/24\"",
+            ],
+        );
+    }
+
+    // ---- subscribers ------------------------------------------------------------------------
+
+    #[test]
+    fn missing_subscribers_are_rejected() {
+        let err = reject(&["[enforcement]", "ports = [25]"]);
+        assert!(matches!(err, ConfigError::NoSubscribers { .. }));
+        assert_message(&err, 1, 1, &["no [[subscribers]] entries", "at least one"]);
+    }
+
+    #[test]
+    fn empty_subscribers_are_rejected() {
+        let err = reject(&["[enforcement]", "ports = [25]", "subscribers = []"]);
+        // In TOML, that line belongs to [enforcement].
+        assert_message(&err, 3, 1, &["unknown field `subscribers`"]);
+
+        let err = reject(&["subscribers = []", "[enforcement]", "ports = [25]"]);
+        assert!(matches!(err, ConfigError::NoSubscribers { .. }));
+        assert_message(&err, 1, 15, &["no [[subscribers]] entries"]);
+    }
+
+    #[test]
+    fn duplicate_subscribers_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[subscribers]]",
+            "prefix = \"2001:0db8:1000::/36\"",
+            "mode = \"monitor\"",
+        ]);
+        assert!(matches!(
+            err,
+            ConfigError::DuplicatePrefix {
+                list: PrefixList::Subscribers,
+                first: Location {
+                    line: 2,
+                    column: 10
+                },
+                ..
+            }
+        ));
+        assert_message(
+            &err,
+            6,
+            10,
+            &[
+                "subscriber prefix \"2001:0db8:1000::/36\" duplicates \"2001:db8:1000::/36\"",
+                "at line 2",
+            ],
+        );
+    }
+
+    // ---- relays -----------------------------------------------------------------------------
+
+    #[test]
+    fn duplicate_relays_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+        ]);
+        assert!(matches!(
+            err,
+            ConfigError::DuplicatePrefix {
+                list: PrefixList::Relays,
+                ..
+            }
+        ));
+        assert_message(
+            &err,
+            6,
+            10,
+            &["relay prefix \"192.0.2.25/32\" duplicates \"192.0.2.25/32\" at line 4"],
+        );
+    }
+
+    #[test]
+    fn overlapping_relays_are_rejected() {
+        // Wider entry first.
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.0/24\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/128\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+        ]);
+        assert!(matches!(err, ConfigError::OverlappingRelays { .. }));
+        assert_message(
+            &err,
+            8,
+            10,
+            &[
+                "relay prefix \"192.0.2.25/32\" (line 8)",
+                "inside relay prefix \"192.0.2.0/24\" (line 4)",
+                "do not overlap",
+            ],
+        );
+
+        // Narrower entry first; the later (wider) entry is where the error points.
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/128\"",
+            "[[relays]]",
+            "prefix = \"2001:db8::/32\"",
+        ]);
+        assert_message(
+            &err,
+            6,
+            10,
+            &[
+                "relay prefix \"2001:db8:25::25/128\" (line 4)",
+                "inside relay prefix \"2001:db8::/32\" (line 6)",
+            ],
+        );
+    }
+
+    #[test]
+    fn first_relay_overlap_in_file_order_is_reported() {
+        // Three overlapping pairs. Sorted by address the 192.0.2.0/24 pair is in the middle,
+        // but it is the one complete earliest in the file (line 8).
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.0/24\"",
+            "[[relays]]",
+            "prefix = \"10.0.0.0/8\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.1/32\"",
+            "[[relays]]",
+            "prefix = \"10.9.0.0/16\"",
+            "[[relays]]",
+            "prefix = \"203.0.113.0/24\"",
+            "[[relays]]",
+            "prefix = \"203.0.113.5/32\"",
+        ]);
+        assert_message(
+            &err,
+            8,
+            10,
+            &[
+                "\"192.0.2.1/32\" (line 8)",
+                "inside relay prefix \"192.0.2.0/24\" (line 4)",
+            ],
+        );
+    }
+
+    #[test]
+    fn relay_overlap_after_unrelated_relays_is_found() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[relays]]",
+            "prefix = \"198.51.100.7/32\"",
+            "[[relays]]",
+            "prefix = \"198.51.100.0/24\"",
+        ]);
+        assert!(matches!(err, ConfigError::OverlappingRelays { .. }));
+        assert_message(
+            &err,
+            8,
+            10,
+            &[
+                "\"198.51.100.7/32\" (line 6)",
+                "inside relay prefix \"198.51.100.0/24\" (line 8)",
+            ],
+        );
+    }
+
+    // ---- exemptions -------------------------------------------------------------------------
+
+    #[test]
+    fn duplicate_exemptions_are_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+            "reason = \"business static block\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+            "reason = \"again\"",
+        ]);
+        assert!(matches!(
+            err,
+            ConfigError::DuplicatePrefix {
+                list: PrefixList::Exemptions,
+                ..
+            }
+        ));
+        assert_message(
+            &err,
+            7,
+            10,
+            &["exemption prefix \"100.64.10.0/24\" duplicates \"100.64.10.0/24\" at line 4"],
+        );
+    }
+
+    #[test]
+    fn empty_exemption_reason_is_rejected() {
+        for reason in ["", "   ", "\\t"] {
+            let line = format!("reason = \"{reason}\"");
+            let err = reject(&[
+                "[[subscribers]]",
+                "prefix = \"100.64.0.0/10\"",
+                "[[exemptions]]",
+                "prefix = \"100.64.10.0/24\"",
+                &line,
+            ]);
+            assert!(matches!(err, ConfigError::EmptyReason { .. }), "{err:?}");
+            assert_message(
+                &err,
+                5,
+                10,
+                &[
+                    "exemption \"100.64.10.0/24\" has an empty reason",
+                    &format!("{:?}", reason.replace("\\t", "\t")),
+                    "expected a short note",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn missing_exemption_reason_is_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+        ]);
+        assert!(matches!(err, ConfigError::Toml { .. }));
+        assert_message(&err, 3, 1, &["missing field `reason`"]);
+    }
+
+    #[test]
+    fn exemption_outside_subscribers_is_rejected() {
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+            "reason = \"inside\"",
+            "[[exemptions]]",
+            "prefix = \"198.51.100.0/24\"",
+            "reason = \"outside\"",
+        ]);
+        assert!(matches!(
+            err,
+            ConfigError::ExemptionOutsideSubscribers { .. }
+        ));
+        assert_message(
+            &err,
+            9,
+            10,
+            &[
+                "exemption prefix \"198.51.100.0/24\"",
+                "would have no effect",
+            ],
+        );
+
+        // Wider than the subscriber range it overlaps: not inside it either.
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[exemptions]]",
+            "prefix = \"2001:db8::/32\"",
+            "reason = \"too wide\"",
+        ]);
+        assert_message(&err, 4, 10, &["\"2001:db8::/32\"", "no effect"]);
+    }
+
+    // ---- capacity ---------------------------------------------------------------------------
+
+    #[test]
+    fn zero_and_negative_capacities_are_rejected() {
+        for (key, value) in [
+            ("subscribers", "0"),
+            ("relays", "0"),
+            ("exemptions", "-5"),
+            ("hosts", "0"),
+            ("hosts", "4294967296"),
+        ] {
+            let line = format!("{key} = {value}");
+            let err = reject(&[
+                "[[subscribers]]",
+                "prefix = \"100.64.0.0/10\"",
+                "[capacity]",
+                &line,
+            ]);
+            assert!(
+                matches!(err, ConfigError::CapacityOutOfRange { .. }),
+                "{err:?}"
+            );
+            assert_message(
+                &err,
+                4,
+                key.len() + 4,
+                &[&format!("capacity.{key} = {value}"), "1 to 4294967295"],
+            );
+        }
+    }
+
+    #[test]
+    fn relays_beyond_capacity_are_rejected() {
+        let err = reject(&[
+            "[capacity]",
+            "relays = 2",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[relays]]",
+            "prefix = \"2001:db8:25::25/128\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.26/32\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.27/32\"",
+        ]);
+        assert!(matches!(
+            err,
+            ConfigError::CapacityExceeded {
+                family: Family::V4,
+                count: 3,
+                capacity: 2,
+                ..
+            }
+        ));
+        assert_message(
+            &err,
+            12,
+            10,
+            &[
+                "relay prefix \"192.0.2.27/32\" does not fit",
+                "3 IPv4 relay prefixes",
+                "capacity.relays is 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn subscribers_and_exemptions_beyond_capacity_are_rejected() {
+        let err = reject(&[
+            "[capacity]",
+            "subscribers = 1",
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[subscribers]]",
+            "prefix = \"2001:db8:2000::/36\"",
+        ]);
+        assert_message(
+            &err,
+            6,
+            10,
+            &[
+                "subscriber prefix \"2001:db8:2000::/36\"",
+                "2 IPv6 subscriber prefixes",
+            ],
+        );
+
+        let err = reject(&[
+            "[capacity]",
+            "exemptions = 1",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.10.0/24\"",
+            "reason = \"a\"",
+            "[[exemptions]]",
+            "prefix = \"100.64.11.0/24\"",
+            "reason = \"b\"",
+        ]);
+        assert_message(
+            &err,
+            9,
+            10,
+            &[
+                "exemption prefix \"100.64.11.0/24\"",
+                "capacity.exemptions is 1",
+            ],
+        );
     }
 }

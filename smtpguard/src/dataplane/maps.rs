@@ -13,7 +13,7 @@ use smtpguard_common::{
 };
 
 use super::DataplaneError;
-use crate::config::{Capacity, Config};
+use crate::config::Config;
 
 type Trie<'a, K, V> = LpmTrie<&'a mut MapData, K, V>;
 
@@ -109,22 +109,7 @@ impl<'a> PolicyMaps<'a> {
     /// Writes the whole policy into empty maps. Prefixes go in before the enforced ports, so
     /// the program never judges traffic against half a policy. Rule identifiers are the
     /// entries' positions in the config.
-    pub fn install(&mut self, config: &Config, capacity: &Capacity) -> Result<(), DataplaneError> {
-        check_capacity(
-            names::SUBSCRIBERS_V4,
-            capacity.subscribers,
-            config.subscribers.iter().map(|s| s.prefix),
-        )?;
-        check_capacity(
-            names::RELAYS_V4,
-            capacity.relays,
-            config.relays.iter().map(|r| r.prefix),
-        )?;
-        check_capacity(
-            names::EXEMPTIONS_V4,
-            capacity.exemptions,
-            config.exemptions.iter().map(|e| e.prefix),
-        )?;
+    pub fn install(&mut self, config: &Config) -> Result<(), DataplaneError> {
         for (rule, range) in (0..).zip(&config.subscribers) {
             self.subscribers
                 .insert(range.prefix, SubscriberPolicy::new(range.mode, rule))?;
@@ -142,27 +127,6 @@ impl<'a> PolicyMaps<'a> {
             .set(0, enforcement, 0)
             .map_err(|source| map_error(names::ENFORCEMENT, source))
     }
-}
-
-/// The larger family must fit: both families' tries have the same capacity.
-fn check_capacity(
-    map: &'static str,
-    capacity: u32,
-    prefixes: impl Iterator<Item = IpNet>,
-) -> Result<(), DataplaneError> {
-    let (v4, v6) = prefixes.fold((0, 0), |(v4, v6), prefix| match prefix {
-        IpNet::V4(_) => (v4 + 1, v6),
-        IpNet::V6(_) => (v4, v6 + 1),
-    });
-    let needed = v4.max(v6);
-    if needed > capacity as usize {
-        return Err(DataplaneError::Capacity {
-            map,
-            capacity,
-            needed,
-        });
-    }
-    Ok(())
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {

@@ -58,12 +58,6 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("map {map} holds at most {capacity} entries; the policy needs {needed}")]
-    Capacity {
-        map: &'static str,
-        capacity: u32,
-        needed: usize,
-    },
 }
 
 /// A loaded (verified) instance of the kernel program with its own maps.
@@ -106,7 +100,7 @@ impl Dataplane {
     /// Loads the program and installs `config`'s policy into its fresh maps.
     pub fn with_policy(config: &Config) -> Result<Self, DataplaneError> {
         let mut dataplane = Self::load(&config.capacity)?;
-        dataplane.policy_maps()?.install(config, &config.capacity)?;
+        dataplane.policy_maps()?.install(config)?;
         Ok(dataplane)
     }
 
