@@ -22,6 +22,10 @@ enum Judged {
 
 #[inline(always)]
 pub fn decide(packet: &Packet) -> Reason {
+    // The fast path: most traffic is not TCP and needs no map lookup at all.
+    if let Transport::Other = packet.transport {
+        return Reason::Other;
+    }
     // An empty array slot reads as zeros: no enforced ports, so nothing is judged until the
     // loader has written the configuration.
     let Some(config) = ENFORCEMENT.get(0) else {
