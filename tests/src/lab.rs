@@ -14,7 +14,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -24,6 +24,11 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `ip` with the arguments and fails with its stderr if it fails.
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    ip_output(args).map(drop)
+}
+
+/// Runs `ip` with the arguments and returns its stdout; fails with its stderr if it fails.
+fn ip_output(args: &[&str]) -> anyhow::Result<String> {
     let output = Command::new("ip")
         .args(args)
         .output()
@@ -35,7 +40,7 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A named network namespace, deleted on drop.
@@ -65,6 +70,42 @@ impl Netns {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
         ip(&full)
+    }
+
+    fn ip_output(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip_output(&full)
+    }
+
+    /// Waits until `interface` is operationally up (the kernel reports a veth's carrier only
+    /// when its link watcher next runs, up to a second after `link set up`) and IPv6 is usable
+    /// on it: addrconf has configured a link-local address and it is no longer tentative.
+    /// Until then IPv4 already works but IPv6 neighbour discovery on the link fails, so the
+    /// first IPv6 connection of a test would stall for a SYN retransmission.
+    fn wait_until_ready(&self, interface: &str, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let link = self.ip_output(&["-o", "link", "show", "dev", interface])?;
+            let link_local = self.ip_output(&[
+                "-o", "-6", "addr", "show", "dev", interface, "scope", "link",
+            ])?;
+            if link.contains(" state UP ")
+                && link_local.contains("fe80:")
+                && !link_local.contains("tentative")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{interface} in {} is not ready (operationally up with a usable IPv6 \
+                     link-local address): {} {}",
+                    self.name,
+                    link.trim(),
+                    link_local.trim()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
@@ -159,19 +200,65 @@ impl GatewayLab {
             gateway: Netns::new("gw")?,
             internet: Netns::new("inet")?,
         };
+        // No duplicate address detection, for the link-local addresses too (the global ones
+        // are added with nodad): a tentative link-local address holds back the gateway's
+        // neighbour solicitations for about a second. Set before the veths exist, so they
+        // inherit it.
+        for netns in [&lab.subscriber, &lab.gateway, &lab.internet] {
+            netns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+        }
         lab.gateway.ip(&[
-            "link", "add", SUBSCRIBER_INTERFACE, "type", "veth", "peer", "name", "eth0",
-            "netns", lab.subscriber.name(),
+            "link",
+            "add",
+            SUBSCRIBER_INTERFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            lab.subscriber.name(),
         ])?;
         lab.gateway.ip(&[
-            "link", "add", INTERNET_INTERFACE, "type", "veth", "peer", "name", "eth0",
-            "netns", lab.internet.name(),
+            "link",
+            "add",
+            INTERNET_INTERFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            lab.internet.name(),
         ])?;
         for (netns, interface, addresses) in [
-            (&lab.subscriber, "eth0", [format!("{SUBSCRIBER_V4}/24"), format!("{SUBSCRIBER_V6}/64")]),
-            (&lab.gateway, SUBSCRIBER_INTERFACE, [format!("{GATEWAY_SUB_V4}/24"), format!("{GATEWAY_SUB_V6}/64")]),
-            (&lab.gateway, INTERNET_INTERFACE, [format!("{GATEWAY_INET_V4}/24"), format!("{GATEWAY_INET_V6}/64")]),
-            (&lab.internet, "eth0", [format!("{MX_V4}/24"), format!("{MX_V6}/64")]),
+            (
+                &lab.subscriber,
+                "eth0",
+                [format!("{SUBSCRIBER_V4}/24"), format!("{SUBSCRIBER_V6}/64")],
+            ),
+            (
+                &lab.gateway,
+                SUBSCRIBER_INTERFACE,
+                [
+                    format!("{GATEWAY_SUB_V4}/24"),
+                    format!("{GATEWAY_SUB_V6}/64"),
+                ],
+            ),
+            (
+                &lab.gateway,
+                INTERNET_INTERFACE,
+                [
+                    format!("{GATEWAY_INET_V4}/24"),
+                    format!("{GATEWAY_INET_V6}/64"),
+                ],
+            ),
+            (
+                &lab.internet,
+                "eth0",
+                [format!("{MX_V4}/24"), format!("{MX_V6}/64")],
+            ),
         ] {
             for address in &addresses {
                 // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
@@ -184,16 +271,45 @@ impl GatewayLab {
             netns.ip(&["link", "set", interface, "up"])?;
         }
         // The relay is a second address of the internet host, routed through the gateway.
-        lab.internet.ip(&["addr", "add", &format!("{RELAY_V4}/32"), "dev", "eth0"])?;
-        lab.internet.ip(&["addr", "add", &format!("{RELAY_V6}/128"), "dev", "eth0", "nodad"])?;
-        lab.gateway.ip(&["route", "add", &format!("{RELAY_V4}/32"), "via", MX_V4])?;
-        lab.gateway.ip(&["-6", "route", "add", &format!("{RELAY_V6}/128"), "via", MX_V6])?;
-        lab.subscriber.ip(&["route", "add", "default", "via", GATEWAY_SUB_V4])?;
-        lab.subscriber.ip(&["-6", "route", "add", "default", "via", GATEWAY_SUB_V6])?;
-        lab.internet.ip(&["route", "add", "default", "via", GATEWAY_INET_V4])?;
-        lab.internet.ip(&["-6", "route", "add", "default", "via", GATEWAY_INET_V6])?;
+        lab.internet
+            .ip(&["addr", "add", &format!("{RELAY_V4}/32"), "dev", "eth0"])?;
+        lab.internet.ip(&[
+            "addr",
+            "add",
+            &format!("{RELAY_V6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        lab.gateway
+            .ip(&["route", "add", &format!("{RELAY_V4}/32"), "via", MX_V4])?;
+        lab.gateway.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{RELAY_V6}/128"),
+            "via",
+            MX_V6,
+        ])?;
+        lab.subscriber
+            .ip(&["route", "add", "default", "via", GATEWAY_SUB_V4])?;
+        lab.subscriber
+            .ip(&["-6", "route", "add", "default", "via", GATEWAY_SUB_V6])?;
+        lab.internet
+            .ip(&["route", "add", "default", "via", GATEWAY_INET_V4])?;
+        lab.internet
+            .ip(&["-6", "route", "add", "default", "via", GATEWAY_INET_V6])?;
         lab.gateway.sysctl("net.ipv4.ip_forward", "1")?;
         lab.gateway.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (netns, interface) in [
+            (&lab.subscriber, "eth0"),
+            (&lab.gateway, SUBSCRIBER_INTERFACE),
+            (&lab.gateway, INTERNET_INTERFACE),
+            (&lab.internet, "eth0"),
+        ] {
+            netns.wait_until_ready(interface, deadline)?;
+        }
         Ok(lab)
     }
 }
