@@ -73,8 +73,8 @@ pub fn smtpguard_tc(ctx: TcContext) -> i32 {
     // it as unreachable, which the policy handles.
     let _ = ctx.pull_data(if len < TC_PULL_LEN { len } else { TC_PULL_LEN });
     match judge(Frame::new(ctx.data(), ctx.data_end())).verdict() {
-        Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 

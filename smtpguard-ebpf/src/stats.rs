@@ -39,13 +39,13 @@ pub fn record_host(packet: &Packet, reason: Reason) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
 
-    let stats = match HOST_STATS.get_ptr_mut(&key) {
+    let stats = match HOST_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
             // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
             // second CPU adds to it below instead of resetting it.
-            let _ = HOST_STATS.insert(&key, &HostStats::first_seen(now), BPF_NOEXIST as u64);
-            match HOST_STATS.get_ptr_mut(&key) {
+            let _ = HOST_STATS.insert(key, HostStats::first_seen(now), BPF_NOEXIST as u64);
+            match HOST_STATS.get_ptr_mut(key) {
                 Some(stats) => stats,
                 None => return,
             }

@@ -1,1 +1,60 @@
-fn main() {}
+//! Automation for smtpguard: `cargo xtask bootstrap | test | demo` (the alias is in
+//! .cargo/config.toml).
+
+mod bootstrap;
+mod cmd;
+mod demo;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Build, bootstrap, test and demo automation for smtpguard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need: rust-src for the nightly toolchain, bpf-linker
+    /// (built against the nightly's LLVM, into .tools/) and the Debian packages the tests use.
+    /// Idempotent.
+    Bootstrap,
+    /// Bootstrap, then lint (rustfmt, clippy for the host crates and the eBPF crate), build
+    /// and run every test. This is what CI runs (.ci/run).
+    Test,
+    /// Bootstrap, build, write a sample capture and replay it through the kernel program
+    /// with deploy/smtpguard.example.toml.
+    Demo,
+}
+
+/// The repository root: xtask lives one folder below it.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask's manifest folder has a parent")
+        .to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = repo_root();
+    let result = match cli.command {
+        Command::Bootstrap => bootstrap::run(&root),
+        Command::Test => test::run(&root),
+        Command::Demo => demo::run(&root),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -129,10 +129,13 @@ fn sorted_hosts(report: &ReplayReport) -> Vec<(IpAddr, &HostStats)> {
     hosts
 }
 
+/// `address:port`, or the address alone when the last segment's port was out of reach
+/// (a fragment or an unparseable header, recorded with port 0).
 fn last_destination(stats: &HostStats) -> String {
     let address = crate::dataplane::host_address(&stats.last_dst);
-    match address {
-        IpAddr::V4(v4) => format!("{v4}:{}", stats.last_dst_port),
-        IpAddr::V6(v6) => format!("[{v6}]:{}", stats.last_dst_port),
+    match (address, stats.last_dst_port) {
+        (address, 0) => address.to_string(),
+        (IpAddr::V4(v4), port) => format!("{v4}:{port}"),
+        (IpAddr::V6(v6), port) => format!("[{v6}]:{port}"),
     }
 }

@@ -1,0 +1,186 @@
+//! `cargo xtask test`: bootstrap, lint, build, test; stops at the first failure. CI runs this.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{bootstrap, cmd};
+
+/// The kernel program only builds for the BPF target with the nightly toolchain
+/// (`#![feature]`, its own panic handler); smtpguard's build.rs compiles it through aya-build,
+/// and the lint phase runs clippy on it for that target.
+const EBPF_CRATE: &str = "smtpguard-ebpf";
+
+pub fn run(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let result = phases(root, &mut tally);
+    println!();
+    match &result {
+        Ok(()) => println!("all phases passed in {}", minutes(started.elapsed())),
+        Err(_) => println!("failed after {}", minutes(started.elapsed())),
+    }
+    // The plain closing line comes last, after cargo's per-binary ones (the last of which is
+    // often an empty doc-test run): the totals of the whole suite.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    result
+}
+
+fn phases(root: &Path, tally: &mut Tally) -> Result<()> {
+    phase("bootstrap", || bootstrap::run(root))?;
+    phase("lint", || {
+        cmd::run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
+        cmd::run(
+            cargo(root)
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    EBPF_CRATE,
+                    "--all-targets",
+                ])
+                .args(["--", "-D", "warnings"]),
+        )?;
+        cmd::run(
+            cargo(root)
+                .args(["+nightly", "clippy", "-p", EBPF_CRATE])
+                .args([
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(["--", "-D", "warnings"]),
+        )
+    })?;
+    phase("build", || {
+        cmd::run(cargo(root).args(["build", "--workspace", "--exclude", EBPF_CRATE]))
+    })?;
+    phase("test", || {
+        // --no-fail-fast: every test binary runs even when an earlier one fails; the phase
+        // still fails then.
+        run_tests(
+            cargo(root).args([
+                "test",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--no-fail-fast",
+            ]),
+            tally,
+        )?;
+        if tally.passed == 0 {
+            bail!("cargo test ran no test");
+        }
+        Ok(())
+    })
+}
+
+/// Totals over every `test result:` line cargo's test binaries print.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Adds a line like `test result: ok. 37 passed; 0 failed; 2 ignored; 0 measured; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(counts) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for field in counts.split(';') {
+            let mut words = field.split_whitespace().rev();
+            let (Some(label), Some(number)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += number,
+                "failed" => self.failed += number,
+                "ignored" => self.ignored += number,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`, passing its output through while adding up the results.
+fn run_tests(command: &mut Command, tally: &mut Tally) -> Result<()> {
+    let line = cmd::line(command);
+    println!("$ {line}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for output in BufReader::new(stdout).lines() {
+        let output = output.context("reading cargo test's output")?;
+        println!("{output}");
+        tally.add(&output);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new("cargo");
+    command.current_dir(root);
+    command
+}
+
+fn phase(name: &str, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("\n========== {name} ==========");
+    let started = Instant::now();
+    body().with_context(|| format!("phase `{name}` failed"))?;
+    println!("---------- {name}: ok in {}", minutes(started.elapsed()));
+    Ok(())
+}
+
+fn minutes(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs();
+    format!("{}m{:02}s", seconds / 60, seconds % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_every_result_line() {
+        let mut tally = Tally::default();
+        for line in [
+            "running 3 tests",
+            "test result: ok. 37 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            tally.add(line);
+        }
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 38,
+                failed: 2,
+                ignored: 2
+            }
+        );
+    }
+}
