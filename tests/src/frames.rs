@@ -33,6 +33,19 @@ pub enum Wrapper {
     },
 }
 
+/// The deepest encapsulation a subscriber line has: an S-tag, a C-tag, then PPPoE.
+pub const QINQ_PPPOE: &[Wrapper] = &[
+    Wrapper::Vlan {
+        tpid: TPID_8021AD,
+        vid: 100,
+    },
+    Wrapper::Vlan {
+        tpid: TPID_8021Q,
+        vid: 200,
+    },
+    Wrapper::Pppoe { compressed: false },
+];
+
 /// An IPv6 extension header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extension {
@@ -456,15 +469,7 @@ mod tests {
     #[test]
     fn qinq_pppoe_layout() {
         let frame = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN)
-            .wrap(Wrapper::Vlan {
-                tpid: TPID_8021AD,
-                vid: 100,
-            })
-            .wrap(Wrapper::Vlan {
-                tpid: TPID_8021Q,
-                vid: 200,
-            })
-            .wrap(Wrapper::Pppoe { compressed: false })
+            .wrappers(QINQ_PPPOE)
             .build();
         assert_eq!(&frame[12..14], &TPID_8021AD.to_be_bytes());
         assert_eq!(&frame[16..18], &TPID_8021Q.to_be_bytes());

@@ -208,30 +208,23 @@ impl GatewayLab {
             netns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
             netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         }
-        lab.gateway.ip(&[
-            "link",
-            "add",
-            SUBSCRIBER_INTERFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            lab.subscriber.name(),
-        ])?;
-        lab.gateway.ip(&[
-            "link",
-            "add",
-            INTERNET_INTERFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            lab.internet.name(),
-        ])?;
+        for (interface, peer) in [
+            (SUBSCRIBER_INTERFACE, &lab.subscriber),
+            (INTERNET_INTERFACE, &lab.internet),
+        ] {
+            lab.gateway.ip(&[
+                "link",
+                "add",
+                interface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])?;
+        }
         for (netns, interface, addresses) in [
             (
                 &lab.subscriber,

@@ -11,8 +11,8 @@ use smtpguard::{
 };
 use smtpguard_common::{Reason, Verdict};
 use smtpguard_tests::frames::{
-    Extension, FrameSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD, TPID_8021Q,
-    TPID_9100, Upper, Wrapper, arp, ethernet,
+    Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD,
+    TPID_8021Q, TPID_9100, Upper, Wrapper, arp, ethernet,
 };
 
 const POLICY: &str = r#"
@@ -154,20 +154,7 @@ const WRAPPERS: &[(&str, &[Wrapper])] = &[
             Wrapper::Pppoe { compressed: false },
         ],
     ),
-    (
-        "QinQ + PPPoE",
-        &[
-            Wrapper::Vlan {
-                tpid: TPID_8021AD,
-                vid: 100,
-            },
-            Wrapper::Vlan {
-                tpid: TPID_8021Q,
-                vid: 200,
-            },
-            Wrapper::Pppoe { compressed: false },
-        ],
-    ),
+    ("QinQ + PPPoE", QINQ_PPPOE),
 ];
 
 struct Case {
@@ -236,14 +223,14 @@ fn policy_cases(wrapper: &str, wrappers: &[Wrapper], family: &str, h: &Hosts) ->
         case(
             "UDP to 25",
             FrameSpec::udp(h.subscriber, h.mx, 25)
-                .wrappers(wrappers)
+                .wrappers(QINQ_PPPOE)
                 .build(),
             Reason::Other,
         ),
         case(
             "ICMP echo",
             FrameSpec::icmp(h.subscriber, h.mx)
-                .wrappers(wrappers)
+                .wrappers(QINQ_PPPOE)
                 .build(),
             Reason::Other,
         ),
@@ -782,12 +769,11 @@ fn host_statistics_follow_the_traffic() {
         .unwrap();
     // A misconfigured client: one destination, many retries, over IPv6 inside QinQ + PPPoE.
     let client = V6().subscriber;
-    let wrappers = WRAPPERS[9].1;
     for _ in 0..5 {
         dataplane
             .run_xdp(
                 &FrameSpec::tcp(client, V6().mx, 25, TCP_SYN)
-                    .wrappers(wrappers)
+                    .wrappers(QINQ_PPPOE)
                     .build(),
             )
             .unwrap();

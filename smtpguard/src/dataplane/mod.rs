@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode,
         tc::{self, TcAttachType},
     },
 };
@@ -138,33 +138,22 @@ impl Dataplane {
     /// action and the reason counter it moved.
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<FrameOutcome, DataplaneError> {
         let before = self.counters()?;
-        let program = program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| program_error("test-running", XDP_PROGRAM, source))?;
+        let action = test_run(
+            program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?,
+            XDP_PROGRAM,
+            frame,
+        )?;
         let after = self.counters()?;
         let reason = Reason::ALL
             .into_iter()
             .find(|reason| after[*reason as usize] != before[*reason as usize]);
-        Ok(FrameOutcome {
-            action: result.return_value,
-            reason,
-        })
+        Ok(FrameOutcome { action, reason })
     }
 
     /// Runs one frame through the TC entry point (`__sk_buff` test run); returns the TC action.
     pub fn run_tc(&mut self, frame: &[u8]) -> Result<i32, DataplaneError> {
         let program = program_ref::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?;
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| program_error("test-running", TC_PROGRAM, source))?;
-        Ok(result.return_value as i32)
+        Ok(test_run(program, TC_PROGRAM, frame)? as i32)
     }
 
     /// How many instructions the kernel's verifier processed for each entry point: the
@@ -191,6 +180,21 @@ impl Dataplane {
     pub fn hosts(&self) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
         maps::read_hosts(&self.ebpf)
     }
+}
+
+/// One `BPF_PROG_TEST_RUN` of `frame`; returns the program's return value.
+fn test_run<P>(program: &P, name: &'static str, frame: &[u8]) -> Result<u32, DataplaneError>
+where
+    for<'a> P: TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
+    program
+        .test_run(options)
+        .map(|result| result.return_value)
+        .map_err(|source| program_error("test-running", name, source))
 }
 
 fn program_ref<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, DataplaneError>

@@ -7,9 +7,7 @@ use std::{fs::File, io::BufWriter, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use smtpguard_tests::frames::{
-    self, Extension, FrameSpec, TCP_ACK, TCP_SYN, TPID_8021AD, TPID_8021Q, Upper, Wrapper,
-};
+use smtpguard_tests::frames::{self, Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN, Upper};
 
 /// The capture starts at 2026-01-01T00:00:00Z; frames follow one millisecond apart.
 const START: Duration = Duration::from_secs(1_767_225_600);
@@ -95,15 +93,7 @@ fn story() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "subscriber 100.64.0.3 behind QinQ (100/200) + PPPoE -> MX:25, SYN",
             "dropped",
             FrameSpec::tcp(ip("100.64.0.3"), mx, 25, TCP_SYN)
-                .wrap(Wrapper::Vlan {
-                    tpid: TPID_8021AD,
-                    vid: 100,
-                })
-                .wrap(Wrapper::Vlan {
-                    tpid: TPID_8021Q,
-                    vid: 200,
-                })
-                .wrap(Wrapper::Pppoe { compressed: false })
+                .wrappers(QINQ_PPPOE)
                 .build(),
         ),
         (
