@@ -11,5 +11,7 @@ pub mod reason;
 pub mod sketch;
 
 pub use host::{HostKey, HostStats};
-pub use policy::{EnforcementConfig, Mode, PrefixRule, SubscriberPolicy, UnparseableAction};
+pub use policy::{
+    EnforcementConfig, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
+};
 pub use reason::{REASON_COUNT, Reason, Verdict};

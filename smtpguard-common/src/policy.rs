@@ -37,11 +37,34 @@ impl SubscriberPolicy {
     }
 }
 
-/// Value of the relay and exemption LPM tries: membership plus the rule that put it there.
+/// Where a relay or exemption prefix came from. Stable across reloads, so reconciling a
+/// changed list rewrites only the entries that really changed.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// The configuration file.
+    Config = 1,
+    /// Added at run time through the CLI (kept in the exemption store).
+    Runtime = 2,
+    /// An address a relay's hostname resolved to.
+    Dns = 3,
+}
+
+/// Value of the relay and exemption LPM tries: membership, plus where the prefix came from
+/// (user space shows it when it explains a decision).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PrefixRule {
-    pub rule: u32,
+pub struct PrefixOrigin {
+    /// An [`Origin`] discriminant.
+    pub origin: u32,
+}
+
+impl PrefixOrigin {
+    pub const fn new(origin: Origin) -> Self {
+        Self {
+            origin: origin as u32,
+        }
+    }
 }
 
 /// What to do with a subscriber packet whose TCP header the parser cannot reach.
@@ -102,7 +125,7 @@ impl EnforcementConfig {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers without implicit padding (layout tests below).
     unsafe impl aya::Pod for super::SubscriberPolicy {}
-    unsafe impl aya::Pod for super::PrefixRule {}
+    unsafe impl aya::Pod for super::PrefixOrigin {}
     unsafe impl aya::Pod for super::EnforcementConfig {}
 }
 
@@ -117,7 +140,8 @@ mod tests {
         assert_eq!(size_of::<SubscriberPolicy>(), 8);
         assert_eq!(offset_of!(SubscriberPolicy, mode), 0);
         assert_eq!(offset_of!(SubscriberPolicy, rule), 4);
-        assert_eq!(size_of::<PrefixRule>(), 4);
+        assert_eq!(size_of::<PrefixOrigin>(), 4);
+        assert_eq!(offset_of!(PrefixOrigin, origin), 0);
         assert_eq!(size_of::<EnforcementConfig>(), 24);
         assert_eq!(offset_of!(EnforcementConfig, ports), 0);
         assert_eq!(offset_of!(EnforcementConfig, port_count), 16);

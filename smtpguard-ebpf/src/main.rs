@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostStats, PrefixRule, REASON_COUNT, Reason, SubscriberPolicy,
+    EnforcementConfig, HostKey, HostStats, PrefixOrigin, REASON_COUNT, Reason, SubscriberPolicy,
     Verdict,
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_RELAY_CAPACITY,
@@ -35,16 +35,16 @@ static SUBSCRIBERS_V4: LpmTrie<[u8; 4], SubscriberPolicy> =
 static SUBSCRIBERS_V6: LpmTrie<[u8; 16], SubscriberPolicy> =
     LpmTrie::with_max_entries(DEFAULT_SUBSCRIBER_CAPACITY, 0);
 #[map]
-static RELAYS_V4: LpmTrie<[u8; 4], PrefixRule> =
+static RELAYS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);
 #[map]
-static RELAYS_V6: LpmTrie<[u8; 16], PrefixRule> =
+static RELAYS_V6: LpmTrie<[u8; 16], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);
 #[map]
-static EXEMPTIONS_V4: LpmTrie<[u8; 4], PrefixRule> =
+static EXEMPTIONS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_EXEMPTION_CAPACITY, 0);
 #[map]
-static EXEMPTIONS_V6: LpmTrie<[u8; 16], PrefixRule> =
+static EXEMPTIONS_V6: LpmTrie<[u8; 16], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_EXEMPTION_CAPACITY, 0);
 #[map]
 static ENFORCEMENT: Array<EnforcementConfig> = Array::with_max_entries(1, 0);

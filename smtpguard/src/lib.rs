@@ -1,6 +1,10 @@
 //! smtpguard's user space: configuration, the kernel program's loader and maps, offline
 //! replay, and the command line.
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
+pub mod policy;
 pub mod replay;
+pub mod store;

@@ -1,12 +1,22 @@
 use std::process::ExitCode;
 
+use smtpguard::agent::api::ClientError;
+
 fn main() -> ExitCode {
     match smtpguard::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // The whole cause chain on one line, without a backtrace: this is for operators.
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // Exit code 2: the agent could not be reached at all; 1: anything else.
+            if matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::Unreachable { .. })
+            ) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,9 +1,21 @@
 //! The command line: one module per verb.
 
+mod client;
 mod config;
+mod exempt;
+mod relay;
 mod replay;
+mod status;
+mod table;
 
+use std::time::SystemTime;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+
+use self::client::AgentArgs;
+pub use self::client::AgentRefused;
+use crate::agent::api::Request;
 
 /// smtpguard: stops direct-to-MX spam from subscriber lines at the ISP's border gateway.
 #[derive(Debug, Parser)]
@@ -11,6 +23,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +36,41 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Run the agent: attach, keep the maps in sync, serve the CLI and metrics.
+    ///
+    /// Example: smtpguard run --config /etc/smtpguard/smtpguard.toml
+    Run,
+    /// Runtime exemptions (kept in the store, applied at once).
+    #[command(subcommand)]
+    Exempt(exempt::ExemptCommand),
+    /// Runtime relays, on top of the config's.
+    #[command(subcommand)]
+    Relay(relay::RelayCommand),
+    /// Where the program is attached, counters, map fill levels.
+    ///
+    /// Example: smtpguard status --format json
+    Status(status::StatusArgs),
+    /// Explain the live decision for TCP from SRC to DST.
+    ///
+    /// Example: smtpguard check 100.64.0.2 198.51.100.7 --port 25
+    Check(status::CheckArgs),
+    /// Changes to exemptions and relays, reloads and detaches.
+    ///
+    /// Example: smtpguard audit --since 24h
+    Audit(status::AuditArgs),
+    /// Re-read the agent's config file; an invalid one changes nothing.
+    Reload,
+    /// Remove enforcement from every interface on purpose, and stop the agent.
+    Detach,
+}
+
+/// Output formats of the list verbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    #[default]
+    Table,
+    Json,
+    Csv,
 }
 
 /// Output formats shared by the verbs.
@@ -37,8 +86,44 @@ pub enum Format {
 /// Parses the command line and runs the verb; errors leave with exit code 1.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let agent = &cli.agent;
     match cli.command {
-        Command::Replay(args) => replay::run(&args),
+        Command::Replay(args) => replay::run(&args, agent.config_file()?),
         Command::Config(command) => config::run(&command),
+        Command::Run => crate::agent::run(agent.config_file()?),
+        Command::Exempt(command) => exempt::run(&command, agent),
+        Command::Relay(command) => relay::run(&command, agent),
+        Command::Status(args) => status::status(&args, agent),
+        Command::Check(args) => status::check(&args, agent),
+        Command::Audit(args) => status::audit(&args, agent),
+        Command::Reload => {
+            let body = agent.call(&Request::Reload {})?;
+            println!(
+                "reloaded: added {}, updated {}, removed {}",
+                body["added"], body["updated"], body["removed"]
+            );
+            Ok(())
+        }
+        Command::Detach => {
+            let body = agent.call(&Request::Detach {})?;
+            println!(
+                "detached from {}; port 25 is no longer enforced",
+                body["detached"]
+            );
+            Ok(())
+        }
     }
+}
+
+/// `24h` (that long ago) or an RFC 3339 time, as RFC 3339.
+fn past_time(text: &str) -> anyhow::Result<String> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        let at = SystemTime::now()
+            .checked_sub(duration)
+            .with_context(|| format!("--since {text:?} reaches before 1970"))?;
+        return Ok(humantime::format_rfc3339_seconds(at).to_string());
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
+        .map_err(|_| anyhow::anyhow!("--since {text:?} is neither a duration nor a time; expected 24h or 2026-11-01T00:00:00Z"))
 }

@@ -11,13 +11,10 @@ use crate::{
     config::Config,
     replay::{ReplayReport, replay},
 };
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The policy to apply, e.g. --config /etc/smtpguard/smtpguard.toml
-    #[arg(long)]
-    config: PathBuf,
     /// A pcap or pcapng capture of Ethernet frames, e.g. edge.pcap
     capture: PathBuf,
     /// Output format: table (for people) or json (one object per frame, then a summary).
@@ -25,8 +22,8 @@ pub struct ReplayArgs {
     format: Format,
 }
 
-pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config).context("invalid configuration")?;
+pub fn run(args: &ReplayArgs, config: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config).context("invalid configuration")?;
     let report = replay(&config, &args.capture)?;
     match args.format {
         Format::Table => print_table(&report),

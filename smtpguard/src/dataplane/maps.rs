@@ -1,19 +1,22 @@
 //! Typed access to the kernel program's maps. Nothing else in user space touches them.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostStats, PrefixRule, REASON_COUNT, SubscriberPolicy,
+    EnforcementConfig, HostKey, HostStats, PrefixOrigin, REASON_COUNT, SubscriberPolicy,
     maps as names,
 };
 
 use super::DataplaneError;
-use crate::config::Config;
+use crate::policy::DesiredPolicy;
 
 type Trie<'a, K, V> = LpmTrie<&'a mut MapData, K, V>;
 
@@ -24,7 +27,7 @@ struct PrefixTries<'a, V: Pod> {
     names: [&'static str; 2],
 }
 
-impl<'a, V: Pod> PrefixTries<'a, V> {
+impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
     fn new(
         v4: Option<&'a mut aya::maps::Map>,
         v6: Option<&'a mut aya::maps::Map>,
@@ -37,21 +40,110 @@ impl<'a, V: Pod> PrefixTries<'a, V> {
         })
     }
 
-    fn insert(&mut self, prefix: IpNet, value: V) -> Result<(), DataplaneError> {
-        let len = u32::from(prefix.prefix_len());
-        let (result, name) = match prefix {
-            IpNet::V4(net) => (
-                self.v4
-                    .insert(&Key::new(len, net.network().octets()), value, 0),
-                self.names[0],
-            ),
-            IpNet::V6(net) => (
-                self.v6
-                    .insert(&Key::new(len, net.network().octets()), value, 0),
-                self.names[1],
-            ),
+    /// Makes the tries hold exactly `desired`: entries that are missing or differ are written
+    /// first, stale ones removed last, so the tries are never emptier than either the old or
+    /// the new policy while this runs.
+    fn reconcile(
+        &mut self,
+        desired: &BTreeMap<IpNet, V>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DataplaneError> {
+        let current = self.entries()?;
+        for (prefix, value) in desired {
+            match current.get(prefix) {
+                Some(existing) if existing == value => {}
+                Some(_) => {
+                    self.write(*prefix, *value)?;
+                    report.updated += 1;
+                }
+                None => {
+                    self.write(*prefix, *value)?;
+                    report.added += 1;
+                }
+            }
+        }
+        for prefix in current
+            .keys()
+            .filter(|prefix| !desired.contains_key(prefix))
+        {
+            self.remove(*prefix)?;
+            report.removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Every prefix in both tries with its value.
+    fn entries(&self) -> Result<BTreeMap<IpNet, V>, DataplaneError> {
+        let mut entries = BTreeMap::new();
+        for entry in self.v4.iter() {
+            let (key, value) = entry.map_err(|source| map_error(self.names[0], source))?;
+            let net =
+                Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8).map_err(|_| {
+                    DataplaneError::CorruptKey {
+                        map: self.names[0],
+                        prefix_len: key.prefix_len(),
+                    }
+                })?;
+            entries.insert(IpNet::V4(net), value);
+        }
+        for entry in self.v6.iter() {
+            let (key, value) = entry.map_err(|source| map_error(self.names[1], source))?;
+            let net =
+                Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8).map_err(|_| {
+                    DataplaneError::CorruptKey {
+                        map: self.names[1],
+                        prefix_len: key.prefix_len(),
+                    }
+                })?;
+            entries.insert(IpNet::V6(net), value);
+        }
+        Ok(entries)
+    }
+
+    fn longest_match(&self, address: IpAddr) -> Result<Option<V>, DataplaneError> {
+        let found = match address {
+            IpAddr::V4(v4) => self
+                .v4
+                .get(&Key::new(32, v4.octets()), 0)
+                .map_err(|e| (0, e)),
+            IpAddr::V6(v6) => self
+                .v6
+                .get(&Key::new(128, v6.octets()), 0)
+                .map_err(|e| (1, e)),
         };
-        result.map_err(|source| map_error(name, source))
+        match found {
+            Ok(value) => Ok(Some(value)),
+            Err((_, MapError::KeyNotFound)) => Ok(None),
+            Err((family, source)) => Err(map_error(self.names[family], source)),
+        }
+    }
+
+    fn write(&mut self, prefix: IpNet, value: V) -> Result<(), DataplaneError> {
+        let len = u32::from(prefix.prefix_len());
+        match prefix {
+            IpNet::V4(net) => self
+                .v4
+                .insert(&Key::new(len, net.network().octets()), value, 0)
+                .map_err(|source| map_error(self.names[0], source)),
+            IpNet::V6(net) => self
+                .v6
+                .insert(&Key::new(len, net.network().octets()), value, 0)
+                .map_err(|source| map_error(self.names[1], source)),
+        }
+    }
+
+    fn remove(&mut self, prefix: IpNet) -> Result<(), DataplaneError> {
+        let len = u32::from(prefix.prefix_len());
+        match prefix {
+            IpNet::V4(net) => self
+                .v4
+                .remove(&Key::new(len, net.network().octets()))
+                .map_err(|source| map_error(self.names[0], source)),
+            IpNet::V6(net) => self
+                .v6
+                .remove(&Key::new(len, net.network().octets()))
+                .map_err(|source| map_error(self.names[1], source)),
+        }
     }
 }
 
@@ -75,8 +167,8 @@ fn map_error(map: &'static str, source: MapError) -> DataplaneError {
 pub struct PolicyMaps<'a> {
     enforcement: Array<&'a mut MapData, EnforcementConfig>,
     subscribers: PrefixTries<'a, SubscriberPolicy>,
-    relays: PrefixTries<'a, PrefixRule>,
-    exemptions: PrefixTries<'a, PrefixRule>,
+    relays: PrefixTries<'a, PrefixOrigin>,
+    exemptions: PrefixTries<'a, PrefixOrigin>,
 }
 
 impl<'a> PolicyMaps<'a> {
@@ -106,27 +198,57 @@ impl<'a> PolicyMaps<'a> {
         })
     }
 
-    /// Writes the whole policy into empty maps. Prefixes go in before the enforced ports, so
-    /// the program never judges traffic against half a policy. Rule identifiers are the
-    /// entries' positions in the config.
-    pub fn install(&mut self, config: &Config) -> Result<(), DataplaneError> {
-        for (rule, range) in (0..).zip(&config.subscribers) {
-            self.subscribers
-                .insert(range.prefix, SubscriberPolicy::new(range.mode, rule))?;
-        }
-        for (rule, relay) in (0..).zip(&config.relays) {
-            self.relays.insert(relay.prefix, PrefixRule { rule })?;
-        }
-        for (rule, exemption) in (0..).zip(&config.exemptions) {
-            self.exemptions
-                .insert(exemption.prefix, PrefixRule { rule })?;
-        }
-        let enforcement =
-            EnforcementConfig::new(&config.enforcement.ports, config.enforcement.unparseable);
-        self.enforcement
-            .set(0, enforcement, 0)
-            .map_err(|source| map_error(names::ENFORCEMENT, source))
+    /// Looks `src` and `dst` up the way the program does (full-length keys).
+    pub fn lookup(&self, src: IpAddr, dst: IpAddr) -> Result<KernelMatch, DataplaneError> {
+        Ok(KernelMatch {
+            subscriber: self.subscribers.longest_match(src)?,
+            relay: self.relays.longest_match(dst)?,
+            exemption: self.exemptions.longest_match(src)?,
+        })
     }
+
+    /// Makes the maps hold exactly `desired`, writing only the difference. Additions and
+    /// changes go in before the enforced ports are set and before anything is removed, so the
+    /// program never judges traffic against half a policy and no map is emptied to be refilled.
+    pub fn reconcile(
+        &mut self,
+        desired: &DesiredPolicy,
+    ) -> Result<ReconcileReport, DataplaneError> {
+        let mut report = ReconcileReport::default();
+        self.subscribers
+            .reconcile(&desired.subscribers, &mut report)?;
+        self.relays.reconcile(&desired.relays, &mut report)?;
+        self.exemptions
+            .reconcile(&desired.exemptions, &mut report)?;
+        let current = self
+            .enforcement
+            .get(&0, 0)
+            .map_err(|source| map_error(names::ENFORCEMENT, source))?;
+        if current != desired.enforcement {
+            self.enforcement
+                .set(0, desired.enforcement, 0)
+                .map_err(|source| map_error(names::ENFORCEMENT, source))?;
+            report.updated += 1;
+        }
+        Ok(report)
+    }
+}
+
+/// What the kernel's tries hold for a source and destination: the value of the longest
+/// matching prefix in each, as the program would look them up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMatch {
+    pub subscriber: Option<SubscriberPolicy>,
+    pub relay: Option<PrefixOrigin>,
+    pub exemption: Option<PrefixOrigin>,
+}
+
+/// What a reconcile changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
@@ -147,15 +269,27 @@ pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize],
     Ok(totals)
 }
 
-pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
+pub(super) fn count_hosts(ebpf: &Ebpf) -> Result<usize, DataplaneError> {
+    let hosts = host_map(ebpf)?;
+    let mut count = 0;
+    for key in hosts.keys() {
+        key.map_err(|source| map_error(names::HOST_STATS, source))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn host_map(ebpf: &Ebpf) -> Result<HashMap<&MapData, HostKey, HostStats>, DataplaneError> {
     let map = ebpf.map(names::HOST_STATS).ok_or(DataplaneError::Missing {
         kind: "map",
         name: names::HOST_STATS,
     })?;
-    let hosts: HashMap<&MapData, HostKey, HostStats> = map
-        .try_into()
-        .map_err(|source| map_error(names::HOST_STATS, source))?;
-    hosts
+    map.try_into()
+        .map_err(|source| map_error(names::HOST_STATS, source))
+}
+
+pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
+    host_map(ebpf)?
         .iter()
         .map(|entry| {
             let (key, stats) = entry.map_err(|source| map_error(names::HOST_STATS, source))?;

@@ -2,8 +2,9 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod maps;
+mod pins;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,8 +15,14 @@ use aya::{
 };
 use smtpguard_common::{HostStats, REASON_COUNT, Reason, maps as names};
 
-pub use self::maps::{PolicyMaps, host_address};
-use crate::config::{Capacity, Config};
+pub use self::{
+    maps::{KernelMatch, PolicyMaps, ReconcileReport, host_address},
+    pins::{Attach, AttachOutcome, PinLayout, PinnedAttachment},
+};
+use crate::{
+    config::{Capacity, Config},
+    policy::DesiredPolicy,
+};
 
 /// The compiled kernel program, built by build.rs (aya-build) from smtpguard-ebpf.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/smtpguard"));
@@ -52,6 +59,26 @@ pub enum DataplaneError {
         #[source]
         source: tc::TcError,
     },
+    #[error(
+        "map {map} holds a key with prefix length {prefix_len}, impossible for its address family"
+    )]
+    CorruptKey { map: &'static str, prefix_len: u32 },
+    #[error("pin folder {path}: {problem}")]
+    Bpffs { path: PathBuf, problem: String },
+    #[error("pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("pinning the {program} link of interface {interface} at {path}: {source}")]
+    Pin {
+        program: &'static str,
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -79,15 +106,33 @@ impl Dataplane {
     /// Loads both entry points into the kernel with maps sized from `capacity`. The maps are
     /// private to this instance: nothing is pinned, nothing live is touched.
     pub fn load(capacity: &Capacity) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_with(capacity, None)
+    }
+
+    /// Loads both entry points with every map pinned below `layout`: maps already pinned
+    /// there are reused with their contents (their sizes are the ones they were created
+    /// with), missing ones are created and pinned.
+    pub fn load_pinned(capacity: &Capacity, layout: &PinLayout) -> Result<Self, DataplaneError> {
+        layout.prepare()?;
+        Self::load_with(capacity, Some(layout))
+    }
+
+    fn load_with(capacity: &Capacity, pins: Option<&PinLayout>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::SUBSCRIBERS_V4, capacity.subscribers)
             .map_max_entries(names::SUBSCRIBERS_V6, capacity.subscribers)
             .map_max_entries(names::RELAYS_V4, capacity.relays)
             .map_max_entries(names::RELAYS_V6, capacity.relays)
             .map_max_entries(names::EXEMPTIONS_V4, capacity.exemptions)
             .map_max_entries(names::EXEMPTIONS_V6, capacity.exemptions)
-            .map_max_entries(names::HOST_STATS, capacity.hosts)
-            .load(PROGRAM)?;
+            .map_max_entries(names::HOST_STATS, capacity.hosts);
+        if let Some(layout) = pins {
+            for name in pins::PINNED_MAPS {
+                loader.map_pin_path(name, layout.map(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM)?;
         program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;
@@ -97,10 +142,26 @@ impl Dataplane {
         Ok(Self { ebpf })
     }
 
-    /// Loads the program and installs `config`'s policy into its fresh maps.
+    /// Puts this program on `interface` through a link pinned below `layout`, replacing the
+    /// program of an existing link atomically. The attachment outlives this instance.
+    pub fn attach_pinned(
+        &mut self,
+        layout: &PinLayout,
+        interface: &str,
+        attach: Attach,
+    ) -> Result<AttachOutcome, DataplaneError> {
+        if attach == Attach::Tc {
+            ensure_clsact(interface)?;
+        }
+        pins::attach(&mut self.ebpf, layout, interface, attach)
+    }
+
+    /// Loads the program and writes `config`'s policy into its fresh maps.
     pub fn with_policy(config: &Config) -> Result<Self, DataplaneError> {
         let mut dataplane = Self::load(&config.capacity)?;
-        dataplane.policy_maps()?.install(config)?;
+        dataplane
+            .policy_maps()?
+            .reconcile(&DesiredPolicy::from_config(config))?;
         Ok(dataplane)
     }
 
@@ -118,16 +179,7 @@ impl Dataplane {
 
     /// Attaches the TC entry point on the interface's ingress.
     pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        // TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an
-        // existing one is fine.
-        if let Err(source) = tc::qdisc_add_clsact(interface)
-            && !matches!(&source, tc::TcError::IoError(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-        {
-            return Err(DataplaneError::Qdisc {
-                interface: interface.to_owned(),
-                source,
-            });
-        }
+        ensure_clsact(interface)?;
         program_mut::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?
             .attach(interface, TcAttachType::Ingress)
             .map_err(|source| attach_error(TC_PROGRAM, interface, source))?;
@@ -176,6 +228,11 @@ impl Dataplane {
         maps::read_counters(&self.ebpf)
     }
 
+    /// How many hosts the statistics map tracks (walks the keys only).
+    pub fn host_count(&self) -> Result<usize, DataplaneError> {
+        maps::count_hosts(&self.ebpf)
+    }
+
     /// Every tracked host with its statistics.
     pub fn hosts(&self) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
         maps::read_hosts(&self.ebpf)
@@ -195,6 +252,21 @@ where
         .test_run(options)
         .map(|result| result.return_value)
         .map_err(|source| program_error("test-running", name, source))
+}
+
+/// TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an existing
+/// one is fine.
+fn ensure_clsact(interface: &str) -> Result<(), DataplaneError> {
+    match tc::qdisc_add_clsact(interface) {
+        Err(tc::TcError::IoError(error)) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(())
+        }
+        Err(source) => Err(DataplaneError::Qdisc {
+            interface: interface.to_owned(),
+            source,
+        }),
+        Ok(()) => Ok(()),
+    }
 }
 
 fn program_ref<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, DataplaneError>

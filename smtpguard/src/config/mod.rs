@@ -25,6 +25,11 @@ use smtpguard_common::maps::{
 use smtpguard_common::{Mode, UnparseableAction};
 use toml::Spanned;
 
+mod agent;
+
+pub use self::agent::{AgentConfig, AttachKind, XdpMode};
+use self::agent::{RawAgent, validate_agent};
+
 /// The TCP destination port enforced when the file does not list any.
 const DEFAULT_PORT: u16 = 25;
 
@@ -39,6 +44,15 @@ pub struct Config {
     /// Exempted sources, in file order; each lies inside some subscriber range.
     pub exemptions: Vec<ExemptionRange>,
     pub capacity: Capacity,
+    /// Relays given by hostname, resolved by the agent at start and periodically.
+    pub relay_hosts: Vec<RelayHost>,
+    pub agent: AgentConfig,
+}
+
+/// A `[[relays]]` entry given as `host = "smtp.isp.example"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayHost {
+    pub host: String,
 }
 
 /// The `[enforcement]` table.
@@ -127,7 +141,7 @@ impl Config {
         let capacity = validate_capacity(&src, raw.capacity)?;
         let enforcement = validate_enforcement(&src, raw.enforcement)?;
         let subscribers = validate_subscribers(&src, raw.subscribers, capacity.subscribers)?;
-        let relays = validate_relays(&src, raw.relays, capacity.relays)?;
+        let (relays, relay_hosts) = validate_relays(&src, raw.relays, capacity.relays)?;
         let exemptions =
             validate_exemptions(&src, raw.exemptions, &subscribers, capacity.exemptions)?;
 
@@ -137,6 +151,8 @@ impl Config {
             relays,
             exemptions,
             capacity,
+            relay_hosts,
+            agent: validate_agent(&src, raw.agent)?,
         })
     }
 }
@@ -276,6 +292,36 @@ pub enum ConfigError {
         file: PathBuf,
         at: Location,
         message: String,
+    },
+
+    #[error("{}:{at}: agent.{key} = {value:?} is invalid; expected {expected}", .file.display())]
+    AgentValue {
+        file: PathBuf,
+        at: Location,
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+
+    #[error(
+        "{}:{at}: relay #{index} needs exactly one of `prefix` (such as \"192.0.2.25/32\") or \
+         `host` (such as \"smtp.isp.example\")",
+        .file.display()
+    )]
+    RelayEntry {
+        file: PathBuf,
+        at: Location,
+        index: usize,
+    },
+
+    #[error(
+        "{}:{at}: relay host {value:?} is not a DNS name; expected a name such as \"smtp.isp.example\"",
+        .file.display()
+    )]
+    RelayHost {
+        file: PathBuf,
+        at: Location,
+        value: String,
     },
 
     #[error(
@@ -463,6 +509,9 @@ struct RawConfig {
     // Absent: every map at its default size.
     #[serde(default)]
     capacity: RawCapacity,
+    // Absent: every agent setting at its default.
+    #[serde(default)]
+    agent: RawAgent,
 }
 
 #[derive(Deserialize, Default)]
@@ -520,7 +569,9 @@ impl From<RawMode> for Mode {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRelay {
-    prefix: Spanned<String>,
+    // Exactly one of the two.
+    prefix: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -825,10 +876,42 @@ fn validate_relays(
     src: &Source<'_>,
     raw: Vec<RawRelay>,
     capacity: u32,
-) -> Result<Vec<RelayRange>, ConfigError> {
-    let entries = raw
+) -> Result<(Vec<RelayRange>, Vec<RelayHost>), ConfigError> {
+    let mut prefixes = Vec::new();
+    let mut hosts: Vec<RelayHost> = Vec::new();
+    for (index, relay) in raw.into_iter().enumerate() {
+        match (relay.prefix, relay.host) {
+            (Some(prefix), None) => prefixes.push(prefix),
+            (None, Some(host)) => {
+                if !is_hostname(host.get_ref()) {
+                    return Err(ConfigError::RelayHost {
+                        file: src.file(),
+                        at: src.at(host.span()),
+                        value: host.get_ref().clone(),
+                    });
+                }
+                if !hosts.iter().any(|known| known.host == *host.get_ref()) {
+                    hosts.push(RelayHost {
+                        host: host.into_inner(),
+                    });
+                }
+            }
+            (prefix, host) => {
+                let at = prefix
+                    .map(|p| src.at(p.span()))
+                    .or(host.map(|h| src.at(h.span())))
+                    .unwrap_or(Location::START);
+                return Err(ConfigError::RelayEntry {
+                    file: src.file(),
+                    at,
+                    index: index + 1,
+                });
+            }
+        }
+    }
+    let entries = prefixes
         .into_iter()
-        .map(|relay| parse_prefix(src, PrefixList::Relays, relay.prefix))
+        .map(|prefix| parse_prefix(src, PrefixList::Relays, prefix))
         .collect::<Result<Vec<_>, _>>()?;
     check_duplicates(src, PrefixList::Relays, &entries)?;
     check_relay_overlaps(src, &entries)?;
@@ -839,10 +922,25 @@ fn validate_relays(
         &entries,
         capacity,
     )?;
-    Ok(entries
+    let ranges = entries
         .iter()
         .map(|entry| RelayRange { prefix: entry.net })
-        .collect())
+        .collect();
+    Ok((ranges, hosts))
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens, at most 253 bytes.
+fn is_hostname(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// Rejects a relay that contains another (duplicates are already gone). Sorted by network
@@ -1041,8 +1139,51 @@ mod tests {
                     exemptions: 30,
                     hosts: 40,
                 },
+                relay_hosts: Vec::new(),
+                agent: AgentConfig::default(),
             }
         );
+    }
+
+    #[test]
+    fn relay_hosts_are_kept_once_and_validated() {
+        let config = parse(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "host = \"smtp.isp.example\"",
+            "[[relays]]",
+            "prefix = \"192.0.2.25/32\"",
+            "[[relays]]",
+            "host = \"smtp.isp.example\"",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.relay_hosts,
+            [RelayHost {
+                host: "smtp.isp.example".to_owned()
+            }]
+        );
+        assert_eq!(config.relays.len(), 1);
+
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "host = \"smtp_isp..example\"",
+        ]);
+        assert!(matches!(err, ConfigError::RelayHost { .. }));
+        assert_message(&err, 4, 8, &["\"smtp_isp..example\"", "not a DNS name"]);
+
+        let err = reject(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "[[relays]]",
+            "host = \"smtp.isp.example\"",
+            "prefix = \"192.0.2.25/32\"",
+        ]);
+        assert!(matches!(err, ConfigError::RelayEntry { index: 1, .. }));
+        assert_message(&err, 5, 10, &["relay #1", "exactly one of"]);
     }
 
     #[test]

@@ -1,0 +1,221 @@
+//! `smtpguard run`: the long-running agent. It owns the kernel state (pinned maps and links),
+//! the exemption store, the CLI socket and the metrics endpoint.
+
+pub mod api;
+mod netns;
+mod server;
+mod state;
+
+use std::{
+    fs::File,
+    io::Write as _,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
+use tracing::{error, info, warn};
+
+use self::{
+    api::Request,
+    state::{AgentState, resolve_relay_hosts},
+};
+use crate::config::Config;
+
+/// How often the agent looks for exemptions that have expired: well inside the promised
+/// second.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// Runs the agent until SIGTERM, SIGINT or `smtpguard detach`. Leaving on a signal keeps
+/// enforcement in place: the program stays on the interfaces through its pinned links.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    init_logging();
+    let config = Config::load(config_path).context("invalid configuration")?;
+    if config.agent.interfaces.is_empty() {
+        bail!(
+            "{}: [agent] interfaces is empty; expected the subscriber-facing interfaces to \
+             enforce on, such as interfaces = [\"eth1\"]",
+            config_path.display()
+        );
+    }
+    let _lock = lock_state_dir(&config.agent.state_dir)?;
+    let state = AgentState::start(config.clone(), config_path.to_owned())?;
+    info!(
+        interfaces = config.agent.interfaces.join(", "),
+        pin_dir = %config.agent.pin_dir.display(),
+        "smtpguard agent running"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(state, &config))
+}
+
+async fn serve(state: AgentState, config: &Config) -> anyhow::Result<()> {
+    let state = Arc::new(Mutex::new(state));
+    let detached = Arc::new(Notify::new());
+    let socket = server::bind(&config.agent.socket, config.agent.socket_group.as_deref())?;
+    let metrics = TcpListener::bind(config.agent.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics endpoint {}",
+                config.agent.metrics_listen
+            )
+        })?;
+
+    tokio::spawn(server::accept(socket, state.clone(), detached.clone()));
+    let scrape_state = state.clone();
+    tokio::spawn(crate::metrics::serve(metrics, move || {
+        lock(&scrape_state).metrics()
+    }));
+    tokio::spawn(expire_exemptions(state.clone()));
+    tokio::spawn(refresh_relays(state.clone(), config.agent.relay_refresh));
+
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let state = state.clone();
+                // The outcome is logged by the reload; an invalid file leaves everything as it was.
+                let _ = tokio::task::spawn_blocking(move || lock(&state).handle(Request::Reload {}, "SIGHUP")).await;
+            }
+            _ = terminate.recv() => {
+                info!("SIGTERM: stopping; enforcement stays in place");
+                break;
+            }
+            _ = interrupt.recv() => {
+                info!("SIGINT: stopping; enforcement stays in place");
+                break;
+            }
+            () = detached.notified() => {
+                info!("detached on request: stopping");
+                break;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&config.agent.socket);
+    Ok(())
+}
+
+fn lock(state: &Mutex<AgentState>) -> std::sync::MutexGuard<'_, AgentState> {
+    // A panic while holding the lock must not take the agent down with it: the state is
+    // still consistent (the store is transactional and the maps are reconciled by difference).
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn expire_exemptions(state: Arc<Mutex<AgentState>>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut state = lock(&state);
+            if state
+                .next_expiry()
+                .is_some_and(|due| due <= SystemTime::now())
+                && let Err(error) = state.expire()
+            {
+                error!(
+                    error = format!("{error:#}"),
+                    "expiring exemptions failed; retrying"
+                );
+            }
+        })
+        .await;
+    }
+}
+
+/// Resolves relay hostnames again every `every`, outside the state lock.
+async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // the first tick is immediate; start resolved them already
+    loop {
+        tick.tick().await;
+        let (config, previous) = {
+            let state = lock(&state);
+            (state.config().clone(), state.resolved().clone())
+        };
+        if config.relay_hosts.is_empty() {
+            continue;
+        }
+        let resolved = match tokio::task::spawn_blocking(move || {
+            resolve_relay_hosts(&config, &previous)
+        })
+        .await
+        {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                warn!(%error, "resolving relay hosts failed");
+                continue;
+            }
+        };
+        if let Err(error) = lock(&state).update_relays(resolved) {
+            error!(
+                error = format!("{error:#}"),
+                "installing resolved relay addresses failed"
+            );
+        }
+    }
+}
+
+/// One agent per state folder: a second one is refused, never allowed to share the pins.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state folder {}", state_dir.display()))?;
+    let path = state_dir.join("agent.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, _)) => {
+            let owner = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another smtpguard agent (pid {}) already owns the state folder {}; one agent \
+                 per installation",
+                owner.trim(),
+                state_dir.display()
+            );
+        }
+    };
+    lock.set_len(0).ok();
+    write!(lock, "{}", std::process::id()).ok();
+    Ok(lock)
+}
+
+/// Plain lines on stderr for journald (which adds its own timestamps) or a terminal.
+fn init_logging() {
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SMTPGUARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

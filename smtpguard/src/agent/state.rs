@@ -1,0 +1,788 @@
+//! What the agent owns and every operation on it. One `AgentState` exists per agent, behind
+//! one lock, so the store and the kernel maps always change together and in order: the store
+//! first (durable), then the maps (reconciled by difference), then the answer.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use smtpguard_common::{Origin, REASON_COUNT, Reason, maps as names};
+use tracing::{info, warn};
+
+use super::{
+    api::{ErrorKind, Request, Response},
+    netns,
+};
+use crate::{
+    config::{AttachKind, Config, XdpMode},
+    dataplane::{Attach, Dataplane, PinLayout, ReconcileReport},
+    metrics::MetricsSnapshot,
+    policy::DesiredPolicy,
+    store::{AuditAction, NewExemption, NewRelay, Store, StoreError},
+};
+
+/// A failed request: the kind decides the CLI's exit code.
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure::new(store_error_kind(&error), error.to_string())
+    }
+}
+
+/// Bad input and conflicts are the caller's; anything else is the store failing.
+fn store_error_kind(error: &StoreError) -> ErrorKind {
+    match error {
+        StoreError::Duplicate { .. } => ErrorKind::Conflict,
+        StoreError::NotFound { .. } => ErrorKind::NotFound,
+        StoreError::HostBits { .. }
+        | StoreError::EmptyReason { .. }
+        | StoreError::ControlCharacter { .. }
+        | StoreError::TooLong { .. }
+        | StoreError::ExpiryNotInFuture { .. }
+        | StoreError::TimeOutOfRange { .. } => ErrorKind::BadRequest,
+        _ => ErrorKind::Failed,
+    }
+}
+
+type Outcome = Result<Value, Failure>;
+
+/// Counters the agent keeps about itself, for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentCounters {
+    pub reconcile_errors: u64,
+    pub store_errors: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+pub struct AgentState {
+    config: Config,
+    config_path: PathBuf,
+    store: Store,
+    dataplane: Dataplane,
+    pins: PinLayout,
+    /// Relay hostnames and the addresses they last resolved to.
+    resolved: BTreeMap<String, Vec<IpAddr>>,
+    /// What the maps hold since the last successful reconcile.
+    desired: DesiredPolicy,
+    counters: AgentCounters,
+    started: SystemTime,
+    detached: bool,
+}
+
+impl AgentState {
+    /// Opens the store, loads the program with its pinned maps, restores the policy into the
+    /// maps and only then swaps the program into the interfaces' links.
+    pub fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
+        let store = Store::open(&config.agent.state_dir)?;
+        let pins = PinLayout::new(&config.agent.pin_dir);
+        let dataplane = Dataplane::load_pinned(&config.capacity, &pins)
+            .context("loading the kernel program")?;
+        let resolved = resolve_relay_hosts(&config, &BTreeMap::new());
+        let desired = DesiredPolicy::from_config(&config);
+        let mut state = Self {
+            config,
+            config_path,
+            store,
+            dataplane,
+            pins,
+            resolved,
+            desired,
+            counters: AgentCounters::default(),
+            started: SystemTime::now(),
+            detached: false,
+        };
+        let report = state
+            .reconcile()
+            .context("restoring the policy into the kernel maps")?;
+        info!(
+            added = report.added,
+            updated = report.updated,
+            removed = report.removed,
+            "kernel maps reconciled"
+        );
+        state.attach_all()?;
+        Ok(state)
+    }
+
+    pub fn detached(&self) -> bool {
+        self.detached
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn desired_policy(&self) -> Result<DesiredPolicy, StoreError> {
+        let mut desired = DesiredPolicy::from_config(&self.config);
+        for exemption in self.store.exemptions()? {
+            desired.add_exemption(exemption.prefix, Origin::Runtime);
+        }
+        for relay in self.store.relays()? {
+            desired.add_relay(relay.prefix, Origin::Runtime);
+        }
+        for address in self.resolved.values().flatten() {
+            desired.add_relay(IpNet::from(*address), Origin::Dns);
+        }
+        Ok(desired)
+    }
+
+    /// Makes the kernel maps hold the config, the store and the resolved relays.
+    fn reconcile(&mut self) -> anyhow::Result<ReconcileReport> {
+        let desired = self
+            .desired_policy()
+            .inspect_err(|_| self.counters.store_errors += 1)?;
+        let report = self
+            .dataplane
+            .policy_maps()
+            .and_then(|mut maps| maps.reconcile(&desired))
+            .inspect_err(|_| self.counters.reconcile_errors += 1)?;
+        self.desired = desired;
+        Ok(report)
+    }
+
+    fn attach(&self) -> Attach {
+        match (self.config.agent.attach, self.config.agent.xdp_mode) {
+            (AttachKind::Xdp, XdpMode::Native) => Attach::Xdp(aya::programs::XdpMode::Driver),
+            (AttachKind::Xdp, XdpMode::Skb) => Attach::Xdp(aya::programs::XdpMode::Skb),
+            (AttachKind::Tc, _) => Attach::Tc,
+        }
+    }
+
+    /// Attaches (or atomically updates) every configured interface, then removes pinned
+    /// attachments of interfaces no longer configured.
+    fn attach_all(&mut self) -> anyhow::Result<()> {
+        let attach = self.attach();
+        let netns = self.config.agent.netns.clone();
+        for interface in self.config.agent.interfaces.clone() {
+            let (dataplane, pins) = (&mut self.dataplane, &self.pins);
+            let outcome = netns::run_in(netns.as_deref(), || {
+                dataplane.attach_pinned(pins, &interface, attach)
+            })?
+            .with_context(|| format!("attaching to interface {interface}"))?;
+            info!(interface, ?attach, ?outcome, "enforcing");
+        }
+        for pinned in self.pins.attachments()? {
+            if !self.config.agent.interfaces.contains(&pinned.interface) {
+                self.pins.detach(&pinned)?;
+                info!(
+                    interface = pinned.interface,
+                    "detached: no longer configured"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out one request from `who` (the peer's user name).
+    pub fn handle(&mut self, request: Request, who: &str) -> Response {
+        let outcome = match request {
+            Request::ExemptAdd {
+                prefix,
+                reason,
+                ticket,
+                expires,
+            } => self.exempt_add(&prefix, reason, ticket, expires.as_deref(), who),
+            Request::ExemptList {} => self.exempt_list(),
+            Request::ExemptRemove { prefix } => self.exempt_remove(&prefix, who),
+            Request::RelayAdd { prefix, note } => self.relay_add(&prefix, note, who),
+            Request::RelayList {} => self.relay_list(),
+            Request::RelayRemove { prefix } => self.relay_remove(&prefix, who),
+            Request::Status {} => self.status(),
+            Request::Check { src, dst, port } => self.check(&src, &dst, port),
+            Request::Audit { since } => self.audit(since.as_deref()),
+            Request::Reload {} => self.reload(who),
+            Request::Detach {} => self.detach(who),
+        };
+        match outcome {
+            Ok(body) => Response::Ok { body },
+            Err(failure) => Response::error(failure.kind, failure.message),
+        }
+    }
+
+    fn exempt_add(
+        &mut self,
+        prefix: &str,
+        reason: String,
+        ticket: Option<String>,
+        expires: Option<&str>,
+        who: &str,
+    ) -> Outcome {
+        let prefix = parse_prefix(prefix)?;
+        if !self
+            .config
+            .subscribers
+            .iter()
+            .any(|range| range.prefix.contains(&prefix))
+        {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{prefix} is outside every subscriber range ({}); an exemption there would \
+                     change nothing",
+                    list(self.config.subscribers.iter().map(|s| s.prefix))
+                ),
+            ));
+        }
+        if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{prefix} is already exempt in the config file {}",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let expires = expires.map(parse_time).transpose()?;
+        let exemption = self
+            .store
+            .add_exemption(
+                &NewExemption {
+                    prefix,
+                    reason,
+                    ticket,
+                    who: who.to_owned(),
+                    expires,
+                },
+                SystemTime::now(),
+            )
+            .inspect_err(|e| self.count_store_error(e))?;
+        if let Err(error) = self.reconcile() {
+            // The map refused it (full?): take it back out of the store so the two agree.
+            let _ = self.store.remove_exemption(prefix, who, SystemTime::now());
+            return Err(Failure::new(
+                ErrorKind::Failed,
+                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
+            ));
+        }
+        info!(%prefix, who, "exemption added");
+        Ok(json!(exemption))
+    }
+
+    fn exempt_remove(&mut self, prefix: &str, who: &str) -> Outcome {
+        let prefix = parse_prefix(prefix)?;
+        if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{prefix} is exempt in the config file {}; remove it there and reload",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let removed = self
+            .store
+            .remove_exemption(prefix, who, SystemTime::now())
+            .inspect_err(|e| self.count_store_error(e))?;
+        self.reconcile_or_fail()?;
+        info!(%prefix, who, "exemption removed");
+        Ok(json!(removed))
+    }
+
+    fn exempt_list(&mut self) -> Outcome {
+        let mut rows: Vec<Value> = self
+            .config
+            .exemptions
+            .iter()
+            .map(
+                |e| json!({"prefix": e.prefix.to_string(), "reason": e.reason, "source": "config"}),
+            )
+            .collect();
+        for exemption in self.store.exemptions()? {
+            let mut row = json!(exemption);
+            row["source"] = json!("runtime");
+            rows.push(row);
+        }
+        Ok(Value::Array(rows))
+    }
+
+    fn relay_add(&mut self, prefix: &str, note: Option<String>, who: &str) -> Outcome {
+        let prefix = parse_prefix(prefix)?;
+        if self.config.relays.iter().any(|r| r.prefix == prefix) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{prefix} is already a relay in the config file {}",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let relay = self
+            .store
+            .add_relay(
+                &NewRelay {
+                    prefix,
+                    note,
+                    who: who.to_owned(),
+                },
+                SystemTime::now(),
+            )
+            .inspect_err(|e| self.count_store_error(e))?;
+        if let Err(error) = self.reconcile() {
+            let _ = self.store.remove_relay(prefix, who, SystemTime::now());
+            return Err(Failure::new(
+                ErrorKind::Failed,
+                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
+            ));
+        }
+        info!(%prefix, who, "relay added");
+        Ok(json!(relay))
+    }
+
+    fn relay_remove(&mut self, prefix: &str, who: &str) -> Outcome {
+        let prefix = parse_prefix(prefix)?;
+        let removed = self
+            .store
+            .remove_relay(prefix, who, SystemTime::now())
+            .inspect_err(|e| self.count_store_error(e))?;
+        self.reconcile_or_fail()?;
+        info!(%prefix, who, "relay removed");
+        Ok(json!(removed))
+    }
+
+    fn relay_list(&mut self) -> Outcome {
+        let mut rows: Vec<Value> = self
+            .config
+            .relays
+            .iter()
+            .map(|r| json!({"prefix": r.prefix.to_string(), "source": "config"}))
+            .collect();
+        for (host, addresses) in &self.resolved {
+            for address in addresses {
+                rows.push(json!({"prefix": IpNet::from(*address).to_string(), "source": "dns", "host": host}));
+            }
+        }
+        for relay in self.store.relays()? {
+            let mut row = json!(relay);
+            row["source"] = json!("runtime");
+            rows.push(row);
+        }
+        Ok(Value::Array(rows))
+    }
+
+    fn reconcile_or_fail(&mut self) -> Result<(), Failure> {
+        self.reconcile().map(drop).map_err(|error| {
+            Failure::new(
+                ErrorKind::Failed,
+                format!("the store changed but the kernel maps could not follow: {error:#}; the agent retries on the next change or reload"),
+            )
+        })
+    }
+
+    fn count_store_error(&mut self, error: &StoreError) {
+        if store_error_kind(error) == ErrorKind::Failed {
+            self.counters.store_errors += 1;
+        }
+    }
+
+    fn status(&mut self) -> Outcome {
+        let counters = self.dataplane.counters().map_err(failed)?;
+        let attachments = self.pins.attachments().map_err(failed)?;
+        let reasons: serde_json::Map<String, Value> = Reason::ALL
+            .into_iter()
+            .map(|r| (r.name().to_owned(), json!(counters[r as usize])))
+            .collect();
+        let maps: Vec<Value> = self
+            .map_fill()
+            .map_err(failed)?
+            .into_iter()
+            .map(|(name, entries, capacity)| json!({"map": name, "entries": entries, "capacity": capacity}))
+            .collect();
+        let uptime = self.started.elapsed().unwrap_or(Duration::ZERO).as_secs();
+        Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": uptime,
+            "config": self.config_path.display().to_string(),
+            "attach": self.attach_name(),
+            "interfaces": self.config.agent.interfaces,
+            "attached": attachments.iter().map(|a| json!({"interface": a.interface, "attach": a.kind})).collect::<Vec<_>>(),
+            "enforced_ports": self.config.enforcement.ports,
+            "packets": reasons,
+            "maps": maps,
+            "exemptions": self.desired.exemptions.len(),
+            "relays": self.desired.relays.len(),
+            "pin_dir": self.pins.root().display().to_string(),
+            "state_dir": self.config.agent.state_dir.display().to_string(),
+        }))
+    }
+
+    fn attach_name(&self) -> &'static str {
+        match self.attach() {
+            Attach::Xdp(aya::programs::XdpMode::Skb) => "xdp (skb)",
+            Attach::Xdp(_) => "xdp (native)",
+            Attach::Tc => "tc",
+        }
+    }
+
+    /// (map, entries, capacity) for every map; policy maps are counted from the reconciled
+    /// policy (they hold exactly that), the host map from the kernel.
+    fn map_fill(&self) -> Result<Vec<(&'static str, u64, u64)>, crate::dataplane::DataplaneError> {
+        let capacity = &self.config.capacity;
+        let (sub4, sub6) = per_family_of(&self.desired.subscribers);
+        let (relay4, relay6) = per_family_of(&self.desired.relays);
+        let (exempt4, exempt6) = per_family_of(&self.desired.exemptions);
+        Ok(vec![
+            (names::SUBSCRIBERS_V4, sub4, u64::from(capacity.subscribers)),
+            (names::SUBSCRIBERS_V6, sub6, u64::from(capacity.subscribers)),
+            (names::RELAYS_V4, relay4, u64::from(capacity.relays)),
+            (names::RELAYS_V6, relay6, u64::from(capacity.relays)),
+            (
+                names::EXEMPTIONS_V4,
+                exempt4,
+                u64::from(capacity.exemptions),
+            ),
+            (
+                names::EXEMPTIONS_V6,
+                exempt6,
+                u64::from(capacity.exemptions),
+            ),
+            (
+                names::HOST_STATS,
+                self.dataplane.host_count()? as u64,
+                u64::from(capacity.hosts),
+            ),
+        ])
+    }
+
+    /// Explains what the live policy does with TCP from `src` to `dst:port`, rule by rule, and
+    /// confirms each match against the kernel maps.
+    fn check(&mut self, src: &str, dst: &str, port: u16) -> Outcome {
+        let src = parse_address(src)?;
+        let dst = parse_address(dst)?;
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!("{src} and {dst} are of different address families"),
+            ));
+        }
+        let kernel = self
+            .dataplane
+            .policy_maps()
+            .map_err(failed)?
+            .lookup(src, dst)
+            .map_err(failed)?;
+        let subscriber = most_specific(&self.desired.subscribers, src);
+        let relay = most_specific(&self.desired.relays, dst);
+        let exemption = most_specific(&self.desired.exemptions, src);
+        let enforced = self.config.enforcement.ports.contains(&port);
+        let mode = subscriber.map(|p| self.desired.subscribers[&p]);
+        let reason = if !enforced {
+            Reason::Other
+        } else if subscriber.is_none() {
+            Reason::NotSubscriber
+        } else if relay.is_some() {
+            Reason::Relayed
+        } else if exemption.is_some() {
+            Reason::Exempt
+        } else if mode.is_some_and(|m| m.is_monitor()) {
+            Reason::Monitored
+        } else {
+            Reason::Dropped
+        };
+        let agrees = kernel.subscriber == mode
+            && kernel.relay.is_some() == relay.is_some()
+            && kernel.exemption.is_some() == exemption.is_some();
+        let origin = |map: &BTreeMap<IpNet, smtpguard_common::PrefixOrigin>,
+                      prefix: Option<IpNet>| {
+            prefix.map(|p| origin_name(map[&p].origin))
+        };
+        Ok(json!({
+            "src": src.to_string(),
+            "dst": dst.to_string(),
+            "port": port,
+            "verdict": match reason.verdict() { smtpguard_common::Verdict::Pass => "pass", smtpguard_common::Verdict::Drop => "drop" },
+            "reason": reason.name(),
+            "enforced_port": enforced,
+            "enforced_ports": self.config.enforcement.ports,
+            "subscriber": subscriber.map(|p| p.to_string()),
+            "subscriber_mode": mode.map(|m| if m.is_monitor() { "monitor" } else { "enforce" }),
+            "relay": relay.map(|p| p.to_string()),
+            "relay_source": origin(&self.desired.relays, relay),
+            "exemption": exemption.map(|p| p.to_string()),
+            "exemption_source": origin(&self.desired.exemptions, exemption),
+            "kernel_agrees": agrees,
+        }))
+    }
+
+    fn audit(&mut self, since: Option<&str>) -> Outcome {
+        let since = since.map(parse_time).transpose()?;
+        Ok(json!(self.store.audit(since)?))
+    }
+
+    /// Re-reads the config file. An invalid file changes nothing; a valid one is reconciled
+    /// into the maps and the interfaces.
+    fn reload(&mut self, who: &str) -> Outcome {
+        self.counters.reloads += 1;
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(error) => {
+                self.counters.reload_failures += 1;
+                warn!(%error, "reload refused: the running policy stays as it was");
+                return Err(Failure::new(
+                    ErrorKind::BadRequest,
+                    format!("reload refused, the running policy stays as it was: {error}"),
+                ));
+            }
+        };
+        let previous = std::mem::replace(&mut self.config, config);
+        self.resolved = resolve_relay_hosts(&self.config, &self.resolved);
+        let applied = self
+            .reconcile()
+            .and_then(|report| self.attach_all().map(|()| report));
+        match applied {
+            Ok(report) => {
+                let detail = format!(
+                    "added {}, updated {}, removed {}",
+                    report.added, report.updated, report.removed
+                );
+                self.store
+                    .record(
+                        AuditAction::ConfigReloaded,
+                        &self.config_path.display().to_string(),
+                        who,
+                        &detail,
+                        SystemTime::now(),
+                    )
+                    .inspect_err(|_| self.counters.store_errors += 1)?;
+                info!(who, detail, "config reloaded");
+                Ok(
+                    json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed}),
+                )
+            }
+            Err(error) => {
+                self.counters.reload_failures += 1;
+                self.config = previous;
+                let restored = self.reconcile().and_then(|_| self.attach_all());
+                warn!(
+                    error = format!("{error:#}"),
+                    restored = restored.is_ok(),
+                    "reload failed; back to the previous config"
+                );
+                Err(Failure::new(
+                    ErrorKind::Failed,
+                    format!("reload failed and was rolled back: {error:#}"),
+                ))
+            }
+        }
+    }
+
+    /// Removes enforcement on purpose: the links go, the maps stay (statistics are kept for a
+    /// later `run`), and the agent stops.
+    fn detach(&mut self, who: &str) -> Outcome {
+        let mut detached = Vec::new();
+        for attachment in self.pins.attachments().map_err(failed)? {
+            self.pins.detach(&attachment).map_err(failed)?;
+            detached.push(attachment.interface);
+        }
+        self.store.record(
+            AuditAction::Detached,
+            &list(detached.iter()),
+            who,
+            "enforcement removed",
+            SystemTime::now(),
+        )?;
+        self.detached = true;
+        warn!(
+            who,
+            interfaces = list(detached.iter()),
+            "detached: port 25 is no longer enforced"
+        );
+        Ok(json!({"detached": detached}))
+    }
+
+    /// Removes expired exemptions from the store and the maps.
+    pub fn expire(&mut self) -> anyhow::Result<()> {
+        let expired = self
+            .store
+            .expire(SystemTime::now())
+            .inspect_err(|_| self.counters.store_errors += 1)?;
+        if !expired.is_empty() {
+            self.reconcile()?;
+            for exemption in expired {
+                info!(prefix = %exemption.prefix, "exemption expired");
+            }
+        }
+        Ok(())
+    }
+
+    /// When the next exemption expires, so the agent can wake then.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.store.next_expiry().ok().flatten()
+    }
+
+    /// Installs freshly resolved relay addresses (resolved outside the lock).
+    pub fn update_relays(&mut self, resolved: BTreeMap<String, Vec<IpAddr>>) -> anyhow::Result<()> {
+        if resolved != self.resolved {
+            self.resolved = resolved;
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    pub fn resolved(&self) -> &BTreeMap<String, Vec<IpAddr>> {
+        &self.resolved
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let counters = self
+            .dataplane
+            .counters()
+            .unwrap_or([0; REASON_COUNT as usize]);
+        let maps = self.map_fill().unwrap_or_default();
+        let tracked_hosts = maps
+            .iter()
+            .find(|(name, ..)| *name == names::HOST_STATS)
+            .map_or(0, |m| m.1);
+        let attached = self
+            .pins
+            .attachments()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                let mode = match (a.kind.as_str(), self.config.agent.xdp_mode) {
+                    ("tc", _) => "tcx",
+                    (_, XdpMode::Native) => "native",
+                    (_, XdpMode::Skb) => "skb",
+                };
+                let attach = if a.kind == "tc" { "tc" } else { "xdp" };
+                (a.interface, attach, mode)
+            })
+            .collect();
+        MetricsSnapshot {
+            packets: crate::metrics::packet_rows(
+                Reason::ALL.into_iter().map(|r| (r, counters[r as usize])),
+            ),
+            tracked_hosts,
+            exemptions: self.desired.exemptions.len() as u64,
+            relays: self.desired.relays.len() as u64,
+            maps,
+            reconcile_errors: self.counters.reconcile_errors,
+            store_errors: self.counters.store_errors,
+            reloads: self.counters.reloads,
+            reload_failures: self.counters.reload_failures,
+            attached,
+            start_time_seconds: self
+                .started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        }
+    }
+}
+
+fn failed(error: impl std::fmt::Display) -> Failure {
+    Failure::new(ErrorKind::Failed, error.to_string())
+}
+
+/// The longest prefix of `map` that contains `address`: what an LPM trie lookup finds.
+fn most_specific<V>(map: &BTreeMap<IpNet, V>, address: IpAddr) -> Option<IpNet> {
+    map.keys()
+        .filter(|prefix| prefix.contains(&address))
+        .max_by_key(|prefix| prefix.prefix_len())
+        .copied()
+}
+
+fn per_family_of<V>(map: &BTreeMap<IpNet, V>) -> (u64, u64) {
+    let v4 = map.keys().filter(|p| matches!(p, IpNet::V4(_))).count() as u64;
+    (v4, map.len() as u64 - v4)
+}
+
+fn origin_name(origin: u32) -> &'static str {
+    match origin {
+        o if o == Origin::Config as u32 => "config",
+        o if o == Origin::Runtime as u32 => "runtime",
+        o if o == Origin::Dns as u32 => "dns",
+        _ => "unknown",
+    }
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items
+        .map(|item| item.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_prefix(text: &str) -> Result<IpNet, Failure> {
+    let prefix = IpNet::from_str(text).map_err(|_| {
+        Failure::new(
+            ErrorKind::BadRequest,
+            format!("{text:?} is not a prefix; expected ADDRESS/LENGTH such as 100.64.10.0/24 or 2001:db8:1000:10::/64"),
+        )
+    })?;
+    if prefix.trunc() != prefix {
+        return Err(Failure::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{prefix} has host bits set; expected the network address {}",
+                prefix.trunc()
+            ),
+        ));
+    }
+    Ok(prefix)
+}
+
+fn parse_address(text: &str) -> Result<IpAddr, Failure> {
+    text.parse().map_err(|_| {
+        Failure::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{text:?} is not an IP address; expected one such as 100.64.0.2 or 2001:db8::2"
+            ),
+        )
+    })
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, Failure> {
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        Failure::new(
+            ErrorKind::BadRequest,
+            format!("{text:?} is not a time; expected RFC 3339 such as 2026-12-31T23:59:59Z"),
+        )
+    })
+}
+
+/// Resolves every relay hostname; a name that fails keeps its last known addresses.
+pub fn resolve_relay_hosts(
+    config: &Config,
+    previous: &BTreeMap<String, Vec<IpAddr>>,
+) -> BTreeMap<String, Vec<IpAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let mut resolved = BTreeMap::new();
+    for relay in &config.relay_hosts {
+        match (relay.host.as_str(), 0).to_socket_addrs() {
+            Ok(addresses) => {
+                let mut addresses: Vec<IpAddr> = addresses.map(|a| a.ip()).collect();
+                addresses.sort();
+                addresses.dedup();
+                resolved.insert(relay.host.clone(), addresses);
+            }
+            Err(error) => {
+                let kept = previous.get(&relay.host).cloned().unwrap_or_default();
+                warn!(host = relay.host, %error, kept = kept.len(), "relay lookup failed; keeping the last known addresses");
+                resolved.insert(relay.host.clone(), kept);
+            }
+        }
+    }
+    resolved
+}

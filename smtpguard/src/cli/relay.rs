@@ -1,0 +1,69 @@
+//! `smtpguard relay add|list|rm`: runtime relays, on top of the config's.
+
+use clap::Subcommand;
+
+use super::{ListFormat, client::AgentArgs, table};
+use crate::agent::api::Request;
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Allow subscribers to reach a relay prefix on the enforced ports.
+    ///
+    /// Example: smtpguard relay add 192.0.2.26/32 --note "second smarthost"
+    Add {
+        /// The relay prefix, e.g. 192.0.2.26/32
+        prefix: String,
+        /// A note for the list, e.g. --note "second smarthost"
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List relays from the config file, DNS and the store.
+    ///
+    /// Example: smtpguard relay list --format json
+    List {
+        /// table (for people), json or csv (for tools)
+        #[arg(long, value_enum, default_value_t)]
+        format: ListFormat,
+    },
+    /// Remove a runtime relay.
+    ///
+    /// Example: smtpguard relay rm 192.0.2.26/32
+    Rm {
+        /// The prefix exactly as listed, e.g. 192.0.2.26/32
+        prefix: String,
+    },
+}
+
+pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
+    match command {
+        RelayCommand::Add { prefix, note } => {
+            let body = agent.call(&Request::RelayAdd {
+                prefix: prefix.clone(),
+                note: note.clone(),
+            })?;
+            println!("relay: {}", table::text(&body["prefix"]));
+        }
+        RelayCommand::List { format } => {
+            let body = agent.call(&Request::RelayList {})?;
+            let rows = body.as_array().cloned().unwrap_or_default();
+            let columns = ["prefix", "source", "host", "note", "who", "created"];
+            match format {
+                ListFormat::Json => table::print_json(&body)?,
+                ListFormat::Csv => table::print_csv(&columns, &rows)?,
+                ListFormat::Table => table::print(
+                    &["PREFIX", "SOURCE", "HOST", "NOTE", "WHO", "CREATED"],
+                    rows.iter()
+                        .map(|row| columns.iter().map(|c| table::text(&row[*c])).collect())
+                        .collect(),
+                ),
+            }
+        }
+        RelayCommand::Rm { prefix } => {
+            agent.call(&Request::RelayRemove {
+                prefix: prefix.clone(),
+            })?;
+            println!("no longer a relay: {prefix}");
+        }
+    }
+    Ok(())
+}

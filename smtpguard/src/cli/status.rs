@@ -1,0 +1,198 @@
+//! `smtpguard status`, `smtpguard check`, `smtpguard audit`: what the live agent is doing.
+
+use clap::Args;
+use serde_json::Value;
+
+use super::{Format, client::AgentArgs, table};
+use crate::agent::api::Request;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// table (for people) or json (for tools)
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Source address, e.g. 100.64.0.2
+    src: String,
+    /// Destination address, e.g. 198.51.100.7
+    dst: String,
+    /// Destination TCP port, e.g. --port 25
+    #[arg(long, default_value_t = 25)]
+    port: u16,
+    /// table (for people) or json (for tools)
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries this recent: a duration (24h, 7d) or a time (2026-11-01T00:00:00Z)
+    #[arg(long)]
+    since: Option<String>,
+    /// table (for people) or json (for tools)
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    let body = agent.call(&Request::Status {})?;
+    if args.format == Format::Json {
+        return table::print_json(&body);
+    }
+    let attached: Vec<String> = body["attached"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                table::text(&a["interface"]),
+                table::text(&a["attach"])
+            )
+        })
+        .collect();
+    table::print(
+        &["", ""],
+        vec![
+            row("version", &body["version"]),
+            row(
+                "uptime",
+                &Value::String(format!("{}s", table::text(&body["uptime_seconds"]))),
+            ),
+            row("config", &body["config"]),
+            row("attach", &body["attach"]),
+            vec![
+                "attached".to_owned(),
+                if attached.is_empty() {
+                    "NOTHING: not enforcing".to_owned()
+                } else {
+                    attached.join(", ")
+                },
+            ],
+            row("enforced ports", &body["enforced_ports"]),
+            row("exemptions", &body["exemptions"]),
+            row("relays", &body["relays"]),
+            row("pin folder", &body["pin_dir"]),
+            row("state folder", &body["state_dir"]),
+        ],
+    );
+    println!();
+    let packets = body["packets"].as_object().cloned().unwrap_or_default();
+    table::print(
+        &["REASON", "PACKETS"],
+        packets
+            .iter()
+            .map(|(reason, count)| vec![reason.clone(), table::text(count)])
+            .collect(),
+    );
+    println!();
+    table::print(
+        &["MAP", "ENTRIES", "CAPACITY"],
+        body["maps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                vec![
+                    table::text(&m["map"]),
+                    table::text(&m["entries"]),
+                    table::text(&m["capacity"]),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+fn row(label: &str, value: &Value) -> Vec<String> {
+    vec![label.to_owned(), table::text(value)]
+}
+
+pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    let body = agent.call(&Request::Check {
+        src: args.src.clone(),
+        dst: args.dst.clone(),
+        port: args.port,
+    })?;
+    if args.format == Format::Json {
+        return table::print_json(&body);
+    }
+    let or_none = |value: &Value| {
+        if value.is_null() {
+            "none".to_owned()
+        } else {
+            table::text(value)
+        }
+    };
+    table::print(
+        &["", ""],
+        vec![
+            vec![
+                "verdict".to_owned(),
+                format!(
+                    "{} ({})",
+                    table::text(&body["verdict"]),
+                    table::text(&body["reason"])
+                ),
+            ],
+            vec![
+                "enforced port".to_owned(),
+                format!(
+                    "{} (enforced: {})",
+                    table::text(&body["enforced_port"]),
+                    table::text(&body["enforced_ports"])
+                ),
+            ],
+            vec![
+                "subscriber range".to_owned(),
+                format!(
+                    "{} {}",
+                    or_none(&body["subscriber"]),
+                    table::text(&body["subscriber_mode"])
+                ),
+            ],
+            vec![
+                "relay".to_owned(),
+                format!(
+                    "{} {}",
+                    or_none(&body["relay"]),
+                    table::text(&body["relay_source"])
+                ),
+            ],
+            vec![
+                "exemption".to_owned(),
+                format!(
+                    "{} {}",
+                    or_none(&body["exemption"]),
+                    table::text(&body["exemption_source"])
+                ),
+            ],
+            vec![
+                "kernel maps agree".to_owned(),
+                table::text(&body["kernel_agrees"]),
+            ],
+        ],
+    );
+    Ok(())
+}
+
+pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    let since = args.since.as_deref().map(super::past_time).transpose()?;
+    let body = agent.call(&Request::Audit { since })?;
+    if args.format == Format::Json {
+        return table::print_json(&body);
+    }
+    let columns = ["at", "action", "subject", "who", "detail"];
+    table::print(
+        &["AT", "ACTION", "SUBJECT", "WHO", "DETAIL"],
+        body.as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| columns.iter().map(|c| table::text(&entry[*c])).collect())
+            .collect(),
+    );
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Pinned state: the maps and the attachment links live on bpffs, so enforcement outlasts the
+//! agent process. A restart, an upgrade or a crash reuses the maps (per-host statistics
+//! survive) and swaps the new program into the existing links atomically; port 25 stays
+//! blocked throughout.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    ProgramError, SchedClassifier, Xdp, XdpMode,
+    links::{FdLink, LinkError, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType},
+    xdp::{XdpLink, XdpLinkId},
+};
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+use smtpguard_common::maps as names;
+
+use super::{DataplaneError, TC_PROGRAM, XDP_PROGRAM, attach_error, program_mut};
+
+/// Where the kernel objects are pinned, below the configured pin folder.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+/// The map names the loader pins, all of them: the program's whole state.
+pub const PINNED_MAPS: [&str; 9] = [
+    names::SUBSCRIBERS_V4,
+    names::SUBSCRIBERS_V6,
+    names::RELAYS_V4,
+    names::RELAYS_V6,
+    names::EXEMPTIONS_V4,
+    names::EXEMPTIONS_V6,
+    names::ENFORCEMENT,
+    names::COUNTERS,
+    names::HOST_STATS,
+];
+
+/// How the program sits on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    Xdp(XdpMode),
+    Tc,
+}
+
+impl Attach {
+    fn kind(self) -> &'static str {
+        match self {
+            Attach::Xdp(_) => "xdp",
+            Attach::Tc => "tc",
+        }
+    }
+}
+
+/// A pinned attachment found on bpffs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedAttachment {
+    pub kind: String,
+    pub interface: String,
+}
+
+/// What attaching did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// A new link was created and pinned.
+    Created,
+    /// The pinned link now runs this program (atomic replacement, no gap).
+    Updated,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    fn link(&self, kind: &str, interface: &str) -> PathBuf {
+        self.links().join(format!("{kind}-{interface}"))
+    }
+
+    /// Makes sure the pin folders exist on a bpffs, mounting bpffs on /sys/fs/bpf when the
+    /// folders are below it and it is not mounted (it is not at boot on many systems).
+    pub fn prepare(&self) -> Result<(), DataplaneError> {
+        if !on_bpffs(&self.root) {
+            let default_mount = Path::new("/sys/fs/bpf");
+            if self.root.starts_with(default_mount) && !on_bpffs(default_mount) {
+                mount(
+                    Some("bpf"),
+                    default_mount,
+                    Some("bpf"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .map_err(|errno| DataplaneError::Bpffs {
+                    path: default_mount.to_owned(),
+                    problem: format!("mounting bpffs failed: {errno}"),
+                })?;
+            }
+        }
+        for dir in [self.root.join("maps"), self.links()] {
+            fs::create_dir_all(&dir).map_err(|error| DataplaneError::Bpffs {
+                path: dir.clone(),
+                problem: format!("cannot create the pin folder: {error}"),
+            })?;
+        }
+        if !on_bpffs(&self.root) {
+            return Err(DataplaneError::Bpffs {
+                path: self.root.clone(),
+                problem: "not on a BPF file system; mount one there (mount -t bpf bpf DIR) or \
+                          choose a pin folder below /sys/fs/bpf"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The attachments pinned now.
+    pub fn attachments(&self) -> Result<Vec<PinnedAttachment>, DataplaneError> {
+        let entries = match fs::read_dir(self.links()) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(self.io_error(&self.links(), error)),
+        };
+        let mut attachments = Vec::new();
+        for entry in entries {
+            let name = entry
+                .map_err(|error| self.io_error(&self.links(), error))?
+                .file_name();
+            if let Some((kind, interface)) = name.to_string_lossy().split_once('-') {
+                attachments.push(PinnedAttachment {
+                    kind: kind.to_owned(),
+                    interface: interface.to_owned(),
+                });
+            }
+        }
+        attachments.sort_by(|a, b| (&a.interface, &a.kind).cmp(&(&b.interface, &b.kind)));
+        Ok(attachments)
+    }
+
+    /// Removes a pinned attachment: the link goes with its last reference, and the interface
+    /// no longer runs the program.
+    pub fn detach(&self, attachment: &PinnedAttachment) -> Result<(), DataplaneError> {
+        let path = self.link(&attachment.kind, &attachment.interface);
+        let link = PinnedLink::from_pin(&path).map_err(|source| DataplaneError::Link {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        // Dropping the returned fd releases the last reference: the kernel detaches the link.
+        link.unpin().map_err(|error| self.io_error(&path, error))?;
+        Ok(())
+    }
+
+    fn io_error(&self, path: &Path, error: std::io::Error) -> DataplaneError {
+        DataplaneError::Bpffs {
+            path: path.to_owned(),
+            problem: error.to_string(),
+        }
+    }
+}
+
+fn on_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|stat| stat.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// A program type that attaches through a bpf link: XDP, or TC (TCX links).
+trait LinkedProgram {
+    const NAME: &'static str;
+    type Id;
+    fn attach_new(&mut self, interface: &str, attach: Attach) -> Result<Self::Id, ProgramError>;
+    fn attach_existing(&mut self, link: FdLink) -> Result<Self::Id, AttachError>;
+    fn take_fd_link(&mut self, id: Self::Id) -> Result<FdLink, AttachError>;
+}
+
+/// Why attaching through a link failed, before the interface name is added.
+enum AttachError {
+    Program(ProgramError),
+    Link(LinkError),
+}
+
+impl From<ProgramError> for AttachError {
+    fn from(error: ProgramError) -> Self {
+        AttachError::Program(error)
+    }
+}
+
+impl From<LinkError> for AttachError {
+    fn from(error: LinkError) -> Self {
+        AttachError::Link(error)
+    }
+}
+
+impl LinkedProgram for Xdp {
+    const NAME: &'static str = XDP_PROGRAM;
+    type Id = XdpLinkId;
+
+    fn attach_new(&mut self, interface: &str, attach: Attach) -> Result<XdpLinkId, ProgramError> {
+        let mode = match attach {
+            Attach::Xdp(mode) => mode,
+            Attach::Tc => XdpMode::default(),
+        };
+        self.attach(interface, mode)
+    }
+
+    fn attach_existing(&mut self, link: FdLink) -> Result<XdpLinkId, AttachError> {
+        Ok(self.attach_to_link(XdpLink::try_from(link)?)?)
+    }
+
+    fn take_fd_link(&mut self, id: XdpLinkId) -> Result<FdLink, AttachError> {
+        Ok(FdLink::try_from(self.take_link(id)?)?)
+    }
+}
+
+impl LinkedProgram for SchedClassifier {
+    const NAME: &'static str = TC_PROGRAM;
+    type Id = SchedClassifierLinkId;
+
+    fn attach_new(
+        &mut self,
+        interface: &str,
+        _attach: Attach,
+    ) -> Result<SchedClassifierLinkId, ProgramError> {
+        self.attach(interface, TcAttachType::Ingress)
+    }
+
+    fn attach_existing(&mut self, link: FdLink) -> Result<SchedClassifierLinkId, AttachError> {
+        Ok(self.attach_to_link(SchedClassifierLink::try_from(link)?)?)
+    }
+
+    fn take_fd_link(&mut self, id: SchedClassifierLinkId) -> Result<FdLink, AttachError> {
+        Ok(FdLink::try_from(self.take_link(id)?)?)
+    }
+}
+
+/// Attaches the loaded program to `interface` through a pinned link: the existing link is
+/// updated in place when there is one, otherwise a new link is created and pinned. A link of
+/// the other kind on the same interface is removed only after the new one is in place.
+pub(super) fn attach(
+    ebpf: &mut aya::Ebpf,
+    layout: &PinLayout,
+    interface: &str,
+    attach: Attach,
+) -> Result<AttachOutcome, DataplaneError> {
+    let path = layout.link(attach.kind(), interface);
+    let outcome = match attach {
+        Attach::Xdp(_) => attach_through(
+            program_mut::<Xdp>(ebpf, XDP_PROGRAM)?,
+            &path,
+            interface,
+            attach,
+        )?,
+        Attach::Tc => attach_through(
+            program_mut::<SchedClassifier>(ebpf, TC_PROGRAM)?,
+            &path,
+            interface,
+            attach,
+        )?,
+    };
+    let other = PinnedAttachment {
+        kind: match attach {
+            Attach::Xdp(_) => "tc",
+            Attach::Tc => "xdp",
+        }
+        .to_owned(),
+        interface: interface.to_owned(),
+    };
+    if layout.link(&other.kind, interface).exists() {
+        layout.detach(&other)?;
+    }
+    Ok(outcome)
+}
+
+fn attach_through<P: LinkedProgram>(
+    program: &mut P,
+    path: &Path,
+    interface: &str,
+    attach: Attach,
+) -> Result<AttachOutcome, DataplaneError> {
+    let failed = |error: AttachError| match error {
+        AttachError::Program(source) => attach_error(P::NAME, interface, source),
+        AttachError::Link(source) => DataplaneError::Link {
+            path: path.to_owned(),
+            source: Box::new(source),
+        },
+    };
+    let (outcome, id) = match existing_link(path)? {
+        Some(link) => (
+            AttachOutcome::Updated,
+            program.attach_existing(link).map_err(failed)?,
+        ),
+        None => (
+            AttachOutcome::Created,
+            program
+                .attach_new(interface, attach)
+                .map_err(|source| attach_error(P::NAME, interface, source))?,
+        ),
+    };
+    let link = program.take_fd_link(id).map_err(failed)?;
+    // An updated link is pinned already (the pin names the link, which now runs the new
+    // program), so its fd is simply closed; a new one is pinned.
+    if outcome == AttachOutcome::Created {
+        link.pin(path).map_err(|source| DataplaneError::Pin {
+            program: P::NAME,
+            interface: interface.to_owned(),
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(outcome)
+}
+
+fn existing_link(path: &Path) -> Result<Option<FdLink>, DataplaneError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(Some(pinned.into()))
+}

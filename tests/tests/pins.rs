@@ -1,0 +1,170 @@
+//! Pinned enforcement outlives the process that attached it: maps and links stay on bpffs, a
+//! new instance reuses the maps (statistics survive) and swaps its program into the pinned
+//! link atomically, and detaching on purpose is what ends enforcement. Real kernel, real
+//! namespaces, real TCP.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use aya::programs::XdpMode;
+use smtpguard::{
+    config::Config,
+    dataplane::{Attach, AttachOutcome, Dataplane, PinLayout},
+    policy::DesiredPolicy,
+};
+use smtpguard_common::Origin;
+use smtpguard_tests::lab::{Connect, GatewayLab, SUBSCRIBER_INTERFACE, Servers, addr, connect};
+
+const CONFIG: &str = r#"
+[[subscribers]]
+prefix = "100.64.0.0/10"
+[[relays]]
+prefix = "192.0.2.25/32"
+[capacity]
+hosts = 4096
+"#;
+
+const BLOCKED: Duration = Duration::from_secs(1);
+const OPEN: Duration = Duration::from_secs(3);
+
+/// A pin folder of this test's own below /sys/fs/bpf, removed with everything in it on drop.
+struct PinFolder(PinLayout);
+
+impl PinFolder {
+    fn new(name: &str) -> Self {
+        Self(PinLayout::new(format!(
+            "/sys/fs/bpf/smtpguard-test-{}-{name}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinFolder {
+    fn drop(&mut self) {
+        for attachment in self.0.attachments().unwrap_or_default() {
+            let _ = self.0.detach(&attachment);
+        }
+        let _ = std::fs::remove_dir_all(self.0.root());
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn load(pins: &PinLayout, desired: &DesiredPolicy) -> Dataplane {
+    let config = Config::parse(CONFIG, Path::new("pins.toml")).unwrap();
+    let mut dataplane =
+        Dataplane::load_pinned(&config.capacity, pins).unwrap_or_else(|e| panic!("load: {e}"));
+    dataplane.policy_maps().unwrap().reconcile(desired).unwrap();
+    dataplane
+}
+
+#[test]
+fn enforcement_outlives_the_process_and_survives_a_restart() {
+    let lab = GatewayLab::new().unwrap();
+    let _servers = Servers::start(&lab.internet, &[25]).unwrap();
+    let pins = PinFolder::new("restart");
+    let config = Config::parse(CONFIG, Path::new("pins.toml")).unwrap();
+    let desired = DesiredPolicy::from_config(&config);
+    let mx = ip(addr::MX_V4);
+    let subscriber = ip(addr::SUBSCRIBER_V4);
+    let blocked = || connect(&lab.subscriber, mx, 25, BLOCKED);
+
+    assert_eq!(
+        blocked(),
+        Connect::Greeted,
+        "the lab routes port 25 before attaching"
+    );
+
+    // First instance: creates maps and a pinned link.
+    let mut first = load(&pins.0, &desired);
+    let outcome = lab
+        .gateway
+        .run(|| first.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver)));
+    assert_eq!(outcome.unwrap(), AttachOutcome::Created);
+    assert_eq!(blocked(), Connect::TimedOut, "attached: port 25 is blocked");
+    let attempts_before = first
+        .hosts()
+        .unwrap()
+        .into_iter()
+        .find(|(h, _)| *h == subscriber);
+    let attempts_before = attempts_before
+        .expect("the subscriber is tracked")
+        .1
+        .attempts;
+
+    // The process goes away: the pinned link keeps the program on the interface.
+    drop(first);
+    assert_eq!(
+        blocked(),
+        Connect::TimedOut,
+        "still blocked with no process holding the program"
+    );
+
+    // A new instance reuses the pinned maps and updates the link in place.
+    let mut second = load(&pins.0, &desired);
+    let hosts = second.hosts().unwrap();
+    let stats = hosts
+        .iter()
+        .find(|(h, _)| *h == subscriber)
+        .map(|(_, s)| *s);
+    let stats = stats.expect("per-host statistics survived the restart");
+    assert!(
+        stats.attempts >= attempts_before,
+        "attempts went from {attempts_before} to {}",
+        stats.attempts
+    );
+    let outcome = lab
+        .gateway
+        .run(|| second.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver)));
+    assert_eq!(outcome.unwrap(), AttachOutcome::Updated);
+    assert_eq!(
+        blocked(),
+        Connect::TimedOut,
+        "blocked after the link update"
+    );
+
+    // The new instance's maps are the live ones: exempting the subscriber opens port 25.
+    let mut exempted = desired.clone();
+    exempted.add_exemption("100.64.0.2/32".parse().unwrap(), Origin::Runtime);
+    let report = second.policy_maps().unwrap().reconcile(&exempted).unwrap();
+    assert_eq!((report.added, report.updated, report.removed), (1, 0, 0));
+    assert_eq!(
+        connect(&lab.subscriber, mx, 25, OPEN),
+        Connect::Greeted,
+        "exempt now"
+    );
+    let report = second.policy_maps().unwrap().reconcile(&desired).unwrap();
+    assert_eq!((report.added, report.updated, report.removed), (0, 0, 1));
+    assert_eq!(
+        blocked(),
+        Connect::TimedOut,
+        "blocked again once the exemption is gone"
+    );
+
+    // Switching to TC puts the new link in place before the XDP one is removed.
+    let outcome = lab
+        .gateway
+        .run(|| second.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Tc));
+    assert_eq!(outcome.unwrap(), AttachOutcome::Created);
+    let kinds: Vec<String> = pins
+        .0
+        .attachments()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(kinds, ["tc"]);
+    assert_eq!(blocked(), Connect::TimedOut, "blocked by TC");
+
+    // Detaching on purpose ends enforcement, even with the program still loaded here.
+    for attachment in pins.0.attachments().unwrap() {
+        pins.0.detach(&attachment).unwrap();
+    }
+    assert_eq!(
+        connect(&lab.subscriber, mx, 25, OPEN),
+        Connect::Greeted,
+        "detached"
+    );
+    drop(second);
+}
