@@ -786,3 +786,47 @@ pub fn resolve_relay_hosts(
     }
     resolved
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(relay_hosts: &[&str]) -> Config {
+        let mut text = String::from("[[subscribers]]\nprefix = \"100.64.0.0/10\"\n");
+        for host in relay_hosts {
+            text.push_str(&format!("[[relays]]\nhost = \"{host}\"\n"));
+        }
+        Config::parse(&text, Path::new("relays.toml")).unwrap()
+    }
+
+    #[test]
+    fn relay_hosts_resolve_to_their_addresses() {
+        // localhost resolves from /etc/hosts, without any network.
+        let resolved = resolve_relay_hosts(&config(&["localhost"]), &BTreeMap::new());
+        let addresses = &resolved["localhost"];
+        assert!(
+            addresses.contains(&IpAddr::from([127, 0, 0, 1])),
+            "localhost resolved to {addresses:?}"
+        );
+        assert!(
+            addresses.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+    }
+
+    #[test]
+    fn most_specific_prefix_wins() {
+        let mut map = BTreeMap::new();
+        for prefix in ["100.64.0.0/10", "100.64.10.0/24", "100.64.10.128/25"] {
+            map.insert(prefix.parse::<IpNet>().unwrap(), ());
+        }
+        let found =
+            |address: &str| most_specific(&map, address.parse().unwrap()).map(|p| p.to_string());
+        assert_eq!(found("100.64.10.200").as_deref(), Some("100.64.10.128/25"));
+        assert_eq!(found("100.64.10.5").as_deref(), Some("100.64.10.0/24"));
+        assert_eq!(found("100.70.0.1").as_deref(), Some("100.64.0.0/10"));
+        assert_eq!(found("198.51.100.7"), None);
+    }
+}
