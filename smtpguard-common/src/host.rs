@@ -48,15 +48,18 @@ pub struct HostStats {
     pub last_seen_ns: u64,
     /// Last destination address (IPv4-mapped for IPv4) and port (0 when unknown).
     pub last_dst: [u8; 16],
-    pub last_dst_port: u32,
+    pub last_dst_port: u16,
     /// The [`crate::Reason`] of the last segment.
-    pub last_reason: u32,
-    /// Distinct-destination estimate (HyperLogLog registers over destination addresses).
+    pub last_reason: u16,
+    /// The `SKETCH_EPOCH` the registers below belong to: the kernel clears them when it first
+    /// sees the host in a new epoch, so each snapshot interval gets its own sketch.
+    pub sketch_epoch: u32,
+    /// Distinct destinations of the epoch (HyperLogLog registers over destination addresses).
     pub dst_sketch: [u8; SKETCH_REGISTERS],
 }
 
 impl HostStats {
-    pub const fn first_seen(now_ns: u64) -> Self {
+    pub const fn first_seen(now_ns: u64, epoch: u32) -> Self {
         Self {
             attempts: 0,
             segments: 0,
@@ -66,6 +69,7 @@ impl HostStats {
             last_dst: [0; 16],
             last_dst_port: 0,
             last_reason: 0,
+            sketch_epoch: epoch,
             dst_sketch: [0; SKETCH_REGISTERS],
         }
     }
@@ -102,7 +106,8 @@ mod tests {
         assert_eq!(offset_of!(HostStats, last_seen_ns), 32);
         assert_eq!(offset_of!(HostStats, last_dst), 40);
         assert_eq!(offset_of!(HostStats, last_dst_port), 56);
-        assert_eq!(offset_of!(HostStats, last_reason), 60);
+        assert_eq!(offset_of!(HostStats, last_reason), 58);
+        assert_eq!(offset_of!(HostStats, sketch_epoch), 60);
         assert_eq!(offset_of!(HostStats, dst_sketch), 64);
     }
 

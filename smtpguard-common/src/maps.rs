@@ -10,6 +10,8 @@ pub const EXEMPTIONS_V6: &str = "EXEMPTIONS_V6";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const COUNTERS: &str = "COUNTERS";
 pub const HOST_STATS: &str = "HOST_STATS";
+/// One `u32`: the current sketch epoch, advanced by the agent at each statistics snapshot.
+pub const SKETCH_EPOCH: &str = "SKETCH_EPOCH";
 
 /// Default number of prefixes in each subscriber LPM trie (one per address family).
 pub const DEFAULT_SUBSCRIBER_CAPACITY: u32 = 65_536;

@@ -53,6 +53,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 
 #[map]
 static HOST_STATS: LruHashMap<HostKey, HostStats> =
     LruHashMap::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
+#[map]
+static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// How much of a non-linear skb the TC entry point pulls into the directly readable area:
 /// enough for two VLAN tags, PPPoE, IPv6 with a long extension-header chain and TCP.

@@ -9,7 +9,7 @@ use smtpguard_common::{
 };
 
 use crate::{
-    COUNTERS, HOST_STATS,
+    COUNTERS, HOST_STATS, SKETCH_EPOCH,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -38,13 +38,14 @@ pub fn record_host(packet: &Packet, reason: Reason) {
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
     let stats = match HOST_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
             // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
             // second CPU adds to it below instead of resetting it.
-            let _ = HOST_STATS.insert(key, HostStats::first_seen(now), BPF_NOEXIST as u64);
+            let _ = HOST_STATS.insert(key, HostStats::first_seen(now, epoch), BPF_NOEXIST as u64);
             match HOST_STATS.get_ptr_mut(key) {
                 Some(stats) => stats,
                 None => return,
@@ -65,8 +66,13 @@ pub fn record_host(packet: &Packet, reason: Reason) {
         }
         (*stats).last_seen_ns = now;
         (*stats).last_dst = dst;
-        (*stats).last_dst_port = dst_port as u32;
-        (*stats).last_reason = reason as u32;
+        (*stats).last_dst_port = dst_port;
+        (*stats).last_reason = reason as u16;
+        if (*stats).sketch_epoch != epoch {
+            // A new snapshot interval: this host's sketch starts empty.
+            (*stats).dst_sketch = [0; SKETCH_REGISTERS];
+            (*stats).sketch_epoch = epoch;
+        }
         let (index, rank) = sketch::slot(&dst);
         // The mask is for the verifier: the index is already below the register count.
         let register = &mut (*stats).dst_sketch[index & (SKETCH_REGISTERS - 1)];

@@ -812,7 +812,7 @@ fn host_statistics_follow_the_traffic() {
     assert!(stats.first_seen_ns > 0 && stats.first_seen_ns <= stats.last_seen_ns);
     assert_eq!(smtpguard::dataplane::host_address(&stats.last_dst), h.mx);
     assert_eq!(stats.last_dst_port, 25);
-    assert_eq!(stats.last_reason, Reason::Dropped as u32);
+    assert_eq!(stats.last_reason, Reason::Dropped as u16);
 
     let stats = hosts[&client];
     assert_eq!(
@@ -828,7 +828,7 @@ fn host_statistics_follow_the_traffic() {
         (1, 1, 0),
         "exempt host"
     );
-    assert_eq!(stats.last_reason, Reason::Exempt as u32);
+    assert_eq!(stats.last_reason, Reason::Exempt as u16);
 }
 
 #[test]

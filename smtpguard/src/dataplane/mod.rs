@@ -228,6 +228,29 @@ impl Dataplane {
         maps::read_counters(&self.ebpf)
     }
 
+    /// Starts a new sketch epoch: from now on each host's distinct-destination registers start
+    /// empty the first time the host is seen, so a snapshot interval gets its own sketch.
+    pub fn set_sketch_epoch(&mut self, epoch: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(names::SKETCH_EPOCH)
+            .ok_or(DataplaneError::Missing {
+                kind: "map",
+                name: names::SKETCH_EPOCH,
+            })?;
+        let mut array: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            map.try_into().map_err(|source| DataplaneError::Map {
+                map: names::SKETCH_EPOCH,
+                source,
+            })?;
+        array
+            .set(0, epoch, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: names::SKETCH_EPOCH,
+                source,
+            })
+    }
+
     /// How many hosts the statistics map tracks (walks the keys only).
     pub fn host_count(&self) -> Result<usize, DataplaneError> {
         maps::count_hosts(&self.ebpf)
