@@ -7,4 +7,5 @@ pub mod dataplane;
 pub mod metrics;
 pub mod policy;
 pub mod replay;
+pub mod report;
 pub mod store;

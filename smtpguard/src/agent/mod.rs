@@ -27,7 +27,7 @@ use self::{
     api::Request,
     state::{AgentState, resolve_relay_hosts},
 };
-use crate::config::Config;
+use crate::{config::Config, dataplane::PinLayout, report::snapshot::Snapshotter};
 
 /// How often the agent looks for exemptions that have expired: well inside the promised
 /// second.
@@ -47,6 +47,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let _lock = lock_state_dir(&config.agent.state_dir)?;
     let state = AgentState::start(config.clone(), config_path.to_owned())?;
+    let snapshotter = Snapshotter::open(
+        &PinLayout::new(&config.agent.pin_dir),
+        &config.agent.state_dir,
+    )
+    .context("opening the statistics history")?;
     info!(
         interfaces = config.agent.interfaces.join(", "),
         pin_dir = %config.agent.pin_dir.display(),
@@ -57,10 +62,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(state, &config))
+        .block_on(serve(state, snapshotter, &config))
 }
 
-async fn serve(state: AgentState, config: &Config) -> anyhow::Result<()> {
+async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> anyhow::Result<()> {
     let state = Arc::new(Mutex::new(state));
     let detached = Arc::new(Notify::new());
     let socket = server::bind(&config.agent.socket, config.agent.socket_group.as_deref())?;
@@ -80,6 +85,12 @@ async fn serve(state: AgentState, config: &Config) -> anyhow::Result<()> {
     }));
     tokio::spawn(expire_exemptions(state.clone()));
     tokio::spawn(refresh_relays(state.clone(), config.agent.relay_refresh));
+    let snapshotter = Arc::new(Mutex::new(snapshotter));
+    tokio::spawn(snapshot_statistics(
+        snapshotter.clone(),
+        config.report.interval,
+        config.report.retention,
+    ));
 
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut terminate =
@@ -107,7 +118,54 @@ async fn serve(state: AgentState, config: &Config) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&config.agent.socket);
+    // The interval in progress goes into the history too, so a restart loses nothing.
+    let final_snapshot = tokio::task::spawn_blocking(move || {
+        snapshotter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(SystemTime::now())
+    })
+    .await;
+    if let Ok(Err(error)) = final_snapshot {
+        warn!(%error, "the last statistics snapshot failed");
+    }
     Ok(())
+}
+
+/// Every `interval`, turns the kernel's per-host counters into history and prunes history
+/// older than `retention`. Runs on the blocking pool with its own handles: the agent's state
+/// lock is never held while a million hosts are read.
+async fn snapshot_statistics(
+    snapshotter: Arc<Mutex<Snapshotter>>,
+    interval: Duration,
+    retention: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await; // the first tick is immediate: nothing to record yet
+    loop {
+        tick.tick().await;
+        let snapshotter = snapshotter.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut snapshotter = snapshotter.lock().unwrap_or_else(|p| p.into_inner());
+            let now = SystemTime::now();
+            let report = snapshotter.take(now)?;
+            snapshotter.prune(now, retention)?;
+            Ok::<_, crate::report::snapshot::SnapshotError>(report)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(report)) => info!(
+                hosts = report.hosts_read,
+                intervals = report.intervals_written,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "statistics snapshot"
+            ),
+            Ok(Err(error)) => {
+                error!(%error, "statistics snapshot failed; the next one covers this interval too")
+            }
+            Err(error) => error!(%error, "statistics snapshot task failed"),
+        }
+    }
 }
 
 fn lock(state: &Mutex<AgentState>) -> std::sync::MutexGuard<'_, AgentState> {

@@ -5,6 +5,7 @@ mod config;
 mod exempt;
 mod relay;
 mod replay;
+mod report;
 mod status;
 mod table;
 
@@ -58,6 +59,10 @@ enum Command {
     ///
     /// Example: smtpguard audit --since 24h
     Audit(status::AuditArgs),
+    /// Which subscriber hosts tried to send mail straight to MX hosts, and which are bots.
+    ///
+    /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml report --since 24h --top 50
+    Report(report::ReportArgs),
     /// Re-read the agent's config file; an invalid one changes nothing.
     Reload,
     /// Remove enforcement from every interface on purpose, and stop the agent.
@@ -85,7 +90,16 @@ pub enum Format {
 
 /// Parses the command line and runs the verb; errors leave with exit code 1.
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with exit code 0; a usage error is bad input like any
+        // other, exit code 1, so that 2 keeps meaning "the agent cannot be reached".
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(1);
+        }
+    };
     let agent = &cli.agent;
     match cli.command {
         Command::Replay(args) => replay::run(&args, agent.config_file()?),
@@ -96,6 +110,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Status(args) => status::status(&args, agent),
         Command::Check(args) => status::check(&args, agent),
         Command::Audit(args) => status::audit(&args, agent),
+        Command::Report(args) => report::run(&args, agent.config_file()?),
         Command::Reload => {
             let body = agent.call(&Request::Reload {})?;
             println!(

@@ -26,9 +26,12 @@ use smtpguard_common::{Mode, UnparseableAction};
 use toml::Spanned;
 
 mod agent;
+mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, XdpMode};
 use self::agent::{RawAgent, validate_agent};
+pub use self::report::ReportConfig;
+use self::report::{RawReport, validate_report};
 
 /// The TCP destination port enforced when the file does not list any.
 const DEFAULT_PORT: u16 = 25;
@@ -47,6 +50,7 @@ pub struct Config {
     /// Relays given by hostname, resolved by the agent at start and periodically.
     pub relay_hosts: Vec<RelayHost>,
     pub agent: AgentConfig,
+    pub report: ReportConfig,
 }
 
 /// A `[[relays]]` entry given as `host = "smtp.isp.example"`.
@@ -153,6 +157,7 @@ impl Config {
             capacity,
             relay_hosts,
             agent: validate_agent(&src, raw.agent)?,
+            report: validate_report(&src, raw.report)?,
         })
     }
 }
@@ -292,6 +297,15 @@ pub enum ConfigError {
         file: PathBuf,
         at: Location,
         message: String,
+    },
+
+    #[error("{}:{at}: report.{key} = {value:?} is invalid; expected {expected}", .file.display())]
+    ReportValue {
+        file: PathBuf,
+        at: Location,
+        key: &'static str,
+        value: String,
+        expected: String,
     },
 
     #[error("{}:{at}: agent.{key} = {value:?} is invalid; expected {expected}", .file.display())]
@@ -512,6 +526,9 @@ struct RawConfig {
     // Absent: every agent setting at its default.
     #[serde(default)]
     agent: RawAgent,
+    // Absent: every report setting at its default.
+    #[serde(default)]
+    report: RawReport,
 }
 
 #[derive(Deserialize, Default)]
@@ -1141,6 +1158,7 @@ mod tests {
                 },
                 relay_hosts: Vec::new(),
                 agent: AgentConfig::default(),
+                report: ReportConfig::default(),
             }
         );
     }

@@ -16,6 +16,7 @@ use smtpguard_common::{
 };
 
 use super::DataplaneError;
+use super::PinLayout;
 use crate::policy::DesiredPolicy;
 
 type Trie<'a, K, V> = LpmTrie<&'a mut MapData, K, V>;
@@ -288,6 +289,28 @@ fn host_map(ebpf: &Ebpf) -> Result<HashMap<&MapData, HostKey, HostStats>, Datapl
         .map_err(|source| map_error(names::HOST_STATS, source))
 }
 
+pub(super) fn insert_hosts(
+    ebpf: &mut Ebpf,
+    hosts: impl IntoIterator<Item = (HostKey, HostStats)>,
+) -> Result<usize, DataplaneError> {
+    let map = ebpf
+        .map_mut(names::HOST_STATS)
+        .ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: names::HOST_STATS,
+        })?;
+    let mut map: HashMap<&mut MapData, HostKey, HostStats> = map
+        .try_into()
+        .map_err(|source| map_error(names::HOST_STATS, source))?;
+    let mut count = 0;
+    for (key, stats) in hosts {
+        map.insert(key, stats, 0)
+            .map_err(|source| map_error(names::HOST_STATS, source))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
 pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
     host_map(ebpf)?
         .iter()
@@ -296,6 +319,47 @@ pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, Datapl
             Ok((host_address(&key.addr), stats))
         })
         .collect()
+}
+
+/// The per-host statistics and the sketch epoch, opened from their pins: the snapshotter's
+/// own handles, so reading a million hosts never waits for (or holds) the agent's state.
+pub struct PinnedHostStats {
+    hosts: HashMap<MapData, HostKey, HostStats>,
+    epoch: Array<MapData, u32>,
+}
+
+impl PinnedHostStats {
+    pub fn open(layout: &PinLayout) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            hosts: open_pinned(layout, names::HOST_STATS)?,
+            epoch: open_pinned(layout, names::SKETCH_EPOCH)?,
+        })
+    }
+
+    /// Every tracked host and its statistics (one key walk, one lookup per host).
+    pub fn read_all(&self) -> Result<Vec<(HostKey, HostStats)>, DataplaneError> {
+        self.hosts
+            .iter()
+            .map(|entry| entry.map_err(|source| map_error(names::HOST_STATS, source)))
+            .collect()
+    }
+
+    /// Starts a new sketch epoch (see `HostStats::sketch_epoch`).
+    pub fn set_epoch(&mut self, epoch: u32) -> Result<(), DataplaneError> {
+        self.epoch
+            .set(0, epoch, 0)
+            .map_err(|source| map_error(names::SKETCH_EPOCH, source))
+    }
+}
+
+fn open_pinned<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    layout: &PinLayout,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    let data = MapData::from_pin(layout.map(name)).map_err(|source| map_error(name, source))?;
+    aya::maps::Map::from_map_data(data)
+        .and_then(T::try_from)
+        .map_err(|source| map_error(name, source))
 }
 
 /// Undoes the IPv4 mapping of host keys and destinations.

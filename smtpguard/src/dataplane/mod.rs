@@ -4,7 +4,7 @@
 mod maps;
 mod pins;
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, os::fd::BorrowedFd, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -13,10 +13,10 @@ use aya::{
         tc::{self, TcAttachType},
     },
 };
-use smtpguard_common::{HostStats, REASON_COUNT, Reason, maps as names};
+use smtpguard_common::{HostKey, HostStats, REASON_COUNT, Reason, maps as names};
 
 pub use self::{
-    maps::{KernelMatch, PolicyMaps, ReconcileReport, host_address},
+    maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
     pins::{Attach, AttachOutcome, PinLayout, PinnedAttachment},
 };
 use crate::{
@@ -200,6 +200,25 @@ impl Dataplane {
             .into_iter()
             .find(|reason| after[*reason as usize] != before[*reason as usize]);
         Ok(FrameOutcome { action, reason })
+    }
+
+    /// The XDP entry point's program fd, for callers that drive `BPF_PROG_TEST_RUN`
+    /// themselves (benchmarks: repeat counts, live frames). Valid as long as this instance.
+    pub fn xdp_program_fd(&self) -> Result<BorrowedFd<'_>, DataplaneError> {
+        use std::os::fd::AsFd as _;
+        let fd = program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?
+            .fd()
+            .map_err(|source| program_error("using", XDP_PROGRAM, source))?;
+        Ok(fd.as_fd())
+    }
+
+    /// Writes host statistics entries directly, one map update each (benchmarks pre-fill the
+    /// map to its production size this way); returns how many were written.
+    pub fn insert_hosts(
+        &mut self,
+        hosts: impl IntoIterator<Item = (HostKey, HostStats)>,
+    ) -> Result<usize, DataplaneError> {
+        maps::insert_hosts(&mut self.ebpf, hosts)
     }
 
     /// Runs one frame through the TC entry point (`__sk_buff` test run); returns the TC action.

@@ -21,6 +21,7 @@
 
 mod audit;
 mod exemptions;
+mod history;
 mod relays;
 
 use std::fmt;
@@ -36,6 +37,7 @@ use serde::Serializer;
 
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
 pub use exemptions::{Exemption, NewExemption};
+pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
 
 /// The database's file name inside the state directory.
@@ -95,6 +97,37 @@ const MIGRATIONS: &[&str] = &[
          detail  TEXT    NOT NULL
      ) STRICT;
      CREATE INDEX audit_at ON audit (at_ms, id);",
+    // 2: per-host statistics history (snapshot intervals) and the snapshot cursors.
+    "CREATE TABLE host_intervals (
+         host        BLOB    NOT NULL CHECK (length(host) = 16),
+         start_ms    INTEGER NOT NULL,
+         end_ms      INTEGER NOT NULL CHECK (end_ms > start_ms),
+         first_ms    INTEGER NOT NULL,
+         last_ms     INTEGER NOT NULL,
+         attempts    INTEGER NOT NULL CHECK (attempts >= 0),
+         segments    INTEGER NOT NULL CHECK (segments > 0),
+         dropped     INTEGER NOT NULL CHECK (dropped >= 0),
+         sketch      BLOB    NOT NULL CHECK (length(sketch) = 64),
+         last_dst    BLOB    NOT NULL CHECK (length(last_dst) = 16),
+         last_port   INTEGER NOT NULL,
+         last_reason INTEGER NOT NULL,
+         PRIMARY KEY (host, end_ms)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX host_intervals_end ON host_intervals (end_ms);
+
+     CREATE TABLE host_cursors (
+         host          BLOB    NOT NULL PRIMARY KEY CHECK (length(host) = 16),
+         attempts      INTEGER NOT NULL,
+         segments      INTEGER NOT NULL,
+         dropped       INTEGER NOT NULL,
+         first_seen_ns INTEGER NOT NULL
+     ) STRICT, WITHOUT ROWID;
+
+     CREATE TABLE snapshot_state (
+         id       INTEGER PRIMARY KEY CHECK (id = 1),
+         epoch    INTEGER NOT NULL,
+         last_ms  INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The schema version this build writes and understands.

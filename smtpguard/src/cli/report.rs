@@ -1,0 +1,129 @@
+//! `smtpguard report`: the abuse desk's view, read from the agent's history (the agent need
+//! not be running).
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+
+use crate::{
+    config::Config,
+    report::{self, Grouping, ReportOptions, render},
+    store::Store,
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The window up to now, e.g. --since 24h (the default)
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    since: Option<String>,
+    /// Window start, e.g. --from 2026-11-22T00:00:00Z (with --to)
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Window end, e.g. --to 2026-11-23T00:00:00Z (with --from)
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Only the N rows with the most attempts, e.g. --top 50
+    #[arg(long)]
+    top: Option<usize>,
+    /// Only rows with at least N connection attempts, e.g. --min-attempts 10
+    #[arg(long, default_value_t = 0)]
+    min_attempts: u64,
+    /// Only hosts inside this prefix, e.g. --prefix 100.64.0.0/16
+    #[arg(long)]
+    prefix: Option<String>,
+    /// One row per host, per IPv6 /64 or /56, or per subscriber range, e.g. --group /64
+    #[arg(long, value_enum, default_value_t)]
+    group: Grouping,
+    /// table (for people), json or csv (for tools and spreadsheets)
+    #[arg(long, value_enum, default_value_t)]
+    format: ReportFormat,
+    /// Write to this file instead of standard output, e.g. --output report.csv
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path).context("invalid configuration")?;
+    let now = SystemTime::now();
+    let (from, to) = window(args, now)?;
+    let prefix = args
+        .prefix
+        .as_deref()
+        .map(|text| {
+            text.parse::<IpNet>().with_context(|| {
+                format!("--prefix {text:?} is not a prefix; expected one such as 100.64.0.0/16")
+            })
+        })
+        .transpose()?;
+    let store = Store::open(&config.agent.state_dir)?;
+    let history = store.host_intervals(from, to)?;
+    let rows = report::build(
+        &history,
+        &config,
+        &ReportOptions {
+            from,
+            to,
+            top: args.top,
+            min_attempts: args.min_attempts,
+            prefix,
+            group: args.group,
+        },
+    );
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match args.format {
+        ReportFormat::Table => render::table(&rows, &mut out),
+        ReportFormat::Json => render::json(&rows, &mut out),
+        ReportFormat::Csv => render::csv(&rows, &mut out),
+    }
+    .and_then(|()| out.flush())
+    .context("writing the report")
+}
+
+fn window(args: &ReportArgs, now: SystemTime) -> anyhow::Result<(SystemTime, SystemTime)> {
+    let time = |flag: &str, text: &str| {
+        humantime::parse_rfc3339_weak(text).with_context(|| {
+            format!(
+                "--{flag} {text:?} is not a time; expected RFC 3339 such as 2026-11-22T00:00:00Z"
+            )
+        })
+    };
+    match (&args.since, &args.from, &args.to) {
+        (_, Some(from), Some(to)) => {
+            let (from, to) = (time("from", from)?, time("to", to)?);
+            if from >= to {
+                bail!("--from must be before --to");
+            }
+            Ok((from, to))
+        }
+        (since, _, _) => {
+            let since = since.as_deref().unwrap_or("24h");
+            let length = humantime::parse_duration(since).with_context(|| {
+                format!("--since {since:?} is not a duration; expected one such as 24h or 7d")
+            })?;
+            Ok((
+                now.checked_sub(length).unwrap_or(SystemTime::UNIX_EPOCH),
+                now,
+            ))
+        }
+    }
+}

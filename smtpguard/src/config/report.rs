@@ -1,0 +1,196 @@
+//! The `[report]` table: how often the agent snapshots per-host statistics, how long it keeps
+//! them, and what makes a host a bot.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Source};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    /// Snapshot interval: the resolution of the history.
+    pub interval: Duration,
+    /// History older than this is pruned.
+    pub retention: Duration,
+    /// A host is a bot with at least this many distinct destinations within `bot_window`...
+    pub bot_destinations: u64,
+    /// ...or at least this many connection attempts within `bot_window`.
+    pub bot_attempts: u64,
+    pub bot_window: Duration,
+    /// A host that is no bot but made at least this many attempts to one or two destinations
+    /// is a misconfigured mail client.
+    pub client_attempts: u64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            bot_destinations: 20,
+            bot_attempts: 60,
+            bot_window: Duration::from_secs(600),
+            client_attempts: 3,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawReport {
+    // Absent: 60s.
+    interval: Option<Spanned<String>>,
+    // Absent: 30d.
+    retention: Option<Spanned<String>>,
+    // Absent: 20.
+    bot_destinations: Option<Spanned<i64>>,
+    // Absent: 60.
+    bot_attempts: Option<Spanned<i64>>,
+    // Absent: 10m.
+    bot_window: Option<Spanned<String>>,
+    // Absent: 3.
+    client_attempts: Option<Spanned<i64>>,
+}
+
+fn duration(
+    src: &Source<'_>,
+    key: &'static str,
+    raw: Option<Spanned<String>>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    match humantime::parse_duration(raw.get_ref()) {
+        Ok(value) if value >= min => Ok(value),
+        _ => Err(ConfigError::ReportValue {
+            file: src.file(),
+            at: src.at(raw.span()),
+            key,
+            value: raw.get_ref().clone(),
+            expected: format!(
+                "a duration of at least {}, such as \"10m\"",
+                humantime::format_duration(min)
+            ),
+        }),
+    }
+}
+
+fn count(
+    src: &Source<'_>,
+    key: &'static str,
+    raw: Option<Spanned<i64>>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    u64::try_from(*raw.get_ref())
+        .ok()
+        .filter(|value| *value >= 1)
+        .ok_or_else(|| ConfigError::ReportValue {
+            file: src.file(),
+            at: src.at(raw.span()),
+            key,
+            value: raw.get_ref().to_string(),
+            expected: "a whole number of at least 1".to_owned(),
+        })
+}
+
+pub(super) fn validate_report(
+    src: &Source<'_>,
+    raw: RawReport,
+) -> Result<ReportConfig, ConfigError> {
+    let defaults = ReportConfig::default();
+    let second = Duration::from_secs(1);
+    let interval = duration(src, "interval", raw.interval, defaults.interval, second)?;
+    Ok(ReportConfig {
+        interval,
+        retention: duration(
+            src,
+            "retention",
+            raw.retention,
+            defaults.retention,
+            interval,
+        )?,
+        bot_destinations: count(
+            src,
+            "bot_destinations",
+            raw.bot_destinations,
+            defaults.bot_destinations,
+        )?,
+        bot_attempts: count(src, "bot_attempts", raw.bot_attempts, defaults.bot_attempts)?,
+        bot_window: duration(
+            src,
+            "bot_window",
+            raw.bot_window,
+            defaults.bot_window,
+            interval,
+        )?,
+        client_attempts: count(
+            src,
+            "client_attempts",
+            raw.client_attempts,
+            defaults.client_attempts,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(report: &str) -> Result<Config, ConfigError> {
+        let text = format!("[[subscribers]]\nprefix = \"100.64.0.0/10\"\n[report]\n{report}\n");
+        Config::parse(&text, Path::new("report.toml"))
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        assert_eq!(parse("").unwrap().report, ReportConfig::default());
+        let report = parse("interval = \"5s\"\nretention = \"2d\"\nbot_destinations = 5\nbot_attempts = 9\nbot_window = \"1m\"\nclient_attempts = 2")
+            .unwrap()
+            .report;
+        assert_eq!(report.interval, Duration::from_secs(5));
+        assert_eq!(report.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(
+            (
+                report.bot_destinations,
+                report.bot_attempts,
+                report.client_attempts
+            ),
+            (5, 9, 2)
+        );
+        assert_eq!(report.bot_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        for (text, expected) in [
+            ("interval = \"0s\"", "report.interval"),
+            ("interval = \"often\"", "\"often\""),
+            ("bot_destinations = 0", "report.bot_destinations"),
+            ("bot_attempts = -5", "\"-5\""),
+            (
+                "interval = \"2m\"\nbot_window = \"1m\"",
+                "report.bot_window",
+            ),
+        ] {
+            let message = parse(text).expect_err(text).to_string();
+            assert!(
+                message.contains("report.toml:4:") || message.contains("report.toml:5:"),
+                "{message}"
+            );
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from {message}"
+            );
+        }
+    }
+}

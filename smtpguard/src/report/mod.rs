@@ -1,0 +1,523 @@
+//! The abuse-desk report: which subscriber hosts tried to reach other networks' MX hosts
+//! directly, how hard, since when, and which of them are bots. Computed from the stored
+//! snapshot history only, so it is the same before and after an agent restart.
+
+pub mod render;
+pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use smtpguard_common::{Reason, sketch::DistinctSketch, sketch::SKETCH_REGISTERS};
+
+use crate::{config::Config, store::HostInterval};
+
+/// How rows are formed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Grouping {
+    /// One row per host.
+    #[default]
+    Host,
+    /// IPv6 hosts by /64 (one customer LAN); IPv4 hosts stay single.
+    #[value(name = "/64")]
+    Slash64,
+    /// IPv6 hosts by /56 (one customer's delegation); IPv4 hosts stay single.
+    #[value(name = "/56")]
+    Slash56,
+    /// By the most specific subscriber range that holds the host.
+    SubscriberPrefix,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    pub from: SystemTime,
+    pub to: SystemTime,
+    pub top: Option<usize>,
+    pub min_attempts: u64,
+    pub prefix: Option<IpNet>,
+    pub group: Grouping,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    /// Many distinct destinations, or many attempts, in a short window.
+    Bot,
+    /// Repeated attempts to one or two destinations: a mail client set to port 25.
+    MisconfiguredClient,
+    /// Exempted: shown so the desk sees exempt hosts that behave like bots.
+    ExemptSender,
+    /// Below the thresholds.
+    Low,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Bot => "bot",
+            Class::MisconfiguredClient => "misconfigured-client",
+            Class::ExemptSender => "exempt-sender",
+            Class::Low => "low",
+        }
+    }
+}
+
+/// One row of the report: a host, or a group of hosts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReportRow {
+    /// The host's address, or the group's prefix.
+    pub host: String,
+    pub hosts: usize,
+    pub subscriber_prefix: Option<String>,
+    pub mode: Option<&'static str>,
+    pub attempts: u64,
+    pub attempts_per_minute_peak: f64,
+    pub attempts_per_minute_avg: f64,
+    pub distinct_destinations: u64,
+    pub dropped: u64,
+    pub segments: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: SystemTime,
+    pub class: Class,
+    pub class_reason: String,
+}
+
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&humantime::format_rfc3339_seconds(*time).to_string())
+}
+
+/// One snapshot interval of a group (the members' intervals of that snapshot merged).
+#[derive(Clone)]
+struct Slice {
+    start: SystemTime,
+    end: SystemTime,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    attempts: u64,
+    segments: u64,
+    dropped: u64,
+    sketch: [u8; SKETCH_REGISTERS],
+    exempt: bool,
+}
+
+/// The hosts of one row and their merged snapshot intervals.
+#[derive(Default)]
+struct Group {
+    members: BTreeSet<IpAddr>,
+    slices: BTreeMap<SystemTime, Slice>,
+}
+
+/// Builds the report rows from the history of the window, sorted by attempts.
+pub fn build(
+    intervals: &[HostInterval],
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<ReportRow> {
+    let mut groups: BTreeMap<IpNet, Group> = BTreeMap::new();
+    for interval in intervals {
+        let host = interval.host_address();
+        if options.prefix.is_some_and(|prefix| !prefix.contains(&host)) {
+            continue;
+        }
+        let key = group_key(host, options.group, config);
+        let group = groups.entry(key).or_default();
+        group.members.insert(host);
+        let exempt = interval.last_reason == Reason::Exempt as u16;
+        group
+            .slices
+            .entry(interval.end)
+            .and_modify(|slice| {
+                slice.attempts += interval.attempts;
+                slice.segments += interval.segments;
+                slice.dropped += interval.dropped;
+                slice.first_seen = slice.first_seen.min(interval.first_seen);
+                slice.last_seen = slice.last_seen.max(interval.last_seen);
+                slice.sketch = DistinctSketch::new(&slice.sketch).union(&interval.sketch);
+                slice.exempt |= exempt;
+            })
+            .or_insert(Slice {
+                start: interval.start,
+                end: interval.end,
+                first_seen: interval.first_seen,
+                last_seen: interval.last_seen,
+                attempts: interval.attempts,
+                segments: interval.segments,
+                dropped: interval.dropped,
+                sketch: interval.sketch,
+                exempt,
+            });
+    }
+    let mut rows: Vec<ReportRow> = groups
+        .into_iter()
+        .map(|(key, group)| {
+            let slices: Vec<Slice> = group.slices.into_values().collect();
+            row(key, group.members.len(), &slices, config, options.group)
+        })
+        .filter(|row| row.attempts >= options.min_attempts)
+        .collect();
+    rows.sort_by(|a, b| {
+        b.attempts
+            .cmp(&a.attempts)
+            .then_with(|| a.host.cmp(&b.host))
+    });
+    if let Some(top) = options.top {
+        rows.truncate(top);
+    }
+    rows
+}
+
+fn group_key(host: IpAddr, grouping: Grouping, config: &Config) -> IpNet {
+    let single = IpNet::from(host);
+    let truncated = |len: u8| match host {
+        IpAddr::V6(_) => IpNet::new(host, len).map_or(single, |net| net.trunc()),
+        IpAddr::V4(_) => single,
+    };
+    match grouping {
+        Grouping::Host => single,
+        Grouping::Slash64 => truncated(64),
+        Grouping::Slash56 => truncated(56),
+        Grouping::SubscriberPrefix => {
+            subscriber_of(host, config).map_or(single, |(prefix, _)| prefix)
+        }
+    }
+}
+
+/// The most specific subscriber range holding `host`, with its mode.
+fn subscriber_of(host: IpAddr, config: &Config) -> Option<(IpNet, &'static str)> {
+    config
+        .subscribers
+        .iter()
+        .filter(|range| range.prefix.contains(&host))
+        .max_by_key(|range| range.prefix.prefix_len())
+        .map(|range| {
+            let mode = match range.mode {
+                smtpguard_common::Mode::Enforce => "enforce",
+                smtpguard_common::Mode::Monitor => "monitor",
+            };
+            (range.prefix, mode)
+        })
+}
+
+fn minutes(duration: Duration) -> f64 {
+    (duration.as_secs_f64() / 60.0).max(1.0 / 60.0)
+}
+
+fn row(
+    key: IpNet,
+    hosts: usize,
+    slices: &[Slice],
+    config: &Config,
+    grouping: Grouping,
+) -> ReportRow {
+    let attempts: u64 = slices.iter().map(|s| s.attempts).sum();
+    let union = slices.iter().fold([0u8; SKETCH_REGISTERS], |all, s| {
+        DistinctSketch::new(&all).union(&s.sketch)
+    });
+    let first = slices
+        .iter()
+        .map(|s| s.first_seen)
+        .min()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let last = slices.iter().map(|s| s.last_seen).max().unwrap_or(first);
+    let peak = slices
+        .iter()
+        .map(|s| s.attempts as f64 / minutes(s.end.duration_since(s.start).unwrap_or_default()))
+        .fold(0.0, f64::max);
+    let active = slices
+        .last()
+        .map(|l| l.end)
+        .zip(slices.first().map(|f| f.start))
+        .and_then(|(end, start)| end.duration_since(start).ok())
+        .unwrap_or_default();
+    let distinct = DistinctSketch::new(&union).estimate();
+    let (class, class_reason) = classify(slices, attempts, distinct, config);
+    let address = key.addr();
+    let representative = if grouping == Grouping::Host {
+        address
+    } else {
+        key.network()
+    };
+    let subscriber = subscriber_of(representative, config);
+    ReportRow {
+        host: if key.prefix_len() == key.max_prefix_len() {
+            address.to_string()
+        } else {
+            key.to_string()
+        },
+        hosts,
+        subscriber_prefix: subscriber.map(|(prefix, _)| prefix.to_string()),
+        mode: subscriber.map(|(_, mode)| mode),
+        attempts,
+        attempts_per_minute_peak: round2(peak),
+        attempts_per_minute_avg: round2(attempts as f64 / minutes(active)),
+        distinct_destinations: distinct,
+        dropped: slices.iter().map(|s| s.dropped).sum(),
+        segments: slices.iter().map(|s| s.segments).sum(),
+        first_seen: first,
+        last_seen: last,
+        class,
+        class_reason,
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// The busiest `bot_window` of the slices: the most attempts, and the most distinct
+/// destinations, seen within any window of that length.
+fn busiest_window(slices: &[Slice], window: Duration) -> (u64, u64) {
+    let mut best = (0, 0);
+    for (end_index, last) in slices.iter().enumerate() {
+        let since = last
+            .end
+            .checked_sub(window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let inside = slices[..=end_index].iter().filter(|s| s.end > since);
+        let (mut attempts, mut sketch) = (0, [0u8; SKETCH_REGISTERS]);
+        for slice in inside {
+            attempts += slice.attempts;
+            sketch = DistinctSketch::new(&sketch).union(&slice.sketch);
+        }
+        best.0 = best.0.max(attempts);
+        best.1 = best.1.max(DistinctSketch::new(&sketch).estimate());
+    }
+    best
+}
+
+fn classify(slices: &[Slice], attempts: u64, distinct: u64, config: &Config) -> (Class, String) {
+    let report = &config.report;
+    let window = humantime::format_duration(report.bot_window);
+    let (window_attempts, window_distinct) = busiest_window(slices, report.bot_window);
+    let bot_like = if window_distinct >= report.bot_destinations {
+        Some(format!(
+            "{window_distinct} distinct destinations within {window}"
+        ))
+    } else if window_attempts >= report.bot_attempts {
+        Some(format!("{window_attempts} attempts within {window}"))
+    } else {
+        None
+    };
+    if slices.iter().any(|s| s.exempt) {
+        let reason = match bot_like {
+            Some(like) => format!("exempt, and behaves like a bot: {like}"),
+            None => "exempt".to_owned(),
+        };
+        return (Class::ExemptSender, reason);
+    }
+    if let Some(reason) = bot_like {
+        return (Class::Bot, reason);
+    }
+    if attempts >= report.client_attempts && distinct <= 2 {
+        return (
+            Class::MisconfiguredClient,
+            format!("{attempts} attempts to {distinct} destination(s)"),
+        );
+    }
+    (
+        Class::Low,
+        format!(
+            "below the thresholds ({} destinations or {} attempts within {window})",
+            report.bot_destinations, report.bot_attempts
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use smtpguard_common::{host::ipv4_mapped, sketch};
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[[subscribers]]\nprefix = \"100.64.0.0/10\"\n[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[[subscribers]]\nprefix = \"2001:db8:1000::/36\"\n",
+            Path::new("report.toml"),
+        )
+        .unwrap()
+    }
+
+    fn at(minute: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + minute * 60)
+    }
+
+    /// One host's interval ending at `minute`, with `attempts` SYNs to `destinations`.
+    fn interval(
+        host: IpAddr,
+        minute: u64,
+        attempts: u64,
+        destinations: &[u32],
+        reason: Reason,
+    ) -> HostInterval {
+        let mut registers = [0u8; SKETCH_REGISTERS];
+        for destination in destinations {
+            let (index, rank) = sketch::slot(&ipv4_mapped(destination.to_be_bytes()));
+            registers[index] = registers[index].max(rank);
+        }
+        let host = match host {
+            IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        HostInterval {
+            host,
+            start: at(minute - 1),
+            end: at(minute),
+            first_seen: at(minute - 1) + Duration::from_secs(10),
+            last_seen: at(minute) - Duration::from_secs(10),
+            attempts,
+            segments: attempts,
+            dropped: attempts,
+            sketch: registers,
+            last_dst: ipv4_mapped([198, 51, 100, 7]),
+            last_port: 25,
+            last_reason: reason as u16,
+        }
+    }
+
+    fn options(group: Grouping) -> ReportOptions {
+        ReportOptions {
+            from: at(0),
+            to: at(1_000),
+            top: None,
+            min_attempts: 0,
+            prefix: None,
+            group,
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn classifies_bots_clients_exempt_and_low() {
+        let bot = ip("100.64.0.2");
+        let client = ip("100.64.0.3");
+        let exempt = ip("100.64.10.5");
+        let quiet = ip("100.127.0.9");
+        let mut history = Vec::new();
+        // The bot: 30 destinations over 3 minutes.
+        for minute in 1..=3 {
+            let destinations: Vec<u32> = (0..10)
+                .map(|i| 0xC633_6400 + minute as u32 * 10 + i)
+                .collect();
+            history.push(interval(bot, minute, 10, &destinations, Reason::Dropped));
+        }
+        // The client: 8 attempts to one MX.
+        history.push(interval(client, 2, 8, &[0xC633_6407], Reason::Dropped));
+        // An exempt host that behaves like a bot.
+        let many: Vec<u32> = (0..25).map(|i| 0xCB00_7100 + i).collect();
+        history.push(interval(exempt, 2, 25, &many, Reason::Exempt));
+        // One attempt.
+        history.push(interval(quiet, 3, 1, &[0xC633_6407], Reason::Monitored));
+
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        let summary: Vec<(&str, Class, u64)> = rows
+            .iter()
+            .map(|r| (r.host.as_str(), r.class, r.attempts))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("100.64.0.2", Class::Bot, 30),
+                ("100.64.10.5", Class::ExemptSender, 25),
+                ("100.64.0.3", Class::MisconfiguredClient, 8),
+                ("100.127.0.9", Class::Low, 1),
+            ]
+        );
+        let bot_row = &rows[0];
+        assert!(
+            (26..=34).contains(&bot_row.distinct_destinations),
+            "{bot_row:?}"
+        );
+        assert!(
+            bot_row
+                .class_reason
+                .contains("distinct destinations within 10m"),
+            "{}",
+            bot_row.class_reason
+        );
+        assert_eq!(bot_row.attempts_per_minute_peak, 10.0);
+        assert_eq!(bot_row.subscriber_prefix.as_deref(), Some("100.64.0.0/10"));
+        assert_eq!(rows[3].mode, Some("monitor"));
+        assert!(
+            rows[1].class_reason.contains("behaves like a bot"),
+            "{}",
+            rows[1].class_reason
+        );
+        assert_eq!(bot_row.first_seen, at(0) + Duration::from_secs(10));
+        assert_eq!(bot_row.last_seen, at(3) - Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_slow_bot_is_judged_by_its_busiest_window() {
+        // 30 destinations, but one every 5 minutes: never 20 within 10 minutes.
+        let host = ip("100.64.0.7");
+        let history: Vec<HostInterval> = (1..=30)
+            .map(|n| interval(host, n * 5, 1, &[0xC633_6400 + n as u32], Reason::Dropped))
+            .collect();
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        assert_eq!(rows[0].class, Class::Low, "{:?}", rows[0]);
+        assert!(
+            rows[0].distinct_destinations >= 24,
+            "all 30 count over the whole report"
+        );
+    }
+
+    #[test]
+    fn ipv6_hosts_group_by_64_and_56() {
+        let history = vec![
+            interval(ip("2001:db8:1000:1::a"), 1, 5, &[1], Reason::Dropped),
+            interval(ip("2001:db8:1000:1::b"), 1, 5, &[2], Reason::Dropped),
+            interval(ip("2001:db8:1000:2::c"), 1, 5, &[3], Reason::Dropped),
+            interval(ip("100.64.0.2"), 1, 1, &[3], Reason::Dropped),
+        ];
+        let by64 = build(&history, &config(), &options(Grouping::Slash64));
+        let rows: Vec<(&str, usize, u64)> = by64
+            .iter()
+            .map(|r| (r.host.as_str(), r.hosts, r.attempts))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("2001:db8:1000:1::/64", 2, 10),
+                ("2001:db8:1000:2::/64", 1, 5),
+                ("100.64.0.2", 1, 1)
+            ]
+        );
+        let by56 = build(&history, &config(), &options(Grouping::Slash56));
+        assert_eq!(by56[0].host, "2001:db8:1000::/56");
+        assert_eq!((by56[0].hosts, by56[0].attempts), (3, 15));
+        let by_range = build(&history, &config(), &options(Grouping::SubscriberPrefix));
+        assert_eq!(by_range[0].host, "2001:db8:1000::/36");
+    }
+
+    #[test]
+    fn filters_top_and_min_attempts() {
+        let history = vec![
+            interval(ip("100.64.0.2"), 1, 9, &[1], Reason::Dropped),
+            interval(ip("100.64.0.3"), 1, 5, &[1], Reason::Dropped),
+            interval(ip("100.64.9.3"), 1, 2, &[1], Reason::Dropped),
+        ];
+        let mut opts = options(Grouping::Host);
+        opts.top = Some(1);
+        assert_eq!(build(&history, &config(), &opts).len(), 1);
+        opts.top = None;
+        opts.min_attempts = 5;
+        assert_eq!(build(&history, &config(), &opts).len(), 2);
+        opts.min_attempts = 0;
+        opts.prefix = Some("100.64.9.0/24".parse().unwrap());
+        let rows = build(&history, &config(), &opts);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].host, "100.64.9.3");
+    }
+}

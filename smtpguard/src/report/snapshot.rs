@@ -1,0 +1,170 @@
+//! Snapshots: every interval, the kernel's cumulative per-host counters become per-interval
+//! deltas in the store, with the interval's distinct-destination sketch. The snapshotter has
+//! its own map handles and store connection, so the agent keeps answering while it reads.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use smtpguard_common::{HostStats, sketch::SKETCH_REGISTERS};
+
+use crate::{
+    dataplane::{DataplaneError, PinLayout, PinnedHostStats},
+    store::{HostCursor, HostInterval, SnapshotState, Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one snapshot did and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotReport {
+    pub hosts_read: usize,
+    pub intervals_written: usize,
+    pub elapsed: Duration,
+}
+
+pub struct Snapshotter {
+    kernel: PinnedHostStats,
+    store: Store,
+    cursors: HashMap<[u8; 16], HostCursor>,
+    state: SnapshotState,
+}
+
+impl Snapshotter {
+    /// Continues where the last snapshot (of this or an earlier agent) left off.
+    pub fn open(pins: &PinLayout, state_dir: &Path) -> Result<Self, SnapshotError> {
+        let mut kernel = PinnedHostStats::open(pins)?;
+        let store = Store::open(state_dir)?;
+        let cursors = store.host_cursors()?;
+        let state = store.snapshot_state()?.unwrap_or(SnapshotState {
+            epoch: 1,
+            last: SystemTime::now(),
+        });
+        kernel.set_epoch(state.epoch)?;
+        Ok(Self {
+            kernel,
+            store,
+            cursors,
+            state,
+        })
+    }
+
+    /// Reads every host, records the interval since the last snapshot, starts the next one.
+    pub fn take(&mut self, now: SystemTime) -> Result<SnapshotReport, SnapshotError> {
+        let started = Instant::now();
+        let clock = BootClock::now(now);
+        let entries = self.kernel.read_all()?;
+        let mut cursors = HashMap::with_capacity(entries.len());
+        let mut intervals = Vec::new();
+        for (key, stats) in &entries {
+            let base = match self.cursors.get(&key.addr) {
+                // The same kernel entry as last time: count what it added since.
+                Some(cursor)
+                    if cursor.first_seen_ns == stats.first_seen_ns
+                        && cursor.segments <= stats.segments =>
+                {
+                    *cursor
+                }
+                // New, or evicted and seen again: everything it holds is new.
+                _ => HostCursor::default(),
+            };
+            cursors.insert(key.addr, cursor_of(stats));
+            if stats.segments == base.segments {
+                continue;
+            }
+            intervals.push(self.interval(key.addr, stats, &base, &clock, now));
+        }
+        let next = SnapshotState {
+            epoch: self.state.epoch.wrapping_add(1),
+            last: now,
+        };
+        // The sketches of this interval have been read: the next interval starts empty.
+        self.kernel.set_epoch(next.epoch)?;
+        self.store.record_snapshot(&intervals, &cursors, next)?;
+        self.cursors = cursors;
+        self.state = next;
+        Ok(SnapshotReport {
+            hosts_read: entries.len(),
+            intervals_written: intervals.len(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Removes history older than `retention`.
+    pub fn prune(&mut self, now: SystemTime, retention: Duration) -> Result<usize, SnapshotError> {
+        let before = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(self.store.prune_history(before)?)
+    }
+
+    fn interval(
+        &self,
+        host: [u8; 16],
+        stats: &HostStats,
+        base: &HostCursor,
+        clock: &BootClock,
+        now: SystemTime,
+    ) -> HostInterval {
+        let start = self.state.last.min(now);
+        let end = if now > start {
+            now
+        } else {
+            start + Duration::from_millis(1)
+        };
+        let sketch = if stats.sketch_epoch == self.state.epoch {
+            stats.dst_sketch
+        } else {
+            [0; SKETCH_REGISTERS]
+        };
+        HostInterval {
+            host,
+            start,
+            end,
+            first_seen: clock.wall(stats.first_seen_ns).clamp(start, end),
+            last_seen: clock.wall(stats.last_seen_ns).clamp(start, end),
+            attempts: stats.attempts.saturating_sub(base.attempts),
+            segments: stats.segments - base.segments,
+            dropped: stats.dropped.saturating_sub(base.dropped),
+            sketch,
+            last_dst: stats.last_dst,
+            last_port: stats.last_dst_port,
+            last_reason: stats.last_reason,
+        }
+    }
+}
+
+fn cursor_of(stats: &HostStats) -> HostCursor {
+    HostCursor {
+        attempts: stats.attempts,
+        segments: stats.segments,
+        dropped: stats.dropped,
+        first_seen_ns: stats.first_seen_ns,
+    }
+}
+
+/// Converts the kernel's boot-time nanoseconds (`bpf_ktime_get_boot_ns`) to wall-clock time.
+struct BootClock {
+    wall: SystemTime,
+    boot: Duration,
+}
+
+impl BootClock {
+    fn now(wall: SystemTime) -> Self {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(Duration::from)
+            .unwrap_or_default();
+        Self { wall, boot }
+    }
+
+    fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ago = self.boot.saturating_sub(Duration::from_nanos(boot_ns));
+        self.wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}

@@ -1,0 +1,1094 @@
+//! `smtpguard run` end to end, as an operator meets it: the real binary attached to the gateway
+//! namespace of a real lab, driven through its CLI over the Unix socket, judged by real TCP
+//! connections from the subscriber to the MX. Needs root (namespaces, veth, bpf).
+//!
+//! Every test has its own lab, pin folder, state folder, socket and metrics port, so they run
+//! in parallel; guards remove all of it (and kill the agent) also when a test fails.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+use smtpguard::dataplane::PinLayout;
+use smtpguard_tests::lab::{Connect, GatewayLab, SUBSCRIBER_INTERFACE, Servers, addr, connect};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtpguard");
+
+/// A blocked connection's SYN never gets an answer: this is what each blocked attempt costs.
+const BLOCKED: Duration = Duration::from_millis(500);
+/// An open connection is greeted within milliseconds; this only bounds a failure.
+const OPEN: Duration = Duration::from_secs(3);
+/// Longest a CLI call may take before it is killed and the test fails.
+const CLI_LIMIT_SECONDS: &str = "15";
+/// Longest an agent may take to answer after `run`.
+const READY: Duration = Duration::from_secs(15);
+
+const SUBSCRIBER: &str = "100.64.0.2/32";
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn mx() -> IpAddr {
+    ip(addr::MX_V4)
+}
+
+/// Status, stdout and stderr of a command, for failure messages.
+fn show(output: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs the binary with `args`, killed after `CLI_LIMIT_SECONDS` so a hung agent fails the test
+/// instead of hanging it.
+fn smtpguard(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["-s", "KILL", CLI_LIMIT_SECONDS, BIN])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running smtpguard")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "expected success: {}",
+        show(output)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(output)))
+}
+
+/// Asserts exit code `code`, an `error:` line on stderr and that stderr names every one of
+/// `needles`.
+#[track_caller]
+fn assert_fails(output: &Output, code: i32, needles: &[&str], what: &str) {
+    let text = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: expected exit code {code}, observed {}",
+        show(output)
+    );
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{what}: expected stderr to name {needle:?}, observed {}",
+            show(output)
+        );
+    }
+}
+
+/// A scratch folder of this test's own, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("smtpguard-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pin folder of this test's own below /sys/fs/bpf: its links are detached and the folder
+/// removed on drop.
+struct PinFolder(PinLayout);
+
+impl PinFolder {
+    fn new(name: &str) -> Self {
+        Self(PinLayout::new(format!(
+            "/sys/fs/bpf/smtpguard-test-{}-agent-{name}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinFolder {
+    fn drop(&mut self) {
+        for attachment in self.0.attachments().unwrap_or_default() {
+            let _ = self.0.detach(&attachment);
+        }
+        let _ = std::fs::remove_dir_all(self.0.root());
+    }
+}
+
+/// One test's world: a lab with an MX on port 25, a pin folder, a scratch folder with the
+/// agent's config file. Fields drop in order: servers, pins, lab, scratch.
+struct Fixture {
+    servers: Servers,
+    pins: PinFolder,
+    lab: GatewayLab,
+    scratch: Scratch,
+    config: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let scratch = Scratch::new(name);
+        let pins = PinFolder::new(name);
+        let lab = GatewayLab::new().unwrap();
+        let servers = Servers::start(&lab.internet, &[25]).unwrap();
+        let config = scratch.file("smtpguard.toml");
+        let fixture = Self {
+            servers,
+            pins,
+            lab,
+            scratch,
+            config,
+        };
+        std::fs::write(&fixture.config, fixture.config_text("")).unwrap();
+        fixture
+    }
+
+    /// The agent's config for this lab, with `extra` appended (top-level tables only, since it
+    /// follows the `[agent]` table otherwise).
+    fn config_text(&self, extra: &str) -> String {
+        format!(
+            r#"[[subscribers]]
+prefix = "100.64.0.0/10"
+[[subscribers]]
+prefix = "2001:db8:1000::/36"
+[[relays]]
+prefix = "192.0.2.25/32"
+[capacity]
+hosts = 4096
+{extra}
+[agent]
+interfaces = ["{SUBSCRIBER_INTERFACE}"]
+netns = "{netns}"
+state_dir = "{state}"
+socket = "{socket}"
+metrics_listen = "127.0.0.1:0"
+pin_dir = "{pins}"
+"#,
+            netns = self.lab.gateway.name(),
+            state = self.scratch.file("state").display(),
+            socket = self.scratch.file("sg.sock").display(),
+            pins = self.pins.0.root().display(),
+        )
+    }
+
+    fn config_str(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    fn start(&self) -> Agent {
+        Agent::start(&self.config, &self.scratch.file("agent.log"))
+    }
+
+    /// `smtpguard --config <this config> args...`
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--config", self.config_str()];
+        full.extend_from_slice(args);
+        smtpguard(&full)
+    }
+
+    /// Like `cli`, but it must succeed.
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> Output {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "smtpguard {}: expected exit 0, observed {}",
+            args.join(" "),
+            show(&output)
+        );
+        output
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        json(&self.ok(args))
+    }
+
+    /// One attempt from the subscriber to MX:25.
+    fn smtp(&self, timeout: Duration) -> Connect {
+        connect(&self.lab.subscriber, mx(), 25, timeout)
+    }
+
+    #[track_caller]
+    fn assert_blocked(&self, what: &str) {
+        let observed = self.smtp(BLOCKED);
+        assert_eq!(
+            observed,
+            Connect::TimedOut,
+            "{what}: expected subscriber → MX:25 blocked (TimedOut), observed {observed:?}; agent \
+             log:\n{}",
+            self.log()
+        );
+    }
+
+    #[track_caller]
+    fn assert_open(&self, what: &str) {
+        let observed = self.smtp(OPEN);
+        assert_eq!(
+            observed,
+            Connect::Greeted,
+            "{what}: expected subscriber → MX:25 open (Greeted), observed {observed:?}; agent \
+             log:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.file("agent.log")).unwrap_or_default()
+    }
+
+    /// The audit log's actions on `subject`, oldest first.
+    fn audit_actions(&self, subject: &str) -> Vec<String> {
+        let mut entries: Vec<Value> = self
+            .json(&["audit", "--format", "json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        entries.sort_by_key(|e| e["id"].as_i64());
+        entries
+            .iter()
+            .filter(|e| e["subject"] == subject)
+            .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// `packets.<reason>` of `status --format json`.
+fn packets(status: &Value, reason: &str) -> u64 {
+    status["packets"][reason].as_u64().unwrap_or(0)
+}
+
+/// `entries` of map `name` in `status --format json`.
+fn map_entries(status: &Value, name: &str) -> Option<u64> {
+    status["maps"]
+        .as_array()?
+        .iter()
+        .find(|m| m["map"] == name)?["entries"]
+        .as_u64()
+}
+
+/// A running `smtpguard run`, killed with SIGKILL on drop if it is still running.
+struct Agent {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent (stderr appended to `log`) and waits until its socket answers.
+    fn start(config: &Path, log: &Path) -> Self {
+        let log_file = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning smtpguard run");
+        let mut agent = Self {
+            child,
+            config: config.to_owned(),
+            log: log.to_owned(),
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "smtpguard run exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            let output = smtpguard(&["--config", self.config.to_str().unwrap(), "status"]);
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "smtpguard run did not answer `status` within {READY:?}; last: {}; log:\n{}",
+                show(&output),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap();
+    }
+
+    /// Waits up to `limit` for the agent to exit by itself.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILL, and reaped.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; the agent must leave cleanly within a few seconds.
+    fn terminate(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(5));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "after SIGTERM: expected the agent to exit 0 within 5 s, observed {status:?}; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn exempt_opens_port_25_until_removed_or_expired() {
+    let f = Fixture::new("exempt");
+    let _agent = f.start();
+    f.assert_blocked("before any exemption");
+
+    f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "r"]);
+    // `exempt add` returns once the kernel map holds the entry: no waiting.
+    f.assert_open("right after exempt add");
+
+    f.ok(&["exempt", "rm", SUBSCRIBER]);
+    f.assert_blocked("right after exempt rm");
+
+    let added = Instant::now();
+    f.ok(&[
+        "exempt",
+        "add",
+        SUBSCRIBER,
+        "--reason",
+        "r",
+        "--expires",
+        "2s",
+    ]);
+    f.assert_open("right after exempt add --expires 2s");
+    let deadline = added + Duration::from_secs(4);
+    let mut last;
+    loop {
+        last = f.smtp(Duration::from_millis(300));
+        if last == Connect::TimedOut {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an exemption added with --expires 2s: expected port 25 blocked again within 4 s of \
+             the add, observed {last:?} after {:?}; exempt list: {}; log:\n{}",
+            added.elapsed(),
+            show(&f.cli(&["exempt", "list"])),
+            f.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Expired means gone from the list too.
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(0),
+        "exempt list after expiry: expected empty, observed {list}"
+    );
+
+    let actions = f.audit_actions(SUBSCRIBER);
+    assert_eq!(
+        actions,
+        [
+            "exemption-added",
+            "exemption-removed",
+            "exemption-added",
+            "exemption-expired"
+        ],
+        "audit actions for {SUBSCRIBER}: observed {actions:?}"
+    );
+}
+
+#[test]
+fn kill_9_leaves_no_gap_and_statistics_survive() {
+    let f = Fixture::new("kill9");
+    let agent = f.start();
+    f.assert_blocked("with the first agent");
+    let before = f.json(&["status", "--format", "json"]);
+    let dropped_before = packets(&before, "dropped");
+    assert!(
+        dropped_before > 0,
+        "after a blocked attempt: expected dropped packets > 0, observed {before}"
+    );
+    let accepted_before = f.servers.accepted();
+
+    let attempts = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let outcomes = thread::scope(|scope| {
+        let looping = scope.spawn(|| {
+            let started = Instant::now();
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(5) {
+                outcomes.push(f.smtp(Duration::from_millis(300)));
+                attempts.fetch_add(1, Ordering::SeqCst);
+            }
+            outcomes
+        });
+        // Attempts land before the kill, while no agent runs, and after the restart.
+        let wait_attempts = |n: usize| {
+            let target = attempts.load(Ordering::SeqCst) + n;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while attempts.load(Ordering::SeqCst) < target && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait_attempts(1);
+        agent.kill9();
+        wait_attempts(1);
+        let agent = f.start();
+        wait_attempts(2);
+        stop.store(true, Ordering::SeqCst);
+        (looping.join().unwrap(), agent)
+    });
+    let (outcomes, _agent) = outcomes;
+
+    assert!(
+        outcomes.len() >= 3,
+        "expected at least 3 attempts around the restart, observed {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| *o == Connect::TimedOut),
+        "across kill -9 and restart: expected every attempt TimedOut, observed {outcomes:?}"
+    );
+    let accepted = f.servers.accepted();
+    assert_eq!(
+        accepted,
+        accepted_before,
+        "the MX accepted {} connection(s) across kill -9 and restart; expected none",
+        accepted - accepted_before
+    );
+
+    let after = f.json(&["status", "--format", "json"]);
+    let hosts = map_entries(&after, "HOST_STATS");
+    assert!(
+        hosts.is_some_and(|h| h >= 1),
+        "new agent: expected HOST_STATS entries >= 1, observed {hosts:?} in {after}"
+    );
+    let dropped_after = packets(&after, "dropped");
+    assert!(
+        dropped_after >= dropped_before,
+        "new agent: expected dropped packets >= {dropped_before} (from before the kill), \
+         observed {dropped_after}: statistics did not survive; status {after}"
+    );
+    assert!(
+        after["attached"].as_array().is_some_and(|a| !a.is_empty()),
+        "new agent: expected an attachment, observed {after}"
+    );
+}
+
+#[test]
+fn reload_with_a_broken_config_keeps_the_old_policy() {
+    let f = Fixture::new("reload");
+    let mut agent = f.start();
+    f.assert_blocked("before the reload");
+
+    // An unknown key in the [agent] table, on a line of its own at the end.
+    let good = f.config_text("");
+    let broken = format!("{good}colour = \"blue\"\n");
+    let broken_line = broken.lines().count();
+    std::fs::write(&f.config, &broken).unwrap();
+
+    let output = smtpguard(&[
+        "--socket",
+        f.scratch.file("sg.sock").to_str().unwrap(),
+        "reload",
+    ]);
+    let at = format!("{}:{broken_line}", f.config.display());
+    assert_fails(
+        &output,
+        1,
+        &["error:", &at, "colour"],
+        "reload of a broken file",
+    );
+    f.assert_blocked("after a refused reload");
+
+    agent.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while agent.log().matches("reload refused").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP with a broken file: expected a second \"reload refused\" in the log within 3 \
+             s; log:\n{}",
+            agent.log()
+        );
+        assert!(
+            agent.running(),
+            "the agent died on SIGHUP; log:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        agent.running(),
+        "SIGHUP with a broken file: expected the agent still running; log:\n{}",
+        agent.log()
+    );
+    let status = smtpguard(&[
+        "--socket",
+        f.scratch.file("sg.sock").to_str().unwrap(),
+        "status",
+    ]);
+    assert!(
+        status.status.success(),
+        "status after SIGHUP: {}",
+        show(&status)
+    );
+    f.assert_blocked("after SIGHUP with a broken file");
+
+    std::fs::write(
+        &f.config,
+        f.config_text("[[exemptions]]\nprefix = \"100.64.0.2/32\"\nreason = \"fixed\"\n"),
+    )
+    .unwrap();
+    f.ok(&["reload"]);
+    f.assert_open("after reloading a config that exempts the subscriber");
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    assert!(
+        list.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r["prefix"] == SUBSCRIBER && r["source"] == "config")),
+        "exempt list: expected {SUBSCRIBER} from the config, observed {list}"
+    );
+    let actions = f.audit_actions(f.config_str());
+    assert_eq!(
+        actions,
+        ["config-reloaded"],
+        "audit: expected one config-reloaded (the refused ones change nothing), observed \
+         {actions:?}"
+    );
+}
+
+#[test]
+fn fifty_concurrent_exempt_adds_are_all_kept() {
+    let f = Fixture::new("fifty");
+    let agent = f.start();
+    let outputs: Vec<(usize, Output)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let f = &f;
+                scope.spawn(move || {
+                    let prefix = format!("100.64.1.{i}/32");
+                    let reason = format!("r{i}");
+                    (i, f.cli(&["exempt", "add", &prefix, "--reason", &reason]))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<String> = outputs
+        .iter()
+        .filter(|(_, o)| !o.status.success())
+        .map(|(i, o)| format!("100.64.1.{i}/32: {}", show(o)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "50 concurrent exempt adds: expected all exit 0, {} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+
+    let runtime_count = |list: &Value| {
+        list.as_array()
+            .map(|rows| rows.iter().filter(|r| r["source"] == "runtime").count())
+    };
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    assert_eq!(
+        runtime_count(&list),
+        Some(50),
+        "exempt list: expected 50 runtime entries, observed {list}"
+    );
+    for i in 0..50 {
+        let prefix = format!("100.64.1.{i}/32");
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prefix"] == prefix);
+        assert!(
+            row.is_some_and(|r| r["reason"] == format!("r{i}")),
+            "exempt list: expected {prefix} with reason r{i}, observed {row:?}"
+        );
+    }
+    let audit = f.json(&["audit", "--format", "json"]);
+    let added = audit.as_array().map(|a| {
+        a.iter()
+            .filter(|e| e["action"] == "exemption-added")
+            .count()
+    });
+    assert_eq!(
+        added,
+        Some(50),
+        "audit: expected 50 exemption-added, observed {audit}"
+    );
+    for i in (0..50).step_by(10) {
+        let src = format!("100.64.1.{i}");
+        let check = f.json(&["check", &src, addr::MX_V4, "--format", "json"]);
+        assert!(
+            check["reason"] == "exempt" && check["kernel_agrees"] == true,
+            "check {src} {}: expected reason exempt and kernel_agrees true, observed {check}",
+            addr::MX_V4
+        );
+    }
+
+    agent.terminate();
+    let _agent = f.start();
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    assert_eq!(
+        runtime_count(&list),
+        Some(50),
+        "after a restart: expected 50 runtime entries, observed {list}"
+    );
+    let status = f.json(&["status", "--format", "json"]);
+    assert_eq!(
+        map_entries(&status, "EXEMPTIONS_V4"),
+        Some(50),
+        "after a restart: expected EXEMPTIONS_V4 entries 50, observed {status}"
+    );
+}
+
+#[test]
+fn cli_errors_have_clear_messages_and_exit_codes() {
+    let f = Fixture::new("errors");
+    let _agent = f.start();
+
+    for (prefix, needle) in [
+        ("banana", "\"banana\" is not a prefix"),
+        ("100.64.0.1/10", "100.64.0.1/10 has host bits set"),
+        ("10.0.0.0/8", "10.0.0.0/8 is outside every subscriber range"),
+    ] {
+        let output = f.cli(&["exempt", "add", prefix, "--reason", "r"]);
+        assert_fails(
+            &output,
+            1,
+            &["error:", needle],
+            &format!("exempt add {prefix}"),
+        );
+    }
+
+    f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "r"]);
+    let output = f.cli(&["exempt", "add", SUBSCRIBER, "--reason", "again"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", &format!("{SUBSCRIBER} already exists")],
+        "duplicate exempt add",
+    );
+
+    // A usage error is bad input too: exit code 1 (2 means only "agent unreachable").
+    let output = f.cli(&["exempt", "add", "100.64.0.8/32"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "--reason"],
+        "exempt add without --reason",
+    );
+
+    let output = f.cli(&["exempt", "rm", "100.64.0.4/32"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "there is no exemption 100.64.0.4/32"],
+        "exempt rm of an unknown prefix",
+    );
+
+    let output = f.cli(&["check", "banana", addr::MX_V4]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "\"banana\" is not an IP address"],
+        "check banana",
+    );
+    let output = f.cli(&["check", addr::SUBSCRIBER_V4, "198.51.100.300"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "198.51.100.300"],
+        "check with a bad destination",
+    );
+
+    let output = f.cli(&[
+        "exempt",
+        "add",
+        "100.64.0.8/32",
+        "--reason",
+        "r",
+        "--expires",
+        "soon",
+    ]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "\"soon\""],
+        "exempt add --expires soon",
+    );
+
+    // Nothing of the above changed the store.
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    let prefixes: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["prefix"].as_str())
+        .collect();
+    assert_eq!(
+        prefixes,
+        [SUBSCRIBER],
+        "exempt list after the refused commands"
+    );
+
+    let missing = f.scratch.file("no-such-folder/sg.sock");
+    let output = smtpguard(&["--socket", missing.to_str().unwrap(), "status"]);
+    assert_fails(
+        &output,
+        2,
+        &["error:", "cannot reach the smtpguard agent"],
+        "status with no agent",
+    );
+
+    let empty = f.scratch.file("empty-interfaces.toml");
+    let text = f
+        .config_text("")
+        .replace(&format!("[\"{SUBSCRIBER_INTERFACE}\"]"), "[]")
+        .replace(
+            f.scratch.file("state").to_str().unwrap(),
+            f.scratch.file("state-empty").to_str().unwrap(),
+        );
+    std::fs::write(&empty, text).unwrap();
+    let output = smtpguard(&["--config", empty.to_str().unwrap(), "run"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", empty.to_str().unwrap(), "interfaces"],
+        "run with interfaces = []",
+    );
+
+    let output = f.cli(&["run"]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "already owns the state folder"],
+        "a second run on the same state folder",
+    );
+    // The refused second agent left the first one alone.
+    f.ok(&["status"]);
+}
+
+#[test]
+fn detach_removes_enforcement_and_stops_the_agent() {
+    let f = Fixture::new("detach");
+    let mut agent = f.start();
+    f.assert_blocked("attached");
+
+    let output = f.ok(&["detach"]);
+    let status = agent.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "after detach: expected the agent to exit 0 by itself within 5 s, observed {status:?}; \
+         detach said {}; log:\n{}",
+        show(&output),
+        agent.log()
+    );
+    assert!(
+        f.pins.0.attachments().unwrap_or_default().is_empty(),
+        "after detach: expected no pinned links, observed {:?}",
+        f.pins.0.attachments()
+    );
+    f.assert_open("after detach");
+
+    // A new agent reads the detach from the store's audit log (and enforces again).
+    let _agent = f.start();
+    let actions = f.audit_actions(SUBSCRIBER_INTERFACE);
+    assert_eq!(
+        actions,
+        ["detached"],
+        "audit after detach: expected one detached entry for {SUBSCRIBER_INTERFACE}, observed \
+         {actions:?}"
+    );
+    f.assert_blocked("a new agent after detach");
+}
+
+/// One connection attempt from `src` (an address of the subscriber namespace) to `dst:25`;
+/// true if it connected. The send timeout bounds the connect: a dropped SYN is sent once.
+fn attempt_from(fixture: &Fixture, src: IpAddr, dst: IpAddr, timeout: Duration) -> bool {
+    use nix::sys::{
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+            sockopt,
+        },
+        time::TimeVal,
+    };
+    use std::os::fd::AsRawFd as _;
+    fixture.lab.subscriber.run(|| {
+        let family = if src.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let socket = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
+        let timeout = TimeVal::new(timeout.as_secs() as i64, i64::from(timeout.subsec_micros()));
+        setsockopt(&socket, sockopt::SendTimeout, &timeout).unwrap();
+        bind(
+            socket.as_raw_fd(),
+            &SockaddrStorage::from(std::net::SocketAddr::new(src, 0)),
+        )
+        .unwrap_or_else(|e| panic!("binding {src}: {e}"));
+        connect(
+            socket.as_raw_fd(),
+            &SockaddrStorage::from(std::net::SocketAddr::new(dst, 25)),
+        )
+        .is_ok()
+    })
+}
+
+/// The report as JSON rows keyed by host.
+fn report_rows(fixture: &Fixture, args: &[&str]) -> Vec<Value> {
+    let mut full = vec!["report", "--format", "json"];
+    full.extend_from_slice(args);
+    fixture
+        .json(&full)
+        .as_array()
+        .cloned()
+        .expect("the JSON report is an array")
+}
+
+fn row<'a>(rows: &'a [Value], host: &str) -> &'a Value {
+    rows.iter().find(|r| r["host"] == host).unwrap_or_else(|| {
+        panic!(
+            "no row for {host} in {}",
+            serde_json::to_string_pretty(rows).unwrap()
+        )
+    })
+}
+
+#[test]
+fn report_classifies_real_traffic_and_survives_a_restart() {
+    let f = Fixture::new("report");
+    let extra = "[[exemptions]]\nprefix = \"100.64.10.0/24\"\nreason = \"business static block\"\n[report]\ninterval = \"1s\"\n";
+    std::fs::write(&f.config, f.config_text(extra)).unwrap();
+    let (bot, client, business) = (ip("100.64.0.2"), ip("100.64.0.3"), ip("100.64.10.5"));
+    let ipv6_hosts = [
+        ip("2001:db8:1000::2"),
+        ip("2001:db8:1000::3"),
+        ip("2001:db8:1000::4"),
+    ];
+    for (address, len) in [
+        ("100.64.0.3", "24"),
+        ("100.64.10.5", "32"),
+        ("2001:db8:1000::3", "64"),
+        ("2001:db8:1000::4", "64"),
+    ] {
+        let mut args = vec!["addr", "add"];
+        let with_len = format!("{address}/{len}");
+        args.extend_from_slice(&[&with_len, "dev", "eth0"]);
+        if address.contains(':') {
+            args.push("nodad");
+        }
+        f.lab.subscriber.ip(&args).unwrap();
+    }
+    // Replies to the business host find their way back to the subscriber namespace.
+    f.lab
+        .gateway
+        .ip(&["route", "add", "100.64.10.5/32", "via", addr::SUBSCRIBER_V4])
+        .unwrap();
+    let agent = f.start();
+    let started =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(1))
+            .to_string();
+
+    // The bot: one attempt to each of 30 MX hosts, all at once. The client: 5 attempts to one
+    // MX. The business: exempt, so it delivers. Three IPv6 hosts of one /64: 2 attempts each.
+    thread::scope(|scope| {
+        for n in 0..30u8 {
+            let f = &f;
+            scope.spawn(move || {
+                assert!(!attempt_from(
+                    f,
+                    bot,
+                    IpAddr::from([198, 51, 100, 10 + n]),
+                    BLOCKED
+                ))
+            });
+        }
+    });
+    for _ in 0..5 {
+        assert!(
+            !attempt_from(&f, client, mx(), BLOCKED),
+            "the client is blocked"
+        );
+    }
+    assert!(
+        attempt_from(&f, business, mx(), OPEN),
+        "the exempt business host delivers"
+    );
+    for host in ipv6_hosts {
+        for _ in 0..2 {
+            assert!(
+                !attempt_from(&f, host, ip(addr::MX_V6), BLOCKED),
+                "{host} is blocked"
+            );
+        }
+    }
+    // Two snapshot intervals later, everything is in the history.
+    thread::sleep(Duration::from_millis(2_500));
+
+    let rows = report_rows(&f, &["--since", "1h"]);
+    let summary: Vec<(String, String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_owned(),
+                r["class"].as_str().unwrap().to_owned(),
+                r["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected_top = ("100.64.0.2".to_owned(), "bot".to_owned(), 30);
+    assert_eq!(
+        summary.first(),
+        Some(&expected_top),
+        "the bot is on top: {summary:?}"
+    );
+    let bot_row = row(&rows, "100.64.0.2");
+    let distinct = bot_row["distinct_destinations"].as_u64().unwrap();
+    assert!(
+        (24..=36).contains(&distinct),
+        "30 destinations estimated as {distinct}"
+    );
+    assert_eq!(bot_row["subscriber_prefix"], "100.64.0.0/10");
+    assert_eq!(bot_row["mode"], "enforce");
+    assert_eq!(bot_row["dropped"], 30);
+    assert_eq!(row(&rows, "100.64.0.3")["class"], "misconfigured-client");
+    assert_eq!(row(&rows, "100.64.0.3")["attempts"], 5);
+    assert_eq!(row(&rows, "100.64.10.5")["class"], "exempt-sender");
+    assert_eq!(row(&rows, "100.64.10.5")["dropped"], 0);
+    for host in ipv6_hosts {
+        assert_eq!(row(&rows, &host.to_string())["attempts"], 2, "{host}");
+    }
+
+    // Grouped by /64, the three IPv6 hosts are one customer.
+    let grouped = report_rows(&f, &["--since", "1h", "--group", "/64"]);
+    let lan = row(&grouped, "2001:db8:1000::/64");
+    assert_eq!(
+        (lan["hosts"].as_u64(), lan["attempts"].as_u64()),
+        (Some(3), Some(6))
+    );
+    assert_eq!(lan["class"], "misconfigured-client", "6 attempts to one MX");
+
+    // CSV carries the same rows and fields.
+    let csv =
+        String::from_utf8(f.ok(&["report", "--since", "1h", "--format", "csv"]).stdout).unwrap();
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header, smtpguard::report::render::FIELDS);
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), rows.len());
+    assert_eq!(&records[0][0], "100.64.0.2");
+    assert_eq!(&records[0][4], "30");
+    assert_eq!(&records[0][12], "bot");
+
+    // A window before the traffic is empty.
+    let before = report_rows(
+        &f,
+        &[
+            "--from",
+            "2020-01-01T00:00:00Z",
+            "--to",
+            "2020-01-02T00:00:00Z",
+        ],
+    );
+    assert!(before.is_empty(), "{before:?}");
+
+    // The same window reads the same after a restart (no interval counted twice).
+    let until =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
+            .to_string();
+    let window = ["--from", started.as_str(), "--to", until.as_str()];
+    let first = report_rows(&f, &window);
+    agent.terminate();
+    let agent = f.start();
+    thread::sleep(Duration::from_millis(2_500));
+    let again = report_rows(&f, &window);
+    assert_eq!(again, first, "the report changed across a restart");
+
+    // With a retention of one second, the history is pruned at the next snapshot.
+    agent.terminate();
+    let extra = format!("{extra}retention = \"1s\"\n");
+    std::fs::write(&f.config, f.config_text(&extra)).unwrap();
+    let _agent = f.start();
+    thread::sleep(Duration::from_millis(2_500));
+    let pruned = report_rows(&f, &["--since", "1h"]);
+    assert!(
+        pruned.is_empty(),
+        "history older than the retention stays: {pruned:?}"
+    );
+}
