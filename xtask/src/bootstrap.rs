@@ -36,7 +36,7 @@ pub fn run(root: &Path) -> Result<()> {
     fs::create_dir_all(&tools).with_context(|| format!("creating {}", tools.display()))?;
     rust_src()?;
     bpf_linker(&tools)?;
-    debian_packages(&tools)
+    debian_packages(&tools, DEBIAN_PACKAGES)
 }
 
 fn done(what: &str) {
@@ -239,14 +239,15 @@ fn write_stamp(path: &Path, stamp: &str) -> Result<()> {
     fs::write(path, stamp).with_context(|| format!("writing {}", path.display()))
 }
 
-fn debian_packages(tools: &Path) -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` that are missing (apt-get, logs in `tools`); idempotent.
+pub fn debian_packages(tools: &Path, packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !installed(package))
         .collect();
     if missing.is_empty() {
-        skip(&format!("Debian packages {}", DEBIAN_PACKAGES.join(" ")));
+        skip(&format!("Debian packages {}", packages.join(" ")));
         return Ok(());
     }
     let update_log = tools.join("apt-get-update.log");

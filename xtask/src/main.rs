@@ -1,6 +1,7 @@
-//! Automation for smtpguard: `cargo xtask bootstrap | test | demo` (the alias is in
+//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench` (the alias is in
 //! .cargo/config.toml).
 
+mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
@@ -32,6 +33,10 @@ enum Command {
     /// Bootstrap, build, write a sample capture and replay it through the kernel program
     /// with deploy/smtpguard.example.toml.
     Demo,
+    /// Bootstrap, build, then measure the kernel program's cost per packet against a floor
+    /// program and xdp-filter, at small and production map sizes, the control plane and a
+    /// flood through a namespace gateway; writes docs/benchmarks.md (full runs). As root.
+    Bench(bench::BenchArgs),
 }
 
 /// The repository root: xtask lives one folder below it.
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Bootstrap => bootstrap::run(&root),
         Command::Test => test::run(&root),
         Command::Demo => demo::run(&root),
+        Command::Bench(args) => bench::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,247 @@
+//! The few `bpf(2)` commands the benchmark issues itself, so that smtpguard, the floor and
+//! xdp-filter are all timed through exactly the same `BPF_PROG_TEST_RUN` call.
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`: XDP_TX and XDP_REDIRECT really transmit the frames.
+pub const TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The name of an XDP action, for tables.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, zero-padded, and
+    // its pointers refer to buffers that outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// One eBPF instruction: opcode, registers, offset, immediate.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | u64::from(dst & 0xf) << 8
+        | u64::from(src & 0xf) << 12
+        | u64::from(off as u16) << 16
+        | u64::from(imm as u32) << 32
+}
+
+const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+const HELPER_REDIRECT: i32 = 23; // bpf_redirect(ifindex, flags)
+
+/// `r0 = XDP_PASS; exit`: the least an XDP program can cost (the floor).
+pub fn load_floor() -> Result<OwnedFd> {
+    load_xdp(
+        "bench_floor",
+        &[
+            insn(MOV64_IMM, 0, 0, 0, XDP_PASS as i32),
+            insn(EXIT, 0, 0, 0, 0),
+        ],
+    )
+}
+
+/// `return bpf_redirect(ifindex, 0)`: sends every frame out of `ifindex` (the flood's sender,
+/// run with live frames).
+pub fn load_redirect(ifindex: u32) -> Result<OwnedFd> {
+    load_xdp(
+        "bench_redirect",
+        &[
+            insn(MOV64_IMM, 1, 0, 0, ifindex as i32),
+            insn(MOV64_IMM, 2, 0, 0, 0),
+            insn(CALL, 0, 0, 0, HELPER_REDIRECT),
+            insn(EXIT, 0, 0, 0, 0),
+        ],
+    )
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        ..ProgLoadAttr::default()
+    };
+    attr.prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(error) => {
+            let log = String::from_utf8_lossy(&log);
+            bail!(
+                "loading {name}: {error}; verifier: {}",
+                log.trim_end_matches('\0').trim()
+            )
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// What one `BPF_PROG_TEST_RUN` reported.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRun {
+    /// The program's return value (of the last run).
+    pub action: u32,
+    /// The kernel's mean time per run, in nanoseconds (0 in live-frames mode).
+    pub ns: u32,
+}
+
+/// Runs `frame` through the XDP program `repeat` times in one call; `live` sends the frames
+/// for real (`BPF_F_TEST_XDP_LIVE_FRAMES`, `batch` frames per batch).
+pub fn test_run(
+    program: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    live: Option<u32>,
+) -> Result<TestRun> {
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ..TestRunAttr::default()
+    };
+    if let Some(batch) = live {
+        attr.flags = TEST_XDP_LIVE_FRAMES;
+        attr.batch_size = batch;
+    }
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    Ok(TestRun {
+        action: attr.retval,
+        ns: attr.duration,
+    })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// A new fd for a loaded program, by its id (as `bpftool prog show` lists it).
+pub fn program_by_id(id: u32) -> Result<OwnedFd> {
+    let mut attr = GetFdByIdAttr {
+        id,
+        ..GetFdByIdAttr::default()
+    };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+        .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Sizes the kernel reports for a loaded program.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct ProgramSize {
+    /// Instructions the verifier processed (all paths explored).
+    pub verified_insns: u32,
+    /// Instructions after the kernel's rewrites.
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a program: the sizes in `struct bpf_prog_info`.
+pub fn program_size(program: BorrowedFd<'_>) -> Result<ProgramSize> {
+    // struct bpf_prog_info is 232 bytes today; the rest stays zero, as the kernel requires.
+    let mut info = [0u8; 256];
+    let mut attr = InfoAttr {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    let field = |offset: usize| {
+        u32::from_ne_bytes(info[offset..offset + 4].try_into().expect("four bytes"))
+    };
+    Ok(ProgramSize {
+        jited_bytes: field(16),
+        xlated_insns: field(20) / 8,
+        verified_insns: field(216),
+    })
+}

@@ -1,0 +1,105 @@
+//! The JSON bench_dataplane writes (tests/src/bin/bench_dataplane/main.rs), as far as the
+//! renderer reads it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub quick: bool,
+    pub repeat: u32,
+    pub runs: u32,
+    pub programs: Vec<Program>,
+    pub cases: Vec<Case>,
+    pub scale: Scale,
+    pub control_plane: ControlPlane,
+    pub end_to_end: Option<EndToEnd>,
+    pub end_to_end_error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Program {
+    pub key: String,
+    pub description: String,
+    pub size: ProgramSize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProgramSize {
+    pub verified_insns: u32,
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub key: String,
+    pub description: String,
+    pub frame_bytes: usize,
+    pub results: BTreeMap<String, Timing>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Timing {
+    pub ns: u32,
+    pub action: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Scale {
+    pub subscribers: u32,
+    pub exemptions: u32,
+    pub hosts: u32,
+    pub hosts_in_map: usize,
+    pub fill_subscribers_s: f64,
+    pub fill_exemptions_s: f64,
+    pub fill_hosts_s: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ControlPlane {
+    pub exempt_add_small_ms: f64,
+    pub exempt_add_large_ms: f64,
+    pub report_1m_hosts_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EndToEnd {
+    pub frames_per_filter: u64,
+    pub filters: Vec<FloodResult>,
+    pub trafgen: Vec<FloodResult>,
+    pub cpu_note: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FloodResult {
+    pub filter: String,
+    pub sender: String,
+    pub sent: u64,
+    pub dropped: u64,
+    pub seconds: f64,
+    pub dropped_per_s: f64,
+    /// Gateway CPU time (softirq + system, all CPUs) per million dropped frames, seconds.
+    pub cpu_s_per_mdrop: f64,
+}
+
+impl Case {
+    pub fn ns(&self, program: &str) -> Option<f64> {
+        self.results.get(program).map(|timing| f64::from(timing.ns))
+    }
+
+    pub fn action(&self, program: &str) -> &str {
+        self.results
+            .get(program)
+            .map_or("?", |timing| timing.action.as_str())
+    }
+}
