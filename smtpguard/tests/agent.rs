@@ -411,6 +411,18 @@ fn exempt_opens_port_25_until_removed_or_expired() {
     f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "r"]);
     // `exempt add` returns once the kernel map holds the entry: no waiting.
     f.assert_open("right after exempt add");
+    // The policy block list leaves the exempt host out, and only it.
+    let pbl = String::from_utf8(f.ok(&["pbl", "export"]).stdout).unwrap();
+    let listed: Vec<ipnet::IpNet> = pbl.lines().map(|l| l.parse().unwrap()).collect();
+    let covered = |address: &str| listed.iter().any(|n| n.contains(&ip(address)));
+    assert!(
+        !covered("100.64.0.2"),
+        "the exempt host is on the block list:\n{pbl}"
+    );
+    assert!(
+        covered("100.64.0.1") && covered("100.64.0.3") && covered("2001:db8:1000::2"),
+        "{pbl}"
+    );
 
     f.ok(&["exempt", "rm", SUBSCRIBER]);
     f.assert_blocked("right after exempt rm");

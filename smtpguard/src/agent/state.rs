@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use smtpguard_common::{Origin, REASON_COUNT, Reason, maps as names};
+use smtpguard_common::{Origin, PrefixOrigin, REASON_COUNT, Reason, maps as names};
 use tracing::{info, warn};
 
 use super::{
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::{AttachKind, Config, XdpMode},
-    dataplane::{Attach, Dataplane, PinLayout, ReconcileReport},
+    dataplane::{Attach, Dataplane, EntryList, PinLayout, ReconcileReport},
     metrics::MetricsSnapshot,
     policy::DesiredPolicy,
     store::{AuditAction, NewExemption, NewRelay, Store, StoreError},
@@ -161,6 +161,64 @@ impl AgentState {
         Ok(report)
     }
 
+    /// Writes one runtime relay or exemption into the kernel map and the desired policy. The
+    /// maps hold exactly `desired` after every change, so one write keeps them equal: an
+    /// `exempt add` costs one map update however many entries there are.
+    fn add_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
+        let entries = match list {
+            EntryList::Relays => &self.desired.relays,
+            EntryList::Exemptions => &self.desired.exemptions,
+        };
+        if entries.contains_key(&prefix) {
+            // Already there from the config (which wins) or DNS: nothing to write.
+            return Ok(());
+        }
+        let value = PrefixOrigin::new(Origin::Runtime);
+        self.dataplane
+            .policy_maps()
+            .and_then(|mut maps| maps.set_entry(list, prefix, value))
+            .inspect_err(|_| self.counters.reconcile_errors += 1)?;
+        match list {
+            EntryList::Relays => self.desired.relays.insert(prefix, value),
+            EntryList::Exemptions => self.desired.exemptions.insert(prefix, value),
+        };
+        Ok(())
+    }
+
+    /// Takes a runtime relay or exemption out again, unless the config or DNS still has it.
+    fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
+        let entries = match list {
+            EntryList::Relays => &self.desired.relays,
+            EntryList::Exemptions => &self.desired.exemptions,
+        };
+        if entries.get(&prefix) != Some(&PrefixOrigin::new(Origin::Runtime)) {
+            return Ok(());
+        }
+        let resolved = list == EntryList::Relays
+            && self
+                .resolved
+                .values()
+                .flatten()
+                .any(|a| IpNet::from(*a) == prefix);
+        let mut maps = self
+            .dataplane
+            .policy_maps()
+            .inspect_err(|_| self.counters.reconcile_errors += 1)?;
+        if resolved {
+            let dns = PrefixOrigin::new(Origin::Dns);
+            maps.set_entry(list, prefix, dns)?;
+            self.desired.relays.insert(prefix, dns);
+        } else {
+            maps.remove_entry(list, prefix)
+                .inspect_err(|_| self.counters.reconcile_errors += 1)?;
+            match list {
+                EntryList::Relays => self.desired.relays.remove(&prefix),
+                EntryList::Exemptions => self.desired.exemptions.remove(&prefix),
+            };
+        }
+        Ok(())
+    }
+
     fn attach(&self) -> Attach {
         match (self.config.agent.attach, self.config.agent.xdp_mode) {
             (AttachKind::Xdp, XdpMode::Native) => Attach::Xdp(aya::programs::XdpMode::Driver),
@@ -267,7 +325,7 @@ impl AgentState {
                 SystemTime::now(),
             )
             .inspect_err(|e| self.count_store_error(e))?;
-        if let Err(error) = self.reconcile() {
+        if let Err(error) = self.add_entry(EntryList::Exemptions, prefix) {
             // The map refused it (full?): take it back out of the store so the two agree.
             let _ = self.store.remove_exemption(prefix, who, SystemTime::now());
             return Err(Failure::new(
@@ -294,7 +352,7 @@ impl AgentState {
             .store
             .remove_exemption(prefix, who, SystemTime::now())
             .inspect_err(|e| self.count_store_error(e))?;
-        self.reconcile_or_fail()?;
+        self.remove_or_fail(EntryList::Exemptions, prefix)?;
         info!(%prefix, who, "exemption removed");
         Ok(json!(removed))
     }
@@ -338,7 +396,7 @@ impl AgentState {
                 SystemTime::now(),
             )
             .inspect_err(|e| self.count_store_error(e))?;
-        if let Err(error) = self.reconcile() {
+        if let Err(error) = self.add_entry(EntryList::Relays, prefix) {
             let _ = self.store.remove_relay(prefix, who, SystemTime::now());
             return Err(Failure::new(
                 ErrorKind::Failed,
@@ -355,7 +413,7 @@ impl AgentState {
             .store
             .remove_relay(prefix, who, SystemTime::now())
             .inspect_err(|e| self.count_store_error(e))?;
-        self.reconcile_or_fail()?;
+        self.remove_or_fail(EntryList::Relays, prefix)?;
         info!(%prefix, who, "relay removed");
         Ok(json!(removed))
     }
@@ -380,11 +438,14 @@ impl AgentState {
         Ok(Value::Array(rows))
     }
 
-    fn reconcile_or_fail(&mut self) -> Result<(), Failure> {
-        self.reconcile().map(drop).map_err(|error| {
+    fn remove_or_fail(&mut self, list: EntryList, prefix: IpNet) -> Result<(), Failure> {
+        self.remove_entry(list, prefix).map_err(|error| {
             Failure::new(
                 ErrorKind::Failed,
-                format!("the store changed but the kernel maps could not follow: {error:#}; the agent retries on the next change or reload"),
+                format!(
+                    "the store changed but the kernel map could not follow: {error:#}; the next \
+                     reload reconciles it"
+                ),
             )
         })
     }
@@ -616,11 +677,9 @@ impl AgentState {
             .store
             .expire(SystemTime::now())
             .inspect_err(|_| self.counters.store_errors += 1)?;
-        if !expired.is_empty() {
-            self.reconcile()?;
-            for exemption in expired {
-                info!(prefix = %exemption.prefix, "exemption expired");
-            }
+        for exemption in expired {
+            self.remove_entry(EntryList::Exemptions, exemption.prefix)?;
+            info!(prefix = %exemption.prefix, "exemption expired");
         }
         Ok(())
     }

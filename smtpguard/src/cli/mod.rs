@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod exempt;
+mod pbl;
 mod relay;
 mod replay;
 mod report;
@@ -63,6 +64,9 @@ enum Command {
     ///
     /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml report --since 24h --top 50
     Report(report::ReportArgs),
+    /// Policy block list export.
+    #[command(subcommand)]
+    Pbl(pbl::PblCommand),
     /// Re-read the agent's config file; an invalid one changes nothing.
     Reload,
     /// Remove enforcement from every interface on purpose, and stop the agent.
@@ -111,6 +115,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Check(args) => status::check(&args, agent),
         Command::Audit(args) => status::audit(&args, agent),
         Command::Report(args) => report::run(&args, agent.config_file()?),
+        Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
         Command::Reload => {
             let body = agent.call(&Request::Reload {})?;
             println!(

@@ -199,6 +199,29 @@ impl<'a> PolicyMaps<'a> {
         })
     }
 
+    /// Writes one relay or exemption prefix: what a single CLI change needs, without reading
+    /// the whole map back as a full reconcile does.
+    pub fn set_entry(
+        &mut self,
+        list: EntryList,
+        prefix: IpNet,
+        value: PrefixOrigin,
+    ) -> Result<(), DataplaneError> {
+        self.list(list).write(prefix, value)
+    }
+
+    /// Removes one relay or exemption prefix.
+    pub fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> Result<(), DataplaneError> {
+        self.list(list).remove(prefix)
+    }
+
+    fn list(&mut self, list: EntryList) -> &mut PrefixTries<'a, PrefixOrigin> {
+        match list {
+            EntryList::Relays => &mut self.relays,
+            EntryList::Exemptions => &mut self.exemptions,
+        }
+    }
+
     /// Looks `src` and `dst` up the way the program does (full-length keys).
     pub fn lookup(&self, src: IpAddr, dst: IpAddr) -> Result<KernelMatch, DataplaneError> {
         Ok(KernelMatch {
@@ -242,6 +265,13 @@ pub struct KernelMatch {
     pub subscriber: Option<SubscriberPolicy>,
     pub relay: Option<PrefixOrigin>,
     pub exemption: Option<PrefixOrigin>,
+}
+
+/// The prefix lists that change one entry at a time at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryList {
+    Relays,
+    Exemptions,
 }
 
 /// What a reconcile changed.

@@ -16,7 +16,7 @@ use aya::{
 use smtpguard_common::{HostKey, HostStats, REASON_COUNT, Reason, maps as names};
 
 pub use self::{
-    maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
+    maps::{EntryList, KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
     pins::{Attach, AttachOutcome, PinLayout, PinnedAttachment},
 };
 use crate::{

@@ -2,6 +2,7 @@
 //! directly, how hard, since when, and which of them are bots. Computed from the stored
 //! snapshot history only, so it is the same before and after an agent restart.
 
+pub mod pbl;
 pub mod render;
 pub mod snapshot;
 

@@ -69,6 +69,7 @@ pub struct Scale {
 pub struct ControlPlane {
     pub exempt_add_small_ms: f64,
     pub exempt_add_large_ms: f64,
+    pub full_reconcile_large_ms: f64,
     pub report_1m_hosts_s: Option<f64>,
 }
 
