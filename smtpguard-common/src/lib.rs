@@ -12,6 +12,7 @@ pub mod sketch;
 
 pub use host::{HostKey, HostStats};
 pub use policy::{
-    EnforcementConfig, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
+    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SubscriberPolicy,
+    UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};

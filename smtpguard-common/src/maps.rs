@@ -10,6 +10,11 @@ pub const EXEMPTIONS_V6: &str = "EXEMPTIONS_V6";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const COUNTERS: &str = "COUNTERS";
 pub const HOST_STATS: &str = "HOST_STATS";
+/// Hosts in monitor-mode ranges escalated to enforcement for themselves alone (reoffending
+/// bots); the agent adds and removes entries.
+pub const HOST_OVERRIDES: &str = "HOST_OVERRIDES";
+/// Default number of escalated hosts.
+pub const DEFAULT_OVERRIDE_CAPACITY: u32 = 65_536;
 /// One `u32`: the current sketch epoch, advanced by the agent at each statistics snapshot.
 pub const SKETCH_EPOCH: &str = "SKETCH_EPOCH";
 

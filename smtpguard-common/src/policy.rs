@@ -67,6 +67,14 @@ impl PrefixOrigin {
     }
 }
 
+/// Value of `HOST_OVERRIDES`: a host of a monitor-mode range enforced on its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostOverride {
+    /// A [`Mode`] discriminant; `Enforce` is the only one the agent writes.
+    pub mode: u32,
+}
+
 /// What to do with a subscriber packet whose TCP header the parser cannot reach.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +134,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers without implicit padding (layout tests below).
     unsafe impl aya::Pod for super::SubscriberPolicy {}
     unsafe impl aya::Pod for super::PrefixOrigin {}
+    unsafe impl aya::Pod for super::HostOverride {}
     unsafe impl aya::Pod for super::EnforcementConfig {}
 }
 
@@ -142,6 +151,8 @@ mod tests {
         assert_eq!(offset_of!(SubscriberPolicy, rule), 4);
         assert_eq!(size_of::<PrefixOrigin>(), 4);
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
+        assert_eq!(size_of::<HostOverride>(), 4);
+        assert_eq!(offset_of!(HostOverride, mode), 0);
         assert_eq!(size_of::<EnforcementConfig>(), 24);
         assert_eq!(offset_of!(EnforcementConfig, ports), 0);
         assert_eq!(offset_of!(EnforcementConfig, port_count), 16);

@@ -2,11 +2,11 @@
 //! an exemption or monitor mode let it pass?
 
 use aya_ebpf::maps::lpm_trie::Key;
-use smtpguard_common::{EnforcementConfig, Reason, SubscriberPolicy};
+use smtpguard_common::{EnforcementConfig, HostKey, Reason, SubscriberPolicy};
 
 use crate::{
-    ENFORCEMENT, EXEMPTIONS_V4, EXEMPTIONS_V6, RELAYS_V4, RELAYS_V6, SUBSCRIBERS_V4,
-    SUBSCRIBERS_V6,
+    ENFORCEMENT, EXEMPTIONS_V4, EXEMPTIONS_V6, HOST_OVERRIDES, RELAYS_V4, RELAYS_V6,
+    SUBSCRIBERS_V4, SUBSCRIBERS_V6,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -51,7 +51,7 @@ pub fn decide(packet: &Packet) -> Reason {
     if is_exempt(&packet.addresses) {
         return Reason::Exempt;
     }
-    if policy.is_monitor() {
+    if policy.is_monitor() && !is_escalated(&packet.addresses) {
         return Reason::Monitored;
     }
     enforce(judged, config)
@@ -81,6 +81,17 @@ fn is_relay(addresses: &Addresses) -> bool {
         Addresses::V4 { dst, .. } => RELAYS_V4.get(Key::new(32, *dst)).is_some(),
         Addresses::V6 { dst, .. } => RELAYS_V6.get(Key::new(128, *dst)).is_some(),
     }
+}
+
+/// A reoffending bot in a monitor-mode range, enforced on its own by the agent.
+#[inline(always)]
+fn is_escalated(addresses: &Addresses) -> bool {
+    let key = match addresses {
+        Addresses::V4 { src, .. } => HostKey::from_v4(*src),
+        Addresses::V6 { src, .. } => HostKey::from_v6(*src),
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { HOST_OVERRIDES.get(key) }.is_some()
 }
 
 #[inline(always)]

@@ -13,15 +13,15 @@ mod stats;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostStats, PrefixOrigin, REASON_COUNT, Reason, SubscriberPolicy,
-    Verdict,
+    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, Reason,
+    SubscriberPolicy, Verdict,
     maps::{
-        DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_RELAY_CAPACITY,
-        DEFAULT_SUBSCRIBER_CAPACITY,
+        DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
+        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY,
     },
 };
 
@@ -55,6 +55,9 @@ static HOST_STATS: LruHashMap<HostKey, HostStats> =
     LruHashMap::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
 #[map]
 static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static HOST_OVERRIDES: HashMap<HostKey, HostOverride> =
+    HashMap::with_max_entries(DEFAULT_OVERRIDE_CAPACITY, 0);
 
 /// How much of a non-linear skb the TC entry point pulls into the directly readable area:
 /// enough for two VLAN tags, PPPoE, IPv6 with a long extension-header chain and TCP.

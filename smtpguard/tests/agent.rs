@@ -1104,3 +1104,194 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
         "history older than the retention stays: {pruned:?}"
     );
 }
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn reoffending_bots_in_monitor_ranges_are_escalated_and_released() {
+    let f = Fixture::new("escalate");
+    let hook_out = f.scratch.file("hook.json");
+    let hook = f.scratch.file("on-bot.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> {}\necho >> {}\n",
+            hook_out.display(),
+            hook_out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[report]\ninterval = \"1s\"\nbot_window = \"2s\"\nescalate = true\nescalate_for = \"2s\"\nreoffense_gap = \"1s\"\non_bot = \"{}\"\n",
+        hook.display()
+    );
+    std::fs::write(&f.config, f.config_text(&extra)).unwrap();
+    let monitored = ip("100.127.0.9");
+    f.lab
+        .subscriber
+        .ip(&["addr", "add", "100.127.0.9/32", "dev", "eth0"])
+        .unwrap();
+    f.lab
+        .gateway
+        .ip(&["route", "add", "100.127.0.9/32", "via", addr::SUBSCRIBER_V4])
+        .unwrap();
+    let _agent = f.start();
+
+    // Events as a tool sees them: `smtpguard events --format json`, line by line.
+    let mut events = Command::new(BIN)
+        .args(["--config", f.config_str(), "events", "--format", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sender, received) = std::sync::mpsc::channel::<Value>();
+    let stdout = events.stdout.take().unwrap();
+    thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = sender.send(serde_json::from_str(&line).unwrap_or(Value::Null));
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let mut wait_for = |kind: &str, limit: Duration| -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(event) = seen
+                .iter()
+                .find(|e| e["event"] == kind && e["host"] == "100.127.0.9")
+                .cloned()
+            {
+                seen.retain(|e| e != &event);
+                return event;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(event) => seen.push(event),
+                Err(_) => panic!("no {kind} event within {limit:?}; saw {seen:?}"),
+            }
+        }
+    };
+    let burst = |first: u8| {
+        thread::scope(|scope| {
+            for n in 0..25u8 {
+                let f = &f;
+                scope.spawn(move || {
+                    attempt_from(
+                        f,
+                        monitored,
+                        IpAddr::from([198, 51, 100, first + n]),
+                        Duration::from_millis(200),
+                    )
+                });
+            }
+        });
+    };
+    thread::sleep(Duration::from_millis(300)); // the events client is connected
+
+    // Monitor mode: the host's mail passes, and it is counted.
+    assert!(
+        attempt_from(&f, monitored, mx(), OPEN),
+        "monitor mode lets port 25 through"
+    );
+    // It turns bot: 25 MX hosts at once. Classified, escalated, announced, handed to on_bot.
+    burst(10);
+    let bot = wait_for("bot", Duration::from_secs(5));
+    assert_eq!(bot["class"], "bot");
+    let escalated = wait_for("escalated", Duration::from_secs(5));
+    assert_eq!(escalated["level"], 0);
+    assert!(
+        !attempt_from(&f, monitored, mx(), BLOCKED),
+        "escalated: blocked for real"
+    );
+    let listed = f.json(&["escalations", "--format", "json"]);
+    assert_eq!(listed[0]["host"], "100.127.0.9", "{listed}");
+    eventually(Duration::from_secs(5), "the on_bot program ran", || {
+        std::fs::read_to_string(&hook_out)
+            .is_ok_and(|text| text.contains("\"host\":\"100.127.0.9\""))
+    });
+    let hook_row: Value = serde_json::from_str(
+        std::fs::read_to_string(&hook_out)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hook_row["class"], "bot");
+
+    // Lifted by hand: released at once.
+    f.ok(&["escalations", "lift", "100.127.0.9"]);
+    let ended = wait_for("escalation-ended", Duration::from_secs(2));
+    assert_eq!(
+        (ended["expired"].as_bool(), ended["by"].as_str()),
+        (Some(false), Some("root"))
+    );
+    assert!(
+        attempt_from(&f, monitored, mx(), OPEN),
+        "lifted: port 25 passes again"
+    );
+
+    // It reoffends once the window has moved on: escalated again, twice as long, and it
+    // expires by itself.
+    thread::sleep(Duration::from_millis(2_200));
+    burst(40);
+    let again = wait_for("escalated", Duration::from_secs(6));
+    assert_eq!(again["level"], 1, "{again}");
+    let (started, until) = (
+        humantime::parse_rfc3339(again["at"].as_str().unwrap()).unwrap(),
+        humantime::parse_rfc3339(again["until"].as_str().unwrap()).unwrap(),
+    );
+    assert_eq!(
+        until.duration_since(started).unwrap(),
+        Duration::from_secs(4),
+        "doubled"
+    );
+    assert!(
+        !attempt_from(&f, monitored, mx(), BLOCKED),
+        "escalated again"
+    );
+    let expired = wait_for("escalation-ended", Duration::from_secs(7));
+    assert_eq!(expired["expired"], true);
+    assert!(
+        attempt_from(&f, monitored, mx(), OPEN),
+        "released when the escalation ran out"
+    );
+
+    // The report names it a reoffender, with its history; the audit has every step.
+    let reoffenders = f.json(&[
+        "report",
+        "--reoffenders",
+        "--since",
+        "1h",
+        "--format",
+        "json",
+    ]);
+    let row = &reoffenders[0];
+    assert_eq!(row["host"], "100.127.0.9", "{reoffenders}");
+    assert!(row["classifications"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        (row["escalations"].as_u64(), row["highest_level"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        f.audit_actions("100.127.0.9"),
+        [
+            "escalated",
+            "escalation-lifted",
+            "escalated",
+            "escalation-expired"
+        ]
+    );
+    let _ = events.kill();
+    let _ = events.wait();
+}

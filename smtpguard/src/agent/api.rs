@@ -53,6 +53,12 @@ pub enum Request {
     },
     Reload {},
     Detach {},
+    EscalationList {},
+    EscalationLift {
+        host: String,
+    },
+    /// Keeps the connection open and streams events as JSON lines.
+    Events {},
 }
 
 /// Why a request failed, for the exit code and for tools.
@@ -98,6 +104,25 @@ pub enum ClientError {
     },
     #[error("the smtpguard agent at {} gave no usable answer: {problem}", .socket.display())]
     BadAnswer { socket: PathBuf, problem: String },
+}
+
+/// Asks for the event stream and calls `each` with every JSON line until the agent goes away.
+pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), ClientError> {
+    let unreachable = |source| ClientError::Unreachable {
+        socket: socket.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    let mut line = serde_json::to_string(&Request::Events {}).unwrap_or_default();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    for line in BufReader::new(stream).lines() {
+        match line {
+            Ok(line) => each(&line),
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// Sends one request and waits for the answer.

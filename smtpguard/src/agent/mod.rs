@@ -2,6 +2,7 @@
 //! the exemption store, the CLI socket and the metrics endpoint.
 
 pub mod api;
+mod events;
 mod netns;
 mod server;
 mod state;
@@ -88,6 +89,7 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
     let snapshotter = Arc::new(Mutex::new(snapshotter));
     tokio::spawn(snapshot_statistics(
         snapshotter.clone(),
+        state.clone(),
         config.report.interval,
         config.report.retention,
     ));
@@ -137,6 +139,7 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
 /// lock is never held while a million hosts are read.
 async fn snapshot_statistics(
     snapshotter: Arc<Mutex<Snapshotter>>,
+    state: Arc<Mutex<AgentState>>,
     interval: Duration,
     retention: Duration,
 ) {
@@ -154,12 +157,22 @@ async fn snapshot_statistics(
         })
         .await;
         match outcome {
-            Ok(Ok(report)) => info!(
-                hosts = report.hosts_read,
-                intervals = report.intervals_written,
-                elapsed_ms = report.elapsed.as_millis() as u64,
-                "statistics snapshot"
-            ),
+            Ok(Ok(report)) => {
+                info!(
+                    hosts = report.hosts_read,
+                    intervals = report.intervals_written,
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "statistics snapshot"
+                );
+                // The new history classifies hosts: new bots, escalations.
+                let state = state.clone();
+                let classified =
+                    tokio::task::spawn_blocking(move || lock(&state).classify(SystemTime::now()))
+                        .await;
+                if let Ok(Err(error)) = classified {
+                    error!(error = format!("{error:#}"), "classifying hosts failed");
+                }
+            }
             Ok(Err(error)) => {
                 error!(%error, "statistics snapshot failed; the next one covers this interval too")
             }

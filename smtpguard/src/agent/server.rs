@@ -76,6 +76,11 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>, detached: Arc<
     let who = peer_name(&stream);
     let (reader, mut writer) = stream.into_split();
     let response = match read_request(reader).await {
+        Ok(Request::Events {}) => {
+            let receiver = state.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+            stream_events(receiver, writer).await;
+            return;
+        }
         Ok(request) => {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {
@@ -106,6 +111,28 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>, detached: Arc<
     });
     line.push('\n');
     let _ = writer.write_all(line.as_bytes()).await;
+}
+
+/// Writes each event as a JSON line until the client goes away.
+async fn stream_events(
+    mut events: tokio::sync::broadcast::Receiver<super::events::Event>,
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let line = match events.recv().await {
+            Ok(event) => serde_json::to_string(&event).unwrap_or_default(),
+            Err(RecvError::Lagged(missed)) => format!(r#"{{"event":"lagged","missed":{missed}}}"#),
+            Err(RecvError::Closed) => return,
+        };
+        if writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 async fn read_request(reader: tokio::net::unix::OwnedReadHalf) -> Result<Request, Response> {

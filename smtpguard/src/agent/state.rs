@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     api::{ErrorKind, Request, Response},
+    events::{self, Event, Events},
     netns,
 };
 use crate::{
@@ -25,7 +26,8 @@ use crate::{
     dataplane::{Attach, Dataplane, EntryList, PinLayout, ReconcileReport},
     metrics::MetricsSnapshot,
     policy::DesiredPolicy,
-    store::{AuditAction, NewExemption, NewRelay, Store, StoreError},
+    report::{Class, Grouping, ReportOptions},
+    store::{AuditAction, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
 };
 
 /// A failed request: the kind decides the CLI's exit code.
@@ -88,6 +90,7 @@ pub struct AgentState {
     counters: AgentCounters,
     started: SystemTime,
     detached: bool,
+    events: Events,
 }
 
 impl AgentState {
@@ -111,6 +114,7 @@ impl AgentState {
             counters: AgentCounters::default(),
             started: SystemTime::now(),
             detached: false,
+            events: events::channel(),
         };
         let report = state
             .reconcile()
@@ -121,8 +125,149 @@ impl AgentState {
             removed = report.removed,
             "kernel maps reconciled"
         );
+        state.restore_escalations()?;
         state.attach_all()?;
         Ok(state)
+    }
+
+    /// Makes the kernel's escalation map hold exactly the store's active escalations.
+    fn restore_escalations(&mut self) -> anyhow::Result<()> {
+        let active: Vec<IpAddr> = self
+            .store
+            .active_escalations()?
+            .iter()
+            .map(|e| e.host)
+            .collect();
+        for host in &active {
+            self.dataplane.set_override(*host)?;
+        }
+        for host in self.dataplane.overrides()? {
+            if !active.contains(&host) {
+                self.dataplane.remove_override(host)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A receiver of the events from now on (for `smtpguard events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Classifies the hosts active within the last bot window: a new bot is recorded,
+    /// announced and handed to `on_bot`; with `escalate`, a bot in a monitor-mode range is
+    /// switched to enforcement for itself alone.
+    pub fn classify(&mut self, now: SystemTime) -> anyhow::Result<()> {
+        let report = self.config.report.clone();
+        let from = now
+            .checked_sub(report.bot_window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let history = self.store.host_intervals(from, now)?;
+        let options = ReportOptions {
+            from,
+            to: now,
+            top: None,
+            min_attempts: 0,
+            prefix: None,
+            group: Grouping::Host,
+        };
+        let rows = crate::report::build(&history, &self.config, &options);
+        let known: Vec<IpAddr> = self
+            .store
+            .bot_events(from)?
+            .into_iter()
+            .map(|e| e.host)
+            .collect();
+        for row in rows.into_iter().filter(|row| row.class == Class::Bot) {
+            let host: IpAddr = row.host.parse().context("a host row names an address")?;
+            if !known.contains(&host) {
+                self.store.record_bot(host, now, &row.class_reason)?;
+                info!(%host, reason = row.class_reason, "new bot");
+                if let Some(program) = &report.on_bot {
+                    events::run_hook(program, &row);
+                }
+                events::publish(
+                    &self.events,
+                    Event::Bot {
+                        at: now,
+                        row: row.clone(),
+                    },
+                );
+            }
+            if report.escalate && row.mode == Some("monitor") {
+                self.escalate(host, now, &row.class_reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Escalates `host` unless it already is: for `escalate_for`, doubled for each reoffense
+    /// (a bot again at least `reoffense_gap` after its last escalation began).
+    fn escalate(&mut self, host: IpAddr, now: SystemTime, reason: &str) -> anyhow::Result<()> {
+        let history = self.store.escalations_of(host)?;
+        if history.iter().any(|e| e.ended.is_none()) {
+            return Ok(());
+        }
+        // A lifted or expired escalation is not renewed from the activity that caused it:
+        // only once a whole bot window has passed since it ended.
+        let window = self.config.report.bot_window;
+        if history
+            .last()
+            .and_then(|last| last.ended)
+            .is_some_and(|ended| now.duration_since(ended).unwrap_or_default() < window)
+        {
+            return Ok(());
+        }
+        let gap = self.config.report.reoffense_gap;
+        let level = match history.last() {
+            None => 0,
+            Some(last) if now.duration_since(last.started).unwrap_or_default() >= gap => {
+                last.level + 1
+            }
+            Some(last) => last.level,
+        };
+        let length = self
+            .config
+            .report
+            .escalate_for
+            .saturating_mul(1 << level.min(16));
+        let until = now
+            .checked_add(length)
+            .unwrap_or(now + self.config.report.escalate_for);
+        let escalation = self.store.escalate(host, level, now, until, reason)?;
+        if let Err(error) = self.dataplane.set_override(host) {
+            self.store.end_escalation(host, SYSTEM_WHO, false, now)?;
+            return Err(error.into());
+        }
+        warn!(%host, level, until = %humantime::format_rfc3339_seconds(until), "escalated to enforcement");
+        events::publish(
+            &self.events,
+            Event::Escalated {
+                at: now,
+                host,
+                level: escalation.level,
+                until,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the escalation of `host`: lifted by `who`, or expired.
+    fn end_escalation(&mut self, host: IpAddr, who: &str, expired: bool) -> Result<Value, Failure> {
+        let now = SystemTime::now();
+        let ended = self.store.end_escalation(host, who, expired, now)?;
+        self.dataplane.remove_override(host).map_err(failed)?;
+        info!(%host, who, expired, "escalation ended");
+        events::publish(
+            &self.events,
+            Event::EscalationEnded {
+                at: now,
+                host,
+                by: ended.ended_by.clone().unwrap_or_default(),
+                expired,
+            },
+        );
+        Ok(json!(ended))
     }
 
     pub fn detached(&self) -> bool {
@@ -270,6 +415,19 @@ impl AgentState {
             Request::Check { src, dst, port } => self.check(&src, &dst, port),
             Request::Audit { since } => self.audit(since.as_deref()),
             Request::Reload {} => self.reload(who),
+            Request::EscalationList {} => self
+                .store
+                .active_escalations()
+                .map(|e| json!(e))
+                .map_err(Failure::from),
+            Request::EscalationLift { host } => {
+                parse_address(&host).and_then(|host| self.end_escalation(host, who, false))
+            }
+            // Streamed by the server, never answered here.
+            Request::Events {} => Err(Failure::new(
+                ErrorKind::BadRequest,
+                "events are streamed by the socket server",
+            )),
             Request::Detach {} => self.detach(who),
         };
         match outcome {
@@ -671,8 +829,15 @@ impl AgentState {
         Ok(json!({"detached": detached}))
     }
 
-    /// Removes expired exemptions from the store and the maps.
+    /// Removes expired exemptions and ends expired escalations.
     pub fn expire(&mut self) -> anyhow::Result<()> {
+        let now = SystemTime::now();
+        for escalation in self.store.active_escalations()? {
+            if escalation.until <= now {
+                self.end_escalation(escalation.host, SYSTEM_WHO, true)
+                    .map_err(|failure| anyhow::anyhow!(failure.message))?;
+            }
+        }
         let expired = self
             .store
             .expire(SystemTime::now())
@@ -684,9 +849,11 @@ impl AgentState {
         Ok(())
     }
 
-    /// When the next exemption expires, so the agent can wake then.
+    /// When the next exemption or escalation runs out, so the agent can act then.
     pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.store.next_expiry().ok().flatten()
+        let exemption = self.store.next_expiry().ok().flatten();
+        let escalation = self.store.next_escalation_end().ok().flatten();
+        exemption.into_iter().chain(escalation).min()
     }
 
     /// Installs freshly resolved relay addresses (resolved outside the lock).

@@ -39,7 +39,7 @@ impl AgentArgs {
             .context("--config FILE is needed, e.g. --config /etc/smtpguard/smtpguard.toml")
     }
 
-    fn socket(&self) -> anyhow::Result<PathBuf> {
+    pub fn socket(&self) -> anyhow::Result<PathBuf> {
         if let Some(socket) = &self.socket {
             return Ok(socket.clone());
         }

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod escalations;
 mod exempt;
 mod pbl;
 mod relay;
@@ -64,6 +65,14 @@ enum Command {
     ///
     /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml report --since 24h --top 50
     Report(report::ReportArgs),
+    /// Hosts of monitor-mode ranges escalated to enforcement; `lift HOST` ends one.
+    ///
+    /// Example: smtpguard escalations lift 100.127.0.9
+    Escalations(escalations::EscalationsArgs),
+    /// Stream new bot classifications and escalations as they happen.
+    ///
+    /// Example: smtpguard events --format json
+    Events(escalations::EventsArgs),
     /// Policy block list export.
     #[command(subcommand)]
     Pbl(pbl::PblCommand),
@@ -115,6 +124,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Check(args) => status::check(&args, agent),
         Command::Audit(args) => status::audit(&args, agent),
         Command::Report(args) => report::run(&args, agent.config_file()?),
+        Command::Escalations(args) => escalations::escalations(&args, agent),
+        Command::Events(args) => escalations::events(&args, agent),
         Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
         Command::Reload => {
             let body = agent.call(&Request::Reload {})?;

@@ -9,22 +9,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ipnet::IpNet;
 
 use crate::{
     config::Config,
-    report::{self, Grouping, ReportOptions, render},
+    report::{
+        self, Grouping, ReportOptions,
+        render::{self, ReportFormat},
+    },
     store::Store,
 };
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    #[default]
-    Table,
-    Json,
-    Csv,
-}
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -55,6 +50,10 @@ pub struct ReportArgs {
     /// Write to this file instead of standard output, e.g. --output report.csv
     #[arg(long)]
     output: Option<PathBuf>,
+    /// List reoffenders instead: hosts classified as bots in windows at least the config's
+    /// reoffense_gap apart, with their history, e.g. --reoffenders --since 30d
+    #[arg(long)]
+    reoffenders: bool,
 }
 
 pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
@@ -71,6 +70,25 @@ pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
         })
         .transpose()?;
     let store = Store::open(&config.agent.state_dir)?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    if args.reoffenders {
+        let events: Vec<_> = store
+            .bot_events(from)?
+            .into_iter()
+            .filter(|e| e.at <= to)
+            .collect();
+        let rows = report::reoffenders(&events, config.report.reoffense_gap, |host| {
+            store.escalations_of(host).unwrap_or_default()
+        });
+        return render::reoffenders(&rows, args.format, &mut out)
+            .and_then(|()| out.flush())
+            .context("writing the report");
+    }
     let history = store.host_intervals(from, to)?;
     let rows = report::build(
         &history,
@@ -84,12 +102,6 @@ pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
             group: args.group,
         },
     );
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
     match args.format {
         ReportFormat::Table => render::table(&rows, &mut out),
         ReportFormat::Json => render::json(&rows, &mut out),

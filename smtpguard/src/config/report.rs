@@ -1,7 +1,7 @@
 //! The `[report]` table: how often the agent snapshots per-host statistics, how long it keeps
 //! them, and what makes a host a bot.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -22,6 +22,15 @@ pub struct ReportConfig {
     /// A host that is no bot but made at least this many attempts to one or two destinations
     /// is a misconfigured mail client.
     pub client_attempts: u64,
+    /// A host classified as a bot in two windows at least this far apart is a reoffender.
+    pub reoffense_gap: Duration,
+    /// Switch bot-classified hosts of monitor-mode ranges to enforcement, each on its own.
+    pub escalate: bool,
+    /// How long a first escalation lasts; each reoffense doubles it.
+    pub escalate_for: Duration,
+    /// A program run for each newly classified bot, with the host's report row as JSON on
+    /// its standard input (e.g. to open a ticket).
+    pub on_bot: Option<PathBuf>,
 }
 
 impl Default for ReportConfig {
@@ -33,6 +42,10 @@ impl Default for ReportConfig {
             bot_attempts: 60,
             bot_window: Duration::from_secs(600),
             client_attempts: 3,
+            reoffense_gap: Duration::from_secs(24 * 3600),
+            escalate: false,
+            escalate_for: Duration::from_secs(24 * 3600),
+            on_bot: None,
         }
     }
 }
@@ -52,6 +65,14 @@ pub(super) struct RawReport {
     bot_window: Option<Spanned<String>>,
     // Absent: 3.
     client_attempts: Option<Spanned<i64>>,
+    // Absent: 24h.
+    reoffense_gap: Option<Spanned<String>>,
+    // Absent: false (monitor-mode ranges are only counted).
+    escalate: bool,
+    // Absent: 24h.
+    escalate_for: Option<Spanned<String>>,
+    // Absent: no program.
+    on_bot: Option<Spanned<String>>,
 }
 
 fn duration(
@@ -136,6 +157,36 @@ pub(super) fn validate_report(
             raw.client_attempts,
             defaults.client_attempts,
         )?,
+        reoffense_gap: duration(
+            src,
+            "reoffense_gap",
+            raw.reoffense_gap,
+            defaults.reoffense_gap,
+            second,
+        )?,
+        escalate: raw.escalate,
+        escalate_for: duration(
+            src,
+            "escalate_for",
+            raw.escalate_for,
+            defaults.escalate_for,
+            second,
+        )?,
+        on_bot: match raw.on_bot {
+            None => None,
+            Some(program) if PathBuf::from(program.get_ref()).is_absolute() => {
+                Some(PathBuf::from(program.into_inner()))
+            }
+            Some(program) => {
+                return Err(ConfigError::ReportValue {
+                    file: src.file(),
+                    at: src.at(program.span()),
+                    key: "on_bot",
+                    value: program.get_ref().clone(),
+                    expected: "the absolute path of a program".to_owned(),
+                });
+            }
+        },
     })
 }
 
@@ -168,6 +219,13 @@ mod tests {
             (5, 9, 2)
         );
         assert_eq!(report.bot_window, Duration::from_secs(60));
+        let report = parse("escalate = true\nescalate_for = \"2h\"\nreoffense_gap = \"6h\"\non_bot = \"/usr/local/bin/ticket\"")
+            .unwrap()
+            .report;
+        assert!(report.escalate);
+        assert_eq!(report.escalate_for, Duration::from_secs(7200));
+        assert_eq!(report.reoffense_gap, Duration::from_secs(6 * 3600));
+        assert_eq!(report.on_bot, Some(PathBuf::from("/usr/local/bin/ticket")));
     }
 
     #[test]

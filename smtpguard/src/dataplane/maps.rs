@@ -11,8 +11,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostStats, PrefixOrigin, REASON_COUNT, SubscriberPolicy,
-    maps as names,
+    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT,
+    SubscriberPolicy, maps as names,
 };
 
 use super::DataplaneError;
@@ -308,6 +308,19 @@ pub(super) fn count_hosts(ebpf: &Ebpf) -> Result<usize, DataplaneError> {
         count += 1;
     }
     Ok(count)
+}
+
+pub(super) fn overrides(
+    ebpf: &mut Ebpf,
+) -> Result<HashMap<&mut MapData, HostKey, HostOverride>, DataplaneError> {
+    let map = ebpf
+        .map_mut(names::HOST_OVERRIDES)
+        .ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: names::HOST_OVERRIDES,
+        })?;
+    map.try_into()
+        .map_err(|source| map_error(names::HOST_OVERRIDES, source))
 }
 
 fn host_map(ebpf: &Ebpf) -> Result<HashMap<&MapData, HostKey, HostStats>, DataplaneError> {

@@ -13,7 +13,9 @@ use aya::{
         tc::{self, TcAttachType},
     },
 };
-use smtpguard_common::{HostKey, HostStats, REASON_COUNT, Reason, maps as names};
+use smtpguard_common::{
+    HostKey, HostOverride, HostStats, Mode, REASON_COUNT, Reason, maps as names,
+};
 
 pub use self::{
     maps::{EntryList, KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
@@ -270,6 +272,47 @@ impl Dataplane {
             })
     }
 
+    /// Escalates `host` (of a monitor-mode range) to enforcement on its own.
+    pub fn set_override(&mut self, host: IpAddr) -> Result<(), DataplaneError> {
+        maps::overrides(&mut self.ebpf)?
+            .insert(
+                host_key(host),
+                HostOverride {
+                    mode: Mode::Enforce as u32,
+                },
+                0,
+            )
+            .map_err(|source| DataplaneError::Map {
+                map: names::HOST_OVERRIDES,
+                source,
+            })
+    }
+
+    /// Ends the escalation of `host`; a host without one is fine.
+    pub fn remove_override(&mut self, host: IpAddr) -> Result<(), DataplaneError> {
+        match maps::overrides(&mut self.ebpf)?.remove(&host_key(host)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                map: names::HOST_OVERRIDES,
+                source,
+            }),
+        }
+    }
+
+    /// The escalated hosts in the kernel map.
+    pub fn overrides(&mut self) -> Result<Vec<IpAddr>, DataplaneError> {
+        maps::overrides(&mut self.ebpf)?
+            .keys()
+            .map(|key| {
+                key.map(|key| host_address(&key.addr))
+                    .map_err(|source| DataplaneError::Map {
+                        map: names::HOST_OVERRIDES,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
     /// How many hosts the statistics map tracks (walks the keys only).
     pub fn host_count(&self) -> Result<usize, DataplaneError> {
         maps::count_hosts(&self.ebpf)
@@ -308,6 +351,13 @@ fn ensure_clsact(interface: &str) -> Result<(), DataplaneError> {
             source,
         }),
         Ok(()) => Ok(()),
+    }
+}
+
+fn host_key(host: IpAddr) -> HostKey {
+    match host {
+        IpAddr::V4(v4) => HostKey::from_v4(v4.octets()),
+        IpAddr::V6(v6) => HostKey::from_v6(v6.octets()),
     }
 }
 

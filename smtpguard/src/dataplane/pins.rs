@@ -29,7 +29,7 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     names::SUBSCRIBERS_V4,
     names::SUBSCRIBERS_V6,
     names::RELAYS_V4,
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     names::COUNTERS,
     names::HOST_STATS,
     names::SKETCH_EPOCH,
+    names::HOST_OVERRIDES,
 ];
 
 /// How the program sits on an interface.

@@ -331,6 +331,70 @@ fn classify(slices: &[Slice], attempts: u64, distinct: u64, config: &Config) -> 
     )
 }
 
+/// A host classified as a bot in windows at least the reoffense gap apart.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reoffender {
+    pub host: String,
+    pub classifications: usize,
+    #[serde(serialize_with = "rfc3339")]
+    pub first_classified: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_classified: SystemTime,
+    /// When each classification happened, oldest first.
+    #[serde(serialize_with = "rfc3339_list")]
+    pub history: Vec<SystemTime>,
+    pub escalations: usize,
+    pub highest_level: Option<u32>,
+}
+
+fn rfc3339_list<S: serde::Serializer>(
+    times: &[SystemTime],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        times
+            .iter()
+            .map(|t| humantime::format_rfc3339_seconds(*t).to_string()),
+    )
+}
+
+/// The reoffenders among `events` (oldest first), with `escalations_of` for their history.
+pub fn reoffenders(
+    events: &[crate::store::BotEvent],
+    gap: Duration,
+    escalations_of: impl Fn(IpAddr) -> Vec<crate::store::Escalation>,
+) -> Vec<Reoffender> {
+    let mut by_host: BTreeMap<IpAddr, Vec<SystemTime>> = BTreeMap::new();
+    for event in events {
+        by_host.entry(event.host).or_default().push(event.at);
+    }
+    let mut rows: Vec<Reoffender> = by_host
+        .into_iter()
+        .filter_map(|(host, history)| {
+            let (first, last) = (*history.first()?, *history.last()?);
+            if last.duration_since(first).unwrap_or_default() < gap {
+                return None;
+            }
+            let escalations = escalations_of(host);
+            Some(Reoffender {
+                host: host.to_string(),
+                classifications: history.len(),
+                first_classified: first,
+                last_classified: last,
+                history,
+                escalations: escalations.len(),
+                highest_level: escalations.iter().map(|e| e.level).max(),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.classifications
+            .cmp(&a.classifications)
+            .then_with(|| a.host.cmp(&b.host))
+    });
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -500,6 +564,28 @@ mod tests {
         assert_eq!((by56[0].hosts, by56[0].attempts), (3, 15));
         let by_range = build(&history, &config(), &options(Grouping::SubscriberPrefix));
         assert_eq!(by_range[0].host, "2001:db8:1000::/36");
+    }
+
+    #[test]
+    fn reoffenders_need_two_classifications_a_gap_apart() {
+        use crate::store::BotEvent;
+        let event = |host: &str, minute: u64| BotEvent {
+            host: ip(host),
+            at: at(minute),
+            reason: "bot".to_owned(),
+        };
+        let events = vec![
+            event("100.64.0.2", 0),
+            event("100.64.0.3", 0),
+            event("100.64.0.3", 30),
+            event("100.64.0.2", 24 * 60),
+            event("100.64.0.2", 25 * 60),
+        ];
+        let rows = reoffenders(&events, Duration::from_secs(24 * 3600), |_| Vec::new());
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].host, "100.64.0.2");
+        assert_eq!(rows[0].classifications, 3);
+        assert_eq!(rows[0].history, [at(0), at(24 * 60), at(25 * 60)]);
     }
 
     #[test]

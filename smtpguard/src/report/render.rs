@@ -4,7 +4,19 @@ use std::io::Write;
 
 use comfy_table::{CellAlignment, Table, presets::NOTHING};
 
-use super::ReportRow;
+use super::{Reoffender, ReportRow};
+
+/// Output forms of the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// A JSON array with stable field names.
+    Json,
+    /// CSV with the same field names, for spreadsheets.
+    Csv,
+}
 
 /// The columns of the JSON and CSV forms, in order.
 pub const FIELDS: [&str; 14] = [
@@ -96,4 +108,75 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         ])?;
     }
     writer.flush()
+}
+
+/// The reoffenders, in the same three forms.
+pub fn reoffenders(
+    rows: &[Reoffender],
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let history = |row: &Reoffender| {
+        row.history
+            .iter()
+            .map(|t| time(*t))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let level = |row: &Reoffender| row.highest_level.map(|l| l.to_string()).unwrap_or_default();
+    match format {
+        ReportFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            writeln!(out)
+        }
+        ReportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(out);
+            writer.write_record([
+                "host",
+                "classifications",
+                "first_classified",
+                "last_classified",
+                "history",
+                "escalations",
+                "highest_level",
+            ])?;
+            for row in rows {
+                writer.write_record([
+                    row.host.clone(),
+                    row.classifications.to_string(),
+                    time(row.first_classified),
+                    time(row.last_classified),
+                    history(row),
+                    row.escalations.to_string(),
+                    level(row),
+                ])?;
+            }
+            writer.flush()
+        }
+        ReportFormat::Table => {
+            let mut table = Table::new();
+            table.load_preset(NOTHING).set_header(vec![
+                "HOST",
+                "CLASSIFIED",
+                "FIRST",
+                "LAST",
+                "ESCALATIONS",
+                "HIGHEST LEVEL",
+                "HISTORY",
+            ]);
+            for row in rows {
+                table.add_row(vec![
+                    row.host.clone(),
+                    row.classifications.to_string(),
+                    time(row.first_classified),
+                    time(row.last_classified),
+                    row.escalations.to_string(),
+                    level(row),
+                    history(row),
+                ]);
+            }
+            writeln!(out, "{table}")?;
+            writeln!(out, "{} reoffenders", rows.len())
+        }
+    }
 }

@@ -21,11 +21,14 @@ pub enum AuditAction {
     RelayRemoved,
     ConfigReloaded,
     Detached,
+    Escalated,
+    EscalationLifted,
+    EscalationExpired,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 10] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
@@ -33,6 +36,9 @@ impl AuditAction {
         AuditAction::RelayRemoved,
         AuditAction::ConfigReloaded,
         AuditAction::Detached,
+        AuditAction::Escalated,
+        AuditAction::EscalationLifted,
+        AuditAction::EscalationExpired,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -45,6 +51,9 @@ impl AuditAction {
             AuditAction::RelayRemoved => "relay-removed",
             AuditAction::ConfigReloaded => "config-reloaded",
             AuditAction::Detached => "detached",
+            AuditAction::Escalated => "escalated",
+            AuditAction::EscalationLifted => "escalation-lifted",
+            AuditAction::EscalationExpired => "escalation-expired",
         }
     }
 }
@@ -217,6 +226,9 @@ mod tests {
                 "relay-removed",
                 "config-reloaded",
                 "detached",
+                "escalated",
+                "escalation-lifted",
+                "escalation-expired",
             ]
         );
         for action in AuditAction::ALL {
@@ -232,7 +244,7 @@ mod tests {
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached"
+             detached, escalated, escalation-lifted, escalation-expired"
         );
     }
 

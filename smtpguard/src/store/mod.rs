@@ -20,6 +20,7 @@
 //! version `i` to `i + 1`. To change the schema, append a migration; never edit a released one.
 
 mod audit;
+mod escalations;
 mod exemptions;
 mod history;
 mod relays;
@@ -36,6 +37,7 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 use serde::Serializer;
 
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
+pub use escalations::{BotEvent, Escalation};
 pub use exemptions::{Exemption, NewExemption};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
@@ -128,6 +130,25 @@ const MIGRATIONS: &[&str] = &[
          epoch    INTEGER NOT NULL,
          last_ms  INTEGER NOT NULL
      ) STRICT;",
+    // 3: bot classifications (reoffenders) and escalations of monitor-mode hosts.
+    "CREATE TABLE bot_events (
+         host        BLOB    NOT NULL CHECK (length(host) = 16),
+         at_ms       INTEGER NOT NULL,
+         reason      TEXT    NOT NULL,
+         PRIMARY KEY (host, at_ms)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX bot_events_at ON bot_events (at_ms);
+
+     CREATE TABLE escalations (
+         id          INTEGER PRIMARY KEY AUTOINCREMENT,
+         host        BLOB    NOT NULL CHECK (length(host) = 16),
+         started_ms  INTEGER NOT NULL,
+         until_ms    INTEGER NOT NULL CHECK (until_ms > started_ms),
+         level       INTEGER NOT NULL CHECK (level >= 0),
+         ended_ms    INTEGER,
+         ended_by    TEXT
+     ) STRICT;
+     CREATE UNIQUE INDEX escalations_active ON escalations (host) WHERE ended_ms IS NULL;",
 ];
 
 /// The schema version this build writes and understands.
@@ -314,6 +335,9 @@ pub enum StoreError {
         field: &'static str,
         time: SystemTime,
     },
+
+    #[error("{host} has no active escalation; expected a host listed by `smtpguard escalations`")]
+    NoEscalation { host: std::net::IpAddr },
 
     #[error("{kind} {prefix} already exists; expected a prefix not yet listed (remove it first)")]
     Duplicate { kind: EntryKind, prefix: IpNet },

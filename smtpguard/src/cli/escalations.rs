@@ -1,0 +1,95 @@
+//! `smtpguard escalations [lift HOST]` and `smtpguard events`.
+
+use clap::{Args, Subcommand};
+
+use super::{Format, client::AgentArgs, table};
+use crate::agent::api::{self, Request};
+
+#[derive(Debug, Args)]
+pub struct EscalationsArgs {
+    #[command(subcommand)]
+    action: Option<EscalationAction>,
+    /// table (for people) or json (for tools)
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum EscalationAction {
+    /// End a host's escalation now; its range's monitor mode applies again.
+    ///
+    /// Example: smtpguard escalations lift 100.127.0.9
+    Lift {
+        /// The escalated host, e.g. 100.127.0.9
+        host: String,
+    },
+}
+
+pub fn escalations(args: &EscalationsArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    if let Some(EscalationAction::Lift { host }) = &args.action {
+        agent.call(&Request::EscalationLift { host: host.clone() })?;
+        println!("escalation of {host} lifted");
+        return Ok(());
+    }
+    let body = agent.call(&Request::EscalationList {})?;
+    if args.format == Format::Json {
+        return table::print_json(&body);
+    }
+    let columns = ["host", "level", "started", "until"];
+    table::print(
+        &["HOST", "LEVEL", "STARTED", "UNTIL"],
+        body.as_array()
+            .into_iter()
+            .flatten()
+            .map(|row| columns.iter().map(|c| table::text(&row[*c])).collect())
+            .collect(),
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// table (one readable line per event) or json (the agent's JSON lines, for tools)
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn events(args: &EventsArgs, agent: &AgentArgs) -> anyhow::Result<()> {
+    let json = args.format == Format::Json;
+    api::stream_events(&agent.socket()?, |line| {
+        if json {
+            println!("{line}");
+            return;
+        }
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let text = |key: &str| table::text(&event[key]);
+        match event["event"].as_str().unwrap_or("") {
+            "bot" => println!(
+                "{} bot {} ({}; {} attempts)",
+                text("at"),
+                text("host"),
+                text("class_reason"),
+                text("attempts")
+            ),
+            "escalated" => println!(
+                "{} escalated {} (level {}, until {})",
+                text("at"),
+                text("host"),
+                text("level"),
+                text("until")
+            ),
+            "escalation-ended" => println!(
+                "{} escalation of {} ended ({})",
+                text("at"),
+                text("host"),
+                if event["expired"] == true {
+                    "expired".to_owned()
+                } else {
+                    format!("lifted by {}", text("by"))
+                }
+            ),
+            _ => println!("{line}"),
+        }
+    })?;
+    Ok(())
+}
