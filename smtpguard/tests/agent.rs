@@ -20,8 +20,9 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
-use smtpguard::dataplane::PinLayout;
-use smtpguard_tests::lab::{Connect, GatewayLab, SUBSCRIBER_INTERFACE, Servers, addr, connect};
+use smtpguard_tests::lab::{
+    Connect, GatewayLab, PinFolder, SUBSCRIBER_INTERFACE, Servers, addr, connect,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtpguard");
 
@@ -122,28 +123,6 @@ impl Drop for Scratch {
     }
 }
 
-/// A pin folder of this test's own below /sys/fs/bpf: its links are detached and the folder
-/// removed on drop.
-struct PinFolder(PinLayout);
-
-impl PinFolder {
-    fn new(name: &str) -> Self {
-        Self(PinLayout::new(format!(
-            "/sys/fs/bpf/smtpguard-test-{}-agent-{name}",
-            std::process::id()
-        )))
-    }
-}
-
-impl Drop for PinFolder {
-    fn drop(&mut self) {
-        for attachment in self.0.attachments().unwrap_or_default() {
-            let _ = self.0.detach(&attachment);
-        }
-        let _ = std::fs::remove_dir_all(self.0.root());
-    }
-}
-
 /// One test's world: a lab with an MX on port 25, a pin folder, a scratch folder with the
 /// agent's config file. Fields drop in order: servers, pins, lab, scratch.
 struct Fixture {
@@ -157,7 +136,7 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str) -> Self {
         let scratch = Scratch::new(name);
-        let pins = PinFolder::new(name);
+        let pins = PinFolder::new(&format!("agent-{name}"));
         let lab = GatewayLab::new().unwrap();
         let servers = Servers::start(&lab.internet, &[25]).unwrap();
         let config = scratch.file("smtpguard.toml");

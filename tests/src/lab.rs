@@ -435,3 +435,25 @@ pub fn connect(netns: &Netns, dst: IpAddr, port: u16, timeout: Duration) -> Conn
         }
     })
 }
+
+/// A pin folder of a test's own below /sys/fs/bpf: its links are detached and the folder
+/// removed on drop, also when the test fails.
+pub struct PinFolder(pub smtpguard::dataplane::PinLayout);
+
+impl PinFolder {
+    pub fn new(name: &str) -> Self {
+        Self(smtpguard::dataplane::PinLayout::new(format!(
+            "/sys/fs/bpf/smtpguard-test-{}-{name}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinFolder {
+    fn drop(&mut self) {
+        for attachment in self.0.attachments().unwrap_or_default() {
+            let _ = self.0.detach(&attachment);
+        }
+        let _ = std::fs::remove_dir_all(self.0.root());
+    }
+}

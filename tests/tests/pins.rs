@@ -12,7 +12,9 @@ use smtpguard::{
     policy::DesiredPolicy,
 };
 use smtpguard_common::Origin;
-use smtpguard_tests::lab::{Connect, GatewayLab, SUBSCRIBER_INTERFACE, Servers, addr, connect};
+use smtpguard_tests::lab::{
+    Connect, GatewayLab, PinFolder, SUBSCRIBER_INTERFACE, Servers, addr, connect,
+};
 
 const CONFIG: &str = r#"
 [[subscribers]]
@@ -25,27 +27,6 @@ hosts = 4096
 
 const BLOCKED: Duration = Duration::from_secs(1);
 const OPEN: Duration = Duration::from_secs(3);
-
-/// A pin folder of this test's own below /sys/fs/bpf, removed with everything in it on drop.
-struct PinFolder(PinLayout);
-
-impl PinFolder {
-    fn new(name: &str) -> Self {
-        Self(PinLayout::new(format!(
-            "/sys/fs/bpf/smtpguard-test-{}-{name}",
-            std::process::id()
-        )))
-    }
-}
-
-impl Drop for PinFolder {
-    fn drop(&mut self) {
-        for attachment in self.0.attachments().unwrap_or_default() {
-            let _ = self.0.detach(&attachment);
-        }
-        let _ = std::fs::remove_dir_all(self.0.root());
-    }
-}
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
