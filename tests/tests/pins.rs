@@ -149,3 +149,37 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
     );
     drop(second);
 }
+
+#[test]
+fn snapshots_within_one_millisecond_are_recorded() {
+    // The store keeps milliseconds: two snapshots inside the same millisecond must still form
+    // an interval that ends after it starts.
+    use smtpguard_tests::frames::{FrameSpec, TCP_SYN};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let pins = PinFolder::new("snapshots");
+    let config = Config::parse(CONFIG, Path::new("pins.toml")).unwrap();
+    let mut dataplane = load(&pins.0, &DesiredPolicy::from_config(&config));
+    let state = std::env::temp_dir().join(format!("smtpguard-snapshots-{}", std::process::id()));
+    let mut snapshotter = smtpguard::report::snapshot::Snapshotter::open(&pins.0, &state).unwrap();
+    let syn = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build();
+    let millisecond = UNIX_EPOCH
+        + Duration::from_millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+                + 1_000,
+        );
+    for offset_us in [100, 400, 700] {
+        dataplane.run_xdp(&syn).unwrap();
+        let report = snapshotter
+            .take(millisecond + Duration::from_micros(offset_us))
+            .unwrap_or_else(|e| panic!("snapshot at +{offset_us} us: {e}"));
+        assert_eq!(
+            report.intervals_written, 1,
+            "the host's new segment is recorded"
+        );
+    }
+    drop(snapshotter);
+    std::fs::remove_dir_all(&state).unwrap();
+}

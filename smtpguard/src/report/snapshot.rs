@@ -112,12 +112,10 @@ impl Snapshotter {
         clock: &BootClock,
         now: SystemTime,
     ) -> HostInterval {
-        let start = self.state.last.min(now);
-        let end = if now > start {
-            now
-        } else {
-            start + Duration::from_millis(1)
-        };
+        // The store keeps milliseconds: compare there, so a snapshot right after the last one
+        // still has an end after its start.
+        let start = whole_millis(self.state.last.min(now));
+        let end = whole_millis(now).max(start + Duration::from_millis(1));
         let sketch = if stats.sketch_epoch == self.state.epoch {
             stats.dst_sketch
         } else {
@@ -138,6 +136,11 @@ impl Snapshotter {
             last_reason: stats.last_reason,
         }
     }
+}
+
+fn whole_millis(time: SystemTime) -> SystemTime {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
 }
 
 fn cursor_of(stats: &HostStats) -> HostCursor {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::results::{Case, Results};
+use super::results::{Case, ControlPlane, Results};
 
 const FLOOR: &str = "floor";
 const PEER: &str = "xdp-filter";
@@ -109,9 +109,7 @@ pub fn table(results: &Results) -> String {
         control.exempt_add_small_ms,
         control.exempt_add_large_ms,
         control.full_reconcile_large_ms,
-        control
-            .report_1m_hosts_s
-            .map_or("not yet available".into(), |s| format!("{s:.2} s"))
+        snapshot_and_report(control)
     );
 
     match (&results.end_to_end, &results.end_to_end_error) {
@@ -224,16 +222,35 @@ fn targets(results: &Results) -> Vec<String> {
         verdict(add < EXEMPT_ADD_TARGET_MS),
         results.control_plane.exempt_add_small_ms
     ));
-    lines.push(match results.control_plane.report_1m_hosts_s {
+    let control = &results.control_plane;
+    lines.push(match control.report_1m_hosts_s {
         Some(s) => format!(
-            "report over 1,000,000 hosts under 1 s: {} ({s:.2} s)",
-            verdict(s < 1.0)
+            "report over 1,000,000 hosts under 1 s: {} ({s:.2} s for the 24 h report{})",
+            verdict(s < 1.0),
+            control
+                .snapshot_1m_hosts_s
+                .map_or(String::new(), |snap| format!(
+                    "; the snapshot before it {snap:.2} s"
+                ))
         ),
-        None => "report over 1,000,000 hosts under 1 s: not yet available (snapshot and report \
-                 belong to a later issue)"
-            .into(),
+        None => "report over 1,000,000 hosts under 1 s: not measured".into(),
     });
     lines
+}
+
+/// The control-plane sentence on the statistics path: snapshot, then the 24 h report.
+fn snapshot_and_report(control: &ControlPlane) -> String {
+    match (control.snapshot_1m_hosts_s, control.report_1m_hosts_s) {
+        (Some(snapshot), Some(report)) => format!(
+            "one snapshot (every host read from the pinned statistics map, one interval per \
+             host written to the store) {snapshot:.2} s; the abuse-desk report over the 24 h it \
+             recorded (history read from the store, {} rows built, one per host) {report:.2} s",
+            control
+                .report_1m_rows
+                .map_or("the".into(), |rows| rows.to_string())
+        ),
+        _ => "not measured".into(),
+    }
 }
 
 /// Grouped bars: ns/packet per case for the floor, xdp-filter and smtpguard (small and
@@ -378,7 +395,14 @@ pub fn markdown(results: &Results) -> String {
          - Control plane: the path the agent takes for `exempt add` (one write into the \
          exemption trie, which already holds the desired policy), checked with a map lookup; \
          and a full reconcile (start, reload). The agent's socket and SQLite store are not \
-         included.\n",
+         included.\n\
+         - Snapshot and report: a third instance with its maps pinned on bpffs (the snapshotter \
+         opens the statistics map by its pin, as the agent's does) holds 1,000,000 active IPv4 \
+         subscriber hosts (attempts, segments, up to 8 destinations in the sketch, seen within \
+         the last hour). One snapshot into a fresh store is timed (every host read, one interval \
+         per host written to SQLite), then the abuse-desk report over the last 24 h, one row per \
+         host: the history read from the store plus the rows built. The store holds that one \
+         snapshot, so the report reads 1,000,000 intervals.\n",
     );
     if let Some(flood) = &results.end_to_end {
         let _ = writeln!(out, "- End to end: {}", flood.cpu_note);

@@ -70,7 +70,13 @@ pub struct ControlPlane {
     pub exempt_add_small_ms: f64,
     pub exempt_add_large_ms: f64,
     pub full_reconcile_large_ms: f64,
+    /// One statistics snapshot of 1,000,000 active hosts (absent in results of older runs).
+    #[serde(default)]
+    pub snapshot_1m_hosts_s: Option<f64>,
+    /// The abuse-desk report over the 24 h that snapshot recorded (read + build).
     pub report_1m_hosts_s: Option<f64>,
+    #[serde(default)]
+    pub report_1m_rows: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -23,10 +23,15 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use smtpguard::{
     config::{Capacity, Config},
-    dataplane::{Dataplane, EntryList},
+    dataplane::{Dataplane, EntryList, PinLayout},
     policy::DesiredPolicy,
+    report::{Grouping, ReportOptions, snapshot::Snapshotter},
+    store::Store,
 };
-use smtpguard_common::{HostKey, HostStats, Mode, Origin, PrefixOrigin, SubscriberPolicy};
+use smtpguard_common::{
+    HostKey, HostStats, Mode, Origin, PrefixOrigin, Reason, SubscriberPolicy, host::ipv4_mapped,
+    sketch,
+};
 use smtpguard_tests::frames::{Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN};
 
 /// The policy every smtpguard instance starts from: the lab's ranges (tests/src/lab.rs).
@@ -163,8 +168,15 @@ struct ControlPlane {
     exempt_add_large_runs_ms: Vec<f64>,
     /// A full reconcile (start, reload) of one change into the production-size maps.
     full_reconcile_large_ms: f64,
-    /// Snapshot and report over 1,000,000 hosts: not implemented yet (a later issue).
+    /// One statistics snapshot (kernel map read, deltas written to the store) of 1,000,000
+    /// active hosts held in a pinned instance's statistics map: seconds.
+    snapshot_1m_hosts_s: Option<f64>,
+    /// The abuse-desk report over the 24 h that snapshot recorded (history read from the
+    /// store, rows built, one per host): seconds.
     report_1m_hosts_s: Option<f64>,
+    /// Intervals the snapshot wrote and rows the report built (both should be 1,000,000).
+    report_1m_intervals: Option<usize>,
+    report_1m_rows: Option<usize>,
 }
 
 struct Case {
@@ -317,7 +329,17 @@ fn main() -> Result<()> {
     drop(programs);
 
     eprintln!("control plane: one exemption written as the agent does, and a full reconcile");
-    let control_plane = control_plane(&mut small, &mut large, &mut large_policy)?;
+    let mut control_plane = control_plane(&mut small, &mut large, &mut large_policy)?;
+    // The production-size instance has served its purpose: free its maps before the pinned
+    // instance for the snapshot and report fills its own.
+    drop(large);
+
+    eprintln!("control plane: snapshot and report over {SCALE_HOSTS} active hosts");
+    let report = snapshot_and_report(&config)?;
+    control_plane.snapshot_1m_hosts_s = Some(report.snapshot_s);
+    control_plane.report_1m_hosts_s = Some(report.report_s);
+    control_plane.report_1m_intervals = Some(report.intervals);
+    control_plane.report_1m_rows = Some(report.rows);
 
     let (end_to_end, end_to_end_error) = if args.flood {
         eprintln!("end to end: flood through a namespace gateway");
@@ -549,7 +571,128 @@ fn control_plane(
         exempt_add_large_ms: median_f64(&runs),
         exempt_add_large_runs_ms: runs,
         full_reconcile_large_ms,
+        snapshot_1m_hosts_s: None,
         report_1m_hosts_s: None,
+        report_1m_intervals: None,
+        report_1m_rows: None,
+    })
+}
+
+struct SnapshotAndReport {
+    snapshot_s: f64,
+    report_s: f64,
+    intervals: usize,
+    rows: usize,
+}
+
+/// Removes the bench's pin folder and state folder, also when a step fails.
+struct Scratch {
+    layout: PinLayout,
+    state_dir: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.layout.root());
+        let _ = fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// The agent's statistics path at production size: a third instance whose maps are pinned
+/// (the snapshotter opens HOST_STATS by its pin, as the agent's does), 1,000,000 active hosts
+/// written into it, then one snapshot into a fresh store and the abuse-desk report over the
+/// last 24 h of that store. A separate instance, so the packet timings above keep measuring
+/// the maps they always did.
+fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
+    let pid = std::process::id();
+    let scratch = Scratch {
+        layout: PinLayout::new(format!("/sys/fs/bpf/smtpguard-bench-{pid}")),
+        state_dir: PathBuf::from(format!("/tmp/smtpguard-bench-state-{pid}")),
+    };
+    let _ = fs::remove_dir_all(scratch.layout.root());
+    let _ = fs::remove_dir_all(&scratch.state_dir);
+    let mut dataplane = Dataplane::load_pinned(&config.capacity, &scratch.layout)?;
+
+    let boot_ns = u64::try_from(
+        Duration::from(nix::time::clock_gettime(
+            nix::time::ClockId::CLOCK_BOOTTIME,
+        )?)
+        .as_nanos(),
+    )?;
+    // A few MX hosts each subscriber host tried: sketch registers as the kernel sets them.
+    let destinations: Vec<[u8; 16]> = (0..8u8)
+        .map(|d| ipv4_mapped([198, 51, 100, d + 1]))
+        .collect();
+    let hosts = (0..SCALE_HOSTS).map(|i| {
+        let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
+        let attempts = 1 + u64::from(i % 50);
+        let mut stats = HostStats::first_seen(
+            // First seen up to an hour ago, last seen within the last minute.
+            boot_ns.saturating_sub(u64::from(i % 3600) * 1_000_000_000),
+            1,
+        );
+        stats.last_seen_ns = boot_ns.saturating_sub(u64::from(i % 60) * 1_000_000_000);
+        stats.attempts = attempts;
+        stats.segments = attempts * 2;
+        stats.dropped = attempts * 2;
+        let tried = &destinations[..1 + (i % 8) as usize];
+        for destination in tried {
+            let (index, rank) = sketch::slot(destination);
+            stats.dst_sketch[index] = stats.dst_sketch[index].max(rank);
+        }
+        stats.last_dst = tried[tried.len() - 1];
+        stats.last_dst_port = 25;
+        stats.last_reason = Reason::Dropped as u16;
+        (HostKey::from_v4(v4.octets()), stats)
+    });
+    dataplane.insert_hosts(hosts)?;
+    let in_map = dataplane.host_count()?;
+
+    let mut snapshotter = Snapshotter::open(&scratch.layout, &scratch.state_dir)?;
+    let now = SystemTime::now();
+    let snapshot = snapshotter.take(now)?;
+    drop(snapshotter);
+    if snapshot.hosts_read != in_map || snapshot.intervals_written != in_map {
+        bail!(
+            "the snapshot read {} hosts and wrote {} intervals; the map holds {in_map}",
+            snapshot.hosts_read,
+            snapshot.intervals_written
+        );
+    }
+
+    let options = ReportOptions {
+        from: now - Duration::from_secs(24 * 3600),
+        to: now,
+        top: None,
+        min_attempts: 0,
+        prefix: None,
+        group: Grouping::Host,
+    };
+    let started = Instant::now();
+    let history = Store::open(&scratch.state_dir)?.host_intervals(options.from, options.to)?;
+    let rows = smtpguard::report::build(&history, config, &options);
+    let report_s = started.elapsed().as_secs_f64();
+    if rows.len() != in_map {
+        bail!(
+            "the report built {} rows from {} intervals; the map holds {in_map}",
+            rows.len(),
+            history.len()
+        );
+    }
+    eprintln!(
+        "snapshot of {} hosts: {:.2} s; report over {} intervals ({} rows): {report_s:.2} s",
+        snapshot.hosts_read,
+        snapshot.elapsed.as_secs_f64(),
+        history.len(),
+        rows.len()
+    );
+    drop(dataplane);
+    drop(scratch);
+    Ok(SnapshotAndReport {
+        snapshot_s: snapshot.elapsed.as_secs_f64(),
+        report_s,
+        intervals: snapshot.intervals_written,
+        rows: rows.len(),
     })
 }
 
