@@ -97,7 +97,13 @@ fn is_escalated(addresses: &Addresses) -> bool {
 #[inline(always)]
 fn is_exempt(addresses: &Addresses) -> bool {
     match addresses {
-        Addresses::V4 { src, .. } => EXEMPTIONS_V4.get(Key::new(32, *src)).is_some(),
+        // `black_box` (an empty asm statement) keeps the two arms' code different after the
+        // lookup: otherwise LLVM sinks both lookups into one call site that sees two maps,
+        // and the verifier can then not turn it into a direct `trie_lookup_elem` call: it
+        // stays the generic helper, an indirect call through a retpoline on every packet.
+        Addresses::V4 { src, .. } => {
+            core::hint::black_box(EXEMPTIONS_V4.get(Key::new(32, *src)).is_some())
+        }
         Addresses::V6 { src, .. } => EXEMPTIONS_V6.get(Key::new(128, *src)).is_some(),
     }
 }

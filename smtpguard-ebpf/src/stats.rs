@@ -3,7 +3,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use smtpguard_common::{
     HostKey, HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
 };
@@ -36,8 +36,10 @@ pub fn record_host(packet: &Packet, reason: Reason) {
         }
         _ => (0, false),
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: a helper without arguments. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy
+    // resolution) reads the timekeeper's last tick: no clocksource read (rdtsc through an
+    // indirect call) per packet, which the boot-time clock costs.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
     let stats = match HOST_STATS.get_ptr_mut(key) {

@@ -30,9 +30,9 @@ enum Command {
     /// Bootstrap, then lint (rustfmt, clippy for the host crates and the eBPF crate), build
     /// and run every test. This is what CI runs (.ci/run).
     Test,
-    /// Bootstrap, build, write a sample capture and replay it through the kernel program
-    /// with deploy/smtpguard.example.toml.
-    Demo,
+    /// Bootstrap, build, then show smtpguard on a real ISP edge in network namespaces: a spam
+    /// bot blocked, legitimate mail delivered, the CLI and the report. As root.
+    Demo(demo::DemoArgs),
     /// Bootstrap, build, then measure the kernel program's cost per packet against a floor
     /// program and xdp-filter, at small and production map sizes, the control plane and a
     /// flood through a namespace gateway; writes docs/benchmarks.md (full runs). As root.
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bootstrap => bootstrap::run(&root),
         Command::Test => test::run(&root),
-        Command::Demo => demo::run(&root),
+        Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
     };
     match result {

@@ -113,6 +113,13 @@ pub fn run() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
+    if !matches!(cli.command, Command::Run) {
+        // A verb piped into `head` ends quietly when the pipe closes, as Unix tools do. The
+        // agent keeps Rust's default (SIGPIPE ignored): a client that leaves early must not
+        // kill it.
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let agent = &cli.agent;
     match cli.command {
         Command::Replay(args) => replay::run(&args, agent.config_file()?),

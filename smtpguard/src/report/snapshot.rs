@@ -60,7 +60,7 @@ impl Snapshotter {
     /// Reads every host, records the interval since the last snapshot, starts the next one.
     pub fn take(&mut self, now: SystemTime) -> Result<SnapshotReport, SnapshotError> {
         let started = Instant::now();
-        let clock = BootClock::now(now);
+        let clock = KernelClock::now(now);
         let entries = self.kernel.read_all()?;
         let mut cursors = HashMap::with_capacity(entries.len());
         let mut intervals = Vec::new();
@@ -109,7 +109,7 @@ impl Snapshotter {
         host: [u8; 16],
         stats: &HostStats,
         base: &HostCursor,
-        clock: &BootClock,
+        clock: &KernelClock,
         now: SystemTime,
     ) -> HostInterval {
         // The store keeps milliseconds: compare there, so a snapshot right after the last one
@@ -139,7 +139,9 @@ impl Snapshotter {
 }
 
 fn whole_millis(time: SystemTime) -> SystemTime {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     SystemTime::UNIX_EPOCH + Duration::from_millis(since.as_millis() as u64)
 }
 
@@ -152,22 +154,23 @@ fn cursor_of(stats: &HostStats) -> HostCursor {
     }
 }
 
-/// Converts the kernel's boot-time nanoseconds (`bpf_ktime_get_boot_ns`) to wall-clock time.
-struct BootClock {
+/// Converts the kernel's `CLOCK_MONOTONIC_COARSE` nanoseconds (`bpf_ktime_get_coarse_ns`) to
+/// wall-clock time.
+struct KernelClock {
     wall: SystemTime,
-    boot: Duration,
+    kernel: Duration,
 }
 
-impl BootClock {
+impl KernelClock {
     fn now(wall: SystemTime) -> Self {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        let kernel = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
             .map(Duration::from)
             .unwrap_or_default();
-        Self { wall, boot }
+        Self { wall, kernel }
     }
 
-    fn wall(&self, boot_ns: u64) -> SystemTime {
-        let ago = self.boot.saturating_sub(Duration::from_nanos(boot_ns));
+    fn wall(&self, kernel_ns: u64) -> SystemTime {
+        let ago = self.kernel.saturating_sub(Duration::from_nanos(kernel_ns));
         self.wall.checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }

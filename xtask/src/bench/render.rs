@@ -217,7 +217,7 @@ fn targets(results: &Results) -> Vec<String> {
     }
     let add = results.control_plane.exempt_add_large_ms;
     lines.push(format!(
-        "`exempt add` effective under {EXEMPT_ADD_TARGET_MS} ms: {} ({add:.1} ms with 100,000 \
+        "`exempt add` effective under {EXEMPT_ADD_TARGET_MS} ms: {} ({add:.3} ms with 100,000 \
          exemptions; {:.3} ms with a small policy)",
         verdict(add < EXEMPT_ADD_TARGET_MS),
         results.control_plane.exempt_add_small_ms

@@ -1,24 +1,19 @@
-//! `cargo xtask demo` (interim): replays a generated sample capture through the real kernel
+//! `cargo xtask demo --replay`: replays a generated sample capture through the real kernel
 //! program with the example configuration.
 
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bootstrap, cmd};
+use crate::cmd;
 
 const EXPLANATION: &str = "\
 The sample capture is one subscriber-facing link's traffic, judged by deploy/smtpguard.example.toml:
 SYNs to port 25 from enforced, exempt, monitor-mode and outside sources, mail to the ISP's relays,
 submission, DNS, ARP, and evasion attempts (QinQ+PPPoE, IPv6 extension headers, tiny fragments).";
 
+/// Replays the sample capture; bootstrap and the build have run already.
 pub fn run(root: &Path) -> Result<()> {
-    bootstrap::run(root)?;
-    cmd::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "-p", "smtpguard"]),
-    )?;
     let demo = root.join("target").join("demo");
     fs::create_dir_all(&demo).with_context(|| format!("creating {}", demo.display()))?;
     let capture = demo.join("sample.pcap");

@@ -613,9 +613,9 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
     let _ = fs::remove_dir_all(&scratch.state_dir);
     let mut dataplane = Dataplane::load_pinned(&config.capacity, &scratch.layout)?;
 
-    let boot_ns = u64::try_from(
+    let now_ns = u64::try_from(
         Duration::from(nix::time::clock_gettime(
-            nix::time::ClockId::CLOCK_BOOTTIME,
+            nix::time::ClockId::CLOCK_MONOTONIC_COARSE,
         )?)
         .as_nanos(),
     )?;
@@ -628,10 +628,10 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         let attempts = 1 + u64::from(i % 50);
         let mut stats = HostStats::first_seen(
             // First seen up to an hour ago, last seen within the last minute.
-            boot_ns.saturating_sub(u64::from(i % 3600) * 1_000_000_000),
+            now_ns.saturating_sub(u64::from(i % 3600) * 1_000_000_000),
             1,
         );
-        stats.last_seen_ns = boot_ns.saturating_sub(u64::from(i % 60) * 1_000_000_000);
+        stats.last_seen_ns = now_ns.saturating_sub(u64::from(i % 60) * 1_000_000_000);
         stats.attempts = attempts;
         stats.segments = attempts * 2;
         stats.dropped = attempts * 2;
