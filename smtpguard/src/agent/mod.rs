@@ -144,6 +144,9 @@ async fn snapshot_statistics(
     retention: Duration,
 ) {
     let mut tick = tokio::time::interval(interval);
+    // A snapshot that takes longer than the interval (a million hosts) is followed by the
+    // next one an interval later, not by a burst of catch-up snapshots.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: nothing to record yet
     loop {
         tick.tick().await;

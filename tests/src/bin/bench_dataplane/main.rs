@@ -660,9 +660,11 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         );
     }
 
+    // The report runs afterwards, as the abuse desk would: over the 24 hours up to then.
+    let report_time = SystemTime::now();
     let options = ReportOptions {
-        from: now - Duration::from_secs(24 * 3600),
-        to: now,
+        from: report_time - Duration::from_secs(24 * 3600),
+        to: report_time,
         top: None,
         min_attempts: 0,
         prefix: None,
