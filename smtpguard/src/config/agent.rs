@@ -104,13 +104,7 @@ fn invalid(
     value: &Spanned<String>,
     expected: &str,
 ) -> ConfigError {
-    ConfigError::AgentValue {
-        file: src.file(),
-        at: src.at(value.span()),
-        key,
-        value: value.get_ref().clone(),
-        expected: expected.to_owned(),
-    }
+    src.invalid("agent", key, value.span(), value.get_ref(), expected)
 }
 
 fn absolute_path(
@@ -187,20 +181,13 @@ pub(super) fn validate_agent(src: &Source<'_>, raw: RawAgent) -> Result<AgentCon
             )
         })?,
     };
-    let relay_refresh = match raw.relay_refresh {
-        None => defaults.relay_refresh,
-        Some(every) => match humantime::parse_duration(every.get_ref()) {
-            Ok(duration) if duration >= MIN_RELAY_REFRESH => duration,
-            _ => {
-                return Err(invalid(
-                    src,
-                    "relay_refresh",
-                    &every,
-                    "a duration of at least 10s, such as \"5m\"",
-                ));
-            }
-        },
-    };
+    let relay_refresh = src.duration(
+        "agent",
+        "relay_refresh",
+        raw.relay_refresh,
+        defaults.relay_refresh,
+        MIN_RELAY_REFRESH,
+    )?;
     Ok(AgentConfig {
         interfaces,
         attach: raw.attach,

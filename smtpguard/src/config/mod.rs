@@ -23,6 +23,7 @@ use smtpguard_common::maps::{
     DEFAULT_SUBSCRIBER_CAPACITY, MAX_PORTS,
 };
 use smtpguard_common::{Mode, UnparseableAction};
+use std::time::Duration;
 use toml::Spanned;
 
 mod agent;
@@ -299,19 +300,12 @@ pub enum ConfigError {
         message: String,
     },
 
-    #[error("{}:{at}: report.{key} = {value:?} is invalid; expected {expected}", .file.display())]
-    ReportValue {
+    /// A value of the `[agent]` or `[report]` table that is not what its key takes.
+    #[error("{}:{at}: {table}.{key} = {value:?} is invalid; expected {expected}", .file.display())]
+    InvalidValue {
         file: PathBuf,
         at: Location,
-        key: &'static str,
-        value: String,
-        expected: String,
-    },
-
-    #[error("{}:{at}: agent.{key} = {value:?} is invalid; expected {expected}", .file.display())]
-    AgentValue {
-        file: PathBuf,
-        at: Location,
+        table: &'static str,
         key: &'static str,
         value: String,
         expected: String,
@@ -622,6 +616,52 @@ struct Source<'a> {
 impl Source<'_> {
     fn file(&self) -> PathBuf {
         self.file.to_path_buf()
+    }
+
+    /// `table.key` at `span` holds `value`, which is not what the key takes.
+    fn invalid(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        span: Range<usize>,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::InvalidValue {
+            file: self.file(),
+            at: self.at(span),
+            table,
+            key,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// A duration key such as "10m": `default` when absent, at least `min` when given.
+    fn duration(
+        &self,
+        table: &'static str,
+        key: &'static str,
+        raw: Option<Spanned<String>>,
+        default: Duration,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(value) if value >= min => Ok(value),
+            _ => Err(self.invalid(
+                table,
+                key,
+                raw.span(),
+                raw.get_ref(),
+                format!(
+                    "a duration of at least {}, such as \"10m\"",
+                    humantime::format_duration(min)
+                ),
+            )),
+        }
     }
 
     /// The 1-based line and column of the start of `span`.

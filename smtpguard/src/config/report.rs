@@ -75,31 +75,6 @@ pub(super) struct RawReport {
     on_bot: Option<Spanned<String>>,
 }
 
-fn duration(
-    src: &Source<'_>,
-    key: &'static str,
-    raw: Option<Spanned<String>>,
-    default: Duration,
-    min: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(default);
-    };
-    match humantime::parse_duration(raw.get_ref()) {
-        Ok(value) if value >= min => Ok(value),
-        _ => Err(ConfigError::ReportValue {
-            file: src.file(),
-            at: src.at(raw.span()),
-            key,
-            value: raw.get_ref().clone(),
-            expected: format!(
-                "a duration of at least {}, such as \"10m\"",
-                humantime::format_duration(min)
-            ),
-        }),
-    }
-}
-
 fn count(
     src: &Source<'_>,
     key: &'static str,
@@ -112,12 +87,14 @@ fn count(
     u64::try_from(*raw.get_ref())
         .ok()
         .filter(|value| *value >= 1)
-        .ok_or_else(|| ConfigError::ReportValue {
-            file: src.file(),
-            at: src.at(raw.span()),
-            key,
-            value: raw.get_ref().to_string(),
-            expected: "a whole number of at least 1".to_owned(),
+        .ok_or_else(|| {
+            src.invalid(
+                "report",
+                key,
+                raw.span(),
+                raw.get_ref(),
+                "a whole number of at least 1",
+            )
         })
 }
 
@@ -127,11 +104,17 @@ pub(super) fn validate_report(
 ) -> Result<ReportConfig, ConfigError> {
     let defaults = ReportConfig::default();
     let second = Duration::from_secs(1);
-    let interval = duration(src, "interval", raw.interval, defaults.interval, second)?;
+    let interval = src.duration(
+        "report",
+        "interval",
+        raw.interval,
+        defaults.interval,
+        second,
+    )?;
     Ok(ReportConfig {
         interval,
-        retention: duration(
-            src,
+        retention: src.duration(
+            "report",
             "retention",
             raw.retention,
             defaults.retention,
@@ -144,8 +127,8 @@ pub(super) fn validate_report(
             defaults.bot_destinations,
         )?,
         bot_attempts: count(src, "bot_attempts", raw.bot_attempts, defaults.bot_attempts)?,
-        bot_window: duration(
-            src,
+        bot_window: src.duration(
+            "report",
             "bot_window",
             raw.bot_window,
             defaults.bot_window,
@@ -157,16 +140,16 @@ pub(super) fn validate_report(
             raw.client_attempts,
             defaults.client_attempts,
         )?,
-        reoffense_gap: duration(
-            src,
+        reoffense_gap: src.duration(
+            "report",
             "reoffense_gap",
             raw.reoffense_gap,
             defaults.reoffense_gap,
             second,
         )?,
         escalate: raw.escalate,
-        escalate_for: duration(
-            src,
+        escalate_for: src.duration(
+            "report",
             "escalate_for",
             raw.escalate_for,
             defaults.escalate_for,
@@ -178,13 +161,13 @@ pub(super) fn validate_report(
                 Some(PathBuf::from(program.into_inner()))
             }
             Some(program) => {
-                return Err(ConfigError::ReportValue {
-                    file: src.file(),
-                    at: src.at(program.span()),
-                    key: "on_bot",
-                    value: program.get_ref().clone(),
-                    expected: "the absolute path of a program".to_owned(),
-                });
+                return Err(src.invalid(
+                    "report",
+                    "on_bot",
+                    program.span(),
+                    program.get_ref(),
+                    "the absolute path of a program",
+                ));
             }
         },
     })
