@@ -42,7 +42,8 @@ impl Snapshotter {
     /// Continues where the last snapshot (of this or an earlier agent) left off.
     pub fn open(pins: &PinLayout, state_dir: &Path) -> Result<Self, SnapshotError> {
         let mut kernel = PinnedHostStats::open(pins)?;
-        let store = Store::open(state_dir)?;
+        let mut store = Store::open(state_dir)?;
+        store.tune_for_history()?;
         let cursors = store.host_cursors()?;
         let state = store.snapshot_state()?.unwrap_or(SnapshotState {
             epoch: 1,

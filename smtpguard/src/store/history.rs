@@ -75,7 +75,26 @@ fn as_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Pages of SQLite cache for a connection that writes snapshots (negative: KiB), so a million
+/// rows do not churn the default 2 MiB cache.
+const HISTORY_CACHE_KIB: i64 = 256 * 1024;
+
 impl Store {
+    /// Tunes this connection for writing snapshots: a large page cache, and commits that are
+    /// durable against a crash of the process but not of the machine (WAL with
+    /// `synchronous=NORMAL`): a power loss can lose the last snapshot, never corrupt the
+    /// store, and the cursors roll back with it, so the next snapshot counts that interval.
+    /// Exemptions are written through other connections, which stay fully synchronous.
+    pub fn tune_for_history(&mut self) -> Result<(), StoreError> {
+        let path = &self.path;
+        self.conn
+            .pragma_update(None, "cache_size", -HISTORY_CACHE_KIB)
+            .map_err(sql(path))?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql(path))
+    }
+
     /// Writes one snapshot in one transaction: the intervals, the cursors of the hosts read
     /// (cursors of hosts no longer in the kernel map are dropped) and the new state.
     pub fn record_snapshot(
