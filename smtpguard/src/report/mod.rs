@@ -7,7 +7,7 @@ pub mod render;
 pub mod snapshot;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -108,11 +108,56 @@ struct Slice {
     exempt: bool,
 }
 
-/// The hosts of one row and their merged snapshot intervals.
+/// The hosts of one row and their snapshot intervals, gathered unsorted: most rows are one
+/// host with few intervals, so plain vectors sorted once beat a tree per row.
 #[derive(Default)]
 struct Group {
-    members: BTreeSet<IpAddr>,
-    slices: BTreeMap<SystemTime, Slice>,
+    members: Vec<IpAddr>,
+    slices: Vec<Slice>,
+}
+
+impl Group {
+    /// The members, once each, and the slices merged per snapshot (same end), oldest first.
+    fn finish(mut self) -> (usize, Vec<Slice>) {
+        self.members.sort_unstable();
+        self.members.dedup();
+        self.slices.sort_by_key(|slice| slice.end);
+        let mut merged: Vec<Slice> = Vec::with_capacity(self.slices.len());
+        for slice in self.slices {
+            match merged.last_mut() {
+                Some(last) if last.end == slice.end => last.absorb(&slice),
+                _ => merged.push(slice),
+            }
+        }
+        (self.members.len(), merged)
+    }
+}
+
+impl Slice {
+    fn of(interval: &HostInterval) -> Self {
+        Slice {
+            start: interval.start,
+            end: interval.end,
+            first_seen: interval.first_seen,
+            last_seen: interval.last_seen,
+            attempts: interval.attempts,
+            segments: interval.segments,
+            dropped: interval.dropped,
+            sketch: interval.sketch,
+            exempt: interval.last_reason == Reason::Exempt as u16,
+        }
+    }
+
+    /// Adds another member's interval of the same snapshot.
+    fn absorb(&mut self, other: &Slice) {
+        self.attempts += other.attempts;
+        self.segments += other.segments;
+        self.dropped += other.dropped;
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.sketch = DistinctSketch::new(&self.sketch).union(&other.sketch);
+        self.exempt |= other.exempt;
+    }
 }
 
 /// Builds the report rows from the history of the window, sorted by attempts.
@@ -121,45 +166,23 @@ pub fn build(
     config: &Config,
     options: &ReportOptions,
 ) -> Vec<ReportRow> {
-    let mut groups: BTreeMap<IpNet, Group> = BTreeMap::new();
+    let mut groups: HashMap<IpNet, Group> = HashMap::new();
     for interval in intervals {
         let host = interval.host_address();
         if options.prefix.is_some_and(|prefix| !prefix.contains(&host)) {
             continue;
         }
-        let key = group_key(host, options.group, config);
-        let group = groups.entry(key).or_default();
-        group.members.insert(host);
-        let exempt = interval.last_reason == Reason::Exempt as u16;
-        group
-            .slices
-            .entry(interval.end)
-            .and_modify(|slice| {
-                slice.attempts += interval.attempts;
-                slice.segments += interval.segments;
-                slice.dropped += interval.dropped;
-                slice.first_seen = slice.first_seen.min(interval.first_seen);
-                slice.last_seen = slice.last_seen.max(interval.last_seen);
-                slice.sketch = DistinctSketch::new(&slice.sketch).union(&interval.sketch);
-                slice.exempt |= exempt;
-            })
-            .or_insert(Slice {
-                start: interval.start,
-                end: interval.end,
-                first_seen: interval.first_seen,
-                last_seen: interval.last_seen,
-                attempts: interval.attempts,
-                segments: interval.segments,
-                dropped: interval.dropped,
-                sketch: interval.sketch,
-                exempt,
-            });
+        let group = groups
+            .entry(group_key(host, options.group, config))
+            .or_default();
+        group.members.push(host);
+        group.slices.push(Slice::of(interval));
     }
     let mut rows: Vec<ReportRow> = groups
         .into_iter()
         .map(|(key, group)| {
-            let slices: Vec<Slice> = group.slices.into_values().collect();
-            row(key, group.members.len(), &slices, config, options.group)
+            let (hosts, slices) = group.finish();
+            row(key, hosts, &slices, config, options.group)
         })
         .filter(|row| row.attempts >= options.min_attempts)
         .collect();

@@ -225,7 +225,8 @@ impl Store {
         .transpose()
     }
 
-    /// Intervals that ended within `[from, to]`, oldest first.
+    /// Intervals that ended within `[from, to]`, oldest first (in the order of the end-time
+    /// index: no sort of a large window).
     pub fn host_intervals(
         &self,
         from: SystemTime,
@@ -238,30 +239,8 @@ impl Store {
             .prepare_cached(
                 "SELECT host, start_ms, end_ms, first_ms, last_ms, attempts, segments, dropped, \
                  sketch, last_dst, last_port, last_reason FROM host_intervals \
-                 WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms, host",
+                 WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms",
             )
-            .map_err(sql(path))?;
-        let rows = select
-            .query_map(params![from_ms, to_ms], |row| {
-                Ok((
-                    row.get::<_, Vec<u8>>(0)?,
-                    [
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ],
-                    [
-                        row.get::<_, i64>(5)?,
-                        row.get::<_, i64>(6)?,
-                        row.get::<_, i64>(7)?,
-                    ],
-                    row.get::<_, Vec<u8>>(8)?,
-                    row.get::<_, Vec<u8>>(9)?,
-                    row.get::<_, u16>(10)?,
-                    row.get::<_, u16>(11)?,
-                ))
-            })
             .map_err(sql(path))?;
         let invalid = |column: &'static str, len: usize| StoreError::InvalidStoredValue {
             path: path.clone(),
@@ -270,41 +249,40 @@ impl Store {
             value: format!("{len} bytes"),
             expected: "the length the schema checks",
         };
-        rows.map(|row| {
-            let (
-                host,
-                [start, end, first, last],
-                [attempts, segments, dropped],
-                sketch,
-                last_dst,
-                last_port,
-                last_reason,
-            ) = row.map_err(sql(path))?;
-            Ok(HostInterval {
-                host: host
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| invalid("host", host.len()))?,
-                start: stored_time(path, TABLE, "start_ms", start)?,
-                end: stored_time(path, TABLE, "end_ms", end)?,
-                first_seen: stored_time(path, TABLE, "first_ms", first)?,
-                last_seen: stored_time(path, TABLE, "last_ms", last)?,
-                attempts: attempts.unsigned_abs(),
-                segments: segments.unsigned_abs(),
-                dropped: dropped.unsigned_abs(),
+        let mut rows = select.query(params![from_ms, to_ms]).map_err(sql(path))?;
+        let mut intervals = Vec::new();
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            // Blobs are borrowed from SQLite and copied into fixed arrays: no allocation per
+            // column, which a report over a million hosts would otherwise make three million of.
+            let blob = |index: usize, column: &'static str| -> Result<&[u8], StoreError> {
+                row.get_ref(index)
+                    .and_then(|value| value.as_blob().map_err(Into::into))
+                    .map_err(|_| invalid(column, 0))
+            };
+            let fixed = |index: usize, column: &'static str| -> Result<[u8; 16], StoreError> {
+                let bytes = blob(index, column)?;
+                bytes.try_into().map_err(|_| invalid(column, bytes.len()))
+            };
+            let number = |index: usize| row.get::<_, i64>(index).map_err(sql(path));
+            let sketch = blob(8, "sketch")?;
+            intervals.push(HostInterval {
+                host: fixed(0, "host")?,
+                start: stored_time(path, TABLE, "start_ms", number(1)?)?,
+                end: stored_time(path, TABLE, "end_ms", number(2)?)?,
+                first_seen: stored_time(path, TABLE, "first_ms", number(3)?)?,
+                last_seen: stored_time(path, TABLE, "last_ms", number(4)?)?,
+                attempts: number(5)?.unsigned_abs(),
+                segments: number(6)?.unsigned_abs(),
+                dropped: number(7)?.unsigned_abs(),
                 sketch: sketch
-                    .as_slice()
                     .try_into()
                     .map_err(|_| invalid("sketch", sketch.len()))?,
-                last_dst: last_dst
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| invalid("last_dst", last_dst.len()))?,
-                last_port,
-                last_reason,
-            })
-        })
-        .collect()
+                last_dst: fixed(9, "last_dst")?,
+                last_port: row.get(10).map_err(sql(path))?,
+                last_reason: row.get(11).map_err(sql(path))?,
+            });
+        }
+        Ok(intervals)
     }
 
     /// Deletes intervals that ended before `before` (retention); returns how many.
