@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
 use super::{
-    EntryKind, PREFIX_ORDER, PrefixColumns, SYSTEM_WHO, Store, StoreError, check_prefix,
-    check_text, describe_time, from_millis, parse_stored_prefix, sql, stored_time, to_millis,
+    EntryKind, PREFIX_ORDER, PrefixColumns, PrefixTable, SYSTEM_WHO, Store, StoreError,
+    check_prefix, check_text, describe_time, from_millis, parse_stored_prefix, sql, stored_time,
+    to_millis,
 };
 
 /// An exemption to add.
@@ -122,6 +123,14 @@ fn describe(exemption: &Exemption) -> String {
     )
 }
 
+const EXEMPTIONS: PrefixTable<Exemption> = PrefixTable {
+    kind: EntryKind::Exemption,
+    name: TABLE,
+    removed: AuditAction::ExemptionRemoved,
+    select: |conn, path, filter, param| select(conn, path, filter, param),
+    describe,
+};
+
 impl Store {
     /// Adds an exemption and its [`AuditAction::ExemptionAdded`] entry in one transaction.
     /// Fails with [`StoreError::Duplicate`] if the prefix is already exempt.
@@ -219,31 +228,7 @@ impl Store {
         who: &str,
         now: SystemTime,
     ) -> Result<Exemption, StoreError> {
-        let now_ms = to_millis("now", now)?;
-        check_prefix(EntryKind::Exemption, prefix)?;
-        check_text("who", who)?;
-        let text = prefix.to_string();
-        self.write(|tx, path| {
-            let removed =
-                select(tx, path, "prefix = ?1", &text)?
-                    .pop()
-                    .ok_or(StoreError::NotFound {
-                        kind: EntryKind::Exemption,
-                        prefix,
-                    })?;
-            tx.execute("DELETE FROM exemptions WHERE prefix = ?1", [&text])
-                .map_err(sql(path))?;
-            insert_audit(
-                tx,
-                path,
-                now_ms,
-                AuditAction::ExemptionRemoved,
-                &text,
-                who,
-                &describe(&removed),
-            )?;
-            Ok(removed)
-        })
+        self.remove_prefix(&EXEMPTIONS, prefix, who, now)
     }
 
     /// Every exemption, ordered by prefix: IPv4 before IPv6, then by address, then by length.

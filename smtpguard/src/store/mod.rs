@@ -429,6 +429,38 @@ impl Store {
         tx.commit().map_err(sql(path))
     }
 
+    /// Removes the row of exactly `prefix` from `table` and records its removal by `who`, in
+    /// one transaction; returns what was removed. Fails with [`StoreError::NotFound`] if there
+    /// is none.
+    fn remove_prefix<T>(
+        &mut self,
+        table: &PrefixTable<T>,
+        prefix: IpNet,
+        who: &str,
+        now: SystemTime,
+    ) -> Result<T, StoreError> {
+        let now_ms = to_millis("now", now)?;
+        check_prefix(table.kind, prefix)?;
+        check_text("who", who)?;
+        let text = prefix.to_string();
+        self.write(|tx, path| {
+            let removed = (table.select)(tx, path, "prefix = ?1", &text)?
+                .pop()
+                .ok_or(StoreError::NotFound {
+                    kind: table.kind,
+                    prefix,
+                })?;
+            tx.execute(
+                &format!("DELETE FROM {} WHERE prefix = ?1", table.name),
+                [&text],
+            )
+            .map_err(sql(path))?;
+            let detail = (table.describe)(&removed);
+            audit::insert_audit(tx, path, now_ms, table.removed, &text, who, &detail)?;
+            Ok(removed)
+        })
+    }
+
     /// Runs `change` in one `BEGIN IMMEDIATE` transaction, committed only if it succeeds.
     fn write<T>(
         &mut self,
@@ -539,6 +571,20 @@ impl PrefixColumns {
             length: i64::from(prefix.prefix_len()),
         }
     }
+}
+
+/// Reads a table's rows matching a filter on `?1` (bound to the text given), in prefix order.
+type SelectRows<T> = fn(&Connection, &Path, &str, &str) -> Result<Vec<T>, StoreError>;
+
+/// A table of prefixes (exemptions, runtime relays): what the shared operations need to know.
+struct PrefixTable<T> {
+    kind: EntryKind,
+    name: &'static str,
+    /// The audit action of a removal.
+    removed: AuditAction,
+    select: SelectRows<T>,
+    /// The audit detail of a row.
+    describe: fn(&T) -> String,
 }
 
 /// The `ORDER BY` clause giving the listing order of prefixes.

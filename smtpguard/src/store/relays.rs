@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
 use super::{
-    EntryKind, PREFIX_ORDER, PrefixColumns, Store, StoreError, check_prefix, check_text,
-    describe_time, from_millis, parse_stored_prefix, sql, stored_time, to_millis,
+    EntryKind, PREFIX_ORDER, PrefixColumns, PrefixTable, Store, StoreError, check_prefix,
+    check_text, describe_time, from_millis, parse_stored_prefix, sql, stored_time, to_millis,
 };
 
 /// A runtime relay to add.
@@ -87,6 +87,14 @@ fn describe(relay: &RuntimeRelay) -> String {
     )
 }
 
+const RELAYS: PrefixTable<RuntimeRelay> = PrefixTable {
+    kind: EntryKind::Relay,
+    name: TABLE,
+    removed: AuditAction::RelayRemoved,
+    select: |conn, path, filter, param| select(conn, path, filter, param),
+    describe,
+};
+
 impl Store {
     /// Adds a runtime relay and its [`AuditAction::RelayAdded`] entry in one transaction.
     /// Fails with [`StoreError::Duplicate`] if the prefix is already a runtime relay.
@@ -161,31 +169,7 @@ impl Store {
         who: &str,
         now: SystemTime,
     ) -> Result<RuntimeRelay, StoreError> {
-        let now_ms = to_millis("now", now)?;
-        check_prefix(EntryKind::Relay, prefix)?;
-        check_text("who", who)?;
-        let text = prefix.to_string();
-        self.write(|tx, path| {
-            let removed =
-                select(tx, path, "prefix = ?1", &text)?
-                    .pop()
-                    .ok_or(StoreError::NotFound {
-                        kind: EntryKind::Relay,
-                        prefix,
-                    })?;
-            tx.execute("DELETE FROM relays WHERE prefix = ?1", [&text])
-                .map_err(sql(path))?;
-            insert_audit(
-                tx,
-                path,
-                now_ms,
-                AuditAction::RelayRemoved,
-                &text,
-                who,
-                &describe(&removed),
-            )?;
-            Ok(removed)
-        })
+        self.remove_prefix(&RELAYS, prefix, who, now)
     }
 
     /// Every runtime relay, ordered by prefix: IPv4 before IPv6, then by address, then by
