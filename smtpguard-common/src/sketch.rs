@@ -92,11 +92,15 @@ impl<'a> DistinctSketch<'a> {
         extern crate std;
         let m = SKETCH_REGISTERS as f64;
         let zeros = self.registers.iter().filter(|r| **r == 0).count();
-        let harmonic: f64 = self
+        // The harmonic sum of 2^-r in fixed point (2^-MAX_RANK units) with integer adds: a
+        // float sum of 64 terms is a chain of dependent additions, and reports estimate a
+        // million sketches. Each term is at most 2^MAX_RANK, so 64 of them fit a u128.
+        let fixed: u128 = self
             .registers
             .iter()
-            .map(|r| 1.0 / (1u64 << *r) as f64)
+            .map(|r| 1u128 << (MAX_RANK - (*r).min(MAX_RANK)))
             .sum();
+        let harmonic = fixed as f64 / (1u128 << MAX_RANK) as f64;
         let alpha = 0.709; // Flajolet et al.'s bias constant for 64 registers.
         let raw = alpha * m * m / harmonic;
         let estimate = if raw <= 2.5 * m && zeros > 0 {

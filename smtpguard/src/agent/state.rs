@@ -172,7 +172,7 @@ impl AgentState {
             group: Grouping::Host,
         };
         let rows = crate::report::build(&history, &self.config, &options);
-        let known: Vec<IpAddr> = self
+        let known: std::collections::HashSet<IpAddr> = self
             .store
             .bot_events(from)?
             .into_iter()

@@ -7,6 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
+    maps::IterableMap as _,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -355,13 +356,12 @@ pub(super) fn insert_hosts(
 }
 
 pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
-    host_map(ebpf)?
-        .iter()
-        .map(|entry| {
-            let (key, stats) = entry.map_err(|source| map_error(names::HOST_STATS, source))?;
-            Ok((host_address(&key.addr), stats))
-        })
-        .collect()
+    let hosts = host_map(ebpf)?;
+    let entries = super::batch::read_hash::<HostKey, HostStats>(hosts.map(), names::HOST_STATS)?;
+    Ok(entries
+        .into_iter()
+        .map(|(key, stats)| (host_address(&key.addr), stats))
+        .collect())
 }
 
 /// The per-host statistics and the sketch epoch, opened from their pins: the snapshotter's
@@ -379,12 +379,9 @@ impl PinnedHostStats {
         })
     }
 
-    /// Every tracked host and its statistics (one key walk, one lookup per host).
+    /// Every tracked host and its statistics.
     pub fn read_all(&self) -> Result<Vec<(HostKey, HostStats)>, DataplaneError> {
-        self.hosts
-            .iter()
-            .map(|entry| entry.map_err(|source| map_error(names::HOST_STATS, source)))
-            .collect()
+        super::batch::read_hash(self.hosts.map(), names::HOST_STATS)
     }
 
     /// Starts a new sketch epoch (see `HostStats::sketch_epoch`).

@@ -1,6 +1,7 @@
 //! The kernel side seen from user space: load the compiled program with the configured
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
+mod batch;
 mod maps;
 mod pins;
 
@@ -80,6 +81,12 @@ pub enum DataplaneError {
         path: PathBuf,
         #[source]
         source: Box<aya::pin::PinError>,
+    },
+    #[error("reading map {map} in batches: {source}")]
+    Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("map {map}: {source}")]
     Map {

@@ -7,6 +7,7 @@ pub mod render;
 pub mod snapshot;
 
 use std::{
+    cmp::Reverse,
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
@@ -108,31 +109,6 @@ struct Slice {
     exempt: bool,
 }
 
-/// The hosts of one row and their snapshot intervals, gathered unsorted: most rows are one
-/// host with few intervals, so plain vectors sorted once beat a tree per row.
-#[derive(Default)]
-struct Group {
-    members: Vec<IpAddr>,
-    slices: Vec<Slice>,
-}
-
-impl Group {
-    /// The members, once each, and the slices merged per snapshot (same end), oldest first.
-    fn finish(mut self) -> (usize, Vec<Slice>) {
-        self.members.sort_unstable();
-        self.members.dedup();
-        self.slices.sort_by_key(|slice| slice.end);
-        let mut merged: Vec<Slice> = Vec::with_capacity(self.slices.len());
-        for slice in self.slices {
-            match merged.last_mut() {
-                Some(last) if last.end == slice.end => last.absorb(&slice),
-                _ => merged.push(slice),
-            }
-        }
-        (self.members.len(), merged)
-    }
-}
-
 impl Slice {
     fn of(interval: &HostInterval) -> Self {
         Slice {
@@ -149,52 +125,163 @@ impl Slice {
     }
 
     /// Adds another member's interval of the same snapshot.
-    fn absorb(&mut self, other: &Slice) {
+    fn absorb(&mut self, other: &HostInterval) {
         self.attempts += other.attempts;
         self.segments += other.segments;
         self.dropped += other.dropped;
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_seen = self.last_seen.max(other.last_seen);
         self.sketch = DistinctSketch::new(&self.sketch).union(&other.sketch);
-        self.exempt |= other.exempt;
+        self.exempt |= other.last_reason == Reason::Exempt as u16;
     }
 }
 
-/// Builds the report rows from the history of the window, sorted by attempts.
+/// Why a row got its class, kept as numbers until the row is written out: most rows of a
+/// large report are filtered or cut by `--top`, and only the rows shown pay for the text.
+#[derive(Clone, Copy)]
+enum Finding {
+    Distinct(u64),
+    Attempts(u64),
+    Quiet,
+}
+
+/// A row before its text is formed.
+struct Summary {
+    key: IpNet,
+    hosts: usize,
+    attempts: u64,
+    peak: f64,
+    average: f64,
+    distinct: u64,
+    dropped: u64,
+    segments: u64,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    exempt: bool,
+    finding: Finding,
+}
+
+/// Builds the report rows from the history of the window (`intervals` oldest first, as
+/// [`crate::store::Store::host_intervals`] returns them), sorted by attempts.
+///
+/// The intervals are grouped by sorting their indices by row key: no allocation per row, and
+/// each row's intervals come out in time order because the indices do.
 pub fn build(
     intervals: &[HostInterval],
     config: &Config,
     options: &ReportOptions,
 ) -> Vec<ReportRow> {
-    let mut groups: HashMap<IpNet, Group> = HashMap::new();
-    for interval in intervals {
-        let host = interval.host_address();
-        if options.prefix.is_some_and(|prefix| !prefix.contains(&host)) {
-            continue;
-        }
-        let group = groups
-            .entry(group_key(host, options.group, config))
-            .or_default();
-        group.members.push(host);
-        group.slices.push(Slice::of(interval));
-    }
-    let mut rows: Vec<ReportRow> = groups
-        .into_iter()
-        .map(|(key, group)| {
-            let (hosts, slices) = group.finish();
-            row(key, hosts, &slices, config, options.group)
+    let mut keyed: Vec<(IpNet, usize)> = intervals
+        .iter()
+        .enumerate()
+        .filter_map(|(index, interval)| {
+            let host = interval.host_address();
+            let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
+            wanted.then(|| (group_key(host, options.group, config), index))
         })
-        .filter(|row| row.attempts >= options.min_attempts)
         .collect();
-    rows.sort_by(|a, b| {
-        b.attempts
-            .cmp(&a.attempts)
-            .then_with(|| a.host.cmp(&b.host))
+    // Stable: the store hands each snapshot out in address order, and a stable sort merges
+    // such runs in linear time.
+    keyed.sort();
+
+    // Rows are independent: summarised and written out on every core. Group runs are never
+    // split between parts.
+    let parts = group_parts(&keyed, parallelism());
+    let summaries: Vec<Summary> = on_threads(&parts, |part| {
+        summarize_runs(part, intervals, config, options.min_attempts)
     });
-    if let Some(top) = options.top {
-        rows.truncate(top);
+    // The summaries are in key order, so a stable sort of their indices by attempts alone
+    // gives "most attempts first, then by address" without comparing addresses.
+    let mut order: Vec<(Reverse<u64>, usize)> = summaries
+        .iter()
+        .enumerate()
+        .map(|(index, summary)| (Reverse(summary.attempts), index))
+        .collect();
+    order.sort_by_key(|(attempts, _)| *attempts);
+    order.truncate(options.top.unwrap_or(usize::MAX));
+    let chunk = order.len().div_ceil(parallelism()).max(1);
+    let parts: Vec<_> = order.chunks(chunk).collect();
+    on_threads(&parts, |part| {
+        let mut texts = RowTexts::new(config, options.group);
+        part.iter()
+            .map(|(_, index)| texts.row(&summaries[*index]))
+            .collect()
+    })
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Splits the sorted keys into about `parts` slices without cutting a group's run.
+fn group_parts(keyed: &[(IpNet, usize)], parts: usize) -> Vec<&[(IpNet, usize)]> {
+    let mut slices = Vec::with_capacity(parts);
+    let mut rest = keyed;
+    for remaining in (1..=parts).rev() {
+        let mut cut = rest.len() / remaining;
+        while cut > 0 && cut < rest.len() && rest[cut].0 == rest[cut - 1].0 {
+            cut += 1;
+        }
+        let (part, tail) = rest.split_at(if remaining == 1 { rest.len() } else { cut });
+        slices.push(part);
+        rest = tail;
     }
-    rows
+    slices
+}
+
+/// Runs `work` on each part, one thread per part (the first on this one), and concatenates
+/// the results in order.
+fn on_threads<P: Sync, R: Send>(parts: &[P], work: impl Fn(&P) -> Vec<R> + Sync) -> Vec<R> {
+    let Some((first, others)) = parts.split_first() else {
+        return Vec::new();
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .iter()
+            .map(|part| scope.spawn(|| work(part)))
+            .collect();
+        let mut all = work(first);
+        for handle in handles {
+            // A panic in a worker is a bug in this module: pass it on as it is.
+            all.extend(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        all
+    })
+}
+
+/// The summaries of the groups in `keyed` (whole runs of equal keys), those with at least
+/// `min_attempts`.
+fn summarize_runs(
+    keyed: &[(IpNet, usize)],
+    intervals: &[HostInterval],
+    config: &Config,
+    min_attempts: u64,
+) -> Vec<Summary> {
+    let mut summaries = Vec::new();
+    let (mut members, mut slices): (Vec<[u8; 16]>, Vec<Slice>) = (Vec::new(), Vec::new());
+    for run in keyed.chunk_by(|a, b| a.0 == b.0) {
+        members.clear();
+        slices.clear();
+        for &(_, index) in run {
+            let interval = &intervals[index];
+            members.push(interval.host);
+            match slices.last_mut() {
+                Some(last) if last.end == interval.end => last.absorb(interval),
+                _ => slices.push(Slice::of(interval)),
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        let summary = summarize(run[0].0, members.len(), &slices, config);
+        if summary.attempts >= min_attempts {
+            summaries.push(summary);
+        }
+    }
+    summaries
 }
 
 fn group_key(host: IpAddr, grouping: Grouping, config: &Config) -> IpNet {
@@ -233,23 +320,22 @@ fn minutes(duration: Duration) -> f64 {
     (duration.as_secs_f64() / 60.0).max(1.0 / 60.0)
 }
 
-fn row(
-    key: IpNet,
-    hosts: usize,
-    slices: &[Slice],
-    config: &Config,
-    grouping: Grouping,
-) -> ReportRow {
+/// The figures of one row from its slices (oldest first, one per snapshot).
+fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Summary {
     let attempts: u64 = slices.iter().map(|s| s.attempts).sum();
     let union = slices.iter().fold([0u8; SKETCH_REGISTERS], |all, s| {
         DistinctSketch::new(&all).union(&s.sketch)
     });
-    let first = slices
+    let first_seen = slices
         .iter()
         .map(|s| s.first_seen)
         .min()
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let last = slices.iter().map(|s| s.last_seen).max().unwrap_or(first);
+    let last_seen = slices
+        .iter()
+        .map(|s| s.last_seen)
+        .max()
+        .unwrap_or(first_seen);
     let peak = slices
         .iter()
         .map(|s| s.attempts as f64 / minutes(s.end.duration_since(s.start).unwrap_or_default()))
@@ -261,33 +347,132 @@ fn row(
         .and_then(|(end, start)| end.duration_since(start).ok())
         .unwrap_or_default();
     let distinct = DistinctSketch::new(&union).estimate();
-    let (class, class_reason) = classify(slices, attempts, distinct, config);
-    let address = key.addr();
-    let representative = if grouping == Grouping::Host {
-        address
-    } else {
-        key.network()
+    let report = &config.report;
+    let within_one_window = match (slices.first(), slices.last()) {
+        (Some(first), Some(last)) => {
+            last.end.duration_since(first.end).unwrap_or_default() < report.bot_window
+        }
+        _ => true,
     };
-    let subscriber = subscriber_of(representative, config);
-    ReportRow {
-        host: if key.prefix_len() == key.max_prefix_len() {
-            address.to_string()
-        } else {
-            key.to_string()
-        },
+    let (window_attempts, window_distinct) = if within_one_window {
+        (attempts, distinct)
+    } else {
+        busiest_window(slices, report.bot_window)
+    };
+    let finding = if window_distinct >= report.bot_destinations {
+        Finding::Distinct(window_distinct)
+    } else if window_attempts >= report.bot_attempts {
+        Finding::Attempts(window_attempts)
+    } else {
+        Finding::Quiet
+    };
+    Summary {
+        key,
         hosts,
-        subscriber_prefix: subscriber.map(|(prefix, _)| prefix.to_string()),
-        mode: subscriber.map(|(_, mode)| mode),
         attempts,
-        attempts_per_minute_peak: round2(peak),
-        attempts_per_minute_avg: round2(attempts as f64 / minutes(active)),
-        distinct_destinations: distinct,
+        peak: round2(peak),
+        average: round2(attempts as f64 / minutes(active)),
+        distinct,
         dropped: slices.iter().map(|s| s.dropped).sum(),
         segments: slices.iter().map(|s| s.segments).sum(),
-        first_seen: first,
-        last_seen: last,
-        class,
-        class_reason,
+        first_seen,
+        last_seen,
+        exempt: slices.iter().any(|s| s.exempt),
+        finding,
+    }
+}
+
+/// Forms the text of rows, sharing what repeats: a million rows name a few subscriber ranges
+/// and mostly the same reason.
+struct RowTexts<'a> {
+    config: &'a Config,
+    grouping: Grouping,
+    window: String,
+    low_reason: String,
+    ranges: HashMap<IpNet, String>,
+}
+
+impl<'a> RowTexts<'a> {
+    fn new(config: &'a Config, grouping: Grouping) -> Self {
+        let report = &config.report;
+        let window = humantime::format_duration(report.bot_window).to_string();
+        let low_reason = format!(
+            "below the thresholds ({} destinations or {} attempts within {window})",
+            report.bot_destinations, report.bot_attempts
+        );
+        Self {
+            config,
+            grouping,
+            window,
+            low_reason,
+            ranges: HashMap::new(),
+        }
+    }
+
+    fn row(&mut self, summary: &Summary) -> ReportRow {
+        let key = summary.key;
+        let address = key.addr();
+        let representative = if self.grouping == Grouping::Host {
+            address
+        } else {
+            key.network()
+        };
+        let subscriber = subscriber_of(representative, self.config);
+        let (class, class_reason) = self.classify(summary);
+        ReportRow {
+            host: if key.prefix_len() == key.max_prefix_len() {
+                address.to_string()
+            } else {
+                key.to_string()
+            },
+            hosts: summary.hosts,
+            subscriber_prefix: subscriber.map(|(prefix, _)| {
+                self.ranges
+                    .entry(prefix)
+                    .or_insert_with(|| prefix.to_string())
+                    .clone()
+            }),
+            mode: subscriber.map(|(_, mode)| mode),
+            attempts: summary.attempts,
+            attempts_per_minute_peak: summary.peak,
+            attempts_per_minute_avg: summary.average,
+            distinct_destinations: summary.distinct,
+            dropped: summary.dropped,
+            segments: summary.segments,
+            first_seen: summary.first_seen,
+            last_seen: summary.last_seen,
+            class,
+            class_reason,
+        }
+    }
+
+    fn classify(&self, summary: &Summary) -> (Class, String) {
+        let window = &self.window;
+        let bot_like = match summary.finding {
+            Finding::Distinct(distinct) => {
+                Some(format!("{distinct} distinct destinations within {window}"))
+            }
+            Finding::Attempts(attempts) => Some(format!("{attempts} attempts within {window}")),
+            Finding::Quiet => None,
+        };
+        if summary.exempt {
+            let reason = match bot_like {
+                Some(like) => format!("exempt, and behaves like a bot: {like}"),
+                None => "exempt".to_owned(),
+            };
+            return (Class::ExemptSender, reason);
+        }
+        if let Some(reason) = bot_like {
+            return (Class::Bot, reason);
+        }
+        let (attempts, distinct) = (summary.attempts, summary.distinct);
+        if attempts >= self.config.report.client_attempts && distinct <= 2 {
+            return (
+                Class::MisconfiguredClient,
+                format!("{attempts} attempts to {distinct} destination(s)"),
+            );
+        }
+        (Class::Low, self.low_reason.clone())
     }
 }
 
@@ -295,63 +480,32 @@ fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-/// The busiest `bot_window` of the slices: the most attempts, and the most distinct
-/// destinations, seen within any window of that length.
+/// The busiest `bot_window` of the slices (oldest first): the most attempts, and the most
+/// distinct destinations, seen within any window of that length ending at a snapshot. The
+/// window slides forward, so a host active all day costs its slices times the few that fit
+/// in one window, not its slices squared.
 fn busiest_window(slices: &[Slice], window: Duration) -> (u64, u64) {
     let mut best = (0, 0);
-    for (end_index, last) in slices.iter().enumerate() {
+    let (mut oldest, mut attempts) = (0, 0);
+    for (newest, last) in slices.iter().enumerate() {
         let since = last
             .end
             .checked_sub(window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let inside = slices[..=end_index].iter().filter(|s| s.end > since);
-        let (mut attempts, mut sketch) = (0, [0u8; SKETCH_REGISTERS]);
-        for slice in inside {
-            attempts += slice.attempts;
-            sketch = DistinctSketch::new(&sketch).union(&slice.sketch);
+        attempts += last.attempts;
+        while slices[oldest].end <= since {
+            attempts -= slices[oldest].attempts;
+            oldest += 1;
         }
+        let sketch = slices[oldest..=newest]
+            .iter()
+            .fold([0u8; SKETCH_REGISTERS], |all, s| {
+                DistinctSketch::new(&all).union(&s.sketch)
+            });
         best.0 = best.0.max(attempts);
         best.1 = best.1.max(DistinctSketch::new(&sketch).estimate());
     }
     best
-}
-
-fn classify(slices: &[Slice], attempts: u64, distinct: u64, config: &Config) -> (Class, String) {
-    let report = &config.report;
-    let window = humantime::format_duration(report.bot_window);
-    let (window_attempts, window_distinct) = busiest_window(slices, report.bot_window);
-    let bot_like = if window_distinct >= report.bot_destinations {
-        Some(format!(
-            "{window_distinct} distinct destinations within {window}"
-        ))
-    } else if window_attempts >= report.bot_attempts {
-        Some(format!("{window_attempts} attempts within {window}"))
-    } else {
-        None
-    };
-    if slices.iter().any(|s| s.exempt) {
-        let reason = match bot_like {
-            Some(like) => format!("exempt, and behaves like a bot: {like}"),
-            None => "exempt".to_owned(),
-        };
-        return (Class::ExemptSender, reason);
-    }
-    if let Some(reason) = bot_like {
-        return (Class::Bot, reason);
-    }
-    if attempts >= report.client_attempts && distinct <= 2 {
-        return (
-            Class::MisconfiguredClient,
-            format!("{attempts} attempts to {distinct} destination(s)"),
-        );
-    }
-    (
-        Class::Low,
-        format!(
-            "below the thresholds ({} destinations or {} attempts within {window})",
-            report.bot_destinations, report.bot_attempts
-        ),
-    )
 }
 
 /// A host classified as a bot in windows at least the reoffense gap apart.

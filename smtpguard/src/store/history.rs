@@ -1,8 +1,14 @@
-//! Per-host statistics history: one row per host and snapshot interval in which the host
-//! reached the policy, holding that interval's counter deltas and distinct-destination sketch.
-//! Reports are computed from these rows only, so they survive agent restarts and the kernel
-//! map's LRU evictions. The cursors (cumulative kernel counters at the last snapshot) let the
-//! next snapshot, in this process or after a restart, compute deltas.
+//! Per-host statistics history: for each snapshot interval, every host that reached the policy
+//! in it, with that interval's counter deltas and distinct-destination sketch. Reports are
+//! computed from this history only, so they survive agent restarts and the kernel map's LRU
+//! evictions. The cursors (cumulative kernel counters at the last snapshot) let the next
+//! snapshot, in this process or after a restart, compute deltas.
+//!
+//! A snapshot of a million hosts is stored as a few hundred chunks, each a blob of
+//! fixed-size little-endian records sorted by host, rather than a million rows: a report reads
+//! whole chunks and decodes records at memory speed, where SQLite's per-row and per-column
+//! work alone would take longer than the report may (under a second for a million hosts).
+//! The cursors are stored the same way.
 
 use std::{
     collections::HashMap,
@@ -69,15 +75,153 @@ pub struct SnapshotState {
     pub last: SystemTime,
 }
 
-const TABLE: &str = "host_intervals";
+const TABLE: &str = "history_chunks";
+const CURSOR_TABLE: &str = "cursor_chunks";
 
-fn as_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
+/// Records per chunk: big enough that SQLite's per-row cost vanishes, small enough that a
+/// chunk (about 570 KiB) is cheap to hold while it is decoded.
+const CHUNK_HOSTS: usize = 4096;
+
+/// One interval record: host 16, first and last seen (Unix ms) 8 + 8, attempts, segments,
+/// dropped 8 each, sketch 64, last destination 16, last port 2, last reason 2.
+const INTERVAL_BYTES: usize = 16 + 8 * 5 + SKETCH_REGISTERS + 16 + 2 + 2;
+/// One cursor record: host 16, attempts, segments, dropped, first seen (ns) 8 each.
+const CURSOR_BYTES: usize = 16 + 8 * 4;
 
 /// Pages of SQLite cache for a connection that writes snapshots (negative: KiB), so a million
-/// rows do not churn the default 2 MiB cache.
+/// hosts do not churn the default 2 MiB cache.
 const HISTORY_CACHE_KIB: i64 = 256 * 1024;
+
+/// The tables of schema version 4 (see the migration in the parent module).
+pub(super) const SCHEMA: &str = "
+     CREATE TABLE history_chunks (
+         id       INTEGER PRIMARY KEY,
+         start_ms INTEGER NOT NULL,
+         end_ms   INTEGER NOT NULL CHECK (end_ms > start_ms),
+         hosts    INTEGER NOT NULL CHECK (hosts > 0),
+         records  BLOB    NOT NULL CHECK (length(records) = hosts * 140)
+     ) STRICT;
+     CREATE INDEX history_chunks_end ON history_chunks (end_ms);
+
+     CREATE TABLE cursor_chunks (
+         id      INTEGER PRIMARY KEY,
+         records BLOB    NOT NULL CHECK (length(records) % 48 = 0)
+     ) STRICT;";
+
+/// Little-endian field writer for records.
+fn put(out: &mut Vec<u8>, fields: &[&[u8]]) {
+    for field in fields {
+        out.extend_from_slice(field);
+    }
+}
+
+/// Reads fixed-size fields off a record in order.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().expect("split_at gave N bytes")
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take())
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+}
+
+/// Writes intervals as chunks, grouped by interval and sorted by host. `rows` holds each
+/// interval with its start, end, first-seen and last-seen milliseconds.
+fn insert_intervals(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    rows: &mut [(&HostInterval, [i64; 4])],
+) -> Result<(), StoreError> {
+    rows.sort_unstable_by_key(|(interval, [start, end, ..])| (*start, *end, interval.host));
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO history_chunks (start_ms, end_ms, hosts, records) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql(path))?;
+    let mut records = Vec::with_capacity(CHUNK_HOSTS * INTERVAL_BYTES);
+    for same_interval in rows.chunk_by(|a, b| a.1[..2] == b.1[..2]) {
+        let [start_ms, end_ms, ..] = same_interval[0].1;
+        for chunk in same_interval.chunks(CHUNK_HOSTS) {
+            records.clear();
+            for (interval, [_, _, first_ms, last_ms]) in chunk {
+                put(
+                    &mut records,
+                    &[
+                        &interval.host,
+                        &first_ms.to_le_bytes(),
+                        &last_ms.to_le_bytes(),
+                        &interval.attempts.to_le_bytes(),
+                        &interval.segments.to_le_bytes(),
+                        &interval.dropped.to_le_bytes(),
+                        &interval.sketch,
+                        &interval.last_dst,
+                        &interval.last_port.to_le_bytes(),
+                        &interval.last_reason.to_le_bytes(),
+                    ],
+                );
+            }
+            insert
+                .execute(params![start_ms, end_ms, chunk.len() as i64, &records])
+                .map_err(sql(path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the stored cursors.
+fn replace_cursors(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+    cursors: &mut [([u8; 16], HostCursor)],
+) -> Result<(), StoreError> {
+    cursors.sort_unstable_by_key(|(host, _)| *host);
+    tx.execute("DELETE FROM cursor_chunks", [])
+        .map_err(sql(path))?;
+    let mut insert = tx
+        .prepare_cached("INSERT INTO cursor_chunks (records) VALUES (?1)")
+        .map_err(sql(path))?;
+    let mut records = Vec::with_capacity(CHUNK_HOSTS * CURSOR_BYTES);
+    for chunk in cursors.chunks(CHUNK_HOSTS) {
+        records.clear();
+        for (host, cursor) in chunk {
+            put(
+                &mut records,
+                &[
+                    host,
+                    &cursor.attempts.to_le_bytes(),
+                    &cursor.segments.to_le_bytes(),
+                    &cursor.dropped.to_le_bytes(),
+                    &cursor.first_seen_ns.to_le_bytes(),
+                ],
+            );
+        }
+        insert.execute([&records]).map_err(sql(path))?;
+    }
+    Ok(())
+}
+
+fn interval_millis(interval: &HostInterval) -> Result<[i64; 4], StoreError> {
+    Ok([
+        to_millis("interval start", interval.start)?,
+        to_millis("interval end", interval.end)?,
+        to_millis("first seen", interval.first_seen)?,
+        to_millis("last seen", interval.last_seen)?,
+    ])
+}
 
 impl Store {
     /// Tunes this connection for writing snapshots: a large page cache, and commits that are
@@ -104,65 +248,14 @@ impl Store {
         state: SnapshotState,
     ) -> Result<(), StoreError> {
         let last_ms = to_millis("snapshot time", state.last)?;
-        let rows = intervals
+        let mut rows = intervals
             .iter()
-            .map(|i| {
-                Ok((
-                    i,
-                    [
-                        to_millis("interval start", i.start)?,
-                        to_millis("interval end", i.end)?,
-                        to_millis("first seen", i.first_seen)?,
-                        to_millis("last seen", i.last_seen)?,
-                    ],
-                ))
-            })
+            .map(|interval| Ok((interval, interval_millis(interval)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut cursors: Vec<_> = cursors.iter().map(|(host, c)| (*host, *c)).collect();
         self.write(|tx, path| {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO host_intervals (host, start_ms, end_ms, first_ms, \
-                     last_ms, attempts, segments, dropped, sketch, last_dst, last_port, \
-                     last_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )
-                .map_err(sql(path))?;
-            for (interval, [start_ms, end_ms, first_ms, last_ms]) in &rows {
-                insert
-                    .execute(params![
-                        &interval.host[..],
-                        start_ms,
-                        end_ms,
-                        first_ms,
-                        last_ms,
-                        as_i64(interval.attempts),
-                        as_i64(interval.segments),
-                        as_i64(interval.dropped),
-                        &interval.sketch[..],
-                        &interval.last_dst[..],
-                        interval.last_port,
-                        interval.last_reason,
-                    ])
-                    .map_err(sql(path))?;
-            }
-            tx.execute("DELETE FROM host_cursors", [])
-                .map_err(sql(path))?;
-            let mut cursor_insert = tx
-                .prepare_cached(
-                    "INSERT INTO host_cursors (host, attempts, segments, dropped, first_seen_ns) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(sql(path))?;
-            for (host, cursor) in cursors {
-                cursor_insert
-                    .execute(params![
-                        &host[..],
-                        as_i64(cursor.attempts),
-                        as_i64(cursor.segments),
-                        as_i64(cursor.dropped),
-                        as_i64(cursor.first_seen_ns),
-                    ])
-                    .map_err(sql(path))?;
-            }
+            insert_intervals(tx, path, &mut rows)?;
+            replace_cursors(tx, path, &mut cursors)?;
             tx.execute(
                 "INSERT INTO snapshot_state (id, epoch, last_ms) VALUES (1, ?1, ?2) \
                  ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, last_ms = excluded.last_ms",
@@ -178,27 +271,24 @@ impl Store {
         let path = &self.path;
         let mut select = self
             .conn
-            .prepare("SELECT host, attempts, segments, dropped, first_seen_ns FROM host_cursors")
+            .prepare("SELECT records FROM cursor_chunks ORDER BY id")
             .map_err(sql(path))?;
-        let rows = select
-            .query_map([], |row| {
-                let host: Vec<u8> = row.get(0)?;
-                Ok((
+        let mut rows = select.query([]).map_err(sql(path))?;
+        let mut cursors = HashMap::new();
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            let records = blob(row, 0, path, CURSOR_TABLE, "records")?;
+            for record in records.chunks_exact(CURSOR_BYTES) {
+                let mut fields = Fields(record);
+                let host = fields.take();
+                cursors.insert(
                     host,
                     HostCursor {
-                        attempts: row.get::<_, i64>(1)?.unsigned_abs(),
-                        segments: row.get::<_, i64>(2)?.unsigned_abs(),
-                        dropped: row.get::<_, i64>(3)?.unsigned_abs(),
-                        first_seen_ns: row.get::<_, i64>(4)?.unsigned_abs(),
+                        attempts: fields.u64(),
+                        segments: fields.u64(),
+                        dropped: fields.u64(),
+                        first_seen_ns: fields.u64(),
                     },
-                ))
-            })
-            .map_err(sql(path))?;
-        let mut cursors = HashMap::new();
-        for row in rows {
-            let (host, cursor) = row.map_err(sql(path))?;
-            if let Ok(host) = <[u8; 16]>::try_from(host.as_slice()) {
-                cursors.insert(host, cursor);
+                );
             }
         }
         Ok(cursors)
@@ -225,8 +315,8 @@ impl Store {
         .transpose()
     }
 
-    /// Intervals that ended within `[from, to]`, oldest first (in the order of the end-time
-    /// index: no sort of a large window).
+    /// Intervals that ended within `[from, to]`, oldest first, hosts of one interval in
+    /// address order.
     pub fn host_intervals(
         &self,
         from: SystemTime,
@@ -237,50 +327,36 @@ impl Store {
         let mut select = self
             .conn
             .prepare_cached(
-                "SELECT host, start_ms, end_ms, first_ms, last_ms, attempts, segments, dropped, \
-                 sketch, last_dst, last_port, last_reason FROM host_intervals \
-                 WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms",
+                "SELECT start_ms, end_ms, records FROM history_chunks \
+                 WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms, id",
             )
             .map_err(sql(path))?;
-        let invalid = |column: &'static str, len: usize| StoreError::InvalidStoredValue {
-            path: path.clone(),
-            table: TABLE,
-            column,
-            value: format!("{len} bytes"),
-            expected: "the length the schema checks",
-        };
         let mut rows = select.query(params![from_ms, to_ms]).map_err(sql(path))?;
         let mut intervals = Vec::new();
+        let time = |column, ms| stored_time(path, TABLE, column, ms);
         while let Some(row) = rows.next().map_err(sql(path))? {
-            // Blobs are borrowed from SQLite and copied into fixed arrays: no allocation per
-            // column, which a report over a million hosts would otherwise make three million of.
-            let blob = |index: usize, column: &'static str| -> Result<&[u8], StoreError> {
-                row.get_ref(index)
-                    .and_then(|value| value.as_blob().map_err(Into::into))
-                    .map_err(|_| invalid(column, 0))
-            };
-            let fixed = |index: usize, column: &'static str| -> Result<[u8; 16], StoreError> {
-                let bytes = blob(index, column)?;
-                bytes.try_into().map_err(|_| invalid(column, bytes.len()))
-            };
-            let number = |index: usize| row.get::<_, i64>(index).map_err(sql(path));
-            let sketch = blob(8, "sketch")?;
-            intervals.push(HostInterval {
-                host: fixed(0, "host")?,
-                start: stored_time(path, TABLE, "start_ms", number(1)?)?,
-                end: stored_time(path, TABLE, "end_ms", number(2)?)?,
-                first_seen: stored_time(path, TABLE, "first_ms", number(3)?)?,
-                last_seen: stored_time(path, TABLE, "last_ms", number(4)?)?,
-                attempts: number(5)?.unsigned_abs(),
-                segments: number(6)?.unsigned_abs(),
-                dropped: number(7)?.unsigned_abs(),
-                sketch: sketch
-                    .try_into()
-                    .map_err(|_| invalid("sketch", sketch.len()))?,
-                last_dst: fixed(9, "last_dst")?,
-                last_port: row.get(10).map_err(sql(path))?,
-                last_reason: row.get(11).map_err(sql(path))?,
-            });
+            let start = time("start_ms", row.get(0).map_err(sql(path))?)?;
+            let end = time("end_ms", row.get(1).map_err(sql(path))?)?;
+            // Records are decoded straight from the blob SQLite holds: no copy of the chunk.
+            let records = blob(row, 2, path, TABLE, "records")?;
+            intervals.reserve(records.len() / INTERVAL_BYTES);
+            for record in records.chunks_exact(INTERVAL_BYTES) {
+                let mut fields = Fields(record);
+                intervals.push(HostInterval {
+                    host: fields.take(),
+                    start,
+                    end,
+                    first_seen: time("records.first_seen", fields.i64())?,
+                    last_seen: time("records.last_seen", fields.i64())?,
+                    attempts: fields.u64(),
+                    segments: fields.u64(),
+                    dropped: fields.u64(),
+                    sketch: fields.take(),
+                    last_dst: fields.take(),
+                    last_port: fields.u16(),
+                    last_reason: fields.u16(),
+                });
+            }
         }
         Ok(intervals)
     }
@@ -289,10 +365,126 @@ impl Store {
     pub fn prune_history(&mut self, before: SystemTime) -> Result<usize, StoreError> {
         let before_ms = to_millis("retention limit", before)?;
         self.write(|tx, path| {
-            tx.execute("DELETE FROM host_intervals WHERE end_ms < ?1", [before_ms])
-                .map_err(sql(path))
+            let pruned: i64 = tx
+                .query_row(
+                    "SELECT coalesce(sum(hosts), 0) FROM history_chunks WHERE end_ms < ?1",
+                    [before_ms],
+                    |row| row.get(0),
+                )
+                .map_err(sql(path))?;
+            tx.execute("DELETE FROM history_chunks WHERE end_ms < ?1", [before_ms])
+                .map_err(sql(path))?;
+            Ok(usize::try_from(pruned).unwrap_or(0))
         })
     }
+}
+
+/// A blob column whose length the schema's CHECK keeps a whole number of records.
+fn blob<'row>(
+    row: &'row rusqlite::Row<'_>,
+    index: usize,
+    path: &std::path::Path,
+    table: &'static str,
+    column: &'static str,
+) -> Result<&'row [u8], StoreError> {
+    row.get_ref(index)
+        .map_err(sql(path))?
+        .as_blob()
+        .map_err(|_| StoreError::InvalidStoredValue {
+            path: path.to_path_buf(),
+            table,
+            column,
+            value: "a value that is not a blob".to_owned(),
+            expected: "a blob of records",
+        })
+}
+
+/// Migration to schema version 4: the per-row history and cursors of version 3 are packed into
+/// chunks, and the old tables dropped.
+pub(super) fn pack_rows_into_chunks(
+    tx: &rusqlite::Transaction<'_>,
+    path: &std::path::Path,
+) -> Result<(), StoreError> {
+    tx.execute_batch(SCHEMA).map_err(sql(path))?;
+    let time = |column, ms| stored_time(path, "host_intervals", column, ms);
+    let mut intervals = Vec::new();
+    {
+        let mut select = tx
+            .prepare(
+                "SELECT host, start_ms, end_ms, first_ms, last_ms, attempts, segments, dropped, \
+                 sketch, last_dst, last_port, last_reason FROM host_intervals",
+            )
+            .map_err(sql(path))?;
+        let mut rows = select.query([]).map_err(sql(path))?;
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            let fixed = |index| -> Result<[u8; 16], StoreError> {
+                let bytes = blob(row, index, path, "host_intervals", "host or last_dst")?;
+                bytes
+                    .try_into()
+                    .map_err(|_| StoreError::InvalidStoredValue {
+                        path: path.to_path_buf(),
+                        table: "host_intervals",
+                        column: "host or last_dst",
+                        value: format!("{} bytes", bytes.len()),
+                        expected: "16 bytes",
+                    })
+            };
+            let number = |index| row.get::<_, i64>(index).map_err(sql(path));
+            let sketch = blob(row, 8, path, "host_intervals", "sketch")?;
+            intervals.push(HostInterval {
+                host: fixed(0)?,
+                start: time("start_ms", number(1)?)?,
+                end: time("end_ms", number(2)?)?,
+                first_seen: time("first_ms", number(3)?)?,
+                last_seen: time("last_ms", number(4)?)?,
+                attempts: number(5)?.unsigned_abs(),
+                segments: number(6)?.unsigned_abs(),
+                dropped: number(7)?.unsigned_abs(),
+                sketch: sketch
+                    .try_into()
+                    .map_err(|_| StoreError::InvalidStoredValue {
+                        path: path.to_path_buf(),
+                        table: "host_intervals",
+                        column: "sketch",
+                        value: format!("{} bytes", sketch.len()),
+                        expected: "64 bytes",
+                    })?,
+                last_dst: fixed(9)?,
+                last_port: row.get(10).map_err(sql(path))?,
+                last_reason: row.get(11).map_err(sql(path))?,
+            });
+        }
+    }
+    let mut rows = intervals
+        .iter()
+        .map(|interval| Ok((interval, interval_millis(interval)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    insert_intervals(tx, path, &mut rows)?;
+
+    let mut cursors = Vec::new();
+    {
+        let mut select = tx
+            .prepare("SELECT host, attempts, segments, dropped, first_seen_ns FROM host_cursors")
+            .map_err(sql(path))?;
+        let mut rows = select.query([]).map_err(sql(path))?;
+        while let Some(row) = rows.next().map_err(sql(path))? {
+            let number = |index| row.get::<_, i64>(index).map_err(sql(path));
+            if let Ok(host) = <[u8; 16]>::try_from(blob(row, 0, path, "host_cursors", "host")?) {
+                cursors.push((
+                    host,
+                    HostCursor {
+                        attempts: number(1)?.unsigned_abs(),
+                        segments: number(2)?.unsigned_abs(),
+                        dropped: number(3)?.unsigned_abs(),
+                        first_seen_ns: number(4)?.unsigned_abs(),
+                    },
+                ));
+            }
+        }
+    }
+    replace_cursors(tx, path, &mut cursors)?;
+    tx.execute_batch("DROP TABLE host_intervals; DROP TABLE host_cursors;")
+        .map_err(sql(path))
 }
 
 #[cfg(test)]
@@ -411,5 +603,99 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.host_cursors().unwrap(), cursors);
         assert_eq!(store.snapshot_state().unwrap().unwrap().epoch, 4);
+    }
+
+    #[test]
+    fn version_3_rows_are_packed_into_chunks() {
+        use crate::store::{DB_FILE_NAME, MIGRATIONS, Migration};
+        let dir = tempfile::tempdir().unwrap();
+        let old = [interval(3, 1_000, 4), interval(2, 1_000, 5), interval(2, 1_060, 7)];
+        {
+            let conn = rusqlite::Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            for migration in &MIGRATIONS[..3] {
+                let Migration::Sql(batch) = migration else {
+                    panic!("versions 1 to 3 are SQL")
+                };
+                conn.execute_batch(batch).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            for i in &old {
+                let ms = |t: SystemTime| to_millis("t", t).unwrap();
+                conn.execute(
+                    "INSERT INTO host_intervals VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    params![
+                        &i.host[..],
+                        ms(i.start),
+                        ms(i.end),
+                        ms(i.first_seen),
+                        ms(i.last_seen),
+                        i.attempts as i64,
+                        i.segments as i64,
+                        i.dropped as i64,
+                        &i.sketch[..],
+                        &i.last_dst[..],
+                        i.last_port,
+                        i.last_reason
+                    ],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO host_cursors VALUES (?1, 7, 9, 7, 42)",
+                [&[7u8; 16][..]],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.host_intervals(at(0), at(2_000)).unwrap(),
+            [old[1].clone(), old[0].clone(), old[2].clone()],
+            "oldest first, then by host"
+        );
+        let cursors = store.host_cursors().unwrap();
+        assert_eq!(
+            cursors.get(&[7; 16]),
+            Some(&HostCursor {
+                attempts: 7,
+                segments: 9,
+                dropped: 7,
+                first_seen_ns: 42
+            })
+        );
+        let tables: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'host_%'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.is_empty(), "old tables dropped: {tables:?}");
+    }
+
+    #[test]
+    fn a_large_snapshot_spans_several_chunks() {
+        let (_dir, mut store) = temp_store();
+        let hosts = CHUNK_HOSTS as u32 * 2 + 17;
+        let intervals: Vec<HostInterval> = (0..hosts)
+            .map(|n| {
+                let mut i = interval(0, 1_000, u64::from(n));
+                i.host = smtpguard_common::host::ipv4_mapped((0x6440_0000 + n).to_be_bytes());
+                i
+            })
+            .collect();
+        let mut cursors = HashMap::new();
+        for i in &intervals {
+            cursors.insert(i.host, HostCursor::default());
+        }
+        let state = SnapshotState {
+            epoch: 1,
+            last: at(1_000),
+        };
+        store.record_snapshot(&intervals, &cursors, state).unwrap();
+        assert_eq!(store.host_intervals(at(0), at(2_000)).unwrap(), intervals);
+        assert_eq!(store.host_cursors().unwrap(), cursors);
+        assert_eq!(store.prune_history(at(1_001)).unwrap(), hosts as usize);
     }
 }

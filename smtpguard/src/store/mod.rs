@@ -62,10 +62,17 @@ const STATE_DIR_MODE: u32 = 0o750;
 /// time has an RFC 3339 form.
 const MAX_MILLIS: i64 = 253_402_300_799_999;
 
+/// One schema migration: SQL, or code where rows must be rewritten.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&Transaction<'_>, &Path) -> Result<(), StoreError>),
+}
+
 /// Schema migrations; `MIGRATIONS[i]` upgrades `user_version` `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: exemptions, runtime relays, audit trail.
-    "CREATE TABLE exemptions (
+    Migration::Sql(
+        "CREATE TABLE exemptions (
          prefix     TEXT    NOT NULL PRIMARY KEY,
          family     INTEGER NOT NULL CHECK (family IN (4, 6)),
          address    BLOB    NOT NULL CHECK (length(address) = CASE family WHEN 4 THEN 4 ELSE 16 END),
@@ -99,8 +106,10 @@ const MIGRATIONS: &[&str] = &[
          detail  TEXT    NOT NULL
      ) STRICT;
      CREATE INDEX audit_at ON audit (at_ms, id);",
+    ),
     // 2: per-host statistics history (snapshot intervals) and the snapshot cursors.
-    "CREATE TABLE host_intervals (
+    Migration::Sql(
+        "CREATE TABLE host_intervals (
          host        BLOB    NOT NULL CHECK (length(host) = 16),
          start_ms    INTEGER NOT NULL,
          end_ms      INTEGER NOT NULL CHECK (end_ms > start_ms),
@@ -130,8 +139,10 @@ const MIGRATIONS: &[&str] = &[
          epoch    INTEGER NOT NULL,
          last_ms  INTEGER NOT NULL
      ) STRICT;",
+    ),
     // 3: bot classifications (reoffenders) and escalations of monitor-mode hosts.
-    "CREATE TABLE bot_events (
+    Migration::Sql(
+        "CREATE TABLE bot_events (
          host        BLOB    NOT NULL CHECK (length(host) = 16),
          at_ms       INTEGER NOT NULL,
          reason      TEXT    NOT NULL,
@@ -149,6 +160,9 @@ const MIGRATIONS: &[&str] = &[
          ended_by    TEXT
      ) STRICT;
      CREATE UNIQUE INDEX escalations_active ON escalations (host) WHERE ended_ms IS NULL;",
+    ),
+    // 4: history and cursors packed into chunks of records (see `history`).
+    Migration::Code(history::pack_rows_into_chunks),
 ];
 
 /// The schema version this build writes and understands.
@@ -422,7 +436,10 @@ impl Store {
         }
         let applied = usize::try_from(found).unwrap_or(0);
         for migration in &MIGRATIONS[applied..] {
-            tx.execute_batch(migration).map_err(sql(path))?;
+            match migration {
+                Migration::Sql(batch) => tx.execute_batch(batch).map_err(sql(path))?,
+                Migration::Code(migrate) => migrate(&tx, path)?,
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql(path))?;
