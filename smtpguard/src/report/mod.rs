@@ -390,6 +390,7 @@ struct RowTexts<'a> {
     window: String,
     low_reason: String,
     ranges: HashMap<IpNet, String>,
+    last_range: Option<(IpNet, String)>,
 }
 
 impl<'a> RowTexts<'a> {
@@ -406,6 +407,7 @@ impl<'a> RowTexts<'a> {
             window,
             low_reason,
             ranges: HashMap::new(),
+            last_range: None,
         }
     }
 
@@ -426,12 +428,7 @@ impl<'a> RowTexts<'a> {
                 key.to_string()
             },
             hosts: summary.hosts,
-            subscriber_prefix: subscriber.map(|(prefix, _)| {
-                self.ranges
-                    .entry(prefix)
-                    .or_insert_with(|| prefix.to_string())
-                    .clone()
-            }),
+            subscriber_prefix: subscriber.map(|(prefix, _)| self.range_text(prefix)),
             mode: subscriber.map(|(_, mode)| mode),
             attempts: summary.attempts,
             attempts_per_minute_peak: summary.peak,
@@ -443,6 +440,23 @@ impl<'a> RowTexts<'a> {
             last_seen: summary.last_seen,
             class,
             class_reason,
+        }
+    }
+
+    /// The text of a subscriber range; rows come in runs of one range, so the last one is
+    /// checked before the table.
+    fn range_text(&mut self, range: IpNet) -> String {
+        match &self.last_range {
+            Some((last, text)) if *last == range => text.clone(),
+            _ => {
+                let text = self
+                    .ranges
+                    .entry(range)
+                    .or_insert_with(|| range.to_string())
+                    .clone();
+                self.last_range = Some((range, text.clone()));
+                text
+            }
         }
     }
 
