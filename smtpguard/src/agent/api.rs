@@ -2,18 +2,24 @@
 //! is the client; tools may speak it too.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
+    io::{BufRead as _, BufReader, ErrorKind as IoErrorKind, Write as _},
+    os::unix::{fs::MetadataExt as _, net::UnixStream},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::input::{self, InputError, MAX_REASON_BYTES, MAX_TICKET_BYTES};
 
 /// Largest request the agent reads; anything longer is refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long the CLI waits for an answer (`exempt add` includes an fsync and a map update).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the CLI keeps trying while the agent answers "busy".
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(15);
+/// Pause between two tries while the agent is busy.
+const BUSY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
@@ -26,6 +32,9 @@ pub enum Request {
         /// RFC 3339; the CLI turns `--expires 30d` into a time.
         #[serde(default)]
         expires: Option<String>,
+        /// Add it even though it exempts a whole subscriber range.
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
     },
     ExemptList {},
     ExemptRemove {
@@ -35,6 +44,9 @@ pub enum Request {
         prefix: String,
         #[serde(default)]
         note: Option<String>,
+        /// Add it even though it opens a large part of the Internet.
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
     },
     RelayList {},
     RelayRemove {
@@ -51,7 +63,11 @@ pub enum Request {
         #[serde(default)]
         since: Option<String>,
     },
-    Reload {},
+    Reload {
+        /// Apply the file even though it is dangerous (see `config::danger`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
     Detach {},
     EscalationList {},
     EscalationLift {
@@ -59,6 +75,69 @@ pub enum Request {
     },
     /// Keeps the connection open and streams events as JSON lines.
     Events {},
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl Request {
+    /// Checks every field against the input limits of [`crate::input`]: the CLI does before it
+    /// sends, and the agent does again before it acts, since any local tool may speak the
+    /// socket protocol.
+    pub fn validate(&self, now: SystemTime) -> Result<(), InputError> {
+        match self {
+            Request::ExemptAdd {
+                prefix,
+                reason,
+                ticket,
+                expires,
+                force: _,
+            } => {
+                input::parse_prefix("prefix", prefix)?;
+                input::check_text("reason", reason, MAX_REASON_BYTES)?;
+                if let Some(ticket) = ticket {
+                    input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
+                }
+                if let Some(expires) = expires {
+                    let at = input::parse_time("expires", expires)?;
+                    input::check_expiry("expires", at, now)?;
+                }
+            }
+            Request::RelayAdd {
+                prefix,
+                note,
+                force: _,
+            } => {
+                input::parse_prefix("prefix", prefix)?;
+                if let Some(note) = note {
+                    input::check_text("note", note, MAX_REASON_BYTES)?;
+                }
+            }
+            Request::ExemptRemove { prefix } | Request::RelayRemove { prefix } => {
+                input::parse_prefix("prefix", prefix)?;
+            }
+            Request::Check { src, dst, port: _ } => {
+                input::parse_address("source", src)?;
+                input::parse_address("destination", dst)?;
+            }
+            Request::Audit { since: Some(since) } => {
+                input::parse_time("since", since)?;
+            }
+            Request::EscalationLift { host } => {
+                input::parse_address("host", host)?;
+            }
+            Request::ExemptList {}
+            | Request::RelayList {}
+            | Request::Status {}
+            | Request::Audit { since: None }
+            | Request::Reload { .. }
+            | Request::Detach {}
+            | Request::EscalationList {}
+            | Request::Events {} => {}
+        }
+        Ok(())
+    }
 }
 
 /// Why a request failed, for the exit code and for tools.
@@ -72,6 +151,8 @@ pub enum ErrorKind {
     NotFound,
     /// The agent could not carry it out (store or kernel failure); nothing was changed.
     Failed,
+    /// The agent serves its most connections at once; the CLI tries again.
+    Busy,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,8 +183,63 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket's permissions keep this user out (exit code 3).
+    #[error(
+        "permission denied: {} {access}; you need to be in group {group} (or root) to use the \
+         smtpguard agent",
+        .socket.display()
+    )]
+    PermissionDenied {
+        socket: PathBuf,
+        /// What the socket allows, e.g. "is mode 0660, owner root, group smtpguard".
+        access: String,
+        group: String,
+    },
     #[error("the smtpguard agent at {} gave no usable answer: {problem}", .socket.display())]
     BadAnswer { socket: PathBuf, problem: String },
+}
+
+/// The error for a connect that failed: permission denied names the group to join.
+fn connect_error(socket: &Path, source: std::io::Error) -> ClientError {
+    if source.kind() != IoErrorKind::PermissionDenied {
+        return ClientError::Unreachable {
+            socket: socket.to_owned(),
+            source,
+        };
+    }
+    let name = |gid: u32| {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("gid {gid}"), |g| g.name)
+    };
+    let (access, group) = match std::fs::metadata(socket) {
+        Ok(meta) => {
+            let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+            let group = name(meta.gid());
+            (
+                format!(
+                    "is mode {:04o}, owner {owner}, group {group}",
+                    meta.mode() & 0o7777
+                ),
+                group,
+            )
+        }
+        // The folder on the way is closed to this user; the socket's group is what the
+        // agent's `socket_group` names.
+        Err(_) => (
+            "is in a folder this user cannot enter".to_owned(),
+            "socket_group (see the agent's config)".to_owned(),
+        ),
+    };
+    ClientError::PermissionDenied {
+        socket: socket.to_owned(),
+        access,
+        group,
+    }
 }
 
 /// Asks for the event stream and calls `each` with every JSON line until the agent goes away.
@@ -112,7 +248,7 @@ pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), Cl
         socket: socket.to_owned(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
     let mut line = serde_json::to_string(&Request::Events {}).unwrap_or_default();
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
@@ -125,8 +261,27 @@ pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), Cl
     Ok(())
 }
 
-/// Sends one request and waits for the answer.
+/// Sends one request and waits for the answer; while the agent is busy, tries again for up to
+/// [`BUSY_RETRY_FOR`].
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let deadline = Instant::now() + BUSY_RETRY_FOR;
+    loop {
+        let response = call_once(socket, request)?;
+        let busy = matches!(
+            response,
+            Response::Error {
+                kind: ErrorKind::Busy,
+                ..
+            }
+        );
+        if !busy || Instant::now() >= deadline {
+            return Ok(response);
+        }
+        std::thread::sleep(BUSY_PAUSE);
+    }
+}
+
+fn call_once(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let unreachable = |source| ClientError::Unreachable {
         socket: socket.to_owned(),
         source,
@@ -135,7 +290,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         socket: socket.to_owned(),
         problem,
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
         .map_err(unreachable)?;
@@ -163,6 +318,7 @@ mod tests {
             reason: "static block".to_owned(),
             ticket: Some("T-1".to_owned()),
             expires: None,
+            force: false,
         };
         let wire = serde_json::to_string(&request).unwrap();
         assert_eq!(
