@@ -14,6 +14,10 @@ use crate::input::{self, InputError, MAX_REASON_BYTES, MAX_TICKET_BYTES};
 
 /// Largest request the agent reads; anything longer is refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Connections the agent serves at once, event streams included: far more than operators and
+/// tools need, far fewer than its file descriptor limit (1024 by default). Any beyond get a
+/// [`ErrorKind::Busy`] answer at once.
+pub const MAX_CONNECTIONS: usize = 128;
 /// How long the CLI waits for an answer (`exempt add` includes an fsync and a map update).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the CLI keeps trying while the agent answers "busy".

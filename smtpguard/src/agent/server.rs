@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::input::escape_unprintable;
 
 use super::{
-    api::{ErrorKind, MAX_REQUEST_BYTES, Request, Response},
+    api::{ErrorKind, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Request, Response},
     state::AgentState,
 };
 
@@ -30,9 +30,6 @@ use super::{
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to read its answer (a long `exempt list`).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once, event streams included: far more than operators and tools
-/// need, far fewer than the agent's file descriptor limit (1024 by default).
-pub const MAX_CONNECTIONS: usize = 128;
 
 /// Binds the socket with mode 0660 (owner and group only), replacing a stale socket file
 /// but never one another agent still answers on.
