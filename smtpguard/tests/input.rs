@@ -267,6 +267,10 @@ fn dangerous_changes_are_refused_unless_forced_and_the_old_policy_stays() {
         "the forced entry names what it overrode: {forced}"
     );
 
+    // A danger already running is no change: the same file reloads without --force.
+    f.ok(&["reload"]);
+    f.assert_open("after reloading the forced file again");
+
     // Back to the good config (removing a danger is no danger).
     std::fs::write(&f.config, &good).unwrap();
     f.ok(&["reload"]);
@@ -739,9 +743,18 @@ fn the_socket_keeps_outsiders_and_bad_clients_from_stalling_the_agent() {
     drop(held);
     f.ok(&["status"]);
 
-    // A client that sends half a request, one that sends nothing: neither holds up others.
-    let mut slow = UnixStream::connect(&socket).unwrap();
-    slow.write_all(b"{\"op\":\"sta").unwrap();
+    // A client that sends half a request and then a byte now and then (never the end of the
+    // line), and one that sends nothing: neither holds up the others, and both are cut off.
+    let slow = UnixStream::connect(&socket).unwrap();
+    let mut dripping = slow.try_clone().unwrap();
+    let drip = thread::spawn(move || {
+        dripping.write_all(b"{\"op\":\"status\"").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // JSON white space, until the agent closes the connection.
+        while dripping.write_all(b" ").is_ok() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
     let silent = UnixStream::connect(&socket).unwrap();
     f.ok(&["status"]);
     f.ok(&[
@@ -755,7 +768,7 @@ fn the_socket_keeps_outsiders_and_bad_clients_from_stalling_the_agent() {
         unanswered(&slow) && unanswered(&silent),
         "the slow clients were still waiting while the others were served"
     );
-    for (stream, what) in [(slow, "half a request"), (silent, "nothing")] {
+    for (stream, what) in [(slow, "half a request, slowly"), (silent, "nothing")] {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -765,5 +778,6 @@ fn the_socket_keeps_outsiders_and_bad_clients_from_stalling_the_agent() {
             .unwrap_or_else(|e| panic!("a client that sent {what}: answer {answer:?}: {e}"));
         assert_bad_request(&answer, "no request within 10 seconds", what);
     }
+    drip.join().unwrap();
     f.ok(&["status"]);
 }

@@ -339,6 +339,70 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"format-disk"}"#).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a local client sends in a verb's fields, the agent either refuses it with
+        /// a message that is safe to print or accepts only what is within the limits. Never a
+        /// panic.
+        #[test]
+        fn any_request_is_within_the_limits_or_refused(
+            op in proptest::sample::select(vec![
+                "exempt-add", "exempt-remove", "relay-add", "relay-remove", "check", "audit",
+                "escalation-lift", "reload",
+            ]),
+            text in proptest::prelude::any::<String>(),
+            other in proptest::prop_oneof![
+                "[0-9a-f.:/]{0,45}",
+                proptest::strategy::Just("100.64.0.0/24".to_owned()),
+            ],
+            expires in proptest::option::of("20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-9:]{8}Z"),
+            force in proptest::prelude::any::<bool>(),
+        ) {
+            let fields: &[(&str, serde_json::Value)] = &[
+                ("prefix", other.clone().into()),
+                ("reason", text.clone().into()),
+                ("ticket", text.clone().into()),
+                ("note", text.clone().into()),
+                ("expires", expires.clone().into()),
+                ("src", text.clone().into()),
+                ("dst", other.clone().into()),
+                ("port", 25.into()),
+                ("since", text.clone().into()),
+                ("host", other.clone().into()),
+                ("force", force.into()),
+            ];
+            let own: &[&str] = match op {
+                "exempt-add" => &["prefix", "reason", "ticket", "expires", "force"],
+                "relay-add" => &["prefix", "note", "force"],
+                "exempt-remove" | "relay-remove" => &["prefix"],
+                "check" => &["src", "dst", "port"],
+                "audit" => &["since"],
+                "escalation-lift" => &["host"],
+                _ => &["force"],
+            };
+            let mut value = serde_json::json!({ "op": op });
+            for (name, field) in fields.iter().filter(|(name, _)| own.contains(name)) {
+                value[*name] = field.clone();
+            }
+            let request: Request = serde_json::from_value(value).unwrap();
+            match request.validate(std::time::SystemTime::now()) {
+                Err(error) => {
+                    let message = error.to_string();
+                    proptest::prop_assert_eq!(crate::input::first_unprintable(&message), None);
+                }
+                Ok(()) => {
+                    if let Request::ExemptAdd { reason, ticket, prefix, .. } = &request {
+                        proptest::prop_assert!(reason.len() <= MAX_REASON_BYTES);
+                        proptest::prop_assert!(ticket.as_ref().is_none_or(|t| t.len() <= MAX_TICKET_BYTES));
+                        proptest::prop_assert_eq!(crate::input::first_unprintable(reason), None);
+                        proptest::prop_assert!(input::parse_prefix("prefix", prefix).is_ok());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn responses_round_trip() {
         let response = Response::error(ErrorKind::Conflict, "100.64.1.0/24 is already exempt");

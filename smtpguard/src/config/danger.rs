@@ -4,7 +4,9 @@
 //! unless forced (a signal cannot force, so SIGHUP refuses them too).
 //!
 //! Some need the running config to compare with (relays dropped, enforcement switched off,
-//! subscriber ranges replaced); the others are dangerous on their own.
+//! subscriber ranges replaced); the others are dangerous on their own, and count as a change
+//! only when the running config does not have them already (once forced, a danger does not
+//! make every later reload need --force).
 
 use std::fmt;
 
@@ -79,15 +81,12 @@ fn join(prefixes: &[IpNet]) -> String {
 
 /// What is dangerous about `next`, alone and, when given, compared with the `running` config.
 pub fn dangers(running: Option<&Config>, next: &Config) -> Vec<Danger> {
-    let mut found: Vec<Danger> = next
-        .exemptions
-        .iter()
-        .flat_map(|e| exemption_dangers(next, e.prefix))
-        .collect();
-    found.extend(next.relays.iter().filter_map(|r| relay_danger(r.prefix)));
+    let mut found = dangers_alone(next);
     let Some(running) = running else {
         return found;
     };
+    let already = dangers_alone(running);
+    found.retain(|danger| !already.contains(danger));
     let relays = |config: &Config| config.relays.len() + config.relay_hosts.len();
     if relays(running) > 0 && relays(next) == 0 {
         found.push(Danger::RelaysDropped {
@@ -113,6 +112,17 @@ pub fn dangers(running: Option<&Config>, next: &Config) -> Vec<Danger> {
             before: running.subscribers.iter().map(|s| s.prefix).collect(),
         });
     }
+    found
+}
+
+/// The dangers `config` holds by itself: whole-range exemptions and broad relays.
+fn dangers_alone(config: &Config) -> Vec<Danger> {
+    let mut found: Vec<Danger> = config
+        .exemptions
+        .iter()
+        .flat_map(|e| exemption_dangers(config, e.prefix))
+        .collect();
+    found.extend(config.relays.iter().filter_map(|r| relay_danger(r.prefix)));
     found
 }
 
@@ -258,5 +268,15 @@ prefix = "192.0.2.25/32"
         let widened = "[[subscribers]]\nprefix = \"100.0.0.0/8\"\n\
                        [[relays]]\nprefix = \"192.0.2.25/32\"\n";
         assert_eq!(found(Some(BASE), widened), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_danger_already_running_is_no_change() {
+        let forced =
+            format!("{BASE}[[exemptions]]\nprefix = \"100.64.0.0/10\"\nreason = \"forced once\"\n");
+        assert_eq!(found(Some(&forced), &forced), Vec::<String>::new());
+        assert_eq!(found(Some(BASE), &forced).len(), 1);
+        // Alone (config check without --against) it is still reported.
+        assert_eq!(found(None, &forced).len(), 1);
     }
 }
