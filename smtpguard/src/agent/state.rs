@@ -641,7 +641,7 @@ impl AgentState {
         if dangers.is_empty() {
             return;
         }
-        let detail = truncated(&list(dangers.iter()), MAX_TEXT_BYTES);
+        let detail = truncated(&danger::describe(dangers), MAX_TEXT_BYTES);
         warn!(subject, who, detail, "forced past warnings");
         if let Err(error) = self.store.record(
             AuditAction::Forced,
@@ -990,7 +990,7 @@ fn refuse_unless_forced(dangers: &[Danger], force: bool, verb: &str) -> Result<(
         ErrorKind::BadRequest,
         format!(
             "{}; `smtpguard {verb} --force` does it anyway",
-            list(dangers.iter())
+            danger::describe(dangers)
         ),
     ))
 }

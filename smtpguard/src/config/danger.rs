@@ -71,6 +71,15 @@ impl fmt::Display for Danger {
     }
 }
 
+/// Several dangers in one line; `;` apart, since a danger may name a list itself.
+pub fn describe(dangers: &[Danger]) -> String {
+    dangers
+        .iter()
+        .map(Danger::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn join(prefixes: &[IpNet]) -> String {
     prefixes
         .iter()
