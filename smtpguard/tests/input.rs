@@ -740,8 +740,19 @@ fn the_socket_keeps_outsiders_and_bad_clients_from_stalling_the_agent() {
         (&json!("busy"), Some(true)),
         "the answer beyond the limit: {answer}"
     );
-    drop(held);
-    f.ok(&["status"]);
+    // A CLI call while every slot is taken is answered "busy" and tries again: it gets its
+    // answer once the held connections go (the pause only gives it time to be refused first).
+    thread::scope(|scope| {
+        let waiting = scope.spawn(|| f.cli(&["status"]));
+        thread::sleep(Duration::from_millis(500));
+        drop(held);
+        let output = waiting.join().unwrap();
+        assert!(
+            output.status.success(),
+            "status while the agent was busy: expected it to retry and succeed, observed {}",
+            show(&output)
+        );
+    });
 
     // A client that sends half a request and then a byte now and then (never the end of the
     // line), and one that sends nothing: neither holds up the others, and both are cut off.

@@ -2,8 +2,11 @@
 //! is the client; tools may speak it too.
 
 use std::{
-    io::{BufRead as _, BufReader, ErrorKind as IoErrorKind, Write as _},
-    os::unix::{fs::MetadataExt as _, net::UnixStream},
+    io::{BufRead as _, BufReader, ErrorKind as IoErrorKind},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::MetadataExt as _, net::UnixStream},
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
@@ -248,19 +251,30 @@ fn connect_error(socket: &Path, source: std::io::Error) -> ClientError {
 
 /// Asks for the event stream and calls `each` with every JSON line until the agent goes away.
 pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), ClientError> {
-    let unreachable = |source| ClientError::Unreachable {
-        socket: socket.to_owned(),
-        source,
-    };
-    let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
-    let mut line = serde_json::to_string(&Request::Events {}).unwrap_or_default();
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
-    for line in BufReader::new(stream).lines() {
-        match line {
-            Ok(line) => each(&line),
-            Err(_) => break,
+    let deadline = Instant::now() + BUSY_RETRY_FOR;
+    let (mut lines, first) = loop {
+        let (reader, first) = exchange(socket, &Request::Events {}, None)?;
+        // Events are no responses: a line that parses as one is the agent refusing.
+        match serde_json::from_str::<Response>(&first) {
+            Ok(Response::Error {
+                kind: ErrorKind::Busy,
+                ..
+            }) if Instant::now() < deadline => std::thread::sleep(BUSY_PAUSE),
+            Ok(Response::Error { message, .. }) => {
+                return Err(ClientError::BadAnswer {
+                    socket: socket.to_owned(),
+                    problem: message,
+                });
+            }
+            _ => break (reader.lines(), first),
         }
+    };
+    if first.is_empty() {
+        return Ok(());
+    }
+    each(first.trim_end());
+    while let Some(Ok(line)) = lines.next() {
+        each(&line);
     }
     Ok(())
 }
@@ -270,7 +284,18 @@ pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), Cl
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let deadline = Instant::now() + BUSY_RETRY_FOR;
     loop {
-        let response = call_once(socket, request)?;
+        let (_, answer) = exchange(socket, request, Some(CLIENT_TIMEOUT))?;
+        if answer.is_empty() {
+            return Err(ClientError::BadAnswer {
+                socket: socket.to_owned(),
+                problem: "the connection closed without an answer".to_owned(),
+            });
+        }
+        let response: Response =
+            serde_json::from_str(&answer).map_err(|e| ClientError::BadAnswer {
+                socket: socket.to_owned(),
+                problem: format!("{e}: {answer:?}"),
+            })?;
         let busy = matches!(
             response,
             Response::Error {
@@ -285,7 +310,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     }
 }
 
-fn call_once(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+/// Connects, sends `request` and reads the first line back (empty if the agent closed the
+/// connection without one). An agent that answers "busy" closes without reading the request,
+/// so a failed send is only an error when no answer came either.
+fn exchange(
+    socket: &Path,
+    request: &Request,
+    timeout: Option<Duration>,
+) -> Result<(BufReader<UnixStream>, String), ClientError> {
     let unreachable = |source| ClientError::Unreachable {
         socket: socket.to_owned(),
         source,
@@ -294,21 +326,36 @@ fn call_once(socket: &Path, request: &Request) -> Result<Response, ClientError> 
         socket: socket.to_owned(),
         problem,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(unreachable)?;
+    let stream = UnixStream::connect(socket).map_err(|e| connect_error(socket, e))?;
+    stream.set_read_timeout(timeout).map_err(unreachable)?;
     let mut line = serde_json::to_string(request).map_err(|e| bad(e.to_string()))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    let sent = send_all(&stream, line.as_bytes());
+    let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| bad(e.to_string()))?;
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
-        return Err(bad("the connection closed without an answer".to_owned()));
+        sent.map_err(unreachable)?;
+        read.map_err(|e| bad(e.to_string()))?;
     }
-    serde_json::from_str(&answer).map_err(|e| bad(format!("{e}: {answer:?}")))
+    Ok((reader, answer))
+}
+
+/// Writes all of `bytes` without raising SIGPIPE (the CLI runs with its default action): an
+/// agent that closed the connection early gives an error to handle, not a dead CLI.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    use nix::{
+        errno::Errno,
+        sys::socket::{MsgFlags, send},
+    };
+    while !bytes.is_empty() {
+        match send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(sent) => bytes = &bytes[sent..],
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
