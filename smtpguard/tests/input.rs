@@ -719,12 +719,14 @@ fn the_socket_keeps_outsiders_and_bad_clients_from_stalling_the_agent() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let busy = held.iter().filter(|s| !unanswered(s)).count();
-        if busy == beyond {
+        // At least those beyond the limit (a slot of an earlier call may still be closing).
+        if busy >= beyond {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "200 idle connections: expected {beyond} answered busy at once, observed {busy}"
+            "200 idle connections: expected at least {beyond} answered busy at once, observed \
+             {busy}"
         );
         thread::sleep(Duration::from_millis(50));
     }
