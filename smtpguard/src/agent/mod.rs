@@ -102,8 +102,9 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
         tokio::select! {
             _ = hangup.recv() => {
                 let state = state.clone();
-                // The outcome is logged by the reload; an invalid file leaves everything as it was.
-                let _ = tokio::task::spawn_blocking(move || lock(&state).handle(Request::Reload {}, "SIGHUP")).await;
+                // The outcome is logged by the reload; an invalid file leaves everything as it
+                // was, and so does a dangerous one: a signal cannot carry --force.
+                let _ = tokio::task::spawn_blocking(move || lock(&state).handle(Request::Reload { force: false }, "SIGHUP")).await;
             }
             _ = terminate.recv() => {
                 info!("SIGTERM: stopping; enforcement stays in place");

@@ -1,5 +1,7 @@
 //! The agent's Unix socket: one request per connection, answered by the one `AgentState`.
-//! A slow, malformed or oversized client gets an error and never holds up the others.
+//! A slow, malformed or oversized client gets an error and never holds up the others; at most
+//! [`MAX_CONNECTIONS`] are served at once, and any beyond get a "busy" answer at once, so a
+//! flood of connections cannot use up the agent's file descriptors.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -13,17 +15,21 @@ use nix::unistd::{Group, User, chown};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Notify,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 use tracing::warn;
 
+use crate::input::escape_unprintable;
+
 use super::{
-    api::{ErrorKind, MAX_REQUEST_BYTES, Request, Response},
+    api::{ErrorKind, MAX_CONNECTIONS, MAX_REQUEST_BYTES, Request, Response},
     state::AgentState,
 };
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to read its answer (a long `exempt list`).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the socket with mode 0660 (owner and group only), replacing a stale socket file
 /// but never one another agent still answers on.
@@ -59,11 +65,15 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
 
 /// Accepts clients until the listener fails; each client is served on its own task.
 pub async fn accept(listener: UnixListener, state: Arc<Mutex<AgentState>>, detached: Arc<Notify>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, state.clone(), detached.clone()));
-            }
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(serve(stream, slot, state.clone(), detached.clone()));
+                }
+                Err(_) => refuse_busy(&stream),
+            },
             Err(error) => {
                 warn!(%error, "accepting a CLI connection failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -72,7 +82,34 @@ pub async fn accept(listener: UnixListener, state: Arc<Mutex<AgentState>>, detac
     }
 }
 
-async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>, detached: Arc<Notify>) {
+/// Answers "busy" without waiting: the answer fits in the empty socket buffer of a new
+/// connection, and the stream is closed when dropped.
+fn refuse_busy(stream: &UnixStream) {
+    let response = Response::error(
+        ErrorKind::Busy,
+        format!(
+            "the agent is serving its limit of {MAX_CONNECTIONS} connections; try again shortly"
+        ),
+    );
+    let _ = stream.try_write(answer_line(&response).as_bytes());
+}
+
+/// A response as the one JSON line the client reads.
+fn answer_line(response: &Response) -> String {
+    let mut line = serde_json::to_string(response).unwrap_or_else(|error| {
+        format!(r#"{{"status":"error","kind":"failed","message":"encoding the answer: {error}"}}"#)
+    });
+    line.push('\n');
+    line
+}
+
+/// Serves one client while holding `_slot`, one of the [`MAX_CONNECTIONS`].
+async fn serve(
+    stream: UnixStream,
+    _slot: OwnedSemaphorePermit,
+    state: Arc<Mutex<AgentState>>,
+    detached: Arc<Notify>,
+) {
     let who = peer_name(&stream);
     let (reader, mut writer) = stream.into_split();
     let response = match read_request(reader).await {
@@ -106,11 +143,9 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<AgentState>>, detached: Arc<
         }
         Err(response) => response,
     };
-    let mut line = serde_json::to_string(&response).unwrap_or_else(|error| {
-        format!(r#"{{"status":"error","kind":"failed","message":"encoding the answer: {error}"}}"#)
-    });
-    line.push('\n');
-    let _ = writer.write_all(line.as_bytes()).await;
+    let line = answer_line(&response);
+    // A client that does not read its answer loses it, and its slot.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(line.as_bytes())).await;
 }
 
 /// Writes each event as a JSON line until the client goes away.
@@ -159,8 +194,15 @@ async fn read_request(reader: tokio::net::unix::OwnedReadHalf) -> Result<Request
             format!("the request is longer than {MAX_REQUEST_BYTES} bytes"),
         ));
     }
+    // serde quotes parts of the request (an unknown verb): escaped, as they are the client's.
     serde_json::from_str(&line).map_err(|error| {
-        Response::error(ErrorKind::BadRequest, format!("malformed request: {error}"))
+        Response::error(
+            ErrorKind::BadRequest,
+            format!(
+                "malformed request: {}; expected one JSON object such as {{\"op\":\"status\"}}",
+                escape_unprintable(&error.to_string())
+            ),
+        )
     })
 }
 

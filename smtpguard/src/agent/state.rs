@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
-    str::FromStr,
     time::{Duration, SystemTime},
 };
 
@@ -22,12 +21,16 @@ use super::{
     netns,
 };
 use crate::{
-    config::{AttachKind, Config, XdpMode},
+    config::{
+        AttachKind, Config, XdpMode,
+        danger::{self, Danger},
+    },
     dataplane::{Attach, Dataplane, EntryList, PinLayout, ReconcileReport},
+    input::{self, InputError},
     metrics::MetricsSnapshot,
     policy::DesiredPolicy,
     report::{Class, Grouping, ReportOptions},
-    store::{AuditAction, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
+    store::{AuditAction, MAX_TEXT_BYTES, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
 };
 
 /// A failed request: the kind decides the CLI's exit code.
@@ -42,6 +45,12 @@ impl Failure {
             kind,
             message: message.into(),
         }
+    }
+}
+
+impl From<InputError> for Failure {
+    fn from(error: InputError) -> Self {
+        Failure::new(ErrorKind::BadRequest, error.to_string())
     }
 }
 
@@ -397,32 +406,41 @@ impl AgentState {
         Ok(())
     }
 
-    /// Carries out one request from `who` (the peer's user name).
+    /// Carries out one request from `who` (the peer's user name), once its fields are within
+    /// the input limits: a client other than the CLI gets no further than the CLI would.
     pub fn handle(&mut self, request: Request, who: &str) -> Response {
+        if let Err(error) = request.validate(SystemTime::now()) {
+            return Response::error(ErrorKind::BadRequest, error.to_string());
+        }
         let outcome = match request {
             Request::ExemptAdd {
                 prefix,
                 reason,
                 ticket,
                 expires,
-            } => self.exempt_add(&prefix, reason, ticket, expires.as_deref(), who),
+                force,
+            } => self.exempt_add(&prefix, reason, ticket, expires.as_deref(), force, who),
             Request::ExemptList {} => self.exempt_list(),
             Request::ExemptRemove { prefix } => self.exempt_remove(&prefix, who),
-            Request::RelayAdd { prefix, note } => self.relay_add(&prefix, note, who),
+            Request::RelayAdd {
+                prefix,
+                note,
+                force,
+            } => self.relay_add(&prefix, note, force, who),
             Request::RelayList {} => self.relay_list(),
             Request::RelayRemove { prefix } => self.relay_remove(&prefix, who),
             Request::Status {} => self.status(),
             Request::Check { src, dst, port } => self.check(&src, &dst, port),
             Request::Audit { since } => self.audit(since.as_deref()),
-            Request::Reload {} => self.reload(who),
+            Request::Reload { force } => self.reload(force, who),
             Request::EscalationList {} => self
                 .store
                 .active_escalations()
                 .map(|e| json!(e))
                 .map_err(Failure::from),
-            Request::EscalationLift { host } => {
-                parse_address(&host).and_then(|host| self.end_escalation(host, who, false))
-            }
+            Request::EscalationLift { host } => input::parse_address("host", &host)
+                .map_err(Failure::from)
+                .and_then(|host| self.end_escalation(host, who, false)),
             // Streamed by the server, never answered here.
             Request::Events {} => Err(Failure::new(
                 ErrorKind::BadRequest,
@@ -442,9 +460,10 @@ impl AgentState {
         reason: String,
         ticket: Option<String>,
         expires: Option<&str>,
+        force: bool,
         who: &str,
     ) -> Outcome {
-        let prefix = parse_prefix(prefix)?;
+        let prefix = input::parse_prefix("prefix", prefix)?;
         if !self
             .config
             .subscribers
@@ -469,7 +488,11 @@ impl AgentState {
                 ),
             ));
         }
-        let expires = expires.map(parse_time).transpose()?;
+        let dangers = danger::exemption_dangers(&self.config, prefix);
+        refuse_unless_forced(&dangers, force, "exempt add")?;
+        let expires = expires
+            .map(|at| input::parse_time("expires", at))
+            .transpose()?;
         let exemption = self
             .store
             .add_exemption(
@@ -492,11 +515,12 @@ impl AgentState {
             ));
         }
         info!(%prefix, who, "exemption added");
+        self.record_forced(&dangers, &prefix.to_string(), who);
         Ok(json!(exemption))
     }
 
     fn exempt_remove(&mut self, prefix: &str, who: &str) -> Outcome {
-        let prefix = parse_prefix(prefix)?;
+        let prefix = input::parse_prefix("prefix", prefix)?;
         if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
             return Err(Failure::new(
                 ErrorKind::BadRequest,
@@ -532,8 +556,10 @@ impl AgentState {
         Ok(Value::Array(rows))
     }
 
-    fn relay_add(&mut self, prefix: &str, note: Option<String>, who: &str) -> Outcome {
-        let prefix = parse_prefix(prefix)?;
+    fn relay_add(&mut self, prefix: &str, note: Option<String>, force: bool, who: &str) -> Outcome {
+        let prefix = input::parse_prefix("prefix", prefix)?;
+        let dangers: Vec<Danger> = danger::relay_danger(prefix).into_iter().collect();
+        refuse_unless_forced(&dangers, force, "relay add")?;
         if self.config.relays.iter().any(|r| r.prefix == prefix) {
             return Err(Failure::new(
                 ErrorKind::Conflict,
@@ -562,11 +588,12 @@ impl AgentState {
             ));
         }
         info!(%prefix, who, "relay added");
+        self.record_forced(&dangers, &prefix.to_string(), who);
         Ok(json!(relay))
     }
 
     fn relay_remove(&mut self, prefix: &str, who: &str) -> Outcome {
-        let prefix = parse_prefix(prefix)?;
+        let prefix = input::parse_prefix("prefix", prefix)?;
         let removed = self
             .store
             .remove_relay(prefix, who, SystemTime::now())
@@ -606,6 +633,26 @@ impl AgentState {
                 ),
             )
         })
+    }
+
+    /// Audits a change forced past `dangers` (nothing when there were none). The change itself
+    /// is done and audited already: a failure here is logged, not answered.
+    fn record_forced(&mut self, dangers: &[Danger], subject: &str, who: &str) {
+        if dangers.is_empty() {
+            return;
+        }
+        let detail = truncated(&danger::describe(dangers), MAX_TEXT_BYTES);
+        warn!(subject, who, detail, "forced past warnings");
+        if let Err(error) = self.store.record(
+            AuditAction::Forced,
+            subject,
+            who,
+            &detail,
+            SystemTime::now(),
+        ) {
+            self.counters.store_errors += 1;
+            warn!(%error, subject, "recording a forced change in the audit log failed");
+        }
     }
 
     fn count_store_error(&mut self, error: &StoreError) {
@@ -686,8 +733,8 @@ impl AgentState {
     /// Explains what the live policy does with TCP from `src` to `dst:port`, rule by rule, and
     /// confirms each match against the kernel maps.
     fn check(&mut self, src: &str, dst: &str, port: u16) -> Outcome {
-        let src = parse_address(src)?;
-        let dst = parse_address(dst)?;
+        let src = input::parse_address("source", src)?;
+        let dst = input::parse_address("destination", dst)?;
         if src.is_ipv4() != dst.is_ipv4() {
             return Err(Failure::new(
                 ErrorKind::BadRequest,
@@ -744,13 +791,13 @@ impl AgentState {
     }
 
     fn audit(&mut self, since: Option<&str>) -> Outcome {
-        let since = since.map(parse_time).transpose()?;
+        let since = since.map(|at| input::parse_time("since", at)).transpose()?;
         Ok(json!(self.store.audit(since)?))
     }
 
-    /// Re-reads the config file. An invalid file changes nothing; a valid one is reconciled
-    /// into the maps and the interfaces.
-    fn reload(&mut self, who: &str) -> Outcome {
+    /// Re-reads the config file. An invalid file changes nothing, and neither does a dangerous
+    /// one unless `force`; a valid one is reconciled into the maps and the interfaces.
+    fn reload(&mut self, force: bool, who: &str) -> Outcome {
         self.counters.reloads += 1;
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
@@ -763,6 +810,22 @@ impl AgentState {
                 ));
             }
         };
+        let dangers = danger::dangers(Some(&self.config), &config);
+        if let Err(failure) = refuse_unless_forced(&dangers, force, "reload") {
+            self.counters.reload_failures += 1;
+            warn!(
+                who,
+                error = failure.message,
+                "reload refused: the running policy stays as it was"
+            );
+            return Err(Failure::new(
+                failure.kind,
+                format!(
+                    "reload refused, the running policy stays as it was: {}",
+                    failure.message
+                ),
+            ));
+        }
         let previous = std::mem::replace(&mut self.config, config);
         self.resolved = resolve_relay_hosts(&self.config, &self.resolved);
         let applied = self
@@ -784,6 +847,7 @@ impl AgentState {
                     )
                     .inspect_err(|_| self.counters.store_errors += 1)?;
                 info!(who, detail, "config reloaded");
+                self.record_forced(&dangers, &self.config_path.display().to_string(), who);
                 Ok(
                     json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed}),
                 )
@@ -916,8 +980,32 @@ impl AgentState {
     }
 }
 
+/// Refuses a dangerous change unless it is forced; the message names every danger and the
+/// flag.
+fn refuse_unless_forced(dangers: &[Danger], force: bool, verb: &str) -> Result<(), Failure> {
+    if dangers.is_empty() || force {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorKind::BadRequest,
+        format!(
+            "{}; `smtpguard {verb} --force` does it anyway",
+            danger::describe(dangers)
+        ),
+    ))
+}
+
 fn failed(error: impl std::fmt::Display) -> Failure {
     Failure::new(ErrorKind::Failed, error.to_string())
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// The longest prefix of `map` that contains `address`: what an LPM trie lookup finds.
@@ -947,45 +1035,6 @@ fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
         .map(|item| item.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn parse_prefix(text: &str) -> Result<IpNet, Failure> {
-    let prefix = IpNet::from_str(text).map_err(|_| {
-        Failure::new(
-            ErrorKind::BadRequest,
-            format!("{text:?} is not a prefix; expected ADDRESS/LENGTH such as 100.64.10.0/24 or 2001:db8:1000:10::/64"),
-        )
-    })?;
-    if prefix.trunc() != prefix {
-        return Err(Failure::new(
-            ErrorKind::BadRequest,
-            format!(
-                "{prefix} has host bits set; expected the network address {}",
-                prefix.trunc()
-            ),
-        ));
-    }
-    Ok(prefix)
-}
-
-fn parse_address(text: &str) -> Result<IpAddr, Failure> {
-    text.parse().map_err(|_| {
-        Failure::new(
-            ErrorKind::BadRequest,
-            format!(
-                "{text:?} is not an IP address; expected one such as 100.64.0.2 or 2001:db8::2"
-            ),
-        )
-    })
-}
-
-fn parse_time(text: &str) -> Result<SystemTime, Failure> {
-    humantime::parse_rfc3339_weak(text).map_err(|_| {
-        Failure::new(
-            ErrorKind::BadRequest,
-            format!("{text:?} is not a time; expected RFC 3339 such as 2026-12-31T23:59:59Z"),
-        )
-    })
 }
 
 /// Resolves every relay hostname; a name that fails keeps its last known addresses.

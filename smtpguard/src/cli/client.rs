@@ -50,8 +50,10 @@ impl AgentArgs {
         Ok(AgentConfig::default().socket)
     }
 
-    /// Sends `request` and returns the body of a successful answer.
+    /// Checks `request` against the input limits, sends it and returns the body of a
+    /// successful answer.
     pub fn call(&self, request: &Request) -> anyhow::Result<Value> {
+        request.validate(std::time::SystemTime::now())?;
         match api::call(&self.socket()?, request)? {
             Response::Ok { body } => Ok(body),
             Response::Error { kind, message } => Err(AgentRefused { kind, message }.into()),

@@ -1,33 +1,72 @@
-//! `smtpguard config check FILE`
+//! `smtpguard config check FILE [--against RUNNING] [--strict]`
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use crate::config::Config;
+use crate::config::{Config, danger};
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a configuration file and summarise it; exit code 1 if it is invalid.
+    /// Validate a configuration file and summarise it; exit code 1 if it is invalid. Dangerous
+    /// settings (which `reload` refuses without --force) are printed as warnings on stderr.
     ///
-    /// Example: smtpguard config check /etc/smtpguard/smtpguard.toml
+    /// Example: smtpguard config check new.toml --against /etc/smtpguard/smtpguard.toml
     Check {
         /// The configuration file to check.
         file: PathBuf,
+        /// The config it would replace, to warn about dangerous changes too (relays dropped,
+        /// enforcement switched off, subscriber ranges replaced), e.g.
+        /// --against /etc/smtpguard/smtpguard.toml
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Exit with code 1 when there are warnings, e.g. in a deployment pipeline.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
 pub fn run(command: &ConfigCommand) -> anyhow::Result<()> {
     match command {
-        ConfigCommand::Check { file } => {
+        ConfigCommand::Check {
+            file,
+            against,
+            strict,
+        } => {
             let config = Config::load(file).context("invalid configuration")?;
+            let running = against
+                .as_deref()
+                .map(|path| {
+                    Config::load(path).with_context(|| {
+                        format!("invalid configuration in --against {}", path.display())
+                    })
+                })
+                .transpose()?;
             println!(
                 "{}: ok ({} subscriber ranges, {} relays, {} exemptions; enforced ports {:?})",
                 file.display(),
                 config.subscribers.len(),
-                config.relays.len(),
+                config.relays.len() + config.relay_hosts.len(),
                 config.exemptions.len(),
                 config.enforcement.ports,
+            );
+            let dangers = danger::dangers(running.as_ref(), &config);
+            for danger in &dangers {
+                eprintln!("warning: {}: {danger}", file.display());
+            }
+            if dangers.is_empty() {
+                return Ok(());
+            }
+            let count = match dangers.len() {
+                1 => "1 warning".to_owned(),
+                n => format!("{n} warnings"),
+            };
+            if *strict {
+                bail!("{}: {count} (--strict)", file.display());
+            }
+            eprintln!(
+                "{}: {count}; `smtpguard reload` refuses this file without --force",
+                file.display()
             );
             Ok(())
         }

@@ -1,12 +1,11 @@
 //! `smtpguard exempt add|list|rm`
 
-use std::time::SystemTime;
+use std::{ffi::OsString, time::SystemTime};
 
-use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
 use super::{ListFormat, client::AgentArgs, table};
-use crate::agent::api::Request;
+use crate::{agent::api::Request, input};
 
 #[derive(Debug, Subcommand)]
 pub enum ExemptCommand {
@@ -15,16 +14,23 @@ pub enum ExemptCommand {
     /// Example: smtpguard exempt add 100.64.10.0/24 --reason "static business block" --ticket T-4711 --expires 30d
     Add {
         /// The prefix to exempt, inside a subscriber range, e.g. 100.64.10.0/24
-        prefix: String,
-        /// Why, for whoever reads the list next, e.g. --reason "customer's own MX"
+        prefix: OsString,
+        /// Why, for whoever reads the list next (printable, at most 512 bytes), e.g.
+        /// --reason "customer's own MX"
         #[arg(long)]
-        reason: String,
-        /// The ticket or case that asked for it, e.g. --ticket T-4711
+        reason: OsString,
+        /// The ticket or case that asked for it (printable, at most 128 bytes), e.g.
+        /// --ticket T-4711
         #[arg(long)]
-        ticket: Option<String>,
-        /// When it lapses: a duration from now (30d, 12h) or a time (2026-12-31T23:59:59Z)
+        ticket: Option<OsString>,
+        /// When it lapses, at most 10 years ahead: a duration from now (30d, 12h) or a time
+        /// (2026-12-31T23:59:59Z)
         #[arg(long)]
-        expires: Option<String>,
+        expires: Option<OsString>,
+        /// Exempt it even though it covers a whole enforced subscriber range (audited), e.g.
+        /// smtpguard exempt add 100.64.0.0/10 --reason "migration" --force
+        #[arg(long)]
+        force: bool,
     },
     /// List exemptions from the config file and the store.
     ///
@@ -39,7 +45,7 @@ pub enum ExemptCommand {
     /// Example: smtpguard exempt rm 100.64.10.0/24
     Rm {
         /// The prefix exactly as listed, e.g. 100.64.10.0/24
-        prefix: String,
+        prefix: OsString,
     },
 }
 
@@ -50,13 +56,25 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             reason,
             ticket,
             expires,
+            force,
         } => {
-            let expires = expires.as_deref().map(expiry).transpose()?;
+            let expires = expires
+                .as_deref()
+                .map(|text| {
+                    let text = input::utf8("--expires", text)?;
+                    let at = input::parse_expiry("--expires", text, SystemTime::now())?;
+                    Ok::<_, input::InputError>(humantime::format_rfc3339_seconds(at).to_string())
+                })
+                .transpose()?;
             let body = agent.call(&Request::ExemptAdd {
-                prefix: prefix.clone(),
-                reason: reason.clone(),
-                ticket: ticket.clone(),
+                prefix: input::utf8("prefix", prefix)?.to_owned(),
+                reason: input::utf8("reason", reason)?.to_owned(),
+                ticket: ticket
+                    .as_deref()
+                    .map(|t| input::utf8("ticket", t).map(str::to_owned))
+                    .transpose()?,
                 expires,
+                force: *force,
             })?;
             println!("exempt: {}", table::text(&body["prefix"]));
         }
@@ -80,32 +98,12 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             }
         }
         ExemptCommand::Rm { prefix } => {
+            let prefix = input::utf8("prefix", prefix)?;
             agent.call(&Request::ExemptRemove {
-                prefix: prefix.clone(),
+                prefix: prefix.to_owned(),
             })?;
             println!("no longer exempt: {prefix}");
         }
     }
     Ok(())
-}
-
-/// `30d` or an RFC 3339 time, as RFC 3339.
-fn expiry(text: &str) -> anyhow::Result<String> {
-    if let Ok(duration) = humantime::parse_duration(text) {
-        if duration.is_zero() {
-            bail!("--expires {text:?} is no time from now; expected a duration such as 30d");
-        }
-        let at = SystemTime::now()
-            .checked_add(duration)
-            .with_context(|| format!("--expires {text:?} is too far in the future"))?;
-        return Ok(humantime::format_rfc3339_seconds(at).to_string());
-    }
-    humantime::parse_rfc3339_weak(text)
-        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "--expires {text:?} is neither a duration nor a time; expected 30d, 12h or \
-                 2026-12-31T23:59:59Z"
-            )
-        })
 }

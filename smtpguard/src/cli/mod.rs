@@ -76,8 +76,16 @@ enum Command {
     /// Policy block list export.
     #[command(subcommand)]
     Pbl(pbl::PblCommand),
-    /// Re-read the agent's config file; an invalid one changes nothing.
-    Reload,
+    /// Re-read the agent's config file; an invalid one changes nothing, and a dangerous one
+    /// (see `config check`) only with --force.
+    ///
+    /// Example: smtpguard reload
+    Reload {
+        /// Apply the file even though `config check` warns about it (audited), e.g.
+        /// smtpguard reload --force
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove enforcement from every interface on purpose, and stop the agent.
     Detach,
 }
@@ -134,8 +142,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Escalations(args) => escalations::escalations(&args, agent),
         Command::Events(args) => escalations::events(&args, agent),
         Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
-        Command::Reload => {
-            let body = agent.call(&Request::Reload {})?;
+        Command::Reload { force } => {
+            let body = agent.call(&Request::Reload { force })?;
             println!(
                 "reloaded: added {}, updated {}, removed {}",
                 body["added"], body["updated"], body["removed"]

@@ -1,9 +1,11 @@
 //! `smtpguard relay add|list|rm`: runtime relays, on top of the config's.
 
+use std::ffi::OsString;
+
 use clap::Subcommand;
 
 use super::{ListFormat, client::AgentArgs, table};
-use crate::agent::api::Request;
+use crate::{agent::api::Request, input};
 
 #[derive(Debug, Subcommand)]
 pub enum RelayCommand {
@@ -12,10 +14,14 @@ pub enum RelayCommand {
     /// Example: smtpguard relay add 192.0.2.26/32 --note "second smarthost"
     Add {
         /// The relay prefix, e.g. 192.0.2.26/32
-        prefix: String,
-        /// A note for the list, e.g. --note "second smarthost"
+        prefix: OsString,
+        /// A note for the list (printable, at most 512 bytes), e.g. --note "second smarthost"
         #[arg(long)]
-        note: Option<String>,
+        note: Option<OsString>,
+        /// Add it even though it is shorter than /8 (IPv4) or /16 (IPv6) (audited), e.g.
+        /// smtpguard relay add 0.0.0.0/0 --force
+        #[arg(long)]
+        force: bool,
     },
     /// List relays from the config file, DNS and the store.
     ///
@@ -30,16 +36,24 @@ pub enum RelayCommand {
     /// Example: smtpguard relay rm 192.0.2.26/32
     Rm {
         /// The prefix exactly as listed, e.g. 192.0.2.26/32
-        prefix: String,
+        prefix: OsString,
     },
 }
 
 pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
     match command {
-        RelayCommand::Add { prefix, note } => {
+        RelayCommand::Add {
+            prefix,
+            note,
+            force,
+        } => {
             let body = agent.call(&Request::RelayAdd {
-                prefix: prefix.clone(),
-                note: note.clone(),
+                prefix: input::utf8("prefix", prefix)?.to_owned(),
+                note: note
+                    .as_deref()
+                    .map(|n| input::utf8("note", n).map(str::to_owned))
+                    .transpose()?,
+                force: *force,
             })?;
             println!("relay: {}", table::text(&body["prefix"]));
         }
@@ -59,8 +73,9 @@ pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             }
         }
         RelayCommand::Rm { prefix } => {
+            let prefix = input::utf8("prefix", prefix)?;
             agent.call(&Request::RelayRemove {
-                prefix: prefix.clone(),
+                prefix: prefix.to_owned(),
             })?;
             println!("no longer a relay: {prefix}");
         }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod agent;
+pub mod danger;
 mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, XdpMode};

@@ -24,11 +24,13 @@ pub enum AuditAction {
     Escalated,
     EscalationLifted,
     EscalationExpired,
+    /// A change made with `--force` past the warnings about it (named in the detail).
+    Forced,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 11] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
@@ -39,6 +41,7 @@ impl AuditAction {
         AuditAction::Escalated,
         AuditAction::EscalationLifted,
         AuditAction::EscalationExpired,
+        AuditAction::Forced,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -54,6 +57,7 @@ impl AuditAction {
             AuditAction::Escalated => "escalated",
             AuditAction::EscalationLifted => "escalation-lifted",
             AuditAction::EscalationExpired => "escalation-expired",
+            AuditAction::Forced => "forced",
         }
     }
 }
@@ -229,6 +233,7 @@ mod tests {
                 "escalated",
                 "escalation-lifted",
                 "escalation-expired",
+                "forced",
             ]
         );
         for action in AuditAction::ALL {
@@ -244,7 +249,7 @@ mod tests {
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached, escalated, escalation-lifted, escalation-expired"
+             detached, escalated, escalation-lifted, escalation-expired, forced"
         );
     }
 

@@ -548,7 +548,8 @@ fn check_prefix(kind: EntryKind, prefix: IpNet) -> Result<(), StoreError> {
     }
 }
 
-/// Rejects text longer than [`MAX_TEXT_BYTES`] or holding a control character.
+/// Rejects text longer than [`MAX_TEXT_BYTES`] or holding a control character (or another
+/// unprintable one, as [`crate::input`] defines them).
 fn check_text(field: &'static str, value: &str) -> Result<(), StoreError> {
     if value.len() > MAX_TEXT_BYTES {
         return Err(StoreError::TooLong {
@@ -556,7 +557,7 @@ fn check_text(field: &'static str, value: &str) -> Result<(), StoreError> {
             len: value.len(),
         });
     }
-    match value.char_indices().find(|(_, c)| c.is_control()) {
+    match crate::input::first_unprintable(value) {
         Some((offset, character)) => Err(StoreError::ControlCharacter {
             field,
             value: value.to_owned(),
