@@ -502,39 +502,6 @@ fn detach_removes_enforcement_and_stops_the_agent() {
     f.assert_blocked("a new agent after detach");
 }
 
-/// One connection attempt from `src` (an address of the subscriber namespace) to `dst:25`;
-/// true if it connected. The send timeout bounds the connect: a dropped SYN is sent once.
-fn attempt_from(fixture: &Fixture, src: IpAddr, dst: IpAddr, timeout: Duration) -> bool {
-    use nix::sys::{
-        socket::{
-            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
-            sockopt,
-        },
-        time::TimeVal,
-    };
-    use std::os::fd::AsRawFd as _;
-    fixture.lab.subscriber.run(|| {
-        let family = if src.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let socket = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
-        let timeout = TimeVal::new(timeout.as_secs() as i64, i64::from(timeout.subsec_micros()));
-        setsockopt(&socket, sockopt::SendTimeout, &timeout).unwrap();
-        bind(
-            socket.as_raw_fd(),
-            &SockaddrStorage::from(std::net::SocketAddr::new(src, 0)),
-        )
-        .unwrap_or_else(|e| panic!("binding {src}: {e}"));
-        connect(
-            socket.as_raw_fd(),
-            &SockaddrStorage::from(std::net::SocketAddr::new(dst, 25)),
-        )
-        .is_ok()
-    })
-}
-
 /// The report as JSON rows keyed by host.
 fn report_rows(fixture: &Fixture, args: &[&str]) -> Vec<Value> {
     let mut full = vec!["report", "--format", "json"];

@@ -24,11 +24,17 @@ pub enum AuditAction {
     Escalated,
     EscalationLifted,
     EscalationExpired,
+    /// Pins removed by hand were made again by the agent.
+    PinsRestored,
+    /// A configured interface disappeared: nothing is enforced on it.
+    InterfaceDetached,
+    /// A configured interface appeared (again) and the program was attached to it.
+    InterfaceAttached,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 13] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
@@ -39,6 +45,9 @@ impl AuditAction {
         AuditAction::Escalated,
         AuditAction::EscalationLifted,
         AuditAction::EscalationExpired,
+        AuditAction::PinsRestored,
+        AuditAction::InterfaceDetached,
+        AuditAction::InterfaceAttached,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -54,6 +63,9 @@ impl AuditAction {
             AuditAction::Escalated => "escalated",
             AuditAction::EscalationLifted => "escalation-lifted",
             AuditAction::EscalationExpired => "escalation-expired",
+            AuditAction::PinsRestored => "pins-restored",
+            AuditAction::InterfaceDetached => "interface-detached",
+            AuditAction::InterfaceAttached => "interface-attached",
         }
     }
 }
@@ -229,6 +241,9 @@ mod tests {
                 "escalated",
                 "escalation-lifted",
                 "escalation-expired",
+                "pins-restored",
+                "interface-detached",
+                "interface-attached",
             ]
         );
         for action in AuditAction::ALL {
@@ -244,7 +259,8 @@ mod tests {
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached, escalated, escalation-lifted, escalation-expired"
+             detached, escalated, escalation-lifted, escalation-expired, pins-restored, \
+             interface-detached, interface-attached"
         );
     }
 
