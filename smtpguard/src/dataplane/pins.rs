@@ -179,7 +179,7 @@ impl PinLayout {
         let folder =
             fs::File::open(&self.root).map_err(|error| self.io_error(&self.root, error))?;
         match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(PinLock { lock: lock }),
+            Ok(lock) => Ok(PinLock { lock }),
             Err((_, Errno::EWOULDBLOCK)) => Err(DataplaneError::PinsOwned {
                 path: self.root.clone(),
                 owner: lock_owner(&self.root)
