@@ -394,7 +394,11 @@ impl AgentState {
     /// attachments of interfaces no longer configured. A configured interface that does not
     /// exist (yet) is reported detached, and attached by `watch` once it appears.
     fn attach_all(&mut self) -> anyhow::Result<()> {
-        for interface in self.config.agent.interfaces.clone() {
+        let configured = self.config.agent.interfaces.clone();
+        // An interface no longer configured is neither attached nor missing.
+        self.detached_interfaces
+            .retain(|interface| configured.contains(interface));
+        for interface in configured {
             match self.attach_one(&interface)? {
                 Some(outcome) => {
                     self.detached_interfaces.remove(&interface);
