@@ -649,9 +649,33 @@ fn a_second_agent_on_the_same_pins_or_state_is_refused() {
     assert_eq!(attached_interfaces(&status(&f)), [SUBSCRIBER_INTERFACE]);
 }
 
+/// A metrics port of this test's own, picked free by the kernel.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap()
+}
+
+/// The value of the unlabelled sample `name` on the agent's metrics endpoint.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(OPEN)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Deletes the subscriber interface under the running agent, checks it reports it detached
 /// and stays up, creates it again and checks enforcement is back on the new interface.
-fn delete_and_create_again(f: &Fixture, agent: &mut Agent) {
+fn delete_and_create_again(f: &Fixture, agent: &mut Agent, metrics_port: u16) {
+    let reattachments = metric(metrics_port, "smtpguard_reattachments_total");
     f.lab.delete_subscriber_link().unwrap();
     eventually(
         REPAIRED,
@@ -660,13 +684,32 @@ fn delete_and_create_again(f: &Fixture, agent: &mut Agent) {
     );
     assert!(agent.running(), "log:\n{}", agent.log());
     assert!(attached_interfaces(&status(f)).is_empty());
+    assert_eq!(
+        metric(metrics_port, "smtpguard_detached_interfaces"),
+        Some(1.0)
+    );
     f.lab.create_subscriber_link().unwrap();
     wait_attached(f);
+    assert_eq!(
+        metric(metrics_port, "smtpguard_detached_interfaces"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(metrics_port, "smtpguard_reattachments_total"),
+        reattachments.map(|count| count + 1.0)
+    );
     f.assert_blocked("on the interface created again");
     f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "new interface"]);
     f.assert_open("exempt add on the interface created again");
     f.ok(&["exempt", "rm", SUBSCRIBER]);
     f.assert_blocked("exempt rm on the interface created again");
+}
+
+fn with_metrics_port(config: &str, port: u16) -> String {
+    config.replace(
+        "metrics_listen = \"127.0.0.1:0\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
 }
 
 fn wait_attached(f: &Fixture) {
@@ -684,9 +727,11 @@ fn wait_attached(f: &Fixture) {
 #[test]
 fn an_interface_deleted_and_created_again_is_attached_again_xdp() {
     let f = Fixture::new("recreate-xdp");
+    let port = free_port();
+    std::fs::write(&f.config, with_metrics_port(&f.config_text(""), port)).unwrap();
     let mut agent = f.start();
     f.assert_blocked("before the interface is deleted");
-    delete_and_create_again(&f, &mut agent);
+    delete_and_create_again(&f, &mut agent, port);
     assert_eq!(
         f.audit_actions(SUBSCRIBER_INTERFACE),
         ["interface-detached", "interface-attached"]
@@ -700,7 +745,9 @@ fn an_interface_deleted_and_created_again_is_attached_again_xdp() {
 #[test]
 fn an_interface_missing_at_start_is_attached_when_it_appears_tc() {
     let f = Fixture::new("recreate-tc");
-    std::fs::write(&f.config, format!("{}attach = \"tc\"\n", f.config_text(""))).unwrap();
+    let port = free_port();
+    let config = with_metrics_port(&f.config_text(""), port);
+    std::fs::write(&f.config, format!("{config}attach = \"tc\"\n")).unwrap();
     f.lab.delete_subscriber_link().unwrap();
     let mut agent = f.start();
     let at_start = status(&f);
@@ -720,7 +767,7 @@ fn an_interface_missing_at_start_is_attached_when_it_appears_tc() {
     f.lab.create_subscriber_link().unwrap();
     wait_attached(&f);
     f.assert_blocked("once the interface appeared");
-    delete_and_create_again(&f, &mut agent);
+    delete_and_create_again(&f, &mut agent, port);
     assert_eq!(
         f.audit_actions(SUBSCRIBER_INTERFACE),
         [

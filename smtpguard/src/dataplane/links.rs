@@ -135,13 +135,6 @@ impl HeldLinks {
         }
         Ok(restored)
     }
-
-    /// Whether any held link has lost its pin.
-    pub fn pins_missing(&self, layout: &PinLayout) -> bool {
-        self.links
-            .iter()
-            .any(|(interface, link)| !layout.link(link.kind, interface).exists())
-    }
 }
 
 fn bpffs_error(path: &Path, error: io::Error) -> DataplaneError {
