@@ -77,6 +77,9 @@ fn detached_interfaces(status: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The host whose exemption the burst tries to add again.
+const DUPLICATE: u32 = 150;
+
 /// One CLI write of the burst and how the agent answered it.
 struct Write {
     args: Vec<String>,
@@ -92,20 +95,14 @@ impl Write {
     fn answered_ok(&self) -> bool {
         self.output.status.success()
     }
-
-    /// Neither done (0) nor without an answer (2): a refusal (1), after which nothing may
-    /// have changed, or a CLI that hung or crashed.
-    fn neither_done_nor_unanswered(&self) -> bool {
-        !matches!(self.output.status.code(), Some(0 | 2))
-    }
 }
 
 #[test]
 fn kill_9_during_a_burst_of_writes_loses_no_answered_write() {
     let f = Fixture::new("burst");
     let agent = f.start();
-    // Ten exemptions the burst removes again.
-    for n in 140..150 {
+    // Ten exemptions the burst removes again, and one it tries to add again (a conflict).
+    for n in 140..=DUPLICATE {
         f.ok(&[
             "exempt",
             "add",
@@ -114,9 +111,17 @@ fn kill_9_during_a_burst_of_writes_loses_no_answered_write() {
             "old",
         ]);
     }
+    let duplicate = format!("100.64.0.{DUPLICATE}/32");
     let mut writes: Vec<Vec<String>> = Vec::new();
     for n in 0..40u32 {
         let args = match n % 4 {
+            3 if n % 8 == 7 => vec![
+                "exempt".into(),
+                "add".into(),
+                duplicate.clone(),
+                "--reason".into(),
+                format!("burst {n}"),
+            ],
             0 => vec![
                 "exempt".into(),
                 "rm".into(),
@@ -167,33 +172,57 @@ fn kill_9_during_a_burst_of_writes_loses_no_answered_write() {
     });
     drop(agent);
     let ok = results.iter().filter(|w| w.answered_ok()).count();
-    let refused: Vec<&Write> = results
+    // A conflict is refused (1) or unanswered (2); every other write is done (0) or
+    // unanswered (2).
+    let unexpected: Vec<&Write> = results
         .iter()
-        .filter(|w| w.neither_done_nor_unanswered())
+        .filter(|w| {
+            let code = w.output.status.code();
+            if w.prefix() == duplicate {
+                !matches!(code, Some(1 | 2))
+            } else {
+                !matches!(code, Some(0 | 2))
+            }
+        })
         .collect();
     assert!(
         ok >= 1,
         "expected at least one write answered before the kill, observed none"
     );
-    // A refusal is bad input or a conflict, which this burst has none of; a write the agent
-    // died under exits 2.
     assert!(
-        refused.is_empty(),
-        "expected every write to exit 0 (done) or 2 (no answer), observed: {}",
-        refused
+        unexpected.is_empty(),
+        "expected exit 1 (refused) or 2 (no answer) for adding {duplicate} again and 0 (done) \
+         or 2 for the others, observed: {}",
+        unexpected
             .iter()
             .map(|w| format!("{}: {}", w.args.join(" "), show(&w.output)))
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let exited = |code| {
+        results
+            .iter()
+            .filter(|w| w.output.status.code() == Some(code))
+            .count()
+    };
     eprintln!(
-        "burst: {ok} answered ok, {} without an answer (agent killed)",
-        results.len() - ok
+        "burst: {ok} done, {} refused (conflicts), {} without an answer (agent killed)",
+        exited(1),
+        exited(2)
     );
 
     let _agent = f.start();
     let exemptions = runtime_prefixes(&f.json(&["exempt", "list", "--format", "json"]));
     let relays = runtime_prefixes(&f.json(&["relay", "list", "--format", "json"]));
+    // The refused adds changed nothing: the exemption keeps its first reason.
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    let kept = list
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["prefix"] == duplicate.as_str()));
+    assert!(
+        kept.is_some_and(|row| row["reason"] == "old"),
+        "after the restart: expected {duplicate} with its first reason \"old\", observed {kept:?}"
+    );
     for write in &results {
         let prefix = write.prefix();
         let (present, verb) = match (write.args[0].as_str(), write.args[1].as_str()) {
@@ -391,7 +420,11 @@ impl Ext4 {
 
 impl Drop for Ext4 {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
+        // Lazy: the loop device goes once nothing uses the file system any more.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
     }
 }
 
