@@ -771,8 +771,16 @@ fn an_interface_deleted_and_created_again_is_attached_again_xdp() {
     );
     // A restart updates the link of the new interface.
     agent.terminate();
-    let _agent = f.start();
+    let agent = f.start();
     f.assert_blocked("after a restart");
+    // Deleted and created again while no agent runs: the pinned link is left on the old
+    // interface, so the next agent makes a new one instead of updating it.
+    agent.terminate();
+    f.lab.delete_subscriber_link().unwrap();
+    f.lab.create_subscriber_link().unwrap();
+    let _agent = f.start();
+    assert_eq!(attached_interfaces(&status(&f)), [SUBSCRIBER_INTERFACE]);
+    f.assert_blocked("an interface created again while no agent ran");
 }
 
 #[test]
