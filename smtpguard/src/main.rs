@@ -8,10 +8,13 @@ fn main() -> ExitCode {
         Err(error) => {
             // The whole cause chain on one line, without a backtrace: this is for operators.
             eprintln!("error: {error:#}");
-            // Exit code 2: the agent could not be reached at all; 3: its socket refuses this
-            // user; 1: anything else.
+            // Exit code 2: the agent could not be reached, or gave no answer (it died during
+            // the request, which may or may not have been carried out); 3: its socket refuses
+            // this user; 1: anything else, a refusal included, after which nothing has changed.
             match error.downcast_ref::<ClientError>() {
-                Some(ClientError::Unreachable { .. }) => ExitCode::from(2),
+                Some(ClientError::Unreachable { .. } | ClientError::BadAnswer { .. }) => {
+                    ExitCode::from(2)
+                }
                 Some(ClientError::PermissionDenied { .. }) => ExitCode::from(3),
                 _ => ExitCode::FAILURE,
             }

@@ -66,6 +66,13 @@ pub struct MetricsSnapshot {
     pub reloads: u64,
     /// Configuration reloads that failed (monotonically increasing).
     pub reload_failures: u64,
+    /// Attachments made again to interfaces deleted and created again (monotonically
+    /// increasing).
+    pub reattachments: u64,
+    /// Times pins removed by hand were made again (monotonically increasing).
+    pub pin_restores: u64,
+    /// Configured interfaces with nothing enforced on them now (missing).
+    pub detached_interfaces: u64,
     /// Interfaces the program is attached to: (interface, attach "xdp"|"tc", mode
     /// "native"|"skb"|"tcx"). Repeated rows are shown once.
     pub attached: Vec<(String, &'static str, &'static str)>,
@@ -312,6 +319,26 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "Configuration reloads that failed.",
             Kind::Counter,
             Value::Int(snapshot.reload_failures),
+        ),
+        single(
+            "smtpguard_reattachments",
+            "Attachments made again to a configured interface that was deleted and created \
+             again (or appeared after the start).",
+            Kind::Counter,
+            Value::Int(snapshot.reattachments),
+        ),
+        single(
+            "smtpguard_pin_restores",
+            "Times the agent pinned its maps and links again after their pins were removed.",
+            Kind::Counter,
+            Value::Int(snapshot.pin_restores),
+        ),
+        single(
+            "smtpguard_detached_interfaces",
+            "Configured interfaces that do not exist now, so nothing is enforced on them; \
+             alert when above 0.",
+            Kind::Gauge,
+            Value::Int(snapshot.detached_interfaces),
         ),
         labelled(
             "smtpguard_attached",
@@ -968,7 +995,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 13] = [
+    const FAMILIES: [(&str, &str); 16] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -979,6 +1006,9 @@ mod tests {
         ("smtpguard_store_errors_total", "counter"),
         ("smtpguard_reloads_total", "counter"),
         ("smtpguard_reload_failures_total", "counter"),
+        ("smtpguard_reattachments_total", "counter"),
+        ("smtpguard_pin_restores_total", "counter"),
+        ("smtpguard_detached_interfaces", "gauge"),
         ("smtpguard_attached", "gauge"),
         ("smtpguard_build_info", "gauge"),
         ("smtpguard_start_time_seconds", "gauge"),
@@ -1011,6 +1041,9 @@ mod tests {
             store_errors: 1,
             reloads: 7,
             reload_failures: 1,
+            reattachments: 2,
+            pin_restores: 1,
+            detached_interfaces: 1,
             attached: vec![
                 ("eth0".to_owned(), "xdp", "native"),
                 ("bond0.100".to_owned(), "tc", "tcx"),
@@ -1064,6 +1097,9 @@ mod tests {
             ("smtpguard_store_errors_total", 1.0),
             ("smtpguard_reloads_total", 7.0),
             ("smtpguard_reload_failures_total", 1.0),
+            ("smtpguard_reattachments_total", 2.0),
+            ("smtpguard_pin_restores_total", 1.0),
+            ("smtpguard_detached_interfaces", 1.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
         ] {
             assert_eq!(exposition.value(name, &[]), Some(value), "{name}");
@@ -1166,7 +1202,7 @@ mod tests {
         };
         // The Prometheus format names the family `…_total`; OpenMetrics names its samples so.
         let text_counters = counters(&text);
-        assert_eq!(text_counters.len(), 5);
+        assert_eq!(text_counters.len(), 7);
         assert!(text_counters.iter().all(|name| name.ends_with("_total")));
         for family in counters(&open_metrics) {
             let samples = open_metrics.samples_of(&format!("{family}_total"));

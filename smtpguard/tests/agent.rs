@@ -5,6 +5,8 @@
 //! Every test has its own lab, pin folder, state folder, socket and metrics port, so they run
 //! in parallel; guards remove all of it (and kill the agent) also when a test fails.
 
+mod harness;
+
 use std::{
     net::IpAddr,
     process::{Command, Output, Stdio},
@@ -13,13 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use harness::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use smtpguard_tests::lab::{Connect, SUBSCRIBER_INTERFACE, addr};
-
-mod harness;
-
-use harness::*;
 
 #[test]
 fn exempt_opens_port_25_until_removed_or_expired() {
@@ -503,39 +502,6 @@ fn detach_removes_enforcement_and_stops_the_agent() {
     f.assert_blocked("a new agent after detach");
 }
 
-/// One connection attempt from `src` (an address of the subscriber namespace) to `dst:25`;
-/// true if it connected. The send timeout bounds the connect: a dropped SYN is sent once.
-fn attempt_from(fixture: &Fixture, src: IpAddr, dst: IpAddr, timeout: Duration) -> bool {
-    use nix::sys::{
-        socket::{
-            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
-            sockopt,
-        },
-        time::TimeVal,
-    };
-    use std::os::fd::AsRawFd as _;
-    fixture.lab.subscriber.run(|| {
-        let family = if src.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
-        let socket = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
-        let timeout = TimeVal::new(timeout.as_secs() as i64, i64::from(timeout.subsec_micros()));
-        setsockopt(&socket, sockopt::SendTimeout, &timeout).unwrap();
-        bind(
-            socket.as_raw_fd(),
-            &SockaddrStorage::from(std::net::SocketAddr::new(src, 0)),
-        )
-        .unwrap_or_else(|e| panic!("binding {src}: {e}"));
-        connect(
-            socket.as_raw_fd(),
-            &SockaddrStorage::from(std::net::SocketAddr::new(dst, 25)),
-        )
-        .is_ok()
-    })
-}
-
 /// The report as JSON rows keyed by host.
 fn report_rows(fixture: &Fixture, args: &[&str]) -> Vec<Value> {
     let mut full = vec!["report", "--format", "json"];
@@ -722,15 +688,6 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
         pruned.is_empty(),
         "history older than the retention stays: {pruned:?}"
     );
-}
-
-/// Polls `check` every 100 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

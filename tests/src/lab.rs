@@ -208,37 +208,19 @@ impl GatewayLab {
             netns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
             netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         }
-        for (interface, peer) in [
-            (SUBSCRIBER_INTERFACE, &lab.subscriber),
-            (INTERNET_INTERFACE, &lab.internet),
-        ] {
-            lab.gateway.ip(&[
-                "link",
-                "add",
-                interface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                peer.name(),
-            ])?;
-        }
+        lab.gateway.ip(&[
+            "link",
+            "add",
+            INTERNET_INTERFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            lab.internet.name(),
+        ])?;
         for (netns, interface, addresses) in [
-            (
-                &lab.subscriber,
-                "eth0",
-                [format!("{SUBSCRIBER_V4}/24"), format!("{SUBSCRIBER_V6}/64")],
-            ),
-            (
-                &lab.gateway,
-                SUBSCRIBER_INTERFACE,
-                [
-                    format!("{GATEWAY_SUB_V4}/24"),
-                    format!("{GATEWAY_SUB_V6}/64"),
-                ],
-            ),
             (
                 &lab.gateway,
                 INTERNET_INTERFACE,
@@ -253,15 +235,7 @@ impl GatewayLab {
                 [format!("{MX_V4}/24"), format!("{MX_V6}/64")],
             ),
         ] {
-            for address in &addresses {
-                // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
-                let mut args = vec!["addr", "add", address.as_str(), "dev", interface];
-                if address.contains(':') {
-                    args.push("nodad");
-                }
-                netns.ip(&args)?;
-            }
-            netns.ip(&["link", "set", interface, "up"])?;
+            add_addresses(netns, interface, &addresses)?;
         }
         // The relay is a second address of the internet host, routed through the gateway.
         lab.internet
@@ -284,10 +258,6 @@ impl GatewayLab {
             "via",
             MX_V6,
         ])?;
-        lab.subscriber
-            .ip(&["route", "add", "default", "via", GATEWAY_SUB_V4])?;
-        lab.subscriber
-            .ip(&["-6", "route", "add", "default", "via", GATEWAY_SUB_V6])?;
         lab.internet
             .ip(&["route", "add", "default", "via", GATEWAY_INET_V4])?;
         lab.internet
@@ -295,16 +265,71 @@ impl GatewayLab {
         lab.gateway.sysctl("net.ipv4.ip_forward", "1")?;
         lab.gateway.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (netns, interface) in [
-            (&lab.subscriber, "eth0"),
-            (&lab.gateway, SUBSCRIBER_INTERFACE),
-            (&lab.gateway, INTERNET_INTERFACE),
-            (&lab.internet, "eth0"),
-        ] {
+        for (netns, interface) in [(&lab.gateway, INTERNET_INTERFACE), (&lab.internet, "eth0")] {
             netns.wait_until_ready(interface, deadline)?;
         }
+        lab.create_subscriber_link()?;
         Ok(lab)
     }
+
+    /// Creates the subscriber link: the gateway's `SUBSCRIBER_INTERFACE` and the subscriber's
+    /// eth0, addressed and routed, and waits until both are ready. A link created again after
+    /// [`delete_subscriber_link`](Self::delete_subscriber_link) has the same name and a new
+    /// ifindex.
+    pub fn create_subscriber_link(&self) -> anyhow::Result<()> {
+        use addr::*;
+        self.gateway.ip(&[
+            "link",
+            "add",
+            SUBSCRIBER_INTERFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.subscriber.name(),
+        ])?;
+        add_addresses(
+            &self.subscriber,
+            "eth0",
+            &[format!("{SUBSCRIBER_V4}/24"), format!("{SUBSCRIBER_V6}/64")],
+        )?;
+        add_addresses(
+            &self.gateway,
+            SUBSCRIBER_INTERFACE,
+            &[
+                format!("{GATEWAY_SUB_V4}/24"),
+                format!("{GATEWAY_SUB_V6}/64"),
+            ],
+        )?;
+        self.subscriber
+            .ip(&["route", "add", "default", "via", GATEWAY_SUB_V4])?;
+        self.subscriber
+            .ip(&["-6", "route", "add", "default", "via", GATEWAY_SUB_V6])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        self.subscriber.wait_until_ready("eth0", deadline)?;
+        self.gateway
+            .wait_until_ready(SUBSCRIBER_INTERFACE, deadline)
+    }
+
+    /// Deletes the subscriber link (both ends go, with their addresses and routes).
+    pub fn delete_subscriber_link(&self) -> anyhow::Result<()> {
+        self.gateway.ip(&["link", "del", SUBSCRIBER_INTERFACE])
+    }
+}
+
+/// Adds `addresses` to `interface` and sets it up.
+fn add_addresses(netns: &Netns, interface: &str, addresses: &[String]) -> anyhow::Result<()> {
+    for address in addresses {
+        // nodad: IPv6 addresses are usable at once instead of after duplicate detection.
+        let mut args = vec!["addr", "add", address.as_str(), "dev", interface];
+        if address.contains(':') {
+            args.push("nodad");
+        }
+        netns.ip(&args)?;
+    }
+    netns.ip(&["link", "set", interface, "up"])
 }
 
 /// The banner every lab server sends, so a client sees data cross the gateway both ways.

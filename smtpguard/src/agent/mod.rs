@@ -34,6 +34,10 @@ use crate::{config::Config, dataplane::PinLayout, report::snapshot::Snapshotter}
 /// second.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
+/// How often the agent checks its pins and interfaces: a removed pin folder or a deleted and
+/// re-created interface is repaired within about a second.
+const WATCH_TICK: Duration = Duration::from_secs(1);
+
 /// Runs the agent until SIGTERM, SIGINT or `smtpguard detach`. Leaving on a signal keeps
 /// enforcement in place: the program stays on the interfaces through its pinned links.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -85,6 +89,7 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
         lock(&scrape_state).metrics()
     }));
     tokio::spawn(expire_exemptions(state.clone()));
+    tokio::spawn(watch(state.clone()));
     tokio::spawn(refresh_relays(state.clone(), config.agent.relay_refresh));
     let snapshotter = Arc::new(Mutex::new(snapshotter));
     tokio::spawn(snapshot_statistics(
@@ -212,6 +217,16 @@ async fn expire_exemptions(state: Arc<Mutex<AgentState>>) {
             }
         })
         .await;
+    }
+}
+
+async fn watch(state: Arc<Mutex<AgentState>>) {
+    let mut tick = tokio::time::interval(WATCH_TICK);
+    tick.tick().await; // the first tick is immediate; start attached everything already
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || lock(&state).watch()).await;
     }
 }
 

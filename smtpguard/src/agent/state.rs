@@ -3,7 +3,7 @@
 //! first (durable), then the maps (reconciled by difference), then the answer.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use smtpguard_common::{Origin, PrefixOrigin, REASON_COUNT, Reason, maps as names};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     api::{ErrorKind, Request, Response},
@@ -25,7 +25,10 @@ use crate::{
         AttachKind, Config, XdpMode,
         danger::{self, Danger},
     },
-    dataplane::{Attach, Dataplane, EntryList, PinLayout, ReconcileReport},
+    dataplane::{
+        Attach, AttachOutcome, Dataplane, DataplaneError, EntryList, HeldLinks, PinLayout, PinLock,
+        ReconcileReport,
+    },
     input::{self, InputError},
     metrics::MetricsSnapshot,
     policy::DesiredPolicy,
@@ -84,6 +87,10 @@ pub struct AgentCounters {
     pub store_errors: u64,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Attachments made again to an interface that was deleted and created again.
+    pub reattachments: u64,
+    /// Times pins removed by hand were made again.
+    pub pin_restores: u64,
 }
 
 pub struct AgentState {
@@ -92,6 +99,12 @@ pub struct AgentState {
     store: Store,
     dataplane: Dataplane,
     pins: PinLayout,
+    /// One agent per pin folder.
+    pin_lock: PinLock,
+    /// The agent's own fd of every link it attached: enforcement survives removed pins.
+    links: HeldLinks,
+    /// Configured interfaces with nothing enforced on them now (missing).
+    detached_interfaces: BTreeSet<String>,
     /// Relay hostnames and the addresses they last resolved to.
     resolved: BTreeMap<String, Vec<IpAddr>>,
     /// What the maps hold since the last successful reconcile.
@@ -108,6 +121,8 @@ impl AgentState {
     pub fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
         let store = Store::open(&config.agent.state_dir)?;
         let pins = PinLayout::new(&config.agent.pin_dir);
+        pins.prepare().context("preparing the pin folder")?;
+        let pin_lock = pins.lock()?;
         let dataplane = Dataplane::load_pinned(&config.capacity, &pins)
             .context("loading the kernel program")?;
         let resolved = resolve_relay_hosts(&config, &BTreeMap::new());
@@ -118,6 +133,9 @@ impl AgentState {
             store,
             dataplane,
             pins,
+            pin_lock,
+            links: HeldLinks::default(),
+            detached_interfaces: BTreeSet::new(),
             resolved,
             desired,
             counters: AgentCounters::default(),
@@ -382,20 +400,25 @@ impl AgentState {
     }
 
     /// Attaches (or atomically updates) every configured interface, then removes pinned
-    /// attachments of interfaces no longer configured.
+    /// attachments of interfaces no longer configured. A configured interface that does not
+    /// exist (yet) is reported detached, and attached by `watch` once it appears.
     fn attach_all(&mut self) -> anyhow::Result<()> {
-        let attach = self.attach();
-        let netns = self.config.agent.netns.clone();
-        for interface in self.config.agent.interfaces.clone() {
-            let (dataplane, pins) = (&mut self.dataplane, &self.pins);
-            let outcome = netns::run_in(netns.as_deref(), || {
-                dataplane.attach_pinned(pins, &interface, attach)
-            })?
-            .with_context(|| format!("attaching to interface {interface}"))?;
-            info!(interface, ?attach, ?outcome, "enforcing");
+        let configured = self.config.agent.interfaces.clone();
+        // An interface no longer configured is neither attached nor missing.
+        self.detached_interfaces
+            .retain(|interface| configured.contains(interface));
+        for interface in configured {
+            match self.attach_one(&interface)? {
+                Some(outcome) => {
+                    self.detached_interfaces.remove(&interface);
+                    info!(interface, attach = ?self.attach(), ?outcome, "enforcing");
+                }
+                None => self.interface_gone(&interface),
+            }
         }
         for pinned in self.pins.attachments()? {
             if !self.config.agent.interfaces.contains(&pinned.interface) {
+                self.links.release(&pinned.interface);
                 self.pins.detach(&pinned)?;
                 info!(
                     interface = pinned.interface,
@@ -404,6 +427,148 @@ impl AgentState {
             }
         }
         Ok(())
+    }
+
+    /// Attaches to `interface` (in the configured namespace) and holds the link; `None` when
+    /// the interface does not exist.
+    fn attach_one(&mut self, interface: &str) -> anyhow::Result<Option<AttachOutcome>> {
+        let attach = self.attach();
+        let (dataplane, pins) = (&mut self.dataplane, &self.pins);
+        let attached = netns::run_in(self.config.agent.netns.as_deref(), || {
+            dataplane.attach_pinned(pins, interface, attach)
+        })?;
+        match attached {
+            Ok(outcome) => {
+                self.links.hold(&self.pins, interface, attach.kind())?;
+                Ok(Some(outcome))
+            }
+            Err(DataplaneError::InterfaceMissing { .. }) => {
+                self.links.release(interface);
+                Ok(None)
+            }
+            Err(error) => Err(error).with_context(|| format!("attaching to interface {interface}")),
+        }
+    }
+
+    /// Records that `interface` has no enforcement, once per disappearance.
+    fn interface_gone(&mut self, interface: &str) {
+        if self.detached_interfaces.insert(interface.to_owned()) {
+            warn!(
+                interface,
+                "interface missing: port 25 is not enforced on it until it appears"
+            );
+            self.record_system(
+                AuditAction::InterfaceDetached,
+                interface,
+                "interface missing; attached again when it appears",
+            );
+        }
+    }
+
+    /// An audit entry by the agent itself. A store that cannot write (full, read-only) must
+    /// not stop what the entry is about: the failure is logged and counted.
+    fn record_system(&mut self, action: AuditAction, subject: &str, detail: &str) {
+        if let Err(error) =
+            self.store
+                .record(action, subject, SYSTEM_WHO, detail, SystemTime::now())
+        {
+            self.counters.store_errors += 1;
+            error!(%error, action = action.name(), subject, "writing the audit entry failed");
+        }
+    }
+
+    /// Runs every `WATCH_TICK`: pins removed by hand are made again, and interfaces that were
+    /// deleted or created again are noticed and attached again.
+    pub fn watch(&mut self) {
+        if self.detached {
+            // Detached on request: stopping, and nothing is to be attached again.
+            return;
+        }
+        if let Err(error) = self.watch_pins() {
+            error!(
+                error = format!("{error:#}"),
+                "restoring removed pins failed; retrying"
+            );
+        }
+        if let Err(error) = self.watch_interfaces() {
+            error!(
+                error = format!("{error:#}"),
+                "checking the interfaces failed; retrying"
+            );
+        }
+    }
+
+    fn watch_pins(&mut self) -> anyhow::Result<()> {
+        let maps = self.dataplane.restore_map_pins(&self.pins)?;
+        let links = self.links.restore_pins(&self.pins)?;
+        if maps.is_empty() && links.is_empty() {
+            return Ok(());
+        }
+        // A pin folder removed and made again is a new folder: lock it again.
+        if !self.pin_lock.is_current(&self.pins) {
+            self.pin_lock = self.pins.lock()?;
+        }
+        self.counters.pin_restores += 1;
+        let detail = format!(
+            "pinned again: maps {}; links {}",
+            list(maps.iter()),
+            list(links.iter().map(|path| path.display()))
+        );
+        let pin_dir = self.pins.root().display().to_string();
+        warn!(
+            pin_dir,
+            detail, "pins were removed by hand; the live maps and links are pinned again"
+        );
+        self.record_system(AuditAction::PinsRestored, &pin_dir, &detail);
+        Ok(())
+    }
+
+    fn watch_interfaces(&mut self) -> anyhow::Result<()> {
+        let interfaces = self.config.agent.interfaces.clone();
+        let indexes: Vec<Option<u32>> = netns::run_in(self.config.agent.netns.as_deref(), || {
+            interfaces
+                .iter()
+                .map(|name| nix::net::if_::if_nametoindex(name.as_str()).ok())
+                .collect()
+        })?;
+        for (interface, index) in interfaces.iter().zip(indexes) {
+            match index {
+                None => self.interface_gone(interface),
+                Some(index) if self.links.bound_ifindex(interface) == Some(index) => {}
+                // Created again (a new ifindex) or appeared for the first time.
+                Some(index) => match self.attach_one(interface) {
+                    Ok(Some(outcome)) => {
+                        self.detached_interfaces.remove(interface);
+                        self.counters.reattachments += 1;
+                        let detail = format!("ifindex {index}, {}", self.attach_name());
+                        warn!(
+                            interface,
+                            index,
+                            ?outcome,
+                            "interface appeared: attached again"
+                        );
+                        self.record_system(AuditAction::InterfaceAttached, interface, &detail);
+                    }
+                    Ok(None) => self.interface_gone(interface),
+                    Err(error) => error!(
+                        interface,
+                        error = format!("{error:#}"),
+                        "attaching to the interface failed; retrying"
+                    ),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The pinned attachments that enforce now: a link left on a deleted interface does not.
+    fn live_attachments(&self) -> Result<Vec<crate::dataplane::PinnedAttachment>, DataplaneError> {
+        Ok(self
+            .pins
+            .attachments()?
+            .into_iter()
+            .filter(|a| !self.detached_interfaces.contains(&a.interface))
+            .collect())
     }
 
     /// Carries out one request from `who` (the peer's user name), once its fields are within
@@ -663,7 +828,7 @@ impl AgentState {
 
     fn status(&mut self) -> Outcome {
         let counters = self.dataplane.counters().map_err(failed)?;
-        let attachments = self.pins.attachments().map_err(failed)?;
+        let attachments = self.live_attachments().map_err(failed)?;
         let reasons: serde_json::Map<String, Value> = Reason::ALL
             .into_iter()
             .map(|r| (r.name().to_owned(), json!(counters[r as usize])))
@@ -682,6 +847,7 @@ impl AgentState {
             "attach": self.attach_name(),
             "interfaces": self.config.agent.interfaces,
             "attached": attachments.iter().map(|a| json!({"interface": a.interface, "attach": a.kind})).collect::<Vec<_>>(),
+            "detached": self.detached_interfaces,
             "enforced_ports": self.config.enforcement.ports,
             "packets": reasons,
             "maps": maps,
@@ -874,6 +1040,7 @@ impl AgentState {
     fn detach(&mut self, who: &str) -> Outcome {
         let mut detached = Vec::new();
         for attachment in self.pins.attachments().map_err(failed)? {
+            self.links.release(&attachment.interface);
             self.pins.detach(&attachment).map_err(failed)?;
             detached.push(attachment.interface);
         }
@@ -944,8 +1111,7 @@ impl AgentState {
             .find(|(name, ..)| *name == names::HOST_STATS)
             .map_or(0, |m| m.1);
         let attached = self
-            .pins
-            .attachments()
+            .live_attachments()
             .unwrap_or_default()
             .into_iter()
             .map(|a| {
@@ -970,6 +1136,9 @@ impl AgentState {
             store_errors: self.counters.store_errors,
             reloads: self.counters.reloads,
             reload_failures: self.counters.reload_failures,
+            reattachments: self.counters.reattachments,
+            pin_restores: self.counters.pin_restores,
+            detached_interfaces: self.detached_interfaces.len() as u64,
             attached,
             start_time_seconds: self
                 .started

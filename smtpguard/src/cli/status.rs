@@ -72,6 +72,20 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                     attached.join(", ")
                 },
             ],
+            vec![
+                "detached".to_owned(),
+                match body["detached"].as_array() {
+                    Some(missing) if !missing.is_empty() => format!(
+                        "{}: interface missing, not enforcing there",
+                        missing
+                            .iter()
+                            .map(table::text)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => "none".to_owned(),
+                },
+            ],
             row("enforced ports", &body["enforced_ports"]),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),

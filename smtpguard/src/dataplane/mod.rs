@@ -2,6 +2,7 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod batch;
+mod links;
 mod maps;
 mod pins;
 
@@ -19,8 +20,9 @@ use smtpguard_common::{
 };
 
 pub use self::{
+    links::HeldLinks,
     maps::{EntryList, KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
-    pins::{Attach, AttachOutcome, PinLayout, PinnedAttachment},
+    pins::{Attach, AttachOutcome, PinLayout, PinLock, PinnedAttachment},
 };
 use crate::{
     config::{Capacity, Config},
@@ -66,6 +68,14 @@ pub enum DataplaneError {
         "map {map} holds a key with prefix length {prefix_len}, impossible for its address family"
     )]
     CorruptKey { map: &'static str, prefix_len: u32 },
+    #[error("interface {interface} does not exist")]
+    InterfaceMissing { interface: String },
+    #[error(
+        "another smtpguard agent (pid {owner}) already owns the pin folder {}; one agent per \
+         pin folder",
+        .path.display()
+    )]
+    PinsOwned { path: PathBuf, owner: String },
     #[error("pin folder {path}: {problem}")]
     Bpffs { path: PathBuf, problem: String },
     #[error("pinned link {path}: {source}")]
@@ -159,10 +169,41 @@ impl Dataplane {
         interface: &str,
         attach: Attach,
     ) -> Result<AttachOutcome, DataplaneError> {
+        let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|_| {
+            DataplaneError::InterfaceMissing {
+                interface: interface.to_owned(),
+            }
+        })?;
         if attach == Attach::Tc {
             ensure_clsact(interface)?;
         }
-        pins::attach(&mut self.ebpf, layout, interface, attach)
+        pins::attach(&mut self.ebpf, layout, interface, attach, ifindex)
+    }
+
+    /// Pins every map whose pin is missing (removed by hand) again: this instance holds them
+    /// all, contents included. Returns the names of the maps pinned again.
+    pub fn restore_map_pins(
+        &self,
+        layout: &PinLayout,
+    ) -> Result<Vec<&'static str>, DataplaneError> {
+        layout.prepare()?;
+        let mut restored = Vec::new();
+        for name in pins::PINNED_MAPS {
+            let path = layout.map(name);
+            if path.exists() {
+                continue;
+            }
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or(DataplaneError::Missing { kind: "map", name })?;
+            map.pin(&path).map_err(|error| DataplaneError::Bpffs {
+                path: path.clone(),
+                problem: format!("pinning map {name} again: {error}"),
+            })?;
+            restored.push(name);
+        }
+        Ok(restored)
     }
 
     /// Loads the program and writes `config`'s policy into its fresh maps.

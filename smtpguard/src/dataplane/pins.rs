@@ -15,12 +15,14 @@ use aya::programs::{
     xdp::{XdpLink, XdpLinkId},
 };
 use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use smtpguard_common::maps as names;
 
-use super::{DataplaneError, TC_PROGRAM, XDP_PROGRAM, attach_error, program_mut};
+use super::{DataplaneError, TC_PROGRAM, XDP_PROGRAM, attach_error, links, program_mut};
 
 /// Where the kernel objects are pinned, below the configured pin folder.
 #[derive(Clone, Debug)]
@@ -51,7 +53,8 @@ pub enum Attach {
 }
 
 impl Attach {
-    fn kind(self) -> &'static str {
+    /// The kind's name in link pins and status: "xdp" or "tc".
+    pub fn kind(self) -> &'static str {
         match self {
             Attach::Xdp(_) => "xdp",
             Attach::Tc => "tc",
@@ -92,7 +95,7 @@ impl PinLayout {
         self.root.join("links")
     }
 
-    fn link(&self, kind: &str, interface: &str) -> PathBuf {
+    pub(super) fn link(&self, kind: &str, interface: &str) -> PathBuf {
         self.links().join(format!("{kind}-{interface}"))
     }
 
@@ -168,12 +171,69 @@ impl PinLayout {
         Ok(())
     }
 
+    /// Takes the pin folder for this process: one agent per pin folder, whatever its state
+    /// folder. The lock is an flock on the folder itself (bpffs supports it); the kernel
+    /// releases it when the process ends, kill -9 included. A refusal names the owner's pid,
+    /// found in /proc/locks.
+    pub fn lock(&self) -> Result<PinLock, DataplaneError> {
+        let folder =
+            fs::File::open(&self.root).map_err(|error| self.io_error(&self.root, error))?;
+        match Flock::lock(folder, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(PinLock { lock }),
+            Err((_, Errno::EWOULDBLOCK)) => Err(DataplaneError::PinsOwned {
+                path: self.root.clone(),
+                owner: lock_owner(&self.root)
+                    .map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),
+            }),
+            Err((_, errno)) => Err(self.io_error(&self.root, errno.into())),
+        }
+    }
+
     fn io_error(&self, path: &Path, error: std::io::Error) -> DataplaneError {
         DataplaneError::Bpffs {
             path: path.to_owned(),
             problem: error.to_string(),
         }
     }
+}
+
+/// The hold on a pin folder; released on drop.
+#[derive(Debug)]
+pub struct PinLock {
+    lock: Flock<fs::File>,
+}
+
+impl PinLock {
+    /// Whether the locked folder is still the one at `layout`'s root: a folder removed by hand
+    /// and made again is a new folder, without the lock.
+    pub fn is_current(&self, layout: &PinLayout) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (self.lock.metadata(), fs::metadata(layout.root())) {
+            (Ok(held), Ok(now)) => (held.dev(), held.ino()) == (now.dev(), now.ino()),
+            _ => false,
+        }
+    }
+}
+
+/// The pid holding an flock on `path`, from /proc/locks ("1: FLOCK ADVISORY WRITE <pid>
+/// <major>:<minor>:<inode> 0 EOF", device numbers in hex).
+fn lock_owner(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = fs::metadata(path).ok()?;
+    let device = metadata.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(device),
+        nix::sys::stat::minor(device),
+        metadata.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
 }
 
 fn on_bpffs(path: &Path) -> bool {
@@ -257,8 +317,10 @@ pub(super) fn attach(
     layout: &PinLayout,
     interface: &str,
     attach: Attach,
+    ifindex: u32,
 ) -> Result<AttachOutcome, DataplaneError> {
     let path = layout.link(attach.kind(), interface);
+    remove_stale_link(&path, ifindex)?;
     let outcome = match attach {
         Attach::Xdp(_) => attach_through(
             program_mut::<Xdp>(ebpf, XDP_PROGRAM)?,
@@ -324,6 +386,24 @@ fn attach_through<P: LinkedProgram>(
         })?;
     }
     Ok(outcome)
+}
+
+/// A link pinned for an interface that was deleted (and perhaps created again under the same
+/// name) is bound to no interface or another one: updating it would enforce nothing, so its
+/// pin goes and a new link is made.
+fn remove_stale_link(path: &Path, ifindex: u32) -> Result<(), DataplaneError> {
+    let problem = |error: std::io::Error| DataplaneError::Bpffs {
+        path: path.to_owned(),
+        problem: error.to_string(),
+    };
+    if !path.exists() {
+        return Ok(());
+    }
+    let link = links::obj_get(path).map_err(problem)?;
+    if links::link_ifindex(&link).map_err(problem)? != ifindex {
+        fs::remove_file(path).map_err(problem)?;
+    }
+    Ok(())
 }
 
 fn existing_link(path: &Path) -> Result<Option<FdLink>, DataplaneError> {

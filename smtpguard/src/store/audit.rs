@@ -26,11 +26,17 @@ pub enum AuditAction {
     EscalationExpired,
     /// A change made with `--force` past the warnings about it (named in the detail).
     Forced,
+    /// Pins removed by hand were made again by the agent.
+    PinsRestored,
+    /// A configured interface disappeared: nothing is enforced on it.
+    InterfaceDetached,
+    /// A configured interface appeared (again) and the program was attached to it.
+    InterfaceAttached,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 11] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
@@ -42,6 +48,9 @@ impl AuditAction {
         AuditAction::EscalationLifted,
         AuditAction::EscalationExpired,
         AuditAction::Forced,
+        AuditAction::PinsRestored,
+        AuditAction::InterfaceDetached,
+        AuditAction::InterfaceAttached,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -58,6 +67,9 @@ impl AuditAction {
             AuditAction::EscalationLifted => "escalation-lifted",
             AuditAction::EscalationExpired => "escalation-expired",
             AuditAction::Forced => "forced",
+            AuditAction::PinsRestored => "pins-restored",
+            AuditAction::InterfaceDetached => "interface-detached",
+            AuditAction::InterfaceAttached => "interface-attached",
         }
     }
 }
@@ -234,6 +246,9 @@ mod tests {
                 "escalation-lifted",
                 "escalation-expired",
                 "forced",
+                "pins-restored",
+                "interface-detached",
+                "interface-attached",
             ]
         );
         for action in AuditAction::ALL {
@@ -249,7 +264,8 @@ mod tests {
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached, escalated, escalation-lifted, escalation-expired, forced"
+             detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
+             interface-detached, interface-attached"
         );
     }
 

@@ -609,7 +609,11 @@ mod tests {
     fn version_3_rows_are_packed_into_chunks() {
         use crate::store::{DB_FILE_NAME, MIGRATIONS, Migration};
         let dir = tempfile::tempdir().unwrap();
-        let old = [interval(3, 1_000, 4), interval(2, 1_000, 5), interval(2, 1_060, 7)];
+        let old = [
+            interval(3, 1_000, 4),
+            interval(2, 1_000, 5),
+            interval(2, 1_060, 7),
+        ];
         {
             let conn = rusqlite::Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
             for migration in &MIGRATIONS[..3] {

@@ -223,6 +223,19 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The file system holding the database is mounted read-only, or the kernel made it so
+    /// after an error: SQLite sees an I/O error, this names the cause.
+    #[error(
+        "cannot write the exemption store {}: its file system is read-only ({source}); expected \
+         a writable state folder (remount it read-write, or repair and mount it again)",
+        .path.display()
+    )]
+    ReadOnlyFileSystem {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
     /// The file system holding the database is full (SQLITE_FULL).
     #[error(
         "cannot write the exemption store {}: {source}; expected free space on its file system",
@@ -519,7 +532,15 @@ fn create_state_dir(state_dir: &Path) -> Result<(), StoreError> {
 fn sql(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
     move |source| {
         let path = path.to_path_buf();
-        match source.sqlite_error_code() {
+        let code = source.sqlite_error_code();
+        if matches!(
+            code,
+            Some(ErrorCode::ReadOnly | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
+        ) && on_read_only_file_system(&path)
+        {
+            return StoreError::ReadOnlyFileSystem { path, source };
+        }
+        match code {
             Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path, source },
             Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, source },
             Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
@@ -536,6 +557,20 @@ fn sql(path: &Path) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
             }
             _ => StoreError::Sqlite { path, source },
         }
+    }
+}
+
+/// Whether the file system holding the database at `path` refuses writes as read-only. Asked
+/// by trying: ext4 made read-only by an error refuses writes with EROFS while its mount
+/// options still say rw.
+fn on_read_only_file_system(path: &Path) -> bool {
+    let probe = path.with_file_name(".smtpguard-write-check");
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            false
+        }
+        Err(error) => error.kind() == std::io::ErrorKind::ReadOnlyFilesystem,
     }
 }
 

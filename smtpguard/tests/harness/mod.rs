@@ -1,5 +1,8 @@
-//! The shared harness of the agent's end-to-end tests: the real binary, a lab per test, the
-//! agent's config, CLI calls and their checks. Each test binary uses a part of it.
+//! The harness the agent's end-to-end tests share: the real binary, its CLI, a lab per test
+//! and guards that clean up also when a test fails.
+//!
+//! Each test crate (agent.rs, faults.rs, input.rs) compiles this module on its own and uses a part of
+//! it; what one of them leaves unused is not dead.
 #![allow(dead_code)]
 
 use std::{
@@ -375,4 +378,46 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One connection attempt from `src` (an address of the subscriber namespace) to `dst:25`;
+/// true if it connected. The send timeout bounds the connect: a dropped SYN is sent once.
+pub fn attempt_from(fixture: &Fixture, src: IpAddr, dst: IpAddr, timeout: Duration) -> bool {
+    use nix::sys::{
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+            sockopt,
+        },
+        time::TimeVal,
+    };
+    use std::os::fd::AsRawFd as _;
+    fixture.lab.subscriber.run(|| {
+        let family = if src.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let socket = socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
+        let timeout = TimeVal::new(timeout.as_secs() as i64, i64::from(timeout.subsec_micros()));
+        setsockopt(&socket, sockopt::SendTimeout, &timeout).unwrap();
+        bind(
+            socket.as_raw_fd(),
+            &SockaddrStorage::from(std::net::SocketAddr::new(src, 0)),
+        )
+        .unwrap_or_else(|e| panic!("binding {src}: {e}"));
+        connect(
+            socket.as_raw_fd(),
+            &SockaddrStorage::from(std::net::SocketAddr::new(dst, 25)),
+        )
+        .is_ok()
+    })
 }
