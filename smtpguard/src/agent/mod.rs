@@ -157,11 +157,22 @@ async fn snapshot_statistics(
     loop {
         tick.tick().await;
         let snapshotter = snapshotter.clone();
+        let state = state.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let mut snapshotter = snapshotter.lock().unwrap_or_else(|p| p.into_inner());
             let now = SystemTime::now();
             let report = snapshotter.take(now)?;
             snapshotter.prune(now, retention)?;
+            // The new history classifies hosts: the grouping runs on the snapshotter's own
+            // store connection; the state is locked only to act on the bots found.
+            let config = lock(&state).config().clone();
+            let classified = snapshotter
+                .recent_bots(&config, now)
+                .map_err(anyhow::Error::from)
+                .and_then(|bots| lock(&state).record_bots(bots, now));
+            if let Err(error) = classified {
+                error!(error = format!("{error:#}"), "classifying hosts failed");
+            }
             Ok::<_, crate::report::snapshot::SnapshotError>(report)
         })
         .await;
@@ -173,14 +184,6 @@ async fn snapshot_statistics(
                     elapsed_ms = report.elapsed.as_millis() as u64,
                     "statistics snapshot"
                 );
-                // The new history classifies hosts: new bots, escalations.
-                let state = state.clone();
-                let classified =
-                    tokio::task::spawn_blocking(move || lock(&state).classify(SystemTime::now()))
-                        .await;
-                if let Ok(Err(error)) = classified {
-                    error!(error = format!("{error:#}"), "classifying hosts failed");
-                }
             }
             Ok(Err(error)) => {
                 error!(%error, "statistics snapshot failed; the next one covers this interval too")

@@ -32,7 +32,7 @@ use crate::{
     input::{self, InputError},
     metrics::MetricsSnapshot,
     policy::DesiredPolicy,
-    report::{Class, Grouping, ReportOptions},
+    report::ReportRow,
     store::{AuditAction, MAX_TEXT_BYTES, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
 };
 
@@ -181,31 +181,21 @@ impl AgentState {
         self.events.subscribe()
     }
 
-    /// Classifies the hosts active within the last bot window: a new bot is recorded,
-    /// announced and handed to `on_bot`; with `escalate`, a bot in a monitor-mode range is
-    /// switched to enforcement for itself alone.
-    pub fn classify(&mut self, now: SystemTime) -> anyhow::Result<()> {
+    /// Acts on the bots of the last bot window (see `Snapshotter::recent_bots`): a new bot is
+    /// recorded, announced and handed to `on_bot`; with `escalate`, a bot in a monitor-mode
+    /// range is switched to enforcement for itself alone.
+    pub fn record_bots(&mut self, bots: Vec<ReportRow>, now: SystemTime) -> anyhow::Result<()> {
         let report = self.config.report.clone();
         let from = now
             .checked_sub(report.bot_window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let history = self.store.host_intervals(from, now)?;
-        let options = ReportOptions {
-            from,
-            to: now,
-            top: None,
-            min_attempts: 0,
-            prefix: None,
-            group: Grouping::Host,
-        };
-        let rows = crate::report::build(&history, &self.config, &options);
         let known: std::collections::HashSet<IpAddr> = self
             .store
             .bot_events(from)?
             .into_iter()
             .map(|e| e.host)
             .collect();
-        for row in rows.into_iter().filter(|row| row.class == Class::Bot) {
+        for row in bots {
             let host: IpAddr = row.host.parse().context("a host row names an address")?;
             if !known.contains(&host) {
                 self.store.record_bot(host, now, &row.class_reason)?;

@@ -10,7 +10,9 @@ use std::{
 
 use smtpguard_common::{HostStats, sketch::SKETCH_REGISTERS};
 
+use super::{Class, Grouping, ReportOptions, ReportRow};
 use crate::{
+    config::Config,
     dataplane::{DataplaneError, PinLayout, PinnedHostStats},
     store::{HostCursor, HostInterval, SnapshotState, Store, StoreError},
 };
@@ -97,6 +99,31 @@ impl Snapshotter {
             intervals_written: intervals.len(),
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The hosts the history of the last bot window (ending `now`) classifies as bots, read
+    /// through the snapshotter's own store connection, so the agent's state is not held while
+    /// a million hosts are grouped.
+    pub fn recent_bots(
+        &self,
+        config: &Config,
+        now: SystemTime,
+    ) -> Result<Vec<ReportRow>, SnapshotError> {
+        let from = now
+            .checked_sub(config.report.bot_window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let history = self.store.host_intervals(from, now)?;
+        let options = ReportOptions {
+            from,
+            to: now,
+            top: None,
+            min_attempts: 0,
+            prefix: None,
+            group: Grouping::Host,
+        };
+        let mut rows = super::build(&history, config, &options);
+        rows.retain(|row| row.class == Class::Bot);
+        Ok(rows)
     }
 
     /// Removes history older than `retention`.
