@@ -399,6 +399,25 @@ fn blob<'row>(
         })
 }
 
+/// A version 3 blob column of a fixed length.
+fn fixed_blob<const N: usize>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    path: &std::path::Path,
+    column: &'static str,
+) -> Result<[u8; N], StoreError> {
+    let bytes = blob(row, index, path, "host_intervals", column)?;
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::InvalidStoredValue {
+            path: path.to_path_buf(),
+            table: "host_intervals",
+            column,
+            value: format!("{} bytes", bytes.len()),
+            expected: "the length the version 3 schema checks",
+        })
+}
+
 /// Migration to schema version 4: the per-row history and cursors of version 3 are packed into
 /// chunks, and the old tables dropped.
 pub(super) fn pack_rows_into_chunks(
@@ -417,22 +436,10 @@ pub(super) fn pack_rows_into_chunks(
             .map_err(sql(path))?;
         let mut rows = select.query([]).map_err(sql(path))?;
         while let Some(row) = rows.next().map_err(sql(path))? {
-            let fixed = |index| -> Result<[u8; 16], StoreError> {
-                let bytes = blob(row, index, path, "host_intervals", "host or last_dst")?;
-                bytes
-                    .try_into()
-                    .map_err(|_| StoreError::InvalidStoredValue {
-                        path: path.to_path_buf(),
-                        table: "host_intervals",
-                        column: "host or last_dst",
-                        value: format!("{} bytes", bytes.len()),
-                        expected: "16 bytes",
-                    })
-            };
+            let fixed = |index, column| fixed_blob(row, index, path, column);
             let number = |index| row.get::<_, i64>(index).map_err(sql(path));
-            let sketch = blob(row, 8, path, "host_intervals", "sketch")?;
             intervals.push(HostInterval {
-                host: fixed(0)?,
+                host: fixed(0, "host")?,
                 start: time("start_ms", number(1)?)?,
                 end: time("end_ms", number(2)?)?,
                 first_seen: time("first_ms", number(3)?)?,
@@ -440,16 +447,8 @@ pub(super) fn pack_rows_into_chunks(
                 attempts: number(5)?.unsigned_abs(),
                 segments: number(6)?.unsigned_abs(),
                 dropped: number(7)?.unsigned_abs(),
-                sketch: sketch
-                    .try_into()
-                    .map_err(|_| StoreError::InvalidStoredValue {
-                        path: path.to_path_buf(),
-                        table: "host_intervals",
-                        column: "sketch",
-                        value: format!("{} bytes", sketch.len()),
-                        expected: "64 bytes",
-                    })?,
-                last_dst: fixed(9)?,
+                sketch: fixed_blob(row, 8, path, "sketch")?,
+                last_dst: fixed(9, "last_dst")?,
                 last_port: row.get(10).map_err(sql(path))?,
                 last_reason: row.get(11).map_err(sql(path))?,
             });
