@@ -860,7 +860,9 @@ fn every_host_is_read_back_across_many_batches() {
             let key = if i % 2 == 0 {
                 smtpguard_common::host::HostKey::from_v4((0x6440_0000 + i).to_be_bytes())
             } else {
-                let mut v6 = [0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let mut v6 = [
+                    0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
                 v6[12..].copy_from_slice(&i.to_be_bytes());
                 smtpguard_common::host::HostKey::from_v6(v6)
             };
@@ -870,7 +872,11 @@ fn every_host_is_read_back_across_many_batches() {
     assert_eq!(written, HOSTS as usize);
     let hosts = dataplane.hosts().unwrap();
     // The key walk counts independently of the batch read.
-    assert_eq!(dataplane.host_count().unwrap(), HOSTS as usize, "held in the map");
+    assert_eq!(
+        dataplane.host_count().unwrap(),
+        HOSTS as usize,
+        "held in the map"
+    );
     assert_eq!(hosts.len(), HOSTS as usize, "every host once");
     let mut seen = std::collections::HashSet::new();
     for (host, stats) in &hosts {

@@ -230,8 +230,11 @@ pub fn run(config: &Config, quick: bool, frame: &[u8]) -> Result<EndToEnd> {
 fn trafgen_config(frame: &[u8]) -> Result<tempfile::NamedTempFile> {
     let bytes: Vec<String> = frame.iter().map(|byte| format!("{byte:#04x}")).collect();
     let mut file = tempfile::NamedTempFile::new().context("creating trafgen's configuration")?;
-    std::io::Write::write_all(&mut file, format!("{{ {} }}\n", bytes.join(", ")).as_bytes())
-        .context("writing trafgen's configuration")?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("{{ {} }}\n", bytes.join(", ")).as_bytes(),
+    )
+    .context("writing trafgen's configuration")?;
     Ok(file)
 }
 
