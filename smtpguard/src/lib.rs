@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod replay;
 pub mod report;
