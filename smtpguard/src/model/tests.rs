@@ -45,9 +45,15 @@ fn reason(frame: &[u8]) -> Reason {
 #[test]
 fn ordered_rules() {
     assert_eq!(reason(&syn(SUB, MX).build()), Reason::Dropped);
-    assert_eq!(reason(&syn("203.0.113.1", MX).build()), Reason::NotSubscriber);
+    assert_eq!(
+        reason(&syn("203.0.113.1", MX).build()),
+        Reason::NotSubscriber
+    );
     // A relay wins over an exemption, an exemption over monitor mode.
-    assert_eq!(reason(&syn("100.64.10.1", "192.0.2.25").build()), Reason::Relayed);
+    assert_eq!(
+        reason(&syn("100.64.10.1", "192.0.2.25").build()),
+        Reason::Relayed
+    );
     assert_eq!(reason(&syn("100.64.10.1", MX).build()), Reason::Exempt);
     // The most specific range decides: the monitor /16 inside the enforce /10.
     assert_eq!(reason(&syn("100.127.0.1", MX).build()), Reason::Monitored);
@@ -71,7 +77,10 @@ fn link_layer_wrappers() {
             vid: 2,
         },
     ];
-    assert_eq!(reason(&syn(SUB, MX).wrappers(&two_tags).build()), Reason::Dropped);
+    assert_eq!(
+        reason(&syn(SUB, MX).wrappers(&two_tags).build()),
+        Reason::Dropped
+    );
     let three_tags = syn(SUB, MX)
         .wrappers(&two_tags)
         .wrap(Wrapper::Vlan {
@@ -80,8 +89,13 @@ fn link_layer_wrappers() {
         })
         .build();
     assert_eq!(reason(&three_tags), Reason::Malformed);
-    assert_eq!(reason(&syn(SUB6, MX6).wrappers(QINQ_PPPOE).build()), Reason::Dropped);
-    let compressed = syn(SUB, MX).wrap(Wrapper::Pppoe { compressed: true }).build();
+    assert_eq!(
+        reason(&syn(SUB6, MX6).wrappers(QINQ_PPPOE).build()),
+        Reason::Dropped
+    );
+    let compressed = syn(SUB, MX)
+        .wrap(Wrapper::Pppoe { compressed: true })
+        .build();
     assert_eq!(reason(&compressed), Reason::Dropped);
     // PPPoE carrying LCP is not IP.
     let mut lcp = ethernet(&[], 0x8864, &[0x11, 0, 0, 1, 0, 6, 0xc0, 0x21, 1, 1, 0, 4]);
@@ -109,7 +123,10 @@ fn ipv4_header_length_and_fragments() {
     assert_eq!(reason(&offset_one), Reason::FragmentDropped);
     let outsider_offset_one = syn("203.0.113.1", MX).ipv4_fragment(1, false).build();
     assert_eq!(reason(&outsider_offset_one), Reason::Other);
-    assert_eq!(reason(&syn(SUB, MX).ipv4_fragment(2, true).build()), Reason::Other);
+    assert_eq!(
+        reason(&syn(SUB, MX).ipv4_fragment(2, true).build()),
+        Reason::Other
+    );
     let udp_offset_one = FrameSpec::udp(ip(SUB), ip(MX), 25)
         .ipv4_fragment(1, true)
         .build();
@@ -134,7 +151,10 @@ fn ipv6_extension_chains() {
         }
         spec.build()
     };
-    assert_eq!(reason(&chain(dissect::MAX_EXTENSION_HEADERS)), Reason::Dropped);
+    assert_eq!(
+        reason(&chain(dissect::MAX_EXTENSION_HEADERS)),
+        Reason::Dropped
+    );
     assert_eq!(
         reason(&chain(dissect::MAX_EXTENSION_HEADERS + 1)),
         Reason::UnparseableDropped
