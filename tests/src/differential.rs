@@ -89,6 +89,15 @@ impl Harness {
         self.model.policy = ModelPolicy::from_desired(desired, escalated.iter().copied().collect());
     }
 
+    /// Takes the kernel's counters as the model's, so that the next frame is compared on
+    /// its own even after a disagreement (the fuzzer's shrinking replays failing inputs).
+    pub fn resync_counters(&mut self) {
+        self.model.counters = self
+            .dataplane
+            .counters()
+            .unwrap_or_else(|e| panic!("reading the counters: {e}"));
+    }
+
     /// Runs `frame` through the XDP and then the TC entry point and the model twice; returns
     /// the reason, or what disagreed.
     pub fn judge(&mut self, frame: &[u8]) -> Result<Reason, String> {
