@@ -424,11 +424,21 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
     } + spec.payload.len();
     let upper_at = bytes.len() - upper_len;
 
-    if matches!(spec.upper, Upper::Tcp { .. }) && rng.random_bool(0.1) {
-        // Bad or unusual TCP data offsets: the port and flags are still where they are.
-        let data_offset: u8 = rng.random_range(0..16);
-        bytes[upper_at + 12] = data_offset << 4;
-        description += &format!(", TCP data offset {data_offset}");
+    if matches!(spec.upper, Upper::Tcp { .. }) {
+        let data_offset = if rng.random_bool(0.1) {
+            // Bad data offsets (below 5, or past the segment): the port and flags are
+            // still where they are.
+            Some(rng.random_range(0..16u8))
+        } else if spec.payload.len() >= 4 && rng.random_bool(0.5) {
+            // The payload's first bytes as TCP options.
+            Some(5 + (spec.payload.len() / 4).min(10) as u8)
+        } else {
+            None
+        };
+        if let Some(data_offset) = data_offset {
+            bytes[upper_at + 12] = data_offset << 4;
+            description += &format!(", TCP data offset {data_offset}");
+        }
     }
     if v4 && rng.random_bool(0.05) {
         let ihl: u8 = rng.random_range(0..16);
@@ -449,13 +459,25 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
         }
     }
     if rng.random_bool(0.2) {
-        let boundary = pick(
-            rng,
-            &[0, 14, link_len, link_len + 20, upper_at, bytes.len()],
-        );
-        let cut = (boundary + rng.random_range(0..24))
-            .saturating_sub(4)
-            .min(bytes.len());
+        // Near a layer boundary (Ethernet, link layer, IPv4 and IPv6 base headers, the
+        // upper layer, the end), or anywhere.
+        let cut = if rng.random_bool(0.8) {
+            let boundary = pick(
+                rng,
+                &[
+                    14,
+                    link_len,
+                    link_len + 20,
+                    link_len + 40,
+                    upper_at,
+                    bytes.len(),
+                ],
+            );
+            (boundary + rng.random_range(0..24)).saturating_sub(4)
+        } else {
+            rng.random_range(0..=bytes.len())
+        }
+        .min(bytes.len());
         description += &format!(", cut at {cut} of {}", bytes.len());
         bytes.truncate(cut);
     }
