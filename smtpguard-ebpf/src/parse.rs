@@ -159,7 +159,10 @@ pub fn parse(frame: &Frame) -> Parsed {
     if ethertype == ETH_P_PPPOE_SESSION {
         // PPPoE header, then the PPP protocol field: two bytes, or one when the peer uses
         // protocol-field compression (RFC 1661: an odd first byte ends the field).
-        let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN + 2) else {
+        // Only the field's real length is required: a frame that ends right after a
+        // one-byte protocol is whole (found by the differential fuzzer, which once saw such
+        // a frame called malformed).
+        let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN + 1) else {
             return Parsed::Malformed;
         };
         let first = pppoe.u8(PPPOE_HEADER_LEN);
@@ -167,6 +170,9 @@ pub fn parse(frame: &Frame) -> Parsed {
             offset += PPPOE_HEADER_LEN + 1;
             first as u16
         } else {
+            let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN + 2) else {
+                return Parsed::Malformed;
+            };
             offset += PPPOE_HEADER_LEN + 2;
             pppoe.be16(PPPOE_HEADER_LEN)
         };

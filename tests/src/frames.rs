@@ -66,6 +66,12 @@ pub enum Extension {
         offset: u16,
         more: bool,
     },
+    /// Any other header counted in 8-octet units (mobility 135, HIP 139, shim6 140, or a
+    /// protocol that is not an extension header at all, which ends the chain).
+    Other {
+        protocol: u8,
+        len_units: u8,
+    },
 }
 
 impl Extension {
@@ -76,6 +82,7 @@ impl Extension {
             Extension::DestinationOptions { .. } => 60,
             Extension::Authentication { .. } => 51,
             Extension::Fragment { .. } => 44,
+            Extension::Other { protocol, .. } => protocol,
         }
     }
 
@@ -103,6 +110,12 @@ impl Extension {
                 bytes[4..8].copy_from_slice(&0x1000u32.to_be_bytes()); // SPI
                 bytes
             }
+            Extension::Other { len_units, .. } => {
+                let mut bytes = vec![0u8; (len_units as usize + 1) * 8];
+                bytes[0] = next;
+                bytes[1] = len_units;
+                bytes
+            }
             Extension::Fragment { offset, more } => {
                 let mut bytes = vec![0u8; 8];
                 bytes[0] = next;
@@ -128,6 +141,11 @@ pub enum Upper {
         dst_port: u16,
     },
     Icmp,
+    /// Any other protocol number with `len` bytes of zeros (GRE, SCTP, ...).
+    Raw {
+        protocol: u8,
+        len: usize,
+    },
 }
 
 /// A frame description; `build()` turns it into bytes.
@@ -254,6 +272,7 @@ impl FrameSpec {
             Upper::Udp { .. } => 17,
             Upper::Icmp if self.src.is_ipv4() => 1,
             Upper::Icmp => 58,
+            Upper::Raw { protocol, .. } => protocol,
         }
     }
 
@@ -289,12 +308,15 @@ impl FrameSpec {
                 icmp[0] = if self.src.is_ipv4() { 8 } else { 128 };
                 icmp
             }
+            Upper::Raw { len, .. } => vec![0u8; len],
         };
         bytes.extend_from_slice(&self.payload);
         let checksum_at = match self.upper {
             Upper::Tcp { .. } => 16,
             Upper::Udp { .. } => 6,
             Upper::Icmp => 2,
+            // No checksum of ours to fill in.
+            Upper::Raw { .. } => return bytes,
         };
         let pseudo = match (self.src, self.dst, &self.upper) {
             (IpAddr::V4(_), _, Upper::Icmp) => Vec::new(),

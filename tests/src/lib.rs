@@ -1,3 +1,7 @@
-//! Helpers for smtpguard's kernel-level tests: a frame builder and a network-namespace lab.
+//! Helpers for smtpguard's kernel-level tests: a frame builder, a network-namespace lab, and
+//! the differential harness with its frame and policy generators and regression cases.
+pub mod differential;
 pub mod frames;
+pub mod generate;
 pub mod lab;
+pub mod regression;

@@ -4,11 +4,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use aya::{programs::ProgramError, sys::SyscallError};
-use smtpguard::{
-    config::Config,
-    dataplane::{Dataplane, DataplaneError},
-};
+use smtpguard::{config::Config, dataplane::Dataplane};
 use smtpguard_common::{Reason, Verdict};
 use smtpguard_tests::frames::{
     Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD,
@@ -673,7 +669,7 @@ fn check(dataplane: &mut Dataplane, cases: &[Case]) {
             Ok(action) => action,
             // The kernel's skb test run refuses (EINVAL) an untagged IP frame whose IP header
             // is incomplete before any program runs, so only XDP can be asked about it.
-            Err(error) if case.expected == Reason::Malformed && is_einval(&error) => {
+            Err(error) if case.expected == Reason::Malformed && error.is_refused_input() => {
                 tc_refused += 1;
                 expected_tc
             }
@@ -701,14 +697,6 @@ fn check(dataplane: &mut Dataplane, cases: &[Case]) {
         tc_refused <= 4,
         "the TC test run refused {tc_refused} frames"
     );
-}
-
-fn is_einval(error: &DataplaneError) -> bool {
-    matches!(
-        error,
-        DataplaneError::Program { source: ProgramError::SyscallError(SyscallError { io_error, .. }), .. }
-            if io_error.raw_os_error() == Some(libc::EINVAL)
-    )
 }
 
 #[test]

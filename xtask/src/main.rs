@@ -1,10 +1,11 @@
-//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench` (the alias is in
-//! .cargo/config.toml).
+//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench | fuzz` (the alias
+//! is in .cargo/config.toml).
 
 mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
+mod fuzz;
 mod test;
 
 use std::{
@@ -37,6 +38,10 @@ enum Command {
     /// program and xdp-filter, at small and production map sizes, the control plane and a
     /// flood through a namespace gateway; writes docs/benchmarks.md (full runs). As root.
     Bench(bench::BenchArgs),
+    /// Bootstrap, build, then compare the kernel program with the reference model on
+    /// mutated generated frames for `--duration` (default 10m); disagreements are shrunk and
+    /// saved under tests/regressions/. As root.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// The repository root: xtask lives one folder below it.
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(&root),
         Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

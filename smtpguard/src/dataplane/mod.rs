@@ -106,6 +106,21 @@ pub enum DataplaneError {
     },
 }
 
+impl DataplaneError {
+    /// Whether the kernel refused the input of a test run (EINVAL) before the program ran:
+    /// frames shorter than an Ethernet header, and for the skb (TC) test run untagged IP
+    /// frames whose IP header is cut.
+    pub fn is_refused_input(&self) -> bool {
+        matches!(
+            self,
+            DataplaneError::Program {
+                source: ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }),
+                ..
+            } if io_error.raw_os_error() == Some(libc::EINVAL)
+        )
+    }
+}
+
 /// A loaded (verified) instance of the kernel program with its own maps.
 pub struct Dataplane {
     ebpf: Ebpf,

@@ -1,0 +1,131 @@
+//! The decision, rule by rule as the specification orders it.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use ipnet::IpNet;
+use smtpguard_common::{Mode, Reason, UnparseableAction};
+
+use super::dissect::{AboveIp, Dissection};
+use crate::policy::DesiredPolicy;
+
+/// A policy in the specification's words: plain lists, matched by `ipnet` containment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelPolicy {
+    /// Enforced TCP destination ports.
+    pub ports: Vec<u16>,
+    pub unparseable: UnparseableAction,
+    /// Subscriber ranges; the most specific range containing the source decides the mode.
+    pub subscribers: Vec<(IpNet, Mode)>,
+    /// Relay destinations: always pass.
+    pub relays: Vec<IpNet>,
+    /// Exempted sources: pass.
+    pub exemptions: Vec<IpNet>,
+    /// Hosts of monitor-mode ranges escalated to enforcement on their own (reoffending bots).
+    pub escalated: HashSet<IpAddr>,
+}
+
+impl ModelPolicy {
+    /// The policy the agent would write into the kernel maps for `desired`, with `escalated`
+    /// hosts in the override map.
+    pub fn from_desired(desired: &DesiredPolicy, escalated: HashSet<IpAddr>) -> Self {
+        let enforcement = &desired.enforcement;
+        let count = enforcement.port_count as usize;
+        Self {
+            ports: enforcement.ports[..count.min(enforcement.ports.len())].to_vec(),
+            unparseable: if enforcement.unparseable == UnparseableAction::Pass as u32 {
+                UnparseableAction::Pass
+            } else {
+                UnparseableAction::Drop
+            },
+            subscribers: desired
+                .subscribers
+                .iter()
+                .map(|(prefix, policy)| {
+                    let mode = if policy.is_monitor() {
+                        Mode::Monitor
+                    } else {
+                        Mode::Enforce
+                    };
+                    (*prefix, mode)
+                })
+                .collect(),
+            relays: desired.relays.keys().copied().collect(),
+            exemptions: desired.exemptions.keys().copied().collect(),
+            escalated,
+        }
+    }
+
+    /// The mode of the most specific subscriber range holding `src`, if any.
+    pub fn subscriber_mode(&self, src: IpAddr) -> Option<Mode> {
+        self.subscribers
+            .iter()
+            .filter(|(prefix, _)| prefix.contains(&src))
+            .max_by_key(|(prefix, _)| prefix.prefix_len())
+            .map(|(_, mode)| *mode)
+    }
+
+    fn is_relay(&self, dst: IpAddr) -> bool {
+        self.relays.iter().any(|prefix| prefix.contains(&dst))
+    }
+
+    fn is_exempt(&self, src: IpAddr) -> bool {
+        self.exemptions.iter().any(|prefix| prefix.contains(&src))
+    }
+}
+
+/// What the policy is asked about.
+enum Question {
+    /// TCP to an enforced port.
+    EnforcedPort,
+    /// TCP whose header (and so its port) cannot be seen.
+    Unparseable,
+    /// A fragment that hides or overwrites the TCP header.
+    EvasiveFragment,
+}
+
+/// The reason for a frame; the verdict follows from it (`Reason::verdict`).
+pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
+    let (src, dst, above) = match *dissection {
+        Dissection::Malformed => return Reason::Malformed,
+        Dissection::NotIp => return Reason::Other,
+        Dissection::Ip { src, dst, above } => (src, dst, above),
+    };
+    let question = match above {
+        AboveIp::NotTcp => return Reason::Other,
+        AboveIp::Tcp { dst_port, .. } if !policy.ports.contains(&dst_port) => {
+            return Reason::Other;
+        }
+        AboveIp::Tcp { .. } => Question::EnforcedPort,
+        AboveIp::TcpOutOfReach => Question::Unparseable,
+        AboveIp::EvasiveFragment => Question::EvasiveFragment,
+    };
+    // 1. Not from a subscriber: pass. Only a visible enforced port makes it a judged frame;
+    //    an outsider's unreadable or fragmented TCP is simply other traffic.
+    let Some(mode) = policy.subscriber_mode(src) else {
+        return match question {
+            Question::EnforcedPort => Reason::NotSubscriber,
+            Question::Unparseable | Question::EvasiveFragment => Reason::Other,
+        };
+    };
+    // 2. To a relay: pass.
+    if policy.is_relay(dst) {
+        return Reason::Relayed;
+    }
+    // 3. From an exempted source: pass.
+    if policy.is_exempt(src) {
+        return Reason::Exempt;
+    }
+    // 4. A monitor-mode range (unless this host was escalated): count and pass.
+    if mode == Mode::Monitor && !policy.escalated.contains(&src) {
+        return Reason::Monitored;
+    }
+    // 5. Enforce.
+    match question {
+        Question::EnforcedPort => Reason::Dropped,
+        Question::EvasiveFragment => Reason::FragmentDropped,
+        Question::Unparseable => match policy.unparseable {
+            UnparseableAction::Drop => Reason::UnparseableDropped,
+            UnparseableAction::Pass => Reason::UnparseablePassed,
+        },
+    }
+}

@@ -1,0 +1,216 @@
+//! The differential harness: the real kernel program (both entry points, `BPF_PROG_TEST_RUN`)
+//! and the reference model (`smtpguard::model`) judge the same frames under the same policy;
+//! every action, every counter and every host's statistics must agree.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use smtpguard::{
+    config::Capacity,
+    dataplane::{Dataplane, DataplaneError},
+    model::{self, HostRecord, Model, ModelPolicy, decide, dissect},
+    policy::DesiredPolicy,
+};
+use smtpguard_common::{HostStats, REASON_COUNT, Reason};
+
+use crate::regression::hex;
+
+/// Hosts the statistics map holds: far more than a run creates, so that LRU eviction (which
+/// the model does not follow) never happens.
+const HOST_CAPACITY: u32 = 65_536;
+
+/// One kernel program instance and the model, fed the same frames.
+pub struct Harness {
+    dataplane: Dataplane,
+    pub model: Model,
+    escalated: BTreeSet<IpAddr>,
+    /// How often each reason occurred (in frames, whichever entry point).
+    pub coverage: [u64; REASON_COUNT as usize],
+}
+
+/// A frame as hex and as the model reads it.
+pub fn describe(frame: &[u8]) -> String {
+    format!(
+        "frame ({} bytes) {}\n    model reads it as {:?}",
+        frame.len(),
+        hex(frame),
+        dissect(frame)
+    )
+}
+
+fn entry_error(entry: &str, error: DataplaneError) -> String {
+    format!("{entry} test run failed: {error}")
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let capacity = Capacity {
+            hosts: HOST_CAPACITY,
+            ..Capacity::default()
+        };
+        let dataplane =
+            Dataplane::load(&capacity).unwrap_or_else(|e| panic!("loading the program: {e:?}"));
+        let empty = ModelPolicy {
+            ports: Vec::new(),
+            unparseable: smtpguard_common::UnparseableAction::Drop,
+            subscribers: Vec::new(),
+            relays: Vec::new(),
+            exemptions: Vec::new(),
+            escalated: Default::default(),
+        };
+        Self {
+            dataplane,
+            model: Model::new(empty),
+            escalated: BTreeSet::new(),
+            coverage: [0; REASON_COUNT as usize],
+        }
+    }
+
+    /// Replaces the policy in the kernel maps (by reconcile, as the agent does) and in the
+    /// model. Counters and host statistics carry on in both.
+    pub fn install(&mut self, desired: &DesiredPolicy, escalated: &BTreeSet<IpAddr>) {
+        self.dataplane
+            .policy_maps()
+            .and_then(|mut maps| maps.reconcile(desired))
+            .unwrap_or_else(|e| panic!("writing the policy: {e}"));
+        for host in self.escalated.difference(escalated) {
+            self.dataplane
+                .remove_override(*host)
+                .unwrap_or_else(|e| panic!("ending the escalation of {host}: {e}"));
+        }
+        for host in escalated.difference(&self.escalated) {
+            self.dataplane
+                .set_override(*host)
+                .unwrap_or_else(|e| panic!("escalating {host}: {e}"));
+        }
+        self.escalated = escalated.clone();
+        self.model.policy = ModelPolicy::from_desired(desired, escalated.iter().copied().collect());
+    }
+
+    /// Takes the kernel's counters as the model's, so that the next frame is compared on
+    /// its own even after a disagreement (the fuzzer's shrinking replays failing inputs).
+    pub fn resync_counters(&mut self) {
+        self.model.counters = self
+            .dataplane
+            .counters()
+            .unwrap_or_else(|e| panic!("reading the counters: {e}"));
+    }
+
+    /// Runs `frame` through the XDP and then the TC entry point and the model twice; returns
+    /// the reason, or what disagreed.
+    pub fn judge(&mut self, frame: &[u8]) -> Result<Reason, String> {
+        let expected = decide(&self.model.policy, &dissect(frame));
+        match self.dataplane.run_xdp(frame) {
+            Ok(outcome) => {
+                let reason = self.model.judge(frame);
+                let action = model::xdp_action(reason.verdict());
+                if outcome.action != action || outcome.reason != Some(reason) {
+                    return Err(format!(
+                        "XDP: model says {reason:?} (action {action}), kernel returned action {} and moved counter {:?}",
+                        outcome.action, outcome.reason
+                    ));
+                }
+                self.coverage[reason as usize] += 1;
+            }
+            // The kernel refuses frames shorter than an Ethernet header before any program
+            // runs; there is nothing to compare then, but the model must call them malformed.
+            Err(error) if error.is_refused_input() && frame.len() < 14 => {
+                if expected != Reason::Malformed {
+                    return Err(format!(
+                        "the kernel refused a {}-byte frame the model judges {expected:?}",
+                        frame.len()
+                    ));
+                }
+                self.coverage[expected as usize] += 1;
+                return Ok(expected);
+            }
+            Err(error) => return Err(entry_error("XDP", error)),
+        }
+        match self.dataplane.run_tc(frame) {
+            Ok(action) => {
+                let reason = self.model.judge(frame);
+                let expected_action = model::tc_action(reason.verdict());
+                if action != expected_action {
+                    return Err(format!(
+                        "TC: model says {reason:?} (action {expected_action}), kernel returned action {action}"
+                    ));
+                }
+            }
+            // The skb test run also refuses untagged IP frames with a cut IP header.
+            Err(error) if error.is_refused_input() && expected == Reason::Malformed => {}
+            Err(error) => return Err(entry_error("TC", error)),
+        }
+        let counters = self
+            .dataplane
+            .counters()
+            .map_err(|e| format!("reading the counters: {e}"))?;
+        if counters != self.model.counters {
+            return Err(format!(
+                "counters (by reason index) differ: kernel {counters:?}, model {:?}",
+                self.model.counters
+            ));
+        }
+        Ok(expected)
+    }
+
+    /// Compares every host's statistics; returns the hosts that differ with both views.
+    pub fn compare_hosts(&self) -> Result<(), Vec<(IpAddr, String)>> {
+        let kernel: HashMap<IpAddr, HostStats> = self
+            .dataplane
+            .hosts()
+            .unwrap_or_else(|e| panic!("reading the host statistics: {e}"))
+            .into_iter()
+            .collect();
+        let mut differences = Vec::new();
+        for (host, stats) in &kernel {
+            match self.model.hosts.get(host) {
+                None => differences.push((
+                    *host,
+                    format!("kernel tracks it ({stats:?}), the model does not"),
+                )),
+                Some(record) if !same(stats, record) => {
+                    differences.push((*host, format!("kernel {stats:?}\n    model {record:?}")))
+                }
+                Some(_) => {}
+            }
+        }
+        for (host, record) in &self.model.hosts {
+            if !kernel.contains_key(host) {
+                differences.push((
+                    *host,
+                    format!("the model tracks it ({record:?}), the kernel does not"),
+                ));
+            }
+        }
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(differences)
+        }
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn same(stats: &HostStats, record: &HostRecord) -> bool {
+    let last_dst = match record.last_dst {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    stats.attempts == record.attempts
+        && stats.segments == record.segments
+        && stats.dropped == record.dropped
+        && stats.last_dst == last_dst
+        && stats.last_dst_port == record.last_dst_port
+        && stats.last_reason == record.last_reason as u16
+        && stats.dst_sketch == record.dst_sketch
+        // Timestamps are the kernel's clock: only their order can be checked.
+        && stats.first_seen_ns > 0
+        && stats.first_seen_ns <= stats.last_seen_ns
+}
