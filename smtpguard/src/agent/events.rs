@@ -69,7 +69,7 @@ pub fn run_hook(program: &Path, row: &ReportRow) {
         return;
     };
     let program = program.to_owned();
-    let host = row.host.clone();
+    let host = row.host.to_string();
     std::thread::spawn(move || {
         let spawned = Command::new(&program)
             .stdin(Stdio::piped())

@@ -196,10 +196,11 @@ impl AgentState {
             .map(|e| e.host)
             .collect();
         for row in bots {
-            let host: IpAddr = row.host.parse().context("a host row names an address")?;
+            let host = row.host.address().context("a host row names an address")?;
+            let reason = row.class_reason.to_string();
             if !known.contains(&host) {
-                self.store.record_bot(host, now, &row.class_reason)?;
-                info!(%host, reason = row.class_reason, "new bot");
+                self.store.record_bot(host, now, &reason)?;
+                info!(%host, reason, "new bot");
                 if let Some(program) = &report.on_bot {
                     events::run_hook(program, &row);
                 }
@@ -212,7 +213,7 @@ impl AgentState {
                 );
             }
             if report.escalate && row.mode == Some("monitor") {
-                self.escalate(host, now, &row.class_reason)?;
+                self.escalate(host, now, &reason)?;
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ pub mod snapshot;
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
+    fmt,
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -69,13 +70,16 @@ impl Class {
     }
 }
 
-/// One row of the report: a host, or a group of hosts.
+/// One row of the report: a host, or a group of hosts. Its texts (addresses, the reason) are
+/// formed when the row is written out, straight into the output: a report over a million
+/// hosts builds no strings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReportRow {
     /// The host's address, or the group's prefix.
-    pub host: String,
+    pub host: RowSubject,
     pub hosts: usize,
-    pub subscriber_prefix: Option<String>,
+    #[serde(serialize_with = "optional_text")]
+    pub subscriber_prefix: Option<IpNet>,
     pub mode: Option<&'static str>,
     pub attempts: u64,
     pub attempts_per_minute_peak: f64,
@@ -88,11 +92,120 @@ pub struct ReportRow {
     #[serde(serialize_with = "rfc3339")]
     pub last_seen: SystemTime,
     pub class: Class,
-    pub class_reason: String,
+    pub class_reason: ClassReason,
+}
+
+/// What a row is about: one host (shown as its address) or a group (shown as its prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowSubject(IpNet);
+
+impl RowSubject {
+    /// The host's address, if the row is one host.
+    pub fn address(&self) -> Option<IpAddr> {
+        (self.0.prefix_len() == self.0.max_prefix_len()).then(|| self.0.addr())
+    }
+}
+
+impl fmt::Display for RowSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address() {
+            Some(address) => address.fmt(f),
+            None => self.0.fmt(f),
+        }
+    }
+}
+
+impl Serialize for RowSubject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn optional_text<S: serde::Serializer, T: fmt::Display>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Why a row got its class, as a sentence for the desk (see [`fmt::Display`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassReason {
+    /// Exempt; with its busiest window if that looks like a bot.
+    Exempt(Option<Busiest>),
+    Bot(Busiest),
+    MisconfiguredClient {
+        attempts: u64,
+        destinations: u64,
+    },
+    /// Below the thresholds of the configured bot window.
+    Low {
+        destinations: u64,
+        attempts: u64,
+        window: Duration,
+    },
+}
+
+/// The figure of a host's busiest bot window that crossed a threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busiest {
+    pub measure: Measure,
+    pub window: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    Destinations(u64),
+    Attempts(u64),
+}
+
+impl fmt::Display for Busiest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let window = humantime::format_duration(self.window);
+        match self.measure {
+            Measure::Destinations(n) => write!(f, "{n} distinct destinations within {window}"),
+            Measure::Attempts(n) => write!(f, "{n} attempts within {window}"),
+        }
+    }
+}
+
+impl fmt::Display for ClassReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClassReason::Exempt(None) => f.write_str("exempt"),
+            ClassReason::Exempt(Some(busiest)) => {
+                write!(f, "exempt, and behaves like a bot: {busiest}")
+            }
+            ClassReason::Bot(busiest) => busiest.fmt(f),
+            ClassReason::MisconfiguredClient {
+                attempts,
+                destinations,
+            } => write!(f, "{attempts} attempts to {destinations} destination(s)"),
+            ClassReason::Low {
+                destinations,
+                attempts,
+                window,
+            } => write!(
+                f,
+                "below the thresholds ({destinations} destinations or {attempts} attempts \
+                 within {})",
+                humantime::format_duration(*window)
+            ),
+        }
+    }
+}
+
+impl Serialize for ClassReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&humantime::format_rfc3339_seconds(*time).to_string())
+    serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
 }
 
 /// One snapshot interval of a group (the members' intervals of that snapshot merged).
@@ -136,15 +249,6 @@ impl Slice {
     }
 }
 
-/// Why a row got its class, kept as numbers until the row is written out: most rows of a
-/// large report are filtered or cut by `--top`, and only the rows shown pay for the text.
-#[derive(Clone, Copy)]
-enum Finding {
-    Distinct(u64),
-    Attempts(u64),
-    Quiet,
-}
-
 /// A row before its text is formed.
 struct Summary {
     key: IpNet,
@@ -158,7 +262,8 @@ struct Summary {
     first_seen: SystemTime,
     last_seen: SystemTime,
     exempt: bool,
-    finding: Finding,
+    /// The busiest window's figure that crossed a bot threshold, if one did.
+    bot_like: Option<Measure>,
 }
 
 /// Builds the report rows from the history of the window (`intervals` oldest first, as
@@ -171,15 +276,18 @@ pub fn build(
     config: &Config,
     options: &ReportOptions,
 ) -> Vec<ReportRow> {
-    let mut keyed: Vec<(IpNet, usize)> = intervals
-        .iter()
-        .enumerate()
-        .filter_map(|(index, interval)| {
-            let host = interval.host_address();
-            let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
-            wanted.then(|| (group_key(host, options.group, config), index))
-        })
-        .collect();
+    let ranges = SubscriberRanges::new(config);
+    let mut keyed: Vec<(IpNet, usize)> = Vec::with_capacity(intervals.len());
+    keyed.extend(
+        intervals
+            .iter()
+            .enumerate()
+            .filter_map(|(index, interval)| {
+                let host = interval.host_address();
+                let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
+                wanted.then(|| (group_key(host, options.group, &ranges), index))
+            }),
+    );
     // Stable: the store hands each snapshot out in address order, and a stable sort merges
     // such runs in linear time.
     keyed.sort();
@@ -199,14 +307,15 @@ pub fn build(
         .collect();
     order.sort_by_key(|(attempts, _)| *attempts);
     order.truncate(options.top.unwrap_or(usize::MAX));
-    let chunk = order.len().div_ceil(parallelism()).max(1);
-    let parts: Vec<_> = order.chunks(chunk).collect();
-    on_threads(&parts, |part| {
-        let mut texts = RowTexts::new(config, options.group);
-        part.iter()
-            .map(|(_, index)| texts.row(&summaries[*index]))
-            .collect()
-    })
+    let maker = RowMaker {
+        config,
+        ranges: &ranges,
+        grouping: options.group,
+    };
+    order
+        .into_iter()
+        .map(|(_, index)| maker.row(&summaries[index]))
+        .collect()
 }
 
 fn parallelism() -> usize {
@@ -261,7 +370,7 @@ fn summarize_runs(
     config: &Config,
     min_attempts: u64,
 ) -> Vec<Summary> {
-    let mut summaries = Vec::new();
+    let mut summaries = Vec::with_capacity(keyed.len());
     let (mut members, mut slices): (Vec<[u8; 16]>, Vec<Slice>) = (Vec::new(), Vec::new());
     for run in keyed.chunk_by(|a, b| a.0 == b.0) {
         members.clear();
@@ -284,7 +393,7 @@ fn summarize_runs(
     summaries
 }
 
-fn group_key(host: IpAddr, grouping: Grouping, config: &Config) -> IpNet {
+fn group_key(host: IpAddr, grouping: Grouping, ranges: &SubscriberRanges) -> IpNet {
     let single = IpNet::from(host);
     let truncated = |len: u8| match host {
         IpAddr::V6(_) => IpNet::new(host, len).map_or(single, |net| net.trunc()),
@@ -294,26 +403,47 @@ fn group_key(host: IpAddr, grouping: Grouping, config: &Config) -> IpNet {
         Grouping::Host => single,
         Grouping::Slash64 => truncated(64),
         Grouping::Slash56 => truncated(56),
-        Grouping::SubscriberPrefix => {
-            subscriber_of(host, config).map_or(single, |(prefix, _)| prefix)
-        }
+        Grouping::SubscriberPrefix => ranges.of(host).map_or(single, |(prefix, _)| prefix),
     }
 }
 
-/// The most specific subscriber range holding `host`, with its mode.
-fn subscriber_of(host: IpAddr, config: &Config) -> Option<(IpNet, &'static str)> {
-    config
-        .subscribers
-        .iter()
-        .filter(|range| range.prefix.contains(&host))
-        .max_by_key(|range| range.prefix.prefix_len())
-        .map(|range| {
-            let mode = match range.mode {
-                smtpguard_common::Mode::Enforce => "enforce",
-                smtpguard_common::Mode::Monitor => "monitor",
-            };
-            (range.prefix, mode)
+/// The configured subscriber ranges, for finding the most specific one holding an address
+/// with one table lookup per prefix length in use (an ISP configures thousands of ranges;
+/// a report asks for a million addresses).
+struct SubscriberRanges {
+    by_prefix: HashMap<IpNet, &'static str>,
+    /// The prefix lengths in use, longest first.
+    lengths: Vec<u8>,
+}
+
+impl SubscriberRanges {
+    fn new(config: &Config) -> Self {
+        let by_prefix: HashMap<IpNet, &'static str> = config
+            .subscribers
+            .iter()
+            .map(|range| {
+                let mode = match range.mode {
+                    smtpguard_common::Mode::Enforce => "enforce",
+                    smtpguard_common::Mode::Monitor => "monitor",
+                };
+                (range.prefix.trunc(), mode)
+            })
+            .collect();
+        let mut lengths: Vec<u8> = by_prefix.keys().map(IpNet::prefix_len).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        Self { by_prefix, lengths }
+    }
+
+    /// The most specific subscriber range holding `host`, with its mode.
+    fn of(&self, host: IpAddr) -> Option<(IpNet, &'static str)> {
+        self.lengths.iter().find_map(|&len| {
+            let candidate = IpNet::new(host, len).ok()?.trunc();
+            self.by_prefix
+                .get(&candidate)
+                .map(|mode| (candidate, *mode))
         })
+    }
 }
 
 fn minutes(duration: Duration) -> f64 {
@@ -359,12 +489,12 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
     } else {
         busiest_window(slices, report.bot_window)
     };
-    let finding = if window_distinct >= report.bot_destinations {
-        Finding::Distinct(window_distinct)
+    let bot_like = if window_distinct >= report.bot_destinations {
+        Some(Measure::Destinations(window_distinct))
     } else if window_attempts >= report.bot_attempts {
-        Finding::Attempts(window_attempts)
+        Some(Measure::Attempts(window_attempts))
     } else {
-        Finding::Quiet
+        None
     };
     Summary {
         key,
@@ -378,57 +508,31 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
         first_seen,
         last_seen,
         exempt: slices.iter().any(|s| s.exempt),
-        finding,
+        bot_like,
     }
 }
 
-/// Forms the text of rows, sharing what repeats: a million rows name a few subscriber ranges
-/// and mostly the same reason.
-struct RowTexts<'a> {
+/// Turns summaries into rows: the subscriber range and the class.
+struct RowMaker<'a> {
     config: &'a Config,
+    ranges: &'a SubscriberRanges,
     grouping: Grouping,
-    window: String,
-    low_reason: String,
-    ranges: HashMap<IpNet, String>,
-    last_range: Option<(IpNet, String)>,
 }
 
-impl<'a> RowTexts<'a> {
-    fn new(config: &'a Config, grouping: Grouping) -> Self {
-        let report = &config.report;
-        let window = humantime::format_duration(report.bot_window).to_string();
-        let low_reason = format!(
-            "below the thresholds ({} destinations or {} attempts within {window})",
-            report.bot_destinations, report.bot_attempts
-        );
-        Self {
-            config,
-            grouping,
-            window,
-            low_reason,
-            ranges: HashMap::new(),
-            last_range: None,
-        }
-    }
-
-    fn row(&mut self, summary: &Summary) -> ReportRow {
+impl RowMaker<'_> {
+    fn row(&self, summary: &Summary) -> ReportRow {
         let key = summary.key;
-        let address = key.addr();
         let representative = if self.grouping == Grouping::Host {
-            address
+            key.addr()
         } else {
             key.network()
         };
-        let subscriber = subscriber_of(representative, self.config);
+        let subscriber = self.ranges.of(representative);
         let (class, class_reason) = self.classify(summary);
         ReportRow {
-            host: if key.prefix_len() == key.max_prefix_len() {
-                address.to_string()
-            } else {
-                key.to_string()
-            },
+            host: RowSubject(key),
             hosts: summary.hosts,
-            subscriber_prefix: subscriber.map(|(prefix, _)| self.range_text(prefix)),
+            subscriber_prefix: subscriber.map(|(prefix, _)| prefix),
             mode: subscriber.map(|(_, mode)| mode),
             attempts: summary.attempts,
             attempts_per_minute_peak: summary.peak,
@@ -443,50 +547,36 @@ impl<'a> RowTexts<'a> {
         }
     }
 
-    /// The text of a subscriber range; rows come in runs of one range, so the last one is
-    /// checked before the table.
-    fn range_text(&mut self, range: IpNet) -> String {
-        match &self.last_range {
-            Some((last, text)) if *last == range => text.clone(),
-            _ => {
-                let text = self
-                    .ranges
-                    .entry(range)
-                    .or_insert_with(|| range.to_string())
-                    .clone();
-                self.last_range = Some((range, text.clone()));
-                text
-            }
-        }
-    }
-
-    fn classify(&self, summary: &Summary) -> (Class, String) {
-        let window = &self.window;
-        let bot_like = match summary.finding {
-            Finding::Distinct(distinct) => {
-                Some(format!("{distinct} distinct destinations within {window}"))
-            }
-            Finding::Attempts(attempts) => Some(format!("{attempts} attempts within {window}")),
-            Finding::Quiet => None,
-        };
+    fn classify(&self, summary: &Summary) -> (Class, ClassReason) {
+        let report = &self.config.report;
+        let busiest = summary.bot_like.map(|measure| Busiest {
+            measure,
+            window: report.bot_window,
+        });
         if summary.exempt {
-            let reason = match bot_like {
-                Some(like) => format!("exempt, and behaves like a bot: {like}"),
-                None => "exempt".to_owned(),
-            };
-            return (Class::ExemptSender, reason);
+            return (Class::ExemptSender, ClassReason::Exempt(busiest));
         }
-        if let Some(reason) = bot_like {
-            return (Class::Bot, reason);
+        if let Some(busiest) = busiest {
+            return (Class::Bot, ClassReason::Bot(busiest));
         }
-        let (attempts, distinct) = (summary.attempts, summary.distinct);
-        if attempts >= self.config.report.client_attempts && distinct <= 2 {
+        let (attempts, destinations) = (summary.attempts, summary.distinct);
+        if attempts >= report.client_attempts && destinations <= 2 {
             return (
                 Class::MisconfiguredClient,
-                format!("{attempts} attempts to {distinct} destination(s)"),
+                ClassReason::MisconfiguredClient {
+                    attempts,
+                    destinations,
+                },
             );
         }
-        (Class::Low, self.low_reason.clone())
+        (
+            Class::Low,
+            ClassReason::Low {
+                destinations: report.bot_destinations,
+                attempts: report.bot_attempts,
+                window: report.bot_window,
+            },
+        )
     }
 }
 
@@ -677,9 +767,11 @@ mod tests {
         history.push(interval(quiet, 3, 1, &[0xC633_6407], Reason::Monitored));
 
         let rows = build(&history, &config(), &options(Grouping::Host));
+        let texts: Vec<String> = rows.iter().map(|r| r.host.to_string()).collect();
         let summary: Vec<(&str, Class, u64)> = rows
             .iter()
-            .map(|r| (r.host.as_str(), r.class, r.attempts))
+            .zip(&texts)
+            .map(|(r, host)| (host.as_str(), r.class, r.attempts))
             .collect();
         assert_eq!(
             summary,
@@ -698,15 +790,22 @@ mod tests {
         assert!(
             bot_row
                 .class_reason
+                .to_string()
                 .contains("distinct destinations within 10m"),
             "{}",
             bot_row.class_reason
         );
         assert_eq!(bot_row.attempts_per_minute_peak, 10.0);
-        assert_eq!(bot_row.subscriber_prefix.as_deref(), Some("100.64.0.0/10"));
+        assert_eq!(
+            bot_row.subscriber_prefix,
+            Some("100.64.0.0/10".parse().unwrap())
+        );
         assert_eq!(rows[3].mode, Some("monitor"));
         assert!(
-            rows[1].class_reason.contains("behaves like a bot"),
+            rows[1]
+                .class_reason
+                .to_string()
+                .contains("behaves like a bot"),
             "{}",
             rows[1].class_reason
         );
@@ -738,9 +837,11 @@ mod tests {
             interval(ip("100.64.0.2"), 1, 1, &[3], Reason::Dropped),
         ];
         let by64 = build(&history, &config(), &options(Grouping::Slash64));
+        let texts: Vec<String> = by64.iter().map(|r| r.host.to_string()).collect();
         let rows: Vec<(&str, usize, u64)> = by64
             .iter()
-            .map(|r| (r.host.as_str(), r.hosts, r.attempts))
+            .zip(&texts)
+            .map(|(r, host)| (host.as_str(), r.hosts, r.attempts))
             .collect();
         assert_eq!(
             rows,
@@ -751,10 +852,10 @@ mod tests {
             ]
         );
         let by56 = build(&history, &config(), &options(Grouping::Slash56));
-        assert_eq!(by56[0].host, "2001:db8:1000::/56");
+        assert_eq!(by56[0].host.to_string(), "2001:db8:1000::/56");
         assert_eq!((by56[0].hosts, by56[0].attempts), (3, 15));
         let by_range = build(&history, &config(), &options(Grouping::SubscriberPrefix));
-        assert_eq!(by_range[0].host, "2001:db8:1000::/36");
+        assert_eq!(by_range[0].host.to_string(), "2001:db8:1000::/36");
     }
 
     #[test]
@@ -796,6 +897,6 @@ mod tests {
         opts.prefix = Some("100.64.9.0/24".parse().unwrap());
         let rows = build(&history, &config(), &opts);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].host, "100.64.9.3");
+        assert_eq!(rows[0].host.to_string(), "100.64.9.3");
     }
 }

@@ -58,8 +58,10 @@ pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
     ]);
     for row in rows {
         table.add_row(vec![
-            row.host.clone(),
-            row.subscriber_prefix.clone().unwrap_or_default(),
+            row.host.to_string(),
+            row.subscriber_prefix
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             row.mode.unwrap_or_default().to_owned(),
             row.attempts.to_string(),
             format!("{:.1}", row.attempts_per_minute_peak),
@@ -69,7 +71,7 @@ pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
             time(row.first_seen),
             time(row.last_seen),
             row.class.name().to_owned(),
-            row.class_reason.clone(),
+            row.class_reason.to_string(),
         ]);
     }
     for column in [3, 4, 5, 6, 7] {
@@ -91,9 +93,11 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
     writer.write_record(FIELDS)?;
     for row in rows {
         writer.write_record([
-            row.host.clone(),
+            row.host.to_string(),
             row.hosts.to_string(),
-            row.subscriber_prefix.clone().unwrap_or_default(),
+            row.subscriber_prefix
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             row.mode.unwrap_or_default().to_owned(),
             row.attempts.to_string(),
             row.attempts_per_minute_peak.to_string(),
@@ -104,7 +108,7 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
             time(row.first_seen),
             time(row.last_seen),
             row.class.name().to_owned(),
-            row.class_reason.clone(),
+            row.class_reason.to_string(),
         ])?;
     }
     writer.flush()

@@ -243,11 +243,14 @@ fn snapshot_and_report(control: &ControlPlane) -> String {
     match (control.snapshot_1m_hosts_s, control.report_1m_hosts_s) {
         (Some(snapshot), Some(report)) => format!(
             "one snapshot (every host read from the pinned statistics map, one interval per \
-             host written to the store) {snapshot:.2} s; the abuse-desk report over the 24 h it \
-             recorded (history read from the store, {} rows built, one per host) {report:.2} s",
+             host written to the store in chunks) {snapshot:.2} s; the abuse-desk report over the 24 h it \
+             recorded (history read from the store, {} rows built, one per host) {report:.2} s{}",
             control
                 .report_1m_rows
-                .map_or("the".into(), |rows| rows.to_string())
+                .map_or("the".into(), |rows| rows.to_string()),
+            control.report_1m_csv_s.map_or(String::new(), |csv| format!(
+                ", and {csv:.2} s more to write them out as CSV"
+            ))
         ),
         _ => "not measured".into(),
     }

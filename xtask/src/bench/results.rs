@@ -77,6 +77,9 @@ pub struct ControlPlane {
     pub report_1m_hosts_s: Option<f64>,
     #[serde(default)]
     pub report_1m_rows: Option<usize>,
+    /// Those rows written out as CSV (into a sink), seconds.
+    #[serde(default)]
+    pub report_1m_csv_s: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
