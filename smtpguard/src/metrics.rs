@@ -66,6 +66,8 @@ pub struct MetricsSnapshot {
     pub reloads: u64,
     /// Configuration reloads that failed (monotonically increasing).
     pub reload_failures: u64,
+    /// Hosts newly classified as bots since the agent started (monotonically increasing).
+    pub bots_classified: u64,
     /// Interfaces the program is attached to: (interface, attach "xdp"|"tc", mode
     /// "native"|"skb"|"tcx"). Repeated rows are shown once.
     pub attached: Vec<(String, &'static str, &'static str)>,
@@ -312,6 +314,12 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "Configuration reloads that failed.",
             Kind::Counter,
             Value::Int(snapshot.reload_failures),
+        ),
+        single(
+            "smtpguard_bots_classified",
+            "Subscriber hosts newly classified as bots (after each statistics snapshot).",
+            Kind::Counter,
+            Value::Int(snapshot.bots_classified),
         ),
         labelled(
             "smtpguard_attached",
@@ -968,7 +976,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 13] = [
+    const FAMILIES: [(&str, &str); 14] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -979,6 +987,7 @@ mod tests {
         ("smtpguard_store_errors_total", "counter"),
         ("smtpguard_reloads_total", "counter"),
         ("smtpguard_reload_failures_total", "counter"),
+        ("smtpguard_bots_classified_total", "counter"),
         ("smtpguard_attached", "gauge"),
         ("smtpguard_build_info", "gauge"),
         ("smtpguard_start_time_seconds", "gauge"),
@@ -1011,6 +1020,7 @@ mod tests {
             store_errors: 1,
             reloads: 7,
             reload_failures: 1,
+            bots_classified: 5,
             attached: vec![
                 ("eth0".to_owned(), "xdp", "native"),
                 ("bond0.100".to_owned(), "tc", "tcx"),
@@ -1064,6 +1074,7 @@ mod tests {
             ("smtpguard_store_errors_total", 1.0),
             ("smtpguard_reloads_total", 7.0),
             ("smtpguard_reload_failures_total", 1.0),
+            ("smtpguard_bots_classified_total", 5.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
         ] {
             assert_eq!(exposition.value(name, &[]), Some(value), "{name}");

@@ -75,6 +75,7 @@ pub struct AgentCounters {
     pub store_errors: u64,
     pub reloads: u64,
     pub reload_failures: u64,
+    pub bots_classified: u64,
 }
 
 pub struct AgentState {
@@ -182,6 +183,7 @@ impl AgentState {
             let host: IpAddr = row.host.parse().context("a host row names an address")?;
             if !known.contains(&host) {
                 self.store.record_bot(host, now, &row.class_reason)?;
+                self.counters.bots_classified += 1;
                 info!(%host, reason = row.class_reason, "new bot");
                 if let Some(program) = &report.on_bot {
                     events::run_hook(program, &row);
@@ -906,6 +908,7 @@ impl AgentState {
             store_errors: self.counters.store_errors,
             reloads: self.counters.reloads,
             reload_failures: self.counters.reload_failures,
+            bots_classified: self.counters.bots_classified,
             attached,
             start_time_seconds: self
                 .started

@@ -1,0 +1,413 @@
+//! The harness of the agent's end-to-end tests: the real `smtpguard` binary run against a
+//! gateway lab, driven through its CLI. Shared by the test files of the smtpguard crate
+//! (`smtpguard/tests/*.rs`), which cargo builds the binary for.
+//!
+//! Every fixture has its own lab, pin folder, state folder, socket and metrics port, so tests
+//! run in parallel; guards remove all of it (and kill the agent) also when a test fails.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::LazyLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+use crate::lab::{Connect, GatewayLab, PinFolder, SUBSCRIBER_INTERFACE, Servers, addr, connect};
+
+/// The `smtpguard` binary cargo built for the running test: next to the test binary's
+/// `deps/` folder (the way `CARGO_BIN_EXE_smtpguard` points, found at run time because this
+/// library is not the smtpguard package's integration test).
+pub static BIN: LazyLock<PathBuf> = LazyLock::new(|| {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let bin = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("smtpguard");
+    assert!(
+        bin.exists(),
+        "{} does not exist; the agent harness serves the smtpguard package's integration tests, \
+         for which cargo builds the binary",
+        bin.display()
+    );
+    bin
+});
+
+/// A blocked connection's SYN never gets an answer: this is what each blocked attempt costs.
+pub const BLOCKED: Duration = Duration::from_millis(500);
+/// An open connection is greeted within milliseconds; this only bounds a failure.
+pub const OPEN: Duration = Duration::from_secs(3);
+/// Longest a CLI call may take before it is killed and the test fails.
+pub const CLI_LIMIT_SECONDS: &str = "15";
+/// Longest an agent may take to answer after `run`.
+pub const READY: Duration = Duration::from_secs(15);
+
+pub const SUBSCRIBER: &str = "100.64.0.2/32";
+
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+pub fn mx() -> IpAddr {
+    ip(addr::MX_V4)
+}
+
+/// Status, stdout and stderr of a command, for failure messages.
+pub fn show(output: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs the binary with `args`, killed after `CLI_LIMIT_SECONDS` so a hung agent fails the test
+/// instead of hanging it.
+pub fn smtpguard(args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["-s", "KILL", CLI_LIMIT_SECONDS])
+        .arg(&*BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running smtpguard")
+}
+
+pub fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "expected success: {}",
+        show(output)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(output)))
+}
+
+/// Asserts exit code `code`, an `error:` line on stderr and that stderr names every one of
+/// `needles`.
+#[track_caller]
+pub fn assert_fails(output: &Output, code: i32, needles: &[&str], what: &str) {
+    let text = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: expected exit code {code}, observed {}",
+        show(output)
+    );
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{what}: expected stderr to name {needle:?}, observed {}",
+            show(output)
+        );
+    }
+}
+
+/// A scratch folder of this test's own, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("smtpguard-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One test's world: a lab with an MX on port 25, a pin folder, a scratch folder with the
+/// agent's config file. Fields drop in order: servers, pins, lab, scratch.
+pub struct Fixture {
+    pub servers: Servers,
+    pub pins: PinFolder,
+    pub lab: GatewayLab,
+    pub scratch: Scratch,
+    pub config: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(name: &str) -> Self {
+        let scratch = Scratch::new(name);
+        let pins = PinFolder::new(&format!("agent-{name}"));
+        let lab = GatewayLab::new().unwrap();
+        let servers = Servers::start(&lab.internet, &[25]).unwrap();
+        let config = scratch.file("smtpguard.toml");
+        let fixture = Self {
+            servers,
+            pins,
+            lab,
+            scratch,
+            config,
+        };
+        std::fs::write(&fixture.config, fixture.config_text("")).unwrap();
+        fixture
+    }
+
+    /// The agent's config for this lab, with `extra` appended (top-level tables only, since it
+    /// follows the `[agent]` table otherwise).
+    pub fn config_text(&self, extra: &str) -> String {
+        self.config_text_in(extra, Some(self.lab.gateway.name()))
+    }
+
+    /// Like `config_text`, with the interfaces looked up in network namespace `netns`, or in
+    /// the agent's own with `None` (an agent started inside the gateway namespace).
+    pub fn config_text_in(&self, extra: &str, netns: Option<&str>) -> String {
+        let netns = netns
+            .map(|name| format!("netns = \"{name}\"\n"))
+            .unwrap_or_default();
+        format!(
+            r#"[[subscribers]]
+prefix = "100.64.0.0/10"
+[[subscribers]]
+prefix = "2001:db8:1000::/36"
+[[relays]]
+prefix = "192.0.2.25/32"
+[capacity]
+hosts = 4096
+{extra}
+[agent]
+interfaces = ["{SUBSCRIBER_INTERFACE}"]
+{netns}state_dir = "{state}"
+socket = "{socket}"
+metrics_listen = "127.0.0.1:0"
+pin_dir = "{pins}"
+"#,
+            state = self.scratch.file("state").display(),
+            socket = self.scratch.file("sg.sock").display(),
+            pins = self.pins.0.root().display(),
+        )
+    }
+
+    pub fn config_str(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    pub fn start(&self) -> Agent {
+        Agent::start(&self.config, &self.scratch.file("agent.log"))
+    }
+
+    /// `smtpguard --config <this config> args...`
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--config", self.config_str()];
+        full.extend_from_slice(args);
+        smtpguard(&full)
+    }
+
+    /// Like `cli`, but it must succeed.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "smtpguard {}: expected exit 0, observed {}",
+            args.join(" "),
+            show(&output)
+        );
+        output
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        json(&self.ok(args))
+    }
+
+    /// One attempt from the subscriber to MX:25.
+    pub fn smtp(&self, timeout: Duration) -> Connect {
+        connect(&self.lab.subscriber, mx(), 25, timeout)
+    }
+
+    #[track_caller]
+    pub fn assert_blocked(&self, what: &str) {
+        let observed = self.smtp(BLOCKED);
+        assert_eq!(
+            observed,
+            Connect::TimedOut,
+            "{what}: expected subscriber → MX:25 blocked (TimedOut), observed {observed:?}; agent \
+             log:\n{}",
+            self.log()
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_open(&self, what: &str) {
+        let observed = self.smtp(OPEN);
+        assert_eq!(
+            observed,
+            Connect::Greeted,
+            "{what}: expected subscriber → MX:25 open (Greeted), observed {observed:?}; agent \
+             log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.file("agent.log")).unwrap_or_default()
+    }
+
+    /// The audit log's actions on `subject`, oldest first.
+    pub fn audit_actions(&self, subject: &str) -> Vec<String> {
+        let mut entries: Vec<Value> = self
+            .json(&["audit", "--format", "json"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        entries.sort_by_key(|e| e["id"].as_i64());
+        entries
+            .iter()
+            .filter(|e| e["subject"] == subject)
+            .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// `packets.<reason>` of `status --format json`.
+pub fn packets(status: &Value, reason: &str) -> u64 {
+    status["packets"][reason].as_u64().unwrap_or(0)
+}
+
+/// `entries` of map `name` in `status --format json`.
+pub fn map_entries(status: &Value, name: &str) -> Option<u64> {
+    status["maps"]
+        .as_array()?
+        .iter()
+        .find(|m| m["map"] == name)?["entries"]
+        .as_u64()
+}
+
+/// A running `smtpguard run`, killed with SIGKILL on drop if it is still running.
+pub struct Agent {
+    pub child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent (stderr appended to `log`) and waits until its socket answers.
+    pub fn start(config: &Path, log: &Path) -> Self {
+        let mut agent = Self::spawn(Command::new(&*BIN), config, log);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Spawns `command` with `--config CONFIG run` appended, stdout and stderr appended to
+    /// `log`, without waiting for anything. `command` is the binary, or a wrapper (setpriv,
+    /// nsenter) whose last argument is the binary.
+    pub fn spawn(mut command: Command, config: &Path, log: &Path) -> Self {
+        let log_file = File::options().create(true).append(true).open(log).unwrap();
+        let child = command
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning smtpguard run");
+        Self {
+            child,
+            config: config.to_owned(),
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "smtpguard run exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            let output = smtpguard(&["--config", self.config.to_str().unwrap(), "status"]);
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "smtpguard run did not answer `status` within {READY:?}; last: {}; log:\n{}",
+                show(&output),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap();
+    }
+
+    /// Waits up to `limit` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; the agent must leave cleanly within a few seconds.
+    pub fn terminate(mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(5));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "after SIGTERM: expected the agent to exit 0 within 5 s, observed {status:?}; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
