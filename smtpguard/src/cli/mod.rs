@@ -5,6 +5,7 @@ mod config;
 mod escalations;
 mod exempt;
 mod pbl;
+mod prepare;
 mod relay;
 mod replay;
 mod report;
@@ -76,6 +77,11 @@ enum Command {
     /// Policy block list export.
     #[command(subcommand)]
     Pbl(pbl::PblCommand),
+    /// As root, before `run` as an unprivileged user (the systemd unit's ExecStartPre):
+    /// mounts bpffs if needed, lets the user reach the pin folder and hands it over.
+    ///
+    /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml prepare --user smtpguard
+    Prepare(prepare::PrepareArgs),
     /// Re-read the agent's config file; an invalid one changes nothing.
     Reload,
     /// Remove enforcement from every interface on purpose, and stop the agent.
@@ -134,6 +140,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Escalations(args) => escalations::escalations(&args, agent),
         Command::Events(args) => escalations::events(&args, agent),
         Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
+        Command::Prepare(args) => prepare::run(&args, agent.config_file()?),
         Command::Reload => {
             let body = agent.call(&Request::Reload {})?;
             println!(
