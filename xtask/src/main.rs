@@ -1,10 +1,11 @@
-//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench` (the alias is in
+//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench | package` (the alias is in
 //! .cargo/config.toml).
 
 mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
+mod package;
 mod test;
 
 use std::{
@@ -37,6 +38,9 @@ enum Command {
     /// program and xdp-filter, at small and production map sizes, the control plane and a
     /// flood through a namespace gateway; writes docs/benchmarks.md (full runs). As root.
     Bench(bench::BenchArgs),
+    /// Build the release binary and a Debian package of it (binary, systemd unit, sysusers.d
+    /// entry, example config, man page, shell completions) in target/debian/.
+    Package(package::PackageArgs),
 }
 
 /// The repository root: xtask lives one folder below it.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(&root),
         Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
+        Command::Package(args) => package::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod escalations;
 mod exempt;
+mod generate;
 mod pbl;
 mod prepare;
 mod relay;
@@ -86,6 +87,12 @@ enum Command {
     Reload,
     /// Remove enforcement from every interface on purpose, and stop the agent.
     Detach,
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The folder to write into, e.g. target/assets
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Output formats of the list verbs.
@@ -149,6 +156,7 @@ pub fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::GenerateAssets { dir } => generate::run(&dir),
         Command::Detach => {
             let body = agent.call(&Request::Detach {})?;
             println!(
