@@ -1177,7 +1177,7 @@ mod tests {
         };
         // The Prometheus format names the family `…_total`; OpenMetrics names its samples so.
         let text_counters = counters(&text);
-        assert_eq!(text_counters.len(), 5);
+        assert_eq!(text_counters.len(), 6);
         assert!(text_counters.iter().all(|name| name.ends_with("_total")));
         for family in counters(&open_metrics) {
             let samples = open_metrics.samples_of(&format!("{family}_total"));
