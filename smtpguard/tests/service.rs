@@ -5,7 +5,7 @@
 //! capability set, after the unit's privileged ExecStartPre). Needs root.
 
 use std::{
-    os::unix::{fs::chown, net::UnixDatagram},
+    os::unix::net::UnixDatagram,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -173,21 +173,39 @@ fn runs_as_its_own_user_with_only_the_units_capabilities() {
     let f = Fixture::new("unprivileged");
     let caps = unit_capabilities();
     assert_eq!(caps, "-all,+bpf,+net_admin,+perfmon");
-    // What systemd does for the unit: the state and runtime folders belong to the user
-    // (StateDirectory=, RuntimeDirectory=); here both live in the scratch folder.
-    chown(&f.scratch.0, Some(AGENT_UID), Some(AGENT_UID)).unwrap();
     // The agent runs inside the gateway namespace itself: entering one (the [agent] netns
     // setting) would need CAP_SYS_ADMIN.
     let config = f.config_text_in("", None);
     std::fs::write(&f.config, config).unwrap();
-    // The unit's privileged ExecStartPre, as root.
+    let in_gateway = || {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", f.lab.gateway.name()))
+            .arg("--");
+        command
+    };
+    // An agent run as root before (an older installation) leaves pins that belong to root.
+    let mut root_agent = in_gateway();
+    root_agent.arg(&*BIN);
+    let mut agent = Agent::spawn(root_agent, &f.config, &f.scratch.file("root.log"));
+    agent.wait_ready();
+    agent.terminate();
+    // What systemd does for the unit: the state and runtime folders, with what is in them,
+    // belong to the user (StateDirectory=, RuntimeDirectory=); here both live in the
+    // scratch folder.
     let owner = format!("{AGENT_UID}:{AGENT_UID}");
+    let chowned = Command::new("chown")
+        .args(["-R", &owner])
+        .arg(&f.scratch.0)
+        .output()
+        .unwrap();
+    assert!(chowned.status.success(), "{}", show(&chowned));
+    // The unit's privileged ExecStartPre, as root: it hands the pins over.
     f.ok(&["prepare", "--user", &owner]);
 
-    let mut command = Command::new("nsenter");
+    let mut command = in_gateway();
     command
-        .arg(format!("--net=/run/netns/{}", f.lab.gateway.name()))
-        .args(["--", "setpriv"])
+        .arg("setpriv")
         .arg(format!("--reuid={AGENT_UID}"))
         .arg(format!("--regid={AGENT_UID}"))
         .arg("--clear-groups")
@@ -198,6 +216,12 @@ fn runs_as_its_own_user_with_only_the_units_capabilities() {
     let mut agent = Agent::spawn(command, &f.config, &f.scratch.file("agent.log"));
     agent.wait_ready();
 
+    // It took over root's pins: the program was swapped into the existing link.
+    assert!(
+        agent.log().contains("outcome=Updated"),
+        "expected the pinned link reused; log:\n{}",
+        agent.log()
+    );
     let status: Value =
         serde_json::from_slice(&f.ok(&["status", "--format", "json"]).stdout).unwrap();
     assert_eq!(
