@@ -73,6 +73,8 @@ pub struct MetricsSnapshot {
     pub pin_restores: u64,
     /// Configured interfaces with nothing enforced on them now (missing).
     pub detached_interfaces: u64,
+    /// Hosts newly classified as bots since the agent started (monotonically increasing).
+    pub bots_classified: u64,
     /// Interfaces the program is attached to: (interface, attach "xdp"|"tc", mode
     /// "native"|"skb"|"tcx"). Repeated rows are shown once.
     pub attached: Vec<(String, &'static str, &'static str)>,
@@ -339,6 +341,12 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
              alert when above 0.",
             Kind::Gauge,
             Value::Int(snapshot.detached_interfaces),
+        ),
+        single(
+            "smtpguard_bots_classified",
+            "Subscriber hosts newly classified as bots (after each statistics snapshot).",
+            Kind::Counter,
+            Value::Int(snapshot.bots_classified),
         ),
         labelled(
             "smtpguard_attached",
@@ -995,7 +1003,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 16] = [
+    const FAMILIES: [(&str, &str); 17] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -1009,6 +1017,7 @@ mod tests {
         ("smtpguard_reattachments_total", "counter"),
         ("smtpguard_pin_restores_total", "counter"),
         ("smtpguard_detached_interfaces", "gauge"),
+        ("smtpguard_bots_classified_total", "counter"),
         ("smtpguard_attached", "gauge"),
         ("smtpguard_build_info", "gauge"),
         ("smtpguard_start_time_seconds", "gauge"),
@@ -1044,6 +1053,7 @@ mod tests {
             reattachments: 2,
             pin_restores: 1,
             detached_interfaces: 1,
+            bots_classified: 5,
             attached: vec![
                 ("eth0".to_owned(), "xdp", "native"),
                 ("bond0.100".to_owned(), "tc", "tcx"),
@@ -1100,6 +1110,7 @@ mod tests {
             ("smtpguard_reattachments_total", 2.0),
             ("smtpguard_pin_restores_total", 1.0),
             ("smtpguard_detached_interfaces", 1.0),
+            ("smtpguard_bots_classified_total", 5.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
         ] {
             assert_eq!(exposition.value(name, &[]), Some(value), "{name}");
@@ -1202,7 +1213,7 @@ mod tests {
         };
         // The Prometheus format names the family `…_total`; OpenMetrics names its samples so.
         let text_counters = counters(&text);
-        assert_eq!(text_counters.len(), 7);
+        assert_eq!(text_counters.len(), 8);
         assert!(text_counters.iter().all(|name| name.ends_with("_total")));
         for family in counters(&open_metrics) {
             let samples = open_metrics.samples_of(&format!("{family}_total"));

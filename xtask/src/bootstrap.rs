@@ -29,6 +29,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "swaks",
     "python3-scapy",
     "tcpdump",
+    // promtool, for the Prometheus alerting rules' unit tests (deploy/prometheus/).
+    "prometheus",
+    // The package test parses the zsh completion with `zsh -n`.
+    "zsh",
 ];
 
 pub fn run(root: &Path) -> Result<()> {

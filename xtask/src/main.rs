@@ -1,11 +1,12 @@
-//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench | fuzz` (the alias
-//! is in .cargo/config.toml).
+//! Automation for smtpguard: `cargo xtask bootstrap | test | demo | bench | fuzz | package`
+//! (the alias is in .cargo/config.toml).
 
 mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
 mod fuzz;
+mod package;
 mod test;
 
 use std::{
@@ -42,6 +43,9 @@ enum Command {
     /// mutated generated frames for `--duration` (default 10m); disagreements are shrunk and
     /// saved under tests/regressions/. As root.
     Fuzz(fuzz::FuzzArgs),
+    /// Build the release binary and a Debian package of it (binary, systemd unit, sysusers.d
+    /// entry, example config, man page, shell completions) in target/debian/.
+    Package(package::PackageArgs),
 }
 
 /// The repository root: xtask lives one folder below it.
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
         Command::Fuzz(args) => fuzz::run(&root, &args),
+        Command::Package(args) => package::run(&root, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

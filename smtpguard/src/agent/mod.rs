@@ -4,6 +4,7 @@
 pub mod api;
 mod events;
 mod netns;
+mod notify;
 mod server;
 mod state;
 
@@ -25,10 +26,12 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
-    api::Request,
+    api::{Request, Response},
     state::{AgentState, resolve_relay_hosts},
 };
-use crate::{config::Config, dataplane::PinLayout, report::snapshot::Snapshotter};
+use crate::{
+    config::Config, dataplane::PinLayout, metrics::MetricsSnapshot, report::snapshot::Snapshotter,
+};
 
 /// How often the agent looks for exemptions that have expired: well inside the promised
 /// second.
@@ -51,6 +54,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let _lock = lock_state_dir(&config.agent.state_dir)?;
+    notify::status("loading the kernel program and restoring the policy");
     let state = AgentState::start(config.clone(), config_path.to_owned())?;
     let snapshotter = Snapshotter::open(
         &PinLayout::new(&config.agent.pin_dir),
@@ -84,6 +88,9 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
         })?;
 
     tokio::spawn(server::accept(socket, state.clone(), detached.clone()));
+    // The socket listens (connections queue until the accept task takes them), the program
+    // is attached and the maps are pinned: from here on the CLI answers.
+    notify::ready(&enforcing_status(&lock(&state).metrics(), config));
     let scrape_state = state.clone();
     tokio::spawn(crate::metrics::serve(metrics, move || {
         lock(&scrape_state).metrics()
@@ -103,13 +110,33 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                let state = state.clone();
+                notify::reloading();
+                let reload_state = state.clone();
                 // The outcome is logged by the reload; an invalid file leaves everything as it
                 // was, and so does a dangerous one: a signal cannot carry --force.
-                let _ = tokio::task::spawn_blocking(move || lock(&state).handle(Request::Reload { force: false }, "SIGHUP")).await;
+                let outcome = tokio::task::spawn_blocking(move || lock(&reload_state).handle(Request::Reload { force: false }, "SIGHUP")).await;
+                let status = match outcome {
+                    Ok(Response::Ok { body }) => format!(
+                        "reloaded (added {}, updated {}, removed {}); {}",
+                        body["added"], body["updated"], body["removed"],
+                        enforcing_status(&lock(&state).metrics(), config)
+                    ),
+                    Ok(Response::Error { message, .. }) => message,
+                    Err(error) => format!("reload failed: {error}"),
+                };
+                notify::ready(&status);
+            }
+            // Pinged from this loop, after the state lock was taken on the blocking pool: a
+            // hung loop, a lock held forever or a starved pool all stop the pings.
+            () = tick(&mut watchdog) => {
+                let state = state.clone();
+                if tokio::task::spawn_blocking(move || drop(lock(&state))).await.is_ok() {
+                    notify::watchdog();
+                }
             }
             _ = terminate.recv() => {
                 info!("SIGTERM: stopping; enforcement stays in place");
@@ -125,6 +152,7 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
             }
         }
     }
+    notify::stopping();
     let _ = std::fs::remove_file(&config.agent.socket);
     // The interval in progress goes into the history too, so a restart loses nothing.
     let final_snapshot = tokio::task::spawn_blocking(move || {
@@ -138,6 +166,27 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
         warn!(%error, "the last statistics snapshot failed");
     }
     Ok(())
+}
+
+/// The STATUS= line of a running agent.
+fn enforcing_status(metrics: &MetricsSnapshot, config: &Config) -> String {
+    format!(
+        "enforcing on {}; {} exemptions, {} relays; CLI on {}",
+        config.agent.interfaces.join(", "),
+        metrics.exemptions,
+        metrics.relays,
+        config.agent.socket.display()
+    )
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Every `interval`, turns the kernel's per-host counters into history and prunes history

@@ -91,6 +91,7 @@ pub struct AgentCounters {
     pub reattachments: u64,
     /// Times pins removed by hand were made again.
     pub pin_restores: u64,
+    pub bots_classified: u64,
 }
 
 pub struct AgentState {
@@ -200,6 +201,7 @@ impl AgentState {
             let reason = row.class_reason.to_string();
             if !known.contains(&host) {
                 self.store.record_bot(host, now, &reason)?;
+                self.counters.bots_classified += 1;
                 info!(%host, reason, "new bot");
                 if let Some(program) = &report.on_bot {
                     events::run_hook(program, &row);
@@ -1130,6 +1132,7 @@ impl AgentState {
             reattachments: self.counters.reattachments,
             pin_restores: self.counters.pin_restores,
             detached_interfaces: self.detached_interfaces.len() as u64,
+            bots_classified: self.counters.bots_classified,
             attached,
             start_time_seconds: self
                 .started

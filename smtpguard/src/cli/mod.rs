@@ -4,7 +4,9 @@ mod client;
 mod config;
 mod escalations;
 mod exempt;
+mod generate;
 mod pbl;
+mod prepare;
 mod relay;
 mod replay;
 mod report;
@@ -76,6 +78,11 @@ enum Command {
     /// Policy block list export.
     #[command(subcommand)]
     Pbl(pbl::PblCommand),
+    /// As root, before `run` as an unprivileged user (the systemd unit's ExecStartPre):
+    /// mounts bpffs if needed, lets the user reach the pin folder and hands it over.
+    ///
+    /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml prepare --user smtpguard
+    Prepare(prepare::PrepareArgs),
     /// Re-read the agent's config file; an invalid one changes nothing, and a dangerous one
     /// (see `config check`) only with --force.
     ///
@@ -88,6 +95,12 @@ enum Command {
     },
     /// Remove enforcement from every interface on purpose, and stop the agent.
     Detach,
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The folder to write into, e.g. target/assets
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Output formats of the list verbs.
@@ -142,6 +155,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Escalations(args) => escalations::escalations(&args, agent),
         Command::Events(args) => escalations::events(&args, agent),
         Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
+        Command::Prepare(args) => prepare::run(&args, agent.config_file()?),
         Command::Reload { force } => {
             let body = agent.call(&Request::Reload { force })?;
             println!(
@@ -150,6 +164,7 @@ pub fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::GenerateAssets { dir } => generate::run(&dir),
         Command::Detach => {
             let body = agent.call(&Request::Detach {})?;
             println!(

@@ -5,6 +5,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -19,6 +20,7 @@ use nix::{
     fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
+    unistd::{Gid, Uid, chown},
 };
 use smtpguard_common::maps as names;
 
@@ -131,6 +133,46 @@ impl PinLayout {
                           choose a pin folder below /sys/fs/bpf"
                     .to_owned(),
             });
+        }
+        Ok(())
+    }
+
+    /// Prepares the pin folder for an agent that runs as `uid`:`gid` with only CAP_BPF,
+    /// CAP_NET_ADMIN and CAP_PERFMON (the systemd unit's ExecStartPre, as root): the folders
+    /// exist on a bpffs ([`prepare`](Self::prepare)), every bpffs folder above them lets
+    /// others pass through, and the pin folder with everything pinned in it (by an agent that
+    /// ran as root before) belongs to the user.
+    ///
+    /// systemd mounts bpffs with mode 0700, where only root could pass; search permission
+    /// (o+x) lets a process reach a path it knows, never list the folder or touch another
+    /// program's pins (those keep their own 0600 modes).
+    pub fn hand_over(&self, uid: Uid, gid: Gid) -> Result<(), DataplaneError> {
+        self.prepare()?;
+        let mut above = self.root.parent();
+        while let Some(folder) = above.filter(|folder| on_bpffs(folder)) {
+            let mode = fs::metadata(folder)
+                .map_err(|error| self.io_error(folder, error))?
+                .permissions()
+                .mode();
+            if mode & 0o001 == 0 {
+                fs::set_permissions(folder, fs::Permissions::from_mode(mode | 0o001))
+                    .map_err(|error| self.io_error(folder, error))?;
+            }
+            above = folder.parent();
+        }
+        self.chown_tree(&self.root, uid, gid)
+    }
+
+    fn chown_tree(&self, path: &Path, uid: Uid, gid: Gid) -> Result<(), DataplaneError> {
+        chown(path, Some(uid), Some(gid)).map_err(|errno| DataplaneError::Bpffs {
+            path: path.to_owned(),
+            problem: format!("cannot hand it to {uid}:{gid}: {errno}"),
+        })?;
+        if path.is_dir() {
+            for entry in fs::read_dir(path).map_err(|error| self.io_error(path, error))? {
+                let entry = entry.map_err(|error| self.io_error(path, error))?;
+                self.chown_tree(&entry.path(), uid, gid)?;
+            }
         }
         Ok(())
     }

@@ -116,7 +116,10 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
             &mut writer,
             &humantime::format_rfc3339_seconds(row.first_seen),
         )?;
-        field(&mut writer, &humantime::format_rfc3339_seconds(row.last_seen))?;
+        field(
+            &mut writer,
+            &humantime::format_rfc3339_seconds(row.last_seen),
+        )?;
         writer.write_field(row.class.name())?;
         field(&mut writer, &row.class_reason)?;
         writer.write_record(None::<&[u8]>)?;

@@ -1,7 +1,7 @@
 //! The harness the agent's end-to-end tests share: the real binary, its CLI, a lab per test
 //! and guards that clean up also when a test fails.
 //!
-//! Each test crate (agent.rs, faults.rs, input.rs) compiles this module on its own and uses a part of
+//! Each test crate (agent.rs, faults.rs, input.rs, service.rs) compiles this module on its own and uses a part of
 //! it; what one of them leaves unused is not dead.
 #![allow(dead_code)]
 
@@ -153,6 +153,15 @@ impl Fixture {
     /// The agent's config for this lab, with `extra` appended (top-level tables only, since it
     /// follows the `[agent]` table otherwise).
     pub fn config_text(&self, extra: &str) -> String {
+        self.config_text_in(extra, Some(self.lab.gateway.name()))
+    }
+
+    /// Like `config_text`, with the interfaces looked up in network namespace `netns`, or in
+    /// the agent's own with `None` (an agent started inside the gateway namespace).
+    pub fn config_text_in(&self, extra: &str, netns: Option<&str>) -> String {
+        let netns = netns
+            .map(|name| format!("netns = \"{name}\"\n"))
+            .unwrap_or_default();
         format!(
             r#"[[subscribers]]
 prefix = "100.64.0.0/10"
@@ -165,13 +174,11 @@ hosts = 4096
 {extra}
 [agent]
 interfaces = ["{SUBSCRIBER_INTERFACE}"]
-netns = "{netns}"
-state_dir = "{state}"
+{netns}state_dir = "{state}"
 socket = "{socket}"
 metrics_listen = "127.0.0.1:0"
 pin_dir = "{pins}"
 "#,
-            netns = self.lab.gateway.name(),
             state = self.scratch.file("state").display(),
             socket = self.scratch.file("sg.sock").display(),
             pins = self.pins.0.root().display(),
@@ -283,21 +290,28 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent (stderr appended to `log`) and waits until its socket answers.
     pub fn start(config: &Path, log: &Path) -> Self {
+        let mut agent = Self::spawn(Command::new(BIN), config, log);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Spawns `command` with `--config CONFIG run` appended, stdout and stderr appended to
+    /// `log`, without waiting for anything. `command` is the binary, or a wrapper (setpriv,
+    /// nsenter) whose last argument is the binary.
+    pub fn spawn(mut command: Command, config: &Path, log: &Path) -> Self {
         let log_file = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(BIN)
+        let child = command
             .args(["--config", config.to_str().unwrap(), "run"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
             .expect("spawning smtpguard run");
-        let mut agent = Self {
+        Self {
             child,
             config: config.to_owned(),
             log: log.to_owned(),
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     pub fn wait_ready(&mut self) {

@@ -1,0 +1,55 @@
+//! deploy/prometheus: the alerting rules are valid (`promtool check rules`), their unit tests
+//! pass (`promtool test rules`), and every smtpguard metric they name is one the agent
+//! exports.
+
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
+
+use smtpguard::metrics::{Format, MetricsSnapshot, render_as};
+
+fn folder() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+fn promtool(args: &[&str]) {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(folder())
+        .output()
+        .expect("running promtool (Debian package prometheus; cargo xtask bootstrap installs it)");
+    assert!(
+        output.status.success(),
+        "promtool {}: {}\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn rules_are_valid_and_their_unit_tests_pass() {
+    promtool(&["check", "rules", "smtpguard.rules.yml"]);
+    promtool(&["test", "rules", "smtpguard.rules.test.yml"]);
+}
+
+#[test]
+fn rules_name_only_metrics_the_agent_exports() {
+    let rules = std::fs::read_to_string(folder().join("smtpguard.rules.yml")).unwrap();
+    let named: BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("smtpguard_"))
+        .collect();
+    assert!(named.len() >= 6, "{named:?}");
+    // Every family is declared (# TYPE) even without samples.
+    let exposition = render_as(&MetricsSnapshot::default(), Format::PrometheusText);
+    let exported: BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let unknown: Vec<&&str> = named.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the rules name metrics the agent does not export: {unknown:?}; exported: {exported:?}"
+    );
+}
