@@ -122,9 +122,9 @@ pub fn table(results: &Results) -> String {
             );
             let _ = writeln!(
                 out,
-                "| filter | sender | sent | dropped | seconds | dropped/s | gateway CPU s per M dropped | vs nftables |"
+                "| filter | sender | sent | refused by the veth | dropped | passed | seconds | dropped/s | gateway CPU s per M dropped | vs nftables |"
             );
-            let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|");
+            let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
             for row in flood.filters.iter().chain(&flood.trafgen) {
                 let nft = flood
                     .filters
@@ -134,11 +134,13 @@ pub fn table(results: &Results) -> String {
                     .map(|nft| nft.dropped_per_s);
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {:.2} | {:.0} | {:.3} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.3} | {} |",
                     row.filter,
                     row.sender,
                     row.sent,
+                    row.refused,
                     row.dropped,
+                    row.passed.map_or("-".into(), |passed| passed.to_string()),
                     row.seconds,
                     row.dropped_per_s,
                     row.cpu_s_per_mdrop,

@@ -100,6 +100,12 @@ pub struct FloodResult {
     pub dropped_per_s: f64,
     /// Gateway CPU time (softirq + system, all CPUs) per million dropped frames, seconds.
     pub cpu_s_per_mdrop: f64,
+    /// Frames the subscriber's veth could not hand to the gateway (its ring was full).
+    #[serde(default)]
+    pub refused: u64,
+    /// Frames an XDP filter judged and passed; none for nftables.
+    #[serde(default)]
+    pub passed: Option<u64>,
 }
 
 impl Case {
