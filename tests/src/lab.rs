@@ -208,18 +208,7 @@ impl GatewayLab {
             netns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
             netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         }
-        lab.gateway.ip(&[
-            "link",
-            "add",
-            INTERNET_INTERFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            lab.internet.name(),
-        ])?;
+        add_veth(&lab.gateway, INTERNET_INTERFACE, &lab.internet)?;
         for (netns, interface, addresses) in [
             (
                 &lab.gateway,
@@ -278,18 +267,7 @@ impl GatewayLab {
     /// ifindex.
     pub fn create_subscriber_link(&self) -> anyhow::Result<()> {
         use addr::*;
-        self.gateway.ip(&[
-            "link",
-            "add",
-            SUBSCRIBER_INTERFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.subscriber.name(),
-        ])?;
+        add_veth(&self.gateway, SUBSCRIBER_INTERFACE, &self.subscriber)?;
         add_addresses(
             &self.subscriber,
             "eth0",
@@ -317,6 +295,22 @@ impl GatewayLab {
     pub fn delete_subscriber_link(&self) -> anyhow::Result<()> {
         self.gateway.ip(&["link", "del", SUBSCRIBER_INTERFACE])
     }
+}
+
+/// A veth pair: `interface` in `netns`, its peer `eth0` in `peer`.
+fn add_veth(netns: &Netns, interface: &str, peer: &Netns) -> anyhow::Result<()> {
+    netns.ip(&[
+        "link",
+        "add",
+        interface,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        peer.name(),
+    ])
 }
 
 /// Adds `addresses` to `interface` and sets it up.
