@@ -292,7 +292,7 @@ pub fn build(
     // such runs in linear time.
     keyed.sort();
 
-    // Rows are independent: summarised and written out on every core. Group runs are never
+    // Groups are independent: summarised on every core. Group runs are never
     // split between parts.
     let parts = group_parts(&keyed, parallelism());
     let summaries: Vec<Summary> = on_threads(&parts, |part| {
