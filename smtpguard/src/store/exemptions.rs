@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
@@ -175,20 +175,7 @@ impl Store {
         };
         let columns = PrefixColumns::new(new.prefix);
         self.write(|tx, path| {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM exemptions WHERE prefix = ?1",
-                    [&columns.text],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(sql(path))?;
-            if exists.is_some() {
-                return Err(StoreError::Duplicate {
-                    kind: EntryKind::Exemption,
-                    prefix: new.prefix,
-                });
-            }
+            EXEMPTIONS.refuse_duplicate(tx, path, &columns, new.prefix)?;
             tx.execute(
                 "INSERT INTO exemptions
                      (prefix, family, address, length, reason, ticket, who, created_ms, expires_ms)

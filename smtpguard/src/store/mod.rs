@@ -33,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, Transaction, TransactionBehavior};
 use serde::Serializer;
 
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
@@ -638,6 +638,33 @@ struct PrefixTable<T> {
     select: SelectRows<T>,
     /// The audit detail of a row.
     describe: fn(&T) -> String,
+}
+
+impl<T> PrefixTable<T> {
+    /// Fails with [`StoreError::Duplicate`] if the table already holds exactly this prefix.
+    fn refuse_duplicate(
+        &self,
+        tx: &Transaction<'_>,
+        path: &Path,
+        columns: &PrefixColumns,
+        prefix: IpNet,
+    ) -> Result<(), StoreError> {
+        let exists = tx
+            .query_row(
+                &format!("SELECT 1 FROM {} WHERE prefix = ?1", self.name),
+                [&columns.text],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(sql(path))?;
+        match exists {
+            Some(()) => Err(StoreError::Duplicate {
+                kind: self.kind,
+                prefix,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The `ORDER BY` clause giving the listing order of prefixes.

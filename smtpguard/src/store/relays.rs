@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
@@ -118,20 +118,7 @@ impl Store {
         };
         let columns = PrefixColumns::new(new.prefix);
         self.write(|tx, path| {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM relays WHERE prefix = ?1",
-                    [&columns.text],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(sql(path))?;
-            if exists.is_some() {
-                return Err(StoreError::Duplicate {
-                    kind: EntryKind::Relay,
-                    prefix: new.prefix,
-                });
-            }
+            RELAYS.refuse_duplicate(tx, path, &columns, new.prefix)?;
             tx.execute(
                 "INSERT INTO relays (prefix, family, address, length, note, who, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
