@@ -80,22 +80,19 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
         }
         ExemptCommand::List { format } => {
             let body = agent.call(&Request::ExemptList {})?;
-            let rows = body.as_array().cloned().unwrap_or_default();
-            let columns = [
-                "prefix", "source", "reason", "ticket", "who", "created", "expires",
-            ];
-            match format {
-                ListFormat::Json => table::print_json(&body)?,
-                ListFormat::Csv => table::print_csv(&columns, &rows)?,
-                ListFormat::Table => table::print(
-                    &[
-                        "PREFIX", "SOURCE", "REASON", "TICKET", "WHO", "CREATED", "EXPIRES",
-                    ],
-                    rows.iter()
-                        .map(|row| columns.iter().map(|c| table::text(&row[*c])).collect())
-                        .collect(),
-                ),
-            }
+            table::print_list(
+                *format,
+                &body,
+                &[
+                    ("prefix", "PREFIX"),
+                    ("source", "SOURCE"),
+                    ("reason", "REASON"),
+                    ("ticket", "TICKET"),
+                    ("who", "WHO"),
+                    ("created", "CREATED"),
+                    ("expires", "EXPIRES"),
+                ],
+            )?;
         }
         ExemptCommand::Rm { prefix } => {
             let prefix = input::utf8("prefix", prefix)?;

@@ -59,18 +59,18 @@ pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
         }
         RelayCommand::List { format } => {
             let body = agent.call(&Request::RelayList {})?;
-            let rows = body.as_array().cloned().unwrap_or_default();
-            let columns = ["prefix", "source", "host", "note", "who", "created"];
-            match format {
-                ListFormat::Json => table::print_json(&body)?,
-                ListFormat::Csv => table::print_csv(&columns, &rows)?,
-                ListFormat::Table => table::print(
-                    &["PREFIX", "SOURCE", "HOST", "NOTE", "WHO", "CREATED"],
-                    rows.iter()
-                        .map(|row| columns.iter().map(|c| table::text(&row[*c])).collect())
-                        .collect(),
-                ),
-            }
+            table::print_list(
+                *format,
+                &body,
+                &[
+                    ("prefix", "PREFIX"),
+                    ("source", "SOURCE"),
+                    ("host", "HOST"),
+                    ("note", "NOTE"),
+                    ("who", "WHO"),
+                    ("created", "CREATED"),
+                ],
+            )?;
         }
         RelayCommand::Rm { prefix } => {
             let prefix = input::utf8("prefix", prefix)?;

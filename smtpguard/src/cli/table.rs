@@ -30,6 +30,31 @@ pub fn print_csv(columns: &[&str], rows: &[Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A list the agent sent (an array of objects) in `format`: `columns` names each field with
+/// its table header.
+pub fn print_list(
+    format: super::ListFormat,
+    body: &Value,
+    columns: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let rows = body.as_array().map(Vec::as_slice).unwrap_or_default();
+    let fields: Vec<&str> = columns.iter().map(|(field, _)| *field).collect();
+    match format {
+        super::ListFormat::Json => print_json(body)?,
+        super::ListFormat::Csv => print_csv(&fields, rows)?,
+        super::ListFormat::Table => {
+            let headers: Vec<&str> = columns.iter().map(|(_, header)| *header).collect();
+            print(
+                &headers,
+                rows.iter()
+                    .map(|row| fields.iter().map(|field| text(&row[*field])).collect())
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A JSON value as a cell: strings bare, null empty.
 pub fn text(value: &Value) -> String {
     match value {
