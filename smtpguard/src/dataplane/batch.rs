@@ -1,7 +1,7 @@
 //! Whole-map reads with `BPF_MAP_LOOKUP_BATCH`: a snapshot reads a million hosts, and one
 //! syscall per few thousand entries instead of two per entry (next key, then lookup) takes
-//! the kernel read from seconds to a fraction of one. aya 0.14 has no batch API, so this is
-//! the one `bpf(2)` command the agent issues itself.
+//! the kernel read from seconds to a fraction of one (aya 0.14 has no batch API; the command
+//! goes through `sys::bpf`).
 
 use std::{
     io,
@@ -60,25 +60,12 @@ pub(super) fn read_hash<K: Pod, V: Pod>(
             map_fd: fd,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is the batch member of `union bpf_attr`; its pointers refer to
-        // buffers of `count` keys and values and to the position tokens, all of which outlive
-        // the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let done = if ret < 0 {
-            let failure = io::Error::last_os_error();
-            if failure.raw_os_error() != Some(libc::ENOENT) {
-                return Err(error(failure));
-            }
-            true
-        } else {
-            false
+        // The buffers hold `count` keys and values and outlive the call, as does the
+        // position token.
+        let done = match super::sys::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(failure) if failure.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(failure) => return Err(error(failure)),
         };
         let filled = (attr.count as usize).min(BATCH_ENTRIES);
         entries.extend(

@@ -37,25 +37,13 @@ struct ObjAttr {
 fn bpf_obj(command: libc::c_long, path: &Path, fd: u32) -> io::Result<libc::c_long> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-    let attr = ObjAttr {
+    let mut attr = ObjAttr {
         pathname: path.as_ptr() as u64,
         bpf_fd: fd,
         ..ObjAttr::default()
     };
-    // SAFETY: `attr` is a valid bpf_attr prefix of the given size and `path` outlives the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            &attr as *const ObjAttr,
-            size_of::<ObjAttr>() as u32,
-        )
-    };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
+    // `path` outlives the call.
+    super::sys::bpf(command, &mut attr)
 }
 
 /// Opens the object pinned at `path`.

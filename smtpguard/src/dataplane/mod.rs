@@ -5,6 +5,7 @@ mod batch;
 mod links;
 mod maps;
 mod pins;
+mod sys;
 
 use std::{net::IpAddr, os::fd::BorrowedFd, path::PathBuf};
 
