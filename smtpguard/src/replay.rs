@@ -99,6 +99,7 @@ pub fn replay(config: &Config, capture: &Path) -> Result<ReplayReport, ReplayErr
     })
 }
 
+/// The name of an XDP action (`xdp_action`), as replay and the bench show it.
 pub fn xdp_action_name(action: u32) -> &'static str {
     match action {
         0 => "aborted",

@@ -20,18 +20,6 @@ pub const TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
-/// The name of an XDP action, for tables.
-pub fn action_name(action: u32) -> &'static str {
-    match action {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        4 => "redirect",
-        _ => "unknown",
-    }
-}
-
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, zero-padded, and
     // its pointers refer to buffers that outlive the call.

@@ -321,7 +321,7 @@ fn main() -> Result<()> {
                         Timing {
                             ns: median_u32(&runs),
                             runs,
-                            action: bpf::action_name(verdicts[c][p]),
+                            action: smtpguard::replay::xdp_action_name(verdicts[c][p]),
                         },
                     )
                 })
@@ -399,10 +399,10 @@ fn check_verdicts(
             {
                 bail!(
                     "{key} returned {} on {} ({}), expected {}",
-                    bpf::action_name(action),
+                    smtpguard::replay::xdp_action_name(action),
                     case.key,
                     case.description,
-                    bpf::action_name(expected)
+                    smtpguard::replay::xdp_action_name(expected)
                 );
             }
             row.push(action);
