@@ -40,6 +40,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+/// Counters the agent keeps about itself, for metrics; each only ever grows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentCounters {
+    /// Failed reconciliations of the kernel maps.
+    pub reconcile_errors: u64,
+    /// Failed exemption store operations.
+    pub store_errors: u64,
+    /// Configuration reloads attempted, failed ones included.
+    pub reloads: u64,
+    /// Configuration reloads that failed.
+    pub reload_failures: u64,
+    /// Attachments made again to an interface that was deleted and created again.
+    pub reattachments: u64,
+    /// Times pins removed by hand were made again.
+    pub pin_restores: u64,
+    /// Hosts newly classified as bots since the agent started.
+    pub bots_classified: u64,
+}
+
 /// What the agent knows at scrape time; the agent fills it (from kernel maps, the store, its
 /// own counters).
 #[derive(Debug, Clone, Default)]
@@ -58,23 +77,10 @@ pub struct MetricsSnapshot {
     /// Kernel map fill levels: (map name e.g. "SUBSCRIBERS_V4", entries, capacity). The first
     /// row of a map name counts; later rows with the same name are ignored.
     pub maps: Vec<(&'static str, u64, u64)>,
-    /// Failed reconciliations of the kernel maps (monotonically increasing, kept by the agent).
-    pub reconcile_errors: u64,
-    /// Failed exemption store operations (monotonically increasing).
-    pub store_errors: u64,
-    /// Configuration reloads attempted, failed ones included (monotonically increasing).
-    pub reloads: u64,
-    /// Configuration reloads that failed (monotonically increasing).
-    pub reload_failures: u64,
-    /// Attachments made again to interfaces deleted and created again (monotonically
-    /// increasing).
-    pub reattachments: u64,
-    /// Times pins removed by hand were made again (monotonically increasing).
-    pub pin_restores: u64,
+    /// The agent's own counters (monotonically increasing).
+    pub counters: AgentCounters,
     /// Configured interfaces with nothing enforced on them now (missing).
     pub detached_interfaces: u64,
-    /// Hosts newly classified as bots since the agent started (monotonically increasing).
-    pub bots_classified: u64,
     /// Interfaces the program is attached to: (interface, attach "xdp"|"tc", mode
     /// "native"|"skb"|"tcx"). Repeated rows are shown once.
     pub attached: Vec<(String, &'static str, &'static str)>,
@@ -302,38 +308,38 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "smtpguard_reconcile_errors",
             "Failed reconciliations of the kernel maps with the agent's desired state.",
             Kind::Counter,
-            Value::Int(snapshot.reconcile_errors),
+            Value::Int(snapshot.counters.reconcile_errors),
         ),
         single(
             "smtpguard_store_errors",
             "Failed operations on the exemption store.",
             Kind::Counter,
-            Value::Int(snapshot.store_errors),
+            Value::Int(snapshot.counters.store_errors),
         ),
         single(
             "smtpguard_reloads",
             "Configuration reloads attempted, failed ones included.",
             Kind::Counter,
-            Value::Int(snapshot.reloads),
+            Value::Int(snapshot.counters.reloads),
         ),
         single(
             "smtpguard_reload_failures",
             "Configuration reloads that failed.",
             Kind::Counter,
-            Value::Int(snapshot.reload_failures),
+            Value::Int(snapshot.counters.reload_failures),
         ),
         single(
             "smtpguard_reattachments",
             "Attachments made again to a configured interface that was deleted and created \
              again (or appeared after the start).",
             Kind::Counter,
-            Value::Int(snapshot.reattachments),
+            Value::Int(snapshot.counters.reattachments),
         ),
         single(
             "smtpguard_pin_restores",
             "Times the agent pinned its maps and links again after their pins were removed.",
             Kind::Counter,
-            Value::Int(snapshot.pin_restores),
+            Value::Int(snapshot.counters.pin_restores),
         ),
         single(
             "smtpguard_detached_interfaces",
@@ -346,7 +352,7 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "smtpguard_bots_classified",
             "Subscriber hosts newly classified as bots (after each statistics snapshot).",
             Kind::Counter,
-            Value::Int(snapshot.bots_classified),
+            Value::Int(snapshot.counters.bots_classified),
         ),
         labelled(
             "smtpguard_attached",
@@ -1046,14 +1052,16 @@ mod tests {
                 ("HOST_STATS", 4242, 1_048_576),
                 ("EXEMPTIONS_V6", 0, 131_072),
             ],
-            reconcile_errors: 2,
-            store_errors: 1,
-            reloads: 7,
-            reload_failures: 1,
-            reattachments: 2,
-            pin_restores: 1,
+            counters: AgentCounters {
+                reconcile_errors: 2,
+                store_errors: 1,
+                reloads: 7,
+                reload_failures: 1,
+                reattachments: 2,
+                pin_restores: 1,
+                bots_classified: 5,
+            },
             detached_interfaces: 1,
-            bots_classified: 5,
             attached: vec![
                 ("eth0".to_owned(), "xdp", "native"),
                 ("bond0.100".to_owned(), "tc", "tcx"),

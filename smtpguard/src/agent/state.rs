@@ -30,7 +30,7 @@ use crate::{
         ReconcileReport,
     },
     input::{self, InputError},
-    metrics::MetricsSnapshot,
+    metrics::{AgentCounters, MetricsSnapshot},
     policy::DesiredPolicy,
     report::ReportRow,
     store::{AuditAction, MAX_TEXT_BYTES, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
@@ -79,20 +79,6 @@ fn store_error_kind(error: &StoreError) -> ErrorKind {
 }
 
 type Outcome = Result<Value, Failure>;
-
-/// Counters the agent keeps about itself, for metrics.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AgentCounters {
-    pub reconcile_errors: u64,
-    pub store_errors: u64,
-    pub reloads: u64,
-    pub reload_failures: u64,
-    /// Attachments made again to an interface that was deleted and created again.
-    pub reattachments: u64,
-    /// Times pins removed by hand were made again.
-    pub pin_restores: u64,
-    pub bots_classified: u64,
-}
 
 pub struct AgentState {
     config: Config,
@@ -1125,14 +1111,8 @@ impl AgentState {
             exemptions: self.desired.exemptions.len() as u64,
             relays: self.desired.relays.len() as u64,
             maps,
-            reconcile_errors: self.counters.reconcile_errors,
-            store_errors: self.counters.store_errors,
-            reloads: self.counters.reloads,
-            reload_failures: self.counters.reload_failures,
-            reattachments: self.counters.reattachments,
-            pin_restores: self.counters.pin_restores,
+            counters: self.counters,
             detached_interfaces: self.detached_interfaces.len() as u64,
-            bots_classified: self.counters.bots_classified,
             attached,
             start_time_seconds: self
                 .started
