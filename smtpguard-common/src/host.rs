@@ -4,8 +4,9 @@
 use crate::sketch::SKETCH_REGISTERS;
 
 /// Key of `HOST_STATS`. IPv4 hosts are stored IPv4-mapped (`::ffff:a.b.c.d`) so both
-/// families share one LRU map and one capacity.
-#[repr(C)]
+/// families share one LRU map and one capacity. Aligned to 8 so the kernel program copies
+/// the key for a map call in two word moves, not sixteen byte moves.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HostKey {
     pub addr: [u8; 16],
@@ -61,10 +62,14 @@ pub struct HostStats {
     pub sketch_epoch: u32,
     /// Distinct destinations of the epoch (HyperLogLog registers over destination addresses).
     pub dst_sketch: [u8; SKETCH_REGISTERS],
+    /// The jiffy `last_seen_ns` was read in. The coarse clock only moves once a jiffy, so the
+    /// kernel reads it again only when `bpf_jiffies64` (inlined: a plain load, no call) has
+    /// moved on: a host sending thousands of segments a second costs one clock read a tick.
+    pub last_seen_jiffies: u64,
 }
 
 impl HostStats {
-    pub const fn first_seen(now_ns: u64, epoch: u32) -> Self {
+    pub const fn first_seen(now_ns: u64, now_jiffies: u64, epoch: u32) -> Self {
         Self {
             attempts: 0,
             segments: 0,
@@ -76,6 +81,7 @@ impl HostStats {
             last_reason: 0,
             sketch_epoch: epoch,
             dst_sketch: [0; SKETCH_REGISTERS],
+            last_seen_jiffies: now_jiffies,
         }
     }
 
@@ -101,8 +107,8 @@ mod tests {
     #[test]
     fn layouts() {
         assert_eq!(size_of::<HostKey>(), 16);
-        assert_eq!(align_of::<HostKey>(), 1);
-        assert_eq!(size_of::<HostStats>(), 128);
+        assert_eq!(align_of::<HostKey>(), 8);
+        assert_eq!(size_of::<HostStats>(), 136);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
         assert_eq!(offset_of!(HostStats, segments), 8);
@@ -114,6 +120,7 @@ mod tests {
         assert_eq!(offset_of!(HostStats, last_reason), 58);
         assert_eq!(offset_of!(HostStats, sketch_epoch), 60);
         assert_eq!(offset_of!(HostStats, dst_sketch), 64);
+        assert_eq!(offset_of!(HostStats, last_seen_jiffies), 128);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+};
 use smtpguard_common::{
     HostKey, HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
 };
@@ -36,18 +39,18 @@ pub fn record_host(packet: &Packet, reason: Reason) {
         }
         _ => (0, false),
     };
-    // SAFETY: a helper without arguments. The coarse clock (CLOCK_MONOTONIC_COARSE, jiffy
-    // resolution) reads the timekeeper's last tick: no clocksource read (rdtsc through an
-    // indirect call) per packet, which the boot-time clock costs.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a helper without arguments, which the verifier inlines into a load of
+    // `jiffies`.
+    let jiffies = unsafe { bpf_jiffies64() };
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
     let stats = match HOST_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
+            let first = HostStats::first_seen(clock_ns(), jiffies, epoch);
             // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
             // second CPU adds to it below instead of resetting it.
-            let _ = HOST_STATS.insert(key, HostStats::first_seen(now, epoch), BPF_NOEXIST as u64);
+            let _ = HOST_STATS.insert(key, first, BPF_NOEXIST as u64);
             match HOST_STATS.get_ptr_mut(key) {
                 Some(stats) => stats,
                 None => return,
@@ -66,7 +69,10 @@ pub fn record_host(packet: &Packet, reason: Reason) {
         if reason.verdict() == Verdict::Drop {
             add(&raw mut (*stats).dropped, 1);
         }
-        (*stats).last_seen_ns = now;
+        if (*stats).last_seen_jiffies != jiffies {
+            (*stats).last_seen_ns = clock_ns();
+            (*stats).last_seen_jiffies = jiffies;
+        }
         (*stats).last_dst = dst;
         (*stats).last_dst_port = dst_port;
         (*stats).last_reason = reason as u16;
@@ -82,6 +88,15 @@ pub fn record_host(packet: &Packet, reason: Reason) {
             *register = rank;
         }
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE`: the timekeeper's last tick, no clocksource read (rdtsc through
+/// an indirect call), which the boot-time clock costs. Still a helper call, which the callers
+/// save where the jiffy has not moved.
+#[inline(always)]
+fn clock_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

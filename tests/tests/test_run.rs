@@ -843,7 +843,7 @@ fn every_host_is_read_back_across_many_batches() {
     let mut dataplane = Dataplane::with_policy(&config).unwrap();
     let written = dataplane
         .insert_hosts((0..HOSTS).map(|i| {
-            let mut stats = smtpguard_common::host::HostStats::first_seen(u64::from(i) + 1, 1);
+            let mut stats = smtpguard_common::host::HostStats::first_seen(u64::from(i) + 1, 0, 1);
             stats.attempts = u64::from(i);
             let key = if i % 2 == 0 {
                 smtpguard_common::host::HostKey::from_v4((0x6440_0000 + i).to_be_bytes())

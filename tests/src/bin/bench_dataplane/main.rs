@@ -494,7 +494,10 @@ fn fill_large(
 
     let hosts = (0..SCALE_HOSTS).map(|i| {
         let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
-        (HostKey::from_v4(v4.octets()), HostStats::first_seen(0, 0))
+        (
+            HostKey::from_v4(v4.octets()),
+            HostStats::first_seen(0, 0, 0),
+        )
     });
     let started = Instant::now();
     dataplane.insert_hosts(hosts)?;
@@ -634,6 +637,7 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         let mut stats = HostStats::first_seen(
             // First seen up to an hour ago, last seen within the last minute.
             now_ns.saturating_sub(u64::from(i % 3600) * 1_000_000_000),
+            0,
             1,
         );
         stats.last_seen_ns = now_ns.saturating_sub(u64::from(i % 60) * 1_000_000_000);
