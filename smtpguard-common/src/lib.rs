@@ -12,7 +12,7 @@ pub mod sketch;
 
 pub use host::{HostKey, HostStats};
 pub use policy::{
-    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SubscriberPolicy,
+    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy,
     UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};

@@ -1,12 +1,11 @@
 //! Names and default capacities of the kernel program's maps, shared so that the loader
 //! addresses exactly the maps the program declares.
 
-pub const SUBSCRIBERS_V4: &str = "SUBSCRIBERS_V4";
-pub const SUBSCRIBERS_V6: &str = "SUBSCRIBERS_V6";
+/// Subscriber ranges and exemptions, compiled into one trie per family.
+pub const SOURCES_V4: &str = "SOURCES_V4";
+pub const SOURCES_V6: &str = "SOURCES_V6";
 pub const RELAYS_V4: &str = "RELAYS_V4";
 pub const RELAYS_V6: &str = "RELAYS_V6";
-pub const EXEMPTIONS_V4: &str = "EXEMPTIONS_V4";
-pub const EXEMPTIONS_V6: &str = "EXEMPTIONS_V6";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const COUNTERS: &str = "COUNTERS";
 pub const HOST_STATS: &str = "HOST_STATS";
@@ -18,12 +17,16 @@ pub const DEFAULT_OVERRIDE_CAPACITY: u32 = 65_536;
 /// One `u32`: the current sketch epoch, advanced by the agent at each statistics snapshot.
 pub const SKETCH_EPOCH: &str = "SKETCH_EPOCH";
 
-/// Default number of prefixes in each subscriber LPM trie (one per address family).
+/// Default number of subscriber ranges per address family.
 pub const DEFAULT_SUBSCRIBER_CAPACITY: u32 = 65_536;
 /// Default number of prefixes in each relay LPM trie.
 pub const DEFAULT_RELAY_CAPACITY: u32 = 4_096;
-/// Default number of prefixes in each exemption LPM trie.
+/// Default number of exemptions per address family.
 pub const DEFAULT_EXEMPTION_CAPACITY: u32 = 131_072;
+/// A source trie holds at most one entry per subscriber range and per exemption.
+pub const fn source_capacity(subscribers: u32, exemptions: u32) -> u32 {
+    subscribers.saturating_add(exemptions)
+}
 /// Default number of subscriber hosts whose attempts are tracked (LRU: the least recently
 /// seen host is evicted first).
 pub const DEFAULT_HOST_CAPACITY: u32 = 1_048_576;

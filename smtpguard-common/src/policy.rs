@@ -12,12 +12,13 @@ pub enum Mode {
     Monitor = 2,
 }
 
-/// Value of the subscriber LPM tries.
+/// What a subscriber range does: part of [`SourcePolicy`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberPolicy {
-    /// A [`Mode`] discriminant. The kernel treats anything but `Monitor` as `Enforce`,
-    /// so a corrupt value fails closed.
+    /// A [`Mode`] discriminant, or [`SubscriberPolicy::NONE`]'s 0 where no range holds the
+    /// source. The kernel treats anything else but `Monitor` as `Enforce`, so a corrupt value
+    /// fails closed.
     pub mode: u32,
     /// Opaque identifier of the rule that installed the prefix (user space uses it to
     /// explain a decision).
@@ -32,8 +33,39 @@ impl SubscriberPolicy {
         }
     }
 
+    /// No subscriber range holds the source.
+    pub const NONE: Self = Self { mode: 0, rule: 0 };
+
     pub const fn is_monitor(&self) -> bool {
         self.mode == Mode::Monitor as u32
+    }
+
+    pub const fn is_subscriber(&self) -> bool {
+        self.mode != Self::NONE.mode
+    }
+}
+
+/// Value of the source LPM tries. The control plane compiles the subscriber ranges and the
+/// exemptions into one trie, an entry for every range and every exemption, so the kernel
+/// learns both facts about a source from one lookup (a trie lookup is a helper call, the
+/// dearest part of the drop path). For the longest prefix holding an address, `subscriber`
+/// is the most specific range holding that prefix and `exemption` says whether an exemption
+/// covers it: exactly what separate lookups in the two lists would give.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// [`SubscriberPolicy::NONE`] for an exemption outside every subscriber range.
+    pub subscriber: SubscriberPolicy,
+    /// The [`Origin`] discriminant of the most specific exemption covering the prefix, or
+    /// [`SourcePolicy::NOT_EXEMPT`].
+    pub exemption: u32,
+}
+
+impl SourcePolicy {
+    pub const NOT_EXEMPT: u32 = 0;
+
+    pub const fn is_exempt(&self) -> bool {
+        self.exemption != Self::NOT_EXEMPT
     }
 }
 
@@ -50,8 +82,8 @@ pub enum Origin {
     Dns = 3,
 }
 
-/// Value of the relay and exemption LPM tries: membership, plus where the prefix came from
-/// (user space shows it when it explains a decision).
+/// Value of the relay LPM tries, and where an exemption came from: membership, plus the
+/// prefix's origin (user space shows it when it explains a decision).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixOrigin {
@@ -133,6 +165,7 @@ impl EnforcementConfig {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers without implicit padding (layout tests below).
     unsafe impl aya::Pod for super::SubscriberPolicy {}
+    unsafe impl aya::Pod for super::SourcePolicy {}
     unsafe impl aya::Pod for super::PrefixOrigin {}
     unsafe impl aya::Pod for super::HostOverride {}
     unsafe impl aya::Pod for super::EnforcementConfig {}
@@ -149,6 +182,10 @@ mod tests {
         assert_eq!(size_of::<SubscriberPolicy>(), 8);
         assert_eq!(offset_of!(SubscriberPolicy, mode), 0);
         assert_eq!(offset_of!(SubscriberPolicy, rule), 4);
+        assert_eq!(size_of::<SourcePolicy>(), 12);
+        assert_eq!(offset_of!(SourcePolicy, subscriber), 0);
+        assert_eq!(offset_of!(SourcePolicy, exemption), 8);
+        assert_eq!(align_of::<SourcePolicy>(), 4);
         assert_eq!(size_of::<PrefixOrigin>(), 4);
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
         assert_eq!(size_of::<HostOverride>(), 4);
@@ -182,8 +219,15 @@ mod tests {
 
     #[test]
     fn unknown_values_fail_closed() {
-        let policy = SubscriberPolicy { mode: 0, rule: 0 };
+        let policy = SubscriberPolicy { mode: 7, rule: 0 };
+        assert!(policy.is_subscriber());
         assert!(!policy.is_monitor());
+        assert!(!SubscriberPolicy::NONE.is_subscriber());
+        let source = SourcePolicy {
+            subscriber: SubscriberPolicy::new(Mode::Enforce, 1),
+            exemption: 9,
+        };
+        assert!(source.is_exempt());
         let config = EnforcementConfig {
             ports: [25, 0, 0, 0, 0, 0, 0, 0],
             port_count: 1,

@@ -2,11 +2,10 @@
 //! an exemption or monitor mode let it pass?
 
 use aya_ebpf::maps::lpm_trie::Key;
-use smtpguard_common::{EnforcementConfig, HostKey, Reason, SubscriberPolicy};
+use smtpguard_common::{EnforcementConfig, HostKey, Reason, SourcePolicy};
 
 use crate::{
-    ENFORCEMENT, EXEMPTIONS_V4, EXEMPTIONS_V6, HOST_OVERRIDES, RELAYS_V4, RELAYS_V6,
-    SUBSCRIBERS_V4, SUBSCRIBERS_V6,
+    ENFORCEMENT, HOST_OVERRIDES, RELAYS_V4, RELAYS_V6, SOURCES_V4, SOURCES_V6,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -39,7 +38,7 @@ pub fn decide(packet: &Packet) -> Reason {
         Transport::EvasiveFragment => Judged::Fragment,
     };
 
-    let Some(policy) = subscriber(&packet.addresses) else {
+    let Some(source) = source(&packet.addresses).filter(|s| s.subscriber.is_subscriber()) else {
         return match judged {
             Judged::Segment => Reason::NotSubscriber,
             Judged::Unparseable | Judged::Fragment => Reason::Other,
@@ -48,10 +47,10 @@ pub fn decide(packet: &Packet) -> Reason {
     if is_relay(&packet.addresses) {
         return Reason::Relayed;
     }
-    if is_exempt(&packet.addresses) {
+    if source.is_exempt() {
         return Reason::Exempt;
     }
-    if policy.is_monitor() && !is_escalated(&packet.addresses) {
+    if source.subscriber.is_monitor() && !is_escalated(&packet.addresses) {
         return Reason::Monitored;
     }
     enforce(judged, config)
@@ -67,11 +66,12 @@ fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
     }
 }
 
+/// The subscriber range and exemption state of the source, from one lookup.
 #[inline(always)]
-fn subscriber(addresses: &Addresses) -> Option<SubscriberPolicy> {
+fn source(addresses: &Addresses) -> Option<SourcePolicy> {
     match addresses {
-        Addresses::V4 { src, .. } => SUBSCRIBERS_V4.get(Key::new(32, *src)).copied(),
-        Addresses::V6 { src, .. } => SUBSCRIBERS_V6.get(Key::new(128, *src)).copied(),
+        Addresses::V4 { src, .. } => SOURCES_V4.get(Key::new(32, *src)).copied(),
+        Addresses::V6 { src, .. } => SOURCES_V6.get(Key::new(128, *src)).copied(),
     }
 }
 
@@ -92,18 +92,4 @@ fn is_escalated(addresses: &Addresses) -> bool {
     };
     // SAFETY: the value is only tested for presence.
     unsafe { HOST_OVERRIDES.get(key) }.is_some()
-}
-
-#[inline(always)]
-fn is_exempt(addresses: &Addresses) -> bool {
-    match addresses {
-        // `black_box` (an empty asm statement) keeps the two arms' code different after the
-        // lookup: otherwise LLVM sinks both lookups into one call site that sees two maps,
-        // and the verifier can then not turn it into a direct `trie_lookup_elem` call: it
-        // stays the generic helper, an indirect call through a retpoline on every packet.
-        Addresses::V4 { src, .. } => {
-            core::hint::black_box(EXEMPTIONS_V4.get(Key::new(32, *src)).is_some())
-        }
-        Addresses::V6 { src, .. } => EXEMPTIONS_V6.get(Key::new(128, *src)).is_some(),
-    }
 }

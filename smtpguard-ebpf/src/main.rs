@@ -18,34 +18,30 @@ use aya_ebpf::{
 };
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, Reason,
-    SubscriberPolicy, Verdict,
+    SourcePolicy, Verdict,
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
-        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY,
+        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, source_capacity,
     },
 };
 
 use crate::parse::Frame;
 
 // Capacities are defaults; the loader resizes each map from the configuration.
+const DEFAULT_SOURCE_CAPACITY: u32 =
+    source_capacity(DEFAULT_SUBSCRIBER_CAPACITY, DEFAULT_EXEMPTION_CAPACITY);
 #[map]
-static SUBSCRIBERS_V4: LpmTrie<[u8; 4], SubscriberPolicy> =
-    LpmTrie::with_max_entries(DEFAULT_SUBSCRIBER_CAPACITY, 0);
+static SOURCES_V4: LpmTrie<[u8; 4], SourcePolicy> =
+    LpmTrie::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
 #[map]
-static SUBSCRIBERS_V6: LpmTrie<[u8; 16], SubscriberPolicy> =
-    LpmTrie::with_max_entries(DEFAULT_SUBSCRIBER_CAPACITY, 0);
+static SOURCES_V6: LpmTrie<[u8; 16], SourcePolicy> =
+    LpmTrie::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
 #[map]
 static RELAYS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);
 #[map]
 static RELAYS_V6: LpmTrie<[u8; 16], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);
-#[map]
-static EXEMPTIONS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
-    LpmTrie::with_max_entries(DEFAULT_EXEMPTION_CAPACITY, 0);
-#[map]
-static EXEMPTIONS_V6: LpmTrie<[u8; 16], PrefixOrigin> =
-    LpmTrie::with_max_entries(DEFAULT_EXEMPTION_CAPACITY, 0);
 #[map]
 static ENFORCEMENT: Array<EnforcementConfig> = Array::with_max_entries(1, 0);
 #[map]

@@ -74,7 +74,7 @@ pub struct MetricsSnapshot {
     pub exemptions: u64,
     /// Allowlisted relay prefixes loaded into the kernel.
     pub relays: u64,
-    /// Kernel map fill levels: (map name e.g. "SUBSCRIBERS_V4", entries, capacity). The first
+    /// Kernel map fill levels: (map name e.g. "SOURCES_V4", entries, capacity). The first
     /// row of a map name counts; later rows with the same name are ignored.
     pub maps: Vec<(&'static str, u64, u64)>,
     /// The agent's own counters (monotonically increasing).
@@ -1048,9 +1048,9 @@ mod tests {
             exemptions: 17,
             relays: 3,
             maps: vec![
-                ("SUBSCRIBERS_V4", 120, 65_536),
+                ("SOURCES_V4", 120, 65_536),
                 ("HOST_STATS", 4242, 1_048_576),
-                ("EXEMPTIONS_V6", 0, 131_072),
+                ("SOURCES_V6", 0, 131_072),
             ],
             counters: AgentCounters {
                 reconcile_errors: 2,
@@ -1125,9 +1125,9 @@ mod tests {
         }
 
         for (map, entries, capacity) in [
-            ("SUBSCRIBERS_V4", 120.0, 65_536.0),
+            ("SOURCES_V4", 120.0, 65_536.0),
             ("HOST_STATS", 4242.0, 1_048_576.0),
-            ("EXEMPTIONS_V6", 0.0, 131_072.0),
+            ("SOURCES_V6", 0.0, 131_072.0),
         ] {
             let labels = [("map", map)];
             assert_eq!(

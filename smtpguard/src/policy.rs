@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use smtpguard_common::{EnforcementConfig, Origin, PrefixOrigin, SubscriberPolicy};
+use smtpguard_common::{EnforcementConfig, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy};
 
 use crate::config::Config;
 
@@ -57,5 +57,178 @@ impl DesiredPolicy {
         self.exemptions
             .entry(prefix)
             .or_insert(PrefixOrigin::new(origin));
+    }
+
+    /// What the kernel's source tries hold: an entry for every subscriber range and every
+    /// exemption, with the most specific range holding it and whether an exemption covers it.
+    pub fn sources(&self) -> BTreeMap<IpNet, SourcePolicy> {
+        let lengths = PrefixLengths::in_use(self);
+        self.subscribers
+            .keys()
+            .chain(self.exemptions.keys())
+            .map(|prefix| (*prefix, self.source(*prefix, &lengths)))
+            .collect()
+    }
+
+    /// The source entries of `range` and of every prefix inside it: all that adding or
+    /// removing the exemption `range` can change. Costs a few map lookups per entry, however
+    /// large the policy, so one `exempt add` stays one or a few map writes.
+    pub fn sources_within(&self, range: IpNet) -> BTreeMap<IpNet, SourcePolicy> {
+        let lengths = PrefixLengths::Every;
+        within(&self.subscribers, range)
+            .chain(within(&self.exemptions, range))
+            .map(|prefix| (prefix, self.source(prefix, &lengths)))
+            .collect()
+    }
+
+    fn source(&self, prefix: IpNet, lengths: &PrefixLengths) -> SourcePolicy {
+        SourcePolicy {
+            subscriber: lengths
+                .most_specific(&self.subscribers, prefix)
+                .copied()
+                .unwrap_or(SubscriberPolicy::NONE),
+            exemption: lengths
+                .most_specific(&self.exemptions, prefix)
+                .map_or(SourcePolicy::NOT_EXEMPT, |origin| origin.origin),
+        }
+    }
+}
+
+/// The keys of `map` inside `range`, `range` included. Keys order by address, then length,
+/// so they lie between `range`'s first address at length 0 and its last at full length.
+fn within<V>(map: &BTreeMap<IpNet, V>, range: IpNet) -> impl Iterator<Item = IpNet> + '_ {
+    let first = IpNet::new(range.network(), 0).expect("length 0 is valid");
+    let last = IpNet::new(range.broadcast(), range.max_prefix_len()).expect("full length");
+    map.range(first..=last)
+        .map(|(prefix, _)| *prefix)
+        .filter(move |prefix| range.contains(prefix))
+}
+
+/// Which prefix lengths a longest-prefix search tries.
+enum PrefixLengths {
+    /// Every length up to the prefix's own: no setup, for a few searches.
+    Every,
+    /// Only those the policy uses (per family, longest first): set up once, for a search per
+    /// entry of the whole policy.
+    InUse { v4: Vec<u8>, v6: Vec<u8> },
+}
+
+impl PrefixLengths {
+    fn in_use(policy: &DesiredPolicy) -> Self {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for prefix in policy.subscribers.keys().chain(policy.exemptions.keys()) {
+            match prefix {
+                IpNet::V4(net) => v4.push(net.prefix_len()),
+                IpNet::V6(net) => v6.push(net.prefix_len()),
+            }
+        }
+        for lengths in [&mut v4, &mut v6] {
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            lengths.dedup();
+        }
+        Self::InUse { v4, v6 }
+    }
+
+    /// The value of the longest prefix in `map` that holds `prefix` (itself included).
+    fn most_specific<'a, V>(&self, map: &'a BTreeMap<IpNet, V>, prefix: IpNet) -> Option<&'a V> {
+        let lookup = |len: u8| {
+            let candidate = IpNet::new(prefix.network(), len).ok()?.trunc();
+            map.get(&candidate)
+        };
+        match self {
+            Self::Every => (0..=prefix.prefix_len()).rev().find_map(lookup),
+            Self::InUse { v4, v6 } => {
+                let lengths = if prefix.network().is_ipv4() { v4 } else { v6 };
+                lengths
+                    .iter()
+                    .filter(|len| **len <= prefix.prefix_len())
+                    .find_map(|len| lookup(*len))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_common::{Mode, UnparseableAction};
+
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn policy() -> DesiredPolicy {
+        let runtime = PrefixOrigin::new(Origin::Runtime);
+        let config = PrefixOrigin::new(Origin::Config);
+        DesiredPolicy {
+            enforcement: EnforcementConfig::new(&[25], UnparseableAction::Drop),
+            subscribers: BTreeMap::from([
+                (net("10.0.0.0/8"), SubscriberPolicy::new(Mode::Enforce, 0)),
+                (net("10.1.2.0/24"), SubscriberPolicy::new(Mode::Monitor, 1)),
+                (
+                    net("2001:db8::/32"),
+                    SubscriberPolicy::new(Mode::Enforce, 2),
+                ),
+            ]),
+            relays: BTreeMap::new(),
+            exemptions: BTreeMap::from([
+                (net("10.1.0.0/16"), config),
+                (net("10.1.2.3/32"), runtime),
+                (net("192.0.2.0/24"), runtime),
+            ]),
+        }
+    }
+
+    fn source(mode: Option<(Mode, u32)>, exemption: Option<Origin>) -> SourcePolicy {
+        SourcePolicy {
+            subscriber: mode.map_or(SubscriberPolicy::NONE, |(mode, rule)| {
+                SubscriberPolicy::new(mode, rule)
+            }),
+            exemption: exemption.map_or(SourcePolicy::NOT_EXEMPT, |origin| origin as u32),
+        }
+    }
+
+    #[test]
+    fn sources_hold_each_prefix_with_its_range_and_covering_exemption() {
+        use Mode::{Enforce, Monitor};
+        use Origin::{Config, Runtime};
+        let expected = BTreeMap::from([
+            (net("10.0.0.0/8"), source(Some((Enforce, 0)), None)),
+            (net("10.1.0.0/16"), source(Some((Enforce, 0)), Some(Config))),
+            // A range inside an exemption stays exempt.
+            (net("10.1.2.0/24"), source(Some((Monitor, 1)), Some(Config))),
+            // The most specific exemption names the origin.
+            (
+                net("10.1.2.3/32"),
+                source(Some((Monitor, 1)), Some(Runtime)),
+            ),
+            // An exemption outside every range makes nobody a subscriber.
+            (net("192.0.2.0/24"), source(None, Some(Runtime))),
+            (net("2001:db8::/32"), source(Some((Enforce, 2)), None)),
+        ]);
+        assert_eq!(policy().sources(), expected);
+    }
+
+    #[test]
+    fn sources_within_a_range_are_those_of_the_whole_compile() {
+        let policy = policy();
+        let all = policy.sources();
+        for range in [
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.0.0.0/8",
+            "0.0.0.0/0",
+            "::/0",
+        ] {
+            let range = net(range);
+            let expected: BTreeMap<IpNet, SourcePolicy> = all
+                .iter()
+                .filter(|(prefix, _)| range.contains(*prefix))
+                .map(|(prefix, source)| (*prefix, *source))
+                .collect();
+            assert_eq!(policy.sources_within(range), expected, "within {range}");
+        }
+        assert!(policy.sources_within(net("172.16.0.0/12")).is_empty());
     }
 }

@@ -606,7 +606,7 @@ fn pins_removed_by_hand_are_pinned_again_without_a_gap() {
     let link = root
         .join("links")
         .join(format!("xdp-{SUBSCRIBER_INTERFACE}"));
-    let map = root.join("maps").join("EXEMPTIONS_V4");
+    let map = root.join("maps").join("SOURCES_V4");
     eventually(REPAIRED, "the link and maps pinned again", || {
         link.exists() && map.exists()
     });

@@ -102,7 +102,8 @@ fn mode(rng: &mut Rng) -> Mode {
 
 /// A random policy: 1 to 8 enforced ports (usually with 25), both `unparseable` actions,
 /// nested subscriber ranges of both modes in both families, relays inside and outside
-/// subscriber space, exemptions inside subscriber ranges, escalated monitor-mode hosts.
+/// subscriber space, exemptions inside and outside subscriber ranges (with ranges inside
+/// them), escalated monitor-mode hosts.
 pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
     let mut ports = BTreeSet::new();
     if rng.random_bool(0.9) {
@@ -142,12 +143,26 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
                 }
             }
             if rng.random_bool(0.5) {
-                exemptions.insert(nested(rng, base), config);
+                let exemption = nested(rng, base);
+                exemptions.insert(exemption, config);
+                if rng.random_bool(0.5) {
+                    // A range inside an exemption: the kernel compiles both lists into one
+                    // source trie, and the range's own entry must still say "exempt".
+                    subscribers.insert(nested(rng, exemption), mode(rng));
+                }
             }
             if rng.random_bool(0.2) {
                 // A relay inside subscriber space (the ISP's own smarthost).
                 relays.insert(nested(rng, base), config);
             }
+        }
+        if rng.random_bool(0.3) {
+            // An exemption outside subscriber space: it has an entry in the source trie but
+            // makes nobody a subscriber.
+            exemptions.insert(
+                prefix(random_addr(rng, v4), if v4 { 24 } else { 64 }),
+                config,
+            );
         }
         for _ in 0..rng.random_range(1..=3) {
             let max = if v4 { 32 } else { 128 };

@@ -12,7 +12,10 @@ use std::{
 use anyhow::Context as _;
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use smtpguard_common::{Origin, PrefixOrigin, REASON_COUNT, Reason, maps as names};
+use smtpguard_common::{
+    Origin, PrefixOrigin, REASON_COUNT, Reason,
+    maps::{self as names, source_capacity},
+};
 use tracing::{error, info, warn};
 
 use super::{
@@ -26,7 +29,7 @@ use crate::{
         danger::{self, Danger},
     },
     dataplane::{
-        Attach, AttachOutcome, Dataplane, DataplaneError, EntryList, HeldLinks, PinLayout, PinLock,
+        Attach, AttachOutcome, Dataplane, DataplaneError, HeldLinks, PinLayout, PinLock,
         ReconcileReport,
     },
     input::{self, InputError},
@@ -35,6 +38,13 @@ use crate::{
     report::ReportRow,
     store::{AuditAction, MAX_TEXT_BYTES, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
 };
+
+/// The prefix lists that change one entry at a time at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryList {
+    Relays,
+    Exemptions,
+}
 
 /// A failed request: the kind decides the CLI's exit code.
 struct Failure {
@@ -312,37 +322,25 @@ impl AgentState {
         Ok(report)
     }
 
-    /// Writes one runtime relay or exemption into the kernel map and the desired policy. The
-    /// maps hold exactly `desired` after every change, so one write keeps them equal: an
-    /// `exempt add` costs one map update however many entries there are.
-    fn add_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
-        let entries = match list {
+    fn entries(&self, list: EntryList) -> &BTreeMap<IpNet, PrefixOrigin> {
+        match list {
             EntryList::Relays => &self.desired.relays,
             EntryList::Exemptions => &self.desired.exemptions,
-        };
-        if entries.contains_key(&prefix) {
-            // Already there from the config (which wins) or DNS: nothing to write.
+        }
+    }
+
+    /// Adds one runtime relay or exemption, unless the config (which wins) or DNS already has
+    /// it.
+    fn add_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
+        if self.entries(list).contains_key(&prefix) {
             return Ok(());
         }
-        let value = PrefixOrigin::new(Origin::Runtime);
-        self.dataplane
-            .policy_maps()
-            .and_then(|mut maps| maps.set_entry(list, prefix, value))
-            .inspect_err(|_| self.counters.reconcile_errors += 1)?;
-        match list {
-            EntryList::Relays => self.desired.relays.insert(prefix, value),
-            EntryList::Exemptions => self.desired.exemptions.insert(prefix, value),
-        };
-        Ok(())
+        self.write_entry(list, prefix, Some(PrefixOrigin::new(Origin::Runtime)))
     }
 
     /// Takes a runtime relay or exemption out again, unless the config or DNS still has it.
     fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
-        let entries = match list {
-            EntryList::Relays => &self.desired.relays,
-            EntryList::Exemptions => &self.desired.exemptions,
-        };
-        if entries.get(&prefix) != Some(&PrefixOrigin::new(Origin::Runtime)) {
+        if self.entries(list).get(&prefix) != Some(&PrefixOrigin::new(Origin::Runtime)) {
             return Ok(());
         }
         let resolved = list == EntryList::Relays
@@ -351,22 +349,41 @@ impl AgentState {
                 .values()
                 .flatten()
                 .any(|a| IpNet::from(*a) == prefix);
-        let mut maps = self
-            .dataplane
+        self.write_entry(
+            list,
+            prefix,
+            resolved.then(|| PrefixOrigin::new(Origin::Dns)),
+        )
+    }
+
+    /// Sets (`Some`) or removes (`None`) one entry in the kernel maps and the desired policy.
+    /// The maps hold exactly `desired` after every change, so writing what the one entry
+    /// changes keeps them equal: an `exempt add` costs a map write or a few, however many
+    /// entries there are.
+    fn write_entry(
+        &mut self,
+        list: EntryList,
+        prefix: IpNet,
+        value: Option<PrefixOrigin>,
+    ) -> anyhow::Result<()> {
+        let desired = &mut self.desired;
+        self.dataplane
             .policy_maps()
+            .and_then(|mut maps| match list {
+                EntryList::Relays => {
+                    match value {
+                        Some(value) => maps.set_relay(prefix, value)?,
+                        None => maps.remove_relay(prefix)?,
+                    }
+                    match value {
+                        Some(value) => desired.relays.insert(prefix, value),
+                        None => desired.relays.remove(&prefix),
+                    };
+                    Ok(())
+                }
+                EntryList::Exemptions => maps.set_exemption(desired, prefix, value),
+            })
             .inspect_err(|_| self.counters.reconcile_errors += 1)?;
-        if resolved {
-            let dns = PrefixOrigin::new(Origin::Dns);
-            maps.set_entry(list, prefix, dns)?;
-            self.desired.relays.insert(prefix, dns);
-        } else {
-            maps.remove_entry(list, prefix)
-                .inspect_err(|_| self.counters.reconcile_errors += 1)?;
-            match list {
-                EntryList::Relays => self.desired.relays.remove(&prefix),
-                EntryList::Exemptions => self.desired.exemptions.remove(&prefix),
-            };
-        }
         Ok(())
     }
 
@@ -849,24 +866,24 @@ impl AgentState {
     /// policy (they hold exactly that), the host map from the kernel.
     fn map_fill(&self) -> Result<Vec<(&'static str, u64, u64)>, crate::dataplane::DataplaneError> {
         let capacity = &self.config.capacity;
-        let (sub4, sub6) = per_family_of(&self.desired.subscribers);
-        let (relay4, relay6) = per_family_of(&self.desired.relays);
-        let (exempt4, exempt6) = per_family_of(&self.desired.exemptions);
+        let desired = &self.desired;
+        // The source tries hold one entry per subscriber range and per exemption, one where
+        // both name the same prefix.
+        let (source4, source6) = per_family_of(
+            desired.subscribers.keys().chain(
+                desired
+                    .exemptions
+                    .keys()
+                    .filter(|prefix| !desired.subscribers.contains_key(prefix)),
+            ),
+        );
+        let (relay4, relay6) = per_family_of(desired.relays.keys());
+        let sources = u64::from(source_capacity(capacity.subscribers, capacity.exemptions));
         Ok(vec![
-            (names::SUBSCRIBERS_V4, sub4, u64::from(capacity.subscribers)),
-            (names::SUBSCRIBERS_V6, sub6, u64::from(capacity.subscribers)),
+            (names::SOURCES_V4, source4, sources),
+            (names::SOURCES_V6, source6, sources),
             (names::RELAYS_V4, relay4, u64::from(capacity.relays)),
             (names::RELAYS_V6, relay6, u64::from(capacity.relays)),
-            (
-                names::EXEMPTIONS_V4,
-                exempt4,
-                u64::from(capacity.exemptions),
-            ),
-            (
-                names::EXEMPTIONS_V6,
-                exempt6,
-                u64::from(capacity.exemptions),
-            ),
             (
                 names::HOST_STATS,
                 self.dataplane.host_count()? as u64,
@@ -1159,9 +1176,12 @@ fn most_specific<V>(map: &BTreeMap<IpNet, V>, address: IpAddr) -> Option<IpNet> 
         .copied()
 }
 
-fn per_family_of<V>(map: &BTreeMap<IpNet, V>) -> (u64, u64) {
-    let v4 = map.keys().filter(|p| matches!(p, IpNet::V4(_))).count() as u64;
-    (v4, map.len() as u64 - v4)
+/// How many of `prefixes` are IPv4 and how many IPv6.
+fn per_family_of<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> (u64, u64) {
+    prefixes.fold((0, 0), |(v4, v6), prefix| match prefix {
+        IpNet::V4(_) => (v4 + 1, v6),
+        IpNet::V6(_) => (v4, v6 + 1),
+    })
 }
 
 fn origin_name(origin: u32) -> &'static str {

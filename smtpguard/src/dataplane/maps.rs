@@ -12,7 +12,7 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT,
+    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, SourcePolicy,
     SubscriberPolicy, maps as names,
 };
 
@@ -51,6 +51,17 @@ impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
         report: &mut ReconcileReport,
     ) -> Result<(), DataplaneError> {
         let current = self.entries()?;
+        self.apply(&current, desired, report)
+    }
+
+    /// Turns tries that hold `current` into ones that hold `desired`, in the order
+    /// `reconcile` promises.
+    fn apply(
+        &mut self,
+        current: &BTreeMap<IpNet, V>,
+        desired: &BTreeMap<IpNet, V>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DataplaneError> {
         for (prefix, value) in desired {
             match current.get(prefix) {
                 Some(existing) if existing == value => {}
@@ -165,70 +176,86 @@ fn map_error(map: &'static str, source: MapError) -> DataplaneError {
     DataplaneError::Map { map, source }
 }
 
-/// The maps that hold the policy: enforced ports, subscriber, relay and exemption prefixes.
+/// The maps that hold the policy: enforced ports, sources (subscriber ranges and exemptions,
+/// compiled together) and relays.
 pub struct PolicyMaps<'a> {
     enforcement: Array<&'a mut MapData, EnforcementConfig>,
-    subscribers: PrefixTries<'a, SubscriberPolicy>,
+    sources: PrefixTries<'a, SourcePolicy>,
     relays: PrefixTries<'a, PrefixOrigin>,
-    exemptions: PrefixTries<'a, PrefixOrigin>,
 }
 
 impl<'a> PolicyMaps<'a> {
     pub(super) fn new(ebpf: &'a mut Ebpf) -> Result<Self, DataplaneError> {
-        let [enforcement, sub4, sub6, relay4, relay6, exempt4, exempt6] = ebpf.maps_disjoint_mut([
+        let [enforcement, source4, source6, relay4, relay6] = ebpf.maps_disjoint_mut([
             names::ENFORCEMENT,
-            names::SUBSCRIBERS_V4,
-            names::SUBSCRIBERS_V6,
+            names::SOURCES_V4,
+            names::SOURCES_V6,
             names::RELAYS_V4,
             names::RELAYS_V6,
-            names::EXEMPTIONS_V4,
-            names::EXEMPTIONS_V6,
         ]);
         Ok(Self {
             enforcement: typed(enforcement, names::ENFORCEMENT)?,
-            subscribers: PrefixTries::new(
-                sub4,
-                sub6,
-                [names::SUBSCRIBERS_V4, names::SUBSCRIBERS_V6],
-            )?,
+            sources: PrefixTries::new(source4, source6, [names::SOURCES_V4, names::SOURCES_V6])?,
             relays: PrefixTries::new(relay4, relay6, [names::RELAYS_V4, names::RELAYS_V6])?,
-            exemptions: PrefixTries::new(
-                exempt4,
-                exempt6,
-                [names::EXEMPTIONS_V4, names::EXEMPTIONS_V6],
-            )?,
         })
     }
 
-    /// Writes one relay or exemption prefix: what a single CLI change needs, without reading
-    /// the whole map back as a full reconcile does.
-    pub fn set_entry(
+    /// Writes one relay prefix: what a single CLI change needs, without reading the whole
+    /// map back as a full reconcile does.
+    pub fn set_relay(&mut self, prefix: IpNet, value: PrefixOrigin) -> Result<(), DataplaneError> {
+        self.relays.write(prefix, value)
+    }
+
+    /// Removes one relay prefix.
+    pub fn remove_relay(&mut self, prefix: IpNet) -> Result<(), DataplaneError> {
+        self.relays.remove(prefix)
+    }
+
+    /// Adds (`Some`) or removes (`None`) one exemption in `desired` and in the source tries,
+    /// which held `desired` before: only the entries at and inside `prefix` can change, so
+    /// only those are computed and written. On a failed write the entries already written
+    /// are put back and `desired` is left as it was.
+    pub fn set_exemption(
         &mut self,
-        list: EntryList,
+        desired: &mut DesiredPolicy,
         prefix: IpNet,
-        value: PrefixOrigin,
+        value: Option<PrefixOrigin>,
     ) -> Result<(), DataplaneError> {
-        self.list(list).write(prefix, value)
-    }
-
-    /// Removes one relay or exemption prefix.
-    pub fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> Result<(), DataplaneError> {
-        self.list(list).remove(prefix)
-    }
-
-    fn list(&mut self, list: EntryList) -> &mut PrefixTries<'a, PrefixOrigin> {
-        match list {
-            EntryList::Relays => &mut self.relays,
-            EntryList::Exemptions => &mut self.exemptions,
+        let before = desired.sources_within(prefix);
+        let previous = match value {
+            Some(value) => desired.exemptions.insert(prefix, value),
+            None => desired.exemptions.remove(&prefix),
+        };
+        let after = desired.sources_within(prefix);
+        let result = self
+            .sources
+            .apply(&before, &after, &mut ReconcileReport::default());
+        if result.is_err() {
+            match previous {
+                Some(previous) => desired.exemptions.insert(prefix, previous),
+                None => desired.exemptions.remove(&prefix),
+            };
+            // Best effort: the write that failed already says what is wrong.
+            let _ = self
+                .sources
+                .apply(&after, &before, &mut ReconcileReport::default());
         }
+        result
     }
 
     /// Looks `src` and `dst` up the way the program does (full-length keys).
     pub fn lookup(&self, src: IpAddr, dst: IpAddr) -> Result<KernelMatch, DataplaneError> {
+        let source = self.sources.longest_match(src)?;
         Ok(KernelMatch {
-            subscriber: self.subscribers.longest_match(src)?,
+            subscriber: source
+                .map(|s| s.subscriber)
+                .filter(SubscriberPolicy::is_subscriber),
             relay: self.relays.longest_match(dst)?,
-            exemption: self.exemptions.longest_match(src)?,
+            exemption: source
+                .filter(SourcePolicy::is_exempt)
+                .map(|s| PrefixOrigin {
+                    origin: s.exemption,
+                }),
         })
     }
 
@@ -240,11 +267,8 @@ impl<'a> PolicyMaps<'a> {
         desired: &DesiredPolicy,
     ) -> Result<ReconcileReport, DataplaneError> {
         let mut report = ReconcileReport::default();
-        self.subscribers
-            .reconcile(&desired.subscribers, &mut report)?;
+        self.sources.reconcile(&desired.sources(), &mut report)?;
         self.relays.reconcile(&desired.relays, &mut report)?;
-        self.exemptions
-            .reconcile(&desired.exemptions, &mut report)?;
         let current = self
             .enforcement
             .get(&0, 0)
@@ -266,13 +290,6 @@ pub struct KernelMatch {
     pub subscriber: Option<SubscriberPolicy>,
     pub relay: Option<PrefixOrigin>,
     pub exemption: Option<PrefixOrigin>,
-}
-
-/// The prefix lists that change one entry at a time at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryList {
-    Relays,
-    Exemptions,
 }
 
 /// What a reconcile changed.

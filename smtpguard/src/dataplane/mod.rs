@@ -22,7 +22,7 @@ use smtpguard_common::{
 
 pub use self::{
     links::HeldLinks,
-    maps::{EntryList, KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
+    maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
     pins::{Attach, AttachOutcome, PinLayout, PinLock, PinnedAttachment},
 };
 use crate::{
@@ -154,13 +154,12 @@ impl Dataplane {
 
     fn load_with(capacity: &Capacity, pins: Option<&PinLayout>) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
+        let sources = names::source_capacity(capacity.subscribers, capacity.exemptions);
         loader
-            .map_max_entries(names::SUBSCRIBERS_V4, capacity.subscribers)
-            .map_max_entries(names::SUBSCRIBERS_V6, capacity.subscribers)
+            .map_max_entries(names::SOURCES_V4, sources)
+            .map_max_entries(names::SOURCES_V6, sources)
             .map_max_entries(names::RELAYS_V4, capacity.relays)
             .map_max_entries(names::RELAYS_V6, capacity.relays)
-            .map_max_entries(names::EXEMPTIONS_V4, capacity.exemptions)
-            .map_max_entries(names::EXEMPTIONS_V6, capacity.exemptions)
             .map_max_entries(names::HOST_STATS, capacity.hosts);
         if let Some(layout) = pins {
             for name in pins::PINNED_MAPS {

@@ -33,18 +33,27 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 11] = [
-    names::SUBSCRIBERS_V4,
-    names::SUBSCRIBERS_V6,
+pub const PINNED_MAPS: [&str; 9] = [
+    names::SOURCES_V4,
+    names::SOURCES_V6,
     names::RELAYS_V4,
     names::RELAYS_V6,
-    names::EXEMPTIONS_V4,
-    names::EXEMPTIONS_V6,
     names::ENFORCEMENT,
     names::COUNTERS,
     names::HOST_STATS,
     names::SKETCH_EPOCH,
     names::HOST_OVERRIDES,
+];
+
+/// Maps of earlier versions, whose contents the agent now writes elsewhere (the subscriber
+/// and exemption tries became the source tries). An upgrade unpins them: the old program
+/// keeps its maps until its links run the new one, and the pin folder then holds only what
+/// the program uses.
+const RETIRED_MAPS: [&str; 4] = [
+    "SUBSCRIBERS_V4",
+    "SUBSCRIBERS_V6",
+    "EXEMPTIONS_V4",
+    "EXEMPTIONS_V6",
 ];
 
 /// How the program sits on an interface.
@@ -133,6 +142,18 @@ impl PinLayout {
                           choose a pin folder below /sys/fs/bpf"
                     .to_owned(),
             });
+        }
+        for name in RETIRED_MAPS {
+            let path = self.map(name);
+            match fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DataplaneError::Bpffs {
+                        path,
+                        problem: format!("cannot unpin a map of an earlier version: {error}"),
+                    });
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

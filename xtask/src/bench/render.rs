@@ -101,8 +101,9 @@ pub fn table(results: &Results) -> String {
     let control = &results.control_plane;
     let _ = writeln!(
         out,
-        "\nControl plane: one `exempt add` written into the kernel map as the agent does (one map \
-         write, the maps already hold the desired policy; then checked with a lookup): {:.3} ms \
+        "\nControl plane: one `exempt add` written into the kernel map as the agent does (the \
+         source entries the exemption changes computed and written, the maps already hold the \
+         desired policy; then checked with a lookup): {:.3} ms \
          with the small policy, {:.3} ms with the production-size maps. A full reconcile (agent \
          start and reload: every map read back, the difference written) of one change into the \
          production-size maps: {:.1} ms. Snapshot and report over 1,000,000 hosts: {}.",
@@ -397,8 +398,9 @@ pub fn markdown(results: &Results) -> String {
          (reconcile for prefixes, map updates for hosts) with 100,000 subscriber prefixes \
          (IPv4 /27s and IPv6 /56s nested in the ranges the frames match), 100,000 exemptions \
          and 1,000,000 hosts in the statistics map, timed in the same rounds.\n\
-         - Control plane: the path the agent takes for `exempt add` (one write into the \
-         exemption trie, which already holds the desired policy), checked with a map lookup; \
+         - Control plane: the path the agent takes for `exempt add` (the source-trie entries at \
+         and inside the prefix computed from the desired policy, the changed ones written; \
+         here one), checked with a map lookup; \
          and a full reconcile (start, reload). The agent's socket and SQLite store are not \
          included.\n\
          - Snapshot and report: a third instance with its maps pinned on bpffs (the snapshotter \

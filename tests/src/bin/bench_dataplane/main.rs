@@ -23,7 +23,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use smtpguard::{
     config::{Capacity, Config},
-    dataplane::{Dataplane, EntryList, PinLayout},
+    dataplane::{Dataplane, PinLayout},
     policy::DesiredPolicy,
     report::{Grouping, ReportOptions, snapshot::Snapshotter},
     store::Store,
@@ -331,7 +331,8 @@ fn main() -> Result<()> {
     drop(programs);
 
     eprintln!("control plane: one exemption written as the agent does, and a full reconcile");
-    let mut control_plane = control_plane(&mut small, &mut large, &mut large_policy)?;
+    let mut control_plane =
+        control_plane(&mut small, &mut base.clone(), &mut large, &mut large_policy)?;
     // The production-size instance has served its purpose: free its maps before the pinned
     // instance for the snapshot and report fills its own.
     drop(large);
@@ -522,23 +523,25 @@ fn fill_large(
     ))
 }
 
-/// How long one `exempt add` takes to reach the kernel map along the agent's path (one map
-/// write; the maps already equal the desired policy), then checked with a lookup; and, for
+/// How long one `exempt add` takes to reach the kernel map along the agent's path (the source
+/// entries at and inside the prefix computed and the changed ones written; the maps already
+/// equal the desired policy), then checked with a lookup; and, for
 /// comparison, a full reconcile (what start and reload do: read every map, write the
 /// difference) into the production-size maps.
 fn control_plane(
     small: &mut Dataplane,
+    small_policy: &mut DesiredPolicy,
     large: &mut Dataplane,
     large_policy: &mut DesiredPolicy,
 ) -> Result<ControlPlane> {
     let mx = ip("198.51.100.7");
-    let add = |dataplane: &mut Dataplane, host: Ipv4Addr| {
+    let add = |dataplane: &mut Dataplane, policy: &mut DesiredPolicy, host: Ipv4Addr| {
         let prefix = IpNet::V4(Ipv4Net::new(host, 32)?);
         let started = Instant::now();
-        dataplane.policy_maps()?.set_entry(
-            EntryList::Exemptions,
+        dataplane.policy_maps()?.set_exemption(
+            policy,
             prefix,
-            PrefixOrigin::new(Origin::Runtime),
+            Some(PrefixOrigin::new(Origin::Runtime)),
         )?;
         let elapsed = started.elapsed().as_secs_f64() * 1e3;
         if dataplane
@@ -551,16 +554,10 @@ fn control_plane(
         }
         anyhow::Ok(elapsed)
     };
-    let exempt_add_small_ms = add(small, Ipv4Addr::new(100, 90, 0, 1))?;
+    let exempt_add_small_ms = add(small, small_policy, Ipv4Addr::new(100, 90, 0, 1))?;
     let mut runs = Vec::new();
     for i in 0..5 {
-        runs.push(add(large, Ipv4Addr::new(100, 90, 1, i))?);
-    }
-    for i in 0..5 {
-        large_policy.add_exemption(
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 90, 1, i), 32)?),
-            Origin::Runtime,
-        );
+        runs.push(add(large, large_policy, Ipv4Addr::new(100, 90, 1, i))?);
     }
     large_policy.add_exemption(
         IpNet::V4(Ipv4Net::new(Ipv4Addr::new(100, 90, 2, 1), 32)?),

@@ -1,0 +1,139 @@
+//! The policy maps as the agent writes them, in the real kernel: the subscriber ranges and
+//! exemptions compiled into one source trie, changed one exemption at a time, and the pin
+//! folder of an earlier version cleaned up.
+
+use std::{net::IpAddr, path::Path, process::Command};
+
+use ipnet::IpNet;
+use smtpguard::{config::Config, dataplane::Dataplane, policy::DesiredPolicy};
+use smtpguard_common::{Origin, PrefixOrigin};
+use smtpguard_tests::lab::PinFolder;
+
+const CONFIG: &str = r#"
+[[subscribers]]
+prefix = "100.64.0.0/10"
+[[subscribers]]
+prefix = "100.64.7.0/24"
+mode = "monitor"
+[[subscribers]]
+prefix = "2001:db8:1000::/36"
+[[relays]]
+prefix = "192.0.2.25/32"
+[capacity]
+hosts = 4096
+"#;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+/// (subscriber mode is monitor, exempt) as the kernel's tries answer for `src`.
+fn kernel_view(dataplane: &mut Dataplane, src: &str) -> (Option<bool>, bool) {
+    let found = dataplane
+        .policy_maps()
+        .unwrap()
+        .lookup(ip(src), ip("198.51.100.7"))
+        .unwrap();
+    (
+        found.subscriber.map(|s| s.is_monitor()),
+        found.exemption.is_some(),
+    )
+}
+
+#[test]
+fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
+    let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
+    let mut desired = DesiredPolicy::from_config(&config);
+    let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    let inside = "100.64.7.9"; // in the monitor range nested in the /16 below
+    assert_eq!(kernel_view(&mut dataplane, inside), (Some(true), false));
+
+    // An exemption covering a nested range: the range's own entry must turn exempt too.
+    let runtime = Some(PrefixOrigin::new(Origin::Runtime));
+    let covering = net("100.64.0.0/16");
+    dataplane
+        .policy_maps()
+        .unwrap()
+        .set_exemption(&mut desired, covering, runtime)
+        .unwrap();
+    assert_eq!(kernel_view(&mut dataplane, inside), (Some(true), true));
+    assert_eq!(
+        kernel_view(&mut dataplane, "100.64.200.1"),
+        (Some(false), true)
+    );
+    assert_eq!(
+        kernel_view(&mut dataplane, "100.65.0.1"),
+        (Some(false), false)
+    );
+
+    // An exemption outside every range: an entry, but nobody becomes a subscriber.
+    let outside = net("203.0.113.0/24");
+    dataplane
+        .policy_maps()
+        .unwrap()
+        .set_exemption(&mut desired, outside, runtime)
+        .unwrap();
+    assert_eq!(kernel_view(&mut dataplane, "203.0.113.5"), (None, true));
+
+    // The single writes left the tries exactly as a full reconcile would.
+    let report = dataplane
+        .policy_maps()
+        .unwrap()
+        .reconcile(&desired)
+        .unwrap();
+    assert_eq!(
+        (report.added, report.updated, report.removed),
+        (0, 0, 0),
+        "after two exempt adds the maps differ from the desired policy"
+    );
+
+    for prefix in [covering, outside] {
+        dataplane
+            .policy_maps()
+            .unwrap()
+            .set_exemption(&mut desired, prefix, None)
+            .unwrap();
+    }
+    assert_eq!(kernel_view(&mut dataplane, inside), (Some(true), false));
+    assert_eq!(kernel_view(&mut dataplane, "203.0.113.5"), (None, false));
+    assert_eq!(desired, DesiredPolicy::from_config(&config));
+    let report = dataplane
+        .policy_maps()
+        .unwrap()
+        .reconcile(&desired)
+        .unwrap();
+    assert_eq!(
+        (report.added, report.updated, report.removed),
+        (0, 0, 0),
+        "after removing them the maps differ from the config's policy"
+    );
+}
+
+#[test]
+fn maps_of_an_earlier_version_are_unpinned_at_load() {
+    let pins = PinFolder::new("retired");
+    pins.0.prepare().unwrap();
+    let retired = pins.0.map("EXEMPTIONS_V4");
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&retired)
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
+        .args(["name", "EXEMPTIONS_V4"])
+        .status()
+        .unwrap();
+    assert!(created.success(), "bpftool map create: {created}");
+    assert!(retired.exists());
+
+    let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
+    let _dataplane = Dataplane::load_pinned(&config.capacity, &pins.0).unwrap();
+    assert!(
+        !retired.exists(),
+        "{} is still pinned after the load",
+        retired.display()
+    );
+    assert!(pins.0.map("SOURCES_V4").exists());
+}
