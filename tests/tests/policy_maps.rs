@@ -1,6 +1,6 @@
 //! The policy maps as the agent writes them, in the real kernel: the subscriber ranges and
-//! exemptions compiled into one source trie, changed one exemption at a time, and the pin
-//! folder of an earlier version cleaned up.
+//! exemptions compiled into one source trie, changed one exemption at a time; and the maps an
+//! earlier version pinned, unpinned or replaced where they no longer fit.
 
 use std::{net::IpAddr, path::Path, process::Command};
 
@@ -113,27 +113,59 @@ fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
     );
 }
 
-#[test]
-fn maps_of_an_earlier_version_are_unpinned_at_load() {
-    let pins = PinFolder::new("retired");
-    pins.0.prepare().unwrap();
-    let retired = pins.0.map("EXEMPTIONS_V4");
+/// `bpftool map create` at `path`; returns the map's id.
+fn pin_map(path: &Path, shape: &[&str], name: &str) -> u64 {
     let created = Command::new("bpftool")
         .args(["map", "create"])
-        .arg(&retired)
-        .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
-        .args(["name", "EXEMPTIONS_V4"])
+        .arg(path)
+        .args(shape)
+        .args(["name", name])
         .status()
         .unwrap();
-    assert!(created.success(), "bpftool map create: {created}");
-    assert!(retired.exists());
+    assert!(created.success(), "bpftool map create {name}: {created}");
+    pinned_id(path)
+}
+
+fn pinned_id(path: &Path) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool map show {}: {e}", path.display()));
+    info["id"].as_u64().unwrap()
+}
+
+#[test]
+fn maps_of_an_earlier_version_are_unpinned_or_replaced_at_load() {
+    let pins = PinFolder::new("upgrade");
+    pins.0.prepare().unwrap();
+    // A map this version no longer has.
+    let retired = pins.0.map("EXEMPTIONS_V4");
+    let array = ["type", "array", "key", "4", "value", "4", "entries", "1"];
+    pin_map(&retired, &array, "EXEMPTIONS_V4");
+    // The statistics map as versions before the jiffy field made it: values of 128 bytes.
+    let old_stats = [
+        "type", "lru_hash", "key", "16", "value", "128", "entries", "4096",
+    ];
+    let stats_id = pin_map(&pins.0.map("HOST_STATS"), &old_stats, "HOST_STATS");
+    // A map whose shape did not change: it must be reused as it is.
+    let epoch_id = pin_map(&pins.0.map("SKETCH_EPOCH"), &array, "SKETCH_EPOCH");
 
     let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
-    let _dataplane = Dataplane::load_pinned(&config.capacity, &pins.0).unwrap();
-    assert!(
-        !retired.exists(),
-        "{} is still pinned after the load",
-        retired.display()
-    );
+    let dataplane = Dataplane::load_pinned(&config.capacity, &pins.0)
+        .unwrap_or_else(|e| panic!("loading over an earlier version's pins: {e}"));
+
+    assert!(!retired.exists(), "{} is still pinned", retired.display());
+    let replaced: Vec<(&str, u32, u32)> = dataplane
+        .replaced_pins()
+        .iter()
+        .map(|r| (r.name, r.found.value_size, r.expected.value_size))
+        .collect();
+    let expected_size = std::mem::size_of::<smtpguard_common::HostStats>() as u32;
+    assert_eq!(replaced, [("HOST_STATS", 128, expected_size)]);
+    assert_ne!(pinned_id(&pins.0.map("HOST_STATS")), stats_id);
+    assert_eq!(pinned_id(&pins.0.map("SKETCH_EPOCH")), epoch_id);
     assert!(pins.0.map("SOURCES_V4").exists());
 }

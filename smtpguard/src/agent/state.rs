@@ -140,6 +140,7 @@ impl AgentState {
             detached: false,
             events: events::channel(),
         };
+        state.record_replaced_pins();
         let report = state
             .reconcile()
             .context("restoring the policy into the kernel maps")?;
@@ -152,6 +153,23 @@ impl AgentState {
         state.restore_escalations()?;
         state.attach_all()?;
         Ok(state)
+    }
+
+    /// Says which pinned maps of an earlier version were made afresh at load, and what their
+    /// contents were: a replaced statistics map starts its counts over.
+    fn record_replaced_pins(&mut self) {
+        let pin_dir = self.pins.root().display().to_string();
+        for replaced in self.dataplane.replaced_pins().to_vec() {
+            let detail = format!(
+                "{}: pinned as {}, this version needs {}; made afresh",
+                replaced.name, replaced.found, replaced.expected
+            );
+            warn!(
+                pin_dir,
+                detail, "a map pinned by an earlier version no longer fits; it was replaced"
+            );
+            self.record_system(AuditAction::PinsReplaced, &pin_dir, &detail);
+        }
     }
 
     /// Makes the kernel's escalation map hold exactly the store's active escalations.

@@ -23,7 +23,7 @@ use smtpguard_common::{
 pub use self::{
     links::HeldLinks,
     maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
-    pins::{Attach, AttachOutcome, PinLayout, PinLock, PinnedAttachment},
+    pins::{Attach, AttachOutcome, MapShape, PinLayout, PinLock, PinnedAttachment, ReplacedPin},
 };
 use crate::{
     config::{Capacity, Config},
@@ -79,6 +79,8 @@ pub enum DataplaneError {
     PinsOwned { path: PathBuf, owner: String },
     #[error("pin folder {path}: {problem}")]
     Bpffs { path: PathBuf, problem: String },
+    #[error("reading the kernel program's object file: {0}")]
+    Object(String),
     #[error("pinned link {path}: {source}")]
     Link {
         path: PathBuf,
@@ -125,6 +127,8 @@ impl DataplaneError {
 /// A loaded (verified) instance of the kernel program with its own maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Pinned maps of an earlier version that did not fit and were made afresh at load.
+    replaced_pins: Vec<ReplacedPin>,
 }
 
 /// How a frame fared in a test run.
@@ -147,9 +151,18 @@ impl Dataplane {
     /// Loads both entry points with every map pinned below `layout`: maps already pinned
     /// there are reused with their contents (their sizes are the ones they were created
     /// with), missing ones are created and pinned.
+    /// Pinned maps whose shape no longer fits (see [`pins::unpin_incompatible`]) are made
+    /// afresh: [`replaced_pins`](Self::replaced_pins) names them.
     pub fn load_pinned(capacity: &Capacity, layout: &PinLayout) -> Result<Self, DataplaneError> {
         layout.prepare()?;
-        Self::load_with(capacity, Some(layout))
+        let replaced_pins = pins::unpin_incompatible(layout, PROGRAM)?;
+        let mut dataplane = Self::load_with(capacity, Some(layout))?;
+        dataplane.replaced_pins = replaced_pins;
+        Ok(dataplane)
+    }
+
+    pub fn replaced_pins(&self) -> &[ReplacedPin] {
+        &self.replaced_pins
     }
 
     fn load_with(capacity: &Capacity, pins: Option<&PinLayout>) -> Result<Self, DataplaneError> {
@@ -173,7 +186,10 @@ impl Dataplane {
         program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", TC_PROGRAM, source))?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            replaced_pins: Vec::new(),
+        })
     }
 
     /// Puts this program on `interface` through a link pinned below `layout`, replacing the

@@ -9,12 +9,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::maps::{MapInfo, MapType};
 use aya::programs::{
     ProgramError, SchedClassifier, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
     tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachType},
     xdp::{XdpLink, XdpLinkId},
 };
+use aya_obj::generated::bpf_map_type;
 use nix::{
     errno::Errno,
     fcntl::{Flock, FlockArg},
@@ -55,6 +57,86 @@ const RETIRED_MAPS: [&str; 4] = [
     "EXEMPTIONS_V4",
     "EXEMPTIONS_V6",
 ];
+
+/// A map's shape as the kernel checks it against the program: its type, key and value size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapShape {
+    pub map_type: Option<MapType>,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+impl std::fmt::Display for MapShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.map_type {
+            Some(map_type) => write!(f, "{map_type:?}")?,
+            None => write!(f, "unknown type")?,
+        }
+        write!(f, ", key {} B, value {} B", self.key_size, self.value_size)
+    }
+}
+
+/// A pinned map of an earlier version whose shape this program's declaration no longer has.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplacedPin {
+    pub name: &'static str,
+    pub found: MapShape,
+    pub expected: MapShape,
+}
+
+/// Unpins every pinned map whose shape differs from the program's declaration (an upgrade
+/// that changed a key or value layout). Reusing it would fail verification, or worse, let
+/// the program misread it; the loader creates it afresh instead. The old program keeps its
+/// maps until its links run the new one, so enforcement has no gap: the policy maps are
+/// refilled before that, and a replaced statistics map starts over (the store keeps what
+/// was snapshotted). Capacities may differ: a pinned map keeps the size it was made with.
+pub(super) fn unpin_incompatible(
+    layout: &PinLayout,
+    program: &[u8],
+) -> Result<Vec<ReplacedPin>, DataplaneError> {
+    let object = aya_obj::Object::parse(program)
+        .map_err(|error| DataplaneError::Object(error.to_string()))?;
+    let mut replaced = Vec::new();
+    for name in PINNED_MAPS {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let declared = object
+            .maps
+            .get(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })?;
+        let expected = MapShape {
+            map_type: bpf_map_type::try_from(declared.map_type())
+                .ok()
+                .and_then(|t| MapType::try_from(t).ok()),
+            key_size: declared.key_size(),
+            value_size: declared.value_size(),
+        };
+        let info = MapInfo::from_pin(&path).map_err(|error| DataplaneError::Bpffs {
+            path: path.clone(),
+            problem: format!("reading the pinned map {name}: {error}"),
+        })?;
+        let found = MapShape {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+        };
+        if found == expected {
+            continue;
+        }
+        fs::remove_file(&path).map_err(|error| DataplaneError::Bpffs {
+            path: path.clone(),
+            problem: format!("cannot unpin the map {name} of an earlier version: {error}"),
+        })?;
+        replaced.push(ReplacedPin {
+            name,
+            found,
+            expected,
+        });
+    }
+    Ok(replaced)
+}
 
 /// How the program sits on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,6 +28,8 @@ pub enum AuditAction {
     Forced,
     /// Pins removed by hand were made again by the agent.
     PinsRestored,
+    /// Maps pinned by an earlier version whose layout no longer fits were made afresh.
+    PinsReplaced,
     /// A configured interface disappeared: nothing is enforced on it.
     InterfaceDetached,
     /// A configured interface appeared (again) and the program was attached to it.
@@ -36,7 +38,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 14] = [
+    pub const ALL: [AuditAction; 15] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
@@ -49,6 +51,7 @@ impl AuditAction {
         AuditAction::EscalationExpired,
         AuditAction::Forced,
         AuditAction::PinsRestored,
+        AuditAction::PinsReplaced,
         AuditAction::InterfaceDetached,
         AuditAction::InterfaceAttached,
     ];
@@ -68,6 +71,7 @@ impl AuditAction {
             AuditAction::EscalationExpired => "escalation-expired",
             AuditAction::Forced => "forced",
             AuditAction::PinsRestored => "pins-restored",
+            AuditAction::PinsReplaced => "pins-replaced",
             AuditAction::InterfaceDetached => "interface-detached",
             AuditAction::InterfaceAttached => "interface-attached",
         }
@@ -247,6 +251,7 @@ mod tests {
                 "escalation-expired",
                 "forced",
                 "pins-restored",
+                "pins-replaced",
                 "interface-detached",
                 "interface-attached",
             ]
@@ -265,7 +270,7 @@ mod tests {
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
              detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
-             interface-detached, interface-attached"
+             pins-replaced, interface-detached, interface-attached"
         );
     }
 
