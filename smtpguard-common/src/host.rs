@@ -66,6 +66,49 @@ pub struct HostStats {
     /// kernel reads it again only when `bpf_jiffies64` (inlined: a plain load, no call) has
     /// moved on: a host sending thousands of segments a second costs one clock read a tick.
     pub last_seen_jiffies: u64,
+    /// A [`CachedClass`]: what the policy made of this source when the kernel last looked it
+    /// up, so the next segment needs no source lookup while the policy is unchanged.
+    pub cached_class: u64,
+}
+
+/// The class of a source the policy decides on after the relay check, kept with the host's
+/// statistics for as long as `POLICY_GENERATION` holds the generation it was looked up in.
+/// The control plane moves the generation on after every change to the sources or the
+/// escalations, which makes every cached class stale at once. One word, written and read
+/// in one access: a reader never sees one writer's class with another's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedClass(pub u64);
+
+/// A subscriber source's class (see [`CachedClass`]). 0 is no class: an entry user space
+/// wrote is looked up again.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceClass {
+    Exempt = 1,
+    /// In a monitor-mode range and not escalated.
+    Monitored = 2,
+    /// In an enforce-mode range, or escalated.
+    Enforced = 3,
+}
+
+impl CachedClass {
+    pub const fn new(generation: u32, class: SourceClass) -> Self {
+        Self(((class as u64) << 32) | generation as u64)
+    }
+
+    /// The class, if it was looked up in `generation`.
+    #[inline(always)]
+    pub const fn get(self, generation: u32) -> Option<SourceClass> {
+        if self.0 as u32 != generation {
+            return None;
+        }
+        match (self.0 >> 32) as u8 {
+            1 => Some(SourceClass::Exempt),
+            2 => Some(SourceClass::Monitored),
+            3 => Some(SourceClass::Enforced),
+            _ => None,
+        }
+    }
 }
 
 impl HostStats {
@@ -82,6 +125,7 @@ impl HostStats {
             sketch_epoch: epoch,
             dst_sketch: [0; SKETCH_REGISTERS],
             last_seen_jiffies: now_jiffies,
+            cached_class: 0,
         }
     }
 
@@ -108,7 +152,7 @@ mod tests {
     fn layouts() {
         assert_eq!(size_of::<HostKey>(), 16);
         assert_eq!(align_of::<HostKey>(), 8);
-        assert_eq!(size_of::<HostStats>(), 136);
+        assert_eq!(size_of::<HostStats>(), 144);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
         assert_eq!(offset_of!(HostStats, segments), 8);
@@ -121,6 +165,23 @@ mod tests {
         assert_eq!(offset_of!(HostStats, sketch_epoch), 60);
         assert_eq!(offset_of!(HostStats, dst_sketch), 64);
         assert_eq!(offset_of!(HostStats, last_seen_jiffies), 128);
+        assert_eq!(offset_of!(HostStats, cached_class), 136);
+    }
+
+    #[test]
+    fn a_cached_class_holds_only_for_its_generation() {
+        for class in [
+            SourceClass::Exempt,
+            SourceClass::Monitored,
+            SourceClass::Enforced,
+        ] {
+            let cached = CachedClass::new(u32::MAX, class);
+            assert_eq!(cached.get(u32::MAX), Some(class));
+            assert_eq!(cached.get(0), None);
+        }
+        // What user space writes for a new entry is never a class, whatever the generation.
+        assert_eq!(CachedClass(0).get(0), None);
+        assert_eq!(CachedClass(4 << 32).get(0), None);
     }
 
     #[test]

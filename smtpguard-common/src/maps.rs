@@ -16,6 +16,9 @@ pub const HOST_OVERRIDES: &str = "HOST_OVERRIDES";
 pub const DEFAULT_OVERRIDE_CAPACITY: u32 = 65_536;
 /// One `u32`: the current sketch epoch, advanced by the agent at each statistics snapshot.
 pub const SKETCH_EPOCH: &str = "SKETCH_EPOCH";
+/// One `u32`: the policy generation, moved on by the control plane after every change to the
+/// sources or the escalations; a host's cached class holds only within its generation.
+pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
 
 /// Default number of subscriber ranges per address family.
 pub const DEFAULT_SUBSCRIBER_CAPACITY: u32 = 65_536;

@@ -2,10 +2,13 @@
 //! an exemption or monitor mode let it pass?
 
 use aya_ebpf::maps::lpm_trie::Key;
-use smtpguard_common::{EnforcementConfig, HostKey, Reason, SourcePolicy};
+use smtpguard_common::{
+    CachedClass, EnforcementConfig, HostKey, HostStats, Reason, SourceClass, SourcePolicy,
+};
 
 use crate::{
-    ENFORCEMENT, HOST_OVERRIDES, RELAYS_V4, RELAYS_V6, SOURCES_V4, SOURCES_V6,
+    ENFORCEMENT, HOST_OVERRIDES, HOST_STATS, POLICY_GENERATION, RELAYS_V4, RELAYS_V6, SOURCES_V4,
+    SOURCES_V6,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -19,41 +22,91 @@ enum Judged {
     Fragment,
 }
 
+/// The verdict's reason and, for a subscriber's segment that counts toward its host's
+/// statistics, what recording it needs.
+pub struct Decision {
+    pub reason: Reason,
+    pub host: Option<TrackedHost>,
+}
+
+/// The host a judged segment came from: its statistics entry, if it has one yet (looked up
+/// once, for the cached class and the update both), and its class in this generation.
+pub struct TrackedHost {
+    pub key: HostKey,
+    pub stats: Option<*mut HostStats>,
+    pub class: CachedClass,
+}
+
+impl Decision {
+    const fn untracked(reason: Reason) -> Self {
+        Self { reason, host: None }
+    }
+}
+
 #[inline(always)]
-pub fn decide(packet: &Packet) -> Reason {
+pub fn decide(packet: &Packet) -> Decision {
     // The fast path: most traffic is not TCP and needs no map lookup at all.
     if let Transport::Other = packet.transport {
-        return Reason::Other;
+        return Decision::untracked(Reason::Other);
     }
     // An empty array slot reads as zeros: no enforced ports, so nothing is judged until the
     // loader has written the configuration.
     let Some(config) = ENFORCEMENT.get(0) else {
-        return Reason::Other;
+        return Decision::untracked(Reason::Other);
     };
     let judged = match packet.transport {
-        Transport::Other => return Reason::Other,
+        Transport::Other => return Decision::untracked(Reason::Other),
         Transport::Tcp { dst_port, .. } if config.enforces(dst_port) => Judged::Segment,
-        Transport::Tcp { .. } => return Reason::Other,
+        Transport::Tcp { .. } => return Decision::untracked(Reason::Other),
         Transport::Unreachable => Judged::Unparseable,
         Transport::EvasiveFragment => Judged::Fragment,
     };
 
-    let Some(source) = source(&packet.addresses).filter(|s| s.subscriber.is_subscriber()) else {
-        return match judged {
-            Judged::Segment => Reason::NotSubscriber,
-            Judged::Unparseable | Judged::Fragment => Reason::Other,
-        };
-    };
+    // Traffic to a relay is not an attempt and keeps no statistics, so it is settled first,
+    // with one source lookup to tell a subscriber's mail from a stranger's.
     if is_relay(&packet.addresses) {
-        return Reason::Relayed;
+        let reason = match source(&packet.addresses) {
+            Some(source) if source.subscriber.is_subscriber() => Reason::Relayed,
+            _ => not_subscriber(judged),
+        };
+        return Decision::untracked(reason);
     }
-    if source.is_exempt() {
-        return Reason::Exempt;
+
+    // A known host's class is cached in its statistics entry, which the segment updates
+    // anyway: while the policy is unchanged, the source trie is not walked again.
+    let generation = POLICY_GENERATION.get(0).copied().unwrap_or(0);
+    let key = match packet.addresses {
+        Addresses::V4 { src, .. } => HostKey::from_v4(src),
+        Addresses::V6 { src, .. } => HostKey::from_v6(src),
+    };
+    let stats = HOST_STATS.get_ptr_mut(key);
+    // SAFETY: a pointer into the map value, valid for this program run; one aligned word.
+    let cached =
+        stats.and_then(|stats| CachedClass(unsafe { (*stats).cached_class }).get(generation));
+    let Some(class) = cached.or_else(|| classify(&packet.addresses, key)) else {
+        return Decision::untracked(not_subscriber(judged));
+    };
+    let reason = match class {
+        SourceClass::Exempt => Reason::Exempt,
+        SourceClass::Monitored => Reason::Monitored,
+        SourceClass::Enforced => enforce(judged, config),
+    };
+    Decision {
+        reason,
+        host: Some(TrackedHost {
+            key,
+            stats,
+            class: CachedClass::new(generation, class),
+        }),
     }
-    if source.subscriber.is_monitor() && !is_escalated(&packet.addresses) {
-        return Reason::Monitored;
+}
+
+#[inline(always)]
+fn not_subscriber(judged: Judged) -> Reason {
+    match judged {
+        Judged::Segment => Reason::NotSubscriber,
+        Judged::Unparseable | Judged::Fragment => Reason::Other,
     }
-    enforce(judged, config)
 }
 
 #[inline(always)]
@@ -64,6 +117,19 @@ fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
         Judged::Unparseable if config.drops_unparseable() => Reason::UnparseableDropped,
         Judged::Unparseable => Reason::UnparseablePassed,
     }
+}
+
+/// What the policy makes of a source: `None` outside every subscriber range.
+#[inline(always)]
+fn classify(addresses: &Addresses, key: HostKey) -> Option<SourceClass> {
+    let source = source(addresses).filter(|s| s.subscriber.is_subscriber())?;
+    Some(if source.is_exempt() {
+        SourceClass::Exempt
+    } else if source.subscriber.is_monitor() && !is_escalated(key) {
+        SourceClass::Monitored
+    } else {
+        SourceClass::Enforced
+    })
 }
 
 /// The subscriber range and exemption state of the source, from one lookup.
@@ -85,11 +151,7 @@ fn is_relay(addresses: &Addresses) -> bool {
 
 /// A reoffending bot in a monitor-mode range, enforced on its own by the agent.
 #[inline(always)]
-fn is_escalated(addresses: &Addresses) -> bool {
-    let key = match addresses {
-        Addresses::V4 { src, .. } => HostKey::from_v4(*src),
-        Addresses::V6 { src, .. } => HostKey::from_v6(*src),
-    };
+fn is_escalated(key: HostKey) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { HOST_OVERRIDES.get(key) }.is_some()
 }

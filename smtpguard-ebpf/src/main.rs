@@ -52,6 +52,8 @@ static HOST_STATS: LruHashMap<HostKey, HostStats> =
 #[map]
 static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
+static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
 static HOST_OVERRIDES: HashMap<HostKey, HostOverride> =
     HashMap::with_max_entries(DEFAULT_OVERRIDE_CAPACITY, 0);
 
@@ -86,11 +88,11 @@ fn judge(frame: Frame) -> Reason {
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::NotIp => Reason::Other,
         parse::Parsed::Ip(packet) => {
-            let reason = decide::decide(&packet);
-            if reason.tracks_host() {
-                stats::record_host(&packet, reason);
+            let decision = decide::decide(&packet);
+            if let Some(host) = decision.host {
+                stats::record_host(&packet, decision.reason, host);
             }
-            reason
+            decision.reason
         }
     };
     stats::count(reason);

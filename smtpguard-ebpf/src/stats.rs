@@ -8,11 +8,12 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
 use smtpguard_common::{
-    HostKey, HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
+    HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
 };
 
 use crate::{
     COUNTERS, HOST_STATS, SKETCH_EPOCH,
+    decide::TrackedHost,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -28,10 +29,10 @@ pub fn count(reason: Reason) {
 }
 
 #[inline(always)]
-pub fn record_host(packet: &Packet, reason: Reason) {
-    let (key, dst) = match packet.addresses {
-        Addresses::V4 { src, dst } => (HostKey::from_v4(src), ipv4_mapped(dst)),
-        Addresses::V6 { src, dst } => (HostKey::from_v6(src), dst),
+pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
+    let dst = match packet.addresses {
+        Addresses::V4 { dst, .. } => ipv4_mapped(dst),
+        Addresses::V6 { dst, .. } => dst,
     };
     let (dst_port, attempt) = match packet.transport {
         Transport::Tcp { dst_port, flags } => {
@@ -44,14 +45,14 @@ pub fn record_host(packet: &Packet, reason: Reason) {
     let jiffies = unsafe { bpf_jiffies64() };
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
-    let stats = match HOST_STATS.get_ptr_mut(key) {
+    let stats = match host.stats {
         Some(stats) => stats,
         None => {
             let first = HostStats::first_seen(clock_ns(), jiffies, epoch);
             // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
             // second CPU adds to it below instead of resetting it.
-            let _ = HOST_STATS.insert(key, first, BPF_NOEXIST as u64);
-            match HOST_STATS.get_ptr_mut(key) {
+            let _ = HOST_STATS.insert(host.key, first, BPF_NOEXIST as u64);
+            match HOST_STATS.get_ptr_mut(host.key) {
                 Some(stats) => stats,
                 None => return,
             }
@@ -76,6 +77,7 @@ pub fn record_host(packet: &Packet, reason: Reason) {
         (*stats).last_dst = dst;
         (*stats).last_dst_port = dst_port;
         (*stats).last_reason = reason as u16;
+        (*stats).cached_class = host.class.0;
         if (*stats).sketch_epoch != epoch {
             // A new snapshot interval: this host's sketch starts empty.
             (*stats).dst_sketch = [0; SKETCH_REGISTERS];

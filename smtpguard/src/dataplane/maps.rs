@@ -182,21 +182,24 @@ pub struct PolicyMaps<'a> {
     enforcement: Array<&'a mut MapData, EnforcementConfig>,
     sources: PrefixTries<'a, SourcePolicy>,
     relays: PrefixTries<'a, PrefixOrigin>,
+    generation: Array<&'a mut MapData, u32>,
 }
 
 impl<'a> PolicyMaps<'a> {
     pub(super) fn new(ebpf: &'a mut Ebpf) -> Result<Self, DataplaneError> {
-        let [enforcement, source4, source6, relay4, relay6] = ebpf.maps_disjoint_mut([
+        let [enforcement, source4, source6, relay4, relay6, generation] = ebpf.maps_disjoint_mut([
             names::ENFORCEMENT,
             names::SOURCES_V4,
             names::SOURCES_V6,
             names::RELAYS_V4,
             names::RELAYS_V6,
+            names::POLICY_GENERATION,
         ]);
         Ok(Self {
             enforcement: typed(enforcement, names::ENFORCEMENT)?,
             sources: PrefixTries::new(source4, source6, [names::SOURCES_V4, names::SOURCES_V6])?,
             relays: PrefixTries::new(relay4, relay6, [names::RELAYS_V4, names::RELAYS_V6])?,
+            generation: typed(generation, names::POLICY_GENERATION)?,
         })
     }
 
@@ -240,6 +243,8 @@ impl<'a> PolicyMaps<'a> {
                 .sources
                 .apply(&after, &before, &mut ReconcileReport::default());
         }
+        // Also after a failure: some entries may have changed and changed back.
+        advance_generation(&mut self.generation)?;
         result
     }
 
@@ -279,8 +284,29 @@ impl<'a> PolicyMaps<'a> {
                 .map_err(|source| map_error(names::ENFORCEMENT, source))?;
             report.updated += 1;
         }
+        advance_generation(&mut self.generation)?;
         Ok(report)
     }
+}
+
+/// Moves the policy generation on, after the maps it stands for were written: the kernel
+/// looks every host's class up again instead of trusting the class cached with its
+/// statistics.
+fn advance_generation(generation: &mut Array<&mut MapData, u32>) -> Result<(), DataplaneError> {
+    let current = generation
+        .get(&0, 0)
+        .map_err(|source| map_error(names::POLICY_GENERATION, source))?;
+    generation
+        .set(0, current.wrapping_add(1), 0)
+        .map_err(|source| map_error(names::POLICY_GENERATION, source))
+}
+
+/// [`advance_generation`] for writers outside [`PolicyMaps`] (the escalation map).
+pub(super) fn advance_policy_generation(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    advance_generation(&mut typed(
+        ebpf.map_mut(names::POLICY_GENERATION),
+        names::POLICY_GENERATION,
+    )?)
 }
 
 /// What the kernel's tries hold for a source and destination: the value of the longest

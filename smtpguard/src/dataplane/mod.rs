@@ -364,13 +364,15 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map {
                 map: names::HOST_OVERRIDES,
                 source,
-            })
+            })?;
+        maps::advance_policy_generation(&mut self.ebpf)
     }
 
     /// Ends the escalation of `host`; a host without one is fine.
     pub fn remove_override(&mut self, host: IpAddr) -> Result<(), DataplaneError> {
         match maps::overrides(&mut self.ebpf)?.remove(&host_key(host)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => maps::advance_policy_generation(&mut self.ebpf),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
                 map: names::HOST_OVERRIDES,
                 source,

@@ -35,7 +35,7 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     names::SOURCES_V4,
     names::SOURCES_V6,
     names::RELAYS_V4,
@@ -44,6 +44,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     names::COUNTERS,
     names::HOST_STATS,
     names::SKETCH_EPOCH,
+    names::POLICY_GENERATION,
     names::HOST_OVERRIDES,
 ];
 
