@@ -1,13 +1,17 @@
 //! The policy maps as the agent writes them, in the real kernel: the subscriber ranges and
-//! exemptions compiled into one source trie, changed one exemption at a time; and the maps an
-//! earlier version pinned, unpinned or replaced where they no longer fit.
+//! exemptions compiled into one source trie, changed one exemption at a time; the host
+//! classes cached with the statistics, made stale by every change; and the maps an earlier
+//! version pinned, unpinned or replaced where they no longer fit.
 
 use std::{net::IpAddr, path::Path, process::Command};
 
 use ipnet::IpNet;
 use smtpguard::{config::Config, dataplane::Dataplane, policy::DesiredPolicy};
-use smtpguard_common::{Origin, PrefixOrigin};
-use smtpguard_tests::lab::PinFolder;
+use smtpguard_common::{Origin, PrefixOrigin, Reason};
+use smtpguard_tests::{
+    frames::{FrameSpec, TCP_SYN},
+    lab::PinFolder,
+};
 
 const CONFIG: &str = r#"
 [[subscribers]]
@@ -111,6 +115,60 @@ fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
         (0, 0, 0),
         "after removing them the maps differ from the config's policy"
     );
+}
+
+/// The reason the XDP entry point gives a SYN to port 25 from `src`.
+fn syn_reason(dataplane: &mut Dataplane, src: &str) -> Reason {
+    let frame = FrameSpec::tcp(ip(src), ip("198.51.100.7"), 25, TCP_SYN).build();
+    dataplane.run_xdp(&frame).unwrap().reason.unwrap()
+}
+
+#[test]
+fn a_host_class_cached_in_its_statistics_never_outlives_a_policy_change() {
+    let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
+    let mut desired = DesiredPolicy::from_config(&config);
+    let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    let (enforced, monitored) = ("100.64.0.2", "100.64.7.9");
+    // Twice each: the second segment is judged on the class cached by the first.
+    for _ in 0..2 {
+        assert_eq!(syn_reason(&mut dataplane, enforced), Reason::Dropped);
+        assert_eq!(syn_reason(&mut dataplane, monitored), Reason::Monitored);
+    }
+
+    let exemption = net("100.64.0.2/32");
+    let runtime = Some(PrefixOrigin::new(Origin::Runtime));
+    let mut maps = dataplane.policy_maps().unwrap();
+    maps.set_exemption(&mut desired, exemption, runtime)
+        .unwrap();
+    assert_eq!(syn_reason(&mut dataplane, enforced), Reason::Exempt);
+    let mut maps = dataplane.policy_maps().unwrap();
+    maps.set_exemption(&mut desired, exemption, None).unwrap();
+    assert_eq!(syn_reason(&mut dataplane, enforced), Reason::Dropped);
+
+    dataplane.set_override(ip(monitored)).unwrap();
+    assert_eq!(syn_reason(&mut dataplane, monitored), Reason::Dropped);
+    dataplane.remove_override(ip(monitored)).unwrap();
+    assert_eq!(syn_reason(&mut dataplane, monitored), Reason::Monitored);
+
+    // A reload that drops the monitor range: the host falls to the enclosing enforce range.
+    let mut reloaded = desired.clone();
+    reloaded.subscribers.remove(&net("100.64.7.0/24"));
+    dataplane
+        .policy_maps()
+        .unwrap()
+        .reconcile(&reloaded)
+        .unwrap();
+    assert_eq!(syn_reason(&mut dataplane, monitored), Reason::Dropped);
+    // And one that drops every IPv4 range: nobody there is a subscriber any more.
+    reloaded
+        .subscribers
+        .retain(|prefix, _| prefix.network().is_ipv6());
+    dataplane
+        .policy_maps()
+        .unwrap()
+        .reconcile(&reloaded)
+        .unwrap();
+    assert_eq!(syn_reason(&mut dataplane, enforced), Reason::NotSubscriber);
 }
 
 /// `bpftool map create` at `path`; returns the map's id.
