@@ -124,6 +124,10 @@ pub struct EnforcementConfig {
     pub port_count: u32,
     /// An [`UnparseableAction`] discriminant; anything but `Pass` drops (fail closed).
     pub unparseable: u32,
+    /// Bit `port % 64` set for every enforced port: a port whose bit is clear is not
+    /// enforced, which settles almost every segment of the fast path with one test instead
+    /// of a scan of the list.
+    pub port_filter: u64,
 }
 
 impl EnforcementConfig {
@@ -133,16 +137,21 @@ impl EnforcementConfig {
             ports: [0; MAX_PORTS],
             port_count: 0,
             unparseable: unparseable as u32,
+            port_filter: 0,
         };
         for (slot, port) in entry.ports.iter_mut().zip(ports) {
             *slot = *port;
             entry.port_count += 1;
+            entry.port_filter |= filter_bit(*port);
         }
         entry
     }
 
     #[inline(always)]
     pub fn enforces(&self, port: u16) -> bool {
+        if self.port_filter & filter_bit(port) == 0 {
+            return false;
+        }
         let mut i = 0;
         while i < MAX_PORTS {
             if i as u32 >= self.port_count {
@@ -159,6 +168,11 @@ impl EnforcementConfig {
     pub const fn drops_unparseable(&self) -> bool {
         self.unparseable != UnparseableAction::Pass as u32
     }
+}
+
+#[inline(always)]
+const fn filter_bit(port: u16) -> u64 {
+    1 << (port % 64)
 }
 
 #[cfg(feature = "user")]
@@ -190,11 +204,12 @@ mod tests {
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
         assert_eq!(size_of::<HostOverride>(), 4);
         assert_eq!(offset_of!(HostOverride, mode), 0);
-        assert_eq!(size_of::<EnforcementConfig>(), 24);
+        assert_eq!(size_of::<EnforcementConfig>(), 32);
         assert_eq!(offset_of!(EnforcementConfig, ports), 0);
         assert_eq!(offset_of!(EnforcementConfig, port_count), 16);
         assert_eq!(offset_of!(EnforcementConfig, unparseable), 20);
-        assert_eq!(align_of::<EnforcementConfig>(), 4);
+        assert_eq!(offset_of!(EnforcementConfig, port_filter), 24);
+        assert_eq!(align_of::<EnforcementConfig>(), 8);
     }
 
     #[test]
@@ -206,6 +221,16 @@ mod tests {
         // Unused slots hold 0, which must not count as enforced.
         assert!(!config.enforces(0));
         assert!(config.drops_unparseable());
+    }
+
+    #[test]
+    fn ports_sharing_a_filter_bit_are_told_apart() {
+        // 25 and 89 (25 + 64) share a bit: the list decides.
+        let config = EnforcementConfig::new(&[25], UnparseableAction::Drop);
+        assert_eq!(config.port_filter, 1 << 25);
+        assert!(config.enforces(25));
+        assert!(!config.enforces(89));
+        assert!(!config.enforces(443));
     }
 
     #[test]
@@ -232,6 +257,7 @@ mod tests {
             ports: [25, 0, 0, 0, 0, 0, 0, 0],
             port_count: 1,
             unparseable: 7,
+            port_filter: filter_bit(25),
         };
         assert!(config.drops_unparseable());
     }
