@@ -12,7 +12,7 @@ pub mod sketch;
 
 pub use host::{CachedClass, HostKey, HostStats, SourceClass};
 pub use policy::{
-    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy,
-    UnparseableAction,
+    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, RelayFilter, SourcePolicy,
+    SubscriberPolicy, UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};

@@ -6,6 +6,8 @@ pub const SOURCES_V4: &str = "SOURCES_V4";
 pub const SOURCES_V6: &str = "SOURCES_V6";
 pub const RELAYS_V4: &str = "RELAYS_V4";
 pub const RELAYS_V6: &str = "RELAYS_V6";
+/// One [`crate::RelayFilter`]: which destinations may be relays, settled before the tries.
+pub const RELAY_FILTER: &str = "RELAY_FILTER";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const COUNTERS: &str = "COUNTERS";
 pub const HOST_STATS: &str = "HOST_STATS";

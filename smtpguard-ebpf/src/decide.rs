@@ -7,8 +7,8 @@ use smtpguard_common::{
 };
 
 use crate::{
-    ENFORCEMENT, HOST_OVERRIDES, HOST_STATS, POLICY_GENERATION, RELAYS_V4, RELAYS_V6, SOURCES_V4,
-    SOURCES_V6,
+    ENFORCEMENT, HOST_OVERRIDES, HOST_STATS, POLICY_GENERATION, RELAY_FILTER, RELAYS_V4, RELAYS_V6,
+    SOURCES_V4, SOURCES_V6,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -141,11 +141,21 @@ fn source(addresses: &Addresses) -> Option<SourcePolicy> {
     }
 }
 
+/// The filter first: a destination it rules out needs no trie lookup. An unwritten filter
+/// (all zeros) rules every destination out, so a relay passes only once the control plane
+/// has written both.
 #[inline(always)]
 fn is_relay(addresses: &Addresses) -> bool {
+    let Some(filter) = RELAY_FILTER.get(0) else {
+        return false;
+    };
     match addresses {
-        Addresses::V4 { dst, .. } => RELAYS_V4.get(Key::new(32, *dst)).is_some(),
-        Addresses::V6 { dst, .. } => RELAYS_V6.get(Key::new(128, *dst)).is_some(),
+        Addresses::V4 { dst, .. } => {
+            filter.may_hold_v4(*dst) && RELAYS_V4.get(Key::new(32, *dst)).is_some()
+        }
+        Addresses::V6 { dst, .. } => {
+            filter.may_hold_v6(*dst) && RELAYS_V6.get(Key::new(128, *dst)).is_some()
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, Reason,
-    SourcePolicy, Verdict,
+    RelayFilter, SourcePolicy, Verdict,
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
         DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, source_capacity,
@@ -42,6 +42,8 @@ static RELAYS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
 #[map]
 static RELAYS_V6: LpmTrie<[u8; 16], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);
+#[map]
+static RELAY_FILTER: Array<RelayFilter> = Array::with_max_entries(1, 0);
 #[map]
 static ENFORCEMENT: Array<EnforcementConfig> = Array::with_max_entries(1, 0);
 #[map]

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use smtpguard_common::{EnforcementConfig, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy};
+use smtpguard_common::{
+    EnforcementConfig, Origin, PrefixOrigin, RelayFilter, SourcePolicy, SubscriberPolicy,
+};
 
 use crate::config::Config;
 
@@ -79,6 +81,18 @@ impl DesiredPolicy {
             .chain(within(&self.exemptions, range))
             .map(|prefix| (prefix, self.source(prefix, &lengths)))
             .collect()
+    }
+
+    /// The filter of the destinations that may be relays (see [`RelayFilter`]).
+    pub fn relay_filter(&self) -> RelayFilter {
+        let mut filter = RelayFilter::default();
+        for prefix in self.relays.keys() {
+            match prefix {
+                IpNet::V4(net) => filter.add_v4(net.network().octets(), net.prefix_len()),
+                IpNet::V6(net) => filter.add_v6(net.network().octets(), net.prefix_len()),
+            }
+        }
+        filter
     }
 
     fn source(&self, prefix: IpNet, lengths: &PrefixLengths) -> SourcePolicy {

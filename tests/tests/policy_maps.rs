@@ -1,7 +1,7 @@
 //! The policy maps as the agent writes them, in the real kernel: the subscriber ranges and
-//! exemptions compiled into one source trie, changed one exemption at a time; the host
-//! classes cached with the statistics, made stale by every change; and the maps an earlier
-//! version pinned, unpinned or replaced where they no longer fit.
+//! exemptions compiled into one source trie, changed one exemption at a time; relays behind
+//! their filter; the host classes cached with the statistics, made stale by every change;
+//! and the maps an earlier version pinned, unpinned or replaced where they no longer fit.
 
 use std::{net::IpAddr, path::Path, process::Command};
 
@@ -169,6 +169,50 @@ fn a_host_class_cached_in_its_statistics_never_outlives_a_policy_change() {
         .reconcile(&reloaded)
         .unwrap();
     assert_eq!(syn_reason(&mut dataplane, enforced), Reason::NotSubscriber);
+}
+
+/// The reason the XDP entry point gives a SYN to port 25 from the enforced subscriber to
+/// `dst`.
+fn syn_to(dataplane: &mut Dataplane, dst: &str) -> Reason {
+    let frame = FrameSpec::tcp(ip("100.64.0.2"), ip(dst), 25, TCP_SYN).build();
+    dataplane.run_xdp(&frame).unwrap().reason.unwrap()
+}
+
+#[test]
+fn relays_added_and_removed_at_run_time_pass_through_the_filter() {
+    let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
+    let mut desired = DesiredPolicy::from_config(&config);
+    let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    // The config's relay is a single address: the filter rules most destinations out.
+    assert_eq!(desired.relay_filter().v4.count_ones(), 1);
+    assert_eq!(syn_to(&mut dataplane, "192.0.2.25"), Reason::Relayed);
+    assert_eq!(syn_to(&mut dataplane, "198.51.100.7"), Reason::Dropped);
+
+    let runtime = Some(PrefixOrigin::new(Origin::Runtime));
+    let single = net("203.0.113.25/32");
+    let mut maps = dataplane.policy_maps().unwrap();
+    maps.set_relay(&mut desired, single, runtime).unwrap();
+    assert_eq!(syn_to(&mut dataplane, "203.0.113.25"), Reason::Relayed);
+    assert_eq!(syn_to(&mut dataplane, "203.0.113.26"), Reason::Dropped);
+
+    // A relay prefix opens the filter for the whole family: every address in it passes.
+    let wide = net("198.18.0.0/24");
+    let mut maps = dataplane.policy_maps().unwrap();
+    maps.set_relay(&mut desired, wide, runtime).unwrap();
+    for dst in ["198.18.0.1", "198.18.0.77", "198.18.0.254"] {
+        assert_eq!(syn_to(&mut dataplane, dst), Reason::Relayed, "to {dst}");
+    }
+    assert_eq!(syn_to(&mut dataplane, "198.18.1.1"), Reason::Dropped);
+
+    for prefix in [single, wide] {
+        let mut maps = dataplane.policy_maps().unwrap();
+        maps.set_relay(&mut desired, prefix, None).unwrap();
+    }
+    assert_eq!(syn_to(&mut dataplane, "203.0.113.25"), Reason::Dropped);
+    assert_eq!(syn_to(&mut dataplane, "198.18.0.77"), Reason::Dropped);
+    assert_eq!(syn_to(&mut dataplane, "192.0.2.25"), Reason::Relayed);
+    assert_eq!(desired, DesiredPolicy::from_config(&config));
+    assert_eq!(desired.relay_filter().v4.count_ones(), 1);
 }
 
 /// `bpftool map create` at `path`; returns the map's id.

@@ -388,17 +388,7 @@ impl AgentState {
         self.dataplane
             .policy_maps()
             .and_then(|mut maps| match list {
-                EntryList::Relays => {
-                    match value {
-                        Some(value) => maps.set_relay(prefix, value)?,
-                        None => maps.remove_relay(prefix)?,
-                    }
-                    match value {
-                        Some(value) => desired.relays.insert(prefix, value),
-                        None => desired.relays.remove(&prefix),
-                    };
-                    Ok(())
-                }
+                EntryList::Relays => maps.set_relay(desired, prefix, value),
                 EntryList::Exemptions => maps.set_exemption(desired, prefix, value),
             })
             .inspect_err(|_| self.counters.reconcile_errors += 1)?;

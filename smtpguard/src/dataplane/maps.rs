@@ -12,8 +12,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, SourcePolicy,
-    SubscriberPolicy, maps as names,
+    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, RelayFilter,
+    SourcePolicy, SubscriberPolicy, maps as names,
 };
 
 use super::DataplaneError;
@@ -182,36 +182,65 @@ pub struct PolicyMaps<'a> {
     enforcement: Array<&'a mut MapData, EnforcementConfig>,
     sources: PrefixTries<'a, SourcePolicy>,
     relays: PrefixTries<'a, PrefixOrigin>,
+    relay_filter: Array<&'a mut MapData, RelayFilter>,
     generation: Array<&'a mut MapData, u32>,
 }
 
 impl<'a> PolicyMaps<'a> {
     pub(super) fn new(ebpf: &'a mut Ebpf) -> Result<Self, DataplaneError> {
-        let [enforcement, source4, source6, relay4, relay6, generation] = ebpf.maps_disjoint_mut([
+        let [
+            enforcement,
+            source4,
+            source6,
+            relay4,
+            relay6,
+            relay_filter,
+            generation,
+        ] = ebpf.maps_disjoint_mut([
             names::ENFORCEMENT,
             names::SOURCES_V4,
             names::SOURCES_V6,
             names::RELAYS_V4,
             names::RELAYS_V6,
+            names::RELAY_FILTER,
             names::POLICY_GENERATION,
         ]);
         Ok(Self {
             enforcement: typed(enforcement, names::ENFORCEMENT)?,
             sources: PrefixTries::new(source4, source6, [names::SOURCES_V4, names::SOURCES_V6])?,
             relays: PrefixTries::new(relay4, relay6, [names::RELAYS_V4, names::RELAYS_V6])?,
+            relay_filter: typed(relay_filter, names::RELAY_FILTER)?,
             generation: typed(generation, names::POLICY_GENERATION)?,
         })
     }
 
-    /// Writes one relay prefix: what a single CLI change needs, without reading the whole
-    /// map back as a full reconcile does.
-    pub fn set_relay(&mut self, prefix: IpNet, value: PrefixOrigin) -> Result<(), DataplaneError> {
-        self.relays.write(prefix, value)
+    /// Adds (`Some`) or removes (`None`) one relay in `desired` and in the relay maps, which
+    /// held `desired` before: one trie write and the filter, without reading the whole map
+    /// back as a full reconcile does. The trie is written before the filter admits a new
+    /// relay, and the filter can only lag in refusing, never in admitting.
+    pub fn set_relay(
+        &mut self,
+        desired: &mut DesiredPolicy,
+        prefix: IpNet,
+        value: Option<PrefixOrigin>,
+    ) -> Result<(), DataplaneError> {
+        match value {
+            Some(value) => {
+                self.relays.write(prefix, value)?;
+                desired.relays.insert(prefix, value);
+            }
+            None => {
+                self.relays.remove(prefix)?;
+                desired.relays.remove(&prefix);
+            }
+        }
+        self.write_relay_filter(desired)
     }
 
-    /// Removes one relay prefix.
-    pub fn remove_relay(&mut self, prefix: IpNet) -> Result<(), DataplaneError> {
-        self.relays.remove(prefix)
+    fn write_relay_filter(&mut self, desired: &DesiredPolicy) -> Result<(), DataplaneError> {
+        self.relay_filter
+            .set(0, desired.relay_filter(), 0)
+            .map_err(|source| map_error(names::RELAY_FILTER, source))
     }
 
     /// Adds (`Some`) or removes (`None`) one exemption in `desired` and in the source tries,
@@ -251,11 +280,22 @@ impl<'a> PolicyMaps<'a> {
     /// Looks `src` and `dst` up the way the program does (full-length keys).
     pub fn lookup(&self, src: IpAddr, dst: IpAddr) -> Result<KernelMatch, DataplaneError> {
         let source = self.sources.longest_match(src)?;
+        let filter = self
+            .relay_filter
+            .get(&0, 0)
+            .map_err(|source| map_error(names::RELAY_FILTER, source))?;
+        let may_be_relay = match dst {
+            IpAddr::V4(v4) => filter.may_hold_v4(v4.octets()),
+            IpAddr::V6(v6) => filter.may_hold_v6(v6.octets()),
+        };
         Ok(KernelMatch {
             subscriber: source
                 .map(|s| s.subscriber)
                 .filter(SubscriberPolicy::is_subscriber),
-            relay: self.relays.longest_match(dst)?,
+            relay: match may_be_relay {
+                true => self.relays.longest_match(dst)?,
+                false => None,
+            },
             exemption: source
                 .filter(SourcePolicy::is_exempt)
                 .map(|s| PrefixOrigin {
@@ -274,6 +314,7 @@ impl<'a> PolicyMaps<'a> {
         let mut report = ReconcileReport::default();
         self.sources.reconcile(&desired.sources(), &mut report)?;
         self.relays.reconcile(&desired.relays, &mut report)?;
+        self.write_relay_filter(desired)?;
         let current = self
             .enforcement
             .get(&0, 0)

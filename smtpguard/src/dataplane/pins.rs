@@ -35,11 +35,12 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     names::SOURCES_V4,
     names::SOURCES_V6,
     names::RELAYS_V4,
     names::RELAYS_V6,
+    names::RELAY_FILTER,
     names::ENFORCEMENT,
     names::COUNTERS,
     names::HOST_STATS,
