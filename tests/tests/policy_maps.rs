@@ -48,6 +48,27 @@ fn kernel_view(dataplane: &mut Dataplane, src: &str) -> (Option<bool>, bool) {
     )
 }
 
+/// Exempts (`Some`) or un-exempts (`None`) `prefix` the way the agent does.
+fn exempt(
+    dataplane: &mut Dataplane,
+    desired: &mut DesiredPolicy,
+    prefix: IpNet,
+    value: Option<PrefixOrigin>,
+) {
+    let mut maps = dataplane.policy_maps().unwrap();
+    maps.set_exemption(desired, prefix, value).unwrap();
+}
+
+/// A full reconcile finds nothing to change: the single writes left the maps as it would.
+fn assert_maps_hold(dataplane: &mut Dataplane, desired: &DesiredPolicy, after: &str) {
+    let report = dataplane.policy_maps().unwrap().reconcile(desired).unwrap();
+    assert_eq!(
+        (report.added, report.updated, report.removed),
+        (0, 0, 0),
+        "after {after} the maps differ from the desired policy"
+    );
+}
+
 #[test]
 fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
     let config = Config::parse(CONFIG, Path::new("policy.toml")).unwrap();
@@ -59,11 +80,7 @@ fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
     // An exemption covering a nested range: the range's own entry must turn exempt too.
     let runtime = Some(PrefixOrigin::new(Origin::Runtime));
     let covering = net("100.64.0.0/16");
-    dataplane
-        .policy_maps()
-        .unwrap()
-        .set_exemption(&mut desired, covering, runtime)
-        .unwrap();
+    exempt(&mut dataplane, &mut desired, covering, runtime);
     assert_eq!(kernel_view(&mut dataplane, inside), (Some(true), true));
     assert_eq!(
         kernel_view(&mut dataplane, "100.64.200.1"),
@@ -76,45 +93,17 @@ fn one_exemption_at_a_time_keeps_the_source_trie_equal_to_the_policy() {
 
     // An exemption outside every range: an entry, but nobody becomes a subscriber.
     let outside = net("203.0.113.0/24");
-    dataplane
-        .policy_maps()
-        .unwrap()
-        .set_exemption(&mut desired, outside, runtime)
-        .unwrap();
+    exempt(&mut dataplane, &mut desired, outside, runtime);
     assert_eq!(kernel_view(&mut dataplane, "203.0.113.5"), (None, true));
-
-    // The single writes left the tries exactly as a full reconcile would.
-    let report = dataplane
-        .policy_maps()
-        .unwrap()
-        .reconcile(&desired)
-        .unwrap();
-    assert_eq!(
-        (report.added, report.updated, report.removed),
-        (0, 0, 0),
-        "after two exempt adds the maps differ from the desired policy"
-    );
+    assert_maps_hold(&mut dataplane, &desired, "two exempt adds");
 
     for prefix in [covering, outside] {
-        dataplane
-            .policy_maps()
-            .unwrap()
-            .set_exemption(&mut desired, prefix, None)
-            .unwrap();
+        exempt(&mut dataplane, &mut desired, prefix, None);
     }
     assert_eq!(kernel_view(&mut dataplane, inside), (Some(true), false));
     assert_eq!(kernel_view(&mut dataplane, "203.0.113.5"), (None, false));
     assert_eq!(desired, DesiredPolicy::from_config(&config));
-    let report = dataplane
-        .policy_maps()
-        .unwrap()
-        .reconcile(&desired)
-        .unwrap();
-    assert_eq!(
-        (report.added, report.updated, report.removed),
-        (0, 0, 0),
-        "after removing them the maps differ from the config's policy"
-    );
+    assert_maps_hold(&mut dataplane, &desired, "removing them");
 }
 
 /// The reason the XDP entry point gives a SYN to port 25 from `src`.
@@ -137,12 +126,9 @@ fn a_host_class_cached_in_its_statistics_never_outlives_a_policy_change() {
 
     let exemption = net("100.64.0.2/32");
     let runtime = Some(PrefixOrigin::new(Origin::Runtime));
-    let mut maps = dataplane.policy_maps().unwrap();
-    maps.set_exemption(&mut desired, exemption, runtime)
-        .unwrap();
+    exempt(&mut dataplane, &mut desired, exemption, runtime);
     assert_eq!(syn_reason(&mut dataplane, enforced), Reason::Exempt);
-    let mut maps = dataplane.policy_maps().unwrap();
-    maps.set_exemption(&mut desired, exemption, None).unwrap();
+    exempt(&mut dataplane, &mut desired, exemption, None);
     assert_eq!(syn_reason(&mut dataplane, enforced), Reason::Dropped);
 
     dataplane.set_override(ip(monitored)).unwrap();
