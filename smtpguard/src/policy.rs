@@ -73,8 +73,9 @@ impl DesiredPolicy {
     }
 
     /// The source entries of `range` and of every prefix inside it: all that adding or
-    /// removing the exemption `range` can change. Costs a few map lookups per entry, however
-    /// large the policy, so one `exempt add` stays one or a few map writes.
+    /// removing the exemption `range` can change. Costs a lookup per prefix length up to each
+    /// entry's own, however large the policy, so one `exempt add` stays one or a few map
+    /// writes.
     pub fn sources_within(&self, range: IpNet) -> BTreeMap<IpNet, SourcePolicy> {
         let lengths = PrefixLengths::Every;
         within(&self.subscribers, range)
