@@ -4,6 +4,10 @@
 /// Subscriber ranges and exemptions, compiled into one trie per family.
 pub const SOURCES_V4: &str = "SOURCES_V4";
 pub const SOURCES_V6: &str = "SOURCES_V6";
+/// The outermost subscriber ranges alone (none inside another, no exemptions): whether a
+/// source is a subscriber at all, from a trie as shallow as the ISP's aggregates.
+pub const SUBSCRIBER_SPACE_V4: &str = "SUBSCRIBER_SPACE_V4";
+pub const SUBSCRIBER_SPACE_V6: &str = "SUBSCRIBER_SPACE_V6";
 pub const RELAYS_V4: &str = "RELAYS_V4";
 pub const RELAYS_V6: &str = "RELAYS_V6";
 /// One [`crate::RelayFilter`]: which destinations may be relays, settled before the tries.

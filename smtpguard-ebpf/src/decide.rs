@@ -8,7 +8,7 @@ use smtpguard_common::{
 
 use crate::{
     ENFORCEMENT, HOST_OVERRIDES, HOST_STATS, POLICY_GENERATION, RELAY_FILTER, RELAYS_V4, RELAYS_V6,
-    SOURCES_V4, SOURCES_V6,
+    SOURCES_V4, SOURCES_V6, SUBSCRIBER_SPACE_V4, SUBSCRIBER_SPACE_V6,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -63,11 +63,11 @@ pub fn decide(packet: &Packet) -> Decision {
     };
 
     // Traffic to a relay is not an attempt and keeps no statistics, so it is settled first,
-    // with one source lookup to tell a subscriber's mail from a stranger's.
+    // with one lookup to tell a subscriber's mail from a stranger's.
     if is_relay(&packet.addresses) {
-        let reason = match source(&packet.addresses) {
-            Some(source) if source.subscriber.is_subscriber() => Reason::Relayed,
-            _ => not_subscriber(judged),
+        let reason = match in_subscriber_space(&packet.addresses) {
+            true => Reason::Relayed,
+            false => not_subscriber(judged),
         };
         return Decision::untracked(reason);
     }
@@ -144,6 +144,17 @@ fn source(addresses: &Addresses) -> Option<SourcePolicy> {
 /// The filter first: a destination it rules out needs no trie lookup. An unwritten filter
 /// (all zeros) rules every destination out, so a relay passes only once the control plane
 /// has written both.
+/// Whether any subscriber range holds the source: the same as the source trie's entry naming
+/// a range, from the outermost ranges alone, whose trie stays shallow however many ranges
+/// nest inside them.
+#[inline(always)]
+fn in_subscriber_space(addresses: &Addresses) -> bool {
+    match addresses {
+        Addresses::V4 { src, .. } => SUBSCRIBER_SPACE_V4.get(Key::new(32, *src)).is_some(),
+        Addresses::V6 { src, .. } => SUBSCRIBER_SPACE_V6.get(Key::new(128, *src)).is_some(),
+    }
+}
+
 #[inline(always)]
 fn is_relay(addresses: &Addresses) -> bool {
     let Some(filter) = RELAY_FILTER.get(0) else {

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, Reason,
-    RelayFilter, SourcePolicy, Verdict,
+    RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
         DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, source_capacity,
@@ -36,6 +36,12 @@ static SOURCES_V4: LpmTrie<[u8; 4], SourcePolicy> =
 #[map]
 static SOURCES_V6: LpmTrie<[u8; 16], SourcePolicy> =
     LpmTrie::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
+#[map]
+static SUBSCRIBER_SPACE_V4: LpmTrie<[u8; 4], SubscriberPolicy> =
+    LpmTrie::with_max_entries(DEFAULT_SUBSCRIBER_CAPACITY, 0);
+#[map]
+static SUBSCRIBER_SPACE_V6: LpmTrie<[u8; 16], SubscriberPolicy> =
+    LpmTrie::with_max_entries(DEFAULT_SUBSCRIBER_CAPACITY, 0);
 #[map]
 static RELAYS_V4: LpmTrie<[u8; 4], PrefixOrigin> =
     LpmTrie::with_max_entries(DEFAULT_RELAY_CAPACITY, 0);

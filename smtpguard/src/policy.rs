@@ -84,6 +84,23 @@ impl DesiredPolicy {
             .collect()
     }
 
+    /// The outermost subscriber ranges: those no other range holds. An address is in one of
+    /// them exactly when some range holds it.
+    pub fn subscriber_space(&self) -> BTreeMap<IpNet, SubscriberPolicy> {
+        let mut outermost = BTreeMap::new();
+        // In order of address, then length, a range comes after every range that holds it,
+        // and since outermost ranges never overlap, only the last one so far can hold it.
+        let mut last: Option<IpNet> = None;
+        for (prefix, policy) in &self.subscribers {
+            if last.is_some_and(|outer| outer.contains(prefix)) {
+                continue;
+            }
+            last = Some(*prefix);
+            outermost.insert(*prefix, *policy);
+        }
+        outermost
+    }
+
     /// The filter of the destinations that may be relays (see [`RelayFilter`]).
     pub fn relay_filter(&self) -> RelayFilter {
         let mut filter = RelayFilter::default();
@@ -223,6 +240,49 @@ mod tests {
             (net("2001:db8::/32"), source(Some((Enforce, 2)), None)),
         ]);
         assert_eq!(policy().sources(), expected);
+    }
+
+    #[test]
+    fn subscriber_space_is_the_outermost_ranges() {
+        let mut policy = policy();
+        for (prefix, rule) in [
+            ("11.0.0.0/8", 3),
+            ("10.200.0.0/16", 4),
+            ("10.200.3.0/24", 5),
+            ("192.168.1.0/24", 6),
+            ("192.168.0.0/16", 7),
+            ("2001:db8:1::/48", 8),
+        ] {
+            let range = SubscriberPolicy::new(Mode::Enforce, rule);
+            policy.subscribers.insert(net(prefix), range);
+        }
+        let outermost: Vec<String> = policy
+            .subscriber_space()
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            outermost,
+            [
+                "10.0.0.0/8",
+                "11.0.0.0/8",
+                "192.168.0.0/16",
+                "2001:db8::/32"
+            ]
+        );
+        // An address is in the space exactly when some range holds it.
+        for host in [
+            "10.200.3.9",
+            "11.1.1.1",
+            "192.168.1.1",
+            "172.16.0.1",
+            "2001:db8:1::1",
+        ] {
+            let host: std::net::IpAddr = host.parse().unwrap();
+            let in_any = policy.subscribers.keys().any(|range| range.contains(&host));
+            let in_space = policy.subscriber_space().keys().any(|r| r.contains(&host));
+            assert_eq!(in_space, in_any, "{host}");
+        }
     }
 
     #[test]

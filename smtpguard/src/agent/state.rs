@@ -885,11 +885,22 @@ impl AgentState {
                     .filter(|prefix| !desired.subscribers.contains_key(prefix)),
             ),
         );
+        let (space4, space6) = per_family_of(desired.subscriber_space().keys());
         let (relay4, relay6) = per_family_of(desired.relays.keys());
         let sources = u64::from(source_capacity(capacity.subscribers, capacity.exemptions));
         Ok(vec![
             (names::SOURCES_V4, source4, sources),
             (names::SOURCES_V6, source6, sources),
+            (
+                names::SUBSCRIBER_SPACE_V4,
+                space4,
+                u64::from(capacity.subscribers),
+            ),
+            (
+                names::SUBSCRIBER_SPACE_V6,
+                space6,
+                u64::from(capacity.subscribers),
+            ),
             (names::RELAYS_V4, relay4, u64::from(capacity.relays)),
             (names::RELAYS_V6, relay6, u64::from(capacity.relays)),
             (

@@ -181,6 +181,7 @@ fn map_error(map: &'static str, source: MapError) -> DataplaneError {
 pub struct PolicyMaps<'a> {
     enforcement: Array<&'a mut MapData, EnforcementConfig>,
     sources: PrefixTries<'a, SourcePolicy>,
+    subscriber_space: PrefixTries<'a, SubscriberPolicy>,
     relays: PrefixTries<'a, PrefixOrigin>,
     relay_filter: Array<&'a mut MapData, RelayFilter>,
     generation: Array<&'a mut MapData, u32>,
@@ -192,6 +193,8 @@ impl<'a> PolicyMaps<'a> {
             enforcement,
             source4,
             source6,
+            space4,
+            space6,
             relay4,
             relay6,
             relay_filter,
@@ -200,6 +203,8 @@ impl<'a> PolicyMaps<'a> {
             names::ENFORCEMENT,
             names::SOURCES_V4,
             names::SOURCES_V6,
+            names::SUBSCRIBER_SPACE_V4,
+            names::SUBSCRIBER_SPACE_V6,
             names::RELAYS_V4,
             names::RELAYS_V6,
             names::RELAY_FILTER,
@@ -208,6 +213,11 @@ impl<'a> PolicyMaps<'a> {
         Ok(Self {
             enforcement: typed(enforcement, names::ENFORCEMENT)?,
             sources: PrefixTries::new(source4, source6, [names::SOURCES_V4, names::SOURCES_V6])?,
+            subscriber_space: PrefixTries::new(
+                space4,
+                space6,
+                [names::SUBSCRIBER_SPACE_V4, names::SUBSCRIBER_SPACE_V6],
+            )?,
             relays: PrefixTries::new(relay4, relay6, [names::RELAYS_V4, names::RELAYS_V6])?,
             relay_filter: typed(relay_filter, names::RELAY_FILTER)?,
             generation: typed(generation, names::POLICY_GENERATION)?,
@@ -313,6 +323,8 @@ impl<'a> PolicyMaps<'a> {
     ) -> Result<ReconcileReport, DataplaneError> {
         let mut report = ReconcileReport::default();
         self.sources.reconcile(&desired.sources(), &mut report)?;
+        self.subscriber_space
+            .reconcile(&desired.subscriber_space(), &mut report)?;
         self.relays.reconcile(&desired.relays, &mut report)?;
         self.write_relay_filter(desired)?;
         let current = self

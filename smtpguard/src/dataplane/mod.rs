@@ -171,6 +171,8 @@ impl Dataplane {
         loader
             .map_max_entries(names::SOURCES_V4, sources)
             .map_max_entries(names::SOURCES_V6, sources)
+            .map_max_entries(names::SUBSCRIBER_SPACE_V4, capacity.subscribers)
+            .map_max_entries(names::SUBSCRIBER_SPACE_V6, capacity.subscribers)
             .map_max_entries(names::RELAYS_V4, capacity.relays)
             .map_max_entries(names::RELAYS_V6, capacity.relays)
             .map_max_entries(names::HOST_STATS, capacity.hosts);

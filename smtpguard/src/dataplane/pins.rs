@@ -35,9 +35,11 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     names::SOURCES_V4,
     names::SOURCES_V6,
+    names::SUBSCRIBER_SPACE_V4,
+    names::SUBSCRIBER_SPACE_V6,
     names::RELAYS_V4,
     names::RELAYS_V6,
     names::RELAY_FILTER,
