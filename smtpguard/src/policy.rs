@@ -2,7 +2,7 @@
 //! exemptions and relays, and resolved relay hostnames. Reconciling writes the difference
 //! between this and what the maps hold.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use smtpguard_common::{
@@ -64,12 +64,20 @@ impl DesiredPolicy {
     /// What the kernel's source tries hold: an entry for every subscriber range and every
     /// exemption, with the most specific range holding it and whether an exemption covers it.
     pub fn sources(&self) -> BTreeMap<IpNet, SourcePolicy> {
-        let lengths = PrefixLengths::in_use(self);
-        self.subscribers
-            .keys()
-            .chain(self.exemptions.keys())
+        let lengths = PrefixLengths::in_use(self.source_prefixes());
+        self.source_prefixes()
             .map(|prefix| (*prefix, self.source(*prefix, &lengths)))
             .collect()
+    }
+
+    /// The source tries' keys: every subscriber range and every exemption, once each where
+    /// both lists name the same prefix.
+    pub fn source_prefixes(&self) -> impl Iterator<Item = &IpNet> {
+        self.subscribers.keys().chain(
+            self.exemptions
+                .keys()
+                .filter(|prefix| !self.subscribers.contains_key(prefix)),
+        )
     }
 
     /// The source entries of `range` and of every prefix inside it: all that adding or
@@ -117,13 +125,19 @@ impl DesiredPolicy {
         SourcePolicy {
             subscriber: lengths
                 .most_specific(&self.subscribers, prefix)
-                .copied()
-                .unwrap_or(SubscriberPolicy::NONE),
+                .map_or(SubscriberPolicy::NONE, |(_, range)| *range),
             exemption: lengths
                 .most_specific(&self.exemptions, prefix)
-                .map_or(SourcePolicy::NOT_EXEMPT, |origin| origin.origin),
+                .map_or(SourcePolicy::NOT_EXEMPT, |(_, origin)| origin.origin),
         }
     }
+}
+
+/// The most specific prefix in `map` that holds `address`.
+pub fn most_specific<V>(map: &BTreeMap<IpNet, V>, address: IpAddr) -> Option<IpNet> {
+    PrefixLengths::Every
+        .most_specific(map, IpNet::from(address))
+        .map(|(prefix, _)| prefix)
 }
 
 /// The keys of `map` inside `range`, `range` included. Keys order by address, then length,
@@ -146,9 +160,9 @@ enum PrefixLengths {
 }
 
 impl PrefixLengths {
-    fn in_use(policy: &DesiredPolicy) -> Self {
+    fn in_use<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> Self {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for prefix in policy.subscribers.keys().chain(policy.exemptions.keys()) {
+        for prefix in prefixes {
             match prefix {
                 IpNet::V4(net) => v4.push(net.prefix_len()),
                 IpNet::V6(net) => v6.push(net.prefix_len()),
@@ -161,11 +175,16 @@ impl PrefixLengths {
         Self::InUse { v4, v6 }
     }
 
-    /// The value of the longest prefix in `map` that holds `prefix` (itself included).
-    fn most_specific<'a, V>(&self, map: &'a BTreeMap<IpNet, V>, prefix: IpNet) -> Option<&'a V> {
+    /// The longest prefix in `map` that holds `prefix` (itself included), with its value.
+    /// The map's keys have no host bits (the config and the CLI refuse them).
+    fn most_specific<'a, V>(
+        &self,
+        map: &'a BTreeMap<IpNet, V>,
+        prefix: IpNet,
+    ) -> Option<(IpNet, &'a V)> {
         let lookup = |len: u8| {
             let candidate = IpNet::new(prefix.network(), len).ok()?.trunc();
-            map.get(&candidate)
+            map.get(&candidate).map(|value| (candidate, value))
         };
         match self {
             Self::Every => (0..=prefix.prefix_len()).rev().find_map(lookup),
@@ -240,6 +259,20 @@ mod tests {
             (net("2001:db8::/32"), source(Some((Enforce, 2)), None)),
         ]);
         assert_eq!(policy().sources(), expected);
+    }
+
+    #[test]
+    fn most_specific_prefix_wins() {
+        let mut map = BTreeMap::new();
+        for prefix in ["100.64.0.0/10", "100.64.10.0/24", "100.64.10.128/25"] {
+            map.insert(prefix.parse::<IpNet>().unwrap(), ());
+        }
+        let found =
+            |address: &str| most_specific(&map, address.parse().unwrap()).map(|p| p.to_string());
+        assert_eq!(found("100.64.10.200").as_deref(), Some("100.64.10.128/25"));
+        assert_eq!(found("100.64.10.5").as_deref(), Some("100.64.10.0/24"));
+        assert_eq!(found("100.70.0.1").as_deref(), Some("100.64.0.0/10"));
+        assert_eq!(found("198.51.100.7"), None);
     }
 
     #[test]

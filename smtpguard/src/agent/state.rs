@@ -34,7 +34,7 @@ use crate::{
     },
     input::{self, InputError},
     metrics::{AgentCounters, MetricsSnapshot},
-    policy::DesiredPolicy,
+    policy::{DesiredPolicy, most_specific},
     report::ReportRow,
     store::{AuditAction, MAX_TEXT_BYTES, NewExemption, NewRelay, SYSTEM_WHO, Store, StoreError},
 };
@@ -875,16 +875,7 @@ impl AgentState {
     fn map_fill(&self) -> Result<Vec<(&'static str, u64, u64)>, crate::dataplane::DataplaneError> {
         let capacity = &self.config.capacity;
         let desired = &self.desired;
-        // The source tries hold one entry per subscriber range and per exemption, one where
-        // both name the same prefix.
-        let (source4, source6) = per_family_of(
-            desired.subscribers.keys().chain(
-                desired
-                    .exemptions
-                    .keys()
-                    .filter(|prefix| !desired.subscribers.contains_key(prefix)),
-            ),
-        );
+        let (source4, source6) = per_family_of(desired.source_prefixes());
         let (space4, space6) = per_family_of(desired.subscriber_space().keys());
         let (relay4, relay6) = per_family_of(desired.relays.keys());
         let sources = u64::from(source_capacity(capacity.subscribers, capacity.exemptions));
@@ -1187,14 +1178,6 @@ fn truncated(text: &str, max: usize) -> String {
     text[..end].to_owned()
 }
 
-/// The longest prefix of `map` that contains `address`: what an LPM trie lookup finds.
-fn most_specific<V>(map: &BTreeMap<IpNet, V>, address: IpAddr) -> Option<IpNet> {
-    map.keys()
-        .filter(|prefix| prefix.contains(&address))
-        .max_by_key(|prefix| prefix.prefix_len())
-        .copied()
-}
-
 /// How many of `prefixes` are IPv4 and how many IPv6.
 fn per_family_of<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> (u64, u64) {
     prefixes.fold((0, 0), |(v4, v6), prefix| match prefix {
@@ -1271,19 +1254,5 @@ mod tests {
             addresses.windows(2).all(|w| w[0] < w[1]),
             "sorted, no duplicates"
         );
-    }
-
-    #[test]
-    fn most_specific_prefix_wins() {
-        let mut map = BTreeMap::new();
-        for prefix in ["100.64.0.0/10", "100.64.10.0/24", "100.64.10.128/25"] {
-            map.insert(prefix.parse::<IpNet>().unwrap(), ());
-        }
-        let found =
-            |address: &str| most_specific(&map, address.parse().unwrap()).map(|p| p.to_string());
-        assert_eq!(found("100.64.10.200").as_deref(), Some("100.64.10.128/25"));
-        assert_eq!(found("100.64.10.5").as_deref(), Some("100.64.10.0/24"));
-        assert_eq!(found("100.70.0.1").as_deref(), Some("100.64.0.0/10"));
-        assert_eq!(found("198.51.100.7"), None);
     }
 }

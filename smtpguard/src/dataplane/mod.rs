@@ -151,6 +151,7 @@ impl Dataplane {
     /// Loads both entry points with every map pinned below `layout`: maps already pinned
     /// there are reused with their contents (their sizes are the ones they were created
     /// with), missing ones are created and pinned.
+    ///
     /// Pinned maps whose shape no longer fits (see [`pins::unpin_incompatible`]) are made
     /// afresh: [`replaced_pins`](Self::replaced_pins) names them.
     pub fn load_pinned(capacity: &Capacity, layout: &PinLayout) -> Result<Self, DataplaneError> {
