@@ -224,24 +224,22 @@ pin_dir = "{pins}"
 
     #[track_caller]
     pub fn assert_blocked(&self, what: &str) {
-        let observed = self.smtp(BLOCKED);
-        assert_eq!(
-            observed,
-            Connect::TimedOut,
-            "{what}: expected subscriber → MX:25 blocked (TimedOut), observed {observed:?}; agent \
-             log:\n{}",
-            self.log()
-        );
+        self.assert_smtp(what, BLOCKED, Connect::TimedOut, "blocked");
     }
 
     #[track_caller]
     pub fn assert_open(&self, what: &str) {
-        let observed = self.smtp(OPEN);
+        self.assert_smtp(what, OPEN, Connect::Greeted, "open");
+    }
+
+    #[track_caller]
+    fn assert_smtp(&self, what: &str, timeout: Duration, expected: Connect, state: &str) {
+        let observed = self.smtp(timeout);
         assert_eq!(
             observed,
-            Connect::Greeted,
-            "{what}: expected subscriber → MX:25 open (Greeted), observed {observed:?}; agent \
-             log:\n{}",
+            expected,
+            "{what}: expected subscriber → MX:25 {state} ({expected:?}), observed {observed:?}; \
+             agent log:\n{}",
             self.log()
         );
     }
