@@ -3,26 +3,52 @@
 
 use crate::sketch::SKETCH_REGISTERS;
 
-/// Key of `HOST_STATS`. IPv4 hosts are stored IPv4-mapped (`::ffff:a.b.c.d`) so both
-/// families share one LRU map and one capacity. Aligned to 8 so the kernel program copies
-/// the key for a map call in two word moves, not sixteen byte moves.
+/// Key of `HOST_STATS` and `HOST_OVERRIDES`. IPv4 hosts are stored IPv4-mapped
+/// (`::ffff:a.b.c.d`) so both families share one map and one capacity, and the family is kept
+/// beside the address: an IPv6 source `::ffff:a.b.c.d` (which Linux forwards) is a host of its
+/// own, never the IPv4 host a.b.c.d, so no subscriber can add attempts to another's statistics
+/// or borrow its cached class with spoofed IPv6 packets. Aligned to 8 so the kernel program
+/// copies the key for a map call in three word moves, not byte moves.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HostKey {
     pub addr: [u8; 16],
+    /// [`HostKey::FAMILY_V4`] or [`HostKey::FAMILY_V6`].
+    pub family: u32,
+    /// Always zero: the kernel hashes the key's bytes.
+    pub reserved: u32,
 }
 
 impl HostKey {
+    pub const FAMILY_V4: u32 = 4;
+    pub const FAMILY_V6: u32 = 6;
+
     #[inline(always)]
     pub const fn from_v4(addr: [u8; 4]) -> Self {
         Self {
             addr: ipv4_mapped(addr),
+            family: Self::FAMILY_V4,
+            reserved: 0,
         }
     }
 
     #[inline(always)]
     pub const fn from_v6(addr: [u8; 16]) -> Self {
-        Self { addr }
+        Self {
+            addr,
+            family: Self::FAMILY_V6,
+            reserved: 0,
+        }
+    }
+
+    /// The host's address in its own family.
+    #[cfg(any(feature = "user", test))]
+    pub fn address(&self) -> core::net::IpAddr {
+        let v6 = core::net::Ipv6Addr::from(self.addr);
+        match (self.family, v6.to_ipv4_mapped()) {
+            (Self::FAMILY_V4, Some(v4)) => core::net::IpAddr::V4(v4),
+            _ => core::net::IpAddr::V6(v6),
+        }
     }
 }
 
@@ -150,8 +176,11 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(size_of::<HostKey>(), 16);
+        assert_eq!(size_of::<HostKey>(), 24);
         assert_eq!(align_of::<HostKey>(), 8);
+        assert_eq!(offset_of!(HostKey, addr), 0);
+        assert_eq!(offset_of!(HostKey, family), 16);
+        assert_eq!(offset_of!(HostKey, reserved), 20);
         assert_eq!(size_of::<HostStats>(), 144);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
@@ -189,5 +218,18 @@ mod tests {
         let key = HostKey::from_v4([100, 64, 1, 2]);
         let expected: std::net::Ipv6Addr = "::ffff:100.64.1.2".parse().unwrap();
         assert_eq!(key.addr, expected.octets());
+        assert_eq!(
+            key.address(),
+            "100.64.1.2".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_ipv6_source_is_not_the_ipv4_host() {
+        let mapped: std::net::Ipv6Addr = "::ffff:100.64.1.2".parse().unwrap();
+        let v6 = HostKey::from_v6(mapped.octets());
+        let v4 = HostKey::from_v4([100, 64, 1, 2]);
+        assert_ne!(v6, v4);
+        assert_eq!(v6.address(), std::net::IpAddr::V6(mapped));
     }
 }

@@ -42,7 +42,10 @@ pub const DEFAULT_HOST_CAPACITY: u32 = 1_048_576;
 
 /// Most enforced TCP destination ports (the kernel scans them linearly).
 pub const MAX_PORTS: usize = 8;
-/// Most VLAN tags (802.1Q / 802.1ad / 0x9100) in front of the IP or PPPoE header.
-pub const MAX_VLAN_TAGS: usize = 2;
+/// Most VLAN tags (802.1Q / 802.1ad / 0x9100) walked in front of the IP or PPPoE header,
+/// counting one the NIC or the stack already moved into the skb's metadata. Access networks
+/// use two (QinQ); Linux strips any number of priority tags, so a frame with more is not
+/// malformed: it follows `unparseable` (`Reason::LinkUnparseable*`).
+pub const MAX_VLAN_TAGS: usize = 4;
 /// Most IPv6 extension headers walked before the upper-layer header is declared unreachable.
 pub const MAX_IPV6_EXT_HEADERS: usize = 10;

@@ -33,13 +33,20 @@ pub enum Reason {
     UnparseableDropped = 7,
     /// The same with `unparseable = "pass"`.
     UnparseablePassed = 8,
-    /// Not well-formed up to the IP addresses (truncated link or IP header, bad IP version,
-    /// too many VLAN tags): the source cannot be attributed, and the kernel's own IP stack
-    /// discards such frames, so it is passed and counted.
+    /// Broken in a way the gateway's own receive path provably discards (a truncated VLAN,
+    /// PPPoE or IP header, a wrong IP version, IPv4 IHL below 5, an IP or PPPoE length longer
+    /// than the frame): passed untouched, since the kernel drops it right after the program.
+    /// Each such case cites the kernel function that discards it (smtpguard-ebpf/src/parse.rs).
     Malformed = 9,
+    /// The link layer hides the IP packet from the parser while the gateway's kernel may still
+    /// route it (more VLAN tags than the parser walks; a PPP compressed or multilink frame),
+    /// with `unparseable = "drop"`: dropped whatever its source, which cannot be seen.
+    LinkUnparseableDropped = 10,
+    /// The same with `unparseable = "pass"`.
+    LinkUnparseablePassed = 11,
 }
 
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 12;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -53,11 +60,16 @@ impl Reason {
         Reason::UnparseableDropped,
         Reason::UnparseablePassed,
         Reason::Malformed,
+        Reason::LinkUnparseableDropped,
+        Reason::LinkUnparseablePassed,
     ];
 
     pub const fn verdict(self) -> Verdict {
         match self {
-            Reason::Dropped | Reason::FragmentDropped | Reason::UnparseableDropped => Verdict::Drop,
+            Reason::Dropped
+            | Reason::FragmentDropped
+            | Reason::UnparseableDropped
+            | Reason::LinkUnparseableDropped => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }
@@ -101,6 +113,8 @@ impl Reason {
             Reason::UnparseableDropped => "unparseable-dropped",
             Reason::UnparseablePassed => "unparseable-passed",
             Reason::Malformed => "malformed",
+            Reason::LinkUnparseableDropped => "link-unparseable-dropped",
+            Reason::LinkUnparseablePassed => "link-unparseable-passed",
         }
     }
 
@@ -149,7 +163,8 @@ mod tests {
             [
                 Reason::Dropped,
                 Reason::FragmentDropped,
-                Reason::UnparseableDropped
+                Reason::UnparseableDropped,
+                Reason::LinkUnparseableDropped,
             ]
         );
     }

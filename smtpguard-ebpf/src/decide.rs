@@ -101,6 +101,16 @@ pub fn decide(packet: &Packet) -> Decision {
     }
 }
 
+/// A frame whose IP packet the parser cannot see: its source is unknown, so only the
+/// `unparseable` setting decides. An unwritten configuration reads as `pass`.
+#[inline(always)]
+pub fn link_unparseable() -> Reason {
+    match ENFORCEMENT.get(0) {
+        Some(config) if config.drops_unparseable() => Reason::LinkUnparseableDropped,
+        _ => Reason::LinkUnparseablePassed,
+    }
+}
+
 #[inline(always)]
 fn not_subscriber(judged: Judged) -> Reason {
     match judged {

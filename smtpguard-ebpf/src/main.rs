@@ -65,25 +65,48 @@ static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 static HOST_OVERRIDES: HashMap<HostKey, HostOverride> =
     HashMap::with_max_entries(DEFAULT_OVERRIDE_CAPACITY, 0);
 
-/// How much of a non-linear skb the TC entry point pulls into the directly readable area:
-/// enough for two VLAN tags, PPPoE, IPv6 with a long extension-header chain and TCP.
+/// How much of a non-linear skb the TC entry points pull into the directly readable area:
+/// enough for the VLAN tags walked, PPPoE, IPv6 with a long extension-header chain and TCP.
 const TC_PULL_LEN: u32 = 512;
 
 #[xdp]
 pub fn smtpguard_xdp(ctx: XdpContext) -> u32 {
-    match judge(Frame::new(ctx.data(), ctx.data_end())).verdict() {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // A VLAN tag a NIC stripped on receive (rx-vlan-offload) is not in the frame and is not
+    // counted: it takes nothing from what the parser reads, which starts where the kernel's
+    // own receive path continues after that tag.
+    let link = parse::Link::Ethernet { offloaded_tags: 0 };
+    match judge(Frame::new(start, end, end - start), link).verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
 
+/// TC on an Ethernet device. At ingress the kernel has already moved the outer 802.1Q or
+/// 802.1ad tag into the skb's metadata (`skb_vlan_untag`), so it counts toward the tag limit
+/// as XDP would have counted it in the frame.
 #[classifier]
 pub fn smtpguard_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the context's `__sk_buff`, valid for this program run.
+    let offloaded_tags = unsafe { (*ctx.skb.skb).vlan_present } as usize;
+    tc_judge(&ctx, parse::Link::Ethernet { offloaded_tags })
+}
+
+/// TC on a device without a link-layer header (TUN, WireGuard, IPIP, GRE, SIT): the frame
+/// starts with the IP header, the skb says which IP.
+#[classifier]
+pub fn smtpguard_tc_l3(ctx: TcContext) -> i32 {
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    tc_judge(&ctx, parse::Link::Ip { ethertype })
+}
+
+#[inline(always)]
+fn tc_judge(ctx: &TcContext, link: parse::Link) -> i32 {
     let len = ctx.len();
     // A failed pull leaves the linear part as it was; the parser then treats headers beyond
     // it as unreachable, which the policy handles.
     let _ = ctx.pull_data(if len < TC_PULL_LEN { len } else { TC_PULL_LEN });
-    match judge(Frame::new(ctx.data(), ctx.data_end())).verdict() {
+    match judge(Frame::new(ctx.data(), ctx.data_end(), len as usize), link).verdict() {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
@@ -91,10 +114,11 @@ pub fn smtpguard_tc(ctx: TcContext) -> i32 {
 
 /// One entry, one exit: parse, decide, record, and return the reason the verdict follows from.
 #[inline(always)]
-fn judge(frame: Frame) -> Reason {
-    let reason = match parse::parse(&frame) {
+fn judge(frame: Frame, link: parse::Link) -> Reason {
+    let reason = match parse::parse(frame, link) {
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::NotIp => Reason::Other,
+        parse::Parsed::LinkUnparseable => decide::link_unparseable(),
         parse::Parsed::Ip(packet) => {
             let decision = decide::decide(&packet);
             if let Some(host) = decision.host {

@@ -1,15 +1,26 @@
-//! Header cursor: from the first byte of the Ethernet frame to the TCP destination port.
+//! Header cursor: from the first byte of the frame to the TCP destination port.
 //!
-//! Every read is bounds-checked against the end of the frame before it happens, every step
-//! advances by the header's real length (IPv4 IHL, IPv6 extension header lengths), and every
-//! loop is bounded by a named constant. What cannot be parsed is said so in the result, never
-//! guessed: the policy decides what an unreachable TCP header means.
+//! Every read is bounds-checked twice before it happens: against the end of the readable
+//! data (what the verifier needs) and against the end of what the gateway's kernel keeps of
+//! the frame. The kernel trims a frame to its PPPoE length and then to its IP length before
+//! it routes the packet (`pppoe_rcv` in drivers/net/ppp/pppoe.c, `ip_rcv_core` in
+//! net/ipv4/ip_input.c, `ip6_rcv_core` in net/ipv6/ip6_input.c, all `pskb_trim_rcsum`), so
+//! bytes past those lengths are never forwarded and must never decide a verdict.
+//!
+//! Every step advances by the header's real length (IPv4 IHL, IPv6 extension header lengths),
+//! and every loop is bounded by a named constant. What cannot be parsed is said so in the
+//! result, never guessed: the policy decides what an unreachable TCP header means.
+//!
+//! `Parsed::Malformed` passes the frame untouched, so it is returned only where the Linux
+//! receive path provably discards the frame; each such return names the kernel function that
+//! does (checked against Linux 6.1 to 6.18). Anything else the parser cannot see through is
+//! `LinkUnparseable` or an unreachable TCP header, and follows the `unparseable` setting.
 
 use smtpguard_common::maps::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
 const ETH_HEADER_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_QINQ_9100: u16 = 0x9100;
@@ -18,6 +29,15 @@ const VLAN_TAG_LEN: usize = 4;
 const PPPOE_HEADER_LEN: usize = 6;
 const PPP_IPV4: u16 = 0x0021;
 const PPP_IPV6: u16 = 0x0057;
+/// Van Jacobson TCP/IP header compression (RFC 1144): an uncompressed frame carries a whole
+/// IPv4 + TCP header whose protocol byte holds the connection's slot number; the kernel's
+/// `slhc_remember` restores it to 6 (TCP) and routes the segment, SYN included.
+const PPP_VJ_UNCOMPRESSED: u16 = 0x002f;
+/// Compressed datagrams (CCP, RFC 1962), per link or per bundle, and multilink fragments
+/// (RFC 1990): `ppp_generic` turns them back into PPP frames of any protocol, IP included.
+const PPP_COMPRESSED: u16 = 0x00fd;
+const PPP_COMPRESSED_LINK: u16 = 0x00fb;
+const PPP_MULTILINK: u16 = 0x003d;
 
 const IPV4_MIN_HEADER_LEN: usize = 20;
 const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
@@ -42,10 +62,15 @@ const IPPROTO_SHIM6: u8 = 140;
 /// packet-pointer arithmetic and bounds the work spent on absurd extension-header chains.
 const MAX_HEADER_OFFSET: usize = 4096;
 
-/// The readable bytes of a frame: `[start, end)` as the program context gives them.
+/// The frame as the program context gives it: `[start, end)` readable, and `limit` bytes from
+/// `start` that the kernel keeps (the frame's length at first, cut down to the PPPoE payload
+/// and the IP packet as the parser learns them). At TC the readable part can be shorter than
+/// the packet; what lies beyond it is unreachable, never absent.
+#[derive(Clone, Copy)]
 pub struct Frame {
     start: usize,
     end: usize,
+    limit: usize,
 }
 
 /// A bounds-checked window into the frame: `Frame::header` has proved that `len` bytes from
@@ -74,9 +99,15 @@ impl Header {
 }
 
 impl Frame {
+    /// `len` is the packet's whole length from `start` (the skb's at TC, where only part of it
+    /// may be readable).
     #[inline(always)]
-    pub fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+    pub fn new(start: usize, end: usize, len: usize) -> Self {
+        Self {
+            start,
+            end,
+            limit: len,
+        }
     }
 
     #[inline(always)]
@@ -86,10 +117,24 @@ impl Frame {
             return None;
         }
         let at = self.start + offset;
+        // Needed by the verifier: the read stays below the packet's end pointer. It comes
+        // first: at XDP the limit starts as `end - start`, and LLVM drops whichever of the two
+        // tests the other implies, which must not be this one.
         if at + len > self.end {
             return None;
         }
+        // What the kernel keeps: a header past it is never forwarded.
+        if offset + len > self.limit {
+            return None;
+        }
         Some(Header(at as *const u8))
+    }
+
+    /// The frame as the kernel keeps it once it has trimmed it to `len` bytes from `start`;
+    /// the caller has checked that `len` is not beyond the current limit.
+    #[inline(always)]
+    fn trimmed(self, len: usize) -> Self {
+        Self { limit: len, ..self }
     }
 }
 
@@ -107,8 +152,9 @@ pub enum Transport {
     Tcp { dst_port: u16, flags: u8 },
     /// Not TCP, or a non-first fragment that carries no TCP header: nothing to judge.
     Other,
-    /// TCP, or possibly TCP behind extension headers, whose header lies beyond the frame or
-    /// beyond the parser's bounds (IPv4 IHL < 5, a chain longer than the limit, truncation).
+    /// TCP, or possibly TCP behind extension headers, whose header lies beyond the IP packet's
+    /// end, beyond the readable data, or beyond the parser's bounds (a chain longer than the
+    /// limit).
     Unreachable,
     /// A fragment built to hide or overwrite the TCP header: an IPv4 TCP fragment at offset
     /// 1 (RFC 1858, RFC 3128), or a first fragment that lacks the whole TCP header (RFC 7112).
@@ -121,11 +167,25 @@ pub struct Packet {
 }
 
 pub enum Parsed {
-    /// The frame ends, or is inconsistent, before the IP addresses.
+    /// Broken in a way the gateway's kernel discards (each case cites where).
     Malformed,
     /// Not IPv4 or IPv6 (ARP, PPPoE discovery, LCP, other ethertypes).
     NotIp,
+    /// The kernel may route an IP packet out of this frame, but the parser cannot see it:
+    /// more VLAN tags than it walks, a PPP compressed or multilink frame.
+    LinkUnparseable,
     Ip(Packet),
+}
+
+/// Where the frame starts.
+#[derive(Clone, Copy)]
+pub enum Link {
+    /// An Ethernet header; `offloaded_tags` VLAN tags were already taken out of the frame into
+    /// the skb's metadata (the outer tag at TC ingress) and count toward the tag limit.
+    Ethernet { offloaded_tags: usize },
+    /// The IP header itself, on a device without a link-layer header (TUN, WireGuard, IPIP,
+    /// GRE): the protocol comes from the skb.
+    Ip { ethertype: u16 },
 }
 
 #[inline(always)]
@@ -134,64 +194,106 @@ fn is_vlan(ethertype: u16) -> bool {
 }
 
 #[inline(always)]
-pub fn parse(frame: &Frame) -> Parsed {
+pub fn parse(frame: Frame, link: Link) -> Parsed {
+    match link {
+        Link::Ethernet { offloaded_tags } => parse_ethernet(frame, offloaded_tags),
+        Link::Ip { ethertype } => parse_network(frame, ethertype, 0),
+    }
+}
+
+#[inline(always)]
+fn parse_ethernet(frame: Frame, offloaded_tags: usize) -> Parsed {
+    // `eth_type_trans` (net/ethernet/eth.c) reads the 14-byte header of every frame, and
+    // veth's `__dev_forward_skb` and the drivers refuse shorter ones: nothing shorter is
+    // received as IP.
     let Some(eth) = frame.header(0, ETH_HEADER_LEN) else {
         return Parsed::Malformed;
     };
     let mut ethertype = eth.be16(12);
     let mut offset = ETH_HEADER_LEN;
 
+    // Linux strips any number of VID-0 (priority) tags of 802.1Q and 802.1ad without any VLAN
+    // configuration (`__netif_receive_skb_core`, `check_vlan_id`, net/core/dev.c), and tags
+    // of configured VLAN devices: every tag is walked, whatever its VID.
+    let mut tags = offloaded_tags;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ethertype) {
             break;
         }
+        // A tag cut short: `skb_vlan_untag` (net/core/skbuff.c) frees the frame; a 0x9100
+        // tag is never untagged, and no protocol handler takes its ethertype.
         let Some(tag) = frame.header(offset, VLAN_TAG_LEN) else {
             return Parsed::Malformed;
         };
         ethertype = tag.be16(2);
         offset += VLAN_TAG_LEN;
+        tags += 1;
     }
-    if is_vlan(ethertype) {
-        // More tags than the gateway's stack would ever strip: it cannot route this frame.
+    if is_vlan(ethertype) || tags > MAX_VLAN_TAGS {
+        // More tags than the parser walks, which the kernel may still strip.
+        return Parsed::LinkUnparseable;
+    }
+
+    if ethertype != ETH_P_PPPOE_SESSION {
+        return parse_network(frame, ethertype, offset);
+    }
+    // `pppoe_rcv` (drivers/net/ppp/pppoe.c) drops a frame without the whole 6-byte header or
+    // shorter than its PPPoE length, and trims the rest to that length.
+    let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN) else {
+        return Parsed::Malformed;
+    };
+    let payload_end = offset + PPPOE_HEADER_LEN + pppoe.be16(4) as usize;
+    if payload_end > frame.limit {
         return Parsed::Malformed;
     }
-
-    if ethertype == ETH_P_PPPOE_SESSION {
-        // PPPoE header, then the PPP protocol field: two bytes, or one when the peer uses
-        // protocol-field compression (RFC 1661: an odd first byte ends the field).
-        // Only the field's real length is required: a frame that ends right after a
-        // one-byte protocol is whole (found by the differential fuzzer, which once saw such
-        // a frame called malformed).
-        let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN + 1) else {
+    let frame = frame.trimmed(payload_end);
+    offset += PPPOE_HEADER_LEN;
+    // The PPP protocol field: two bytes, or one when the peer uses protocol-field compression
+    // (RFC 1661: an odd first byte ends the field). `ppp_input` (ppp_generic.c,
+    // `ppp_decompress_proto`) drops a payload too short to hold it.
+    let Some(field) = frame.header(offset, 1) else {
+        return Parsed::Malformed;
+    };
+    let first = field.u8(0);
+    let protocol = if first & 1 == 1 {
+        offset += 1;
+        first as u16
+    } else {
+        let Some(field) = frame.header(offset, 2) else {
             return Parsed::Malformed;
         };
-        let first = pppoe.u8(PPPOE_HEADER_LEN);
-        let protocol = if first & 1 == 1 {
-            offset += PPPOE_HEADER_LEN + 1;
-            first as u16
-        } else {
-            let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN + 2) else {
-                return Parsed::Malformed;
-            };
-            offset += PPPOE_HEADER_LEN + 2;
-            pppoe.be16(PPPOE_HEADER_LEN)
-        };
-        ethertype = match protocol {
-            PPP_IPV4 => ETH_P_IPV4,
-            PPP_IPV6 => ETH_P_IPV6,
-            _ => return Parsed::NotIp,
-        };
-    }
-
-    match ethertype {
-        ETH_P_IPV4 => parse_ipv4(frame, offset),
-        ETH_P_IPV6 => parse_ipv6(frame, offset),
+        offset += 2;
+        field.be16(0)
+    };
+    match protocol {
+        PPP_IPV4 => parse_ipv4(frame, offset, false),
+        PPP_IPV6 => parse_ipv6(frame, offset),
+        PPP_VJ_UNCOMPRESSED => parse_ipv4(frame, offset, true),
+        PPP_COMPRESSED | PPP_COMPRESSED_LINK | PPP_MULTILINK => Parsed::LinkUnparseable,
+        // Everything else `ppp_generic` hands to pppd (LCP, IPCP, ...) or drops. VJ-compressed
+        // TCP (0x002d) included: it carries no ports, addresses or SYN of its own and only
+        // continues a connection whose uncompressed header this program judged and passed
+        // (`slhc_uncompress` takes them from the slot `slhc_remember` filled).
         _ => Parsed::NotIp,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(frame: &Frame, offset: usize) -> Parsed {
+fn parse_network(frame: Frame, ethertype: u16, offset: usize) -> Parsed {
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(frame, offset, false),
+        ETH_P_IPV6 => parse_ipv6(frame, offset),
+        _ => Parsed::NotIp,
+    }
+}
+
+/// An IPv4 header at `offset`; `vj_slot` when its protocol byte holds a Van Jacobson slot
+/// number, which the kernel turns into TCP.
+#[inline(always)]
+fn parse_ipv4(frame: Frame, offset: usize, vj_slot: bool) -> Parsed {
+    // `ip_rcv_core` (net/ipv4/ip_input.c) drops a packet shorter than the base header, of
+    // another version, with an IHL below 5, shorter than its total length or with a total
+    // length below its header length; it trims the rest to the total length.
     let Some(ip) = frame.header(offset, IPV4_MIN_HEADER_LEN) else {
         return Parsed::Malformed;
     };
@@ -200,19 +302,31 @@ fn parse_ipv4(frame: &Frame, offset: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let header_len = (version_ihl & 0x0f) as usize * 4;
+    if header_len < IPV4_MIN_HEADER_LEN {
+        return Parsed::Malformed;
+    }
+    let total_len = ip.be16(2) as usize;
+    // A total length of 0 is how a GRO'd BIG TCP packet says "as long as the skb"
+    // (`iph_totlen`); the kernel drops any other one, so judging it on the frame is safe.
+    let frame = if total_len == 0 {
+        frame
+    } else if total_len < header_len || offset + total_len > frame.limit {
+        return Parsed::Malformed;
+    } else {
+        frame.trimmed(offset + total_len)
+    };
+    let protocol = if vj_slot { IPPROTO_TCP } else { ip.u8(9) };
     let fragment = ip.be16(6);
     let fragment_offset = fragment & IPV4_OFFSET_MASK;
-    let transport = if ip.u8(9) != IPPROTO_TCP {
+    let transport = if protocol != IPPROTO_TCP {
         Transport::Other
     } else if fragment_offset == 1 {
         Transport::EvasiveFragment
     } else if fragment_offset > 1 {
         Transport::Other
-    } else if header_len < IPV4_MIN_HEADER_LEN {
-        Transport::Unreachable
     } else {
         tcp(
-            frame,
+            &frame,
             offset + header_len,
             fragment & IPV4_MORE_FRAGMENTS != 0,
         )
@@ -227,19 +341,33 @@ fn parse_ipv4(frame: &Frame, offset: usize) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: &Frame, offset: usize) -> Parsed {
+fn parse_ipv6(frame: Frame, offset: usize) -> Parsed {
+    // `ip6_rcv_core` (net/ipv6/ip6_input.c) drops a packet shorter than the fixed header, of
+    // another version, or shorter than 40 bytes plus its payload length, and trims the rest.
     let Some(ip) = frame.header(offset, IPV6_HEADER_LEN) else {
         return Parsed::Malformed;
     };
     if ip.u8(0) >> 4 != 6 {
         return Parsed::Malformed;
     }
+    let payload_len = ip.be16(4) as usize;
+    let next = ip.u8(6);
+    // A payload length of 0 before a hop-by-hop header announces a jumbogram: the kernel trims
+    // it only to a jumbo payload length above 65,535 (`ipv6_hop_jumbo`), far past any header
+    // this parser reads, so the frame's own end is the bound.
+    let frame = if payload_len == 0 && next == IPPROTO_HOPOPTS {
+        frame
+    } else if offset + IPV6_HEADER_LEN + payload_len > frame.limit {
+        return Parsed::Malformed;
+    } else {
+        frame.trimmed(offset + IPV6_HEADER_LEN + payload_len)
+    };
     Parsed::Ip(Packet {
         addresses: Addresses::V6 {
             src: ip.bytes(8),
             dst: ip.bytes(24),
         },
-        transport: ipv6_transport(frame, offset + IPV6_HEADER_LEN, ip.u8(6)),
+        transport: ipv6_transport(&frame, offset + IPV6_HEADER_LEN, next),
     })
 }
 

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::Path};
 
 use smtpguard::{config::Config, dataplane::Dataplane};
-use smtpguard_common::{Reason, Verdict};
+use smtpguard_common::{Reason, Verdict, maps::MAX_VLAN_TAGS};
 use smtpguard_tests::frames::{
     Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD,
     TPID_8021Q, TPID_9100, Upper, Wrapper, arp, ethernet,
@@ -270,24 +270,42 @@ fn policy_cases(wrapper: &str, wrappers: &[Wrapper], family: &str, h: &Hosts) ->
         Reason::Other,
     ));
 
-    // Truncation inside the TCP header of an unfragmented packet: the port may be there but
-    // the header is not whole, so `unparseable` applies.
-    let whole = tcp(h.subscriber, h.mx, 25, TCP_SYN).build();
-    cases.push(case(
-        "TCP header cut at 19 bytes",
-        whole[..whole.len() - 1].to_vec(),
-        Reason::UnparseableDropped,
-    ));
-    cases.push(case(
-        "TCP header cut at 4 bytes",
-        whole[..whole.len() - 16].to_vec(),
-        Reason::UnparseableDropped,
-    ));
-    let outsider = tcp(h.outsider, h.mx, 25, TCP_SYN).build();
+    // An unfragmented packet whose IP length ends inside the TCP header: the port may be
+    // there but the header is not whole, so `unparseable` applies.
+    for len in [19, 4] {
+        cases.push(case(
+            format!("TCP header cut at {len} bytes"),
+            tcp(h.subscriber, h.mx, 25, TCP_SYN).upper_len(len).build(),
+            Reason::UnparseableDropped,
+        ));
+    }
     cases.push(case(
         "outsider's TCP header cut",
-        outsider[..outsider.len() - 10].to_vec(),
+        tcp(h.outsider, h.mx, 25, TCP_SYN).upper_len(10).build(),
         Reason::Other,
+    ));
+    // A frame shorter than its IP length: `ip_rcv_core` / `ip6_rcv_core` drop it.
+    let whole = tcp(h.subscriber, h.mx, 25, TCP_SYN).build();
+    cases.push(case(
+        "frame cut inside the TCP header, IP length whole",
+        whole[..whole.len() - 1].to_vec(),
+        Reason::Malformed,
+    ));
+    // Bytes after the IP packet are trimmed by the kernel before it routes it: a TCP header
+    // that only bytes past the IP length complete is not there.
+    let mut short = tcp(h.subscriber, h.mx, 587, TCP_SYN).upper_len(4).build();
+    short.extend_from_slice(&whole[whole.len() - 16..]);
+    cases.push(case(
+        "TCP header to 587 completed by bytes after the IP length",
+        short,
+        Reason::UnparseableDropped,
+    ));
+    let mut padded = whole.clone();
+    padded.extend_from_slice(&[0xff; 16]);
+    cases.push(case(
+        "SYN to 25 with padding after the IP packet",
+        padded,
+        Reason::Dropped,
     ));
     let ip_header_len = if family == "IPv4" { 20 } else { 40 };
     cases.push(case(
@@ -320,16 +338,28 @@ fn ipv4_cases() -> Vec<Case> {
             .build(),
         Reason::Other,
     ));
-    // IHL below 5: the TCP header has no defined place.
+    // IHL below 5: `ip_rcv_core` drops the packet.
     for ihl in [0u8, 4] {
         let mut frame = tcp(TCP_SYN).build();
         frame[14] = 0x40 | ihl;
         cases.push(case(
             format!("IPv4 IHL {ihl} from a subscriber"),
             frame,
-            Reason::UnparseableDropped,
+            Reason::Malformed,
         ));
     }
+    // A total length below the header length: `ip_rcv_core` drops it. A total length of 0
+    // (GRO's "the whole skb") is judged on the frame.
+    let mut below_header = tcp(TCP_SYN).build();
+    below_header[16..18].copy_from_slice(&19u16.to_be_bytes());
+    cases.push(case(
+        "IPv4 total length below the header length",
+        below_header,
+        Reason::Malformed,
+    ));
+    let mut zero_length = tcp(TCP_SYN).build();
+    zero_length[16..18].copy_from_slice(&0u16.to_be_bytes());
+    cases.push(case("IPv4 total length 0", zero_length, Reason::Dropped));
     let mut bad_version = tcp(TCP_SYN).build();
     bad_version[14] = 0x65;
     cases.push(case(
@@ -471,6 +501,21 @@ fn ipv6_cases() -> Vec<Case> {
         ),
         case(
             "first fragment ending inside the extension chain",
+            ipv6_cut_at(
+                tcp(25)
+                    .extension(Extension::Fragment {
+                        offset: 0,
+                        more: true,
+                    })
+                    .extension(options(3))
+                    .upper_len(0)
+                    .build(),
+                8 + 16,
+            ),
+            Reason::FragmentDropped,
+        ),
+        case(
+            "first fragment whose frame is cut inside the extension chain",
             tcp(25)
                 .extension(Extension::Fragment {
                     offset: 0,
@@ -480,6 +525,28 @@ fn ipv6_cases() -> Vec<Case> {
                 .upper_len(0)
                 .build()[..14 + 40 + 8 + 16]
                 .to_vec(),
+            Reason::Malformed,
+        ),
+        case(
+            // The first leak of issue #13: the chain ends with the payload, and bytes after
+            // the payload length read as a last header that ends the chain.
+            "first fragment whose chain ends at the payload's end, trailer ending it",
+            {
+                let mut frame = ipv6_cut_at(
+                    tcp(25)
+                        .extension(Extension::Fragment {
+                            offset: 0,
+                            more: true,
+                        })
+                        .extension(options(0))
+                        .upper_len(0)
+                        .build(),
+                    8 + 8,
+                );
+                // A destination-options header, next header 59 (none), padded to 8 bytes.
+                frame.extend_from_slice(&[59, 0, 1, 4, 0, 0, 0, 0]);
+                frame
+            },
             Reason::FragmentDropped,
         ),
         case(
@@ -505,7 +572,32 @@ fn ipv6_cases() -> Vec<Case> {
         ),
         case(
             "chain cut inside a destination-options header",
+            ipv6_cut_at(tcp(25).extension(options(3)).build(), 16),
+            Reason::UnparseableDropped,
+        ),
+        case(
+            "frame cut inside a destination-options header",
             tcp(25).extension(options(3)).build()[..14 + 40 + 16].to_vec(),
+            Reason::Malformed,
+        ),
+        case(
+            "payload length 0 before hop-by-hop (jumbogram): judged on the frame",
+            {
+                let mut frame = tcp(25)
+                    .extension(Extension::HopByHop { len_units: 0 })
+                    .build();
+                frame[14 + 4..14 + 6].copy_from_slice(&[0, 0]);
+                frame
+            },
+            Reason::Dropped,
+        ),
+        case(
+            "payload length 0 without hop-by-hop",
+            {
+                let mut frame = tcp(25).build();
+                frame[14 + 4..14 + 6].copy_from_slice(&[0, 0]);
+                frame
+            },
             Reason::UnparseableDropped,
         ),
         case(
@@ -557,6 +649,157 @@ fn ipv6_cases() -> Vec<Case> {
     cases
 }
 
+/// `frame` (plain Ethernet, IPv6) with its IPv6 payload length set to `payload_len` and the
+/// frame cut there: a packet whose own length ends where the frame does.
+fn ipv6_cut_at(mut frame: Vec<u8>, payload_len: u16) -> Vec<u8> {
+    frame[14 + 4..14 + 6].copy_from_slice(&payload_len.to_be_bytes());
+    frame.truncate(14 + 40 + usize::from(payload_len));
+    frame
+}
+
+/// A PPPoE session frame carrying `payload` under PPP `protocol`, with a PPPoE length of
+/// `payload.len() + 2 + extra` (negative: shorter than the payload).
+fn pppoe(protocol: u16, payload: &[u8], extra: isize) -> Vec<u8> {
+    let length = (payload.len() as isize + 2 + extra) as u16;
+    let mut session = vec![0x11, 0x00, 0x00, 0x2a];
+    session.extend_from_slice(&length.to_be_bytes());
+    session.extend_from_slice(&protocol.to_be_bytes());
+    session.extend_from_slice(payload);
+    ethernet(&[], 0x8864, &session)
+}
+
+/// `tags` VLAN tags of `tpid` with VID `vid` around `spec`.
+fn tagged(spec: &FrameSpec, tags: usize, tpid: u16, vid: u16) -> Vec<u8> {
+    let mut spec = spec.clone();
+    for _ in 0..tags {
+        spec = spec.wrap(Wrapper::Vlan { tpid, vid });
+    }
+    spec.build()
+}
+
+/// The second leak of issue #13: Linux strips any number of VID-0 tags, so a deep stack is
+/// judged (up to the tags walked) or follows `unparseable`, never passes as malformed.
+fn vlan_stack_cases() -> Vec<Case> {
+    let h = V4();
+    let syn = FrameSpec::tcp(h.subscriber, h.mx, 25, TCP_SYN);
+    let mut cases = Vec::new();
+    for tpid in [TPID_8021Q, TPID_8021AD] {
+        for tags in 1..=MAX_VLAN_TAGS {
+            cases.push(case(
+                format!("{tags} VID-0 tags {tpid:#06x}"),
+                tagged(&syn, tags, tpid, 0),
+                Reason::Dropped,
+            ));
+        }
+        for tags in [MAX_VLAN_TAGS + 1, MAX_VLAN_TAGS + 4] {
+            cases.push(case(
+                format!("{tags} VID-0 tags {tpid:#06x}, more than walked"),
+                tagged(&syn, tags, tpid, 0),
+                Reason::LinkUnparseableDropped,
+            ));
+        }
+    }
+    let ipv6 = FrameSpec::tcp(V6().subscriber, V6().mx, 25, TCP_SYN);
+    cases.push(case(
+        "IPv6 behind more tags than walked",
+        tagged(&ipv6, MAX_VLAN_TAGS + 1, TPID_8021Q, 0),
+        Reason::LinkUnparseableDropped,
+    ));
+    cases.push(case(
+        "ARP behind more tags than walked",
+        {
+            let mut frame = tagged(&syn, MAX_VLAN_TAGS + 1, TPID_8021Q, 0);
+            let ip_at = 14 + 4 * (MAX_VLAN_TAGS + 1);
+            frame[ip_at - 2..ip_at].copy_from_slice(&0x0806u16.to_be_bytes());
+            frame
+        },
+        Reason::LinkUnparseableDropped,
+    ));
+    cases
+}
+
+/// PPPoE lengths and the PPP protocols `ppp_generic` turns back into IP.
+fn ppp_cases() -> Vec<Case> {
+    let h = V4();
+    let syn = FrameSpec::tcp(h.subscriber, h.mx, 25, TCP_SYN).build();
+    let ip_packet = &syn[14..];
+    let mut vj_slot = ip_packet.to_vec();
+    vj_slot[9] = 3;
+    let mut vj_to_587 = FrameSpec::tcp(h.subscriber, h.mx, 587, TCP_SYN).build()[14..].to_vec();
+    vj_to_587[9] = 3;
+    let mut short_ip = FrameSpec::tcp(h.subscriber, h.mx, 587, TCP_SYN)
+        .upper_len(4)
+        .build()[14..]
+        .to_vec();
+    short_ip.extend_from_slice(&ip_packet[ip_packet.len() - 16..]);
+    vec![
+        case(
+            "PPPoE length covering the packet",
+            pppoe(0x0021, ip_packet, 0),
+            Reason::Dropped,
+        ),
+        case(
+            "PPPoE length with padding after it",
+            {
+                let mut frame = pppoe(0x0021, ip_packet, 0);
+                frame.extend_from_slice(&[0; 12]);
+                frame
+            },
+            Reason::Dropped,
+        ),
+        case(
+            "PPPoE length longer than the frame",
+            pppoe(0x0021, ip_packet, 1),
+            Reason::Malformed,
+        ),
+        case(
+            "PPPoE length shorter than the IP length",
+            pppoe(0x0021, ip_packet, -1),
+            Reason::Malformed,
+        ),
+        case(
+            "PPPoE length ending inside the PPP protocol",
+            pppoe(0x0021, ip_packet, -(ip_packet.len() as isize) - 1),
+            Reason::Malformed,
+        ),
+        case(
+            "TCP to 587 completed to 25 by bytes after the IP length, in PPPoE",
+            pppoe(0x0021, &short_ip, 0),
+            Reason::UnparseableDropped,
+        ),
+        case(
+            "VJ uncompressed TCP (slot 3) to 25",
+            pppoe(0x002f, &vj_slot, 0),
+            Reason::Dropped,
+        ),
+        case(
+            "VJ uncompressed TCP (slot 3) to 587",
+            pppoe(0x002f, &vj_to_587, 0),
+            Reason::Other,
+        ),
+        case(
+            "VJ compressed TCP",
+            pppoe(0x002d, &[0x0f, 0x03, 0x12, 0x34, 0x01], 0),
+            Reason::Other,
+        ),
+        case(
+            "CCP compressed datagram",
+            pppoe(0x00fd, &[0x00, 0x01, 0x55, 0xaa], 0),
+            Reason::LinkUnparseableDropped,
+        ),
+        case(
+            "link-compressed datagram",
+            pppoe(0x00fb, &[0x00, 0x01, 0x55, 0xaa], 0),
+            Reason::LinkUnparseableDropped,
+        ),
+        case(
+            "multilink fragment",
+            pppoe(0x003d, &[0xc0, 0x00, 0x00, 0x01, 0x00, 0x21], 0),
+            Reason::LinkUnparseableDropped,
+        ),
+    ]
+}
+
 fn link_cases() -> Vec<Case> {
     let h = V4();
     let syn = FrameSpec::tcp(h.subscriber, h.mx, 25, TCP_SYN);
@@ -602,7 +845,7 @@ fn link_cases() -> Vec<Case> {
             ethernet(&[], 0x8863, &[0x11, 0x09, 0, 0, 0, 0]),
             Reason::Other,
         ),
-        case("three VLAN tags", three_tags, Reason::Malformed),
+        case("three VLAN tags", three_tags, Reason::Dropped),
         case(
             "Ethernet header only",
             syn.build()[..14].to_vec(),
@@ -635,6 +878,8 @@ fn all_cases() -> Vec<Case> {
     cases.extend(ipv4_cases());
     cases.extend(ipv6_cases());
     cases.extend(link_cases());
+    cases.extend(vlan_stack_cases());
+    cases.extend(ppp_cases());
     cases
 }
 
@@ -715,9 +960,11 @@ fn unparseable_pass_lets_unreachable_headers_through() {
     let cases: Vec<Case> = all_cases()
         .into_iter()
         .map(|mut case| {
-            if case.expected == Reason::UnparseableDropped {
-                case.expected = Reason::UnparseablePassed;
-            }
+            case.expected = match case.expected {
+                Reason::UnparseableDropped => Reason::UnparseablePassed,
+                Reason::LinkUnparseableDropped => Reason::LinkUnparseablePassed,
+                other => other,
+            };
             case
         })
         .collect();
@@ -727,6 +974,13 @@ fn unparseable_pass_lets_unreachable_headers_through() {
             .filter(|c| c.expected == Reason::UnparseablePassed)
             .count()
             > 20
+    );
+    assert!(
+        cases
+            .iter()
+            .filter(|c| c.expected == Reason::LinkUnparseablePassed)
+            .count()
+            > 5
     );
     check(&mut dataplane("pass"), &cases);
 }

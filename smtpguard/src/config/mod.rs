@@ -397,6 +397,18 @@ pub enum ConfigError {
     },
 
     #[error(
+        "{}:{at}: subscribers prefix {value:?} holds IPv4-mapped IPv6 addresses (::ffff:0:0/96); \
+         expected IPv6 subscriber ranges outside that block, and IPv4 subscribers listed as \
+         IPv4 prefixes",
+        .file.display()
+    )]
+    MappedSubscriberRange {
+        file: PathBuf,
+        at: Location,
+        value: String,
+    },
+
+    #[error(
         "{}:{at}: {list} prefix {value:?} has host bits set; expected a network address such \
          as \"{network}\"",
         .file.display()
@@ -904,11 +916,18 @@ fn validate_subscribers(
     let mut entries = Vec::with_capacity(raw.len());
     let mut modes = Vec::with_capacity(raw.len());
     for subscriber in raw {
-        entries.push(parse_prefix(
-            src,
-            PrefixList::Subscribers,
-            subscriber.prefix,
-        )?);
+        let entry = parse_prefix(src, PrefixList::Subscribers, subscriber.prefix)?;
+        // The agent keeps hosts as 16-byte addresses with IPv4 mapped into ::ffff:0:0/96, so
+        // an IPv6 source in that block must never be a subscriber host: its statistics would
+        // be reported and escalated as the IPv4 host's.
+        if holds_ipv4_mapped(&entry.net) {
+            return Err(ConfigError::MappedSubscriberRange {
+                file: src.file(),
+                at: entry.at,
+                value: entry.text,
+            });
+        }
+        entries.push(entry);
         modes.push(Mode::from(subscriber.mode));
     }
     // Overlaps are fine (the most specific prefix wins); exact duplicates are a mistake.
@@ -928,6 +947,15 @@ fn validate_subscribers(
             mode,
         })
         .collect())
+}
+
+/// Whether an IPv6 prefix overlaps ::ffff:0:0/96, the IPv4-mapped block.
+fn holds_ipv4_mapped(net: &IpNet) -> bool {
+    let IpNet::V6(net) = net else {
+        return false;
+    };
+    let mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("a valid prefix");
+    net.contains(&mapped) || mapped.contains(net)
 }
 
 fn validate_relays(
@@ -1697,6 +1725,35 @@ mod tests {
             "/etc/smtpguard/smtpguard.toml:7:10: subscriber prefix \"100.64.0.1/10\" has host \
              bits set; expected a network address such as \"100.64.0.0/10\""
         );
+    }
+
+    #[test]
+    fn subscriber_ranges_holding_ipv4_mapped_addresses_are_rejected() {
+        for (prefix, column) in [
+            ("::/0", 10),
+            ("::ffff:0:0/96", 10),
+            ("::ffff:6440:0/106", 10),
+        ] {
+            let err = reject(&[
+                "[enforcement]",
+                "ports = [25]",
+                "",
+                "[[subscribers]]",
+                &format!("prefix = \"{prefix}\""),
+            ]);
+            assert!(
+                matches!(err, ConfigError::MappedSubscriberRange { .. }),
+                "{prefix}: {err}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "/etc/smtpguard/smtpguard.toml:5:{column}: subscribers prefix \"{prefix}\" \
+                     holds IPv4-mapped IPv6 addresses (::ffff:0:0/96); expected IPv6 subscriber \
+                     ranges outside that block, and IPv4 subscribers listed as IPv4 prefixes"
+                )
+            );
+        }
     }
 
     #[test]

@@ -456,7 +456,7 @@ pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, Datapl
     let entries = super::batch::read_hash::<HostKey, HostStats>(hosts.map(), names::HOST_STATS)?;
     Ok(entries
         .into_iter()
-        .map(|(key, stats)| (host_address(&key.addr), stats))
+        .map(|(key, stats)| (key.address(), stats))
         .collect())
 }
 
@@ -498,7 +498,8 @@ fn open_pinned<T: TryFrom<aya::maps::Map, Error = MapError>>(
         .map_err(|source| map_error(name, source))
 }
 
-/// Undoes the IPv4 mapping of host keys and destinations.
+/// Undoes the IPv4 mapping of destinations (and of the store's 16-byte hosts: no IPv6 source
+/// in ::ffff:0:0/96 is ever a subscriber host, which the configuration makes sure of).
 pub fn host_address(addr: &[u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(*addr);
     match v6.to_ipv4_mapped() {

@@ -388,7 +388,7 @@ impl Dataplane {
         maps::overrides(&mut self.ebpf)?
             .keys()
             .map(|key| {
-                key.map(|key| host_address(&key.addr))
+                key.map(|key| key.address())
                     .map_err(|source| DataplaneError::Map {
                         map: names::HOST_OVERRIDES,
                         source,

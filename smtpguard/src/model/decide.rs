@@ -88,6 +88,13 @@ pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
     let (src, dst, above) = match *dissection {
         Dissection::Malformed => return Reason::Malformed,
         Dissection::NotIp => return Reason::Other,
+        // The source is hidden: only the unparseable setting decides.
+        Dissection::LinkUnparseable => {
+            return match policy.unparseable {
+                UnparseableAction::Drop => Reason::LinkUnparseableDropped,
+                UnparseableAction::Pass => Reason::LinkUnparseablePassed,
+            };
+        }
         Dissection::Ip { src, dst, above } => (src, dst, above),
     };
     let question = match above {

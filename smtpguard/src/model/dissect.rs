@@ -4,18 +4,27 @@
 //! Written from the data-plane specification (issue #3 and the README's "How it decides"),
 //! as a plain walk over a byte slice: every field is read with `slice::get`, so a frame that
 //! ends early simply yields `None` at the point where it ends.
+//!
+//! What the gateway's kernel keeps of a frame is what is judged: the slice is cut to the PPPoE
+//! length and then to the IP packet's length before anything above is read, as Linux trims the
+//! frame before it routes it. A frame is malformed only where Linux discards it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Link-layer type of a VLAN tag: 802.1Q, 802.1ad, and the older 0x9100 QinQ.
 const VLAN_TPIDS: [u16; 3] = [0x8100, 0x88a8, 0x9100];
-/// The gateway's stack strips at most two tags; a third makes the frame unroutable.
-const MAX_TAGS: usize = 2;
+/// The most tags walked (Linux strips any number of priority tags, so more are not malformed
+/// but unparseable).
+const MAX_TAGS: usize = 4;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
 const PPP_IPV4: u16 = 0x0021;
 const PPP_IPV6: u16 = 0x0057;
+/// Van Jacobson uncompressed TCP: an IPv4 header whose protocol byte is a slot number.
+const PPP_VJ_UNCOMPRESSED: u16 = 0x002f;
+/// Compressed datagrams (bundle and link) and multilink fragments: any protocol inside.
+const PPP_OPAQUE: [u16; 3] = [0x00fd, 0x00fb, 0x003d];
 const PPPOE_HEADER: usize = 6;
 
 const PROTO_TCP: u8 = 6;
@@ -36,11 +45,15 @@ const TCP_BASE_HEADER: usize = 20;
 /// The frame as the policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dissection {
-    /// Ends (or is inconsistent) before both IP addresses are known: cut Ethernet, VLAN,
-    /// PPPoE or IP header, an IP version that does not match the ethertype, three tags.
+    /// What the gateway's kernel discards: a cut Ethernet, VLAN, PPPoE or IP header, a PPPoE
+    /// or IP length longer than the frame, an IP version that does not match the ethertype,
+    /// an IPv4 header length below 20 or above the total length.
     Malformed,
     /// Not IP at all: ARP, PPPoE discovery or LCP, any other ethertype.
     NotIp,
+    /// IP the kernel may route but the specification cannot see: more than four VLAN tags,
+    /// a PPP compressed datagram or multilink fragment.
+    LinkUnparseable,
     Ip {
         src: IpAddr,
         dst: IpAddr,
@@ -71,72 +84,137 @@ fn array<const N: usize>(frame: &[u8], at: usize) -> Option<[u8; N]> {
 }
 
 pub fn dissect(frame: &[u8]) -> Dissection {
-    let Some((ethertype, ip_at)) = link_layer(frame) else {
-        return Dissection::Malformed;
+    let (network, frame, ip_at) = match link_layer(frame) {
+        LinkLayer::Malformed => return Dissection::Malformed,
+        LinkLayer::Unparseable => return Dissection::LinkUnparseable,
+        LinkLayer::Network { network, frame, at } => (network, frame, at),
     };
-    match ethertype {
-        Some(ETHERTYPE_IPV4) => ipv4(frame, ip_at),
-        Some(ETHERTYPE_IPV6) => ipv6(frame, ip_at),
-        _ => Dissection::NotIp,
+    match network {
+        Network::Ipv4 { vj_slot } => ipv4(frame, ip_at, vj_slot),
+        Network::Ipv6 => ipv6(frame, ip_at),
+        Network::Other => Dissection::NotIp,
     }
 }
 
-/// Ethernet, up to two VLAN tags, an optional PPPoE session header. Returns the network
-/// protocol as an ethertype (`None` for a PPP protocol other than IP) and where it starts;
-/// `None` when the link layer itself is cut or has too many tags.
-fn link_layer(frame: &[u8]) -> Option<(Option<u16>, usize)> {
+/// The network protocol a link layer carries.
+enum Network {
+    /// IPv4; `vj_slot` when the protocol byte holds a Van Jacobson slot, not the protocol.
+    Ipv4 {
+        vj_slot: bool,
+    },
+    Ipv6,
+    Other,
+}
+
+enum LinkLayer<'a> {
+    Malformed,
+    Unparseable,
+    /// The protocol, the frame as the kernel keeps it, and where the network header starts.
+    Network {
+        network: Network,
+        frame: &'a [u8],
+        at: usize,
+    },
+}
+
+/// Ethernet, up to four VLAN tags, an optional PPPoE session header.
+fn link_layer(frame: &[u8]) -> LinkLayer<'_> {
+    let malformed = LinkLayer::Malformed;
     let mut at = 12;
-    let mut ethertype = be16(frame, at)?;
+    let Some(mut ethertype) = be16(frame, at) else {
+        return malformed;
+    };
     at += 2;
     let mut tags = 0;
     while VLAN_TPIDS.contains(&ethertype) {
         if tags == MAX_TAGS {
-            return None;
+            return LinkLayer::Unparseable;
         }
-        ethertype = be16(frame, at + 2)?;
+        let Some(inner) = be16(frame, at + 2) else {
+            return malformed;
+        };
+        ethertype = inner;
         at += 4;
         tags += 1;
     }
+    let network = |ethertype| match ethertype {
+        ETHERTYPE_IPV4 => Network::Ipv4 { vj_slot: false },
+        ETHERTYPE_IPV6 => Network::Ipv6,
+        _ => Network::Other,
+    };
     if ethertype != ETHERTYPE_PPPOE_SESSION {
-        return Some((Some(ethertype), at));
+        return LinkLayer::Network {
+            network: network(ethertype),
+            frame,
+            at,
+        };
     }
+    // The PPPoE length counts the PPP protocol and payload; the rest of the frame is cut off,
+    // and a frame shorter than the length is dropped.
+    let Some(length) = be16(frame, at + 4) else {
+        return malformed;
+    };
+    let Some(frame) = frame.get(..at + PPPOE_HEADER + usize::from(length)) else {
+        return malformed;
+    };
+    at += PPPOE_HEADER;
     // PPP protocol field: one byte when compressed (RFC 1661 §6.5: a protocol's first byte
     // is even, its last odd, so an odd first byte is a whole one-byte field).
-    let first = *frame.get(at + PPPOE_HEADER)?;
+    let Some(&first) = frame.get(at) else {
+        return malformed;
+    };
     let (protocol, len) = if first & 1 == 1 {
         (u16::from(first), 1)
     } else {
-        (be16(frame, at + PPPOE_HEADER)?, 2)
+        match be16(frame, at) {
+            Some(protocol) => (protocol, 2),
+            None => return malformed,
+        }
     };
-    let ethertype = match protocol {
-        PPP_IPV4 => Some(ETHERTYPE_IPV4),
-        PPP_IPV6 => Some(ETHERTYPE_IPV6),
-        _ => None,
+    let network = match protocol {
+        PPP_IPV4 => network(ETHERTYPE_IPV4),
+        PPP_IPV6 => network(ETHERTYPE_IPV6),
+        PPP_VJ_UNCOMPRESSED => Network::Ipv4 { vj_slot: true },
+        _ if PPP_OPAQUE.contains(&protocol) => return LinkLayer::Unparseable,
+        _ => Network::Other,
     };
-    Some((ethertype, at + PPPOE_HEADER + len))
+    LinkLayer::Network {
+        network,
+        frame,
+        at: at + len,
+    }
 }
 
-fn ipv4(frame: &[u8], at: usize) -> Dissection {
+fn ipv4(frame: &[u8], at: usize, vj_slot: bool) -> Dissection {
     let Some(header) = array::<20>(frame, at) else {
         return Dissection::Malformed;
     };
-    if header[0] >> 4 != 4 {
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
         return Dissection::Malformed;
     }
-    let header_len = usize::from(header[0] & 0x0f) * 4;
+    // The total length cuts the frame; 0 leaves it whole (the kernel reads it as "the whole
+    // packet" for its own large receive offload and drops it otherwise).
+    let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let frame = match total_len {
+        0 => frame,
+        _ if total_len < header_len => return Dissection::Malformed,
+        _ => match frame.get(..at + total_len) {
+            Some(kept) => kept,
+            None => return Dissection::Malformed,
+        },
+    };
+    let protocol = if vj_slot { PROTO_TCP } else { header[9] };
     let flags_offset = u16::from_be_bytes([header[6], header[7]]);
     let fragment_offset = flags_offset & 0x1fff;
     let more_fragments = flags_offset & 0x2000 != 0;
-    let above = if header[9] != PROTO_TCP {
+    let above = if protocol != PROTO_TCP {
         AboveIp::NotTcp
     } else if fragment_offset == 1 {
         // RFC 1858 / RFC 3128: offset 1 overwrites the TCP flags and ports of fragment 0.
         AboveIp::EvasiveFragment
     } else if fragment_offset > 1 {
         AboveIp::NotTcp
-    } else if header_len < 20 {
-        // IHL below 5: the TCP header has no defined place.
-        AboveIp::TcpOutOfReach
     } else {
         tcp(frame, at + header_len, more_fragments)
     };
@@ -156,6 +234,17 @@ fn ipv6(frame: &[u8], at: usize) -> Dissection {
     if header[0] >> 4 != 6 {
         return Dissection::Malformed;
     }
+    // The payload length cuts the frame, except 0 before a hop-by-hop header (a jumbogram,
+    // whose real length is above 65,535 and so beyond anything read here).
+    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let frame = if payload_len == 0 && header[6] == HOP_BY_HOP {
+        frame
+    } else {
+        match frame.get(..at + 40 + payload_len) {
+            Some(kept) => kept,
+            None => return Dissection::Malformed,
+        }
+    };
     let src: [u8; 16] = header[8..24].try_into().expect("sixteen bytes");
     let dst: [u8; 16] = header[24..40].try_into().expect("sixteen bytes");
     Dissection::Ip {

@@ -88,7 +88,16 @@ fn link_layer_wrappers() {
             vid: 3,
         })
         .build();
-    assert_eq!(reason(&three_tags), Reason::Malformed);
+    // Linux strips stacked tags, so they are walked; past four the IP packet is hidden.
+    assert_eq!(reason(&three_tags), Reason::Dropped);
+    let mut deep = syn(SUB, MX);
+    for _ in 0..5 {
+        deep = deep.wrap(Wrapper::Vlan {
+            tpid: TPID_8021Q,
+            vid: 0,
+        });
+    }
+    assert_eq!(reason(&deep.build()), Reason::LinkUnparseableDropped);
     assert_eq!(
         reason(&syn(SUB6, MX6).wrappers(QINQ_PPPOE).build()),
         Reason::Dropped
@@ -109,12 +118,17 @@ fn link_layer_wrappers() {
 
 #[test]
 fn ipv4_header_length_and_fragments() {
+    // The kernel drops an IHL below 5 and a header longer than the total length.
     let mut short_ihl = syn(SUB, MX).build();
     short_ihl[14] = 0x44;
-    assert_eq!(reason(&short_ihl), Reason::UnparseableDropped);
+    assert_eq!(reason(&short_ihl), Reason::Malformed);
     let mut long_ihl = syn(SUB, MX).build();
-    long_ihl[14] = 0x4f; // 60 bytes of header: the TCP header would end past the frame
-    assert_eq!(reason(&long_ihl), Reason::UnparseableDropped);
+    long_ihl[14] = 0x4f; // 60 bytes of header in a 40-byte packet
+    assert_eq!(reason(&long_ihl), Reason::Malformed);
+    // Bytes past the total length are not part of the packet.
+    let mut trailer = syn(SUB, MX).upper_len(4).build();
+    trailer.extend_from_slice(&syn(SUB, MX).build()[14 + 20 + 4..]);
+    assert_eq!(reason(&trailer), Reason::UnparseableDropped);
     let mut wrong_version = syn(SUB, MX).build();
     wrong_version[14] = 0x65;
     assert_eq!(reason(&wrong_version), Reason::Malformed);
