@@ -422,16 +422,7 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
         spec.payload.len()
     );
 
-    let link_len = 14
-        + spec
-            .wrappers
-            .iter()
-            .map(|w| match w {
-                Wrapper::Vlan { .. } => 4,
-                Wrapper::Pppoe { compressed: true } => 7,
-                Wrapper::Pppoe { compressed: false } => 8,
-            })
-            .sum::<usize>();
+    let link_len = 14 + spec.wrappers.iter().map(|w| w.header_len()).sum::<usize>();
     let upper_len = match spec.upper {
         Upper::Tcp { .. } => 20,
         Upper::Udp { .. } | Upper::Icmp => 8,
