@@ -4,4 +4,6 @@ pub mod differential;
 pub mod frames;
 pub mod generate;
 pub mod lab;
+pub mod oracle;
 pub mod regression;
+pub mod wire;
