@@ -19,7 +19,7 @@ use crate::regression::hex;
 
 /// Hosts the statistics map holds: far more than a run creates, so that LRU eviction (which
 /// the model does not follow) never happens.
-const HOST_CAPACITY: u32 = 65_536;
+pub const HOST_CAPACITY: u32 = 65_536;
 
 /// One kernel program instance and the model, fed the same frames.
 pub struct Harness {
@@ -71,20 +71,7 @@ impl Harness {
     /// Replaces the policy in the kernel maps (by reconcile, as the agent does) and in the
     /// model. Counters and host statistics carry on in both.
     pub fn install(&mut self, desired: &DesiredPolicy, escalated: &BTreeSet<IpAddr>) {
-        self.dataplane
-            .policy_maps()
-            .and_then(|mut maps| maps.reconcile(desired))
-            .unwrap_or_else(|e| panic!("writing the policy: {e}"));
-        for host in self.escalated.difference(escalated) {
-            self.dataplane
-                .remove_override(*host)
-                .unwrap_or_else(|e| panic!("ending the escalation of {host}: {e}"));
-        }
-        for host in escalated.difference(&self.escalated) {
-            self.dataplane
-                .set_override(*host)
-                .unwrap_or_else(|e| panic!("escalating {host}: {e}"));
-        }
+        install_policy(&mut self.dataplane, desired, &self.escalated, escalated);
         self.escalated = escalated.clone();
         self.model.policy = ModelPolicy::from_desired(desired, escalated.iter().copied().collect());
     }
@@ -189,6 +176,30 @@ impl Harness {
         } else {
             Err(differences)
         }
+    }
+}
+
+/// Writes `desired` into the program's policy maps (by reconcile, as the agent does) and
+/// moves the escalations (the HOST_OVERRIDES map) from `before` to `after`.
+pub fn install_policy(
+    dataplane: &mut Dataplane,
+    desired: &DesiredPolicy,
+    before: &BTreeSet<IpAddr>,
+    after: &BTreeSet<IpAddr>,
+) {
+    dataplane
+        .policy_maps()
+        .and_then(|mut maps| maps.reconcile(desired))
+        .unwrap_or_else(|e| panic!("writing the policy: {e}"));
+    for host in before.difference(after) {
+        dataplane
+            .remove_override(*host)
+            .unwrap_or_else(|e| panic!("ending the escalation of {host}: {e}"));
+    }
+    for host in after.difference(before) {
+        dataplane
+            .set_override(*host)
+            .unwrap_or_else(|e| panic!("escalating {host}: {e}"));
     }
 }
 

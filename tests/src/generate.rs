@@ -17,8 +17,9 @@ use smtpguard_common::{
 };
 
 use crate::frames::{
-    Extension, FrameSpec, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TPID_8021AD, TPID_8021Q,
-    TPID_9100, Upper, Wrapper, arp, ethernet,
+    Extension, FrameSpec, PPP_COMPRESSED_DATAGRAM, PPP_IPV4, PPP_IPV6, PPP_MULTILINK,
+    PPP_VJ_COMPRESSED, PPP_VJ_UNCOMPRESSED, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
+    TPID_8021AD, TPID_8021Q, TPID_9100, Upper, Wrapper, arp, ethernet,
 };
 
 /// The generators' random source.
@@ -212,12 +213,30 @@ fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
 /// Addresses of one family: mostly from the policy's pools, sometimes anywhere.
 fn endpoints(rng: &mut Rng, policy: &GeneratedPolicy) -> (IpAddr, IpAddr) {
     let v4 = rng.random_bool(0.5);
+    endpoints_of(rng, policy, v4)
+}
+
+/// Addresses of the given family. IPv6 sources are sometimes an IPv4 source of the policy
+/// mapped into IPv6 (`::ffff:a.b.c.d`): another host than a.b.c.d, whatever a parser that
+/// widens IPv4 into IPv6 space makes of it.
+fn endpoints_of(rng: &mut Rng, policy: &GeneratedPolicy, v4: bool) -> (IpAddr, IpAddr) {
     let of_family = |pool: &[IpAddr]| -> Vec<IpAddr> {
         pool.iter().copied().filter(|a| a.is_ipv4() == v4).collect()
     };
     let sources = of_family(&policy.sources);
     let destinations = of_family(&policy.destinations);
-    let src = if rng.random_bool(0.92) {
+    let src = if !v4 && rng.random_bool(0.03) {
+        let v4_sources: Vec<IpAddr> = policy
+            .sources
+            .iter()
+            .copied()
+            .filter(IpAddr::is_ipv4)
+            .collect();
+        match pick(rng, &v4_sources) {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            IpAddr::V6(_) => unreachable!("filtered to IPv4"),
+        }
+    } else if rng.random_bool(0.92) {
         pick(rng, &sources)
     } else {
         random_addr(rng, v4)
@@ -241,27 +260,29 @@ fn tcp_flags(rng: &mut Rng) -> u8 {
     }
 }
 
+/// TCP to an enforced port of the policy (60 %), another well-known port or any port.
+fn tcp_upper(rng: &mut Rng, policy: &GeneratedPolicy) -> Upper {
+    let ports = &policy.desired.enforcement.ports[..policy.desired.enforcement.port_count as usize];
+    let dst_port = match rng.random_range(0..10) {
+        0..=5 => pick(rng, ports),
+        6..=8 => pick(rng, &OTHER_PORTS),
+        _ => rng.random(),
+    };
+    let src_port = if rng.random_bool(0.1) {
+        25
+    } else {
+        rng.random_range(1024..=u16::MAX)
+    };
+    Upper::Tcp {
+        src_port,
+        dst_port,
+        flags: tcp_flags(rng),
+    }
+}
+
 fn upper(rng: &mut Rng, policy: &GeneratedPolicy, v4: bool) -> Upper {
     match rng.random_range(0..100) {
-        0..=74 => {
-            let ports =
-                &policy.desired.enforcement.ports[..policy.desired.enforcement.port_count as usize];
-            let dst_port = match rng.random_range(0..10) {
-                0..=5 => pick(rng, ports),
-                6..=8 => pick(rng, &OTHER_PORTS),
-                _ => rng.random(),
-            };
-            let src_port = if rng.random_bool(0.1) {
-                25
-            } else {
-                rng.random_range(1024..=u16::MAX)
-            };
-            Upper::Tcp {
-                src_port,
-                dst_port,
-                flags: tcp_flags(rng),
-            }
-        }
+        0..=74 => tcp_upper(rng, policy),
         75..=82 => Upper::Udp {
             src_port: rng.random_range(1024..=u16::MAX),
             dst_port: pick(rng, &[25, 53, 587]),
@@ -280,24 +301,59 @@ fn upper(rng: &mut Rng, policy: &GeneratedPolicy, v4: bool) -> Upper {
     }
 }
 
-fn wrappers(rng: &mut Rng) -> Vec<Wrapper> {
+/// PPP protocols that do not carry a plain IP packet.
+const PPP_NOT_IP: [u16; 4] = [
+    PPP_VJ_UNCOMPRESSED,
+    PPP_VJ_COMPRESSED,
+    PPP_COMPRESSED_DATAGRAM,
+    PPP_MULTILINK,
+];
+
+/// Link-layer wrappers for a frame of the given IP family: no, one or two tags (some of
+/// them priority tags, VID 0), sometimes deep stacks (3 to 10 tags), half of them priority
+/// tags only (which Linux strips however many there are); then sometimes PPPoE, now and
+/// then with a PPP protocol other than IP's (VJ, CCP, multilink) or a wrong PPPoE length.
+fn wrappers(rng: &mut Rng, v4: bool) -> Vec<Wrapper> {
     let mut wrappers = Vec::new();
     let tags = match rng.random_range(0..100) {
         0..=39 => 0,
         40..=69 => 1,
-        70..=96 => 2,
-        // More tags than the gateway strips.
-        _ => 3,
+        70..=94 => 2,
+        // More tags than the gateway's parser walks.
+        _ => rng.random_range(3..=10),
+    };
+    let priority_stack = tags >= 3 && rng.random_bool(0.5);
+    let tpids: &[u16] = if priority_stack && rng.random_bool(0.9) {
+        // The TPIDs Linux strips (0x9100 it does not know).
+        &TPIDS[..2]
+    } else {
+        &TPIDS
     };
     for _ in 0..tags {
+        let vid = if priority_stack || rng.random_bool(0.15) {
+            0
+        } else {
+            rng.random_range(1..4095)
+        };
         wrappers.push(Wrapper::Vlan {
-            tpid: pick(rng, &TPIDS),
-            vid: rng.random_range(1..4095),
+            tpid: pick(rng, tpids),
+            vid,
         });
     }
     if rng.random_bool(0.3) {
-        wrappers.push(Wrapper::Pppoe {
-            compressed: rng.random_bool(0.5),
+        let compressed = rng.random_bool(0.5);
+        wrappers.push(match rng.random_range(0..10) {
+            0..=7 => Wrapper::Pppoe { compressed },
+            8 => Wrapper::PppoeWith {
+                protocol: pick(rng, &PPP_NOT_IP),
+                compressed,
+                length_delta: 0,
+            },
+            _ => Wrapper::PppoeWith {
+                protocol: if v4 { PPP_IPV4 } else { PPP_IPV6 },
+                compressed,
+                length_delta: pick(rng, &[-40, -8, -1, 1, 2, 100]),
+            },
         });
     }
     wrappers
@@ -366,6 +422,10 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
     if rng.random_bool(0.03) {
         return not_ip(rng);
     }
+    if rng.random_bool(0.02) {
+        // Judged on its own here; `random_datagram` sends the fragment that completes it too.
+        return straddling_fragments(rng, policy).swap_remove(0);
+    }
     let (src, dst) = endpoints(rng, policy);
     let v4 = src.is_ipv4();
     let mut spec = match upper(rng, policy, v4) {
@@ -390,7 +450,24 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
             spec
         }
     };
-    spec = spec.wrappers(&wrappers(rng));
+    spec = spec.wrappers(&wrappers(rng, v4));
+    let vj_uncompressed = spec.wrappers.iter().any(|w| {
+        matches!(
+            w,
+            Wrapper::PppoeWith {
+                protocol: PPP_VJ_UNCOMPRESSED,
+                ..
+            }
+        )
+    });
+    if v4 && vj_uncompressed {
+        // VJ uncompressed TCP: the IP protocol byte holds the connection's slot number.
+        spec = spec.ipv4_protocol_field(if rng.random_bool(0.9) {
+            rng.random_range(0..16)
+        } else {
+            rng.random()
+        });
+    }
     if v4 {
         if rng.random_bool(0.3) {
             spec = spec.ipv4_options(rng.random_range(1..=40));
@@ -411,9 +488,14 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
         let len = rng.random_range(0..=40);
         spec = spec.payload(&(0..len).map(|_| rng.random()).collect::<Vec<u8>>());
     }
+    let beyond = if rng.random_bool(0.1) {
+        beyond_ip_end(rng, &mut spec)
+    } else {
+        String::new()
+    };
     let mut bytes = spec.build();
     let mut description = format!(
-        "{src} -> {dst} {:?} wrappers {:?} options {} fragment {:?} extensions {:?} payload {}",
+        "{src} -> {dst} {:?} wrappers {:?} options {} fragment {:?} extensions {:?} payload {}{beyond}",
         spec.upper,
         spec.wrappers,
         spec.ipv4_options,
@@ -422,24 +504,11 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
         spec.payload.len()
     );
 
-    let link_len = 14
-        + spec
-            .wrappers
-            .iter()
-            .map(|w| match w {
-                Wrapper::Vlan { .. } => 4,
-                Wrapper::Pppoe { compressed: true } => 7,
-                Wrapper::Pppoe { compressed: false } => 8,
-            })
-            .sum::<usize>();
-    let upper_len = match spec.upper {
-        Upper::Tcp { .. } => 20,
-        Upper::Udp { .. } | Upper::Icmp => 8,
-        Upper::Raw { len, .. } => len,
-    } + spec.payload.len();
-    let upper_at = bytes.len() - upper_len;
+    let link_len = 14 + spec.wrappers.iter().map(|w| w.header_len()).sum::<usize>();
+    let upper_len = spec.transport().len();
+    let upper_at = bytes.len() - spec.trailer.len() - upper_len;
 
-    if matches!(spec.upper, Upper::Tcp { .. }) {
+    if matches!(spec.upper, Upper::Tcp { .. }) && upper_len >= 20 {
         let data_offset = if rng.random_bool(0.1) {
             // Bad data offsets (below 5, or past the segment): the port and flags are
             // still where they are.
@@ -499,6 +568,165 @@ pub fn random_frame(rng: &mut Rng, policy: &GeneratedPolicy) -> GeneratedFrame {
     GeneratedFrame { bytes, description }
 }
 
+/// Bytes after the IP packet, or an IP length that disagrees with the bytes: a gateway's
+/// kernel trims a frame to its IP length before forwarding it, so nothing beyond may decide
+/// the verdict. Changes `spec`; returns what it did, for the description.
+fn beyond_ip_end(rng: &mut Rng, spec: &mut FrameSpec) -> String {
+    let (src, dst) = (spec.src, spec.dst);
+    let tcp_elsewhere = || FrameSpec::tcp(src, dst, OTHER_PORTS[0], TCP_SYN).transport();
+    let upper_len = spec.transport().len() as i32;
+    match rng.random_range(0..6) {
+        0 => {
+            let len = rng.random_range(1..=40);
+            spec.trailer = (0..len).map(|_| rng.random()).collect();
+            format!(", {len} random bytes after the IP end")
+        }
+        1 => {
+            // The packet stops where its upper-layer header begins (or inside it); a TCP
+            // header to another port follows the IP end.
+            let kept = rng.random_range(0..=upper_len.min(12)) as usize;
+            spec.upper_len = Some(kept);
+            spec.trailer = tcp_elsewhere();
+            format!(", upper layer cut to {kept} bytes, a TCP header after the IP end")
+        }
+        2 if src.is_ipv6() => {
+            // The chain names one more extension header where the packet ends; the trailer
+            // reads as it, ending the chain or leading to TCP to another port.
+            let named = pick(rng, &[60, 43, 0]);
+            spec.upper = Upper::Raw {
+                protocol: named,
+                len: 0,
+            };
+            spec.payload.clear();
+            let ending = pick(rng, &[59, 17, 58, 6]);
+            spec.trailer = Extension::DestinationOptions { len_units: 0 }.encode(ending);
+            if ending == 6 {
+                spec.trailer.extend(tcp_elsewhere());
+            }
+            format!(
+                ", the chain ends naming header {named}; after the IP end a header naming {ending}"
+            )
+        }
+        2 | 3 => {
+            let delta = rng.random_range(1..=64);
+            spec.ip_length_delta = delta;
+            format!(", IP length {delta} more than the packet")
+        }
+        4 => {
+            let delta = -rng.random_range(1..=upper_len.max(1));
+            spec.ip_length_delta = delta;
+            format!(", IP length {delta} (packet bytes after the IP end)")
+        }
+        _ => {
+            let len = rng.random_range(1..=24usize);
+            spec.trailer = (0..len).map(|_| rng.random()).collect();
+            spec.ip_length_delta = rng.random_range(1..=len as i32);
+            format!(
+                ", {len} random bytes after the packet, {} of them inside the IP length",
+                spec.ip_length_delta
+            )
+        }
+    }
+}
+
+/// A TCP datagram in two fragments whose first one's headers straddle the IP end: its bytes
+/// stop inside the TCP header (IPv4: 8 or 16 bytes of it) or where the IPv6 extension chain
+/// names one more header, and a trailer after the IP length reads as the rest (a header
+/// ending the chain, one leading to TCP to another port, a TCP header, the rest of a TCP
+/// header, or noise). A gateway's kernel trims the trailer before forwarding; the second
+/// fragment completes the datagram as built.
+pub fn straddling_fragments(rng: &mut Rng, policy: &GeneratedPolicy) -> Vec<GeneratedFrame> {
+    let v4 = rng.random_bool(0.4);
+    let (src, dst) = endpoints_of(rng, policy, v4);
+    let mut spec = FrameSpec::tcp(src, dst, 0, 0);
+    spec.upper = tcp_upper(rng, policy);
+    if rng.random_bool(0.2) {
+        spec = spec.wrappers(&wrappers(rng, v4));
+    }
+    let tcp_elsewhere = FrameSpec::tcp(src, dst, pick(rng, &OTHER_PORTS), TCP_SYN).transport();
+    let noise = |rng: &mut Rng| -> Vec<u8> {
+        (0..rng.random_range(1..=24))
+            .map(|_| rng.random())
+            .collect()
+    };
+    let (at, trailer) = if v4 {
+        let at = pick(rng, &[8, 16]);
+        let trailer = match rng.random_range(0..3) {
+            0 => tcp_elsewhere[at..].to_vec(),
+            1 => spec.transport()[at..].to_vec(),
+            _ => noise(rng),
+        };
+        (at, trailer)
+    } else {
+        if rng.random_bool(0.2) {
+            spec = spec.extension(Extension::HopByHop { len_units: 0 });
+        }
+        spec = spec.extension(Extension::Fragment {
+            offset: 0,
+            more: false,
+        });
+        // Headers Linux's reassembly walks (it drops a first fragment whose chain visibly
+        // stops short of the upper layer, but not one whose chain runs past its end).
+        let mut lens = Vec::new();
+        for _ in 0..rng.random_range(1..=3) {
+            let len_units = rng.random_range(0..=1);
+            spec = spec.extension(if rng.random_bool(0.7) {
+                Extension::DestinationOptions { len_units }
+            } else {
+                Extension::Routing { len_units }
+            });
+            lens.push((usize::from(len_units) + 1) * 8);
+        }
+        let at = lens[..rng.random_range(1..=lens.len())].iter().sum();
+        let trailer = match rng.random_range(0..5) {
+            0 => Extension::DestinationOptions { len_units: 0 }.encode(pick(rng, &[59, 58])),
+            1 => {
+                let mut bytes = Extension::DestinationOptions { len_units: 0 }.encode(17);
+                bytes.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+                bytes
+            }
+            2 => {
+                let mut bytes = Extension::DestinationOptions { len_units: 0 }.encode(6);
+                bytes.extend_from_slice(&tcp_elsewhere);
+                bytes
+            }
+            3 => tcp_elsewhere.clone(),
+            _ => noise(rng),
+        };
+        (at, trailer)
+    };
+    let (first, second) = spec.fragments(at);
+    let first = first.trailer(&trailer);
+    let whole = format!(
+        "{src} -> {dst} {:?} wrappers {:?} extensions {:?}",
+        spec.upper, spec.wrappers, spec.extensions
+    );
+    vec![
+        GeneratedFrame {
+            bytes: first.build(),
+            description: format!(
+                "first fragment ({at} bytes) of {whole}, {} bytes after the IP end: {trailer:02x?}",
+                trailer.len()
+            ),
+        },
+        GeneratedFrame {
+            bytes: second.build(),
+            description: format!("second fragment (from byte {at}) of {whole}"),
+        },
+    ]
+}
+
+/// One datagram as the frames that carry it: mostly one frame (`random_frame`), sometimes a
+/// TCP datagram in two fragments whose first one straddles the IP end (the pair a kernel
+/// oracle needs: reassembled, it shows what the gateway let through).
+pub fn random_datagram(rng: &mut Rng, policy: &GeneratedPolicy) -> Vec<GeneratedFrame> {
+    if rng.random_bool(0.03) {
+        straddling_fragments(rng, policy)
+    } else {
+        vec![random_frame(rng, policy)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,6 +757,54 @@ mod tests {
             for prefix in subscribers.keys().chain(policy.desired.relays.keys()) {
                 assert_eq!(*prefix, prefix.trunc(), "{prefix}");
             }
+        }
+    }
+
+    #[test]
+    fn frames_reach_beyond_the_ip_end_deep_stacks_and_odd_ppp() {
+        let mut rng = rng(3);
+        let mut descriptions = String::new();
+        let mut pairs = 0;
+        for _ in 0..20 {
+            let policy = random_policy(&mut rng);
+            for _ in 0..1_000 {
+                let datagram = random_datagram(&mut rng, &policy);
+                pairs += usize::from(datagram.len() == 2);
+                for frame in datagram {
+                    descriptions += &frame.description;
+                    descriptions.push('\n');
+                }
+            }
+        }
+        let count = |needle: &str| descriptions.matches(needle).count();
+        let deep_priority_stacks = descriptions
+            .lines()
+            .filter(|line| line.matches("vid: 0 }").count() >= 3)
+            .count();
+        let seen = [
+            ("bytes after the IP end", count("after the IP end")),
+            (
+                "IP length larger than the packet",
+                count("more than the packet"),
+            ),
+            (
+                "packet bytes after the IP end",
+                count("(packet bytes after"),
+            ),
+            ("IPv4-mapped IPv6 sources", count("::ffff:")),
+            ("straddling fragment pairs", pairs),
+            ("three or more priority tags", deep_priority_stacks),
+            ("VJ uncompressed", count("PppoeWith { protocol: 47,")),
+            ("VJ compressed", count("PppoeWith { protocol: 45,")),
+            ("CCP datagrams", count("PppoeWith { protocol: 253,")),
+            ("multilink", count("PppoeWith { protocol: 61,")),
+            ("wrong PPPoE lengths", count("length_delta: -")),
+        ];
+        for (what, count) in seen {
+            assert!(
+                count >= 20,
+                "{what}: {count} in 20,000 datagrams, expected at least 20"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
+use smtpguard::dataplane::{Attach, Dataplane};
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
@@ -72,10 +73,51 @@ impl Netns {
         ip(&full)
     }
 
-    fn ip_output(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// `ip -n <ns> ...`, returning its stdout.
+    pub fn ip_output(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
         ip_output(&full)
+    }
+
+    /// The MAC address of `interface`.
+    pub fn mac(&self, interface: &str) -> anyhow::Result<[u8; 6]> {
+        let link = self.ip_output(&["-o", "link", "show", "dev", interface])?;
+        let text = link
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no link/ether address in {link:?}"))?;
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text:?}"))?;
+        }
+        Ok(mac)
+    }
+
+    /// The interface index of `interface` in this namespace.
+    pub fn ifindex(&self, interface: &str) -> anyhow::Result<u32> {
+        self.run(|| nix::net::if_::if_nametoindex(interface))
+            .with_context(|| format!("no interface {interface} in {}", self.name))
+    }
+
+    /// Packet and drop counts of `interface` (`ip -s link`).
+    pub fn link_stats(&self, interface: &str) -> anyhow::Result<LinkStats> {
+        let json = self.ip_output(&["-s", "-j", "link", "show", "dev", interface])?;
+        let value: serde_json::Value =
+            serde_json::from_str(&json).with_context(|| format!("ip -s -j link: {json}"))?;
+        let stats = &value[0]["stats64"];
+        let count = |direction: &str, field: &str| -> anyhow::Result<u64> {
+            stats[direction][field]
+                .as_u64()
+                .with_context(|| format!("no {direction}.{field} in {json}"))
+        };
+        Ok(LinkStats {
+            rx_packets: count("rx", "packets")?,
+            rx_dropped: count("rx", "dropped")?,
+            tx_packets: count("tx", "packets")?,
+            tx_dropped: count("tx", "dropped")?,
+        })
     }
 
     /// Waits until `interface` is operationally up (the kernel reports a veth's carrier only
@@ -157,6 +199,15 @@ fn enter(path: &str) {
     setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("entering {path}: {e}"));
 }
 
+/// An interface's counters, from `ip -s link`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_dropped: u64,
+    pub tx_packets: u64,
+    pub tx_dropped: u64,
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(error) = ip(&["netns", "del", &self.name]) {
@@ -190,7 +241,8 @@ pub struct GatewayLab {
 }
 
 pub const SUBSCRIBER_INTERFACE: &str = "sub0";
-const INTERNET_INTERFACE: &str = "inet0";
+/// The gateway's interface toward the internet host (whose end is its `eth0`).
+pub const INTERNET_INTERFACE: &str = "inet0";
 
 impl GatewayLab {
     pub fn new() -> anyhow::Result<Self> {
@@ -295,6 +347,87 @@ impl GatewayLab {
     pub fn delete_subscriber_link(&self) -> anyhow::Result<()> {
         self.gateway.ip(&["link", "del", SUBSCRIBER_INTERFACE])
     }
+
+    /// Puts `dataplane`'s entry point on the gateway's subscriber-facing interface, for as
+    /// long as `dataplane` lives. (The interface name is resolved in the calling thread's
+    /// namespace, hence the gateway thread.)
+    pub fn attach(&self, dataplane: &mut Dataplane, attach: Attach) -> anyhow::Result<()> {
+        self.gateway
+            .run(|| match attach {
+                Attach::Xdp(mode) => dataplane.attach_xdp(SUBSCRIBER_INTERFACE, mode),
+                Attach::Tc => dataplane.attach_tc(SUBSCRIBER_INTERFACE),
+            })
+            .with_context(|| {
+                format!(
+                    "attaching {attach:?} to {SUBSCRIBER_INTERFACE} in {}",
+                    self.gateway.name()
+                )
+            })
+    }
+
+    /// Makes the gateway forward packets to ANY destination, whatever their source, and the
+    /// internet host take every one of them as its own: the gateway's default routes lead to
+    /// the internet host (fixed neighbour entries: no resolution to wait for or lose), reverse
+    /// path filtering is off, and the internet host has local routes for all of IPv4 and IPv6
+    /// (AnyIP) and accepts IPv6 segment routing headers (which a forwarded packet may carry).
+    ///
+    /// The internet host's own answers (RSTs, ICMP errors) go to addresses it now calls its own,
+    /// so they loop back over `lo` and never reach the gateway.
+    pub fn forward_everything(&self) -> anyhow::Result<()> {
+        use addr::*;
+        let internet_mac = mac_text(self.internet.mac("eth0")?);
+        self.gateway.ip(&[
+            "neigh",
+            "replace",
+            MX_V4,
+            "lladdr",
+            &internet_mac,
+            "nud",
+            "permanent",
+            "dev",
+            INTERNET_INTERFACE,
+        ])?;
+        self.gateway.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            MX_V6,
+            "lladdr",
+            &internet_mac,
+            "nud",
+            "permanent",
+            "dev",
+            INTERNET_INTERFACE,
+        ])?;
+        self.gateway
+            .ip(&["route", "add", "default", "via", MX_V4])?;
+        self.gateway
+            .ip(&["-6", "route", "add", "default", "via", MX_V6])?;
+        for key in ["all", "default", SUBSCRIBER_INTERFACE, INTERNET_INTERFACE] {
+            self.gateway
+                .sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        self.internet
+            .ip(&["route", "add", "local", "0.0.0.0/0", "dev", "lo"])?;
+        self.internet
+            .ip(&["-6", "route", "add", "local", "::/0", "dev", "lo"])?;
+        for key in ["all", "default", "eth0"] {
+            // Every source is one of its own addresses now: without accept_local it would
+            // call them all martians.
+            self.internet
+                .sysctl(&format!("net.ipv4.conf.{key}.accept_local"), "1")?;
+            self.internet
+                .sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+            self.internet
+                .sysctl(&format!("net.ipv6.conf.{key}.seg6_enabled"), "1")?;
+        }
+        Ok(())
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
 /// A veth pair: `interface` in `netns`, its peer `eth0` in `peer`.

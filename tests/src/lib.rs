@@ -5,4 +5,6 @@ pub mod differential;
 pub mod frames;
 pub mod generate;
 pub mod lab;
+pub mod oracle;
 pub mod regression;
+pub mod wire;

@@ -14,7 +14,10 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use smtpguard::{config::Config, dataplane::Dataplane};
+use smtpguard::{
+    config::Config,
+    dataplane::{Attach, Dataplane},
+};
 use smtpguard_common::{REASON_COUNT, Reason};
 use smtpguard_tests::lab::{self, Connect, GatewayLab, Netns, Servers, addr};
 
@@ -228,23 +231,14 @@ fn enforce_through(entry: EntryPoint) {
     );
 }
 
-/// Attaches `entry` to the gateway's subscriber-facing interface. The interface name is
-/// resolved in the calling thread's namespace, hence the gateway thread.
+/// Attaches `entry` to the gateway's subscriber-facing interface.
 fn attach(dataplane: &mut Dataplane, lab: &GatewayLab, entry: EntryPoint) {
-    lab.gateway
-        .run(|| match entry {
-            EntryPoint::XdpDriver => {
-                dataplane.attach_xdp(lab::SUBSCRIBER_INTERFACE, XdpMode::Driver)
-            }
-            EntryPoint::Tc => dataplane.attach_tc(lab::SUBSCRIBER_INTERFACE),
-        })
-        .unwrap_or_else(|e| {
-            panic!(
-                "attaching {entry:?} to {} in {}: {e:#}",
-                lab::SUBSCRIBER_INTERFACE,
-                lab.gateway.name()
-            )
-        });
+    let attach = match entry {
+        EntryPoint::XdpDriver => Attach::Xdp(XdpMode::Driver),
+        EntryPoint::Tc => Attach::Tc,
+    };
+    lab.attach(dataplane, attach)
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn expect_connect(

@@ -1,0 +1,433 @@
+//! The real kernel as a second oracle. The differential test compares the kernel program with
+//! the reference model, and both were written with the same idea of what a gateway forwards;
+//! a frame both misread passes that test. Here generated frames go through a real forwarding
+//! gateway (smtpguard on its subscriber-facing veth, or nothing for the baseline) to a host
+//! that takes packets to any address, and what that host's kernel takes as TCP, after
+//! reassembly, is judged: an arrival the reference model would drop
+//! (`Reason::Dropped` for a clean frame with the arrival's addresses, ports and flags) is a
+//! leak. No parser of ours decides what got through: the kernels did.
+//!
+//! ```text
+//! subscriber: AF_PACKET writer -> gateway (sub0: smtpguard; forwarding) -> internet host
+//!                                                          (AnyIP; raw TCP sockets)
+//! ```
+//!
+//! Generated policies get `unparseable = drop`: with `pass`, TCP the program cannot read
+//! passes by the operator's choice, and its arrival would look like a leak.
+//!
+//! Frames go in batches; each batch ends with a sentinel segment per family (TCP to a port
+//! the policy does not enforce) and is over when both sentinels arrived, so every arrival is
+//! judged under the policy its frames were sent under. A lost arrival would hide a leak: the
+//! receivers' drop count (`SO_RXQ_OVFL`) and the veths' drop counters are part of the report,
+//! and `RoundReport::check_nothing_lost` fails a run where they moved.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use smtpguard::{
+    config::Capacity,
+    dataplane::{Attach, Dataplane},
+    model::{ModelPolicy, decide, dissect},
+};
+use smtpguard_common::{Reason, UnparseableAction};
+
+use crate::{
+    differential::{HOST_CAPACITY, describe, install_policy},
+    frames::{FrameSpec, TCP_SYN, Upper},
+    generate::{self, GeneratedFrame, GeneratedPolicy},
+    lab::{GatewayLab, INTERNET_INTERFACE, LinkStats, SUBSCRIBER_INTERFACE},
+    wire::{Arrival, PacketWriter, TcpArrivals},
+};
+
+/// Frames sent under one policy before the next is installed.
+pub const FRAMES_PER_POLICY: usize = 2_000;
+/// Frames per batch: below the 256 frames a veth's XDP ring holds, so a batch never
+/// overflows it while the gateway catches up.
+const BATCH: usize = 128;
+/// How long a batch's sentinels may take: they are forwarded in microseconds; not seeing
+/// them means the lab broke, and the run fails.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leaks kept in full (with their suspect frames) in a report; the rest are counted.
+const LEAKS_KEPT: usize = 20;
+
+/// The sentinels' addresses: documentation space routed (by the default routes) to the
+/// internet host like everything else.
+const SENTINEL_V4: (&str, &str) = ("192.0.2.200", "203.0.113.200");
+const SENTINEL_V6: (&str, &str) = ("2001:db8:5e47::1", "2001:db8:5e47::2");
+
+/// A gateway lab set up as the oracle needs it: the gateway forwards everything to the
+/// internet host, which takes every address as its own; frames are written raw onto the
+/// subscriber's veth and TCP arrivals read on the internet host.
+pub struct OracleLab {
+    pub lab: GatewayLab,
+    writer: PacketWriter,
+    pub arrivals: TcpArrivals,
+    gateway_mac: [u8; 6],
+    sentinel_token: u16,
+}
+
+impl OracleLab {
+    pub fn new() -> anyhow::Result<Self> {
+        let lab = GatewayLab::new()?;
+        lab.forward_everything()?;
+        let writer = PacketWriter::open(&lab.subscriber, "eth0")?;
+        let arrivals = TcpArrivals::open(&lab.internet, "eth0")?;
+        let gateway_mac = lab.gateway.mac(SUBSCRIBER_INTERFACE)?;
+        Ok(Self {
+            lab,
+            writer,
+            arrivals,
+            gateway_mac,
+            sentinel_token: 0,
+        })
+    }
+
+    /// Sends `frame` from the subscriber's line, its destination MAC rewritten to the
+    /// gateway's (so the gateway's kernel takes it as its own: PACKET_HOST). Returns false
+    /// when the kernel refuses to send it (shorter than an Ethernet header).
+    pub fn send(&self, frame: &[u8]) -> bool {
+        let mut frame = frame.to_vec();
+        if frame.len() >= 6 {
+            frame[..6].copy_from_slice(&self.gateway_mac);
+        }
+        match self.writer.send(&frame) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EINVAL) if frame.len() < 14 => false,
+            Err(error) => panic!("sending a {}-byte frame: {error}", frame.len()),
+        }
+    }
+
+    /// Ends a batch: sends one sentinel segment per family to `port` (which must not be
+    /// enforced, so that it passes) and takes the arrivals until both sentinels are in.
+    /// Returns the arrivals before them, sentinels left out.
+    pub fn sync(&mut self, port: u16) -> Vec<Arrival> {
+        self.sentinel_token = self.sentinel_token.wrapping_add(1);
+        let token = 1024 + self.sentinel_token % 60_000;
+        let sentinels = [
+            sentinel(SENTINEL_V4, token, port),
+            sentinel(SENTINEL_V6, token, port),
+        ];
+        for sentinel in &sentinels {
+            assert!(self.send(&sentinel.build()), "the sentinel was refused");
+        }
+        let mut missing: HashSet<IpAddr> = sentinels.iter().map(|s| s.src).collect();
+        let (mut arrivals, met) = self.arrivals.receive_until(SENTINEL_TIMEOUT, |arrival| {
+            if is_sentinel(arrival) && arrival.src_port() == Some(token) {
+                missing.remove(&arrival.src);
+            }
+            missing.is_empty()
+        });
+        assert!(
+            met,
+            "the batch's sentinel segments (TCP to port {port}, source port {token}) did not \
+             arrive within {SENTINEL_TIMEOUT:?}: missing from {missing:?}; the lab does not \
+             forward (or lost them). {} arrivals before.",
+            arrivals.len()
+        );
+        arrivals.retain(|arrival| !is_sentinel(arrival));
+        arrivals
+    }
+
+    /// Counters of the links a frame crosses: the subscriber's end (where the writer sends),
+    /// the gateway's two ends, the internet host's end.
+    pub fn link_stats(&self) -> [(&'static str, LinkStats); 4] {
+        let stats = |netns: &crate::lab::Netns, interface: &str| {
+            netns
+                .link_stats(interface)
+                .unwrap_or_else(|e| panic!("reading the counters of {interface}: {e:#}"))
+        };
+        [
+            ("subscriber eth0", stats(&self.lab.subscriber, "eth0")),
+            (
+                "gateway sub0",
+                stats(&self.lab.gateway, SUBSCRIBER_INTERFACE),
+            ),
+            (
+                "gateway inet0",
+                stats(&self.lab.gateway, INTERNET_INTERFACE),
+            ),
+            ("internet eth0", stats(&self.lab.internet, "eth0")),
+        ]
+    }
+}
+
+fn sentinel((src, dst): (&str, &str), token: u16, port: u16) -> FrameSpec {
+    let mut spec = FrameSpec::tcp(parse(src), parse(dst), port, TCP_SYN);
+    spec.upper = Upper::Tcp {
+        src_port: token,
+        dst_port: port,
+        flags: TCP_SYN,
+    };
+    spec
+}
+
+fn is_sentinel(arrival: &Arrival) -> bool {
+    [SENTINEL_V4, SENTINEL_V6]
+        .iter()
+        .any(|(src, dst)| arrival.src == parse(src) && arrival.dst == parse(dst))
+}
+
+fn parse(text: &str) -> IpAddr {
+    text.parse()
+        .unwrap_or_else(|e| panic!("address {text}: {e}"))
+}
+
+/// What the reference model decides for a clean frame (Ethernet, IP, a whole TCP header)
+/// with the arrival's addresses, ports and flags. `Reason::Dropped` means smtpguard should
+/// never have let it through. `None` for a segment too short to show its ports.
+pub fn judge_arrival(policy: &ModelPolicy, arrival: &Arrival) -> Option<Reason> {
+    let (src_port, dst_port) = (arrival.src_port()?, arrival.dst_port()?);
+    let mut spec = FrameSpec::tcp(arrival.src, arrival.dst, dst_port, 0);
+    spec.upper = Upper::Tcp {
+        src_port,
+        dst_port,
+        flags: arrival.flags().unwrap_or(0),
+    };
+    Some(decide(policy, &dissect(&spec.build())))
+}
+
+/// A port the policy does not enforce, for the sentinels.
+fn free_port(policy: &GeneratedPolicy) -> u16 {
+    let enforcement = &policy.desired.enforcement;
+    let enforced = &enforcement.ports[..enforcement.port_count as usize];
+    (1..=u16::MAX)
+        .rev()
+        .find(|port| !enforced.contains(port))
+        .expect("a policy enforces at most a few ports")
+}
+
+/// One run of generated frames through the lab.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundConfig {
+    pub seed: u64,
+    /// Frames to send (fragment pairs count as two).
+    pub frames: usize,
+    /// smtpguard's entry point on the gateway; `None`: the baseline, nothing attached.
+    pub attach: Option<Attach>,
+}
+
+/// An arrival the model would have dropped, with the frames that may have carried it.
+pub struct Leak {
+    pub arrival: Arrival,
+    /// The policy it came under (the generated policy's index in the round).
+    pub policy: usize,
+    /// Frames sent under that policy whose bytes hold both the arrival's addresses, latest
+    /// first (the arrival may be reassembled from several).
+    pub suspects: Vec<GeneratedFrame>,
+}
+
+impl fmt::Display for Leak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "arrived: {}", self.arrival)?;
+        writeln!(
+            f,
+            "  under policy {} of the round; {} suspect frame(s), latest first:",
+            self.policy,
+            self.suspects.len()
+        )?;
+        for frame in &self.suspects {
+            writeln!(f, "    generated as {}", frame.description)?;
+            writeln!(f, "    {}", describe(&frame.bytes))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a round saw.
+pub struct RoundReport {
+    pub config: RoundConfig,
+    pub frames_sent: usize,
+    /// Frames the kernel refused to send (shorter than an Ethernet header).
+    pub frames_refused: usize,
+    /// TCP arrivals at the internet host (sentinels left out).
+    pub arrivals: usize,
+    /// Arrivals the model would have dropped: leaks with smtpguard attached; in the
+    /// baseline, what smtpguard is there to stop.
+    pub leak_count: usize,
+    /// The first leaks in full.
+    pub leaks: Vec<Leak>,
+    /// Packets the receivers' sockets dropped (must be 0).
+    pub overflows: u32,
+    /// Link counters moved during the round (after minus before), by link.
+    pub links: Vec<(&'static str, LinkStats)>,
+    pub elapsed: Duration,
+}
+
+impl RoundReport {
+    pub fn frames_per_second(&self) -> f64 {
+        self.frames_sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The round's name: "baseline (nothing attached)", "smtpguard Xdp(Driver)", "smtpguard Tc".
+    pub fn name(&self) -> String {
+        match self.config.attach {
+            None => "baseline (nothing attached)".to_string(),
+            Some(attach) => format!("smtpguard {attach:?}"),
+        }
+    }
+
+    /// One line of figures.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: seed {}, {} frames sent ({} refused), {} TCP arrivals, {} leaks, {:.0} frames/s \
+             ({:.1?})",
+            self.name(),
+            self.config.seed,
+            self.frames_sent,
+            self.frames_refused,
+            self.arrivals,
+            self.leak_count,
+            self.frames_per_second(),
+            self.elapsed
+        )
+    }
+
+    /// The summary and the leaks kept, for a failure message.
+    pub fn details(&self) -> String {
+        let mut text = self.summary();
+        for leak in &self.leaks {
+            text += &format!("\nLEAK (seed {}) {leak}", self.config.seed);
+        }
+        if self.leak_count > self.leaks.len() {
+            text += &format!("\n... and {} more", self.leak_count - self.leaks.len());
+        }
+        text
+    }
+
+    /// Fails when an arrival may have been lost: a receiver's socket dropped packets, or a
+    /// veth dropped frames on their way (a frame the gateway never judged, or a forwarded
+    /// packet the internet host never saw).
+    pub fn check_nothing_lost(&self) -> Result<(), String> {
+        let lost: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(_, stats)| stats.tx_dropped > 0)
+            .map(|(link, stats)| format!("{link} dropped {} on transmit", stats.tx_dropped))
+            .collect();
+        if self.overflows == 0 && lost.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: packets may have been lost: the receivers' sockets dropped {} (SO_RXQ_OVFL); \
+                 {lost:?}",
+                self.name(),
+                self.overflows
+            ))
+        }
+    }
+}
+
+/// Sends `config.frames` generated frames (policies and frames from `config.seed`: the same
+/// seed sends the same frames whatever is attached) through a fresh lab and judges every TCP
+/// arrival. `progress` sees the report so far after each policy.
+pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) -> RoundReport {
+    let mut lab = OracleLab::new().unwrap_or_else(|e| panic!("building the oracle lab: {e:#}"));
+    let mut dataplane = config.attach.map(|attach| {
+        let capacity = Capacity {
+            hosts: HOST_CAPACITY,
+            ..Capacity::default()
+        };
+        let mut dataplane =
+            Dataplane::load(&capacity).unwrap_or_else(|e| panic!("loading the program: {e}"));
+        lab.lab
+            .attach(&mut dataplane, attach)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        dataplane
+    });
+    let links_before = lab.link_stats();
+    let started = Instant::now();
+    let mut report = RoundReport {
+        config,
+        frames_sent: 0,
+        frames_refused: 0,
+        arrivals: 0,
+        leak_count: 0,
+        leaks: Vec::new(),
+        overflows: 0,
+        links: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let mut rng = generate::rng(config.seed);
+    let mut escalated = Default::default();
+    let mut policy_index = 0;
+    while report.frames_sent < config.frames {
+        let mut policy = generate::random_policy(&mut rng);
+        policy.desired.enforcement.unparseable = UnparseableAction::Drop as u32;
+        if let Some(dataplane) = dataplane.as_mut() {
+            install_policy(dataplane, &policy.desired, &escalated, &policy.escalated);
+        }
+        escalated = policy.escalated.clone();
+        let model = ModelPolicy::from_desired(&policy.desired, escalated.iter().copied().collect());
+        let port = free_port(&policy);
+        let mut window: Vec<GeneratedFrame> = Vec::new();
+        let policy_end = (report.frames_sent + FRAMES_PER_POLICY).min(config.frames);
+        while report.frames_sent < policy_end {
+            let batch_end = (report.frames_sent + BATCH).min(policy_end);
+            while report.frames_sent < batch_end {
+                for frame in generate::random_datagram(&mut rng, &policy) {
+                    report.frames_sent += 1;
+                    report.frames_refused += usize::from(!lab.send(&frame.bytes));
+                    window.push(frame);
+                }
+            }
+            for arrival in lab.sync(port) {
+                report.arrivals += 1;
+                if judge_arrival(&model, &arrival) != Some(Reason::Dropped) {
+                    continue;
+                }
+                report.leak_count += 1;
+                if report.leaks.len() < LEAKS_KEPT {
+                    let suspects = suspects(&window, &arrival);
+                    report.leaks.push(Leak {
+                        arrival,
+                        policy: policy_index,
+                        suspects,
+                    });
+                }
+            }
+        }
+        policy_index += 1;
+        report.elapsed = started.elapsed();
+        progress(&report);
+    }
+    report.elapsed = started.elapsed();
+    report.overflows = lab.arrivals.overflows();
+    report.links = lab
+        .link_stats()
+        .into_iter()
+        .zip(links_before)
+        .map(|((link, after), (_, before))| {
+            (
+                link,
+                LinkStats {
+                    rx_packets: after.rx_packets - before.rx_packets,
+                    rx_dropped: after.rx_dropped - before.rx_dropped,
+                    tx_packets: after.tx_packets - before.tx_packets,
+                    tx_dropped: after.tx_dropped - before.tx_dropped,
+                },
+            )
+        })
+        .collect();
+    report
+}
+
+/// The frames of `window` that hold both of the arrival's addresses, latest first (at most 6).
+fn suspects(window: &[GeneratedFrame], arrival: &Arrival) -> Vec<GeneratedFrame> {
+    let octets = |address: IpAddr| match address {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let (src, dst) = (octets(arrival.src), octets(arrival.dst));
+    let holds = |frame: &[u8], needle: &[u8]| frame.windows(needle.len()).any(|w| w == needle);
+    window
+        .iter()
+        .rev()
+        .filter(|frame| holds(&frame.bytes, &src) && holds(&frame.bytes, &dst))
+        .take(6)
+        .cloned()
+        .collect()
+}

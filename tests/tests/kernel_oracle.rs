@@ -1,0 +1,82 @@
+//! The kernel as the oracle (tests/src/oracle.rs): generated frames through a real forwarding
+//! gateway namespace to a host that takes every address, and every TCP packet that host's
+//! kernel delivers (after reassembly) judged by the reference model. With smtpguard attached
+//! (XDP in driver mode, TC) no arrival may be one the model drops; without it (the baseline,
+//! the same frames) there must be such arrivals, or the oracle could not see a leak at all.
+//!
+//! A short fixed-seed run; `cargo xtask fuzz --oracle kernel` is the long one. Needs root.
+
+use aya::programs::XdpMode;
+use smtpguard::dataplane::Attach;
+use smtpguard_tests::oracle::{RoundConfig, RoundReport, run_round};
+
+const SEED: u64 = 0x0_7ac1e;
+/// Frames per round: enough for the generator's rarer shapes (deep priority-tag stacks,
+/// straddling fragment pairs) to come up from enforced subscribers a few times.
+const FRAMES: usize = 20_000;
+
+fn round(attach: Option<Attach>) -> RoundReport {
+    let report = run_round(
+        RoundConfig {
+            seed: SEED,
+            frames: FRAMES,
+            attach,
+        },
+        |_| {},
+    );
+    eprintln!("{}", report.summary());
+    for (link, stats) in &report.links {
+        eprintln!("  {link}: {stats:?}");
+    }
+    if let Err(lost) = report.check_nothing_lost() {
+        panic!("{lost}\n{}", report.summary());
+    }
+    report
+}
+
+#[test]
+fn without_smtpguard_the_oracle_sees_what_it_must_stop() {
+    let report = round(None);
+    assert!(
+        report.arrivals > FRAMES / 20,
+        "observed {} TCP arrivals for {} frames, expected more than {}: the lab does not \
+         forward generated frames\n{}",
+        report.arrivals,
+        report.frames_sent,
+        FRAMES / 20,
+        report.summary()
+    );
+    assert!(
+        report.leak_count > 0,
+        "observed 0 arrivals the model drops without smtpguard, expected some: the oracle \
+         could not see a leak\n{}",
+        report.summary()
+    );
+}
+
+fn no_leaks(attach: Attach) {
+    let report = round(Some(attach));
+    assert!(
+        report.arrivals > 0,
+        "observed no TCP arrivals at all with {attach:?}, expected the ordinary traffic to \
+         pass\n{}",
+        report.summary()
+    );
+    assert_eq!(
+        report.leak_count,
+        0,
+        "observed {} leaks (arrivals the model drops), expected 0\n{}",
+        report.leak_count,
+        report.details()
+    );
+}
+
+#[test]
+fn xdp_lets_nothing_through_that_the_model_drops() {
+    no_leaks(Attach::Xdp(XdpMode::Driver));
+}
+
+#[test]
+fn tc_lets_nothing_through_that_the_model_drops() {
+    no_leaks(Attach::Tc);
+}
