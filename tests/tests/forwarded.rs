@@ -26,26 +26,10 @@ use smtpguard::{
 use smtpguard_common::HostStats;
 use smtpguard_tests::{
     frames::{Extension, FrameSpec, TCP_SYN, TPID_8021AD, TPID_8021Q, Wrapper},
-    lab::addr,
+    lab::{LAB_CONFIG, addr},
     oracle::OracleLab,
     wire::Arrival,
 };
-
-const CONFIG: &str = r#"
-[enforcement]
-ports = [25]
-
-[[subscribers]]
-prefix = "100.64.0.0/10"
-mode = "enforce"
-
-[[subscribers]]
-prefix = "2001:db8:1000::/36"
-mode = "enforce"
-
-[capacity]
-hosts = 4096
-"#;
 
 const SMTP: u16 = 25;
 /// Not enforced: the lab's batch sentinels go there.
@@ -57,11 +41,11 @@ fn ip(text: &str) -> IpAddr {
         .unwrap_or_else(|e| panic!("lab address {text}: {e}"))
 }
 
-/// A lab with smtpguard (`attach`, under `CONFIG`) on the gateway, or nothing.
+/// A lab with smtpguard (`attach`, under the lab's policy) on the gateway, or nothing.
 fn lab(attach: Option<Attach>) -> (OracleLab, Option<Dataplane>) {
     let lab = OracleLab::new().unwrap_or_else(|e| panic!("building the lab: {e:#}"));
     let dataplane = attach.map(|attach| {
-        let config = Config::parse(CONFIG, Path::new("tests/forwarded.rs"))
+        let config = Config::parse(LAB_CONFIG, Path::new("tests/src/lab.rs"))
             .unwrap_or_else(|e| panic!("parsing the test configuration: {e}"));
         let mut dataplane = Dataplane::with_policy(&config)
             .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"));
