@@ -231,6 +231,29 @@ pub mod addr {
     pub const RELAY_V6: &str = "2001:db8:25::25";
 }
 
+/// A policy for the lab: port 25 enforced for both subscriber ranges (IPv4 explicitly, IPv6
+/// by default), the relay's two addresses allowlisted.
+pub const LAB_CONFIG: &str = r#"
+[enforcement]
+ports = [25]
+
+[[subscribers]]
+prefix = "100.64.0.0/10"
+mode = "enforce"
+
+[[subscribers]]
+prefix = "2001:db8:1000::/36"
+
+[[relays]]
+prefix = "192.0.2.25/32"
+
+[[relays]]
+prefix = "2001:db8:25::25/128"
+
+[capacity]
+hosts = 4096
+"#;
+
 /// subscriber (sub0) <-> (sub0) gateway (inet0) <-> (inet0) internet
 ///
 /// The gateway's `SUBSCRIBER_INTERFACE` is where smtpguard attaches.
@@ -376,33 +399,22 @@ impl GatewayLab {
     pub fn forward_everything(&self) -> anyhow::Result<()> {
         use addr::*;
         let internet_mac = mac_text(self.internet.mac("eth0")?);
-        self.gateway.ip(&[
-            "neigh",
-            "replace",
-            MX_V4,
-            "lladdr",
-            &internet_mac,
-            "nud",
-            "permanent",
-            "dev",
-            INTERNET_INTERFACE,
-        ])?;
-        self.gateway.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            MX_V6,
-            "lladdr",
-            &internet_mac,
-            "nud",
-            "permanent",
-            "dev",
-            INTERNET_INTERFACE,
-        ])?;
-        self.gateway
-            .ip(&["route", "add", "default", "via", MX_V4])?;
-        self.gateway
-            .ip(&["-6", "route", "add", "default", "via", MX_V6])?;
+        for (family, next_hop) in [("-4", MX_V4), ("-6", MX_V6)] {
+            self.gateway.ip(&[
+                family,
+                "neigh",
+                "replace",
+                next_hop,
+                "lladdr",
+                &internet_mac,
+                "nud",
+                "permanent",
+                "dev",
+                INTERNET_INTERFACE,
+            ])?;
+            self.gateway
+                .ip(&[family, "route", "add", "default", "via", next_hop])?;
+        }
         for key in ["all", "default", SUBSCRIBER_INTERFACE, INTERNET_INTERFACE] {
             self.gateway
                 .sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;

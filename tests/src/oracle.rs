@@ -415,19 +415,22 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
     report
 }
 
-/// The frames of `window` that hold both of the arrival's addresses, latest first (at most 6).
+/// The frames of `window` that hold both of the arrival's addresses: those that also hold
+/// its port pair first, then the rest, latest first each (at most 6).
 fn suspects(window: &[GeneratedFrame], arrival: &Arrival) -> Vec<GeneratedFrame> {
     let octets = |address: IpAddr| match address {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
     let (src, dst) = (octets(arrival.src), octets(arrival.dst));
+    let ports = arrival.tcp.get(..4).unwrap_or(&[]);
     let holds = |frame: &[u8], needle: &[u8]| frame.windows(needle.len()).any(|w| w == needle);
-    window
+    let mut found: Vec<&GeneratedFrame> = window
         .iter()
         .rev()
         .filter(|frame| holds(&frame.bytes, &src) && holds(&frame.bytes, &dst))
-        .take(6)
-        .cloned()
-        .collect()
+        .collect();
+    // A stable sort keeps the latest first within each group.
+    found.sort_by_key(|frame| !holds(&frame.bytes, ports));
+    found.into_iter().take(6).cloned().collect()
 }

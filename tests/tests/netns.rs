@@ -21,27 +21,6 @@ use smtpguard::{
 use smtpguard_common::{REASON_COUNT, Reason};
 use smtpguard_tests::lab::{self, Connect, GatewayLab, Netns, Servers, addr};
 
-const CONFIG: &str = r#"
-[enforcement]
-ports = [25]
-
-[[subscribers]]
-prefix = "100.64.0.0/10"
-mode = "enforce"
-
-[[subscribers]]
-prefix = "2001:db8:1000::/36"
-
-[[relays]]
-prefix = "192.0.2.25/32"
-
-[[relays]]
-prefix = "2001:db8:25::25/128"
-
-[capacity]
-hosts = 4096
-"#;
-
 /// How long a connection that should be blocked is given: its SYN never gets an answer, so
 /// this is what the test spends per blocked attempt.
 const BLOCKED_TIMEOUT: Duration = Duration::from_secs(1);
@@ -113,7 +92,7 @@ fn enforce_through(entry: EntryPoint) {
     let setup = started.elapsed();
 
     // 2. Attach and try every destination.
-    let config = Config::parse(CONFIG, Path::new("tests/netns.rs"))
+    let config = Config::parse(lab::LAB_CONFIG, Path::new("tests/src/lab.rs"))
         .unwrap_or_else(|e| panic!("parsing the test configuration: {e}"));
     let mut dataplane =
         Dataplane::with_policy(&config).unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"));

@@ -1,8 +1,13 @@
-//! `cargo xtask fuzz`: the long differential run. Builds and runs tests/src/bin/
-//! differential_fuzz (as root: it loads the kernel program), which mutates generated frames
-//! with proptest and compares the reference model with the kernel program on every input
-//! until the time is up; disagreements are saved under tests/regressions/. Not part of
-//! `cargo xtask test`, which replays those files and runs the shorter differential test.
+//! `cargo xtask fuzz`: the long runs, as root (they load the kernel program). Not part of
+//! `cargo xtask test`, which runs shorter versions of both.
+//!
+//! - `--oracle model` (the default): tests/src/bin/differential_fuzz mutates generated frames
+//!   with proptest and compares the reference model with the kernel program on every input
+//!   until the time is up; disagreements are saved under tests/regressions/, which `cargo
+//!   xtask test` replays.
+//! - `--oracle kernel`: tests/src/bin/kernel_oracle sends `--frames` generated frames per
+//!   round through a real forwarding gateway (nothing attached, then XDP, then TC) and judges
+//!   every TCP packet the far host's kernel delivers; any leak fails the run.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -10,9 +15,27 @@ use anyhow::{Result, bail};
 
 use crate::{bootstrap, cmd};
 
+/// What judges the kernel program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Oracle {
+    /// The reference model, frame by frame (BPF_PROG_TEST_RUN).
+    Model,
+    /// The real kernel: what a forwarding gateway with smtpguard attached lets through.
+    Kernel,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct FuzzArgs {
-    /// How long to fuzz: seconds, minutes or hours, e.g. `--duration 10m`, `90s`, `2h`.
+    /// What judges the program, e.g. `--oracle kernel`: `model` compares it with the reference
+    /// model, `kernel` sends frames through a real forwarding gateway and judges what arrives.
+    #[arg(long, value_enum, default_value = "model")]
+    oracle: Oracle,
+    /// Frames per round with `--oracle kernel`, e.g. `--frames 100000` (three rounds: nothing
+    /// attached, XDP, TC).
+    #[arg(long, default_value_t = 1_000_000)]
+    frames: u64,
+    /// How long to fuzz with `--oracle model`: seconds, minutes or hours, e.g.
+    /// `--duration 10m`, `90s`, `2h`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     duration: Duration,
     /// Seed of the inputs (the same seed tries the same inputs), e.g. `--seed 7`; random
@@ -40,28 +63,42 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
     bootstrap::run(root)?;
-    // The debug build: the run's time goes into BPF_PROG_TEST_RUN syscalls, not host code,
-    // and it shares the build `cargo xtask test` already made.
+    let binary = match args.oracle {
+        Oracle::Model => "differential_fuzz",
+        Oracle::Kernel => "kernel_oracle",
+    };
+    // The debug build: the run's time goes into syscalls (BPF_PROG_TEST_RUN, sending frames),
+    // not host code, and it shares the build `cargo xtask test` already made.
     cmd::run(Command::new("cargo").current_dir(root).args([
         "build",
         "-p",
         "smtpguard-tests",
         "--bin",
-        "differential_fuzz",
+        binary,
     ]))?;
-    let mut fuzz = Command::new(root.join("target/debug/differential_fuzz"));
-    fuzz.current_dir(root)
-        .arg("--duration")
-        .arg(args.duration.as_secs().to_string());
+    let mut fuzz = Command::new(root.join("target/debug").join(binary));
+    fuzz.current_dir(root);
+    match args.oracle {
+        Oracle::Model => fuzz
+            .arg("--duration")
+            .arg(args.duration.as_secs().to_string()),
+        Oracle::Kernel => fuzz.arg("--frames").arg(args.frames.to_string()),
+    };
     if let Some(seed) = args.seed {
         fuzz.arg("--seed").arg(seed.to_string());
     }
     if cmd::run(&mut fuzz).is_err() {
-        bail!(
-            "the kernel program and the model disagreed; the cases are saved under {} \
-             (see the output above), and `cargo xtask test` replays them",
-            root.join("tests/regressions").display()
-        );
+        match args.oracle {
+            Oracle::Model => bail!(
+                "the kernel program and the model disagreed; the cases are saved under {} \
+                 (see the output above), and `cargo xtask test` replays them",
+                root.join("tests/regressions").display()
+            ),
+            Oracle::Kernel => bail!(
+                "the kernel oracle failed (see the output above: each leak is printed with \
+                 the seed and the frames that may have carried it)"
+            ),
+        }
     }
     Ok(())
 }

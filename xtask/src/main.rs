@@ -41,7 +41,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Bootstrap, build, then compare the kernel program with the reference model on
     /// mutated generated frames for `--duration` (default 10m); disagreements are shrunk and
-    /// saved under tests/regressions/. As root.
+    /// saved under tests/regressions/. With `--oracle kernel`: send `--frames` generated
+    /// frames (default 1,000,000 a round) through a real forwarding gateway without and with
+    /// smtpguard (XDP, TC) and judge what arrives. As root.
     Fuzz(fuzz::FuzzArgs),
     /// Build the release binary and a Debian package of it (binary, systemd unit, sysusers.d
     /// entry, example config, man page, shell completions) in target/debian/.
