@@ -145,7 +145,14 @@ impl Dataplane {
     /// Loads both entry points into the kernel with maps sized from `capacity`. The maps are
     /// private to this instance: nothing is pinned, nothing live is touched.
     pub fn load(capacity: &Capacity) -> Result<Self, DataplaneError> {
-        Self::load_with(capacity, None)
+        Self::load_with(PROGRAM, capacity, None)
+    }
+
+    /// Like [`load`](Self::load), for another build of the kernel program (an ELF object
+    /// with the same entry points and policy maps): the benchmark times an earlier build
+    /// against this one in the same rounds.
+    pub fn load_object(object: &[u8], capacity: &Capacity) -> Result<Self, DataplaneError> {
+        Self::load_with(object, capacity, None)
     }
 
     /// Loads both entry points with every map pinned below `layout`: maps already pinned
@@ -157,7 +164,7 @@ impl Dataplane {
     pub fn load_pinned(capacity: &Capacity, layout: &PinLayout) -> Result<Self, DataplaneError> {
         layout.prepare()?;
         let replaced_pins = pins::unpin_incompatible(layout, PROGRAM)?;
-        let mut dataplane = Self::load_with(capacity, Some(layout))?;
+        let mut dataplane = Self::load_with(PROGRAM, capacity, Some(layout))?;
         dataplane.replaced_pins = replaced_pins;
         Ok(dataplane)
     }
@@ -166,7 +173,11 @@ impl Dataplane {
         &self.replaced_pins
     }
 
-    fn load_with(capacity: &Capacity, pins: Option<&PinLayout>) -> Result<Self, DataplaneError> {
+    fn load_with(
+        object: &[u8],
+        capacity: &Capacity,
+        pins: Option<&PinLayout>,
+    ) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         let sources = names::source_capacity(capacity.subscribers, capacity.exemptions);
         loader
@@ -182,7 +193,7 @@ impl Dataplane {
                 loader.map_pin_path(name, layout.map(name));
             }
         }
-        let mut ebpf = loader.load(PROGRAM)?;
+        let mut ebpf = loader.load(object)?;
         program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;

@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Skip the end-to-end flood through the namespace gateway, e.g. `--no-flood`.
     #[arg(long)]
     no_flood: bool,
+    /// Also time the kernel program as an earlier git revision builds it, in the same rounds,
+    /// e.g. `--baseline HEAD~1` or `--baseline main`: what a change costs per packet.
+    #[arg(long, value_name = "REV")]
+    baseline: Option<String>,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -52,6 +56,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     if args.no_flood {
         bench.arg("--no-flood");
+    }
+    if let Some(rev) = &args.baseline {
+        bench.arg("--baseline").arg(baseline_object(root, rev)?);
     }
     cmd::run(&mut bench)?;
 
@@ -78,4 +85,50 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         println!("wrote {} and {}", md.display(), svg.display());
     }
     Ok(())
+}
+
+/// Builds the kernel program of `rev` (in a worktree of its own below target/bench/, with this
+/// checkout's bpf-linker) and returns the object's path.
+fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
+    let bench = root.join("target").join("bench");
+    let source = bench.join("baseline-src");
+    if source.exists() {
+        cmd::run(
+            Command::new("git")
+                .current_dir(root)
+                .args(["worktree", "remove", "--force"])
+                .arg(&source),
+        )?;
+    }
+    cmd::run(
+        Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "add", "--detach"])
+            .arg(&source)
+            .arg(rev),
+    )
+    .with_context(|| format!("checking out {rev:?} for the baseline"))?;
+    let built = (|| {
+        std::os::unix::fs::symlink(root.join(".tools"), source.join(".tools"))
+            .context("linking .tools into the baseline checkout")?;
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(&source)
+                .env("CARGO_TARGET_DIR", bench.join("baseline-target"))
+                .args(["+nightly", "build", "--release", "-p", "smtpguard-ebpf"])
+                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]),
+        )
+        .with_context(|| format!("building the kernel program of {rev:?}"))?;
+        let object = bench.join("baseline.o");
+        let built = bench.join("baseline-target/bpfel-unknown-none/release/smtpguard");
+        fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
+        Ok(object)
+    })();
+    cmd::run(
+        Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "remove", "--force"])
+            .arg(&source),
+    )?;
+    built
 }

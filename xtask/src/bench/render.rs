@@ -9,6 +9,8 @@ const FLOOR: &str = "floor";
 const PEER: &str = "xdp-filter";
 const OURS: &str = "smtpguard";
 const OURS_LARGE: &str = "smtpguard-large";
+/// An earlier build of the kernel program, when the run was given one (`--baseline`).
+const BASELINE: &str = "baseline";
 
 /// Targets of issue 7.
 const SCALE_TARGET: f64 = 1.2;
@@ -64,6 +66,31 @@ pub fn table(results: &Results) -> String {
             case.action(OURS),
             case.action(PEER),
         );
+    }
+
+    if results.cases.iter().any(|case| case.ns(BASELINE).is_some()) {
+        let _ = writeln!(
+            out,
+            "\nAgainst an earlier build of the program (`--baseline`), timed in the same rounds \
+             (ns/packet; small maps)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| case | earlier build | this build | this / earlier | this - earlier |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|");
+        for case in &results.cases {
+            let (earlier, ours) = (case.ns(BASELINE), case.ns(OURS));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                case.description,
+                ns(earlier),
+                ns(ours),
+                ratio(ours, earlier),
+                ns(ours.zip(earlier).map(|(ours, earlier)| ours - earlier)),
+            );
+        }
     }
 
     let _ = writeln!(out, "\nPrograms (sizes from BPF_OBJ_GET_INFO_BY_FD)\n");

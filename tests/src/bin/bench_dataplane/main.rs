@@ -73,20 +73,29 @@ struct Args {
     quick: bool,
     flood: bool,
     out: PathBuf,
+    /// An earlier build of the kernel program, timed in the same rounds as "baseline".
+    baseline: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
     let mut quick = false;
     let mut flood = true;
     let mut out = None;
+    let mut baseline = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--no-flood" => flood = false,
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
+            "--baseline" => {
+                baseline = Some(PathBuf::from(
+                    args.next().context("--baseline needs an ELF object")?,
+                ));
+            }
             other => bail!(
-                "unknown argument {other}; usage: bench_dataplane [--quick] [--no-flood] --out FILE"
+                "unknown argument {other}; usage: bench_dataplane [--quick] [--no-flood] \
+                 [--baseline OBJECT] --out FILE"
             ),
         }
     }
@@ -94,6 +103,7 @@ fn args() -> Result<Args> {
         quick,
         flood,
         out: out.context("--out FILE is required")?,
+        baseline,
     })
 }
 
@@ -264,14 +274,28 @@ fn main() -> Result<()> {
     );
     let (mut large, scale, mut large_policy) = fill_large(&capacity, &base)?;
 
+    let baseline = match &args.baseline {
+        Some(path) => {
+            eprintln!("loading the baseline build {}", path.display());
+            let object = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut baseline = Dataplane::load_object(&object, &config.capacity)
+                .with_context(|| format!("loading {}", path.display()))?;
+            baseline
+                .policy_maps()?
+                .reconcile(&DesiredPolicy::from_config(&config))?;
+            Some(baseline)
+        }
+        None => None,
+    };
+
     let cases = cases();
-    let programs: Vec<(&'static str, BorrowedFd<'_>)> = vec![
+    let mut programs: Vec<(&'static str, BorrowedFd<'_>)> = vec![
         ("floor", floor.as_fd()),
         ("xdp-filter", peer.program.as_fd()),
         ("smtpguard", small.xdp_program_fd()?),
         ("smtpguard-large", large.xdp_program_fd()?),
     ];
-    let infos = vec![
+    let mut infos = vec![
         ProgramInfo {
             key: "floor",
             description: "r0 = XDP_PASS; exit (2 instructions)".into(),
@@ -296,6 +320,17 @@ fn main() -> Result<()> {
             size: bpf::program_size(large.xdp_program_fd()?)?,
         },
     ];
+    if let (Some(baseline), Some(path)) = (&baseline, &args.baseline) {
+        programs.push(("baseline", baseline.xdp_program_fd()?));
+        infos.push(ProgramInfo {
+            key: "baseline",
+            description: format!(
+                "smtpguard_xdp of an earlier build ({}), small maps",
+                path.display()
+            ),
+            size: bpf::program_size(baseline.xdp_program_fd()?)?,
+        });
+    }
 
     let verdicts = check_verdicts(&programs, &cases)?;
     eprintln!(
@@ -390,7 +425,7 @@ fn check_verdicts(
             let action = bpf::test_run(*fd, &case.frame, 1, None)?.action;
             let expected = match *key {
                 "floor" => Some(bpf::XDP_PASS),
-                "smtpguard" | "smtpguard-large" => Some(case.expected),
+                "smtpguard" | "smtpguard-large" | "baseline" => Some(case.expected),
                 "xdp-filter" if case.key == "fast-path" => Some(bpf::XDP_PASS),
                 "xdp-filter" if case.key == "syn25-drop" => Some(bpf::XDP_DROP),
                 _ => None,
