@@ -366,3 +366,55 @@ fn bare_addresses_dates_and_aliases_through_the_agent() {
         "--expires 2030-02-30",
     );
 }
+
+/// A user id of no account, for the agent run without privileges.
+const UNPRIVILEGED_UID: u32 = 64_124;
+
+#[test]
+fn an_agent_without_privileges_is_told_what_it_needs() {
+    let f = Fixture::new("operator-eperm");
+    std::fs::write(&f.config, f.config_text_in("", None)).unwrap();
+    // What the unit's StateDirectory= and RuntimeDirectory= and its privileged ExecStartPre
+    // do: the folders belong to the user, so only the kernel's bpf() checks remain.
+    let owner = format!("{UNPRIVILEGED_UID}:{UNPRIVILEGED_UID}");
+    let chowned = Command::new("chown")
+        .args(["-R", &owner])
+        .arg(&f.scratch.0)
+        .output()
+        .unwrap();
+    assert!(chowned.status.success(), "{}", show(&chowned));
+    f.ok(&["prepare", "--user", &owner]);
+
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net=/run/netns/{}", f.lab.gateway.name()))
+        .args(["--", "setpriv"])
+        .arg(format!("--reuid={UNPRIVILEGED_UID}"))
+        .arg(format!("--regid={UNPRIVILEGED_UID}"))
+        .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(BIN);
+    let mut agent = Agent::spawn(command, &f.config, &f.scratch.file("agent.log"));
+    let exit = agent.wait_exit(std::time::Duration::from_secs(15));
+    let log = agent.log();
+    assert_eq!(
+        exit.and_then(|status| status.code()),
+        Some(1),
+        "the agent without capabilities: expected exit 1; log:\n{log}"
+    );
+    let error = log
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("an error line in the log:\n{log}"));
+    for needle in [
+        "Operation not permitted",
+        "the agent needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+        "systemctl start smtpguard",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error:?}");
+    }
+    assert_eq!(
+        error.matches("Operation not permitted").count(),
+        1,
+        "the cause is said once: {error}"
+    );
+}

@@ -219,7 +219,8 @@ fn privilege_hint(error: anyhow::Error) -> anyhow::Error {
     }
     anyhow::anyhow!(
         "{}; the agent needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-         (start it with `systemctl start smtpguard`: the unit grants them)",
+         (and CAP_SYS_ADMIN with [agent] netns): start it with `systemctl start smtpguard`, \
+         whose unit grants them",
         error_text(&error)
     )
 }
