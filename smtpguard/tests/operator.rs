@@ -29,6 +29,12 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("running smtpguard")
 }
 
+/// Whether a JSON list holds an object whose `key` is `value`.
+fn any(list: &Value, key: &str, value: &str) -> bool {
+    list.as_array()
+        .is_some_and(|items| items.iter().any(|item| item[key] == value))
+}
+
 #[track_caller]
 fn assert_ok(output: &Output, what: &str) -> String {
     assert!(
@@ -271,14 +277,7 @@ fn bare_addresses_dates_and_aliases_through_the_agent() {
 
     f.ok(&["relay", "add", "192.0.2.26"]);
     let relays = f.json(&["relay", "ls", "-o", "json"]);
-    assert!(
-        relays
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["prefix"] == "192.0.2.26/32"),
-        "{relays}"
-    );
+    assert!(any(&relays, "prefix", "192.0.2.26/32"), "{relays}");
     f.ok(&["relay", "remove", "192.0.2.26"]);
 
     // A host prefix where a host is expected; a wider prefix is refused before the agent.
@@ -335,11 +334,7 @@ fn bare_addresses_dates_and_aliases_through_the_agent() {
     }
     let audit = f.json(&["audit", "--since", "today", "-o", "json"]);
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["subject"] == "100.64.0.2/32"),
+        any(&audit, "subject", "100.64.0.2/32"),
         "audit --since today lists today's changes: {audit}"
     );
     for since in ["yesterday", "2026-01-01", "2026-01-01T08:00", "24h"] {
@@ -374,16 +369,9 @@ const UNPRIVILEGED_UID: u32 = 64_124;
 fn an_agent_without_privileges_is_told_what_it_needs() {
     let f = Fixture::new("operator-eperm");
     std::fs::write(&f.config, f.config_text_in("", None)).unwrap();
-    // What the unit's StateDirectory= and RuntimeDirectory= and its privileged ExecStartPre
-    // do: the folders belong to the user, so only the kernel's bpf() checks remain.
-    let owner = format!("{UNPRIVILEGED_UID}:{UNPRIVILEGED_UID}");
-    let chowned = Command::new("chown")
-        .args(["-R", &owner])
-        .arg(&f.scratch.0)
-        .output()
-        .unwrap();
-    assert!(chowned.status.success(), "{}", show(&chowned));
-    f.ok(&["prepare", "--user", &owner]);
+    // The folders and the pins belong to the user, as the unit leaves them: only the
+    // kernel's checks of bpf() remain.
+    f.hand_over_to(UNPRIVILEGED_UID);
 
     let mut command = Command::new("nsenter");
     command
