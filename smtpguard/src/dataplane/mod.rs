@@ -424,10 +424,14 @@ where
 }
 
 /// TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an existing
-/// one is fine.
+/// one is fine. aya reports the existing one as a netlink error carrying EEXIST ("Exclusivity
+/// flag on, cannot modify"), not as an I/O error.
 fn ensure_clsact(interface: &str) -> Result<(), DataplaneError> {
     match tc::qdisc_add_clsact(interface) {
         Err(tc::TcError::IoError(error)) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(())
+        }
+        Err(tc::TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
             Ok(())
         }
         Err(source) => Err(DataplaneError::Qdisc {
