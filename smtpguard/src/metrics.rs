@@ -1313,7 +1313,10 @@ mod tests {
             .into_iter()
             .filter(|&(_, verdict, _)| verdict == "drop")
             .count();
-        assert_eq!(drops, 3);
+        assert_eq!(
+            drops, 4,
+            "dropped, fragment-dropped, unparseable-dropped, link-unparseable-dropped"
+        );
     }
 
     /// `promtool check metrics` lints the Prometheus text format (it reads no OpenMetrics).
