@@ -2,6 +2,7 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod batch;
+pub mod interfaces;
 mod links;
 mod maps;
 mod pins;
@@ -71,6 +72,13 @@ pub enum DataplaneError {
     CorruptKey { map: &'static str, prefix_len: u32 },
     #[error("interface {interface} does not exist")]
     InterfaceMissing { interface: String },
+    #[error("interface {interface}: {request} failed: {source}")]
+    LinkQuery {
+        interface: String,
+        request: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "another smtpguard agent (pid {owner}) already owns the pin folder {}; one agent per \
          pin folder",
