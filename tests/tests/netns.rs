@@ -236,7 +236,7 @@ fn attach(dataplane: &mut Dataplane, lab: &GatewayLab, entry: EntryPoint) {
             EntryPoint::XdpDriver => {
                 dataplane.attach_xdp(lab::SUBSCRIBER_INTERFACE, XdpMode::Driver)
             }
-            EntryPoint::Tc => dataplane.attach_tc(lab::SUBSCRIBER_INTERFACE),
+            EntryPoint::Tc => dataplane.attach_tc(lab::SUBSCRIBER_INTERFACE).map(drop),
         })
         .unwrap_or_else(|e| {
             panic!(

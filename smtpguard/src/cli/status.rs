@@ -86,6 +86,24 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                     _ => "none".to_owned(),
                 },
             ],
+            vec![
+                "unlisted tunnels".to_owned(),
+                match body["unlisted_tunnels"].as_array() {
+                    Some(tunnels) if !tunnels.is_empty() => format!(
+                        "{}: up, not filtered",
+                        tunnels
+                            .iter()
+                            .map(|t| format!(
+                                "{} ({})",
+                                table::text(&t["interface"]),
+                                table::text(&t["kind"])
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => "none".to_owned(),
+                },
+            ],
             row("enforced ports", &body["enforced_ports"]),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
@@ -93,6 +111,9 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             row("state folder", &body["state_dir"]),
         ],
     );
+    for tunnel in body["unlisted_tunnels"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", table::text(&tunnel["warning"]));
+    }
     println!();
     let packets = body["packets"].as_object().cloned().unwrap_or_default();
     table::print(

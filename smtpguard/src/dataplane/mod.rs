@@ -24,7 +24,10 @@ use smtpguard_common::{
 pub use self::{
     links::HeldLinks,
     maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
-    pins::{Attach, AttachOutcome, MapShape, PinLayout, PinLock, PinnedAttachment, ReplacedPin},
+    pins::{
+        Attach, AttachOutcome, Attached, MapShape, PinLayout, PinLock, PinnedAttachment,
+        ReplacedPin,
+    },
 };
 use crate::{
     config::{Capacity, Config},
@@ -36,6 +39,9 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/s
 
 pub const XDP_PROGRAM: &str = "smtpguard_xdp";
 pub const TC_PROGRAM: &str = "smtpguard_tc";
+/// The TC entry point for devices without an Ethernet header (TUN, WireGuard, IPIP, GRE):
+/// it reads from the IP header and takes the protocol from the skb.
+pub const TC_L3_PROGRAM: &str = "smtpguard_tc_l3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -78,6 +84,14 @@ pub enum DataplaneError {
         request: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "interface {interface} has no Ethernet header (link type {link_type}); the XDP \
+         program reads Ethernet frames: attach with TC, which uses {TC_L3_PROGRAM} there"
+    )]
+    NotEthernet {
+        interface: String,
+        link_type: String,
     },
     #[error(
         "another smtpguard agent (pid {owner}) already owns the pin folder {}; one agent per \
@@ -150,13 +164,13 @@ pub struct FrameOutcome {
 }
 
 impl Dataplane {
-    /// Loads both entry points into the kernel with maps sized from `capacity`. The maps are
+    /// Loads the entry points into the kernel with maps sized from `capacity`. The maps are
     /// private to this instance: nothing is pinned, nothing live is touched.
     pub fn load(capacity: &Capacity) -> Result<Self, DataplaneError> {
         Self::load_with(capacity, None)
     }
 
-    /// Loads both entry points with every map pinned below `layout`: maps already pinned
+    /// Loads the entry points with every map pinned below `layout`: maps already pinned
     /// there are reused with their contents (their sizes are the ones they were created
     /// with), missing ones are created and pinned.
     ///
@@ -194,9 +208,11 @@ impl Dataplane {
         program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;
-        program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
-            .load()
-            .map_err(|source| program_error("loading", TC_PROGRAM, source))?;
+        for name in [TC_PROGRAM, TC_L3_PROGRAM] {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| program_error("loading", name, source))?;
+        }
         Ok(Self {
             ebpf,
             replaced_pins: Vec::new(),
@@ -205,21 +221,33 @@ impl Dataplane {
 
     /// Puts this program on `interface` through a link pinned below `layout`, replacing the
     /// program of an existing link atomically. The attachment outlives this instance.
+    ///
+    /// An interface without an Ethernet header (TUN, WireGuard, IPIP, GRE, PPP) gets the L3
+    /// entry point at TC ingress whatever `attach` asks for: the XDP and Ethernet TC programs
+    /// would misread its packets. [`Attached`] says what was attached and why.
     pub fn attach_pinned(
         &mut self,
         layout: &PinLayout,
         interface: &str,
         attach: Attach,
-    ) -> Result<AttachOutcome, DataplaneError> {
+    ) -> Result<Attached, DataplaneError> {
         let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|_| {
             DataplaneError::InterfaceMissing {
                 interface: interface.to_owned(),
             }
         })?;
-        if attach == Attach::Tc {
+        let link_type = interfaces::link_type(interface)?;
+        let effective = attach.for_link_type(link_type);
+        if !matches!(effective, Attach::Xdp(_)) {
             ensure_clsact(interface)?;
         }
-        pins::attach(&mut self.ebpf, layout, interface, attach, ifindex)
+        let outcome = pins::attach(&mut self.ebpf, layout, interface, effective, ifindex)?;
+        Ok(Attached {
+            outcome,
+            attach: effective,
+            requested: attach,
+            link_type,
+        })
     }
 
     /// Pins every map whose pin is missing (removed by hand) again: this instance holds them
@@ -261,21 +289,33 @@ impl Dataplane {
         PolicyMaps::new(&mut self.ebpf)
     }
 
-    /// Attaches the XDP entry point; the attachment lasts as long as this instance.
+    /// Attaches the XDP entry point; the attachment lasts as long as this instance. An
+    /// interface without an Ethernet header is refused (see [`attach_tc`](Self::attach_tc)).
     pub fn attach_xdp(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        let link_type = interfaces::link_type(interface)?;
+        if link_type != interfaces::ARPHRD_ETHER {
+            return Err(DataplaneError::NotEthernet {
+                interface: interface.to_owned(),
+                link_type: interfaces::link_type_name(link_type),
+            });
+        }
         program_mut::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?
             .attach(interface, mode)
             .map_err(|source| attach_error(XDP_PROGRAM, interface, source))?;
         Ok(())
     }
 
-    /// Attaches the TC entry point on the interface's ingress.
-    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
+    /// Attaches a TC entry point on the interface's ingress: the Ethernet one, or the L3 one
+    /// on an interface without an Ethernet header. Returns the program's name.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<&'static str, DataplaneError> {
+        let program = Attach::Tc
+            .for_link_type(interfaces::link_type(interface)?)
+            .program();
         ensure_clsact(interface)?;
-        program_mut::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?
+        program_mut::<SchedClassifier>(&mut self.ebpf, program)?
             .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| attach_error(TC_PROGRAM, interface, source))?;
-        Ok(())
+            .map_err(|source| attach_error(program, interface, source))?;
+        Ok(program)
     }
 
     /// Runs one frame through the XDP entry point with `BPF_PROG_TEST_RUN` and reports the
