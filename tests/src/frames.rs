@@ -250,20 +250,34 @@ impl FrameSpec {
     }
 
     pub fn build(&self) -> Vec<u8> {
+        let ethertype = if self.src.is_ipv4() {
+            ETH_P_IPV4
+        } else {
+            ETH_P_IPV6
+        };
+        ethernet(&self.wrappers, ethertype, &self.build_ip())
+    }
+
+    /// The IP packet alone, without Ethernet or wrappers: what a device without a link-layer
+    /// header (TUN, WireGuard, IPIP) carries.
+    pub fn build_ip(&self) -> Vec<u8> {
         let mut upper = self.upper_bytes();
         if let Some(len) = self.upper_len {
             upper.truncate(len);
         }
-        let (ethertype, ip) = match (self.src, self.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                (ETH_P_IPV4, self.ipv4(src.octets(), dst.octets(), &upper))
-            }
-            (IpAddr::V6(src), IpAddr::V6(dst)) => {
-                (ETH_P_IPV6, self.ipv6(src.octets(), dst.octets(), &upper))
-            }
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => self.ipv4(src.octets(), dst.octets(), &upper),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => self.ipv6(src.octets(), dst.octets(), &upper),
             _ => unreachable!("families checked at construction"),
-        };
-        ethernet(&self.wrappers, ethertype, &ip)
+        }
+    }
+
+    /// The same segment from another TCP source port (no effect on other protocols).
+    pub fn src_port(mut self, port: u16) -> Self {
+        if let Upper::Tcp { src_port, .. } = &mut self.upper {
+            *src_port = port;
+        }
+        self
     }
 
     fn protocol(&self) -> u8 {
