@@ -56,7 +56,20 @@ fn vxlan_decapsulated_smtp_is_filtered_only_on_the_vxlan_device() {
         .unwrap_or_else(|e| panic!("building the VXLAN tunnel: {e:#}"));
     let _servers = Servers::start(&lab.internet, &[25, 587]).unwrap();
     let mx = ip(addr::MX_V4);
-    let smtp = |port, timeout| lab::connect(&lab.subscriber, mx, port, timeout);
+    // One tunnelled connection to MX:port, which must end as `expected`.
+    let expect = |port: u16, expected: Connect, when: &str| {
+        let timeout = if expected == Connect::TimedOut {
+            BLOCKED
+        } else {
+            OPEN
+        };
+        let observed = lab::connect(&lab.subscriber, mx, port, timeout);
+        assert_eq!(
+            observed, expected,
+            "{when}: tunnelled connection to MX:{port}: expected {expected:?}, observed \
+             {observed:?}"
+        );
+    };
 
     let mut dataplane = Dataplane::with_policy(&config()).unwrap();
     let program = lab
@@ -68,12 +81,10 @@ fn vxlan_decapsulated_smtp_is_filtered_only_on_the_vxlan_device() {
     // The gap: on the subscriber link the SYN is inside UDP to port 4789, which the program
     // passes as `other`; the gateway decapsulates it and routes it from vx0.
     let other_before = counter(&dataplane, Reason::Other);
-    let observed = smtp(25, OPEN);
-    assert_eq!(
-        observed,
+    expect(
+        25,
         Connect::Greeted,
-        "attached to {SUBSCRIBER_INTERFACE} only: expected the tunnelled connection to MX:25 \
-         to get through (the gap), observed {observed:?}"
+        "attached to the subscriber veth only (the gap)",
     );
     let other_after = counter(&dataplane, Reason::Other);
     assert!(
@@ -96,25 +107,13 @@ fn vxlan_decapsulated_smtp_is_filtered_only_on_the_vxlan_device() {
         program, TC_PROGRAM,
         "a VXLAN device hands on Ethernet frames"
     );
-    let observed = smtp(25, BLOCKED);
-    assert_eq!(
-        observed,
-        Connect::TimedOut,
-        "attached to {VXLAN_INTERFACE}: expected the tunnelled connection to MX:25 blocked, \
-         observed {observed:?}"
-    );
+    expect(25, Connect::TimedOut, "the VXLAN device attached too");
     let dropped = counter(&dataplane, Reason::Dropped);
     assert!(
         dropped >= 1,
         "expected the drop counted, observed {dropped}"
     );
-    let observed = smtp(587, OPEN);
-    assert_eq!(
-        observed,
-        Connect::Greeted,
-        "attached to {VXLAN_INTERFACE}: expected the tunnelled connection to MX:587 open, \
-         observed {observed:?}"
-    );
+    expect(587, Connect::Greeted, "the VXLAN device attached too");
 }
 
 /// One IP family of the VPN subscriber behind the TUN device.

@@ -72,38 +72,24 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                     attached.join(", ")
                 },
             ],
-            vec![
-                "detached".to_owned(),
-                match body["detached"].as_array() {
-                    Some(missing) if !missing.is_empty() => format!(
-                        "{}: interface missing, not enforcing there",
-                        missing
-                            .iter()
-                            .map(table::text)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    _ => "none".to_owned(),
+            listed_or_none(
+                "detached",
+                &body["detached"],
+                table::text,
+                "interface missing, not enforcing there",
+            ),
+            listed_or_none(
+                "unlisted tunnels",
+                &body["unlisted_tunnels"],
+                |t| {
+                    format!(
+                        "{} ({})",
+                        table::text(&t["interface"]),
+                        table::text(&t["kind"])
+                    )
                 },
-            ],
-            vec![
-                "unlisted tunnels".to_owned(),
-                match body["unlisted_tunnels"].as_array() {
-                    Some(tunnels) if !tunnels.is_empty() => format!(
-                        "{}: up, not filtered",
-                        tunnels
-                            .iter()
-                            .map(|t| format!(
-                                "{} ({})",
-                                table::text(&t["interface"]),
-                                table::text(&t["kind"])
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    _ => "none".to_owned(),
-                },
-            ],
+                "up, not filtered",
+            ),
             row("enforced ports", &body["enforced_ports"]),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
@@ -144,6 +130,23 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 
 fn row(label: &str, value: &Value) -> Vec<String> {
     vec![label.to_owned(), table::text(value)]
+}
+
+/// A row naming each item of the array `items` (`name` renders one) followed by `what`
+/// ("eth1, eth2: interface missing, ..."), or "none".
+fn listed_or_none(
+    label: &str,
+    items: &Value,
+    name: impl Fn(&Value) -> String,
+    what: &str,
+) -> Vec<String> {
+    let names: Vec<String> = items.as_array().into_iter().flatten().map(name).collect();
+    let text = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{}: {what}", names.join(", "))
+    };
+    vec![label.to_owned(), text]
 }
 
 pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
