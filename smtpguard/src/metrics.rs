@@ -81,7 +81,9 @@ pub struct MetricsSnapshot {
     pub counters: AgentCounters,
     /// Configured interfaces with nothing enforced on them now (missing).
     pub detached_interfaces: u64,
-    /// Interfaces the program is attached to: (interface, attach "xdp"|"tc", mode
+    /// Tunnel and L3 devices that are up and not configured (when last looked at).
+    pub unfiltered_tunnel_interfaces: u64,
+    /// Interfaces the program is attached to: (interface, attach "xdp"|"tc"|"tc-l3", mode
     /// "native"|"skb"|"tcx"). Repeated rows are shown once.
     pub attached: Vec<(String, &'static str, &'static str)>,
     /// Unix time the agent started, in seconds (a non-finite value is shown as 0).
@@ -347,6 +349,13 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
              alert when above 0.",
             Kind::Gauge,
             Value::Int(snapshot.detached_interfaces),
+        ),
+        single(
+            "smtpguard_unfiltered_tunnel_interfaces",
+            "Tunnel and L3 devices (VXLAN, GRE, WireGuard, TUN, ...) that are up and not in \
+             interfaces: what they decapsulate is routed unfiltered.",
+            Kind::Gauge,
+            Value::Int(snapshot.unfiltered_tunnel_interfaces),
         ),
         single(
             "smtpguard_bots_classified",
@@ -1009,7 +1018,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 17] = [
+    const FAMILIES: [(&str, &str); 18] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -1023,6 +1032,7 @@ mod tests {
         ("smtpguard_reattachments_total", "counter"),
         ("smtpguard_pin_restores_total", "counter"),
         ("smtpguard_detached_interfaces", "gauge"),
+        ("smtpguard_unfiltered_tunnel_interfaces", "gauge"),
         ("smtpguard_bots_classified_total", "counter"),
         ("smtpguard_attached", "gauge"),
         ("smtpguard_build_info", "gauge"),
@@ -1062,6 +1072,7 @@ mod tests {
                 bots_classified: 5,
             },
             detached_interfaces: 1,
+            unfiltered_tunnel_interfaces: 2,
             attached: vec![
                 ("eth0".to_owned(), "xdp", "native"),
                 ("bond0.100".to_owned(), "tc", "tcx"),
@@ -1118,6 +1129,7 @@ mod tests {
             ("smtpguard_reattachments_total", 2.0),
             ("smtpguard_pin_restores_total", 1.0),
             ("smtpguard_detached_interfaces", 1.0),
+            ("smtpguard_unfiltered_tunnel_interfaces", 2.0),
             ("smtpguard_bots_classified_total", 5.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
         ] {
@@ -1313,7 +1325,10 @@ mod tests {
             .into_iter()
             .filter(|&(_, verdict, _)| verdict == "drop")
             .count();
-        assert_eq!(drops, 3);
+        assert_eq!(
+            drops, 4,
+            "dropped, fragment-dropped, unparseable-dropped, link-unparseable-dropped"
+        );
     }
 
     /// `promtool check metrics` lints the Prometheus text format (it reads no OpenMetrics).

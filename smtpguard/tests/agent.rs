@@ -872,3 +872,132 @@ fn reoffending_bots_in_monitor_ranges_are_escalated_and_released() {
     let _ = events.kill();
     let _ = events.wait();
 }
+
+/// The `unlisted_tunnels` of `status --format json` as (interface, kind) pairs.
+fn unlisted_tunnels(f: &Fixture) -> Vec<(String, String)> {
+    f.json(&["status", "--format", "json"])["unlisted_tunnels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| (text(&t["interface"]), text(&t["kind"])))
+        .collect()
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+fn warning(interface: &str, kind: &str) -> String {
+    format!(
+        "interface {interface} ({kind}) is up and not in interfaces: traffic it decapsulates is \
+         not filtered"
+    )
+}
+
+#[test]
+fn unlisted_tunnels_are_warned_about_and_a_listed_tun_gets_the_l3_entry_point() {
+    use smtpguard_tests::lab::{Servers, Tun};
+    let f = Fixture::new("tunnels");
+    let _submission = Servers::start(&f.lab.internet, &[587]).unwrap();
+    let gateway = &f.lab.gateway;
+    gateway
+        .ip(&[
+            "link", "add", "vx9", "type", "vxlan", "id", "9", "dstport", "4789",
+        ])
+        .unwrap();
+    gateway.ip(&["link", "set", "vx9", "up"]).unwrap();
+    let tun = Tun::open(gateway, "tun0").unwrap_or_else(|e| panic!("TUN device: {e:#}"));
+    let _agent = f.start();
+
+    // Both devices are up and not listed: status (JSON and table) and config check say so.
+    let both = [
+        ("tun0".to_owned(), "tun".to_owned()),
+        ("vx9".to_owned(), "vxlan".to_owned()),
+    ];
+    assert_eq!(unlisted_tunnels(&f), both, "status: unlisted tunnels");
+    let table = f.ok(&["status"]);
+    let check = smtpguard(&["config", "check", f.config_str()]);
+    for (what, output) in [("status", &table), ("config check", &check)] {
+        for (interface, kind) in &both {
+            assert!(
+                stderr(output).contains(&warning(interface, kind)),
+                "{what}: expected the warning about {interface} ({kind}), observed {}",
+                show(output)
+            );
+        }
+    }
+    assert!(
+        check.status.success(),
+        "config check: the warnings alone keep exit 0, observed {}",
+        show(&check)
+    );
+    let strict = smtpguard(&["config", "check", f.config_str(), "--strict"]);
+    assert_fails(
+        &strict,
+        1,
+        &["2 warnings (--strict)"],
+        "config check --strict",
+    );
+
+    // A device that is down decapsulates nothing.
+    gateway.ip(&["link", "set", "vx9", "down"]).unwrap();
+    assert_eq!(
+        unlisted_tunnels(&f),
+        both[..1],
+        "status after vx9 went down"
+    );
+
+    // Listed with the default attach = "xdp": the TUN device gets the L3 TC entry point.
+    let listed = f.config_text_listing("", Some(gateway.name()), &[SUBSCRIBER_INTERFACE, "tun0"]);
+    std::fs::write(&f.config, listed).unwrap();
+    f.ok(&["reload"]);
+    let status = f.json(&["status", "--format", "json"]);
+    let attached: Vec<(String, String)> = status["attached"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| (text(&a["interface"]), text(&a["attach"])))
+        .collect();
+    assert_eq!(
+        attached,
+        [
+            (SUBSCRIBER_INTERFACE.to_owned(), "xdp".to_owned()),
+            ("tun0".to_owned(), "tc-l3".to_owned()),
+        ],
+        "status after listing tun0 with attach = \"xdp\"; log:\n{}",
+        f.log()
+    );
+    assert_eq!(
+        status["unlisted_tunnels"].as_array().map(Vec::len),
+        Some(0),
+        "status after listing tun0: {status}"
+    );
+    assert!(
+        f.log()
+            .contains("no Ethernet header (link type none): smtpguard_tc_l3 at TC ingress"),
+        "expected the agent to log why tun0 got the L3 entry point; log:\n{}",
+        f.log()
+    );
+    let check = smtpguard(&["config", "check", f.config_str(), "--strict"]);
+    assert!(
+        check.status.success(),
+        "config check --strict with tun0 listed and vx9 down: expected exit 0, observed {}",
+        show(&check)
+    );
+
+    // And it filters what the VPN server writes into it.
+    let (vpn, mx) = (ip(addr::VPN_SUBSCRIBER_V4), mx());
+    for (port, expected) in [(25, false), (587, true)] {
+        let timeout = if expected { OPEN } else { BLOCKED };
+        let answered = tun
+            .syn_answered(vpn, mx, port, timeout)
+            .unwrap_or_else(|e| panic!("SYN to port {port} through tun0: {e:#}"));
+        assert_eq!(
+            answered,
+            expected,
+            "SYN {vpn} -> {mx}:{port} written into tun0: expected answered = {expected}, \
+             observed {answered}; log:\n{}",
+            f.log()
+        );
+    }
+}

@@ -429,6 +429,14 @@ impl FrameSpec {
         (len as i64 + i64::from(self.ip_length_delta)).clamp(0, 0xffff) as u16
     }
 
+    /// The same segment from another TCP source port (no effect on other protocols).
+    pub fn src_port(mut self, port: u16) -> Self {
+        if let Upper::Tcp { src_port, .. } = &mut self.upper {
+            *src_port = port;
+        }
+        self
+    }
+
     fn protocol(&self) -> u8 {
         match self.upper {
             Upper::Tcp { .. } => 6,

@@ -21,6 +21,8 @@ use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 use smtpguard::dataplane::{Attach, Dataplane};
 
+use crate::frames::{FrameSpec, TCP_ACK, TCP_SYN};
+
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `ip` with the arguments and fails with its stderr if it fails.
@@ -229,6 +231,12 @@ pub mod addr {
     pub const MX_V6: &str = "2001:db8:ffff::7";
     pub const GATEWAY_INET_V6: &str = "2001:db8:ffff::1";
     pub const RELAY_V6: &str = "2001:db8:25::25";
+    /// Inside the VXLAN tunnel of [`GatewayLab::add_vxlan_tunnel`](super::GatewayLab::add_vxlan_tunnel).
+    pub const TUNNELED_SUBSCRIBER_V4: &str = "100.65.0.2";
+    pub const GATEWAY_TUNNEL_V4: &str = "100.65.0.1";
+    /// Behind a VPN server's TUN device on the gateway ([`Tun`](super::Tun)).
+    pub const VPN_SUBSCRIBER_V4: &str = "100.66.0.2";
+    pub const VPN_SUBSCRIBER_V6: &str = "2001:db8:1066::2";
 }
 
 /// A policy for the lab: port 25 enforced for both subscriber ranges (IPv4 explicitly, IPv6
@@ -266,6 +274,8 @@ pub struct GatewayLab {
 pub const SUBSCRIBER_INTERFACE: &str = "sub0";
 /// The gateway's interface toward the internet host (whose end is its `eth0`).
 pub const INTERNET_INTERFACE: &str = "inet0";
+/// The gateway's end of the VXLAN tunnel of [`GatewayLab::add_vxlan_tunnel`].
+pub const VXLAN_INTERFACE: &str = "vx0";
 
 impl GatewayLab {
     pub fn new() -> anyhow::Result<Self> {
@@ -366,6 +376,55 @@ impl GatewayLab {
             .wait_until_ready(SUBSCRIBER_INTERFACE, deadline)
     }
 
+    /// A VXLAN tunnel (VNI 42, UDP 4789) over the subscriber link whose far end is the
+    /// gateway, as on a gateway that terminates subscribers' overlay: the subscriber's `vx0`
+    /// and the gateway's [`VXLAN_INTERFACE`], addressed in 100.65.0.0/24, and the subscriber
+    /// routes the MX (IPv4) through it. The gateway receives the MX-bound packets as UDP on
+    /// `SUBSCRIBER_INTERFACE`, decapsulates them and routes the inner packet from `vx0`.
+    pub fn add_vxlan_tunnel(&self) -> anyhow::Result<()> {
+        use addr::*;
+        for (netns, local, remote, inner) in [
+            (
+                &self.subscriber,
+                SUBSCRIBER_V4,
+                GATEWAY_SUB_V4,
+                TUNNELED_SUBSCRIBER_V4,
+            ),
+            (
+                &self.gateway,
+                GATEWAY_SUB_V4,
+                SUBSCRIBER_V4,
+                GATEWAY_TUNNEL_V4,
+            ),
+        ] {
+            netns.ip(&[
+                "link",
+                "add",
+                VXLAN_INTERFACE,
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                local,
+                "remote",
+                remote,
+                "dstport",
+                "4789",
+            ])?;
+            add_addresses(netns, VXLAN_INTERFACE, &[format!("{inner}/24")])?;
+        }
+        self.subscriber.ip(&[
+            "route",
+            "add",
+            &format!("{MX_V4}/32"),
+            "via",
+            GATEWAY_TUNNEL_V4,
+            "dev",
+            VXLAN_INTERFACE,
+        ])
+    }
+
     /// Deletes the subscriber link (both ends go, with their addresses and routes).
     pub fn delete_subscriber_link(&self) -> anyhow::Result<()> {
         self.gateway.ip(&["link", "del", SUBSCRIBER_INTERFACE])
@@ -378,7 +437,7 @@ impl GatewayLab {
         self.gateway
             .run(|| match attach {
                 Attach::Xdp(mode) => dataplane.attach_xdp(SUBSCRIBER_INTERFACE, mode),
-                Attach::Tc => dataplane.attach_tc(SUBSCRIBER_INTERFACE),
+                Attach::Tc | Attach::TcL3 => dataplane.attach_tc(SUBSCRIBER_INTERFACE).map(drop),
             })
             .with_context(|| {
                 format!(
@@ -456,6 +515,154 @@ fn add_veth(netns: &Netns, interface: &str, peer: &Netns) -> anyhow::Result<()> 
         "netns",
         peer.name(),
     ])
+}
+
+/// A TUN device (IFF_TUN | IFF_NO_PI) in a namespace, as a VPN server holds one: each
+/// packet written to it the kernel receives from the device (a VPN client's decapsulated
+/// traffic), each packet the kernel routes to it can be read. The device goes when this is
+/// dropped.
+pub struct Tun {
+    file: File,
+    pub name: String,
+}
+
+impl Tun {
+    /// Creates TUN device `name` in `netns`, sets it up and routes the VPN subscribers'
+    /// addresses ([`addr::VPN_SUBSCRIBER_V4`], [`addr::VPN_SUBSCRIBER_V6`]) to it.
+    pub fn open(netns: &Netns, name: &str) -> anyhow::Result<Self> {
+        let file = netns.run(|| create_tun(name))?;
+        let tun = Self {
+            file,
+            name: name.to_owned(),
+        };
+        netns.ip(&["link", "set", name, "up"])?;
+        netns.ip(&["route", "add", "100.66.0.0/24", "dev", name])?;
+        netns.ip(&["-6", "route", "add", "2001:db8:1066::/64", "dev", name])?;
+        Ok(tun)
+    }
+
+    /// Writes `packet` (an IP packet) into the device, then reads what the kernel sends back
+    /// through it until a packet satisfies `answer` or `timeout` passes; returns that packet.
+    /// Packets already waiting are discarded first.
+    pub fn exchange(
+        &self,
+        packet: &[u8],
+        answer: impl Fn(&[u8]) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut buffer = vec![0u8; 65_536];
+        while self.read_within(&mut buffer, Duration::ZERO)?.is_some() {}
+        (&self.file)
+            .write_all(packet)
+            .with_context(|| format!("writing a packet into {}", self.name))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_within(&mut buffer, left)? {
+                Some(len) if answer(&buffer[..len]) => return Ok(Some(buffer[..len].to_vec())),
+                Some(_) => {}
+                None if left.is_zero() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
+    /// Writes a TCP SYN from `src` to `dst:port` into the device, from a source port of its
+    /// own (so no earlier half-open connection answers), and says whether `dst` answered it
+    /// with a SYN-ACK within `timeout`: a listener there took the SYN.
+    pub fn syn_answered(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(41_000);
+        let src_port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let syn = FrameSpec::tcp(src, dst, port, TCP_SYN)
+            .src_port(src_port)
+            .ip_packet();
+        let answer = self.exchange(
+            &syn,
+            |packet| is_syn_ack(packet, dst, port, src_port),
+            timeout,
+        )?;
+        Ok(answer.is_some())
+    }
+
+    /// One packet, if one arrives within `timeout`.
+    fn read_within(&self, buffer: &mut [u8], timeout: Duration) -> anyhow::Result<Option<usize>> {
+        use std::os::fd::AsRawFd as _;
+        let mut poll = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
+        if ready < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("polling {}", self.name));
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        let len = (&self.file)
+            .read(buffer)
+            .with_context(|| format!("reading from {}", self.name))?;
+        Ok(Some(len))
+    }
+}
+
+/// Whether `packet` (IPv4 or IPv6) is a TCP segment from `from:port` to `to_port` with SYN
+/// and ACK set.
+fn is_syn_ack(packet: &[u8], from: IpAddr, port: u16, to_port: u16) -> bool {
+    let (source, protocol, tcp) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => {
+            let header = usize::from(packet[0] & 0x0f) * 4;
+            let source: [u8; 4] = packet[12..16].try_into().unwrap_or_default();
+            (IpAddr::from(source), packet[9], packet.get(header..))
+        }
+        Some(6) if packet.len() >= 40 => {
+            let source: [u8; 16] = packet[8..24].try_into().unwrap_or_default();
+            (IpAddr::from(source), packet[6], packet.get(40..))
+        }
+        _ => return false,
+    };
+    let Some(tcp) = tcp.filter(|tcp| protocol == 6 && tcp.len() >= 20) else {
+        return false;
+    };
+    source == from
+        && u16::from_be_bytes([tcp[0], tcp[1]]) == port
+        && u16::from_be_bytes([tcp[2], tcp[3]]) == to_port
+        && tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+}
+
+/// Opens /dev/net/tun and attaches it to a new TUN device `name` of the calling thread's
+/// namespace.
+fn create_tun(name: &str) -> anyhow::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    // SAFETY: all-zero bytes are a valid ifreq.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= request.ifr_name.len() {
+        bail!("TUN device name {name:?} is longer than 15 bytes");
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes the ifreq, which outlives the call.
+    let result = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating TUN device {name} (TUNSETIFF)"));
+    }
+    Ok(file)
 }
 
 /// Adds `addresses` to `interface` and sets it up.

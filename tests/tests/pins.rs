@@ -62,7 +62,7 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
     let outcome = lab
         .gateway
         .run(|| first.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver)));
-    assert_eq!(outcome.unwrap(), AttachOutcome::Created);
+    assert_eq!(outcome.unwrap().outcome, AttachOutcome::Created);
     assert_eq!(blocked(), Connect::TimedOut, "attached: port 25 is blocked");
     let attempts_before = first
         .hosts()
@@ -98,7 +98,7 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
     let outcome = lab
         .gateway
         .run(|| second.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver)));
-    assert_eq!(outcome.unwrap(), AttachOutcome::Updated);
+    assert_eq!(outcome.unwrap().outcome, AttachOutcome::Updated);
     assert_eq!(
         blocked(),
         Connect::TimedOut,
@@ -127,7 +127,7 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
     let outcome = lab
         .gateway
         .run(|| second.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Tc));
-    assert_eq!(outcome.unwrap(), AttachOutcome::Created);
+    assert_eq!(outcome.unwrap().outcome, AttachOutcome::Created);
     let kinds: Vec<String> = pins
         .0
         .attachments()

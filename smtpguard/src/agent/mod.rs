@@ -3,7 +3,7 @@
 
 pub mod api;
 mod events;
-mod netns;
+pub(crate) mod netns;
 mod notify;
 mod server;
 mod state;

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -29,8 +29,9 @@ use crate::{
         danger::{self, Danger},
     },
     dataplane::{
-        Attach, AttachOutcome, Dataplane, DataplaneError, HeldLinks, PinLayout, PinLock,
+        Attach, Attached, Dataplane, DataplaneError, HeldLinks, PinLayout, PinLock,
         ReconcileReport,
+        interfaces::{self, UnlistedTunnel},
     },
     input::{self, InputError},
     metrics::{AgentCounters, MetricsSnapshot},
@@ -90,6 +91,11 @@ fn store_error_kind(error: &StoreError) -> ErrorKind {
 
 type Outcome = Result<Value, Failure>;
 
+/// How often the watch looks for unlisted tunnel devices (the metric's freshness); `status`
+/// and every (re)attach look at once. Listing every interface each second would cost a
+/// gateway with thousands of PPP devices more than the answer is worth.
+const TUNNEL_CHECK: Duration = Duration::from_secs(10);
+
 pub struct AgentState {
     config: Config,
     config_path: PathBuf,
@@ -102,6 +108,10 @@ pub struct AgentState {
     links: HeldLinks,
     /// Configured interfaces with nothing enforced on them now (missing).
     detached_interfaces: BTreeSet<String>,
+    /// Tunnel and L3 devices that are up and not configured, when last looked at.
+    unlisted_tunnels: Vec<UnlistedTunnel>,
+    /// When `unlisted_tunnels` was last looked for.
+    tunnels_checked: Instant,
     /// Relay hostnames and the addresses they last resolved to.
     resolved: BTreeMap<String, Vec<IpAddr>>,
     /// What the maps hold since the last successful reconcile.
@@ -133,6 +143,8 @@ impl AgentState {
             pin_lock,
             links: HeldLinks::default(),
             detached_interfaces: BTreeSet::new(),
+            unlisted_tunnels: Vec::new(),
+            tunnels_checked: Instant::now(),
             resolved,
             desired,
             counters: AgentCounters::default(),
@@ -413,9 +425,14 @@ impl AgentState {
             .retain(|interface| configured.contains(interface));
         for interface in configured {
             match self.attach_one(&interface)? {
-                Some(outcome) => {
+                Some(attached) => {
                     self.detached_interfaces.remove(&interface);
-                    info!(interface, attach = ?self.attach(), ?outcome, "enforcing");
+                    info!(
+                        interface,
+                        attach = attached.attach.kind(),
+                        outcome = ?attached.outcome,
+                        "enforcing"
+                    );
                 }
                 None => self.interface_gone(&interface),
             }
@@ -430,27 +447,56 @@ impl AgentState {
                 );
             }
         }
+        self.refresh_unlisted_tunnels();
         Ok(())
     }
 
     /// Attaches to `interface` (in the configured namespace) and holds the link; `None` when
-    /// the interface does not exist.
-    fn attach_one(&mut self, interface: &str) -> anyhow::Result<Option<AttachOutcome>> {
+    /// the interface does not exist. An interface without an Ethernet header gets the L3 TC
+    /// entry point whatever the configuration asks for, which is logged.
+    fn attach_one(&mut self, interface: &str) -> anyhow::Result<Option<Attached>> {
         let attach = self.attach();
         let (dataplane, pins) = (&mut self.dataplane, &self.pins);
         let attached = netns::run_in(self.config.agent.netns.as_deref(), || {
             dataplane.attach_pinned(pins, interface, attach)
         })?;
         match attached {
-            Ok(outcome) => {
-                self.links.hold(&self.pins, interface, attach.kind())?;
-                Ok(Some(outcome))
+            Ok(attached) => {
+                self.links
+                    .hold(&self.pins, interface, attached.attach.kind())?;
+                if let Some(note) = attached.note() {
+                    info!(interface, note, "attached for a device without Ethernet");
+                }
+                Ok(Some(attached))
             }
             Err(DataplaneError::InterfaceMissing { .. }) => {
                 self.links.release(interface);
                 Ok(None)
             }
             Err(error) => Err(error).with_context(|| format!("attaching to interface {interface}")),
+        }
+    }
+
+    /// Looks again for tunnel and L3 devices that are up and not configured (in the
+    /// configured namespace), and logs each one that was not there the last time.
+    fn refresh_unlisted_tunnels(&mut self) {
+        self.tunnels_checked = Instant::now();
+        let listed = &self.config.agent.interfaces;
+        let found = netns::run_in(self.config.agent.netns.as_deref(), || {
+            interfaces::unlisted_tunnels(listed)
+        })
+        .and_then(|found| Ok(found?));
+        match found {
+            Ok(found) => {
+                for tunnel in found.iter().filter(|t| !self.unlisted_tunnels.contains(t)) {
+                    warn!(interface = tunnel.interface, kind = tunnel.kind, "{tunnel}");
+                }
+                self.unlisted_tunnels = found;
+            }
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "looking for unlisted tunnel interfaces failed"
+            ),
         }
     }
 
@@ -500,6 +546,9 @@ impl AgentState {
                 "checking the interfaces failed; retrying"
             );
         }
+        if self.tunnels_checked.elapsed() >= TUNNEL_CHECK {
+            self.refresh_unlisted_tunnels();
+        }
     }
 
     fn watch_pins(&mut self) -> anyhow::Result<()> {
@@ -541,14 +590,17 @@ impl AgentState {
                 Some(index) if self.links.bound_ifindex(interface) == Some(index) => {}
                 // Created again (a new ifindex) or appeared for the first time.
                 Some(index) => match self.attach_one(interface) {
-                    Ok(Some(outcome)) => {
+                    Ok(Some(attached)) => {
                         self.detached_interfaces.remove(interface);
                         self.counters.reattachments += 1;
-                        let detail = format!("ifindex {index}, {}", self.attach_name());
+                        let detail = match attached.note() {
+                            Some(note) => format!("ifindex {index}, {note}"),
+                            None => format!("ifindex {index}, {}", self.attach_name()),
+                        };
                         warn!(
                             interface,
                             index,
-                            ?outcome,
+                            outcome = ?attached.outcome,
                             "interface appeared: attached again"
                         );
                         self.record_system(AuditAction::InterfaceAttached, interface, &detail);
@@ -831,6 +883,7 @@ impl AgentState {
     }
 
     fn status(&mut self) -> Outcome {
+        self.refresh_unlisted_tunnels();
         let counters = self.dataplane.counters().map_err(failed)?;
         let attachments = self.live_attachments().map_err(failed)?;
         let reasons: serde_json::Map<String, Value> = Reason::ALL
@@ -852,6 +905,7 @@ impl AgentState {
             "interfaces": self.config.agent.interfaces,
             "attached": attachments.iter().map(|a| json!({"interface": a.interface, "attach": a.kind})).collect::<Vec<_>>(),
             "detached": self.detached_interfaces,
+            "unlisted_tunnels": self.unlisted_tunnels.iter().map(|t| json!({"interface": t.interface, "kind": t.kind, "warning": t.to_string()})).collect::<Vec<_>>(),
             "enforced_ports": self.config.enforcement.ports,
             "packets": reasons,
             "maps": maps,
@@ -867,6 +921,7 @@ impl AgentState {
             Attach::Xdp(aya::programs::XdpMode::Skb) => "xdp (skb)",
             Attach::Xdp(_) => "xdp (native)",
             Attach::Tc => "tc",
+            Attach::TcL3 => "tc-l3",
         }
     }
 
@@ -1121,12 +1176,12 @@ impl AgentState {
             .unwrap_or_default()
             .into_iter()
             .map(|a| {
-                let mode = match (a.kind.as_str(), self.config.agent.xdp_mode) {
-                    ("tc", _) => "tcx",
-                    (_, XdpMode::Native) => "native",
-                    (_, XdpMode::Skb) => "skb",
+                let (attach, mode) = match (a.kind.as_str(), self.config.agent.xdp_mode) {
+                    ("tc", _) => ("tc", "tcx"),
+                    ("tc-l3", _) => ("tc-l3", "tcx"),
+                    (_, XdpMode::Native) => ("xdp", "native"),
+                    (_, XdpMode::Skb) => ("xdp", "skb"),
                 };
-                let attach = if a.kind == "tc" { "tc" } else { "xdp" };
                 (a.interface, attach, mode)
             })
             .collect();
@@ -1140,6 +1195,7 @@ impl AgentState {
             maps,
             counters: self.counters,
             detached_interfaces: self.detached_interfaces.len() as u64,
+            unfiltered_tunnel_interfaces: self.unlisted_tunnels.len() as u64,
             attached,
             start_time_seconds: self
                 .started

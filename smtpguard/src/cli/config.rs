@@ -3,15 +3,21 @@
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use crate::config::{Config, danger};
-use std::path::PathBuf;
+use crate::{
+    agent::netns,
+    config::{Config, danger},
+    dataplane::interfaces::{self, UnlistedTunnel},
+};
+use std::path::{Path, PathBuf};
 
 use super::client::AgentArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file and summarise it; exit code 1 if it is invalid. Dangerous
-    /// settings (which `reload` refuses without --force) are printed as warnings on stderr.
+    /// settings (which `reload` refuses without --force) are printed as warnings on stderr, and
+    /// so are tunnel and L3 devices of this machine (in `[agent] netns` when set) that are up
+    /// and not in `interfaces`: what they decapsulate is not filtered.
     ///
     /// Example: smtpguard config check new.toml --against /etc/smtpguard/smtpguard.toml
     Check {
@@ -61,21 +67,51 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             for danger in &dangers {
                 eprintln!("warning: {}: {danger}", file.display());
             }
-            if dangers.is_empty() {
+            let tunnels = unlisted_tunnels(&config, file);
+            for tunnel in &tunnels {
+                eprintln!("warning: {}: {tunnel}", file.display());
+            }
+            let warnings = dangers.len() + tunnels.len();
+            if warnings == 0 {
                 return Ok(());
             }
-            let count = match dangers.len() {
+            let count = match warnings {
                 1 => "1 warning".to_owned(),
                 n => format!("{n} warnings"),
             };
             if *strict {
                 bail!("{}: {count} (--strict)", file.display());
             }
-            eprintln!(
-                "{}: {count}; `smtpguard reload` refuses this file without --force",
-                file.display()
-            );
+            if dangers.is_empty() {
+                eprintln!("{}: {count}", file.display());
+            } else {
+                eprintln!(
+                    "{}: {count}; `smtpguard reload` refuses this file without --force",
+                    file.display()
+                );
+            }
             Ok(())
         }
     }
+}
+
+/// The tunnel and L3 devices of this machine (in `[agent] netns` when set) that are up and
+/// not in `interfaces`. Looking needs the namespace (and CAP_SYS_ADMIN to enter it): when
+/// that fails, a note says so and nothing is counted as a warning.
+fn unlisted_tunnels(config: &Config, file: &Path) -> Vec<UnlistedTunnel> {
+    let netns = config.agent.netns.as_deref();
+    let found = netns::run_in(netns, || {
+        interfaces::unlisted_tunnels(&config.agent.interfaces)
+    })
+    .and_then(|found| Ok(found?));
+    found.unwrap_or_else(|error| {
+        eprintln!(
+            "note: {}: not checked for unlisted tunnel interfaces{}: {error:#}",
+            file.display(),
+            netns
+                .map(|name| format!(" in network namespace {name}"))
+                .unwrap_or_default()
+        );
+        Vec::new()
+    })
 }

@@ -74,20 +74,24 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                     attached.join(", ")
                 },
             ],
-            vec![
-                "detached".to_owned(),
-                match body["detached"].as_array() {
-                    Some(missing) if !missing.is_empty() => format!(
-                        "{}: interface missing, not enforcing there",
-                        missing
-                            .iter()
-                            .map(table::text)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    _ => "none".to_owned(),
+            listed_or_none(
+                "detached",
+                &body["detached"],
+                table::text,
+                "interface missing, not enforcing there",
+            ),
+            listed_or_none(
+                "unlisted tunnels",
+                &body["unlisted_tunnels"],
+                |t| {
+                    format!(
+                        "{} ({})",
+                        table::text(&t["interface"]),
+                        table::text(&t["kind"])
+                    )
                 },
-            ],
+                "up, not filtered",
+            ),
             row("enforced ports", &body["enforced_ports"]),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
@@ -95,6 +99,9 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             row("state folder", &body["state_dir"]),
         ],
     );
+    for tunnel in body["unlisted_tunnels"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", table::text(&tunnel["warning"]));
+    }
     println!();
     let packets = body["packets"].as_object().cloned().unwrap_or_default();
     table::print(
@@ -125,6 +132,23 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 
 fn row(label: &str, value: &Value) -> Vec<String> {
     vec![label.to_owned(), table::text(value)]
+}
+
+/// A row naming each item of the array `items` (`name` renders one) followed by `what`
+/// ("eth1, eth2: interface missing, ..."), or "none".
+fn listed_or_none(
+    label: &str,
+    items: &Value,
+    name: impl Fn(&Value) -> String,
+    what: &str,
+) -> Vec<String> {
+    let names: Vec<String> = items.as_array().into_iter().flatten().map(name).collect();
+    let text = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{}: {what}", names.join(", "))
+    };
+    vec![label.to_owned(), text]
 }
 
 pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {

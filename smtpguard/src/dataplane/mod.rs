@@ -2,6 +2,7 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod batch;
+pub mod interfaces;
 mod links;
 mod maps;
 mod pins;
@@ -23,7 +24,10 @@ use smtpguard_common::{
 pub use self::{
     links::HeldLinks,
     maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
-    pins::{Attach, AttachOutcome, MapShape, PinLayout, PinLock, PinnedAttachment, ReplacedPin},
+    pins::{
+        Attach, AttachOutcome, Attached, MapShape, PinLayout, PinLock, PinnedAttachment,
+        ReplacedPin,
+    },
 };
 use crate::{
     config::{Capacity, Config},
@@ -35,6 +39,9 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/s
 
 pub const XDP_PROGRAM: &str = "smtpguard_xdp";
 pub const TC_PROGRAM: &str = "smtpguard_tc";
+/// The TC entry point for devices without an Ethernet header (TUN, WireGuard, IPIP, GRE):
+/// it reads from the IP header and takes the protocol from the skb.
+pub const TC_L3_PROGRAM: &str = "smtpguard_tc_l3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -71,6 +78,21 @@ pub enum DataplaneError {
     CorruptKey { map: &'static str, prefix_len: u32 },
     #[error("interface {interface} does not exist")]
     InterfaceMissing { interface: String },
+    #[error("interface {interface}: {request} failed: {source}")]
+    LinkQuery {
+        interface: String,
+        request: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "interface {interface} has no Ethernet header (link type {link_type}); the XDP \
+         program reads Ethernet frames: attach with TC, which uses {TC_L3_PROGRAM} there"
+    )]
+    NotEthernet {
+        interface: String,
+        link_type: String,
+    },
     #[error(
         "another smtpguard agent (pid {owner}) already owns the pin folder {}; one agent per \
          pin folder",
@@ -142,7 +164,7 @@ pub struct FrameOutcome {
 }
 
 impl Dataplane {
-    /// Loads both entry points into the kernel with maps sized from `capacity`. The maps are
+    /// Loads the entry points into the kernel with maps sized from `capacity`. The maps are
     /// private to this instance: nothing is pinned, nothing live is touched.
     pub fn load(capacity: &Capacity) -> Result<Self, DataplaneError> {
         Self::load_with(PROGRAM, capacity, None)
@@ -155,7 +177,7 @@ impl Dataplane {
         Self::load_with(object, capacity, None)
     }
 
-    /// Loads both entry points with every map pinned below `layout`: maps already pinned
+    /// Loads the entry points with every map pinned below `layout`: maps already pinned
     /// there are reused with their contents (their sizes are the ones they were created
     /// with), missing ones are created and pinned.
     ///
@@ -197,9 +219,16 @@ impl Dataplane {
         program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;
-        program_mut::<SchedClassifier>(&mut ebpf, TC_PROGRAM)?
-            .load()
-            .map_err(|source| program_error("loading", TC_PROGRAM, source))?;
+        for name in [TC_PROGRAM, TC_L3_PROGRAM] {
+            // Builds from before the L3 entry point (a benchmark's baseline) lack it; an
+            // attach that needs it then names the missing program.
+            if name == TC_L3_PROGRAM && ebpf.program(name).is_none() {
+                continue;
+            }
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| program_error("loading", name, source))?;
+        }
         Ok(Self {
             ebpf,
             replaced_pins: Vec::new(),
@@ -208,21 +237,33 @@ impl Dataplane {
 
     /// Puts this program on `interface` through a link pinned below `layout`, replacing the
     /// program of an existing link atomically. The attachment outlives this instance.
+    ///
+    /// An interface without an Ethernet header (TUN, WireGuard, IPIP, GRE, PPP) gets the L3
+    /// entry point at TC ingress whatever `attach` asks for: the XDP and Ethernet TC programs
+    /// would misread its packets. [`Attached`] says what was attached and why.
     pub fn attach_pinned(
         &mut self,
         layout: &PinLayout,
         interface: &str,
         attach: Attach,
-    ) -> Result<AttachOutcome, DataplaneError> {
+    ) -> Result<Attached, DataplaneError> {
         let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|_| {
             DataplaneError::InterfaceMissing {
                 interface: interface.to_owned(),
             }
         })?;
-        if attach == Attach::Tc {
+        let link_type = interfaces::link_type(interface)?;
+        let effective = attach.for_link_type(link_type);
+        if !matches!(effective, Attach::Xdp(_)) {
             ensure_clsact(interface)?;
         }
-        pins::attach(&mut self.ebpf, layout, interface, attach, ifindex)
+        let outcome = pins::attach(&mut self.ebpf, layout, interface, effective, ifindex)?;
+        Ok(Attached {
+            outcome,
+            attach: effective,
+            requested: attach,
+            link_type,
+        })
     }
 
     /// Pins every map whose pin is missing (removed by hand) again: this instance holds them
@@ -264,21 +305,33 @@ impl Dataplane {
         PolicyMaps::new(&mut self.ebpf)
     }
 
-    /// Attaches the XDP entry point; the attachment lasts as long as this instance.
+    /// Attaches the XDP entry point; the attachment lasts as long as this instance. An
+    /// interface without an Ethernet header is refused (see [`attach_tc`](Self::attach_tc)).
     pub fn attach_xdp(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        let link_type = interfaces::link_type(interface)?;
+        if link_type != interfaces::ARPHRD_ETHER {
+            return Err(DataplaneError::NotEthernet {
+                interface: interface.to_owned(),
+                link_type: interfaces::link_type_name(link_type),
+            });
+        }
         program_mut::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?
             .attach(interface, mode)
             .map_err(|source| attach_error(XDP_PROGRAM, interface, source))?;
         Ok(())
     }
 
-    /// Attaches the TC entry point on the interface's ingress.
-    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
+    /// Attaches a TC entry point on the interface's ingress: the Ethernet one, or the L3 one
+    /// on an interface without an Ethernet header. Returns the program's name.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<&'static str, DataplaneError> {
+        let program = Attach::Tc
+            .for_link_type(interfaces::link_type(interface)?)
+            .program();
         ensure_clsact(interface)?;
-        program_mut::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?
+        program_mut::<SchedClassifier>(&mut self.ebpf, program)?
             .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| attach_error(TC_PROGRAM, interface, source))?;
-        Ok(())
+            .map_err(|source| attach_error(program, interface, source))?;
+        Ok(program)
     }
 
     /// Runs one frame through the XDP entry point with `BPF_PROG_TEST_RUN` and reports the
@@ -435,10 +488,14 @@ where
 }
 
 /// TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an existing
-/// one is fine.
+/// one is fine. aya reports the existing one as a netlink error carrying EEXIST ("Exclusivity
+/// flag on, cannot modify"), not as an I/O error.
 fn ensure_clsact(interface: &str) -> Result<(), DataplaneError> {
     match tc::qdisc_add_clsact(interface) {
         Err(tc::TcError::IoError(error)) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(())
+        }
+        Err(tc::TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
             Ok(())
         }
         Err(source) => Err(DataplaneError::Qdisc {

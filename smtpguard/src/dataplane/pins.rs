@@ -26,7 +26,11 @@ use nix::{
 };
 use smtpguard_common::maps as names;
 
-use super::{DataplaneError, TC_PROGRAM, XDP_PROGRAM, attach_error, links, program_mut};
+use super::{
+    DataplaneError, TC_L3_PROGRAM, TC_PROGRAM, XDP_PROGRAM, attach_error,
+    interfaces::{ARPHRD_ETHER, link_type_name},
+    links, program_mut,
+};
 
 /// Where the kernel objects are pinned, below the configured pin folder.
 #[derive(Clone, Debug)]
@@ -146,16 +150,73 @@ pub(super) fn unpin_incompatible(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attach {
     Xdp(XdpMode),
+    /// The Ethernet TC entry point at ingress.
     Tc,
+    /// The L3 TC entry point at ingress, for devices without an Ethernet header. Never
+    /// configured: chosen by [`for_link_type`](Self::for_link_type).
+    TcL3,
 }
 
+/// Each kind's name in status and metrics, and the prefix of its link pins (`KIND-IFNAME`):
+/// a prefix holds no `-`, so the first `-` of a pin's name ends it whatever the interface
+/// is called.
+const LINK_KINDS: [(&str, &str); 3] = [("xdp", "xdp"), ("tc", "tc"), ("tc-l3", "tcl3")];
+
 impl Attach {
-    /// The kind's name in link pins and status: "xdp" or "tc".
+    /// The kind's name in status and metrics: "xdp", "tc" or "tc-l3".
     pub fn kind(self) -> &'static str {
         match self {
             Attach::Xdp(_) => "xdp",
             Attach::Tc => "tc",
+            Attach::TcL3 => "tc-l3",
         }
+    }
+
+    /// The entry point this attachment runs.
+    pub fn program(self) -> &'static str {
+        match self {
+            Attach::Xdp(_) => XDP_PROGRAM,
+            Attach::Tc => TC_PROGRAM,
+            Attach::TcL3 => TC_L3_PROGRAM,
+        }
+    }
+
+    /// What to attach to a device of `link_type` (ARPHRD_*) when `self` is asked for: an
+    /// Ethernet device gets what was asked (TC for TC L3), any other the L3 TC entry point.
+    /// Generic XDP on an L3 device would hand the XDP program the IP header, which it reads
+    /// as an Ethernet header.
+    pub fn for_link_type(self, link_type: u16) -> Attach {
+        match (link_type == ARPHRD_ETHER, self) {
+            (false, _) => Attach::TcL3,
+            (true, Attach::TcL3) => Attach::Tc,
+            (true, asked) => asked,
+        }
+    }
+}
+
+/// What [`Dataplane::attach_pinned`](super::Dataplane::attach_pinned) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub outcome: AttachOutcome,
+    /// What runs on the interface now.
+    pub attach: Attach,
+    /// What was asked for (the configuration's attach kind).
+    pub requested: Attach,
+    /// The interface's link type (ARPHRD_*).
+    pub link_type: u16,
+}
+
+impl Attached {
+    /// Why the attachment differs from what was asked, or `None` when it does not.
+    pub fn note(&self) -> Option<String> {
+        (self.attach != self.requested).then(|| {
+            format!(
+                "no Ethernet header (link type {}): {} at TC ingress instead of {}",
+                link_type_name(self.link_type),
+                self.attach.program(),
+                self.requested.kind()
+            )
+        })
     }
 }
 
@@ -192,8 +253,13 @@ impl PinLayout {
         self.root.join("links")
     }
 
+    /// The pin of the link of `kind` (a name of [`Attach::kind`]) on `interface`.
     pub(super) fn link(&self, kind: &str, interface: &str) -> PathBuf {
-        self.links().join(format!("{kind}-{interface}"))
+        let prefix = LINK_KINDS
+            .iter()
+            .find(|(name, _)| *name == kind)
+            .map_or(kind, |(_, prefix)| prefix);
+        self.links().join(format!("{prefix}-{interface}"))
     }
 
     /// Makes sure the pin folders exist on a bpffs, mounting bpffs on /sys/fs/bpf when the
@@ -296,7 +362,11 @@ impl PinLayout {
             let name = entry
                 .map_err(|error| self.io_error(&self.links(), error))?
                 .file_name();
-            if let Some((kind, interface)) = name.to_string_lossy().split_once('-') {
+            if let Some((prefix, interface)) = name.to_string_lossy().split_once('-') {
+                let kind = LINK_KINDS
+                    .iter()
+                    .find(|(_, known)| *known == prefix)
+                    .map_or(prefix, |(name, _)| name);
                 attachments.push(PinnedAttachment {
                     kind: kind.to_owned(),
                     interface: interface.to_owned(),
@@ -391,7 +461,6 @@ fn on_bpffs(path: &Path) -> bool {
 
 /// A program type that attaches through a bpf link: XDP, or TC (TCX links).
 trait LinkedProgram {
-    const NAME: &'static str;
     type Id;
     fn attach_new(&mut self, interface: &str, attach: Attach) -> Result<Self::Id, ProgramError>;
     fn attach_existing(&mut self, link: FdLink) -> Result<Self::Id, AttachError>;
@@ -417,13 +486,12 @@ impl From<LinkError> for AttachError {
 }
 
 impl LinkedProgram for Xdp {
-    const NAME: &'static str = XDP_PROGRAM;
     type Id = XdpLinkId;
 
     fn attach_new(&mut self, interface: &str, attach: Attach) -> Result<XdpLinkId, ProgramError> {
         let mode = match attach {
             Attach::Xdp(mode) => mode,
-            Attach::Tc => XdpMode::default(),
+            Attach::Tc | Attach::TcL3 => XdpMode::default(),
         };
         self.attach(interface, mode)
     }
@@ -438,7 +506,6 @@ impl LinkedProgram for Xdp {
 }
 
 impl LinkedProgram for SchedClassifier {
-    const NAME: &'static str = TC_PROGRAM;
     type Id = SchedClassifierLinkId;
 
     fn attach_new(
@@ -459,8 +526,8 @@ impl LinkedProgram for SchedClassifier {
 }
 
 /// Attaches the loaded program to `interface` through a pinned link: the existing link is
-/// updated in place when there is one, otherwise a new link is created and pinned. A link of
-/// the other kind on the same interface is removed only after the new one is in place.
+/// updated in place when there is one, otherwise a new link is created and pinned. Links of
+/// the other kinds on the same interface are removed only after the new one is in place.
 pub(super) fn attach(
     ebpf: &mut aya::Ebpf,
     layout: &PinLayout,
@@ -470,42 +537,43 @@ pub(super) fn attach(
 ) -> Result<AttachOutcome, DataplaneError> {
     let path = layout.link(attach.kind(), interface);
     remove_stale_link(&path, ifindex)?;
+    let program = attach.program();
     let outcome = match attach {
         Attach::Xdp(_) => attach_through(
-            program_mut::<Xdp>(ebpf, XDP_PROGRAM)?,
+            program_mut::<Xdp>(ebpf, program)?,
+            program,
             &path,
             interface,
             attach,
         )?,
-        Attach::Tc => attach_through(
-            program_mut::<SchedClassifier>(ebpf, TC_PROGRAM)?,
+        Attach::Tc | Attach::TcL3 => attach_through(
+            program_mut::<SchedClassifier>(ebpf, program)?,
+            program,
             &path,
             interface,
             attach,
         )?,
     };
-    let other = PinnedAttachment {
-        kind: match attach {
-            Attach::Xdp(_) => "tc",
-            Attach::Tc => "xdp",
+    for (kind, _) in LINK_KINDS {
+        if kind != attach.kind() && layout.link(kind, interface).exists() {
+            layout.detach(&PinnedAttachment {
+                kind: kind.to_owned(),
+                interface: interface.to_owned(),
+            })?;
         }
-        .to_owned(),
-        interface: interface.to_owned(),
-    };
-    if layout.link(&other.kind, interface).exists() {
-        layout.detach(&other)?;
     }
     Ok(outcome)
 }
 
 fn attach_through<P: LinkedProgram>(
     program: &mut P,
+    name: &'static str,
     path: &Path,
     interface: &str,
     attach: Attach,
 ) -> Result<AttachOutcome, DataplaneError> {
     let failed = |error: AttachError| match error {
-        AttachError::Program(source) => attach_error(P::NAME, interface, source),
+        AttachError::Program(source) => attach_error(name, interface, source),
         AttachError::Link(source) => DataplaneError::Link {
             path: path.to_owned(),
             source: Box::new(source),
@@ -520,7 +588,7 @@ fn attach_through<P: LinkedProgram>(
             AttachOutcome::Created,
             program
                 .attach_new(interface, attach)
-                .map_err(|source| attach_error(P::NAME, interface, source))?,
+                .map_err(|source| attach_error(name, interface, source))?,
         ),
     };
     let link = program.take_fd_link(id).map_err(failed)?;
@@ -528,7 +596,7 @@ fn attach_through<P: LinkedProgram>(
     // program), so its fd is simply closed; a new one is pinned.
     if outcome == AttachOutcome::Created {
         link.pin(path).map_err(|source| DataplaneError::Pin {
-            program: P::NAME,
+            program: name,
             interface: interface.to_owned(),
             path: path.to_owned(),
             source: Box::new(source),

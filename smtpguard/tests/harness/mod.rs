@@ -159,6 +159,21 @@ impl Fixture {
     /// Like `config_text`, with the interfaces looked up in network namespace `netns`, or in
     /// the agent's own with `None` (an agent started inside the gateway namespace).
     pub fn config_text_in(&self, extra: &str, netns: Option<&str>) -> String {
+        self.config_text_listing(extra, netns, &[SUBSCRIBER_INTERFACE])
+    }
+
+    /// Like `config_text_in`, enforcing on `interfaces`.
+    pub fn config_text_listing(
+        &self,
+        extra: &str,
+        netns: Option<&str>,
+        interfaces: &[&str],
+    ) -> String {
+        let interfaces = interfaces
+            .iter()
+            .map(|name| format!("\"{name}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let netns = netns
             .map(|name| format!("netns = \"{name}\"\n"))
             .unwrap_or_default();
@@ -173,7 +188,7 @@ prefix = "192.0.2.25/32"
 hosts = 4096
 {extra}
 [agent]
-interfaces = ["{SUBSCRIBER_INTERFACE}"]
+interfaces = [{interfaces}]
 {netns}state_dir = "{state}"
 socket = "{socket}"
 metrics_listen = "127.0.0.1:0"
