@@ -644,15 +644,7 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     // CSV carries the same rows and fields.
     let csv =
         String::from_utf8(f.ok(&["report", "--since", "1h", "--format", "csv"]).stdout).unwrap();
-    let mut reader = csv::Reader::from_reader(csv.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(header, smtpguard::report::render::FIELDS);
-    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let records = report_csv(&csv);
     assert_eq!(records.len(), rows.len());
     assert_eq!(&records[0][0], "100.64.0.2");
     assert_eq!(&records[0][4], "30");

@@ -179,16 +179,9 @@ fn the_report_reads_as_what_its_figures_are() {
     );
 
     let csv = report(&config, "csv");
-    let mut reader = csv::Reader::from_reader(csv.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(header, smtpguard::report::render::FIELDS);
-    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let records = report_csv(&csv);
+    let fields = smtpguard::report::render::FIELDS;
+    let column = |name: &str| fields.iter().position(|h| *h == name).unwrap();
     let cells: Vec<[&str; 4]> = records
         .iter()
         .map(|r| {
