@@ -149,8 +149,8 @@ where
 }
 
 /// Writes an event's fields as text: the message, then `name=value` for each other field, with
-/// strings as they are (no quotes) and line breaks as spaces, so an event stays one line (and
-/// one journal entry with its priority).
+/// strings as they are (no quotes), line breaks as spaces and other control characters escaped,
+/// so an event stays one line (and one journal entry with its priority).
 pub struct PlainFields;
 
 impl<'writer> FormatFields<'writer> for PlainFields {
@@ -202,20 +202,23 @@ impl Visit for PlainVisitor<'_> {
     }
 }
 
-/// A writer that turns line breaks into spaces.
+/// A writer that turns line breaks into spaces and escapes other control characters (`\u{1b}`),
+/// so that no value (a name a client sent, say) can split a line or steer a terminal.
 struct OneLine<'writer>(Writer<'writer>);
 
 impl fmt::Write for OneLine<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        let mut parts = text.split(['\n', '\r']);
-        if let Some(first) = parts.next() {
-            self.0.write_str(first)?;
+        let mut rest = text;
+        while let Some(at) = rest.find(char::is_control) {
+            self.0.write_str(&rest[..at])?;
+            let control = rest[at..].chars().next().expect("found at this index");
+            match control {
+                '\n' | '\r' => self.0.write_char(' ')?,
+                other => write!(self.0, "{}", other.escape_unicode())?,
+            }
+            rest = &rest[at + control.len_utf8()..];
         }
-        for part in parts {
-            self.0.write_char(' ')?;
-            self.0.write_str(part)?;
-        }
-        Ok(())
+        self.0.write_str(rest)
     }
 }
 
@@ -261,7 +264,10 @@ mod tests {
         let path = std::path::Path::new("/sys/fs/bpf/smtpguard");
         let error = io::Error::other("no space left");
         tracing::error!(%error, "writing the audit entry failed");
-        tracing::warn!(interface = "eth1", "interface missing:\nnot enforced");
+        tracing::warn!(
+            interface = "eth1\u{1b}[2J",
+            "interface missing:\nnot enforced"
+        );
         tracing::info!(
             who = "SIGHUP",
             added = 1,
@@ -277,7 +283,7 @@ mod tests {
         assert_eq!(
             logged(true, events),
             "<3>writing the audit entry failed error=no space left\n\
-             <4>interface missing: not enforced interface=eth1\n\
+             <4>interface missing: not enforced interface=eth1\\u{1b}[2J\n\
              <6>config reloaded who=SIGHUP added=1 pin_dir=/sys/fs/bpf/smtpguard\n\
              <7>statistics snapshot hosts=2\n\
              <7>details forced=false\n"
@@ -294,7 +300,10 @@ mod tests {
                 "ERROR",
                 "writing the audit entry failed error=no space left",
             ),
-            ("WARN", "interface missing: not enforced interface=eth1"),
+            (
+                "WARN",
+                "interface missing: not enforced interface=eth1\\u{1b}[2J",
+            ),
             (
                 "INFO",
                 "config reloaded who=SIGHUP added=1 pin_dir=/sys/fs/bpf/smtpguard",
