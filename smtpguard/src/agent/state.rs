@@ -430,7 +430,7 @@ impl AgentState {
                     info!(
                         interface,
                         attach = attached.attach.kind(),
-                        outcome = ?attached.outcome,
+                        outcome = %attached.outcome,
                         "enforcing"
                     );
                 }
@@ -600,7 +600,7 @@ impl AgentState {
                         warn!(
                             interface,
                             index,
-                            outcome = ?attached.outcome,
+                            outcome = %attached.outcome,
                             "interface appeared: attached again"
                         );
                         self.record_system(AuditAction::InterfaceAttached, interface, &detail);
