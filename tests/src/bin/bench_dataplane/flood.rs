@@ -14,7 +14,7 @@
 //! Then smtpguard alone meets floods whose sources vary (trafgen's per-packet random bytes):
 //! a new source per packet inside an IPv4 /16 of a subscriber range and inside one IPv6 /64
 //! (every judged segment from a host the statistics map has not seen creates its entry), and a
-//! bot mix, 10,000 sources each to 50 destinations at random, into a map already holding
+//! bot mix, 10,240 sources each to 50 destinations, interleaved, into a map already holding
 //! 1,000,000 hosts. Their gateway CPU per million drops stands next to the known host's.
 
 use std::{fs, os::fd::AsFd as _, process::Command, time::Instant};
@@ -99,8 +99,9 @@ enum Mix {
     NewSourceV4,
     /// A new IPv6 source per packet: the interface identifier random, one /64.
     NewSourceV6,
-    /// 10,000 sources (100.64.0.0 to 100.64.39.249), each to 50 destinations
-    /// (198.51.100.0 to .49), at random, into a map already holding 1,000,000 other hosts.
+    /// 10,240 sources (100.64.0.0 to 100.64.39.255), each to 50 destinations (198.51.100.0
+    /// to .49), interleaved (trafgen's runtime counters and random bytes), into a map already
+    /// holding 1,000,000 other hosts.
     Bots,
 }
 
@@ -111,7 +112,7 @@ impl Mix {
         match self {
             Mix::NewSourceV4 => "smtpguard, a new source per packet (IPv4 /16)",
             Mix::NewSourceV6 => "smtpguard, a new source per packet (IPv6 /64)",
-            Mix::Bots => "smtpguard, 10,000 bots x 50 destinations, 1,000,000 hosts in the map",
+            Mix::Bots => "smtpguard, 10,240 bots x 50 destinations, 1,000,000 hosts in the map",
         }
     }
 
@@ -138,14 +139,11 @@ impl Mix {
                     (37, "drnd()"),
                 ],
             ),
-            // Source 100.64.(0..39).(0..249), destination 198.51.100.(0..49).
+            // Source 100.64.(0..39, counting).(random), destination 198.51.100.(0..49,
+            // counting): trafgen's byte lists take counters with a range, random bytes without.
             Mix::Bots => (
                 FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build(),
-                &[
-                    (28, "drnd(0, 39)"),
-                    (29, "drnd(0, 249)"),
-                    (33, "drnd(0, 49)"),
-                ],
+                &[(28, "dinc(0, 39)"), (29, "drnd()"), (33, "dinc(0, 49)")],
             ),
         };
         frame
