@@ -429,8 +429,18 @@ impl Drop for Ext4 {
 }
 
 /// Lines of the agent log that report a successful statistics snapshot.
+/// Snapshots the agent logged; the line is at debug level, which the agents of these tests
+/// are started with ([`start_logging_snapshots`]).
 fn snapshots(f: &Fixture) -> usize {
     f.log().matches("statistics snapshot hosts=").count()
+}
+
+fn start_logging_snapshots(f: &Fixture) -> Agent {
+    let mut agent_command = std::process::Command::new(BIN);
+    agent_command.env("SMTPGUARD_LOG", "debug");
+    let mut agent = Agent::spawn(agent_command, &f.config, &f.scratch.file("agent.log"));
+    agent.wait_ready();
+    agent
 }
 
 #[test]
@@ -438,7 +448,7 @@ fn a_full_state_folder_fails_writes_clearly_and_recovers() {
     let f = Fixture::new("full");
     std::fs::write(&f.config, f.config_text("[report]\ninterval = \"1s\"\n")).unwrap();
     let tmpfs = Tmpfs::mount(&f.scratch.file("state"), "2m");
-    let mut agent = f.start();
+    let mut agent = start_logging_snapshots(&f);
     let enforcing = exempt_one_host(&f);
 
     // Full: writes are answered with a clear error (a write may still fit in space SQLite
