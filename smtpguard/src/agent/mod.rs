@@ -2,11 +2,16 @@
 //! the exemption store, the CLI socket and the metrics endpoint.
 
 pub mod api;
+mod enforcement;
+mod escalation;
 mod events;
+mod expiry;
 pub(crate) mod netns;
 mod notify;
+mod reconcile;
 mod server;
 mod state;
+mod verbs;
 
 use std::{
     fs::File,
@@ -27,10 +32,11 @@ use tracing::{error, info, warn};
 
 use self::{
     api::{Request, Response},
-    state::{AgentState, resolve_relay_hosts},
+    state::AgentState,
 };
 use crate::{
-    config::Config, dataplane::PinLayout, metrics::MetricsSnapshot, report::snapshot::Snapshotter,
+    config::Config, dataplane::PinLayout, metrics::MetricsSnapshot, policy::resolve_relay_hosts,
+    report::snapshot::Snapshotter,
 };
 
 /// How often the agent looks for exemptions that have expired: well inside the promised

@@ -1,0 +1,91 @@
+//! `relay add | rm | list`: runtime relays, beside the config file's and the resolved relay
+//! hostnames.
+
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{Failure, Outcome, refuse_unless_forced};
+use crate::{
+    agent::{api::ErrorKind, reconcile::EntryList, state::AgentState},
+    config::danger::{self, Danger},
+    input,
+    store::NewRelay,
+};
+
+impl AgentState {
+    pub(super) fn relay_add(
+        &mut self,
+        prefix: &str,
+        note: Option<String>,
+        force: bool,
+        who: &str,
+    ) -> Outcome {
+        let prefix = input::parse_prefix("prefix", prefix)?;
+        let dangers: Vec<Danger> = danger::relay_danger(prefix).into_iter().collect();
+        refuse_unless_forced(&dangers, force, "relay add")?;
+        if self.config.relays.iter().any(|r| r.prefix == prefix) {
+            return Err(Failure::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{prefix} is already a relay in the config file {}",
+                    self.config_path.display()
+                ),
+            ));
+        }
+        let relay = self
+            .policy
+            .add_relay(
+                &NewRelay {
+                    prefix,
+                    note,
+                    who: who.to_owned(),
+                },
+                SystemTime::now(),
+            )
+            .inspect_err(|e| self.count_policy_error(e))?;
+        if let Err(error) = self.add_entry(EntryList::Relays, prefix) {
+            let _ = self.policy.remove_relay(prefix, who, SystemTime::now());
+            return Err(Failure::new(
+                ErrorKind::Failed,
+                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
+            ));
+        }
+        info!(%prefix, who, "relay added");
+        self.record_forced(&dangers, &prefix.to_string(), who);
+        Ok(json!(relay))
+    }
+
+    pub(super) fn relay_remove(&mut self, prefix: &str, who: &str) -> Outcome {
+        let prefix = input::parse_prefix("prefix", prefix)?;
+        let removed = self
+            .policy
+            .remove_relay(prefix, who, SystemTime::now())
+            .inspect_err(|e| self.count_policy_error(e))?;
+        self.remove_or_fail(EntryList::Relays, prefix)?;
+        info!(%prefix, who, "relay removed");
+        Ok(json!(removed))
+    }
+
+    pub(super) fn relay_list(&mut self) -> Outcome {
+        let mut rows: Vec<Value> = self
+            .config
+            .relays
+            .iter()
+            .map(|r| json!({"prefix": r.prefix.to_string(), "source": "config"}))
+            .collect();
+        for (host, addresses) in &self.resolved {
+            for address in addresses {
+                rows.push(json!({"prefix": IpNet::from(*address).to_string(), "source": "dns", "host": host}));
+            }
+        }
+        for relay in self.policy.relays()? {
+            let mut row = json!(relay);
+            row["source"] = json!("runtime");
+            rows.push(row);
+        }
+        Ok(Value::Array(rows))
+    }
+}
