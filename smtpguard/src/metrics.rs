@@ -88,6 +88,11 @@ pub struct MetricsSnapshot {
     pub attached: Vec<(String, &'static str, &'static str)>,
     /// Unix time the agent started, in seconds (a non-finite value is shown as 0).
     pub start_time_seconds: f64,
+    /// Whether the last reload (or the start) applied the file on disk: a refused one leaves
+    /// this false until a reload succeeds, so an alert on it lasts as long as the broken file.
+    pub config_last_reload_successful: bool,
+    /// Unix time of the last reload attempt, refused ones included (the start, before any).
+    pub config_last_reload_timestamp_seconds: f64,
 }
 
 /// The label value of a verdict in `smtpguard_packets_total`.
@@ -235,11 +240,9 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             attached.push(row);
         }
     }
-    let start_time = if snapshot.start_time_seconds.is_finite() {
-        snapshot.start_time_seconds
-    } else {
-        0.0
-    };
+    let finite_or_zero = |seconds: f64| if seconds.is_finite() { seconds } else { 0.0 };
+    let start_time = finite_or_zero(snapshot.start_time_seconds);
+    let last_reload = finite_or_zero(snapshot.config_last_reload_timestamp_seconds);
 
     let single = |name, help, kind, value| Family {
         name,
@@ -329,6 +332,19 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "Configuration reloads that failed.",
             Kind::Counter,
             Value::Int(snapshot.counters.reload_failures),
+        ),
+        single(
+            "smtpguard_config_last_reload_successful",
+            "1 when the last reload (or the start) applied the configuration file, 0 when it \
+             was refused or rolled back: the file on disk is not the running policy.",
+            Kind::Gauge,
+            Value::Int(u64::from(snapshot.config_last_reload_successful)),
+        ),
+        single(
+            "smtpguard_config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt (or of the start, before any), in seconds.",
+            Kind::Gauge,
+            Value::Float(last_reload),
         ),
         single(
             "smtpguard_reattachments",
@@ -1018,7 +1034,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 18] = [
+    const FAMILIES: [(&str, &str); 20] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -1029,6 +1045,8 @@ mod tests {
         ("smtpguard_store_errors_total", "counter"),
         ("smtpguard_reloads_total", "counter"),
         ("smtpguard_reload_failures_total", "counter"),
+        ("smtpguard_config_last_reload_successful", "gauge"),
+        ("smtpguard_config_last_reload_timestamp_seconds", "gauge"),
         ("smtpguard_reattachments_total", "counter"),
         ("smtpguard_pin_restores_total", "counter"),
         ("smtpguard_detached_interfaces", "gauge"),
@@ -1078,6 +1096,8 @@ mod tests {
                 ("bond0.100".to_owned(), "tc", "tcx"),
             ],
             start_time_seconds: 1_700_000_000.5,
+            config_last_reload_successful: true,
+            config_last_reload_timestamp_seconds: 1_700_000_100.25,
         }
     }
 
@@ -1132,6 +1152,11 @@ mod tests {
             ("smtpguard_unfiltered_tunnel_interfaces", 2.0),
             ("smtpguard_bots_classified_total", 5.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
+            ("smtpguard_config_last_reload_successful", 1.0),
+            (
+                "smtpguard_config_last_reload_timestamp_seconds",
+                1_700_000_100.25,
+            ),
         ] {
             assert_eq!(exposition.value(name, &[]), Some(value), "{name}");
         }

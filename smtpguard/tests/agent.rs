@@ -174,11 +174,17 @@ fn kill_9_leaves_no_gap_and_statistics_survive() {
 #[test]
 fn reload_with_a_broken_config_keeps_the_old_policy() {
     let f = Fixture::new("reload");
+    let port = free_port();
+    std::fs::write(&f.config, with_metrics_port(&f.config_text(""), port)).unwrap();
     let mut agent = f.start();
     f.assert_blocked("before the reload");
+    let successful = || metric(port, "smtpguard_config_last_reload_successful");
+    let reloaded_at = || metric(port, "smtpguard_config_last_reload_timestamp_seconds");
+    assert_eq!(successful(), Some(1.0), "after the start");
+    let started_at = reloaded_at().expect("a reload timestamp from the start");
 
     // An unknown key in the [agent] table, on a line of its own at the end.
-    let good = f.config_text("");
+    let good = with_metrics_port(&f.config_text(""), port);
     let broken = format!("{good}colour = \"blue\"\n");
     let broken_line = broken.lines().count();
     std::fs::write(&f.config, &broken).unwrap();
@@ -196,6 +202,13 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
         "reload of a broken file",
     );
     f.assert_blocked("after a refused reload");
+    assert_eq!(successful(), Some(0.0), "after a refused reload");
+    let refused_at = reloaded_at().unwrap();
+    assert!(
+        refused_at > started_at,
+        "the refused reload's time: expected after the start ({started_at}), observed \
+         {refused_at}"
+    );
 
     agent.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -229,13 +242,20 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
         show(&status)
     );
     f.assert_blocked("after SIGHUP with a broken file");
+    // The alert on it lasts as long as the file on disk is broken, not only a while after
+    // the refusal.
+    assert_eq!(successful(), Some(0.0), "after SIGHUP with a broken file");
 
     std::fs::write(
         &f.config,
-        f.config_text("[[exemptions]]\nprefix = \"100.64.0.2/32\"\nreason = \"fixed\"\n"),
+        with_metrics_port(
+            &f.config_text("[[exemptions]]\nprefix = \"100.64.0.2/32\"\nreason = \"fixed\"\n"),
+            port,
+        ),
     )
     .unwrap();
     f.ok(&["reload"]);
+    assert_eq!(successful(), Some(1.0), "after a successful reload");
     f.assert_open("after reloading a config that exempts the subscriber");
     let list = f.json(&["exempt", "list", "--format", "json"]);
     assert!(
@@ -247,9 +267,31 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
     let actions = f.audit_actions(f.config_str());
     assert_eq!(
         actions,
-        ["config-reloaded"],
-        "audit: expected one config-reloaded (the refused ones change nothing), observed \
-         {actions:?}"
+        ["config-refused", "config-refused", "config-reloaded"],
+        "audit: expected both refusals (CLI, SIGHUP) and the reload, observed {actions:?}"
+    );
+    let refusals: Vec<(String, String)> = f
+        .json(&["audit", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "config-refused")
+        .map(|e| (text(&e["who"]), text(&e["detail"])))
+        .collect();
+    for (who, detail) in &refusals {
+        assert!(
+            detail.contains(&at) && detail.contains("colour"),
+            "audit of a refused reload: expected the detail to name {at} and the key, \
+             observed {who}: {detail}"
+        );
+    }
+    assert_eq!(
+        refusals
+            .iter()
+            .map(|(who, _)| who.as_str())
+            .collect::<Vec<_>>(),
+        ["root", "SIGHUP"],
+        "audit: who refused reloads are by"
     );
 }
 

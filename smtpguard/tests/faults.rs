@@ -682,29 +682,6 @@ fn a_second_agent_on_the_same_pins_or_state_is_refused() {
     assert_eq!(attached_interfaces(&status(&f)), [SUBSCRIBER_INTERFACE]);
 }
 
-/// A metrics port of this test's own, picked free by the kernel.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap()
-}
-
-/// The value of the unlabelled sample `name` on the agent's metrics endpoint.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(OPEN)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// Deletes the subscriber interface under the running agent, checks it reports it detached
 /// and stays up, creates it again and checks enforcement is back on the new interface.
 fn delete_and_create_again(f: &Fixture, agent: &mut Agent, metrics_port: u16) {
@@ -736,13 +713,6 @@ fn delete_and_create_again(f: &Fixture, agent: &mut Agent, metrics_port: u16) {
     f.assert_open("exempt add on the interface created again");
     f.ok(&["exempt", "rm", SUBSCRIBER]);
     f.assert_blocked("exempt rm on the interface created again");
-}
-
-fn with_metrics_port(config: &str, port: u16) -> String {
-    config.replace(
-        "metrics_listen = \"127.0.0.1:0\"",
-        &format!("metrics_listen = \"127.0.0.1:{port}\""),
-    )
 }
 
 fn wait_attached(f: &Fixture) {

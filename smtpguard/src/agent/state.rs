@@ -54,6 +54,13 @@ impl Journal {
     }
 }
 
+/// The outcome of the last reload (the start counts as a successful one).
+#[derive(Clone, Copy, Debug)]
+pub struct LastReload {
+    pub at: SystemTime,
+    pub successful: bool,
+}
+
 pub struct AgentState {
     pub(super) config: Config,
     pub(super) config_path: PathBuf,
@@ -67,6 +74,7 @@ pub struct AgentState {
     /// What the maps hold since the last successful reconcile.
     pub(super) desired: DesiredPolicy,
     pub(super) started: SystemTime,
+    pub(super) last_reload: LastReload,
     pub(super) detached: bool,
     pub(super) events: Events,
 }
@@ -96,6 +104,10 @@ impl AgentState {
             resolved,
             desired,
             started: SystemTime::now(),
+            last_reload: LastReload {
+                at: SystemTime::now(),
+                successful: true,
+            },
             detached: false,
             events: events::channel(),
         };
@@ -230,13 +242,17 @@ impl AgentState {
             detached_interfaces: self.enforcement.detached_interfaces().len() as u64,
             unfiltered_tunnel_interfaces: self.enforcement.unlisted_tunnels().len() as u64,
             attached,
-            start_time_seconds: self
-                .started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64(),
+            start_time_seconds: unix_seconds(self.started),
+            config_last_reload_successful: self.last_reload.successful,
+            config_last_reload_timestamp_seconds: unix_seconds(self.last_reload.at),
         }
     }
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// How many of `prefixes` are IPv4 and how many IPv6.

@@ -20,6 +20,9 @@ pub enum AuditAction {
     RelayAdded,
     RelayRemoved,
     ConfigReloaded,
+    /// A reload refused (an invalid or dangerous file) or rolled back: the running policy
+    /// stayed as it was.
+    ConfigRefused,
     Detached,
     Escalated,
     EscalationLifted,
@@ -38,13 +41,14 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 15] = [
+    pub const ALL: [AuditAction; 16] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionExpired,
         AuditAction::RelayAdded,
         AuditAction::RelayRemoved,
         AuditAction::ConfigReloaded,
+        AuditAction::ConfigRefused,
         AuditAction::Detached,
         AuditAction::Escalated,
         AuditAction::EscalationLifted,
@@ -65,6 +69,7 @@ impl AuditAction {
             AuditAction::RelayAdded => "relay-added",
             AuditAction::RelayRemoved => "relay-removed",
             AuditAction::ConfigReloaded => "config-reloaded",
+            AuditAction::ConfigRefused => "config-refused",
             AuditAction::Detached => "detached",
             AuditAction::Escalated => "escalated",
             AuditAction::EscalationLifted => "escalation-lifted",
@@ -245,6 +250,7 @@ mod tests {
                 "relay-added",
                 "relay-removed",
                 "config-reloaded",
+                "config-refused",
                 "detached",
                 "escalated",
                 "escalation-lifted",
@@ -269,7 +275,7 @@ mod tests {
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
+             config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
              pins-replaced, interface-detached, interface-attached"
         );
     }

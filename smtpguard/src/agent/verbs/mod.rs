@@ -169,7 +169,7 @@ fn refuse_unless_forced(dangers: &[Danger], force: bool, verb: &str) -> Result<(
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
-fn truncated(text: &str, max: usize) -> String {
+pub(super) fn truncated(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

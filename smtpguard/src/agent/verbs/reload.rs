@@ -5,12 +5,16 @@ use std::time::SystemTime;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Failure, Outcome, refuse_unless_forced};
+use super::{Failure, Outcome, refuse_unless_forced, truncated};
 use crate::{
-    agent::{api::ErrorKind, state::AgentState},
+    agent::{
+        api::ErrorKind,
+        state::{AgentState, LastReload},
+    },
     config::{Config, danger},
+    input::escape_unprintable,
     policy::resolve_relay_hosts,
-    store::AuditAction,
+    store::{AuditAction, MAX_TEXT_BYTES},
 };
 
 impl AgentState {
@@ -18,32 +22,19 @@ impl AgentState {
     /// one unless `force`; a valid one is reconciled into the maps and the interfaces.
     pub(super) fn reload(&mut self, force: bool, who: &str) -> Outcome {
         self.journal.counters.reloads += 1;
+        self.last_reload = LastReload {
+            at: SystemTime::now(),
+            successful: false,
+        };
         let config = match Config::load(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
-                self.journal.counters.reload_failures += 1;
-                warn!(%error, "reload refused: the running policy stays as it was");
-                return Err(Failure::new(
-                    ErrorKind::BadRequest,
-                    format!("reload refused, the running policy stays as it was: {error}"),
-                ));
+                return Err(self.refuse_reload(who, ErrorKind::BadRequest, &error.to_string()));
             }
         };
         let dangers = danger::dangers(Some(&self.config), &config);
         if let Err(failure) = refuse_unless_forced(&dangers, force, "reload") {
-            self.journal.counters.reload_failures += 1;
-            warn!(
-                who,
-                error = failure.message,
-                "reload refused: the running policy stays as it was"
-            );
-            return Err(Failure::new(
-                failure.kind,
-                format!(
-                    "reload refused, the running policy stays as it was: {}",
-                    failure.message
-                ),
-            ));
+            return Err(self.refuse_reload(who, failure.kind, &failure.message));
         }
         let previous = std::mem::replace(&mut self.config, config);
         self.resolved = resolve_relay_hosts(&self.config, &self.resolved);
@@ -52,6 +43,7 @@ impl AgentState {
             .and_then(|report| self.attach_all().map(|()| report));
         match applied {
             Ok(report) => {
+                self.last_reload.successful = true;
                 let detail = format!(
                     "added {}, updated {}, removed {}",
                     report.added, report.updated, report.removed
@@ -81,11 +73,33 @@ impl AgentState {
                     restored = restored.is_ok(),
                     "reload failed; back to the previous config"
                 );
-                Err(Failure::new(
-                    ErrorKind::Failed,
-                    format!("reload failed and was rolled back: {error:#}"),
-                ))
+                let message = format!("reload failed and was rolled back: {error:#}");
+                self.audit_refused(who, &message);
+                Err(Failure::new(ErrorKind::Failed, message))
             }
         }
+    }
+
+    /// A reload refused before anything changed (an invalid or dangerous file): logged,
+    /// counted and audited, and the answer says the running policy stays.
+    fn refuse_reload(&mut self, who: &str, kind: ErrorKind, why: &str) -> Failure {
+        self.journal.counters.reload_failures += 1;
+        warn!(
+            who,
+            error = why,
+            "reload refused: the running policy stays as it was"
+        );
+        let message = format!("reload refused, the running policy stays as it was: {why}");
+        self.audit_refused(who, &message);
+        Failure::new(kind, message)
+    }
+
+    fn audit_refused(&mut self, who: &str, message: &str) {
+        // Config errors quote the file, which may hold anything: the audit trail takes
+        // printable text of a bounded length.
+        let detail = truncated(&escape_unprintable(message), MAX_TEXT_BYTES);
+        let subject = self.config_path.display().to_string();
+        self.journal
+            .record(AuditAction::ConfigRefused, &subject, who, &detail);
     }
 }
