@@ -295,6 +295,68 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
     );
 }
 
+/// `config check --against` says before, and `reload` and its audit entry say after, what a
+/// new file changes in policy terms; the change is real (the subscriber's range now only
+/// monitors, so its connection passes).
+#[test]
+fn reload_and_config_check_name_the_policy_changes() {
+    let f = Fixture::new("reload-changes");
+    let _agent = f.start();
+    f.assert_blocked("before the reload");
+    let running = f.scratch.file("running.toml");
+    std::fs::copy(&f.config, &running).unwrap();
+    let edited = f
+        .config_text("[[relays]]\nprefix = \"192.0.2.26/32\"\n")
+        .replacen(
+            "prefix = \"100.64.0.0/10\"\n",
+            "prefix = \"100.64.0.0/10\"\nmode = \"monitor\"\n",
+            1,
+        );
+    std::fs::write(&f.config, &edited).unwrap();
+    let expected = [
+        "100.64.0.0/10: enforce -> monitor",
+        "relay 192.0.2.26/32 added",
+    ];
+
+    let check = f.ok(&[
+        "config",
+        "check",
+        f.config_str(),
+        "--against",
+        running.to_str().unwrap(),
+    ]);
+    let printed = String::from_utf8_lossy(&check.stdout).into_owned();
+    let header = format!("2 policy changes against {}:", running.display());
+    for line in std::iter::once(header.as_str()).chain(expected) {
+        assert!(
+            printed.lines().any(|l| l.trim() == line),
+            "config check --against: expected a line {line:?}, observed:\n{}",
+            show(&check)
+        );
+    }
+
+    let reload = f.ok(&["reload"]);
+    let printed = String::from_utf8_lossy(&reload.stdout).into_owned();
+    let lines: Vec<&str> = printed.lines().map(str::trim).skip(1).collect();
+    assert_eq!(lines, expected, "reload: observed\n{}", show(&reload));
+    f.assert_open("after reloading a file that only monitors the subscriber's range");
+
+    let detail = f
+        .json(&["audit", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["action"] == "config-reloaded")
+        .map(|e| text(&e["detail"]))
+        .unwrap_or_default();
+    for change in expected {
+        assert!(
+            detail.contains(change),
+            "audit of the reload: expected {change:?} in the detail, observed {detail:?}"
+        );
+    }
+}
+
 #[test]
 fn fifty_concurrent_exempt_adds_are_all_kept() {
     let f = Fixture::new("fifty");

@@ -7,6 +7,7 @@ use crate::{
     agent::netns,
     config::{Config, danger},
     dataplane::interfaces::{self, UnlistedTunnel},
+    policy,
 };
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,17 @@ pub fn run(command: &ConfigCommand) -> anyhow::Result<()> {
                 config.exemptions.len(),
                 config.enforcement.ports,
             );
+            if let (Some(running), Some(path)) = (&running, against) {
+                let changes = policy::changes(running, &config);
+                match changes.len() {
+                    0 => println!("no policy change against {}", path.display()),
+                    1 => println!("1 policy change against {}:", path.display()),
+                    n => println!("{n} policy changes against {}:", path.display()),
+                }
+                for change in changes {
+                    println!("  {change}");
+                }
+            }
             let dangers = danger::dangers(running.as_ref(), &config);
             for danger in &dangers {
                 eprintln!("warning: {}: {danger}", file.display());

@@ -162,6 +162,9 @@ pub fn run() -> anyhow::Result<()> {
                 "reloaded: added {}, updated {}, removed {}",
                 body["added"], body["updated"], body["removed"]
             );
+            for change in body["changes"].as_array().into_iter().flatten() {
+                println!("  {}", change.as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::GenerateAssets { dir } => generate::run(&dir),

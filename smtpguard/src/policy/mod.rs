@@ -6,11 +6,13 @@
 //! change the runtime part through [`PolicySource`] only, so a second source (etcd in fleet
 //! mode) is a second implementation of that trait, not a second code path.
 
+mod changes;
 mod desired;
 mod relay_hosts;
 mod source;
 
 pub use self::{
+    changes::{PolicyChange, changes, mode_name},
     desired::{DesiredPolicy, most_specific},
     relay_hosts::{ResolvedRelays, resolve_relay_hosts},
     source::{LocalStore, PolicyError, PolicySource, Rejection},

@@ -13,7 +13,7 @@ use crate::{
     },
     config::{Config, danger},
     input::escape_unprintable,
-    policy::resolve_relay_hosts,
+    policy::{self, resolve_relay_hosts},
     store::{AuditAction, MAX_TEXT_BYTES},
 };
 
@@ -36,6 +36,10 @@ impl AgentState {
         if let Err(failure) = refuse_unless_forced(&dangers, force, "reload") {
             return Err(self.refuse_reload(who, failure.kind, &failure.message));
         }
+        let changes: Vec<String> = policy::changes(&self.config, &config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let previous = std::mem::replace(&mut self.config, config);
         self.resolved = resolve_relay_hosts(&self.config, &self.resolved);
         let applied = self
@@ -44,10 +48,15 @@ impl AgentState {
         match applied {
             Ok(report) => {
                 self.last_reload.successful = true;
-                let detail = format!(
+                let mut detail = format!(
                     "added {}, updated {}, removed {}",
                     report.added, report.updated, report.removed
                 );
+                for change in &changes {
+                    detail.push_str("; ");
+                    detail.push_str(change);
+                }
+                let detail = truncated(&escape_unprintable(&detail), MAX_TEXT_BYTES);
                 self.journal
                     .store
                     .record(
@@ -61,7 +70,7 @@ impl AgentState {
                 info!(who, detail, "config reloaded");
                 self.record_forced(&dangers, &self.config_path.display().to_string(), who);
                 Ok(
-                    json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed}),
+                    json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed, "changes": changes}),
                 )
             }
             Err(error) => {
