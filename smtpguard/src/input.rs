@@ -11,6 +11,14 @@
 //!   printable UTF-8 (no control characters, no invisible direction overrides); a reason must
 //!   hold more than white space;
 //! - expiry: after now and at most [`MAX_EXPIRY`] ahead (leave it out for no expiry).
+//!
+//! What the CLI forgives (the agent's socket takes only the canonical forms it sends):
+//! - a bare address where a prefix is expected means that host alone (`/32`, `/128`), and a
+//!   `/32` or `/128` prefix where a host is expected means its address;
+//! - times: a duration from now (`24h`, `7d`), a date (`2026-12-01`: its midnight, local
+//!   time), a local time (`2026-12-01T08:00`, `2026-12-01 08:00:30`), an RFC 3339 time
+//!   (`2026-12-01T08:00:00Z`) or one of journalctl's words `now`, `today`, `yesterday`,
+//!   `tomorrow` (midnights, local time).
 
 use std::{
     ffi::OsStr,
@@ -48,8 +56,19 @@ pub enum InputError {
         prefix: IpNet,
         network: IpNet,
     },
+    #[error(
+        "{field} {value} is not a prefix or an address; expected ADDRESS/LENGTH such as \
+         100.64.10.0/24 or 2001:db8:1000:10::/64, or one address such as 100.64.0.2 for that \
+         host alone"
+    )]
+    NotAPrefixOrAddress { field: &'static str, value: String },
     #[error("{field} {value} is not an IP address; expected one such as 100.64.0.2 or 2001:db8::2")]
     NotAnAddress { field: &'static str, value: String },
+    #[error(
+        "{field} {prefix} is a range of addresses, not one host; expected one address such as \
+         100.64.0.2 (or ADDRESS/32, ADDRESS/128)"
+    )]
+    NotAHost { field: &'static str, prefix: IpNet },
     #[error("{field} is {len} bytes long; expected at most {max} bytes")]
     TooLong {
         field: &'static str,
@@ -124,6 +143,34 @@ pub fn parse_address(field: &'static str, text: &str) -> Result<IpAddr, InputErr
         field,
         value: shown(text),
     })
+}
+
+/// A prefix without host bits, or a bare address meaning that host alone (`/32`, `/128`).
+pub fn parse_prefix_or_host(field: &'static str, text: &str) -> Result<IpNet, InputError> {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(address));
+    }
+    match parse_prefix(field, text) {
+        Err(InputError::NotAPrefix { field, value }) => {
+            Err(InputError::NotAPrefixOrAddress { field, value })
+        }
+        other => other,
+    }
+}
+
+/// One host: an address, or a `/32` (IPv4) or `/128` (IPv6) prefix of it.
+pub fn parse_host(field: &'static str, text: &str) -> Result<IpAddr, InputError> {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(address);
+    }
+    match IpNet::from_str(text) {
+        Ok(prefix) if prefix.prefix_len() == prefix.max_prefix_len() => Ok(prefix.addr()),
+        Ok(prefix) => Err(InputError::NotAHost { field, prefix }),
+        Err(_) => Err(InputError::NotAnAddress {
+            field,
+            value: shown(text),
+        }),
+    }
 }
 
 /// Whether a terminal or a log would not show `c` as itself: control characters (C0, DEL,
@@ -212,7 +259,52 @@ pub fn check_expiry(
     })
 }
 
-/// `--expires`: a duration from `now` (30d, 12h) or an RFC 3339 time, within the limits.
+/// A moment in the past or present: a duration back from `now` (`24h`, `7d`), or a time as
+/// [`parse_point`] takes it. For `--since`, `--from` and `--to`.
+pub fn parse_past(
+    field: &'static str,
+    text: &str,
+    now: SystemTime,
+) -> Result<SystemTime, InputError> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return now
+            .checked_sub(duration)
+            .ok_or_else(|| InputError::BadTime {
+                field,
+                value: shown(text),
+                problem: "further back than 1970",
+                expected: "a duration such as 24h or 7d",
+            });
+    }
+    parse_point(text, now).map_err(|problem| InputError::BadTime {
+        field,
+        value: shown(text),
+        problem,
+        expected: "a duration (24h, 7d), a date (2026-12-01), a local time (2026-12-01T08:00), \
+                   an RFC 3339 time (2026-12-01T08:00:00Z), now, today or yesterday",
+    })
+}
+
+/// `--since`: like [`parse_past`], and not after `now` (a window from then would be empty).
+pub fn parse_since(
+    field: &'static str,
+    text: &str,
+    now: SystemTime,
+) -> Result<SystemTime, InputError> {
+    let at = parse_past(field, text, now)?;
+    if at > now {
+        return Err(InputError::BadTime {
+            field,
+            value: shown(text),
+            problem: "in the future",
+            expected: "a time before now, such as 24h, today or 2026-11-01",
+        });
+    }
+    Ok(at)
+}
+
+/// `--expires`: a duration from `now` (30d, 12h) or a time as [`parse_point`] takes it (a date
+/// means its midnight: the exemption lapses as that day begins), within the limits.
 pub fn parse_expiry(
     field: &'static str,
     text: &str,
@@ -237,15 +329,137 @@ pub fn parse_expiry(
         }
         // Within MAX_EXPIRY of now: no overflow.
         Ok(duration) => now + duration,
-        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| InputError::BadTime {
+        Err(_) => parse_point(text, now).map_err(|problem| InputError::BadTime {
             field,
             value: shown(text),
-            problem: "neither a duration nor a time",
-            expected: "30d, 12h or 2026-12-31T23:59:59Z",
+            problem: match problem {
+                NOT_A_TIME => "neither a duration nor a time",
+                other => other,
+            },
+            expected: "a duration (30d, 12h), a date (2026-12-31), a local time \
+                       (2026-12-31T18:00), an RFC 3339 time (2026-12-31T23:59:59Z) or tomorrow",
         })?,
     };
     check_expiry(field, at, now)?;
     Ok(at)
+}
+
+/// [`parse_point`]'s problem when the text has no form it knows.
+const NOT_A_TIME: &str = "not a time";
+
+/// A time that is not a duration: `now`; `today`, `yesterday`, `tomorrow` (midnights, local
+/// time); a date `YYYY-MM-DD` (its midnight, local time); a local time `YYYY-MM-DDTHH:MM[:SS]`
+/// (a space for the `T` too); or an RFC 3339 time in UTC (`...Z`). The error is the problem.
+pub fn parse_point(text: &str, now: SystemTime) -> Result<SystemTime, &'static str> {
+    let midnight = |days| local_midnight(now, days).ok_or("out of the clock's range");
+    match text {
+        "now" => return Ok(now),
+        "today" => return midnight(0),
+        "yesterday" => return midnight(-1),
+        "tomorrow" => return midnight(1),
+        _ => {}
+    }
+    if text.ends_with(['Z', 'z']) {
+        return humantime::parse_rfc3339_weak(text).map_err(|_| NOT_A_TIME);
+    }
+    let fields = local_fields(text).ok_or(NOT_A_TIME)?;
+    local_time(fields)
+}
+
+/// `YYYY-MM-DD[(T| )HH:MM[:SS]]` as (year, month, day, hour, minute, second), unchecked.
+fn local_fields(text: &str) -> Option<[i64; 6]> {
+    let number = |part: &str, digits: usize| {
+        (part.len() == digits && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<i64>().ok())
+            .flatten()
+    };
+    let (date, time) = match text.split_once(['T', 't', ' ']) {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let mut date = date.split('-');
+    let (year, month, day) = (
+        number(date.next()?, 4)?,
+        number(date.next()?, 2)?,
+        number(date.next()?, 2)?,
+    );
+    if date.next().is_some() {
+        return None;
+    }
+    let (mut hour, mut minute, mut second) = (0, 0, 0);
+    if let Some(time) = time {
+        let mut parts = time.split(':');
+        hour = number(parts.next()?, 2)?;
+        minute = number(parts.next()?, 2)?;
+        if let Some(part) = parts.next() {
+            second = number(part, 2)?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+    }
+    Some([year, month, day, hour, minute, second])
+}
+
+/// Local wall-clock time to a moment, through the C library's time zone (TZ, /etc/localtime).
+fn local_time(
+    [year, month, day, hour, minute, second]: [i64; 6],
+) -> Result<SystemTime, &'static str> {
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return Err("not a calendar date (the month is 01 to 12)"),
+    };
+    if !(1970..=9999).contains(&year) {
+        return Err("outside the years 1970 to 9999");
+    }
+    if !(1..=days_in_month).contains(&day) {
+        return Err("not a calendar date (no such day in that month)");
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err("not a time of day (00:00:00 to 23:59:59)");
+    }
+    // SAFETY: a zeroed `tm` is a valid value; mktime only reads and normalises it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // The ranges above keep every field well within a C int.
+    tm.tm_year = (year - 1900) as libc::c_int;
+    tm.tm_mon = (month - 1) as libc::c_int;
+    tm.tm_mday = day as libc::c_int;
+    tm.tm_hour = hour as libc::c_int;
+    tm.tm_min = minute as libc::c_int;
+    tm.tm_sec = second as libc::c_int;
+    tm.tm_isdst = -1;
+    from_time_t(mktime(&mut tm)).ok_or("out of the clock's range")
+}
+
+/// Midnight (local time) of the day `days` after the one `now` falls on.
+fn local_midnight(now: SystemTime, days: libc::c_int) -> Option<SystemTime> {
+    let seconds = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    let seconds = libc::time_t::try_from(seconds).ok()?;
+    // SAFETY: a zeroed `tm` is a valid value for localtime_r to fill in.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe variant.
+    if unsafe { libc::localtime_r(&seconds, &mut tm) }.is_null() {
+        return None;
+    }
+    tm.tm_hour = 0;
+    tm.tm_min = 0;
+    tm.tm_sec = 0;
+    tm.tm_mday += days;
+    tm.tm_isdst = -1;
+    from_time_t(mktime(&mut tm))
+}
+
+fn mktime(tm: &mut libc::tm) -> libc::time_t {
+    // SAFETY: `tm` is a valid, initialised value; mktime normalises it in place.
+    unsafe { libc::mktime(tm) }
+}
+
+fn from_time_t(seconds: libc::time_t) -> Option<SystemTime> {
+    let seconds = u64::try_from(seconds).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
@@ -374,6 +588,161 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_bare_address_is_its_host_and_a_host_prefix_is_its_address() {
+        for (text, prefix) in [
+            ("100.64.0.2", "100.64.0.2/32"),
+            ("2001:db8::2", "2001:db8::2/128"),
+            ("100.64.10.0/24", "100.64.10.0/24"),
+            ("100.64.0.2/32", "100.64.0.2/32"),
+        ] {
+            assert_eq!(
+                parse_prefix_or_host("prefix", text).map(|p| p.to_string()),
+                Ok(prefix.to_owned()),
+                "{text}"
+            );
+        }
+        let message = parse_prefix_or_host("prefix", "banana")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("prefix \"banana\" is not a prefix or an address; expected")
+                && message.contains("one address such as 100.64.0.2"),
+            "{message}"
+        );
+        assert_eq!(
+            parse_prefix_or_host("prefix", "100.64.0.1/10")
+                .unwrap_err()
+                .to_string(),
+            "prefix 100.64.0.1/10 has host bits set; expected the network address 100.64.0.0/10"
+        );
+
+        for (text, host) in [
+            ("100.64.0.9", "100.64.0.9"),
+            ("100.64.0.9/32", "100.64.0.9"),
+            ("2001:db8::9/128", "2001:db8::9"),
+        ] {
+            assert_eq!(
+                parse_host("host", text),
+                Ok(host.parse().unwrap()),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_host("host", "100.64.0.0/24").unwrap_err().to_string(),
+            "host 100.64.0.0/24 is a range of addresses, not one host; expected one address \
+             such as 100.64.0.2 (or ADDRESS/32, ADDRESS/128)"
+        );
+        let message = parse_host("host", "100.64.0.9/33").unwrap_err().to_string();
+        assert!(
+            message.starts_with("host \"100.64.0.9/33\" is not an IP address"),
+            "{message}"
+        );
+    }
+
+    /// The local wall-clock fields of `at`, through the C library (as `date` shows them).
+    fn local(at: SystemTime) -> [i64; 6] {
+        let seconds = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as libc::time_t;
+        // SAFETY: a zeroed tm is valid; localtime_r fills it in.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        assert!(!unsafe { libc::localtime_r(&seconds, &mut tm) }.is_null());
+        [
+            i64::from(tm.tm_year) + 1900,
+            i64::from(tm.tm_mon) + 1,
+            i64::from(tm.tm_mday),
+            i64::from(tm.tm_hour),
+            i64::from(tm.tm_min),
+            i64::from(tm.tm_sec),
+        ]
+    }
+
+    #[test]
+    fn times_as_operators_write_them() {
+        // 2026-11-01T00:00:00Z.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_793_491_200);
+        let past = |text| parse_past("--since", text, now);
+        assert_eq!(past("7d"), Ok(now - Duration::from_secs(7 * 86400)));
+        assert_eq!(past("now"), Ok(now));
+        assert_eq!(
+            past("2026-12-01T08:00:00Z"),
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_112_000))
+        );
+        // Dates and times without a zone are local wall-clock time.
+        assert_eq!(local(past("2026-12-01").unwrap()), [2026, 12, 1, 0, 0, 0]);
+        assert_eq!(
+            local(past("2026-12-01T08:00").unwrap()),
+            [2026, 12, 1, 8, 0, 0]
+        );
+        assert_eq!(
+            local(past("2026-12-01 08:00:30").unwrap()),
+            [2026, 12, 1, 8, 0, 30]
+        );
+        assert_eq!(local(past("2028-02-29").unwrap()), [2028, 2, 29, 0, 0, 0]);
+        // journalctl's words: midnights around the local day `now` falls on.
+        let today = past("today").unwrap();
+        let yesterday = past("yesterday").unwrap();
+        let tomorrow = parse_expiry("--expires", "tomorrow", now).unwrap();
+        for day in [today, yesterday, tomorrow] {
+            assert_eq!(local(day)[3..], [0, 0, 0], "{day:?} is a midnight");
+        }
+        assert!(today <= now && now < tomorrow, "now lies in today");
+        for (earlier, later) in [(yesterday, today), (today, tomorrow)] {
+            let hours = later.duration_since(earlier).unwrap().as_secs() / 3600;
+            assert!((23..=25).contains(&hours), "a day apart: {hours} h");
+        }
+        // --expires takes dates and times too, within its limits.
+        assert_eq!(
+            local(parse_expiry("--expires", "2026-12-31", now).unwrap()),
+            [2026, 12, 31, 0, 0, 0]
+        );
+        for (text, needle) in [
+            (
+                "2026-02-30",
+                "\"2026-02-30\" is not a calendar date (no such day in that month)",
+            ),
+            (
+                "2026-13-01",
+                "is not a calendar date (the month is 01 to 12)",
+            ),
+            ("2026-12-01T24:00", "is not a time of day"),
+            ("1969-12-31", "is outside the years 1970 to 9999"),
+            (
+                "12/01/2026",
+                "\"12/01/2026\" is not a time; expected a duration (24h, 7d), a date",
+            ),
+            ("2026-12-1", "is not a time"),
+            ("2026-12-01T08", "is not a time"),
+            ("today ", "is not a time"),
+            ("-7d", "is not a time"),
+        ] {
+            let message = past(text).unwrap_err().to_string();
+            assert!(
+                message.starts_with("--since ") && message.contains(needle),
+                "{text:?}: expected {needle:?} in {message:?}"
+            );
+            assert!(message.contains("now, today or yesterday"), "{message}");
+        }
+        assert_eq!(
+            parse_since("--since", "tomorrow", now)
+                .unwrap_err()
+                .to_string(),
+            "--since \"tomorrow\" is in the future; expected a time before now, such as 24h, \
+             today or 2026-11-01"
+        );
+        assert_eq!(parse_since("--since", "today", now), Ok(today));
+        let message = parse_expiry("--expires", "yesterday", now)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("is not in the future"), "{message}");
+        let message = parse_expiry("--expires", "2026-12-32", now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("no such day in that month") && message.contains("2026-12-31"),
+            "{message}"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -426,6 +795,61 @@ mod tests {
                 let message = error.to_string();
                 assert_printable(&message);
                 prop_assert!(message.len() < 400, "message of {} bytes", message.len());
+            }
+        }
+
+        /// Any address given bare is that host, as a prefix and as a host.
+        #[test]
+        fn any_address_is_its_own_host(address in prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]) {
+            let host = IpNet::from(address);
+            prop_assert_eq!(host.prefix_len(), host.max_prefix_len());
+            prop_assert_eq!(parse_prefix_or_host("prefix", &address.to_string()), Ok(host));
+            prop_assert_eq!(parse_host("host", &host.to_string()), Ok(address));
+            prop_assert_eq!(parse_host("host", &address.to_string()), Ok(address));
+        }
+
+        /// Any calendar date and time of day, written without a zone, is that local
+        /// wall-clock time (a date alone its midnight).
+        #[test]
+        fn any_local_date_is_its_wall_clock_time(
+            year in 1971i64..2100, month in 1i64..=12, day in 1i64..=28,
+            hour in 0i64..24, minute in 0i64..60, with_time: bool,
+        ) {
+            let now = SystemTime::now();
+            let (text, expected) = if with_time {
+                (
+                    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}"),
+                    [year, month, day, hour, minute, 0],
+                )
+            } else {
+                (format!("{year:04}-{month:02}-{day:02}"), [year, month, day, 0, 0, 0])
+            };
+            let at = parse_past("--since", &text, now).unwrap();
+            // A time skipped by a daylight-saving change moves by the change; nothing else.
+            let observed = local(at);
+            if observed[3] == expected[3] {
+                prop_assert_eq!(observed, expected, "{}", text);
+            }
+        }
+
+        /// Any text as `--since`: a time or an error naming the flag and the value. Never a
+        /// panic, never an overflow.
+        #[test]
+        fn any_text_as_a_past_time(text in prop_oneof![
+            any::<String>(),
+            "[0-9]{1,5}-[0-9]{1,3}-[0-9]{1,3}([T ][0-9]{1,3}:[0-9]{1,3}(:[0-9]{1,3})?)?Z?",
+            "-?[0-9]{1,25} ?(s|m|h|d|w|M|y)?",
+        ]) {
+            match parse_past("--since", &text, SystemTime::now()) {
+                Ok(_) => {}
+                Err(error) => {
+                    let message = error.to_string();
+                    assert_printable(&message);
+                    prop_assert!(message.starts_with("--since "), "{}", message);
+                }
             }
         }
 

@@ -6,8 +6,9 @@ fn main() -> ExitCode {
     match smtpguard::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // The whole cause chain on one line, without a backtrace: this is for operators.
-            eprintln!("error: {error:#}");
+            // The whole cause chain on one line, each cause once, without a backtrace: this
+            // is for operators.
+            eprintln!("error: {}", smtpguard::cli::error_text(&error));
             // Exit code 2: the agent could not be reached, or gave no answer (it died during
             // the request, which may or may not have been carried out); 3: its socket refuses
             // this user; 1: anything else, a refusal included, after which nothing has changed.

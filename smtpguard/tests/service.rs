@@ -191,18 +191,8 @@ fn runs_as_its_own_user_with_only_the_units_capabilities() {
     let mut agent = Agent::spawn(root_agent, &f.config, &f.scratch.file("root.log"));
     agent.wait_ready();
     agent.terminate();
-    // What systemd does for the unit: the state and runtime folders, with what is in them,
-    // belong to the user (StateDirectory=, RuntimeDirectory=); here both live in the
-    // scratch folder.
-    let owner = format!("{AGENT_UID}:{AGENT_UID}");
-    let chowned = Command::new("chown")
-        .args(["-R", &owner])
-        .arg(&f.scratch.0)
-        .output()
-        .unwrap();
-    assert!(chowned.status.success(), "{}", show(&chowned));
-    // The unit's privileged ExecStartPre, as root: it hands the pins over.
-    f.ok(&["prepare", "--user", &owner]);
+    // What systemd does for the unit, as root: the folders and the pins go to the user.
+    f.hand_over_to(AGENT_UID);
 
     let mut command = in_gateway();
     command

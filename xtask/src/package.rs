@@ -1,7 +1,8 @@
 //! `cargo xtask package`: a Debian package (dpkg-deb) of the agent with its systemd unit,
-//! sysusers.d entry, example config (a conffile), man page, shell completions, copyright and
-//! changelog. The man page and completions come from the binary itself
-//! (`smtpguard generate-assets`), so xtask never compiles the agent's code.
+//! sysusers.d entry, example config (a conffile), man pages (smtpguard(1), one per verb,
+//! smtpguard.toml(5)), shell completions, copyright and changelog. The man pages and
+//! completions come from the binary itself (`smtpguard generate-assets`), so xtask never
+//! compiles the agent's code.
 
 use std::{
     fs,
@@ -71,7 +72,7 @@ pub fn build(root: &Path, binary: &Path, out: &Path, compression: &str) -> Resul
     install(&stage, "usr/bin/smtpguard", &read(binary)?, 0o755)?;
     install(
         &stage,
-        "lib/systemd/system/smtpguard.service",
+        "usr/lib/systemd/system/smtpguard.service",
         &read(&deploy.join("systemd/smtpguard.service"))?,
         0o644,
     )?;
@@ -90,12 +91,15 @@ pub fn build(root: &Path, binary: &Path, out: &Path, compression: &str) -> Resul
 
     let assets = out.join(format!("{name}.assets"));
     cmd::run(Command::new(binary).arg("generate-assets").arg(&assets))?;
-    install(
-        &stage,
-        "usr/share/man/man1/smtpguard.1.gz",
-        &gzip(&read(&assets.join("smtpguard.1"))?)?,
-        0o644,
-    )?;
+    for page in man_pages(&assets)? {
+        let section = page.rsplit('.').next().unwrap_or_default();
+        install(
+            &stage,
+            &format!("usr/share/man/man{section}/{page}.gz"),
+            &gzip(&read(&assets.join(&page))?)?,
+            0o644,
+        )?;
+    }
     for (file, path) in [
         (
             "smtpguard.bash",
@@ -162,6 +166,28 @@ pub fn build(root: &Path, binary: &Path, out: &Path, compression: &str) -> Resul
     )?;
     fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     Ok(deb)
+}
+
+/// The file names of the man pages (`NAME.1`, `NAME.5`) among the generated assets, sorted.
+fn man_pages(assets: &Path) -> Result<Vec<String>> {
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(assets).with_context(|| format!("reading {}", assets.display()))? {
+        let name = entry
+            .with_context(|| format!("reading {}", assets.display()))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".1") || name.ends_with(".5") {
+            pages.push(name);
+        }
+    }
+    pages.sort();
+    anyhow::ensure!(
+        pages.iter().any(|p| p == "smtpguard.1"),
+        "{}: expected smtpguard.1 among the generated man pages, found {pages:?}",
+        assets.display()
+    );
+    Ok(pages)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -360,10 +386,14 @@ mod tests {
 
         for (path, mode) in [
             ("usr/bin/smtpguard", 0o755),
-            ("lib/systemd/system/smtpguard.service", 0o644),
+            ("usr/lib/systemd/system/smtpguard.service", 0o644),
             ("usr/lib/sysusers.d/smtpguard.conf", 0o644),
             ("etc/smtpguard/smtpguard.toml", 0o644),
             ("usr/share/man/man1/smtpguard.1.gz", 0o644),
+            ("usr/share/man/man1/smtpguard-exempt.1.gz", 0o644),
+            ("usr/share/man/man1/smtpguard-report.1.gz", 0o644),
+            ("usr/share/man/man1/smtpguard-completions.1.gz", 0o644),
+            ("usr/share/man/man5/smtpguard.toml.5.gz", 0o644),
             ("usr/share/bash-completion/completions/smtpguard", 0o644),
             ("usr/share/zsh/vendor-completions/_smtpguard", 0o644),
             ("usr/share/fish/vendor_completions.d/smtpguard.fish", 0o644),
@@ -379,17 +409,28 @@ mod tests {
             assert!(line.contains(" root/root "), "{line}");
         }
 
-        // The installed binary runs, and checks the installed example config.
+        assert!(
+            !tree.join("lib").exists(),
+            "nothing in /lib: the unit is in /usr/lib/systemd/system"
+        );
+        // The installed binary runs, and checks the installed example config, named by the
+        // variable as the default path would (a test cannot write /etc).
         let binary = tree.join("usr/bin/smtpguard");
+        let conffile = tree.join("etc/smtpguard/smtpguard.toml");
         let checked = cmd::output(
             Command::new(&binary)
                 .args(["config", "check"])
-                .arg(tree.join("etc/smtpguard/smtpguard.toml")),
+                .env("SMTPGUARD_CONFIG", &conffile),
         )
         .unwrap();
         assert!(checked.contains(": ok ("), "{checked}");
+        let conffile_text = std::fs::read_to_string(&conffile).unwrap();
+        assert!(
+            !conffile_text.contains("mode = \"enforce\"\n"),
+            "the conffile starts every range in monitor mode:\n{conffile_text}"
+        );
         let unit =
-            std::fs::read_to_string(tree.join("lib/systemd/system/smtpguard.service")).unwrap();
+            std::fs::read_to_string(tree.join("usr/lib/systemd/system/smtpguard.service")).unwrap();
         assert!(unit.contains("ExecStart=/usr/bin/smtpguard "), "{unit}");
 
         // The man page renders, with the verbs in it.
@@ -400,8 +441,43 @@ mod tests {
                 .arg(tree.join("usr/share/man/man1/smtpguard.1.gz")),
         )
         .unwrap();
-        for needle in ["NAME", "smtpguard", "SUBCOMMANDS", "exempt", "replay"] {
+        for needle in [
+            "NAME",
+            "smtpguard",
+            "SUBCOMMANDS",
+            "exempt",
+            "replay",
+            "EXIT STATUS",
+        ] {
             assert!(page.contains(needle), "{needle} in the man page:\n{page}");
+        }
+        // A page per verb, and the config file's, each with its sections.
+        for (page, needles) in [
+            (
+                "usr/share/man/man1/smtpguard-exempt.1.gz",
+                &["EXIT STATUS", "FILES", "ENVIRONMENT", "SMTPGUARD_CONFIG"][..],
+            ),
+            (
+                "usr/share/man/man5/smtpguard.toml.5.gz",
+                &[
+                    "socket_group",
+                    "netns",
+                    "escalate_for",
+                    "[report]",
+                    "ENVIRONMENT",
+                ],
+            ),
+        ] {
+            let text = cmd::output(
+                Command::new("man")
+                    .env("MANWIDTH", "100")
+                    .arg("-l")
+                    .arg(tree.join(page)),
+            )
+            .unwrap();
+            for needle in needles {
+                assert!(text.contains(needle), "{needle} in {page}:\n{text}");
+            }
         }
 
         // The completions parse in their shells, and bash's completes the verbs.

@@ -11,6 +11,8 @@ use crate::{
 };
 use std::path::{Path, PathBuf};
 
+use super::client::AgentArgs;
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file and summarise it; exit code 1 if it is invalid. Dangerous
@@ -20,8 +22,9 @@ pub enum ConfigCommand {
     ///
     /// Example: smtpguard config check new.toml --against /etc/smtpguard/smtpguard.toml
     Check {
-        /// The configuration file to check.
-        file: PathBuf,
+        /// The configuration file to check [default: the --config file, $SMTPGUARD_CONFIG or
+        /// /etc/smtpguard/smtpguard.toml]
+        file: Option<PathBuf>,
         /// The config it would replace, to warn about dangerous changes too (relays dropped,
         /// enforcement switched off, subscriber ranges replaced), e.g.
         /// --against /etc/smtpguard/smtpguard.toml
@@ -33,13 +36,17 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn run(command: &ConfigCommand) -> anyhow::Result<()> {
+pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Check {
             file,
             against,
             strict,
         } => {
+            let file = match file {
+                Some(file) => file,
+                None => agent.needed_config_file()?,
+            };
             let config = Config::load(file).context("invalid configuration")?;
             let running = against
                 .as_deref()

@@ -3,14 +3,17 @@
 use clap::{Args, Subcommand};
 
 use super::{Format, client::AgentArgs, table};
-use crate::agent::api::{self, Request};
+use crate::{
+    agent::api::{self, Request},
+    input,
+};
 
 #[derive(Debug, Args)]
 pub struct EscalationsArgs {
     #[command(subcommand)]
     action: Option<EscalationAction>,
-    /// table (for people) or json (for tools)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (for people) or json (for tools), e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 
@@ -20,14 +23,17 @@ enum EscalationAction {
     ///
     /// Example: smtpguard escalations lift 100.127.0.9
     Lift {
-        /// The escalated host, e.g. 100.127.0.9
+        /// The escalated host, e.g. 100.127.0.9 (or 100.127.0.9/32)
         host: String,
     },
 }
 
 pub fn escalations(args: &EscalationsArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     if let Some(EscalationAction::Lift { host }) = &args.action {
-        agent.call(&Request::EscalationLift { host: host.clone() })?;
+        let host = input::parse_host("host", host)?;
+        agent.call(&Request::EscalationLift {
+            host: host.to_string(),
+        })?;
         println!("escalation of {host} lifted");
         return Ok(());
     }
@@ -49,8 +55,9 @@ pub fn escalations(args: &EscalationsArgs, agent: &AgentArgs) -> anyhow::Result<
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// table (one readable line per event) or json (the agent's JSON lines, for tools)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (one readable line per event) or json (the agent's JSON lines, for tools),
+    /// e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 

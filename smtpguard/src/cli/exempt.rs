@@ -13,7 +13,8 @@ pub enum ExemptCommand {
     ///
     /// Example: smtpguard exempt add 100.64.10.0/24 --reason "static business block" --ticket T-4711 --expires 30d
     Add {
-        /// The prefix to exempt, inside a subscriber range, e.g. 100.64.10.0/24
+        /// The prefix to exempt, inside a subscriber range, e.g. 100.64.10.0/24; a bare
+        /// address is that host alone (100.64.0.2 means 100.64.0.2/32)
         prefix: OsString,
         /// Why, for whoever reads the list next (printable, at most 512 bytes), e.g.
         /// --reason "customer's own MX"
@@ -23,8 +24,9 @@ pub enum ExemptCommand {
         /// --ticket T-4711
         #[arg(long)]
         ticket: Option<OsString>,
-        /// When it lapses, at most 10 years ahead: a duration from now (30d, 12h) or a time
-        /// (2026-12-31T23:59:59Z)
+        /// When it lapses, at most 10 years ahead: a duration from now (30d, 12h), a date
+        /// (2026-12-31: it lapses as that day begins, local time), a local time
+        /// (2026-12-31T18:00), an RFC 3339 time (2026-12-31T23:59:59Z) or tomorrow
         #[arg(long)]
         expires: Option<OsString>,
         /// Exempt it even though it covers a whole enforced subscriber range (audited), e.g.
@@ -32,19 +34,21 @@ pub enum ExemptCommand {
         #[arg(long)]
         force: bool,
     },
-    /// List exemptions from the config file and the store.
+    /// List exemptions from the config file and the store (alias: ls).
     ///
-    /// Example: smtpguard exempt list --format csv
+    /// Example: smtpguard exempt ls -o csv
+    #[command(visible_alias = "ls")]
     List {
-        /// table (for people), json or csv (for tools)
-        #[arg(long, value_enum, default_value_t)]
+        /// table (for people), json or csv (for tools), e.g. -o json
+        #[arg(short = 'o', long, value_enum, default_value_t)]
         format: ListFormat,
     },
-    /// Remove a runtime exemption; port 25 is blocked again at once.
+    /// Remove a runtime exemption; port 25 is blocked again at once (aliases: remove, del).
     ///
     /// Example: smtpguard exempt rm 100.64.10.0/24
+    #[command(visible_aliases = ["remove", "del"])]
     Rm {
-        /// The prefix exactly as listed, e.g. 100.64.10.0/24
+        /// The prefix as listed, e.g. 100.64.10.0/24; a bare address is that host alone
         prefix: OsString,
     },
 }
@@ -67,7 +71,8 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let body = agent.call(&Request::ExemptAdd {
-                prefix: input::utf8("prefix", prefix)?.to_owned(),
+                prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
+                    .to_string(),
                 reason: input::utf8("reason", reason)?.to_owned(),
                 ticket: ticket
                     .as_deref()
@@ -95,9 +100,9 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             )?;
         }
         ExemptCommand::Rm { prefix } => {
-            let prefix = input::utf8("prefix", prefix)?;
+            let prefix = input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?;
             agent.call(&Request::ExemptRemove {
-                prefix: prefix.to_owned(),
+                prefix: prefix.to_string(),
             })?;
             println!("no longer exempt: {prefix}");
         }

@@ -15,12 +15,11 @@ mod table;
 
 use std::time::SystemTime;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use self::client::AgentArgs;
 pub use self::client::AgentRefused;
-use crate::agent::api::Request;
+use crate::{agent::api::Request, input};
 
 /// smtpguard: stops direct-to-MX spam from subscriber lines at the ISP's border gateway.
 #[derive(Debug, Parser)]
@@ -95,7 +94,15 @@ enum Command {
     },
     /// Remove enforcement from every interface on purpose, and stop the agent.
     Detach,
-    /// Write the man page and shell completions into DIR (for packaging).
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Example: smtpguard completions bash > /etc/bash_completion.d/smtpguard
+    Completions {
+        /// bash, zsh or fish, e.g. smtpguard completions zsh
+        #[arg(value_enum)]
+        shell: generate::CompletionShell,
+    },
+    /// Write the man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
         /// The folder to write into, e.g. target/assets
@@ -143,19 +150,19 @@ pub fn run() -> anyhow::Result<()> {
     }
     let agent = &cli.agent;
     match cli.command {
-        Command::Replay(args) => replay::run(&args, agent.config_file()?),
-        Command::Config(command) => config::run(&command),
-        Command::Run => crate::agent::run(agent.config_file()?),
+        Command::Replay(args) => replay::run(&args, agent.needed_config_file()?),
+        Command::Config(command) => config::run(&command, agent),
+        Command::Run => crate::agent::run(agent.needed_config_file()?).map_err(privilege_hint),
         Command::Exempt(command) => exempt::run(&command, agent),
         Command::Relay(command) => relay::run(&command, agent),
         Command::Status(args) => status::status(&args, agent),
         Command::Check(args) => status::check(&args, agent),
         Command::Audit(args) => status::audit(&args, agent),
-        Command::Report(args) => report::run(&args, agent.config_file()?),
+        Command::Report(args) => report::run(&args, agent.needed_config_file()?),
         Command::Escalations(args) => escalations::escalations(&args, agent),
         Command::Events(args) => escalations::events(&args, agent),
-        Command::Pbl(command) => pbl::run(&command, agent.config_file()?),
-        Command::Prepare(args) => prepare::run(&args, agent.config_file()?),
+        Command::Pbl(command) => pbl::run(&command, agent.needed_config_file()?),
+        Command::Prepare(args) => prepare::run(&args, agent.needed_config_file()?),
         Command::Reload { force } => {
             let body = agent.call(&Request::Reload { force })?;
             println!(
@@ -168,6 +175,10 @@ pub fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::GenerateAssets { dir } => generate::run(&dir),
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
         Command::Detach => {
             let body = agent.call(&Request::Detach {})?;
             println!(
@@ -179,15 +190,100 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-/// `24h` (that long ago) or an RFC 3339 time, as RFC 3339.
-fn past_time(text: &str) -> anyhow::Result<String> {
-    if let Ok(duration) = humantime::parse_duration(text) {
-        let at = SystemTime::now()
-            .checked_sub(duration)
-            .with_context(|| format!("--since {text:?} reaches before 1970"))?;
-        return Ok(humantime::format_rfc3339_seconds(at).to_string());
+/// An error's cause chain on one line, `: ` between causes, each cause said once: a cause
+/// whose text an outer error already shows (an error that prints its source and also returns
+/// it from `source()`) is left out.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
     }
-    humantime::parse_rfc3339_weak(text)
-        .map(|at| humantime::format_rfc3339_seconds(at).to_string())
-        .map_err(|_| anyhow::anyhow!("--since {text:?} is neither a duration nor a time; expected 24h or 2026-11-01T00:00:00Z"))
+    text
+}
+
+/// The agent's failure, with what it needs when the kernel refused it for want of privilege
+/// (EPERM from bpf(), an attach or a mount).
+fn privilege_hint(error: anyhow::Error) -> anyhow::Error {
+    let refused = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+            || cause.to_string().contains("Operation not permitted")
+    });
+    if !refused {
+        return error;
+    }
+    anyhow::anyhow!(
+        "{}; the agent needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+         (and CAP_SYS_ADMIN with [agent] netns): start it with `systemctl start smtpguard`, \
+         whose unit grants them",
+        error_text(&error)
+    )
+}
+
+/// `--since TEXT` (see [`input::parse_since`]) as RFC 3339.
+fn past_time(text: &str) -> anyhow::Result<String> {
+    let at = input::parse_since("--since", text, SystemTime::now())?;
+    Ok(humantime::format_rfc3339_seconds(at).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parses(args: &[&str]) -> bool {
+        Cli::try_parse_from(std::iter::once("smtpguard").chain(args.iter().copied())).is_ok()
+    }
+
+    /// Every `--format` of every verb, nested ones included, also answers to `-o`.
+    #[test]
+    fn every_format_flag_has_the_short_o() {
+        fn walk(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_long() == Some("format") {
+                    assert_eq!(arg.get_short(), Some('o'), "{path} --format has -o");
+                    found.push(path.to_owned());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), "smtpguard", &mut found);
+        assert!(
+            found.len() >= 10,
+            "the walk found the --format flags: {found:?}"
+        );
+        assert!(parses(&["status", "-o", "json"]));
+        assert!(parses(&["exempt", "list", "-o", "csv"]));
+    }
+
+    #[test]
+    fn list_and_remove_have_their_aliases() {
+        for verb in ["exempt", "relay"] {
+            for args in [
+                vec![verb, "ls"],
+                vec![verb, "list"],
+                vec![verb, "ls", "-o", "json"],
+                vec![verb, "rm", "100.64.0.2"],
+                vec![verb, "remove", "100.64.0.2"],
+                vec![verb, "del", "100.64.0.2"],
+            ] {
+                assert!(parses(&args), "smtpguard {}", args.join(" "));
+            }
+            assert!(!parses(&[verb, "lst"]), "{verb} lst is no verb");
+        }
+        assert!(parses(&["completions", "fish"]));
+        assert!(!parses(&["completions", "tcsh"]));
+    }
 }

@@ -23,8 +23,8 @@ pub enum PblCommand {
     ///
     /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml pbl export --format spamhaus
     Export {
-        /// plain (CIDR per line) or spamhaus (first - last per line)
-        #[arg(long, value_enum, default_value_t)]
+        /// plain (CIDR per line) or spamhaus (first - last per line), e.g. -o spamhaus
+        #[arg(short = 'o', long, value_enum, default_value_t)]
         format: PblFormat,
     },
 }

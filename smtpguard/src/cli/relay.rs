@@ -13,7 +13,8 @@ pub enum RelayCommand {
     ///
     /// Example: smtpguard relay add 192.0.2.26/32 --note "second smarthost"
     Add {
-        /// The relay prefix, e.g. 192.0.2.26/32
+        /// The relay prefix, e.g. 192.0.2.26/28; a bare address is that host alone
+        /// (192.0.2.26 means 192.0.2.26/32)
         prefix: OsString,
         /// A note for the list (printable, at most 512 bytes), e.g. --note "second smarthost"
         #[arg(long)]
@@ -23,19 +24,21 @@ pub enum RelayCommand {
         #[arg(long)]
         force: bool,
     },
-    /// List relays from the config file, DNS and the store.
+    /// List relays from the config file, DNS and the store (alias: ls).
     ///
-    /// Example: smtpguard relay list --format json
+    /// Example: smtpguard relay ls -o json
+    #[command(visible_alias = "ls")]
     List {
-        /// table (for people), json or csv (for tools)
-        #[arg(long, value_enum, default_value_t)]
+        /// table (for people), json or csv (for tools), e.g. -o json
+        #[arg(short = 'o', long, value_enum, default_value_t)]
         format: ListFormat,
     },
-    /// Remove a runtime relay.
+    /// Remove a runtime relay (aliases: remove, del).
     ///
-    /// Example: smtpguard relay rm 192.0.2.26/32
+    /// Example: smtpguard relay rm 192.0.2.26
+    #[command(visible_aliases = ["remove", "del"])]
     Rm {
-        /// The prefix exactly as listed, e.g. 192.0.2.26/32
+        /// The prefix as listed, e.g. 192.0.2.26/32; a bare address is that host alone
         prefix: OsString,
     },
 }
@@ -48,7 +51,8 @@ pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             force,
         } => {
             let body = agent.call(&Request::RelayAdd {
-                prefix: input::utf8("prefix", prefix)?.to_owned(),
+                prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
+                    .to_string(),
                 note: note
                     .as_deref()
                     .map(|n| input::utf8("note", n).map(str::to_owned))
@@ -73,9 +77,9 @@ pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             )?;
         }
         RelayCommand::Rm { prefix } => {
-            let prefix = input::utf8("prefix", prefix)?;
+            let prefix = input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?;
             agent.call(&Request::RelayRemove {
-                prefix: prefix.to_owned(),
+                prefix: prefix.to_string(),
             })?;
             println!("no longer a relay: {prefix}");
         }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 pub struct ReplayArgs {
     /// A pcap or pcapng capture of Ethernet frames, e.g. edge.pcap
     capture: PathBuf,
-    /// Output format: table (for people) or json (one object per frame, then a summary).
-    #[arg(long, value_enum, default_value_t)]
+    /// Output format: table (for people) or json (one object per frame, then a summary),
+    /// e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 

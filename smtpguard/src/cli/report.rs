@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 use crate::{
     config::Config,
+    input,
     report::{
         self, Grouping, ReportOptions,
         render::{self, ReportFormat},
@@ -23,13 +24,15 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The window up to now, e.g. --since 24h (the default)
+    /// The window up to now (default 24h): a duration (24h, 7d), a date (2026-11-22: from
+    /// its midnight, local time), a local time (2026-11-22T08:00), an RFC 3339 time
+    /// (2026-11-22T08:00:00Z), today or yesterday, e.g. --since 7d
     #[arg(long, conflicts_with_all = ["from", "to"])]
     since: Option<String>,
-    /// Window start, e.g. --from 2026-11-22T00:00:00Z (with --to)
+    /// Window start (with --to), as --since takes it, e.g. --from 2026-11-22 or --from 3d
     #[arg(long, requires = "to")]
     from: Option<String>,
-    /// Window end, e.g. --to 2026-11-23T00:00:00Z (with --from)
+    /// Window end (with --from), as --since takes it, e.g. --to 2026-11-23 or --to now
     #[arg(long, requires = "from")]
     to: Option<String>,
     /// Only the N rows with the most attempts, e.g. --top 50
@@ -44,8 +47,8 @@ pub struct ReportArgs {
     /// One row per host, per IPv6 /64 or /56, or per subscriber range, e.g. --group /64
     #[arg(long, value_enum, default_value_t)]
     group: Grouping,
-    /// table (for people), json or csv (for tools and spreadsheets)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (for people), json or csv (for tools and spreadsheets), e.g. -o csv
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: ReportFormat,
     /// Write to this file instead of standard output, e.g. --output report.csv
     #[arg(long)]
@@ -112,30 +115,25 @@ pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
 }
 
 fn window(args: &ReportArgs, now: SystemTime) -> anyhow::Result<(SystemTime, SystemTime)> {
-    let time = |flag: &str, text: &str| {
-        humantime::parse_rfc3339_weak(text).with_context(|| {
-            format!(
-                "--{flag} {text:?} is not a time; expected RFC 3339 such as 2026-11-22T00:00:00Z"
-            )
-        })
-    };
     match (&args.since, &args.from, &args.to) {
         (_, Some(from), Some(to)) => {
-            let (from, to) = (time("from", from)?, time("to", to)?);
+            let (from, to) = (
+                input::parse_past("--from", from, now)?,
+                input::parse_past("--to", to, now)?,
+            );
             if from >= to {
-                bail!("--from must be before --to");
+                bail!(
+                    "--from {} is not before --to {}; expected a window that starts before it \
+                     ends",
+                    humantime::format_rfc3339_seconds(from),
+                    humantime::format_rfc3339_seconds(to)
+                );
             }
             Ok((from, to))
         }
         (since, _, _) => {
             let since = since.as_deref().unwrap_or("24h");
-            let length = humantime::parse_duration(since).with_context(|| {
-                format!("--since {since:?} is not a duration; expected one such as 24h or 7d")
-            })?;
-            Ok((
-                now.checked_sub(length).unwrap_or(SystemTime::UNIX_EPOCH),
-                now,
-            ))
+            Ok((input::parse_since("--since", since, now)?, now))
         }
     }
 }

@@ -4,36 +4,38 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{Format, client::AgentArgs, table};
-use crate::agent::api::Request;
+use crate::{agent::api::Request, input};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// table (for people) or json (for tools)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (for people) or json (for tools), e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Source address, e.g. 100.64.0.2
+    /// Source address, e.g. 100.64.0.2 (or 100.64.0.2/32)
     src: String,
-    /// Destination address, e.g. 198.51.100.7
+    /// Destination address, e.g. 198.51.100.7 (or 198.51.100.7/32)
     dst: String,
     /// Destination TCP port, e.g. --port 25
     #[arg(long, default_value_t = 25)]
     port: u16,
-    /// table (for people) or json (for tools)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (for people) or json (for tools), e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Only entries this recent: a duration (24h, 7d) or a time (2026-11-01T00:00:00Z)
+    /// Only entries this recent: a duration (24h, 7d), a date (2026-11-01: from its
+    /// midnight, local time), a local time (2026-11-01T08:00), an RFC 3339 time
+    /// (2026-11-01T08:00:00Z), today or yesterday
     #[arg(long)]
     since: Option<String>,
-    /// table (for people) or json (for tools)
-    #[arg(long, value_enum, default_value_t)]
+    /// table (for people) or json (for tools), e.g. -o json
+    #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
 }
 
@@ -151,8 +153,8 @@ fn listed_or_none(
 
 pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let body = agent.call(&Request::Check {
-        src: args.src.clone(),
-        dst: args.dst.clone(),
+        src: input::parse_host("source", &args.src)?.to_string(),
+        dst: input::parse_host("destination", &args.dst)?.to_string(),
         port: args.port,
     })?;
     if args.format == Format::Json {

@@ -28,6 +28,7 @@ use toml::Spanned;
 
 mod agent;
 pub mod danger;
+pub mod keys;
 mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, XdpMode};
@@ -1421,11 +1422,11 @@ mod tests {
             vec![
                 SubscriberRange {
                     prefix: net("100.64.0.0/10"),
-                    mode: Mode::Enforce,
+                    mode: Mode::Monitor,
                 },
                 SubscriberRange {
                     prefix: net("2001:db8:1000::/36"),
-                    mode: Mode::Enforce,
+                    mode: Mode::Monitor,
                 },
                 SubscriberRange {
                     prefix: net("100.127.0.0/16"),

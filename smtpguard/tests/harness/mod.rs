@@ -200,6 +200,20 @@ pin_dir = "{pins}"
         )
     }
 
+    /// What the unit does before an unprivileged agent starts: its state and runtime folders
+    /// (StateDirectory=, RuntimeDirectory=; here both in the scratch folder) belong to
+    /// `uid`:`uid`, and the privileged ExecStartPre hands it the pins (`prepare --user`).
+    pub fn hand_over_to(&self, uid: u32) {
+        let owner = format!("{uid}:{uid}");
+        let chowned = Command::new("chown")
+            .args(["-R", &owner])
+            .arg(&self.scratch.0)
+            .output()
+            .unwrap();
+        assert!(chowned.status.success(), "{}", show(&chowned));
+        self.ok(&["prepare", "--user", &owner]);
+    }
+
     pub fn config_str(&self) -> &str {
         self.config.to_str().unwrap()
     }

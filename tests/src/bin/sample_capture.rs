@@ -1,5 +1,6 @@
 //! Writes the sample capture that `cargo xtask demo` replays: a short story of what a border
-//! gateway sees on a subscriber-facing link, told against deploy/smtpguard.example.toml.
+//! gateway sees on a subscriber-facing link, told against deploy/smtpguard.example.toml
+//! with its two broad subscriber ranges enforced (xtask's demo writes that config).
 //!
 //! Usage: sample_capture OUT.pcap
 

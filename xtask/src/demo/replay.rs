@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd;
 
 const EXPLANATION: &str = "\
-The sample capture is one subscriber-facing link's traffic, judged by deploy/smtpguard.example.toml:
+The sample capture is one subscriber-facing link's traffic, judged by deploy/smtpguard.example.toml
+after the first rollout step (its two broad subscriber ranges switched from monitor to enforce):
 SYNs to port 25 from enforced, exempt, monitor-mode and outside sources, mail to the ISP's relays,
 submission, DNS, ARP, and evasion attempts (QinQ+PPPoE, IPv6 extension headers, tiny fragments).";
 
@@ -26,12 +27,20 @@ pub fn run(root: &Path) -> Result<()> {
             .arg(&capture),
     )?;
     println!();
+    let config = demo.join("replay.toml");
+    fs::write(
+        &config,
+        rolled_out(&root.join("deploy/smtpguard.example.toml"))?,
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let smtpguard = root.join("target").join("debug").join("smtpguard");
     let replay = |format: &str| {
         let mut command = Command::new(&smtpguard);
         command
             .current_dir(root)
-            .args(["replay", "--config", "deploy/smtpguard.example.toml"])
+            .arg("replay")
+            .arg("--config")
+            .arg(&config)
             .arg(&capture)
             .args(["--format", format]);
         command
@@ -41,6 +50,25 @@ pub fn run(root: &Path) -> Result<()> {
         &cmd::output(&mut replay("json"))?,
         &capture.with_extension("expected"),
     )
+}
+
+/// The example config (every range in monitor mode, as a new deployment starts) with its two
+/// broad ranges enforced, as an operator's first rollout step does.
+fn rolled_out(example: &Path) -> Result<String> {
+    let text =
+        fs::read_to_string(example).with_context(|| format!("reading {}", example.display()))?;
+    let mut rolled = text.clone();
+    for prefix in ["100.64.0.0/10", "2001:db8:1000::/36"] {
+        let monitored = format!("prefix = \"{prefix}\"\nmode = \"monitor\"\n");
+        if !rolled.contains(&monitored) {
+            bail!("{}: expected {monitored:?} in it", example.display());
+        }
+        rolled = rolled.replace(
+            &monitored,
+            &format!("prefix = \"{prefix}\"\nmode = \"enforce\"\n"),
+        );
+    }
+    Ok(rolled)
 }
 
 /// Compares replay's JSON lines with the reasons the capture was written to produce.
