@@ -357,6 +357,154 @@ fn reload_and_config_check_name_the_policy_changes() {
     }
 }
 
+/// A relay hostname that does not resolve (.invalid never does, RFC 6761) is named by `config
+/// check`, `reload`, `relay list`, `status` and a metric; `status` shows every range with its
+/// mode, the relay hosts, the namespace, socket and metrics address, in tables without a blank
+/// first line or trailing spaces, numbers right-aligned.
+#[test]
+fn status_shows_ranges_and_relay_hosts_and_an_unresolved_one_is_not_silent() {
+    const UNRESOLVED: &str = "relay.smtpguard.invalid";
+    let f = Fixture::new("status-relay-hosts");
+    let port = free_port();
+    let extra = format!(
+        "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[[relays]]\nhost = \
+         \"localhost\"\n[[relays]]\nhost = \"{UNRESOLVED}\"\n[report]\ninterval = \"1s\"\n"
+    );
+    std::fs::write(&f.config, with_metrics_port(&f.config_text(&extra), port)).unwrap();
+    let needle = format!("relay host {UNRESOLVED} does not resolve");
+
+    let check = f.ok(&["config", "check", f.config_str()]);
+    assert!(
+        stderr(&check).contains(&needle),
+        "config check: expected a warning {needle:?}, observed {}",
+        show(&check)
+    );
+    let _agent = f.start();
+
+    let status = f.json(&["status", "--format", "json"]);
+    let ranges: Vec<(String, String)> = status["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (text(&r["prefix"]), text(&r["mode"])))
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            ("100.64.0.0/10".to_owned(), "enforce".to_owned()),
+            ("2001:db8:1000::/36".to_owned(), "enforce".to_owned()),
+            ("100.127.0.0/16".to_owned(), "monitor".to_owned()),
+        ],
+        "status subscribers: observed {status}"
+    );
+    assert_eq!(
+        status["ranges_by_mode"],
+        serde_json::json!({"enforce": 2, "monitor": 1})
+    );
+    let hosts = status["relay_hosts"].as_array().unwrap();
+    let host = |name: &str| hosts.iter().find(|h| h["host"] == name).cloned();
+    let localhost = host("localhost").expect("localhost among the relay hosts");
+    assert!(
+        localhost["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&"127.0.0.1".into())
+            && localhost["unresolved"].is_null(),
+        "localhost: observed {localhost}"
+    );
+    let unresolved = host(UNRESOLVED).expect("the unresolved host among the relay hosts");
+    assert!(
+        unresolved["addresses"].as_array().unwrap().is_empty()
+            && unresolved["unresolved"]["since"].is_string()
+            && !text(&unresolved["unresolved"]["error"]).is_empty(),
+        "{UNRESOLVED}: expected no address, an error and since when, observed {unresolved}"
+    );
+    assert_eq!(
+        (
+            text(&status["netns"]),
+            text(&status["socket"]),
+            text(&status["metrics_listen"])
+        ),
+        (
+            f.lab.gateway.name().to_owned(),
+            f.scratch.file("sg.sock").display().to_string(),
+            format!("127.0.0.1:{port}")
+        )
+    );
+
+    let table = String::from_utf8(f.ok(&["status"]).stdout).unwrap();
+    assert!(
+        !table.starts_with('\n') && table.lines().all(|l| l == l.trim_end()),
+        "status table: expected no blank first line and no trailing spaces, observed:\n{table:?}"
+    );
+    for expected in [
+        "subscriber ranges  2 enforce, 1 monitor",
+        "100.127.0.0/16      monitor",
+        &format!("{UNRESOLVED} (UNRESOLVED since"),
+        &format!("metrics            127.0.0.1:{port}"),
+    ] {
+        assert!(
+            table.contains(expected),
+            "status table: expected {expected:?}, observed:\n{table}"
+        );
+    }
+    let packets: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("REASON"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        packets.len() > 2 && packets.iter().all(|l| l.len() == packets[0].len()),
+        "status: expected the packet counts right-aligned (every line as long), observed:\n{}",
+        packets.join("\n")
+    );
+
+    let relays = f.json(&["relay", "list", "--format", "json"]);
+    assert!(
+        relays
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == UNRESOLVED
+                && r["prefix"].is_null()
+                && text(&r["note"]).starts_with("unresolved since")),
+        "relay list: expected {UNRESOLVED} listed as unresolved, observed {relays}"
+    );
+    let reload = f.ok(&["reload"]);
+    assert!(
+        stderr(&reload).contains(&needle),
+        "reload: expected the warning {needle:?}, observed {}",
+        show(&reload)
+    );
+
+    assert_eq!(metric(port, "smtpguard_relay_hosts_unresolved"), Some(1.0));
+    assert_eq!(
+        metric(port, "smtpguard_subscriber_ranges{mode=\"monitor\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(port, "smtpguard_subscriber_ranges{mode=\"enforce\"}"),
+        Some(2.0)
+    );
+    assert_eq!(metric(port, "smtpguard_escalated_hosts"), Some(0.0));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = metric(port, "smtpguard_last_snapshot_timestamp_seconds").unwrap_or(0.0);
+        if last >= before.floor() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected a snapshot within 5 s (interval 1s); last snapshot at {last}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn fifty_concurrent_exempt_adds_are_all_kept() {
     let f = Fixture::new("fifty");

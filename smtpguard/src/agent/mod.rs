@@ -217,6 +217,7 @@ async fn snapshot_statistics(
             let mut snapshotter = snapshotter.lock().unwrap_or_else(|p| p.into_inner());
             let now = SystemTime::now();
             let report = snapshotter.take(now)?;
+            lock(&state).snapshot_taken(now);
             snapshotter.prune(now, retention)?;
             // The new history classifies hosts: the grouping runs on the snapshotter's own
             // store connection; the state is locked only to act on the bots found.
@@ -302,7 +303,7 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
             continue;
         }
         let resolved = match tokio::task::spawn_blocking(move || {
-            resolve_relay_hosts(&config, &previous)
+            resolve_relay_hosts(&config, &previous, SystemTime::now())
         })
         .await
         {

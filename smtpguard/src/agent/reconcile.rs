@@ -63,11 +63,7 @@ impl AgentState {
             return Ok(());
         }
         let resolved = list == EntryList::Relays
-            && self
-                .resolved
-                .values()
-                .flatten()
-                .any(|a| IpNet::from(*a) == prefix);
+            && self.resolved.addresses().any(|a| IpNet::from(*a) == prefix);
         self.write_entry(
             list,
             prefix,

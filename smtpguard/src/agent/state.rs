@@ -10,7 +10,7 @@ use std::{path::PathBuf, time::SystemTime};
 
 use anyhow::Context as _;
 use smtpguard_common::{
-    REASON_COUNT, Reason,
+    Mode, REASON_COUNT, Reason,
     maps::{self as names, source_capacity},
 };
 use tracing::{error, info, warn};
@@ -75,6 +75,9 @@ pub struct AgentState {
     pub(super) desired: DesiredPolicy,
     pub(super) started: SystemTime,
     pub(super) last_reload: LastReload,
+    /// When the statistics were last snapshotted successfully (kept in the store across
+    /// restarts).
+    pub(super) last_snapshot: Option<SystemTime>,
     pub(super) detached: bool,
     pub(super) events: Events,
 }
@@ -84,12 +87,13 @@ impl AgentState {
     /// maps and only then swaps the program into the interfaces' links.
     pub fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
         let store = Store::open(&config.agent.state_dir)?;
+        let last_snapshot = store.snapshot_state()?.map(|s| s.last);
         let policy = LocalStore::open(&config.agent.state_dir)?;
         let pins = PinLayout::new(&config.agent.pin_dir);
         let enforcement = Enforcement::prepare(pins)?;
         let dataplane = Dataplane::load_pinned(&config.capacity, enforcement.pins())
             .context("loading the kernel program")?;
-        let resolved = resolve_relay_hosts(&config, &ResolvedRelays::new());
+        let resolved = resolve_relay_hosts(&config, &ResolvedRelays::default(), SystemTime::now());
         let desired = DesiredPolicy::from_config(&config);
         let mut state = Self {
             config,
@@ -108,6 +112,7 @@ impl AgentState {
                 at: SystemTime::now(),
                 successful: true,
             },
+            last_snapshot,
             detached: false,
             events: events::channel(),
         };
@@ -205,6 +210,23 @@ impl AgentState {
         ])
     }
 
+    /// Subscriber ranges per mode, both modes always named.
+    pub(super) fn ranges_by_mode(&self) -> [(&'static str, u64); 2] {
+        let monitor = self
+            .config
+            .subscribers
+            .iter()
+            .filter(|range| range.mode == Mode::Monitor)
+            .count() as u64;
+        let all = self.config.subscribers.len() as u64;
+        [("enforce", all - monitor), ("monitor", monitor)]
+    }
+
+    /// Records a successful statistics snapshot taken at `at`.
+    pub fn snapshot_taken(&mut self, at: SystemTime) {
+        self.last_snapshot = Some(at);
+    }
+
     pub fn metrics(&self) -> MetricsSnapshot {
         let counters = self
             .dataplane
@@ -245,6 +267,13 @@ impl AgentState {
             start_time_seconds: unix_seconds(self.started),
             config_last_reload_successful: self.last_reload.successful,
             config_last_reload_timestamp_seconds: unix_seconds(self.last_reload.at),
+            subscriber_ranges: self.ranges_by_mode().to_vec(),
+            relay_hosts_unresolved: self.resolved.warnings().count() as u64,
+            escalated_hosts: self
+                .policy
+                .active_escalations()
+                .map_or(0, |active| active.len() as u64),
+            last_snapshot_timestamp_seconds: self.last_snapshot.map_or(0.0, unix_seconds),
         }
     }
 }

@@ -83,7 +83,16 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             for tunnel in &tunnels {
                 eprintln!("warning: {}: {tunnel}", file.display());
             }
-            let warnings = dangers.len() + tunnels.len();
+            let resolved = policy::resolve_relay_hosts(
+                &config,
+                &policy::ResolvedRelays::default(),
+                std::time::SystemTime::now(),
+            );
+            let unresolved: Vec<String> = resolved.warnings().map(|w| w.to_string()).collect();
+            for warning in &unresolved {
+                eprintln!("warning: {}: {warning}", file.display());
+            }
+            let warnings = dangers.len() + tunnels.len() + unresolved.len();
             if warnings == 0 {
                 return Ok(());
             }

@@ -172,6 +172,9 @@ pub fn run() -> anyhow::Result<()> {
             for change in body["changes"].as_array().into_iter().flatten() {
                 println!("  {}", change.as_str().unwrap_or_default());
             }
+            for warning in body["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::GenerateAssets { dir } => generate::run(&dir),

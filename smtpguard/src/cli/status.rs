@@ -93,11 +93,39 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                 "up, not filtered",
             ),
             row("enforced ports", &body["enforced_ports"]),
+            vec![
+                "subscriber ranges".to_owned(),
+                format!(
+                    "{} enforce, {} monitor",
+                    table::text(&body["ranges_by_mode"]["enforce"]),
+                    table::text(&body["ranges_by_mode"]["monitor"])
+                ),
+            ],
+            listed_or_none("relay hosts", &body["relay_hosts"], relay_host, ""),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
             row("pin folder", &body["pin_dir"]),
             row("state folder", &body["state_dir"]),
+            vec![
+                "netns".to_owned(),
+                match table::text(&body["netns"]) {
+                    netns if netns.is_empty() => "none (the agent's own)".to_owned(),
+                    netns => netns,
+                },
+            ],
+            row("socket", &body["socket"]),
+            row("metrics", &body["metrics_listen"]),
         ],
+    );
+    println!();
+    table::print(
+        &["RANGE", "MODE"],
+        body["subscribers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|range| vec![table::text(&range["prefix"]), table::text(&range["mode"])])
+            .collect(),
     );
     for tunnel in body["unlisted_tunnels"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", table::text(&tunnel["warning"]));
@@ -143,12 +171,36 @@ fn listed_or_none(
     what: &str,
 ) -> Vec<String> {
     let names: Vec<String> = items.as_array().into_iter().flatten().map(name).collect();
-    let text = if names.is_empty() {
-        "none".to_owned()
-    } else {
-        format!("{}: {what}", names.join(", "))
+    let text = match (names.is_empty(), what) {
+        (true, _) => "none".to_owned(),
+        (false, "") => names.join(", "),
+        (false, what) => format!("{}: {what}", names.join(", ")),
     };
     vec![label.to_owned(), text]
+}
+
+/// "smtp.isp.example (192.0.2.25)", or with why and since when it does not resolve.
+fn relay_host(host: &Value) -> String {
+    let addresses: Vec<String> = host["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(table::text)
+        .collect();
+    let addresses = if addresses.is_empty() {
+        "no address".to_owned()
+    } else {
+        addresses.join(" ")
+    };
+    match &host["unresolved"] {
+        Value::Null => format!("{} ({addresses})", table::text(&host["host"])),
+        unresolved => format!(
+            "{} (UNRESOLVED since {}: {}; {addresses})",
+            table::text(&host["host"]),
+            table::text(&unresolved["since"]),
+            table::text(&unresolved["error"])
+        ),
+    }
 }
 
 pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {

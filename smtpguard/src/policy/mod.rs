@@ -14,6 +14,6 @@ mod source;
 pub use self::{
     changes::{PolicyChange, changes, mode_name},
     desired::{DesiredPolicy, most_specific},
-    relay_hosts::{ResolvedRelays, resolve_relay_hosts},
+    relay_hosts::{RelayHost, ResolvedRelays, Unresolved, UnresolvedWarning, resolve_relay_hosts},
     source::{LocalStore, PolicyError, PolicySource, Rejection},
 };

@@ -117,7 +117,7 @@ pub trait PolicySource: Send {
         for relay in self.relays()? {
             desired.add_relay(relay.prefix, Origin::Runtime);
         }
-        for address in resolved.values().flatten() {
+        for address in resolved.addresses() {
             desired.add_relay(IpNet::from(*address), Origin::Dns);
         }
         Ok(desired)

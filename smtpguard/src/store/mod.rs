@@ -741,7 +741,10 @@ fn describe_time(time: SystemTime) -> String {
     }
 }
 
-fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_time<S: Serializer>(
+    time: &SystemTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match rfc3339(*time) {
         Some(text) => serializer.serialize_str(&text),
         None => Err(serde::ser::Error::custom(format_args!(

@@ -76,9 +76,23 @@ impl AgentState {
             .iter()
             .map(|r| json!({"prefix": r.prefix.to_string(), "source": "config"}))
             .collect();
-        for (host, addresses) in &self.resolved {
-            for address in addresses {
-                rows.push(json!({"prefix": IpNet::from(*address).to_string(), "source": "dns", "host": host}));
+        for (name, host) in self.resolved.hosts() {
+            let unresolved = host.unresolved.as_ref().map(|u| {
+                format!(
+                    "unresolved since {}: {}",
+                    humantime::format_rfc3339_seconds(u.since),
+                    u.error
+                )
+            });
+            for address in &host.addresses {
+                rows.push(json!({"prefix": IpNet::from(*address).to_string(), "source": "dns", "host": name, "note": unresolved}));
+            }
+            // A name without any address is listed all the same: nothing is allowlisted for
+            // it, which is worth seeing.
+            if host.addresses.is_empty() {
+                rows.push(
+                    json!({"prefix": null, "source": "dns", "host": name, "note": unresolved}),
+                );
             }
         }
         for relay in self.policy.relays()? {

@@ -41,7 +41,7 @@ impl AgentState {
             .map(ToString::to_string)
             .collect();
         let previous = std::mem::replace(&mut self.config, config);
-        self.resolved = resolve_relay_hosts(&self.config, &self.resolved);
+        self.resolved = resolve_relay_hosts(&self.config, &self.resolved, SystemTime::now());
         let applied = self
             .reconcile()
             .and_then(|report| self.attach_all().map(|()| report));
@@ -70,7 +70,7 @@ impl AgentState {
                 info!(who, detail, "config reloaded");
                 self.record_forced(&dangers, &self.config_path.display().to_string(), who);
                 Ok(
-                    json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed, "changes": changes}),
+                    json!({"reloaded": self.config_path.display().to_string(), "added": report.added, "updated": report.updated, "removed": report.removed, "changes": changes, "warnings": self.resolved.warnings().map(|w| w.to_string()).collect::<Vec<_>>()}),
                 )
             }
             Err(error) => {

@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 use smtpguard_common::Reason;
 
 use super::{Outcome, failed};
-use crate::agent::{enforcement::attach_name, state::AgentState};
+use crate::{
+    agent::{enforcement::attach_name, state::AgentState},
+    policy::mode_name,
+};
 
 impl AgentState {
     pub(super) fn status(&mut self) -> Outcome {
@@ -35,6 +38,12 @@ impl AgentState {
             "detached": self.enforcement.detached_interfaces(),
             "unlisted_tunnels": self.enforcement.unlisted_tunnels().iter().map(|t| json!({"interface": t.interface, "kind": t.kind, "warning": t.to_string()})).collect::<Vec<_>>(),
             "enforced_ports": self.config.enforcement.ports,
+            "subscribers": self.config.subscribers.iter().map(|r| json!({"prefix": r.prefix.to_string(), "mode": mode_name(r.mode)})).collect::<Vec<_>>(),
+            "ranges_by_mode": self.ranges_by_mode().into_iter().map(|(mode, ranges)| (mode.to_owned(), json!(ranges))).collect::<serde_json::Map<String, Value>>(),
+            "relay_hosts": self.resolved.hosts().map(|(name, host)| json!({"host": name, "addresses": host.addresses, "unresolved": host.unresolved})).collect::<Vec<_>>(),
+            "netns": self.config.agent.netns,
+            "socket": self.config.agent.socket.display().to_string(),
+            "metrics_listen": self.config.agent.metrics_listen.to_string(),
             "packets": reasons,
             "maps": maps,
             "exemptions": self.desired.exemptions.len(),
