@@ -505,6 +505,144 @@ fn status_shows_ranges_and_relay_hosts_and_an_unresolved_one_is_not_silent() {
     }
 }
 
+/// `exempt update` changes an exemption in place: the subscriber keeps getting through while
+/// it changes, and the audit entry has the old and the new values. Runtime relays follow the
+/// config's overlap rule, and a config relay is removed in the config file, as a config
+/// exemption is.
+#[test]
+fn exempt_update_keeps_the_exemption_and_relays_follow_the_config_rules() {
+    let f = Fixture::new("exempt-update");
+    std::fs::write(
+        &f.config,
+        f.config_text("[[exemptions]]\nprefix = \"100.64.10.0/24\"\nreason = \"static\"\n"),
+    )
+    .unwrap();
+    let _agent = f.start();
+    f.ok(&[
+        "exempt",
+        "add",
+        SUBSCRIBER,
+        "--reason",
+        "first",
+        "--ticket",
+        "T-1",
+        "--expires",
+        "1h",
+    ]);
+    f.assert_open("after exempt add");
+
+    // Connections run all through the updates: none may be dropped.
+    let stop = AtomicBool::new(false);
+    let attempts = thread::scope(|scope| {
+        let connecting = scope.spawn(|| {
+            let mut observed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                observed.push(f.smtp(OPEN));
+            }
+            observed
+        });
+        for round in 0..5 {
+            let reason = format!("round {round}");
+            f.ok(&["exempt", "update", SUBSCRIBER, "--reason", &reason]);
+        }
+        f.ok(&[
+            "exempt",
+            "update",
+            SUBSCRIBER,
+            "--ticket",
+            "T-2",
+            "--no-expiry",
+        ]);
+        stop.store(true, Ordering::Relaxed);
+        connecting.join().unwrap()
+    });
+    assert!(
+        !attempts.is_empty() && attempts.iter().all(|a| *a == Connect::Greeted),
+        "during the updates: expected every connection greeted, observed {attempts:?}"
+    );
+
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == SUBSCRIBER)
+        .cloned()
+        .unwrap_or_else(|| panic!("exempt list: expected {SUBSCRIBER}, observed {list}"));
+    assert_eq!(
+        (
+            text(&row["reason"]),
+            text(&row["ticket"]),
+            row["expires"].clone()
+        ),
+        ("round 4".to_owned(), "T-2".to_owned(), Value::Null),
+        "exempt list after the updates: observed {row}"
+    );
+    let actions = f.audit_actions(SUBSCRIBER);
+    assert_eq!(
+        actions,
+        [vec!["exemption-added"], vec!["exemption-updated"; 6]].concat(),
+        "audit of {SUBSCRIBER}"
+    );
+    let last = f
+        .json(&["audit", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["action"] == "exemption-updated")
+        .map(|e| text(&e["detail"]))
+        .unwrap();
+    assert!(
+        last.contains("was: reason \"round 4\"; ticket \"T-1\"; expires 20")
+            && last.contains("now: reason \"round 4\"; ticket \"T-2\"; expires never"),
+        "the update's audit entry: expected the old and the new values, observed {last:?}"
+    );
+
+    let config = f.cli(&["exempt", "update", "100.64.10.0/24", "--reason", "x"]);
+    assert_fails(
+        &config,
+        1,
+        &[
+            "100.64.10.0/24 is exempt in the config file",
+            "change it there and reload",
+        ],
+        "exempt update of a config exemption",
+    );
+    let nothing = f.cli(&["exempt", "update", SUBSCRIBER]);
+    assert_fails(
+        &nothing,
+        1,
+        &["nothing to change for", "--no-expiry"],
+        "an empty update",
+    );
+
+    let overlapping = f.cli(&["relay", "add", "192.0.2.0/24"]);
+    assert_fails(
+        &overlapping,
+        1,
+        &["192.0.2.0/24 overlaps the relay 192.0.2.25/32 (in the config file"],
+        "relay add over a config relay",
+    );
+    f.ok(&["relay", "add", "198.18.0.0/16"]);
+    let inside = f.cli(&["relay", "add", "198.18.7.0/24"]);
+    assert_fails(
+        &inside,
+        1,
+        &["198.18.7.0/24 overlaps the relay 198.18.0.0/16 (added at run time)"],
+        "relay add inside a runtime relay",
+    );
+    let config_relay = f.cli(&["relay", "rm", "192.0.2.25/32"]);
+    assert_fails(
+        &config_relay,
+        1,
+        &[
+            "192.0.2.25/32 is a relay in the config file",
+            "remove it there and reload",
+        ],
+        "relay rm of a config relay",
+    );
+}
+
 #[test]
 fn fifty_concurrent_exempt_adds_are_all_kept() {
     let f = Fixture::new("fifty");

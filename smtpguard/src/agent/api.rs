@@ -43,6 +43,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         force: bool,
     },
+    /// Changes an exemption's reason, ticket or expiry without removing it.
+    ExemptUpdate {
+        prefix: String,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        ticket: Option<String>,
+        /// RFC 3339.
+        #[serde(default)]
+        expires: Option<String>,
+        /// It no longer expires (refused together with `expires`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        no_expiry: bool,
+    },
     ExemptList {},
     ExemptRemove {
         prefix: String,
@@ -103,6 +117,25 @@ impl Request {
             } => {
                 input::parse_prefix("prefix", prefix)?;
                 input::check_text("reason", reason, MAX_REASON_BYTES)?;
+                if let Some(ticket) = ticket {
+                    input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
+                }
+                if let Some(expires) = expires {
+                    let at = input::parse_time("expires", expires)?;
+                    input::check_expiry("expires", at, now)?;
+                }
+            }
+            Request::ExemptUpdate {
+                prefix,
+                reason,
+                ticket,
+                expires,
+                no_expiry: _,
+            } => {
+                input::parse_prefix("prefix", prefix)?;
+                if let Some(reason) = reason {
+                    input::check_text("reason", reason, MAX_REASON_BYTES)?;
+                }
                 if let Some(ticket) = ticket {
                     input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
                 }

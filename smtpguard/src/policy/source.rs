@@ -13,7 +13,10 @@ use smtpguard_common::Origin;
 use super::{DesiredPolicy, ResolvedRelays};
 use crate::{
     config::Config,
-    store::{Escalation, Exemption, NewExemption, NewRelay, RuntimeRelay, Store, StoreError},
+    store::{
+        Escalation, Exemption, ExemptionUpdate, NewExemption, NewRelay, RuntimeRelay, Store,
+        StoreError,
+    },
 };
 
 /// Why a source refused or failed a change.
@@ -70,6 +73,15 @@ pub trait PolicySource: Send {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<Exemption>;
+    /// Changes an exemption's reason, ticket or expiry in place: it never lapses meanwhile.
+    /// Returns it as it was and as it is.
+    fn update_exemption(
+        &mut self,
+        prefix: IpNet,
+        update: &ExemptionUpdate,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<(Exemption, Exemption)>;
     /// Removes the exemptions whose expiry is at or before `now` and returns them.
     fn expire_exemptions(&mut self, now: SystemTime) -> PolicyResult<Vec<Exemption>>;
     /// When the next exemption runs out.
@@ -155,6 +167,16 @@ impl PolicySource for LocalStore {
         now: SystemTime,
     ) -> PolicyResult<Exemption> {
         Ok(self.store.remove_exemption(prefix, who, now)?)
+    }
+
+    fn update_exemption(
+        &mut self,
+        prefix: IpNet,
+        update: &ExemptionUpdate,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<(Exemption, Exemption)> {
+        Ok(self.store.update_exemption(prefix, update, who, now)?)
     }
 
     fn expire_exemptions(&mut self, now: SystemTime) -> PolicyResult<Vec<Exemption>> {

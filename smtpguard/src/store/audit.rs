@@ -16,6 +16,8 @@ use super::{Store, StoreError, check_text, sql, stored_time, to_millis};
 pub enum AuditAction {
     ExemptionAdded,
     ExemptionRemoved,
+    /// Its reason, ticket or expiry changed; the exemption stayed in force throughout.
+    ExemptionUpdated,
     ExemptionExpired,
     RelayAdded,
     RelayRemoved,
@@ -41,9 +43,10 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
+        AuditAction::ExemptionUpdated,
         AuditAction::ExemptionExpired,
         AuditAction::RelayAdded,
         AuditAction::RelayRemoved,
@@ -65,6 +68,7 @@ impl AuditAction {
         match self {
             AuditAction::ExemptionAdded => "exemption-added",
             AuditAction::ExemptionRemoved => "exemption-removed",
+            AuditAction::ExemptionUpdated => "exemption-updated",
             AuditAction::ExemptionExpired => "exemption-expired",
             AuditAction::RelayAdded => "relay-added",
             AuditAction::RelayRemoved => "relay-removed",
@@ -246,6 +250,7 @@ mod tests {
             [
                 "exemption-added",
                 "exemption-removed",
+                "exemption-updated",
                 "exemption-expired",
                 "relay-added",
                 "relay-removed",
@@ -274,8 +279,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
-             exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
+             exemption-removed, exemption-updated, exemption-expired, relay-added, relay-removed, \
+             config-reloaded, config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
              pins-replaced, interface-detached, interface-attached"
         );
     }

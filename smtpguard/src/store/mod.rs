@@ -38,7 +38,7 @@ use serde::Serializer;
 
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
 pub use escalations::{BotEvent, Escalation};
-pub use exemptions::{Exemption, NewExemption};
+pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
 

@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -14,7 +15,7 @@ use crate::{
     },
     config::danger,
     input,
-    store::NewExemption,
+    store::{ExemptionUpdate, NewExemption},
 };
 
 impl AgentState {
@@ -83,17 +84,69 @@ impl AgentState {
         Ok(json!(exemption))
     }
 
-    pub(super) fn exempt_remove(&mut self, prefix: &str, who: &str) -> Outcome {
+    /// Changes an exemption's reason, ticket or expiry. The kernel map is not touched: the
+    /// prefix stays exempt throughout, so the customer is never blocked in between.
+    pub(super) fn exempt_update(
+        &mut self,
+        prefix: &str,
+        reason: Option<String>,
+        ticket: Option<String>,
+        expires: Option<&str>,
+        no_expiry: bool,
+        who: &str,
+    ) -> Outcome {
         let prefix = input::parse_prefix("prefix", prefix)?;
+        self.refuse_config_exemption(prefix, "change")?;
+        let expires = match (expires, no_expiry) {
+            (Some(_), true) => {
+                return Err(Failure::new(
+                    ErrorKind::BadRequest,
+                    "--expires and --no-expiry contradict each other; expected one of them",
+                ));
+            }
+            (Some(at), false) => Some(Some(input::parse_time("expires", at)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        if reason.is_none() && ticket.is_none() && expires.is_none() {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "nothing to change for {prefix}; expected --reason, --ticket, --expires or \
+                     --no-expiry"
+                ),
+            ));
+        }
+        let update = ExemptionUpdate {
+            reason,
+            ticket,
+            expires,
+        };
+        let (_, updated) = self
+            .policy
+            .update_exemption(prefix, &update, who, SystemTime::now())
+            .inspect_err(|e| self.count_policy_error(e))?;
+        info!(%prefix, who, "exemption updated");
+        Ok(json!(updated))
+    }
+
+    /// A config file exemption is changed there, never at run time.
+    fn refuse_config_exemption(&self, prefix: IpNet, verb: &str) -> Result<(), Failure> {
         if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
             return Err(Failure::new(
                 ErrorKind::BadRequest,
                 format!(
-                    "{prefix} is exempt in the config file {}; remove it there and reload",
+                    "{prefix} is exempt in the config file {}; {verb} it there and reload",
                     self.config_path.display()
                 ),
             ));
         }
+        Ok(())
+    }
+
+    pub(super) fn exempt_remove(&mut self, prefix: &str, who: &str) -> Outcome {
+        let prefix = input::parse_prefix("prefix", prefix)?;
+        self.refuse_config_exemption(prefix, "remove")?;
         let removed = self
             .policy
             .remove_exemption(prefix, who, SystemTime::now())

@@ -90,6 +90,13 @@ impl AgentState {
                 expires,
                 force,
             } => self.exempt_add(&prefix, reason, ticket, expires.as_deref(), force, who),
+            Request::ExemptUpdate {
+                prefix,
+                reason,
+                ticket,
+                expires,
+                no_expiry,
+            } => self.exempt_update(&prefix, reason, ticket, expires.as_deref(), no_expiry, who),
             Request::ExemptList {} => self.exempt_list(),
             Request::ExemptRemove { prefix } => self.exempt_remove(&prefix, who),
             Request::RelayAdd {

@@ -35,6 +35,7 @@ impl AgentState {
                 ),
             ));
         }
+        self.refuse_overlap(prefix)?;
         let relay = self
             .policy
             .add_relay(
@@ -58,8 +59,46 @@ impl AgentState {
         Ok(json!(relay))
     }
 
+    /// The config file's rule, at run time too: no two relays overlap (one would hide the
+    /// other, and removing the wider one would quietly leave the narrower in force).
+    fn refuse_overlap(&self, prefix: IpNet) -> Result<(), Failure> {
+        let configured = self.config.relays.iter().map(|r| {
+            (
+                r.prefix,
+                format!("in the config file {}", self.config_path.display()),
+            )
+        });
+        let runtime = self
+            .policy
+            .relays()?
+            .into_iter()
+            .map(|r| (r.prefix, "added at run time".to_owned()));
+        for (relay, origin) in configured.chain(runtime) {
+            // An equal runtime prefix is the store's duplicate, with its own message.
+            if relay != prefix && (relay.contains(&prefix) || prefix.contains(&relay)) {
+                return Err(Failure::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{prefix} overlaps the relay {relay} ({origin}); expected relays that do \
+                         not overlap, so keep only one of them"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn relay_remove(&mut self, prefix: &str, who: &str) -> Outcome {
         let prefix = input::parse_prefix("prefix", prefix)?;
+        if self.config.relays.iter().any(|r| r.prefix == prefix) {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "{prefix} is a relay in the config file {}; remove it there and reload",
+                    self.config_path.display()
+                ),
+            ));
+        }
         let removed = self
             .policy
             .remove_relay(prefix, who, SystemTime::now())
