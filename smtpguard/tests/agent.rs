@@ -643,6 +643,103 @@ fn exempt_update_keeps_the_exemption_and_relays_follow_the_config_rules() {
     );
 }
 
+/// An `events` client whose agent goes away hears of it: exit code 2 and a message, or with
+/// --follow a note, and it connects again when the agent is back.
+#[test]
+fn events_end_or_follow_when_the_agent_goes_away() {
+    let f = Fixture::new("events-away");
+    let agent = f.start();
+    let events = |name: &str, follow: bool| {
+        let stderr = f.scratch.file(name);
+        let mut command = Command::new(BIN);
+        command.args(["--config", f.config_str(), "events"]);
+        if follow {
+            command.arg("--follow");
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        (ChildGuard(child), stderr)
+    };
+    let (mut plain, plain_err) = events("plain.err", false);
+    let (mut follow, follow_err) = events("follow.err", true);
+    // Both are subscribed once the agent counts them among its connections; a second is
+    // plenty on this machine, and a late one only makes the test wait, not pass.
+    thread::sleep(Duration::from_secs(1));
+    agent.terminate();
+
+    let status = wait_exit(&mut plain.0, Duration::from_secs(5));
+    let said = std::fs::read_to_string(&plain_err).unwrap();
+    assert!(
+        status.and_then(|s| s.code()) == Some(2) && said.contains("went away"),
+        "events when the agent stops: expected exit code 2 and \"went away\", observed \
+         {status:?}, stderr {said:?}"
+    );
+    let waiting = || std::fs::read_to_string(&follow_err).unwrap();
+    eventually(Duration::from_secs(5), "events --follow waiting", || {
+        waiting().contains("went away; waiting for it")
+    });
+    assert!(
+        follow.0.try_wait().unwrap().is_none(),
+        "events --follow ended when the agent stopped: {}",
+        waiting()
+    );
+    let _agent = f.start();
+    eventually(
+        Duration::from_secs(5),
+        "events --follow connected again",
+        || waiting().contains("connected to the agent at"),
+    );
+}
+
+/// `detach` asks first, and refuses without --yes where it cannot ask; with no agent running
+/// it removes the pinned links itself (the package's prerm case), and `audit` reads the store
+/// while the agent is stopped.
+#[test]
+fn detach_confirms_and_works_without_an_agent_and_audit_reads_a_stopped_agents_store() {
+    let f = Fixture::new("detach-offline");
+    let agent = f.start();
+    let unconfirmed = f.cli(&["detach"]);
+    assert_fails(
+        &unconfirmed,
+        1,
+        &["error:", "--yes"],
+        "detach without --yes off a terminal",
+    );
+    f.assert_blocked("after a detach that was not confirmed");
+
+    agent.terminate();
+    f.assert_blocked("after the agent stopped (the pinned links stay)");
+    let detach = f.ok(&["detach", "--yes"]);
+    assert!(
+        stderr(&detach).contains("removing the pinned links without it"),
+        "detach without an agent: expected a note, observed {}",
+        show(&detach)
+    );
+    f.assert_open("after detach without an agent");
+    assert!(
+        f.pins.0.attachments().unwrap_or_default().is_empty(),
+        "after detach without an agent: expected no pinned links, observed {:?}",
+        f.pins.0.attachments()
+    );
+    let audit = f.cli(&["audit", "--format", "json"]);
+    let entries = json(&audit);
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "detached"
+                && e["subject"] == SUBSCRIBER_INTERFACE
+                && e["who"] == "root"),
+        "audit with the agent stopped: expected the detach by root, observed {}",
+        show(&audit)
+    );
+}
+
 #[test]
 fn fifty_concurrent_exempt_adds_are_all_kept() {
     let f = Fixture::new("fifty");
@@ -865,7 +962,7 @@ fn detach_removes_enforcement_and_stops_the_agent() {
     let mut agent = f.start();
     f.assert_blocked("attached");
 
-    let output = f.ok(&["detach"]);
+    let output = f.ok(&["detach", "--yes"]);
     let status = agent.wait_exit(Duration::from_secs(5));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -1389,5 +1486,28 @@ fn unlisted_tunnels_are_warned_about_and_a_listed_tun_gets_the_l3_entry_point() 
              observed {answered}; log:\n{}",
             f.log()
         );
+    }
+}
+
+/// Kills a CLI process left running by a failed test.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }

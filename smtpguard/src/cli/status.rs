@@ -3,8 +3,15 @@
 use clap::Args;
 use serde_json::Value;
 
+use anyhow::Context as _;
+
 use super::{Format, client::AgentArgs, table};
-use crate::{agent::api::Request, input};
+use crate::{
+    agent::api::{ClientError, Request},
+    config::Config,
+    input,
+    store::Store,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -273,7 +280,21 @@ pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 
 pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let since = args.since.as_deref().map(super::past_time).transpose()?;
-    let body = agent.call(&Request::Audit { since })?;
+    let body = match agent.call(&Request::Audit {
+        since: since.clone(),
+    }) {
+        Ok(body) => body,
+        Err(error)
+            if matches!(
+                error.downcast_ref::<ClientError>(),
+                Some(ClientError::Unreachable { .. })
+            ) =>
+        {
+            eprintln!("note: {error}; reading its store instead");
+            audit_from_store(agent, since.as_deref())?
+        }
+        Err(error) => return Err(error),
+    };
     if args.format == Format::Json {
         return table::print_json(&body);
     }
@@ -287,4 +308,19 @@ pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             .collect(),
     );
     Ok(())
+}
+
+/// The audit log read from the store itself, read-only, for when no agent answers: who
+/// changed what is most wanted when the agent is down.
+fn audit_from_store(agent: &AgentArgs, since: Option<&str>) -> anyhow::Result<Value> {
+    let path = agent.config_file();
+    let config = Config::load(path).with_context(|| {
+        format!(
+            "no agent answers, and its state folder is in the config file {}",
+            path.display()
+        )
+    })?;
+    let since = since.map(|at| input::parse_time("since", at)).transpose()?;
+    let store = Store::open_read_only(&config.agent.state_dir)?;
+    Ok(serde_json::to_value(store.audit(since)?)?)
 }

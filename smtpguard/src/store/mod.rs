@@ -403,6 +403,31 @@ impl Store {
         }
     }
 
+    /// Opens `state_dir/smtpguard.db` for reading only, for a CLI reading the store while no
+    /// agent runs (`audit`): nothing is created, migrated or written. A store of a newer
+    /// schema is refused; an older one is read as it is.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE_NAME);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(&path))?;
+        let found = user_version(&conn).map_err(sql(&path))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store { conn, path })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
