@@ -740,6 +740,54 @@ fn detach_confirms_and_works_without_an_agent_and_audit_reads_a_stopped_agents_s
     );
 }
 
+/// The state folder is 0750 and every file the agent makes in it 0640, under a umask that
+/// would give everyone access (000) and one that would shut the group out (077).
+#[test]
+fn the_state_folder_and_its_files_have_their_modes_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = Fixture::new("state-modes");
+    let state = f.scratch.file("state");
+    for umask in ["000", "077"] {
+        let _ = std::fs::remove_dir_all(&state);
+        let mut wrapper = Command::new("sh");
+        wrapper.args(["-c", &format!("umask {umask}; exec \"$0\" \"$@\""), BIN]);
+        let mut agent = Agent::spawn(wrapper, &f.config, &f.scratch.file("agent.log"));
+        agent.wait_ready();
+        // A write, so the store's journal files exist too.
+        f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "modes"]);
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let mut observed = vec![("state".to_owned(), mode(&state))];
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in &names {
+            observed.push((name.clone(), mode(&state.join(name))));
+        }
+        let expected: Vec<(String, u32)> = std::iter::once(("state".to_owned(), 0o750))
+            .chain(names.iter().map(|name| (name.clone(), 0o640)))
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "smtpguard.db") && names.iter().any(|n| n == "agent.lock"),
+            "umask {umask}: expected the store and the lock in the state folder, observed {names:?}"
+        );
+        assert_eq!(
+            observed
+                .iter()
+                .map(|(n, m)| format!("{n} {m:04o}"))
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(n, m)| format!("{n} {m:04o}"))
+                .collect::<Vec<_>>(),
+            "umask {umask}: modes in the state folder"
+        );
+        agent.terminate();
+    }
+}
+
 #[test]
 fn fifty_concurrent_exempt_adds_are_all_kept() {
     let f = Fixture::new("fifty");

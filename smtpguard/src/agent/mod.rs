@@ -324,9 +324,10 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
 
 /// One agent per state folder: a second one is refused, never allowed to share the pins.
 fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating the state folder {}", state_dir.display()))?;
+    crate::store::create_state_dir(state_dir)?;
     let path = state_dir.join("agent.lock");
+    crate::store::create_state_file(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
     let file = File::options()
         .create(true)
         .truncate(false)
