@@ -117,36 +117,14 @@ impl Request {
                 ticket,
                 expires,
                 force: _,
-            } => {
-                input::parse_prefix("prefix", prefix)?;
-                input::check_text("reason", reason, MAX_REASON_BYTES)?;
-                if let Some(ticket) = ticket {
-                    input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
-                }
-                if let Some(expires) = expires {
-                    let at = input::parse_time("expires", expires)?;
-                    input::check_expiry("expires", at, now)?;
-                }
-            }
+            } => check_exemption(prefix, Some(reason), ticket, expires, now)?,
             Request::ExemptUpdate {
                 prefix,
                 reason,
                 ticket,
                 expires,
                 no_expiry: _,
-            } => {
-                input::parse_prefix("prefix", prefix)?;
-                if let Some(reason) = reason {
-                    input::check_text("reason", reason, MAX_REASON_BYTES)?;
-                }
-                if let Some(ticket) = ticket {
-                    input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
-                }
-                if let Some(expires) = expires {
-                    let at = input::parse_time("expires", expires)?;
-                    input::check_expiry("expires", at, now)?;
-                }
-            }
+            } => check_exemption(prefix, reason.as_ref(), ticket, expires, now)?,
             Request::RelayAdd {
                 prefix,
                 note,
@@ -181,6 +159,28 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// The fields of `exempt add` and `exempt update` (where each is optional but the prefix).
+fn check_exemption(
+    prefix: &str,
+    reason: Option<&String>,
+    ticket: &Option<String>,
+    expires: &Option<String>,
+    now: SystemTime,
+) -> Result<(), InputError> {
+    input::parse_prefix("prefix", prefix)?;
+    if let Some(reason) = reason {
+        input::check_text("reason", reason, MAX_REASON_BYTES)?;
+    }
+    if let Some(ticket) = ticket {
+        input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
+    }
+    if let Some(expires) = expires {
+        let at = input::parse_time("expires", expires)?;
+        input::check_expiry("expires", at, now)?;
+    }
+    Ok(())
 }
 
 /// Why a request failed, for the exit code and for tools.

@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::client::AgentArgs;
+use super::client::{self, AgentArgs};
 use crate::{
-    agent::api::{ClientError, Request},
+    agent::api::Request,
     config::Config,
     dataplane::PinLayout,
     store::{AuditAction, Store},
@@ -35,12 +35,7 @@ pub fn run(args: &DetachArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             .flatten()
             .map(super::table::text)
             .collect(),
-        Err(error)
-            if matches!(
-                error.downcast_ref::<ClientError>(),
-                Some(ClientError::Unreachable { .. })
-            ) =>
-        {
+        Err(error) if client::unreachable(&error) => {
             eprintln!("note: {error}; removing the pinned links without it");
             detach_without_agent(agent)?
         }
@@ -77,13 +72,7 @@ fn confirm(yes: bool) -> anyhow::Result<()> {
 /// Unpins every link in the config's pin folder: with no agent holding them, the kernel
 /// detaches the program. Refused while an agent owns the folder (it would pin them again).
 fn detach_without_agent(agent: &AgentArgs) -> anyhow::Result<Vec<String>> {
-    let path = agent.config_file();
-    let config = Config::load(path).with_context(|| {
-        format!(
-            "no agent answers, and the pin folder is in the config file {}",
-            path.display()
-        )
-    })?;
+    let config = agent.config_without_agent("the pin folder")?;
     let pins = PinLayout::new(&config.agent.pin_dir);
     if !pins.root().exists() {
         return Ok(Vec::new());

@@ -3,15 +3,12 @@
 use clap::Args;
 use serde_json::Value;
 
-use anyhow::Context as _;
-
-use super::{Format, client::AgentArgs, table};
-use crate::{
-    agent::api::{ClientError, Request},
-    config::Config,
-    input,
-    store::Store,
+use super::{
+    Format,
+    client::{self, AgentArgs},
+    table,
 };
+use crate::{agent::api::Request, input, store::Store};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -284,12 +281,7 @@ pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         since: since.clone(),
     }) {
         Ok(body) => body,
-        Err(error)
-            if matches!(
-                error.downcast_ref::<ClientError>(),
-                Some(ClientError::Unreachable { .. })
-            ) =>
-        {
+        Err(error) if client::unreachable(&error) => {
             eprintln!("note: {error}; reading its store instead");
             audit_from_store(agent, since.as_deref())?
         }
@@ -313,13 +305,7 @@ pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 /// The audit log read from the store itself, read-only, for when no agent answers: who
 /// changed what is most wanted when the agent is down.
 fn audit_from_store(agent: &AgentArgs, since: Option<&str>) -> anyhow::Result<Value> {
-    let path = agent.config_file();
-    let config = Config::load(path).with_context(|| {
-        format!(
-            "no agent answers, and its state folder is in the config file {}",
-            path.display()
-        )
-    })?;
+    let config = agent.config_without_agent("its state folder")?;
     let since = since.map(|at| input::parse_time("since", at)).transpose()?;
     let store = Store::open_read_only(&config.agent.state_dir)?;
     Ok(serde_json::to_value(store.audit(since)?)?)

@@ -71,14 +71,9 @@ impl AgentState {
                 SystemTime::now(),
             )
             .inspect_err(|e| self.count_policy_error(e))?;
-        if let Err(error) = self.add_entry(EntryList::Exemptions, prefix) {
-            // The map refused it (full?): take it back out of the source so the two agree.
-            let _ = self.policy.remove_exemption(prefix, who, SystemTime::now());
-            return Err(Failure::new(
-                ErrorKind::Failed,
-                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
-            ));
-        }
+        self.install_or_undo(EntryList::Exemptions, prefix, |policy| {
+            let _ = policy.remove_exemption(prefix, who, SystemTime::now());
+        })?;
         info!(%prefix, who, "exemption added");
         self.record_forced(&dangers, &prefix.to_string(), who);
         Ok(json!(exemption))

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     config::danger::{self, Danger},
     input::InputError,
-    policy::{PolicyError, Rejection},
+    policy::{PolicyError, PolicySource, Rejection},
     store::{AuditAction, MAX_TEXT_BYTES},
 };
 
@@ -135,6 +135,24 @@ impl AgentState {
                     "the store changed but the kernel map could not follow: {error:#}; the next \
                      reload reconciles it"
                 ),
+            )
+        })
+    }
+
+    /// Puts a runtime entry the policy source just took into the kernel maps. When a map
+    /// refuses it (full?), `undo` takes it back out of the source, so the two agree and the
+    /// answer can say nothing changed.
+    fn install_or_undo(
+        &mut self,
+        list: EntryList,
+        prefix: IpNet,
+        undo: impl FnOnce(&mut dyn PolicySource),
+    ) -> Result<(), Failure> {
+        self.add_entry(list, prefix).map_err(|error| {
+            undo(self.policy.as_mut());
+            Failure::new(
+                ErrorKind::Failed,
+                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
             )
         })
     }

@@ -47,13 +47,9 @@ impl AgentState {
                 SystemTime::now(),
             )
             .inspect_err(|e| self.count_policy_error(e))?;
-        if let Err(error) = self.add_entry(EntryList::Relays, prefix) {
-            let _ = self.policy.remove_relay(prefix, who, SystemTime::now());
-            return Err(Failure::new(
-                ErrorKind::Failed,
-                format!("the kernel map did not take {prefix}: {error:#}; nothing was changed"),
-            ));
-        }
+        self.install_or_undo(EntryList::Relays, prefix, |policy| {
+            let _ = policy.remove_relay(prefix, who, SystemTime::now());
+        })?;
         info!(%prefix, who, "relay added");
         self.record_forced(&dangers, &prefix.to_string(), who);
         Ok(json!(relay))
