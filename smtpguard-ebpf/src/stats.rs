@@ -63,6 +63,12 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
     // shared between CPUs and added atomically; the last-seen fields are a last-writer-wins
     // snapshot, and a lost sketch update only lowers the estimate by one destination.
     unsafe {
+        // The destination of the host's previous segment in this epoch is in the sketch
+        // already, so the same one again cannot raise a register: a bot's retransmissions
+        // and a client's segments of one connection skip the hash.
+        let repeated = (*stats).segments != 0
+            && (*stats).sketch_epoch == epoch
+            && same_address(&(*stats).last_dst, &dst);
         add(&raw mut (*stats).segments, 1);
         if attempt {
             add(&raw mut (*stats).attempts, 1);
@@ -83,13 +89,28 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
             (*stats).dst_sketch = [0; SKETCH_REGISTERS];
             (*stats).sketch_epoch = epoch;
         }
-        let (index, rank) = sketch::slot(&dst);
-        // The mask is for the verifier: the index is already below the register count.
-        let register = &mut (*stats).dst_sketch[index & (SKETCH_REGISTERS - 1)];
-        if *register < rank {
-            *register = rank;
+        if !repeated {
+            let (index, rank) = sketch::slot(&dst);
+            // The mask is for the verifier: the index is already below the register count.
+            let register = &mut (*stats).dst_sketch[index & (SKETCH_REGISTERS - 1)];
+            if *register < rank {
+                *register = rank;
+            }
         }
     }
+}
+
+/// Two addresses compared as two words each: a byte-array `==` becomes a call to `bcmp`.
+#[inline(always)]
+fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // SAFETY: `[u8; 16]` and `[u64; 2]` have the same size; unaligned reads of plain bytes.
+    let (a, b) = unsafe {
+        (
+            core::ptr::read_unaligned(a as *const [u8; 16] as *const [u64; 2]),
+            core::ptr::read_unaligned(b as *const [u8; 16] as *const [u64; 2]),
+        )
+    };
+    a[0] == b[0] && a[1] == b[1]
 }
 
 /// `CLOCK_MONOTONIC_COARSE`: the timekeeper's last tick, no clocksource read (rdtsc through

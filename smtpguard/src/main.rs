@@ -8,7 +8,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // The whole cause chain on one line, each cause once, without a backtrace: this
             // is for operators.
-            eprintln!("error: {}", smtpguard::cli::error_text(&error));
+            // Under journald, with its priority: the agent's last word is an error.
+            eprintln!(
+                "{}error: {}",
+                smtpguard::logging::error_prefix(),
+                smtpguard::cli::error_text(&error)
+            );
             // Exit code 2: the agent could not be reached, or gave no answer (it died during
             // the request, which may or may not have been carried out); 3: its socket refuses
             // this user; 1: anything else, a refusal included, after which nothing has changed.

@@ -1150,6 +1150,10 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     assert_eq!(row(&rows, "100.64.0.3")["attempts"], 5);
     assert_eq!(row(&rows, "100.64.10.5")["class"], "exempt-sender");
     assert_eq!(row(&rows, "100.64.10.5")["dropped"], 0);
+    // Judged then: the exempt host as exempt (its range enforces), the bot's destinations
+    // as the sketch's estimate.
+    assert_eq!(row(&rows, "100.64.10.5")["mode"], "exempt");
+    assert_eq!(bot_row["distinct_destinations_estimated"], true);
     for host in ipv6_hosts {
         assert_eq!(row(&rows, &host.to_string())["attempts"], 2, "{host}");
     }
@@ -1166,19 +1170,11 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     // CSV carries the same rows and fields.
     let csv =
         String::from_utf8(f.ok(&["report", "--since", "1h", "--format", "csv"]).stdout).unwrap();
-    let mut reader = csv::Reader::from_reader(csv.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(header, smtpguard::report::render::FIELDS);
-    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let records = report_csv(&csv);
     assert_eq!(records.len(), rows.len());
     assert_eq!(&records[0][0], "100.64.0.2");
     assert_eq!(&records[0][4], "30");
-    assert_eq!(&records[0][12], "bot");
+    assert_eq!(&records[0][13], "bot");
 
     // A window before the traffic is empty.
     let before = report_rows(

@@ -209,7 +209,7 @@ fn runs_as_its_own_user_with_only_the_units_capabilities() {
 
     // It took over root's pins: the program was swapped into the existing link.
     assert!(
-        agent.log().contains("outcome=Updated"),
+        agent.log().contains("outcome=pinned link updated in place"),
         "expected the pinned link reused; log:\n{}",
         agent.log()
     );

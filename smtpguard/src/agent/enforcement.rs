@@ -87,7 +87,7 @@ impl Enforcement {
                     info!(
                         interface,
                         attach = attached.attach.kind(),
-                        outcome = ?attached.outcome,
+                        outcome = %attached.outcome,
                         "enforcing"
                     );
                 }
@@ -254,7 +254,7 @@ impl Enforcement {
                         warn!(
                             interface,
                             index,
-                            outcome = ?attached.outcome,
+                            outcome = %attached.outcome,
                             "interface appeared: attached again"
                         );
                         journal.record_system(AuditAction::InterfaceAttached, interface, &detail);

@@ -28,7 +28,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Notify,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{
     api::{Request, Response},
@@ -50,8 +50,8 @@ const WATCH_TICK: Duration = Duration::from_secs(1);
 /// Runs the agent until SIGTERM, SIGINT or `smtpguard detach`. Leaving on a signal keeps
 /// enforcement in place: the program stays on the interfaces through its pinned links.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    init_logging();
     let config = Config::load(config_path).context("invalid configuration")?;
+    crate::logging::init(config.agent.log_level);
     if config.agent.interfaces.is_empty() {
         bail!(
             "{}: [agent] interfaces is empty; expected the subscriber-facing interfaces to \
@@ -67,11 +67,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         &config.agent.state_dir,
     )
     .context("opening the statistics history")?;
-    info!(
-        interfaces = config.agent.interfaces.join(", "),
-        pin_dir = %config.agent.pin_dir.display(),
-        "smtpguard agent running"
-    );
+    info!("{}", startup_line(&config, &state.metrics()));
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,6 +181,58 @@ fn enforcing_status(metrics: &MetricsSnapshot, config: &Config) -> String {
     )
 }
 
+/// The log's first word of a running agent: what it enforces, where, and how it is reached.
+fn startup_line(config: &Config, metrics: &MetricsSnapshot) -> String {
+    use crate::config::{AttachKind, XdpMode};
+    let agent = &config.agent;
+    let attach = match (agent.attach, agent.xdp_mode) {
+        (AttachKind::Xdp, XdpMode::Native) => "xdp, native",
+        (AttachKind::Xdp, XdpMode::Skb) => "xdp, skb",
+        (AttachKind::Tc, _) => "tc",
+    };
+    let netns = match &agent.netns {
+        Some(name) => format!("network namespace {name}"),
+        None => "the agent's network namespace".to_owned(),
+    };
+    let ports: Vec<String> = config
+        .enforcement
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect();
+    let ports = match ports.as_slice() {
+        [one] => format!("port {one}"),
+        many => format!("ports {}", many.join(", ")),
+    };
+    let ranges = |mode: smtpguard_common::Mode| {
+        // An ISP lists thousands of ranges: the first few say which, the count says how many.
+        const SHOWN: usize = 8;
+        let of_mode: Vec<String> = config
+            .subscribers
+            .iter()
+            .filter(|range| range.mode == mode)
+            .map(|range| range.prefix.to_string())
+            .collect();
+        match of_mode.len() {
+            0 => "none".to_owned(),
+            n if n <= SHOWN => of_mode.join(", "),
+            n => format!("{} and {} more", of_mode[..SHOWN].join(", "), n - SHOWN),
+        }
+    };
+    format!(
+        "smtpguard agent running: {ports} enforced on {} ({attach}) in {netns}; enforce: {}; \
+         monitor: {}; {} exemptions, {} relays; CLI on {}; metrics on {}; pins in {}",
+        agent.interfaces.join(", "),
+        ranges(smtpguard_common::Mode::Enforce),
+        ranges(smtpguard_common::Mode::Monitor),
+        metrics.exemptions,
+        metrics.relays,
+        agent.socket.display(),
+        agent.metrics_listen,
+        agent.pin_dir.display(),
+    )
+}
+
 /// The next tick of an optional interval; never, without one.
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -234,7 +282,7 @@ async fn snapshot_statistics(
         .await;
         match outcome {
             Ok(Ok(report)) => {
-                info!(
+                debug!(
                     hosts = report.hosts_read,
                     intervals = report.intervals_written,
                     elapsed_ms = report.elapsed.as_millis() as u64,
@@ -350,22 +398,4 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
     lock.set_len(0).ok();
     write!(lock, "{}", std::process::id()).ok();
     Ok(lock)
-}
-
-/// Plain lines on stderr for journald (which adds its own timestamps) or a terminal.
-fn init_logging() {
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SMTPGUARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false);
-    if journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
 }

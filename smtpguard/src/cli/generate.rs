@@ -114,6 +114,12 @@ fn page(command: &clap::Command, see_also: &[String]) -> anyhow::Result<(String,
          .SH ENVIRONMENT\n\
          .TP\n.B {CONFIG_ENV}\n\
          The configuration file when \\fB\\-\\-config\\fR is not given (default {config}).\n\
+         .TP\n.B SMTPGUARD_LOG, RUST_LOG\n\
+         The agent's log level or filter directives (\\fBrun\\fR), over \\fB[agent] \
+         log_level\\fR.\n\
+         .TP\n.B JOURNAL_STREAM\n\
+         Set by systemd: when it names standard error, each log line starts with its journal \
+         priority and has no timestamp.\n\
          .TP\n.B TZ\n\
          The time zone of dates and times written without one (\\fB2026\\-12\\-01\\fR, \
          \\fB2026\\-12\\-01T08:00\\fR) in \\fB\\-\\-since\\fR, \\fB\\-\\-from\\fR, \\fB\\-\\-to\\fR \

@@ -36,6 +36,33 @@ pub enum XdpMode {
     Skb,
 }
 
+/// The most detailed level the agent logs at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    /// Startup, reloads, changes made through the CLI, bots found.
+    #[default]
+    Info,
+    /// Also each statistics snapshot.
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as the config file and `SMTPGUARD_LOG` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     /// Subscriber-facing interfaces.
@@ -54,6 +81,8 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// How often relay hostnames are resolved again.
     pub relay_refresh: Duration,
+    /// The agent's log level, unless `SMTPGUARD_LOG` or `RUST_LOG` is set.
+    pub log_level: LogLevel,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +98,7 @@ impl Default for AgentConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9725)),
             pin_dir: PathBuf::from("/sys/fs/bpf/smtpguard"),
             relay_refresh: Duration::from_secs(300),
+            log_level: LogLevel::default(),
         }
     }
 }
@@ -96,6 +126,8 @@ pub(super) struct RawAgent {
     pin_dir: Option<Spanned<String>>,
     // Absent: 5m.
     relay_refresh: Option<Spanned<String>>,
+    // Absent: info.
+    log_level: LogLevel,
 }
 
 fn invalid(
@@ -199,6 +231,7 @@ pub(super) fn validate_agent(src: &Source<'_>, raw: RawAgent) -> Result<AgentCon
         metrics_listen,
         pin_dir: absolute_path(src, "pin_dir", raw.pin_dir, defaults.pin_dir)?,
         relay_refresh,
+        log_level: raw.log_level,
     })
 }
 
@@ -243,7 +276,8 @@ socket = "/tmp/sg/sock"
 socket_group = "smtpguard"
 metrics_listen = "[::1]:9999"
 pin_dir = "/sys/fs/bpf/sg-test"
-relay_refresh = "90s""#,
+relay_refresh = "90s"
+log_level = "debug""#,
         )
         .unwrap();
         let agent = config.agent;
@@ -257,6 +291,7 @@ relay_refresh = "90s""#,
         assert_eq!(agent.metrics_listen, "[::1]:9999".parse().unwrap());
         assert_eq!(agent.pin_dir, PathBuf::from("/sys/fs/bpf/sg-test"));
         assert_eq!(agent.relay_refresh, Duration::from_secs(90));
+        assert_eq!(agent.log_level, LogLevel::Debug);
     }
 
     #[test]
@@ -289,6 +324,14 @@ relay_refresh = "90s""#,
         rejected(r#"relay_refresh = "soon""#, &["agent.toml:4:", "\"soon\""]);
         rejected(r#"netns = "../etc""#, &["agent.toml:4:", "agent.netns"]);
         rejected(r#"attach = "ebpf""#, &["agent.toml:4:", "`xdp` or `tc`"]);
+        rejected(
+            r#"log_level = "verbose""#,
+            &[
+                "agent.toml:4:",
+                "verbose",
+                "`error`, `warn`, `info`, `debug`, `trace`",
+            ],
+        );
         rejected(
             r#"interface = ["eth0"]"#,
             &["agent.toml:4:", "unknown field `interface`"],

@@ -214,6 +214,16 @@ pub const KEYS: &[Key] = &[
         doc: "How often relay host names are resolved again; at least 10s.",
     },
     Key {
+        table: "agent",
+        name: "log_level",
+        default: "\"info\"",
+        doc: "The most detailed level the agent logs at: \"error\", \"warn\", \"info\" \
+              (startup, reloads, changes made through the CLI, bots found), \"debug\" (also \
+              each statistics snapshot) or \"trace\". SMTPGUARD_LOG, else RUST_LOG, overrides \
+              it (a level, or directives such as \"smtpguard=debug\"). Read at start: a reload \
+              does not change it.",
+    },
+    Key {
         table: "report",
         name: "interval",
         default: "\"60s\"",
@@ -324,6 +334,8 @@ pub fn manual_page(version: &str) -> String {
          .SH ENVIRONMENT\n\
          .TP\n.B SMTPGUARD_CONFIG\n\
          The file the CLI reads when \\fB\\-\\-config\\fR is not given.\n\
+         .TP\n.B SMTPGUARD_LOG, RUST_LOG\n\
+         The agent's log level or filter directives, over \\fB[agent] log_level\\fR.\n\
          .SH \"SEE ALSO\"\n\
          \\fBsmtpguard\\fR(1), \\fBsmtpguard\\-config\\fR(1), \\fBsmtpguard\\-run\\fR(1)\n",
     );

@@ -31,7 +31,7 @@ pub mod danger;
 pub mod keys;
 mod report;
 
-pub use self::agent::{AgentConfig, AttachKind, XdpMode};
+pub use self::agent::{AgentConfig, AttachKind, LogLevel, XdpMode};
 use self::agent::{RawAgent, validate_agent};
 pub use self::report::ReportConfig;
 use self::report::{RawReport, validate_report};

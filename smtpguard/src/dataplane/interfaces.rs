@@ -127,8 +127,20 @@ pub struct UnlistedTunnel {
     pub kind: String,
 }
 
+/// What stands for every unlisted PPP device: a BNG has one per session, thousands, which
+/// come and go all day, so they are one warning that does not change with them.
+const PPP_DEVICES: &str = "ppp*";
+
 impl fmt::Display for UnlistedTunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.interface == PPP_DEVICES {
+            return write!(
+                f,
+                "PPP session devices ({PPP_DEVICES}) are up and not in interfaces: PPPoE \
+                 sessions are judged on the interface that carries their frames, but PPP over \
+                 L2TP or PPTP is not filtered unless its devices are listed"
+            );
+        }
         write!(
             f,
             "interface {} ({}) is up and not in interfaces: traffic it decapsulates is not \
@@ -166,8 +178,21 @@ pub fn unlisted_tunnels(listed: &[String]) -> Result<Vec<UnlistedTunnel>, Datapl
             });
         }
     }
+    Ok(grouped(unlisted))
+}
+
+/// Sorted by name, with every PPP device folded into one [`PPP_DEVICES`] entry.
+fn grouped(mut unlisted: Vec<UnlistedTunnel>) -> Vec<UnlistedTunnel> {
+    let before = unlisted.len();
+    unlisted.retain(|tunnel| tunnel.kind != "ppp");
+    if unlisted.len() != before {
+        unlisted.push(UnlistedTunnel {
+            interface: PPP_DEVICES.to_owned(),
+            kind: "ppp".to_owned(),
+        });
+    }
     unlisted.sort_by(|a, b| a.interface.cmp(&b.interface));
-    Ok(unlisted)
+    unlisted
 }
 
 /// The link type of `interface` in the current network namespace.
@@ -360,6 +385,34 @@ mod tests {
                 link.bus_info
             );
         }
+    }
+
+    #[test]
+    fn ppp_devices_are_one_warning_whatever_their_number() {
+        let tunnel = |interface: &str, kind: &str| UnlistedTunnel {
+            interface: interface.to_owned(),
+            kind: kind.to_owned(),
+        };
+        let found = vec![
+            tunnel("ppp7", "ppp"),
+            tunnel("vx0", "vxlan"),
+            tunnel("ppp0", "ppp"),
+            tunnel("tun0", "tun"),
+        ];
+        let folded = grouped(found);
+        assert_eq!(
+            folded,
+            [
+                tunnel(PPP_DEVICES, "ppp"),
+                tunnel("tun0", "tun"),
+                tunnel("vx0", "vxlan")
+            ]
+        );
+        assert!(folded[0].to_string().contains("L2TP"), "{}", folded[0]);
+        assert_eq!(
+            grouped(vec![tunnel("tun0", "tun")]),
+            [tunnel("tun0", "tun")]
+        );
     }
 
     #[test]

@@ -236,6 +236,15 @@ pub enum AttachOutcome {
     Updated,
 }
 
+impl std::fmt::Display for AttachOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachOutcome::Created => "new link",
+            AttachOutcome::Updated => "pinned link updated in place",
+        })
+    }
+}
+
 impl PinLayout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }

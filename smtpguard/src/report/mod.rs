@@ -80,11 +80,23 @@ pub struct ReportRow {
     pub hosts: usize,
     #[serde(serialize_with = "optional_text")]
     pub subscriber_prefix: Option<IpNet>,
+    /// The mode of the subscriber range in today's configuration (the agent escalates bots of
+    /// monitor-mode ranges). Not shown: the report shows [`Self::judged_mode`].
+    #[serde(skip)]
     pub mode: Option<&'static str>,
+    /// The modes the host was judged under when its segments arrived, shown as `mode`.
+    #[serde(rename = "mode")]
+    pub judged_mode: Modes,
     pub attempts: u64,
+    /// The busiest snapshot interval's attempts over the time the host was active in it (at
+    /// least a minute), and never below the average.
     pub attempts_per_minute_peak: f64,
+    /// All attempts over the time from the first to the last segment of the report's
+    /// window (at least a minute).
     pub attempts_per_minute_avg: f64,
     pub distinct_destinations: u64,
+    /// Whether `distinct_destinations` is the sketch's estimate (see [`Distinct`]).
+    pub distinct_destinations_estimated: bool,
     pub dropped: u64,
     pub segments: u64,
     #[serde(serialize_with = "rfc3339")]
@@ -93,6 +105,16 @@ pub struct ReportRow {
     pub last_seen: SystemTime,
     pub class: Class,
     pub class_reason: ClassReason,
+}
+
+impl ReportRow {
+    /// The distinct destinations as the table shows them: `~37` for an estimate.
+    pub fn distinct(&self) -> Distinct {
+        Distinct {
+            count: self.distinct_destinations,
+            estimated: self.distinct_destinations_estimated,
+        }
+    }
 }
 
 /// What a row is about: one host (shown as its address) or a group (shown as its prefix).
@@ -131,6 +153,139 @@ fn optional_text<S: serde::Serializer, T: fmt::Display>(
     }
 }
 
+/// How a segment was judged, from the reason the kernel recorded for a host's last segment of
+/// a snapshot interval: the mode of its range at that time (or of its escalation), not
+/// today's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JudgedMode {
+    /// Dropped (also fragments and unparseable segments of enforced hosts).
+    Enforce,
+    /// Counted and passed: a monitor-mode range.
+    Monitor,
+    /// Passed: an exempted host.
+    Exempt,
+}
+
+impl JudgedMode {
+    /// The mode a recorded reason (a `Reason` discriminant) belongs to; `None` for reasons
+    /// that never come with per-host statistics.
+    pub fn of(reason: u16) -> Option<Self> {
+        const DROPPED: u16 = Reason::Dropped as u16;
+        const FRAGMENT_DROPPED: u16 = Reason::FragmentDropped as u16;
+        const UNPARSEABLE_DROPPED: u16 = Reason::UnparseableDropped as u16;
+        const UNPARSEABLE_PASSED: u16 = Reason::UnparseablePassed as u16;
+        const MONITORED: u16 = Reason::Monitored as u16;
+        const EXEMPT: u16 = Reason::Exempt as u16;
+        match reason {
+            DROPPED | FRAGMENT_DROPPED | UNPARSEABLE_DROPPED | UNPARSEABLE_PASSED => {
+                Some(Self::Enforce)
+            }
+            MONITORED => Some(Self::Monitor),
+            EXEMPT => Some(Self::Exempt),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+            Self::Exempt => "exempt",
+        }
+    }
+}
+
+/// The modes a row's hosts were judged under, each once, in the order they first occurred:
+/// `enforce`, or `monitor,enforce` for a host whose range was switched (or that was
+/// escalated) within the report's window. Empty only for history without a known reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    seen: [Option<JudgedMode>; 3],
+}
+
+impl Modes {
+    fn add(&mut self, mode: Option<JudgedMode>) {
+        let Some(mode) = mode else { return };
+        if let Some(free) = self
+            .seen
+            .iter_mut()
+            .find(|slot| slot.is_none_or(|m| m == mode))
+        {
+            *free = Some(mode);
+        }
+    }
+
+    fn merge(&mut self, other: Modes) {
+        for mode in other.seen {
+            self.add(mode);
+        }
+    }
+
+    /// The modes in the order they first occurred.
+    pub fn iter(&self) -> impl Iterator<Item = JudgedMode> + '_ {
+        self.seen.iter().map_while(|mode| *mode)
+    }
+}
+
+impl fmt::Display for Modes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, mode) in self.iter().enumerate() {
+            if index > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(mode.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Modes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.seen[0] {
+            Some(_) => serializer.collect_str(self),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// A number of distinct destinations: the HyperLogLog sketch's estimate, shown as `~37`, or
+/// an exact count where one is provable. Registers alone never prove a count (two
+/// destinations may share a register), so only a row of a single segment, which went to
+/// one destination, is exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Distinct {
+    pub count: u64,
+    pub estimated: bool,
+}
+
+impl Distinct {
+    /// The distinct destinations of `segments` segments whose sketch (the union of the
+    /// intervals' registers) is `registers`.
+    fn of(registers: &[u8; SKETCH_REGISTERS], segments: u64) -> Self {
+        match segments {
+            // Every tracked segment is counted and its destination sketched: one segment,
+            // one destination, whatever the registers hold.
+            1 => Distinct {
+                count: 1,
+                estimated: false,
+            },
+            _ => Distinct {
+                count: DistinctSketch::new(registers).estimate(),
+                estimated: true,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Distinct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.estimated {
+            f.write_str("~")?;
+        }
+        self.count.fmt(f)
+    }
+}
+
 /// Why a row got its class, as a sentence for the desk (see [`fmt::Display`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClassReason {
@@ -139,7 +294,7 @@ pub enum ClassReason {
     Bot(Busiest),
     MisconfiguredClient {
         attempts: u64,
-        destinations: u64,
+        destinations: Distinct,
     },
     /// Below the thresholds of the configured bot window.
     Low {
@@ -158,6 +313,8 @@ pub struct Busiest {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Measure {
+    /// The sketch's estimate for the window: always an estimate (one segment is never
+    /// enough for a bot).
     Destinations(u64),
     Attempts(u64),
 }
@@ -166,7 +323,7 @@ impl fmt::Display for Busiest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let window = humantime::format_duration(self.window);
         match self.measure {
-            Measure::Destinations(n) => write!(f, "{n} distinct destinations within {window}"),
+            Measure::Destinations(n) => write!(f, "~{n} distinct destinations within {window}"),
             Measure::Attempts(n) => write!(f, "{n} attempts within {window}"),
         }
     }
@@ -211,7 +368,6 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::
 /// One snapshot interval of a group (the members' intervals of that snapshot merged).
 #[derive(Clone)]
 struct Slice {
-    start: SystemTime,
     end: SystemTime,
     first_seen: SystemTime,
     last_seen: SystemTime,
@@ -220,12 +376,12 @@ struct Slice {
     dropped: u64,
     sketch: [u8; SKETCH_REGISTERS],
     exempt: bool,
+    modes: Modes,
 }
 
 impl Slice {
     fn of(interval: &HostInterval) -> Self {
         Slice {
-            start: interval.start,
             end: interval.end,
             first_seen: interval.first_seen,
             last_seen: interval.last_seen,
@@ -234,6 +390,11 @@ impl Slice {
             dropped: interval.dropped,
             sketch: interval.sketch,
             exempt: interval.last_reason == Reason::Exempt as u16,
+            modes: {
+                let mut modes = Modes::default();
+                modes.add(JudgedMode::of(interval.last_reason));
+                modes
+            },
         }
     }
 
@@ -246,6 +407,12 @@ impl Slice {
         self.last_seen = self.last_seen.max(other.last_seen);
         self.sketch = DistinctSketch::new(&self.sketch).union(&other.sketch);
         self.exempt |= other.last_reason == Reason::Exempt as u16;
+        self.modes.add(JudgedMode::of(other.last_reason));
+    }
+
+    /// The attempts per minute of the time the slice's hosts were active in it.
+    fn rate(&self) -> f64 {
+        per_minute_active(self.attempts, self.first_seen, self.last_seen)
     }
 }
 
@@ -256,7 +423,8 @@ struct Summary {
     attempts: u64,
     peak: f64,
     average: f64,
-    distinct: u64,
+    distinct: Distinct,
+    modes: Modes,
     dropped: u64,
     segments: u64,
     first_seen: SystemTime,
@@ -446,8 +614,17 @@ impl SubscriberRanges {
     }
 }
 
-fn minutes(duration: Duration) -> f64 {
-    (duration.as_secs_f64() / 60.0).max(1.0 / 60.0)
+/// Rates are per minute of activity, and a host is taken as active for at least this long: one
+/// attempt is one per minute, not sixty because it took a second.
+const SHORTEST_ACTIVITY: Duration = Duration::from_secs(60);
+
+/// `attempts` over the time from `first_seen` to `last_seen`, at least [`SHORTEST_ACTIVITY`].
+fn per_minute_active(attempts: u64, first_seen: SystemTime, last_seen: SystemTime) -> f64 {
+    let active = last_seen
+        .duration_since(first_seen)
+        .unwrap_or_default()
+        .max(SHORTEST_ACTIVITY);
+    attempts as f64 / (active.as_secs_f64() / 60.0)
 }
 
 /// The figures of one row from its slices (oldest first, one per snapshot).
@@ -466,17 +643,14 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
         .map(|s| s.last_seen)
         .max()
         .unwrap_or(first_seen);
-    let peak = slices
-        .iter()
-        .map(|s| s.attempts as f64 / minutes(s.end.duration_since(s.start).unwrap_or_default()))
-        .fold(0.0, f64::max);
-    let active = slices
-        .last()
-        .map(|l| l.end)
-        .zip(slices.first().map(|f| f.start))
-        .and_then(|(end, start)| end.duration_since(start).ok())
-        .unwrap_or_default();
-    let distinct = DistinctSketch::new(&union).estimate();
+    // The kernel keeps a host's first and last segment, so an interval's first-seen time is
+    // its start when the host was already known before it: the active time is never
+    // understated, and neither rate overstated.
+    let average = per_minute_active(attempts, first_seen, last_seen);
+    // The whole active time is a window too: the busiest is at least as busy as it.
+    let peak = slices.iter().map(Slice::rate).fold(average, f64::max);
+    let segments: u64 = slices.iter().map(|s| s.segments).sum();
+    let distinct = Distinct::of(&union, segments);
     let report = &config.report;
     let within_one_window = match (slices.first(), slices.last()) {
         (Some(first), Some(last)) => {
@@ -485,7 +659,7 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
         _ => true,
     };
     let (window_attempts, window_distinct) = if within_one_window {
-        (attempts, distinct)
+        (attempts, distinct.count)
     } else {
         busiest_window(slices, report.bot_window)
     };
@@ -501,10 +675,14 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
         hosts,
         attempts,
         peak: round2(peak),
-        average: round2(attempts as f64 / minutes(active)),
+        average: round2(average),
         distinct,
+        modes: slices.iter().fold(Modes::default(), |mut all, s| {
+            all.merge(s.modes);
+            all
+        }),
         dropped: slices.iter().map(|s| s.dropped).sum(),
-        segments: slices.iter().map(|s| s.segments).sum(),
+        segments,
         first_seen,
         last_seen,
         exempt: slices.iter().any(|s| s.exempt),
@@ -534,10 +712,12 @@ impl RowMaker<'_> {
             hosts: summary.hosts,
             subscriber_prefix: subscriber.map(|(prefix, _)| prefix),
             mode: subscriber.map(|(_, mode)| mode),
+            judged_mode: summary.modes,
             attempts: summary.attempts,
             attempts_per_minute_peak: summary.peak,
             attempts_per_minute_avg: summary.average,
-            distinct_destinations: summary.distinct,
+            distinct_destinations: summary.distinct.count,
+            distinct_destinations_estimated: summary.distinct.estimated,
             dropped: summary.dropped,
             segments: summary.segments,
             first_seen: summary.first_seen,
@@ -560,7 +740,7 @@ impl RowMaker<'_> {
             return (Class::Bot, ClassReason::Bot(busiest));
         }
         let (attempts, destinations) = (summary.attempts, summary.distinct);
-        if attempts >= report.client_attempts && destinations <= 2 {
+        if attempts >= report.client_attempts && destinations.count <= 2 {
             return (
                 Class::MisconfiguredClient,
                 ClassReason::MisconfiguredClient {
@@ -795,7 +975,10 @@ mod tests {
             "{}",
             bot_row.class_reason
         );
-        assert_eq!(bot_row.attempts_per_minute_peak, 10.0);
+        // 30 attempts from 00:10 to 02:50: 11.25 a minute, more than any one interval's 10
+        // (each interval's 40 s of activity count as a minute).
+        assert_eq!(bot_row.attempts_per_minute_avg, 11.25);
+        assert_eq!(bot_row.attempts_per_minute_peak, 11.25);
         assert_eq!(
             bot_row.subscriber_prefix,
             Some("100.64.0.0/10".parse().unwrap())
@@ -898,5 +1081,250 @@ mod tests {
         let rows = build(&history, &config(), &opts);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].host.to_string(), "100.64.9.3");
+    }
+
+    /// `host` active from `first` to `last` (seconds after `at(0)`) within the interval from
+    /// `start` to `end`, with one attempt to each of `destinations`, judged for `reason`.
+    fn timed(
+        host: &str,
+        [start, first, last, end]: [u64; 4],
+        destinations: &[u32],
+        reason: Reason,
+    ) -> HostInterval {
+        let second = |s: u64| at(0) + Duration::from_secs(s);
+        let mut interval = interval(ip(host), 1, destinations.len() as u64, destinations, reason);
+        (interval.start, interval.end) = (second(start), second(end));
+        (interval.first_seen, interval.last_seen) = (second(first), second(last));
+        interval
+    }
+
+    /// Writes `history` as snapshots into a store in a temporary folder and reads it back, as
+    /// the agent and `smtpguard report` do.
+    fn through_store(history: &[HostInterval]) -> Vec<HostInterval> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::store::Store::open(dir.path()).unwrap();
+        for (epoch, snapshot) in history.chunk_by(|a, b| a.end == b.end).enumerate() {
+            let state = crate::store::SnapshotState {
+                epoch: epoch as u32 + 1,
+                last: snapshot[0].end,
+            };
+            store
+                .record_snapshot(snapshot, &HashMap::new(), state)
+                .unwrap();
+        }
+        let stored = store.host_intervals(at(0), at(1_000)).unwrap();
+        assert_eq!(stored.len(), history.len(), "every interval stored");
+        stored
+    }
+
+    fn rates(rows: &[ReportRow], host: &str) -> (f64, f64) {
+        let row = rows
+            .iter()
+            .find(|r| r.host.to_string() == host)
+            .unwrap_or_else(|| panic!("no row for {host} in {rows:#?}"));
+        (row.attempts_per_minute_peak, row.attempts_per_minute_avg)
+    }
+
+    #[test]
+    fn attempts_per_minute_are_over_the_time_the_host_was_active() {
+        let history = through_store(&[
+            // One attempt in a 5-second interval (the first after a restart): one a minute,
+            // not twelve.
+            timed("100.64.0.2", [55, 57, 57, 60], &[1], Reason::Dropped),
+            // 10 attempts within 2 minutes of a 10-minute interval: 5 a minute, not 1.
+            timed("100.64.0.3", [60, 300, 420, 660], &[1; 10], Reason::Dropped),
+            // 6 attempts within 30 s, then 2 in an interval 20 minutes later: 8 over the 20
+            // minutes from the first to the last segment, and 6 a minute at the busiest.
+            timed("100.64.0.4", [0, 30, 60, 60], &[1; 6], Reason::Dropped),
+            timed(
+                "100.64.0.4",
+                [1_200, 1_230, 1_230, 1_260],
+                &[1, 2],
+                Reason::Dropped,
+            ),
+        ]);
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        assert_eq!(rates(&rows, "100.64.0.2"), (1.0, 1.0), "peak, average");
+        assert_eq!(rates(&rows, "100.64.0.3"), (5.0, 5.0), "peak, average");
+        assert_eq!(rates(&rows, "100.64.0.4"), (6.0, 0.4), "peak, average");
+        // Grouped, the /24's hosts are active from 00:30 to 20:30: 19 attempts in 20 minutes;
+        // the busiest interval is the first, with 7 attempts of two hosts within 30 s.
+        let mut grouped = options(Grouping::SubscriberPrefix);
+        grouped.prefix = Some("100.64.0.0/24".parse().unwrap());
+        let rows = build(&history, &config(), &grouped);
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(rows[0].attempts, 19);
+        assert_eq!(
+            (
+                rows[0].attempts_per_minute_peak,
+                rows[0].attempts_per_minute_avg
+            ),
+            (7.0, 0.95)
+        );
+    }
+
+    #[test]
+    fn distinct_destinations_say_they_are_estimates() {
+        let history = through_store(&[
+            // Three segments to three destinations: the sketch's estimate.
+            timed("100.64.0.2", [0, 10, 20, 60], &[1, 2, 3], Reason::Dropped),
+            // One segment went to one destination, provably, even with an empty sketch (a
+            // host whose sketch epoch was not the snapshot's).
+            {
+                let mut one = timed("100.64.0.3", [0, 10, 10, 60], &[1], Reason::Dropped);
+                one.sketch = [0; SKETCH_REGISTERS];
+                one
+            },
+            // One segment in each of two intervals: two segments, an estimate again.
+            timed("100.64.0.4", [0, 10, 10, 60], &[1], Reason::Dropped),
+            timed("100.64.0.4", [60, 70, 70, 120], &[1], Reason::Dropped),
+        ]);
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        let shown: Vec<(String, u64, bool, String)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.host.to_string(),
+                    r.distinct_destinations,
+                    r.distinct_destinations_estimated,
+                    r.distinct().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("100.64.0.2".to_owned(), 3, true, "~3".to_owned()),
+                ("100.64.0.4".to_owned(), 1, true, "~1".to_owned()),
+                ("100.64.0.3".to_owned(), 1, false, "1".to_owned()),
+            ]
+        );
+
+        let mut table = Vec::new();
+        render::table(&rows, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let line = table.lines().find(|l| l.contains("100.64.0.2")).unwrap();
+        assert!(line.split_whitespace().any(|cell| cell == "~3"), "{table}");
+
+        let mut json = Vec::new();
+        render::json(&rows, &mut json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(json[0]["distinct_destinations"], 3);
+        assert_eq!(json[0]["distinct_destinations_estimated"], true);
+        assert_eq!(json[2]["distinct_destinations_estimated"], false);
+
+        let mut csv = Vec::new();
+        render::csv(&rows, &mut csv).unwrap();
+        let mut reader = csv::Reader::from_reader(&csv[..]);
+        let header = reader.headers().unwrap().clone();
+        let column = header
+            .iter()
+            .position(|h| h == "distinct_destinations_estimated")
+            .unwrap_or_else(|| panic!("no estimated column in {header:?}"));
+        let flags: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[column].to_owned())
+            .collect();
+        assert_eq!(flags, ["true", "true", "false"]);
+    }
+
+    #[test]
+    fn a_misconfigured_client_reads_its_destinations_as_an_estimate() {
+        let history = [timed(
+            "100.64.0.3",
+            [0, 10, 20, 60],
+            &[7; 5],
+            Reason::Dropped,
+        )];
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        assert_eq!(rows[0].class, Class::MisconfiguredClient);
+        assert_eq!(
+            rows[0].class_reason.to_string(),
+            "5 attempts to ~1 destination(s)"
+        );
+    }
+
+    #[test]
+    fn the_mode_is_the_one_judged_at_the_time() {
+        let history = through_store(&[
+            // In an enforce range today, but in monitor mode then.
+            timed("100.64.0.2", [0, 10, 20, 60], &[1, 2], Reason::Monitored),
+            // In a monitor range today: escalated (enforced) first, then monitored again.
+            timed("100.127.0.9", [0, 10, 20, 60], &[1, 2, 3], Reason::Dropped),
+            timed("100.127.0.9", [60, 70, 80, 120], &[1, 2], Reason::Monitored),
+            timed("100.127.0.9", [120, 130, 140, 180], &[1], Reason::Dropped),
+            // Exempt then; and an unparseable segment of an enforced host.
+            timed(
+                "100.64.10.5",
+                [0, 10, 20, 60],
+                &[1, 2, 3, 4],
+                Reason::Exempt,
+            ),
+            timed(
+                "100.64.0.7",
+                [0, 10, 20, 60],
+                &[1],
+                Reason::UnparseablePassed,
+            ),
+        ]);
+        let rows = build(&history, &config(), &options(Grouping::Host));
+        let modes: Vec<(String, String, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.host.to_string(), r.judged_mode.to_string(), r.mode))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                (
+                    "100.127.0.9".to_owned(),
+                    "enforce,monitor".to_owned(),
+                    Some("monitor")
+                ),
+                (
+                    "100.64.10.5".to_owned(),
+                    "exempt".to_owned(),
+                    Some("enforce")
+                ),
+                (
+                    "100.64.0.2".to_owned(),
+                    "monitor".to_owned(),
+                    Some("enforce")
+                ),
+                (
+                    "100.64.0.7".to_owned(),
+                    "enforce".to_owned(),
+                    Some("enforce")
+                ),
+            ],
+            "(host, mode judged, today's range mode)"
+        );
+
+        let mut json = Vec::new();
+        render::json(&rows, &mut json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let shown: Vec<&str> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["mode"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown, ["enforce,monitor", "exempt", "monitor", "enforce"]);
+
+        let mut table = Vec::new();
+        render::table(&rows, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        let line = table.lines().find(|l| l.contains("100.64.0.2 ")).unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cells[..3],
+            ["100.64.0.2", "100.64.0.0/10", "monitor"],
+            "{table}"
+        );
+
+        let mut csv = Vec::new();
+        render::csv(&rows, &mut csv).unwrap();
+        let mut reader = csv::Reader::from_reader(&csv[..]);
+        let mode: Vec<String> = reader.records().map(|r| r.unwrap()[3].to_owned()).collect();
+        assert_eq!(mode, ["enforce,monitor", "exempt", "monitor", "enforce"]);
     }
 }

@@ -69,6 +69,19 @@ pub fn smtpguard(args: &[&str]) -> Output {
         .expect("running smtpguard")
 }
 
+/// The records of a CSV report, whose header must be the report's fields.
+pub fn report_csv(csv: &str) -> Vec<csv::StringRecord> {
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header, smtpguard::report::render::FIELDS, "the CSV header");
+    reader.records().map(Result::unwrap).collect()
+}
+
 pub fn json(output: &Output) -> Value {
     assert!(
         output.status.success(),

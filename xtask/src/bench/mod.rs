@@ -92,13 +92,16 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
 fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
     let bench = root.join("target").join("bench");
     let source = bench.join("baseline-src");
-    if source.exists() {
+    let remove_checkout = || {
         cmd::run(
             Command::new("git")
                 .current_dir(root)
                 .args(["worktree", "remove", "--force"])
                 .arg(&source),
-        )?;
+        )
+    };
+    if source.exists() {
+        remove_checkout()?;
     }
     cmd::run(
         Command::new("git")
@@ -124,11 +127,6 @@ fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
         fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
         Ok(object)
     })();
-    cmd::run(
-        Command::new("git")
-            .current_dir(root)
-            .args(["worktree", "remove", "--force"])
-            .arg(&source),
-    )?;
+    remove_checkout()?;
     built
 }

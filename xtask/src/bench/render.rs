@@ -175,6 +175,35 @@ pub fn table(results: &Results) -> String {
                     ratio(Some(row.dropped_per_s), nft)
                 );
             }
+            if !flood.mixes.is_empty() {
+                let known = flood
+                    .trafgen
+                    .iter()
+                    .find(|row| row.filter == OURS)
+                    .map(|row| row.cpu_s_per_mdrop);
+                let _ = writeln!(
+                    out,
+                    "\nsmtpguard when the sources vary (trafgen, random bytes per packet), next to \
+                     the flood from one known host above\n"
+                );
+                let _ = writeln!(
+                    out,
+                    "| flood | sent | dropped | dropped/s | gateway CPU s per M dropped | vs one known host |"
+                );
+                let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+                for row in &flood.mixes {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {:.0} | {:.3} | {} |",
+                        row.filter,
+                        row.sent,
+                        row.dropped,
+                        row.dropped_per_s,
+                        row.cpu_s_per_mdrop,
+                        ratio(Some(row.cpu_s_per_mdrop), known)
+                    );
+                }
+            }
         }
         (None, error) => {
             let _ = writeln!(

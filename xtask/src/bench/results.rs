@@ -87,6 +87,9 @@ pub struct EndToEnd {
     pub frames_per_filter: u64,
     pub filters: Vec<FloodResult>,
     pub trafgen: Vec<FloodResult>,
+    /// smtpguard under floods whose sources vary (absent in results of older runs).
+    #[serde(default)]
+    pub mixes: Vec<FloodResult>,
     pub cpu_note: String,
 }
 

@@ -10,6 +10,12 @@
 //!
 //! The same flood meets, in turn, smtpguard's XDP program, an nftables rule set with the same
 //! policy on the netdev ingress hook, and xdp-filter.
+//!
+//! Then smtpguard alone meets floods whose sources vary (trafgen's per-packet random bytes):
+//! a new source per packet inside an IPv4 /16 of a subscriber range and inside one IPv6 /64
+//! (every judged segment from a host the statistics map has not seen creates its entry), and a
+//! bot mix, 10,240 sources each to 50 destinations, interleaved, into a map already holding
+//! 1,000,000 hosts. Their gateway CPU per million drops stands next to the known host's.
 
 use std::{fs, os::fd::AsFd as _, process::Command, time::Instant};
 
@@ -17,7 +23,11 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::XdpMode;
 use serde::Serialize;
 use smtpguard::{config::Config, dataplane::Dataplane};
-use smtpguard_tests::lab::{GatewayLab, Netns, SUBSCRIBER_INTERFACE};
+use smtpguard_common::{HostKey, HostStats};
+use smtpguard_tests::{
+    frames::{FrameSpec, TCP_SYN},
+    lab::{GatewayLab, Netns, SUBSCRIBER_INTERFACE},
+};
 
 use crate::bpf;
 
@@ -27,6 +37,8 @@ pub struct EndToEnd {
     pub filters: Vec<FloodResult>,
     /// The same filters with trafgen (AF_PACKET) as the sender.
     pub trafgen: Vec<FloodResult>,
+    /// smtpguard with trafgen against floods whose sources vary ([`Mix`]).
+    pub mixes: Vec<FloodResult>,
     pub cpu_note: String,
 }
 
@@ -80,6 +92,73 @@ impl Sender {
     }
 }
 
+/// Which sources and destinations a trafgen flood has.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// A new IPv4 source per packet: the last two bytes of the source random (100.64.0.0/16).
+    NewSourceV4,
+    /// A new IPv6 source per packet: the interface identifier random, one /64.
+    NewSourceV6,
+    /// 10,240 sources (100.64.0.0 to 100.64.39.255), each to 50 destinations (198.51.100.0
+    /// to .49), interleaved (trafgen's runtime counters and random bytes), into a map already
+    /// holding 1,000,000 other hosts.
+    Bots,
+}
+
+impl Mix {
+    const ALL: [Mix; 3] = [Mix::NewSourceV4, Mix::NewSourceV6, Mix::Bots];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mix::NewSourceV4 => "smtpguard, a new source per packet (IPv4 /16)",
+            Mix::NewSourceV6 => "smtpguard, a new source per packet (IPv6 /64)",
+            Mix::Bots => "smtpguard, 10,240 bots x 50 destinations, 1,000,000 hosts in the map",
+        }
+    }
+
+    /// The frame as trafgen bytes, the varying ones as its runtime random functions.
+    fn trafgen_bytes(self) -> Vec<String> {
+        let ip = |text: &str| text.parse().expect("a literal address");
+        let (frame, random): (Vec<u8>, &[(usize, &str)]) = match self {
+            // Ethernet 14 + the IPv4 source at 12..16: bytes 28 and 29.
+            Mix::NewSourceV4 => (
+                FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build(),
+                &[(28, "drnd()"), (29, "drnd()")],
+            ),
+            // The IPv6 source at 14 + 8..24: its interface identifier is bytes 30..38.
+            Mix::NewSourceV6 => (
+                FrameSpec::tcp(ip("2001:db8:1000::2"), ip("2001:db8:ffff::7"), 25, TCP_SYN).build(),
+                &[
+                    (30, "drnd()"),
+                    (31, "drnd()"),
+                    (32, "drnd()"),
+                    (33, "drnd()"),
+                    (34, "drnd()"),
+                    (35, "drnd()"),
+                    (36, "drnd()"),
+                    (37, "drnd()"),
+                ],
+            ),
+            // Source 100.64.(0..39, counting).(random), destination 198.51.100.(0..49,
+            // counting): trafgen's byte lists take counters with a range, random bytes without.
+            Mix::Bots => (
+                FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build(),
+                &[(28, "dinc(0, 39)"), (29, "drnd()"), (33, "dinc(0, 49)")],
+            ),
+        };
+        frame
+            .iter()
+            .enumerate()
+            .map(|(at, byte)| {
+                random
+                    .iter()
+                    .find(|(random_at, _)| *random_at == at)
+                    .map_or_else(|| format!("{byte:#04x}"), |(_, call)| (*call).to_owned())
+            })
+            .collect()
+    }
+}
+
 /// The flood's sending side: the subscriber namespace with both senders ready.
 struct Flood<'a> {
     lab: &'a GatewayLab,
@@ -99,6 +178,11 @@ struct Sent {
 
 impl Flood<'_> {
     fn send(&self, sender: Sender) -> Result<Sent> {
+        self.send_with(sender, &self.trafgen_config)
+    }
+
+    /// Like [`send`](Self::send), with trafgen sending what `trafgen_config` describes.
+    fn send_with(&self, sender: Sender, trafgen_config: &tempfile::NamedTempFile) -> Result<Sent> {
         let softirq_before = softirq_seconds()?;
         let started = Instant::now();
         let frames = match sender {
@@ -120,7 +204,7 @@ impl Flood<'_> {
                     "timeout -s INT {seconds} trafgen --dev eth0 --in {config} --num {frames} \
                      --cpus 1 --no-sock-mem --no-cpu-stats 2>&1 >/dev/null; true",
                     seconds = self.seconds,
-                    config = self.trafgen_config.path().display(),
+                    config = trafgen_config.path().display(),
                     frames = self.frames,
                 );
                 let said = shell(&self.lab.subscriber, &script)?;
@@ -191,7 +275,7 @@ pub fn run(config: &Config, quick: bool, frame: &[u8]) -> Result<EndToEnd> {
     let flood = Flood {
         lab: &lab,
         redirect: bpf::load_redirect(ifindex)?,
-        trafgen_config: trafgen_config(frame)?,
+        trafgen_config: trafgen_config(frame.iter().map(|byte| format!("{byte:#04x}")))?,
         frame,
         frames,
         seconds,
@@ -240,6 +324,39 @@ pub fn run(config: &Config, quick: bool, frame: &[u8]) -> Result<EndToEnd> {
     measure("smtpguard", Counter::Xdp)?;
     drop(dataplane);
 
+    let mut mixes = Vec::new();
+    for mix in Mix::ALL {
+        // A fresh instance per mix, so one mix's hosts are not the next one's known hosts.
+        let mut dataplane = Dataplane::with_policy(config)?;
+        if let Mix::Bots = mix {
+            // 1,000,000 other hosts (from 101.64.0.0, outside the bots' /18) already tracked.
+            dataplane.insert_hosts((0..1_000_000u32).map(|i| {
+                (
+                    HostKey::from_v4((u32::from_be_bytes([101, 64, 0, 0]) + i).to_be_bytes()),
+                    HostStats::first_seen(0, 0, 0),
+                )
+            }))?;
+        }
+        lab.gateway
+            .run(|| dataplane.attach_xdp(SUBSCRIBER_INTERFACE, XdpMode::Driver))?;
+        let dropped_before = xdp_drops(&lab.gateway)?;
+        let sent = flood.send_with(
+            Sender::Trafgen,
+            &trafgen_config(mix.trafgen_bytes().into_iter())?,
+        )?;
+        let dropped = xdp_drops(&lab.gateway)? - dropped_before;
+        let row = result(mix.name(), Sender::Trafgen, &sent, dropped);
+        eprintln!(
+            "  {}: {:.0} dropped/s, {:.3} gateway CPU s per M dropped, {} hosts in the map",
+            mix.name(),
+            row.dropped_per_s,
+            row.cpu_s_per_mdrop,
+            dataplane.host_count()?
+        );
+        mixes.push(row);
+        drop(dataplane);
+    }
+
     measure("nftables", Counter::Nft(Accounting::PolicyOnly))?;
     measure(
         "nftables + per-host counters",
@@ -262,13 +379,15 @@ pub fn run(config: &Config, quick: bool, frame: &[u8]) -> Result<EndToEnd> {
         frames_per_filter: frames,
         filters,
         trafgen,
+        mixes,
         cpu_note: CPU_NOTE.into(),
     })
 }
 
-/// trafgen's packet configuration: the frame's bytes, sent as they are.
-fn trafgen_config(frame: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let bytes: Vec<String> = frame.iter().map(|byte| format!("{byte:#04x}")).collect();
+/// trafgen's packet configuration: one packet of these bytes (literal bytes or trafgen's
+/// runtime functions).
+fn trafgen_config(bytes: impl Iterator<Item = String>) -> Result<tempfile::NamedTempFile> {
+    let bytes: Vec<String> = bytes.collect();
     let mut file = tempfile::NamedTempFile::new().context("creating trafgen's configuration")?;
     std::io::Write::write_all(
         &mut file,
