@@ -290,27 +290,27 @@ pin_dir = "{pins}"
         std::fs::read_to_string(self.scratch.file("agent.log")).unwrap_or_default()
     }
 
-    /// The audit log's entries of `action`, oldest first.
-    pub fn audit_entries(&self, action: &str) -> Vec<Value> {
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Vec<Value> {
         let mut entries: Vec<Value> = self
             .json(&["audit", "--format", "json"])
             .as_array()
             .cloned()
             .unwrap_or_default();
         entries.sort_by_key(|e| e["id"].as_i64());
+        entries
+    }
+
+    /// The audit log's entries of `action`, oldest first.
+    pub fn audit_entries(&self, action: &str) -> Vec<Value> {
+        let mut entries = self.audit_log();
         entries.retain(|e| e["action"] == action);
         entries
     }
 
     /// The audit log's actions on `subject`, oldest first.
     pub fn audit_actions(&self, subject: &str) -> Vec<String> {
-        let mut entries: Vec<Value> = self
-            .json(&["audit", "--format", "json"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        entries.sort_by_key(|e| e["id"].as_i64());
-        entries
+        self.audit_log()
             .iter()
             .filter(|e| e["subject"] == subject)
             .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
