@@ -18,9 +18,11 @@ fn main() -> ExitCode {
             // the request, which may or may not have been carried out); 3: its socket refuses
             // this user; 1: anything else, a refusal included, after which nothing has changed.
             match error.downcast_ref::<ClientError>() {
-                Some(ClientError::Unreachable { .. } | ClientError::BadAnswer { .. }) => {
-                    ExitCode::from(2)
-                }
+                Some(
+                    ClientError::Unreachable { .. }
+                    | ClientError::BadAnswer { .. }
+                    | ClientError::Gone { .. },
+                ) => ExitCode::from(2),
                 Some(ClientError::PermissionDenied { .. }) => ExitCode::from(3),
                 _ => ExitCode::FAILURE,
             }

@@ -88,6 +88,19 @@ pub struct MetricsSnapshot {
     pub attached: Vec<(String, &'static str, &'static str)>,
     /// Unix time the agent started, in seconds (a non-finite value is shown as 0).
     pub start_time_seconds: f64,
+    /// Whether the last reload (or the start) applied the file on disk: a refused one leaves
+    /// this false until a reload succeeds, so an alert on it lasts as long as the broken file.
+    pub config_last_reload_successful: bool,
+    /// Unix time of the last reload attempt, refused ones included (the start, before any).
+    pub config_last_reload_timestamp_seconds: f64,
+    /// Subscriber ranges per mode: ("enforce" | "monitor", ranges).
+    pub subscriber_ranges: Vec<(&'static str, u64)>,
+    /// Relay hostnames whose last lookup failed (or found no address).
+    pub relay_hosts_unresolved: u64,
+    /// Hosts of monitor-mode ranges enforced now because they were classified as bots.
+    pub escalated_hosts: u64,
+    /// Unix time of the last successful statistics snapshot, in seconds (0: none yet).
+    pub last_snapshot_timestamp_seconds: f64,
 }
 
 /// The label value of a verdict in `smtpguard_packets_total`.
@@ -235,11 +248,10 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             attached.push(row);
         }
     }
-    let start_time = if snapshot.start_time_seconds.is_finite() {
-        snapshot.start_time_seconds
-    } else {
-        0.0
-    };
+    let finite_or_zero = |seconds: f64| if seconds.is_finite() { seconds } else { 0.0 };
+    let start_time = finite_or_zero(snapshot.start_time_seconds);
+    let last_reload = finite_or_zero(snapshot.config_last_reload_timestamp_seconds);
+    let last_snapshot = finite_or_zero(snapshot.last_snapshot_timestamp_seconds);
 
     let single = |name, help, kind, value| Family {
         name,
@@ -329,6 +341,49 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "Configuration reloads that failed.",
             Kind::Counter,
             Value::Int(snapshot.counters.reload_failures),
+        ),
+        single(
+            "smtpguard_config_last_reload_successful",
+            "1 when the last reload (or the start) applied the configuration file, 0 when it \
+             was refused or rolled back: the file on disk is not the running policy.",
+            Kind::Gauge,
+            Value::Int(u64::from(snapshot.config_last_reload_successful)),
+        ),
+        single(
+            "smtpguard_config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt (or of the start, before any), in seconds.",
+            Kind::Gauge,
+            Value::Float(last_reload),
+        ),
+        labelled(
+            "smtpguard_subscriber_ranges",
+            "Subscriber ranges of the running configuration, by mode (enforce or monitor).",
+            Kind::Gauge,
+            snapshot
+                .subscriber_ranges
+                .iter()
+                .map(|&(mode, ranges)| (vec![("mode", mode.to_owned())], Value::Int(ranges)))
+                .collect(),
+        ),
+        single(
+            "smtpguard_relay_hosts_unresolved",
+            "Relay hostnames that do not resolve now: their last known addresses stay relays, \
+             a name that never resolved allowlists nothing.",
+            Kind::Gauge,
+            Value::Int(snapshot.relay_hosts_unresolved),
+        ),
+        single(
+            "smtpguard_escalated_hosts",
+            "Hosts of monitor-mode ranges enforced now because they were classified as bots.",
+            Kind::Gauge,
+            Value::Int(snapshot.escalated_hosts),
+        ),
+        single(
+            "smtpguard_last_snapshot_timestamp_seconds",
+            "Unix time of the last successful statistics snapshot, in seconds (0 before the \
+             first).",
+            Kind::Gauge,
+            Value::Float(last_snapshot),
         ),
         single(
             "smtpguard_reattachments",
@@ -1018,7 +1073,7 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 18] = [
+    const FAMILIES: [(&str, &str); 24] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
@@ -1029,6 +1084,12 @@ mod tests {
         ("smtpguard_store_errors_total", "counter"),
         ("smtpguard_reloads_total", "counter"),
         ("smtpguard_reload_failures_total", "counter"),
+        ("smtpguard_config_last_reload_successful", "gauge"),
+        ("smtpguard_config_last_reload_timestamp_seconds", "gauge"),
+        ("smtpguard_subscriber_ranges", "gauge"),
+        ("smtpguard_relay_hosts_unresolved", "gauge"),
+        ("smtpguard_escalated_hosts", "gauge"),
+        ("smtpguard_last_snapshot_timestamp_seconds", "gauge"),
         ("smtpguard_reattachments_total", "counter"),
         ("smtpguard_pin_restores_total", "counter"),
         ("smtpguard_detached_interfaces", "gauge"),
@@ -1078,6 +1139,12 @@ mod tests {
                 ("bond0.100".to_owned(), "tc", "tcx"),
             ],
             start_time_seconds: 1_700_000_000.5,
+            config_last_reload_successful: true,
+            config_last_reload_timestamp_seconds: 1_700_000_100.25,
+            subscriber_ranges: vec![("enforce", 12), ("monitor", 3)],
+            relay_hosts_unresolved: 1,
+            escalated_hosts: 4,
+            last_snapshot_timestamp_seconds: 1_700_000_200.5,
         }
     }
 
@@ -1132,6 +1199,14 @@ mod tests {
             ("smtpguard_unfiltered_tunnel_interfaces", 2.0),
             ("smtpguard_bots_classified_total", 5.0),
             ("smtpguard_start_time_seconds", 1_700_000_000.5),
+            ("smtpguard_config_last_reload_successful", 1.0),
+            (
+                "smtpguard_config_last_reload_timestamp_seconds",
+                1_700_000_100.25,
+            ),
+            ("smtpguard_relay_hosts_unresolved", 1.0),
+            ("smtpguard_escalated_hosts", 4.0),
+            ("smtpguard_last_snapshot_timestamp_seconds", 1_700_000_200.5),
         ] {
             assert_eq!(exposition.value(name, &[]), Some(value), "{name}");
         }
@@ -1152,6 +1227,12 @@ mod tests {
             );
         }
         assert_eq!(exposition.samples_of("smtpguard_map_entries").len(), 3);
+        for (mode, ranges) in [("enforce", 12.0), ("monitor", 3.0)] {
+            assert_eq!(
+                exposition.value("smtpguard_subscriber_ranges", &[("mode", mode)]),
+                Some(ranges)
+            );
+        }
 
         let attached = exposition.samples_of("smtpguard_attached");
         assert_eq!(attached.len(), 2);

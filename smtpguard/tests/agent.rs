@@ -174,11 +174,17 @@ fn kill_9_leaves_no_gap_and_statistics_survive() {
 #[test]
 fn reload_with_a_broken_config_keeps_the_old_policy() {
     let f = Fixture::new("reload");
+    let port = free_port();
+    std::fs::write(&f.config, with_metrics_port(&f.config_text(""), port)).unwrap();
     let mut agent = f.start();
     f.assert_blocked("before the reload");
+    let successful = || metric(port, "smtpguard_config_last_reload_successful");
+    let reloaded_at = || metric(port, "smtpguard_config_last_reload_timestamp_seconds");
+    assert_eq!(successful(), Some(1.0), "after the start");
+    let started_at = reloaded_at().expect("a reload timestamp from the start");
 
     // An unknown key in the [agent] table, on a line of its own at the end.
-    let good = f.config_text("");
+    let good = with_metrics_port(&f.config_text(""), port);
     let broken = format!("{good}colour = \"blue\"\n");
     let broken_line = broken.lines().count();
     std::fs::write(&f.config, &broken).unwrap();
@@ -196,6 +202,13 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
         "reload of a broken file",
     );
     f.assert_blocked("after a refused reload");
+    assert_eq!(successful(), Some(0.0), "after a refused reload");
+    let refused_at = reloaded_at().unwrap();
+    assert!(
+        refused_at > started_at,
+        "the refused reload's time: expected after the start ({started_at}), observed \
+         {refused_at}"
+    );
 
     agent.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -229,13 +242,20 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
         show(&status)
     );
     f.assert_blocked("after SIGHUP with a broken file");
+    // The alert on it lasts as long as the file on disk is broken, not only a while after
+    // the refusal.
+    assert_eq!(successful(), Some(0.0), "after SIGHUP with a broken file");
 
     std::fs::write(
         &f.config,
-        f.config_text("[[exemptions]]\nprefix = \"100.64.0.2/32\"\nreason = \"fixed\"\n"),
+        with_metrics_port(
+            &f.config_text("[[exemptions]]\nprefix = \"100.64.0.2/32\"\nreason = \"fixed\"\n"),
+            port,
+        ),
     )
     .unwrap();
     f.ok(&["reload"]);
+    assert_eq!(successful(), Some(1.0), "after a successful reload");
     f.assert_open("after reloading a config that exempts the subscriber");
     let list = f.json(&["exempt", "list", "--format", "json"]);
     assert!(
@@ -247,10 +267,516 @@ fn reload_with_a_broken_config_keeps_the_old_policy() {
     let actions = f.audit_actions(f.config_str());
     assert_eq!(
         actions,
-        ["config-reloaded"],
-        "audit: expected one config-reloaded (the refused ones change nothing), observed \
-         {actions:?}"
+        ["config-refused", "config-refused", "config-reloaded"],
+        "audit: expected both refusals (CLI, SIGHUP) and the reload, observed {actions:?}"
     );
+    let refusals: Vec<(String, String)> = f
+        .audit_entries("config-refused")
+        .iter()
+        .map(|e| (text(&e["who"]), text(&e["detail"])))
+        .collect();
+    for (who, detail) in &refusals {
+        assert!(
+            detail.contains(&at) && detail.contains("colour"),
+            "audit of a refused reload: expected the detail to name {at} and the key, \
+             observed {who}: {detail}"
+        );
+    }
+    assert_eq!(
+        refusals
+            .iter()
+            .map(|(who, _)| who.as_str())
+            .collect::<Vec<_>>(),
+        ["root", "SIGHUP"],
+        "audit: who refused reloads are by"
+    );
+}
+
+/// `config check --against` says before, and `reload` and its audit entry say after, what a
+/// new file changes in policy terms; the change is real (the subscriber's range now only
+/// monitors, so its connection passes).
+#[test]
+fn reload_and_config_check_name_the_policy_changes() {
+    let f = Fixture::new("reload-changes");
+    let _agent = f.start();
+    f.assert_blocked("before the reload");
+    let running = f.scratch.file("running.toml");
+    std::fs::copy(&f.config, &running).unwrap();
+    let edited = f
+        .config_text("[[relays]]\nprefix = \"192.0.2.26/32\"\n")
+        .replacen(
+            "prefix = \"100.64.0.0/10\"\n",
+            "prefix = \"100.64.0.0/10\"\nmode = \"monitor\"\n",
+            1,
+        );
+    std::fs::write(&f.config, &edited).unwrap();
+    let expected = [
+        "100.64.0.0/10: enforce -> monitor",
+        "relay 192.0.2.26/32 added",
+    ];
+
+    let check = f.ok(&[
+        "config",
+        "check",
+        f.config_str(),
+        "--against",
+        running.to_str().unwrap(),
+    ]);
+    let printed = String::from_utf8_lossy(&check.stdout).into_owned();
+    let header = format!("2 policy changes against {}:", running.display());
+    for line in std::iter::once(header.as_str()).chain(expected) {
+        assert!(
+            printed.lines().any(|l| l.trim() == line),
+            "config check --against: expected a line {line:?}, observed:\n{}",
+            show(&check)
+        );
+    }
+
+    let reload = f.ok(&["reload"]);
+    let printed = String::from_utf8_lossy(&reload.stdout).into_owned();
+    let lines: Vec<&str> = printed.lines().map(str::trim).skip(1).collect();
+    assert_eq!(lines, expected, "reload: observed\n{}", show(&reload));
+    f.assert_open("after reloading a file that only monitors the subscriber's range");
+
+    let detail = f
+        .audit_entries("config-reloaded")
+        .last()
+        .map(|e| text(&e["detail"]))
+        .unwrap_or_default();
+    for change in expected {
+        assert!(
+            detail.contains(change),
+            "audit of the reload: expected {change:?} in the detail, observed {detail:?}"
+        );
+    }
+}
+
+/// A relay hostname that does not resolve (.invalid never does, RFC 6761) is named by `config
+/// check`, `reload`, `relay list`, `status` and a metric; `status` shows every range with its
+/// mode, the relay hosts, the namespace, socket and metrics address, in tables without a blank
+/// first line or trailing spaces, numbers right-aligned.
+#[test]
+fn status_shows_ranges_and_relay_hosts_and_an_unresolved_one_is_not_silent() {
+    const UNRESOLVED: &str = "relay.smtpguard.invalid";
+    let f = Fixture::new("status-relay-hosts");
+    let port = free_port();
+    let extra = format!(
+        "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[[relays]]\nhost = \
+         \"localhost\"\n[[relays]]\nhost = \"{UNRESOLVED}\"\n[report]\ninterval = \"1s\"\n"
+    );
+    std::fs::write(&f.config, with_metrics_port(&f.config_text(&extra), port)).unwrap();
+    let needle = format!("relay host {UNRESOLVED} does not resolve");
+
+    let check = f.ok(&["config", "check", f.config_str()]);
+    assert!(
+        stderr(&check).contains(&needle),
+        "config check: expected a warning {needle:?}, observed {}",
+        show(&check)
+    );
+    let _agent = f.start();
+
+    let status = f.json(&["status", "--format", "json"]);
+    let ranges: Vec<(String, String)> = status["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (text(&r["prefix"]), text(&r["mode"])))
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            ("100.64.0.0/10".to_owned(), "enforce".to_owned()),
+            ("2001:db8:1000::/36".to_owned(), "enforce".to_owned()),
+            ("100.127.0.0/16".to_owned(), "monitor".to_owned()),
+        ],
+        "status subscribers: observed {status}"
+    );
+    assert_eq!(
+        status["ranges_by_mode"],
+        serde_json::json!({"enforce": 2, "monitor": 1})
+    );
+    let hosts = status["relay_hosts"].as_array().unwrap();
+    let host = |name: &str| hosts.iter().find(|h| h["host"] == name).cloned();
+    let localhost = host("localhost").expect("localhost among the relay hosts");
+    assert!(
+        localhost["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&"127.0.0.1".into())
+            && localhost["unresolved"].is_null(),
+        "localhost: observed {localhost}"
+    );
+    let unresolved = host(UNRESOLVED).expect("the unresolved host among the relay hosts");
+    assert!(
+        unresolved["addresses"].as_array().unwrap().is_empty()
+            && unresolved["unresolved"]["since"].is_string()
+            && !text(&unresolved["unresolved"]["error"]).is_empty(),
+        "{UNRESOLVED}: expected no address, an error and since when, observed {unresolved}"
+    );
+    assert_eq!(
+        (
+            text(&status["netns"]),
+            text(&status["socket"]),
+            text(&status["metrics_listen"])
+        ),
+        (
+            f.lab.gateway.name().to_owned(),
+            f.scratch.file("sg.sock").display().to_string(),
+            format!("127.0.0.1:{port}")
+        )
+    );
+
+    let table = String::from_utf8(f.ok(&["status"]).stdout).unwrap();
+    assert!(
+        !table.starts_with('\n') && table.lines().all(|l| l == l.trim_end()),
+        "status table: expected no blank first line and no trailing spaces, observed:\n{table:?}"
+    );
+    for expected in [
+        "subscriber ranges  2 enforce, 1 monitor",
+        "100.127.0.0/16      monitor",
+        &format!("{UNRESOLVED} (UNRESOLVED since"),
+        &format!("metrics            127.0.0.1:{port}"),
+    ] {
+        assert!(
+            table.contains(expected),
+            "status table: expected {expected:?}, observed:\n{table}"
+        );
+    }
+    let packets: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("REASON"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(
+        packets.len() > 2 && packets.iter().all(|l| l.len() == packets[0].len()),
+        "status: expected the packet counts right-aligned (every line as long), observed:\n{}",
+        packets.join("\n")
+    );
+
+    let relays = f.json(&["relay", "list", "--format", "json"]);
+    assert!(
+        relays
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == UNRESOLVED
+                && r["prefix"].is_null()
+                && text(&r["note"]).starts_with("unresolved since")),
+        "relay list: expected {UNRESOLVED} listed as unresolved, observed {relays}"
+    );
+    let reload = f.ok(&["reload"]);
+    assert!(
+        stderr(&reload).contains(&needle),
+        "reload: expected the warning {needle:?}, observed {}",
+        show(&reload)
+    );
+
+    assert_eq!(metric(port, "smtpguard_relay_hosts_unresolved"), Some(1.0));
+    assert_eq!(
+        metric(port, "smtpguard_subscriber_ranges{mode=\"monitor\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(port, "smtpguard_subscriber_ranges{mode=\"enforce\"}"),
+        Some(2.0)
+    );
+    assert_eq!(metric(port, "smtpguard_escalated_hosts"), Some(0.0));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = metric(port, "smtpguard_last_snapshot_timestamp_seconds").unwrap_or(0.0);
+        if last >= before.floor() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected a snapshot within 5 s (interval 1s); last snapshot at {last}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `exempt update` changes an exemption in place: the subscriber keeps getting through while
+/// it changes, and the audit entry has the old and the new values. Runtime relays follow the
+/// config's overlap rule, and a config relay is removed in the config file, as a config
+/// exemption is.
+#[test]
+fn exempt_update_keeps_the_exemption_and_relays_follow_the_config_rules() {
+    let f = Fixture::new("exempt-update");
+    std::fs::write(
+        &f.config,
+        f.config_text("[[exemptions]]\nprefix = \"100.64.10.0/24\"\nreason = \"static\"\n"),
+    )
+    .unwrap();
+    let _agent = f.start();
+    f.ok(&[
+        "exempt",
+        "add",
+        SUBSCRIBER,
+        "--reason",
+        "first",
+        "--ticket",
+        "T-1",
+        "--expires",
+        "1h",
+    ]);
+    f.assert_open("after exempt add");
+
+    // Connections run all through the updates: none may be dropped.
+    let stop = AtomicBool::new(false);
+    let attempts = thread::scope(|scope| {
+        let connecting = scope.spawn(|| {
+            let mut observed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                observed.push(f.smtp(OPEN));
+            }
+            observed
+        });
+        for round in 0..5 {
+            let reason = format!("round {round}");
+            f.ok(&["exempt", "update", SUBSCRIBER, "--reason", &reason]);
+        }
+        f.ok(&[
+            "exempt",
+            "update",
+            SUBSCRIBER,
+            "--ticket",
+            "T-2",
+            "--no-expiry",
+        ]);
+        stop.store(true, Ordering::Relaxed);
+        connecting.join().unwrap()
+    });
+    assert!(
+        !attempts.is_empty() && attempts.iter().all(|a| *a == Connect::Greeted),
+        "during the updates: expected every connection greeted, observed {attempts:?}"
+    );
+
+    let list = f.json(&["exempt", "list", "--format", "json"]);
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == SUBSCRIBER)
+        .cloned()
+        .unwrap_or_else(|| panic!("exempt list: expected {SUBSCRIBER}, observed {list}"));
+    assert_eq!(
+        (
+            text(&row["reason"]),
+            text(&row["ticket"]),
+            row["expires"].clone()
+        ),
+        ("round 4".to_owned(), "T-2".to_owned(), Value::Null),
+        "exempt list after the updates: observed {row}"
+    );
+    let actions = f.audit_actions(SUBSCRIBER);
+    assert_eq!(
+        actions,
+        [vec!["exemption-added"], vec!["exemption-updated"; 6]].concat(),
+        "audit of {SUBSCRIBER}"
+    );
+    let last = f
+        .audit_entries("exemption-updated")
+        .last()
+        .map(|e| text(&e["detail"]))
+        .unwrap_or_default();
+    assert!(
+        last.contains("was: reason \"round 4\"; ticket \"T-1\"; expires 20")
+            && last.contains("now: reason \"round 4\"; ticket \"T-2\"; expires never"),
+        "the update's audit entry: expected the old and the new values, observed {last:?}"
+    );
+
+    let config = f.cli(&["exempt", "update", "100.64.10.0/24", "--reason", "x"]);
+    assert_fails(
+        &config,
+        1,
+        &[
+            "100.64.10.0/24 is exempt in the config file",
+            "change it there and reload",
+        ],
+        "exempt update of a config exemption",
+    );
+    let nothing = f.cli(&["exempt", "update", SUBSCRIBER]);
+    assert_fails(
+        &nothing,
+        1,
+        &["nothing to change for", "--no-expiry"],
+        "an empty update",
+    );
+
+    let overlapping = f.cli(&["relay", "add", "192.0.2.0/24"]);
+    assert_fails(
+        &overlapping,
+        1,
+        &["192.0.2.0/24 overlaps the relay 192.0.2.25/32 (in the config file"],
+        "relay add over a config relay",
+    );
+    f.ok(&["relay", "add", "198.18.0.0/16"]);
+    let inside = f.cli(&["relay", "add", "198.18.7.0/24"]);
+    assert_fails(
+        &inside,
+        1,
+        &["198.18.7.0/24 overlaps the relay 198.18.0.0/16 (added at run time)"],
+        "relay add inside a runtime relay",
+    );
+    let config_relay = f.cli(&["relay", "rm", "192.0.2.25/32"]);
+    assert_fails(
+        &config_relay,
+        1,
+        &[
+            "192.0.2.25/32 is a relay in the config file",
+            "remove it there and reload",
+        ],
+        "relay rm of a config relay",
+    );
+}
+
+/// An `events` client whose agent goes away hears of it: exit code 2 and a message, or with
+/// --follow a note, and it connects again when the agent is back.
+#[test]
+fn events_end_or_follow_when_the_agent_goes_away() {
+    let f = Fixture::new("events-away");
+    let agent = f.start();
+    let events = |name: &str, follow: bool| {
+        let stderr = f.scratch.file(name);
+        let mut command = Command::new(BIN);
+        command.args(["--config", f.config_str(), "events"]);
+        if follow {
+            command.arg("--follow");
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        (ChildGuard(child), stderr)
+    };
+    let (mut plain, plain_err) = events("plain.err", false);
+    let (mut follow, follow_err) = events("follow.err", true);
+    // Both are subscribed once the agent counts them among its connections; a second is
+    // plenty on this machine, and a late one only makes the test wait, not pass.
+    thread::sleep(Duration::from_secs(1));
+    agent.terminate();
+
+    let status = wait_exit(&mut plain.0, Duration::from_secs(5));
+    let said = std::fs::read_to_string(&plain_err).unwrap();
+    assert!(
+        status.and_then(|s| s.code()) == Some(2) && said.contains("went away"),
+        "events when the agent stops: expected exit code 2 and \"went away\", observed \
+         {status:?}, stderr {said:?}"
+    );
+    let waiting = || std::fs::read_to_string(&follow_err).unwrap();
+    eventually(Duration::from_secs(5), "events --follow waiting", || {
+        waiting().contains("went away; waiting for it")
+    });
+    assert!(
+        follow.0.try_wait().unwrap().is_none(),
+        "events --follow ended when the agent stopped: {}",
+        waiting()
+    );
+    let _agent = f.start();
+    eventually(
+        Duration::from_secs(5),
+        "events --follow connected again",
+        || waiting().contains("connected to the agent at"),
+    );
+}
+
+/// `detach` asks first, and refuses without --yes where it cannot ask; with no agent running
+/// it removes the pinned links itself (the package's prerm case), and `audit` reads the store
+/// while the agent is stopped.
+#[test]
+fn detach_confirms_and_works_without_an_agent_and_audit_reads_a_stopped_agents_store() {
+    let f = Fixture::new("detach-offline");
+    let agent = f.start();
+    let unconfirmed = f.cli(&["detach"]);
+    assert_fails(
+        &unconfirmed,
+        1,
+        &["error:", "--yes"],
+        "detach without --yes off a terminal",
+    );
+    f.assert_blocked("after a detach that was not confirmed");
+
+    agent.terminate();
+    f.assert_blocked("after the agent stopped (the pinned links stay)");
+    let detach = f.ok(&["detach", "--yes"]);
+    assert!(
+        stderr(&detach).contains("removing the pinned links without it"),
+        "detach without an agent: expected a note, observed {}",
+        show(&detach)
+    );
+    f.assert_open("after detach without an agent");
+    assert!(
+        f.pins.0.attachments().unwrap_or_default().is_empty(),
+        "after detach without an agent: expected no pinned links, observed {:?}",
+        f.pins.0.attachments()
+    );
+    let audit = f.cli(&["audit", "--format", "json"]);
+    let entries = json(&audit);
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "detached"
+                && e["subject"] == SUBSCRIBER_INTERFACE
+                && e["who"] == "root"),
+        "audit with the agent stopped: expected the detach by root, observed {}",
+        show(&audit)
+    );
+}
+
+/// The state folder is 0750 and every file the agent makes in it 0640, under a umask that
+/// would give everyone access (000) and one that would shut the group out (077).
+#[test]
+fn the_state_folder_and_its_files_have_their_modes_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = Fixture::new("state-modes");
+    let state = f.scratch.file("state");
+    for umask in ["000", "077"] {
+        let _ = std::fs::remove_dir_all(&state);
+        let mut wrapper = Command::new("sh");
+        wrapper.args(["-c", &format!("umask {umask}; exec \"$0\" \"$@\""), BIN]);
+        let mut agent = Agent::spawn(wrapper, &f.config, &f.scratch.file("agent.log"));
+        agent.wait_ready();
+        // A write, so the store's journal files exist too.
+        f.ok(&["exempt", "add", SUBSCRIBER, "--reason", "modes"]);
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let mut observed = vec![("state".to_owned(), mode(&state))];
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in &names {
+            observed.push((name.clone(), mode(&state.join(name))));
+        }
+        let expected: Vec<(String, u32)> = std::iter::once(("state".to_owned(), 0o750))
+            .chain(names.iter().map(|name| (name.clone(), 0o640)))
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "smtpguard.db") && names.iter().any(|n| n == "agent.lock"),
+            "umask {umask}: expected the store and the lock in the state folder, observed {names:?}"
+        );
+        assert_eq!(
+            observed
+                .iter()
+                .map(|(n, m)| format!("{n} {m:04o}"))
+                .collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(n, m)| format!("{n} {m:04o}"))
+                .collect::<Vec<_>>(),
+            "umask {umask}: modes in the state folder"
+        );
+        agent.terminate();
+    }
 }
 
 #[test]
@@ -475,7 +1001,7 @@ fn detach_removes_enforcement_and_stops_the_agent() {
     let mut agent = f.start();
     f.assert_blocked("attached");
 
-    let output = f.ok(&["detach"]);
+    let output = f.ok(&["detach", "--yes"]);
     let status = agent.wait_exit(Duration::from_secs(5));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -995,5 +1521,28 @@ fn unlisted_tunnels_are_warned_about_and_a_listed_tun_gets_the_l3_entry_point() 
              observed {answered}; log:\n{}",
             f.log()
         );
+    }
+}
+
+/// Kills a CLI process left running by a failed test.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }

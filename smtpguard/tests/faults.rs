@@ -428,27 +428,20 @@ impl Drop for Ext4 {
     }
 }
 
-/// Lines of the agent log that report a successful statistics snapshot.
-/// Snapshots the agent logged; the line is at debug level, which the agents of these tests
-/// are started with ([`start_logging_snapshots`]).
-fn snapshots(f: &Fixture) -> usize {
-    f.log().matches("statistics snapshot hosts=").count()
-}
-
-fn start_logging_snapshots(f: &Fixture) -> Agent {
-    let mut agent_command = std::process::Command::new(BIN);
-    agent_command.env("SMTPGUARD_LOG", "debug");
-    let mut agent = Agent::spawn(agent_command, &f.config, &f.scratch.file("agent.log"));
-    agent.wait_ready();
-    agent
+/// When the agent last took a statistics snapshot successfully (the log says so only at
+/// debug level).
+fn last_snapshot(port: u16) -> f64 {
+    metric(port, "smtpguard_last_snapshot_timestamp_seconds").unwrap_or(0.0)
 }
 
 #[test]
 fn a_full_state_folder_fails_writes_clearly_and_recovers() {
     let f = Fixture::new("full");
-    std::fs::write(&f.config, f.config_text("[report]\ninterval = \"1s\"\n")).unwrap();
+    let port = free_port();
+    let config = f.config_text("[report]\ninterval = \"1s\"\n");
+    std::fs::write(&f.config, with_metrics_port(&config, port)).unwrap();
     let tmpfs = Tmpfs::mount(&f.scratch.file("state"), "2m");
-    let mut agent = start_logging_snapshots(&f);
+    let mut agent = f.start();
     let enforcing = exempt_one_host(&f);
 
     // Full: writes are answered with a clear error (a write may still fit in space SQLite
@@ -479,7 +472,7 @@ fn a_full_state_folder_fails_writes_clearly_and_recovers() {
         agent.log()
     );
     enforcing("with the state folder full");
-    let before = snapshots(&f);
+    let before = last_snapshot(port);
     eventually(REPAIRED, "a failed snapshot in the log", || {
         f.log().contains("statistics snapshot failed")
     });
@@ -499,7 +492,7 @@ fn a_full_state_folder_fails_writes_clearly_and_recovers() {
         "space is back",
     ]);
     eventually(REPAIRED, "a snapshot after space returned", || {
-        snapshots(&f) > before
+        last_snapshot(port) > before
     });
 
     f.ok(&[
@@ -692,29 +685,6 @@ fn a_second_agent_on_the_same_pins_or_state_is_refused() {
     assert_eq!(attached_interfaces(&status(&f)), [SUBSCRIBER_INTERFACE]);
 }
 
-/// A metrics port of this test's own, picked free by the kernel.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap()
-}
-
-/// The value of the unlabelled sample `name` on the agent's metrics endpoint.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(OPEN)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// Deletes the subscriber interface under the running agent, checks it reports it detached
 /// and stays up, creates it again and checks enforcement is back on the new interface.
 fn delete_and_create_again(f: &Fixture, agent: &mut Agent, metrics_port: u16) {
@@ -746,13 +716,6 @@ fn delete_and_create_again(f: &Fixture, agent: &mut Agent, metrics_port: u16) {
     f.assert_open("exempt add on the interface created again");
     f.ok(&["exempt", "rm", SUBSCRIBER]);
     f.assert_blocked("exempt rm on the interface created again");
-}
-
-fn with_metrics_port(config: &str, port: u16) -> String {
-    config.replace(
-        "metrics_listen = \"127.0.0.1:0\"",
-        &format!("metrics_listen = \"127.0.0.1:{port}\""),
-    )
 }
 
 fn wait_attached(f: &Fixture) {

@@ -321,7 +321,7 @@ exit 0
 const PRERM: &str = "#!/bin/sh
 set -e
 if [ \"$1\" = remove ]; then
-    /usr/bin/smtpguard --config /etc/smtpguard/smtpguard.toml detach || true
+    /usr/bin/smtpguard --config /etc/smtpguard/smtpguard.toml detach --yes || true
     if [ -d /run/systemd/system ]; then
         systemctl stop smtpguard.service || true
     fi

@@ -21,6 +21,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// tools need, far fewer than its file descriptor limit (1024 by default). Any beyond get a
 /// [`ErrorKind::Busy`] answer at once.
 pub const MAX_CONNECTIONS: usize = 128;
+/// The first line of an event stream: the agent has subscribed the client (an answer, where
+/// an event may take hours to come), so a client knows it is connected.
+pub const SUBSCRIBED: &str = r#"{"event":"subscribed"}"#;
 /// How long the CLI waits for an answer (`exempt add` includes an fsync and a map update).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the CLI keeps trying while the agent answers "busy".
@@ -42,6 +45,20 @@ pub enum Request {
         /// Add it even though it exempts a whole subscriber range.
         #[serde(default, skip_serializing_if = "is_false")]
         force: bool,
+    },
+    /// Changes an exemption's reason, ticket or expiry without removing it.
+    ExemptUpdate {
+        prefix: String,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        ticket: Option<String>,
+        /// RFC 3339.
+        #[serde(default)]
+        expires: Option<String>,
+        /// It no longer expires (refused together with `expires`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        no_expiry: bool,
     },
     ExemptList {},
     ExemptRemove {
@@ -100,17 +117,14 @@ impl Request {
                 ticket,
                 expires,
                 force: _,
-            } => {
-                input::parse_prefix("prefix", prefix)?;
-                input::check_text("reason", reason, MAX_REASON_BYTES)?;
-                if let Some(ticket) = ticket {
-                    input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
-                }
-                if let Some(expires) = expires {
-                    let at = input::parse_time("expires", expires)?;
-                    input::check_expiry("expires", at, now)?;
-                }
-            }
+            } => check_exemption(prefix, Some(reason), ticket, expires, now)?,
+            Request::ExemptUpdate {
+                prefix,
+                reason,
+                ticket,
+                expires,
+                no_expiry: _,
+            } => check_exemption(prefix, reason.as_ref(), ticket, expires, now)?,
             Request::RelayAdd {
                 prefix,
                 note,
@@ -145,6 +159,28 @@ impl Request {
         }
         Ok(())
     }
+}
+
+/// The fields of `exempt add` and `exempt update` (where each is optional but the prefix).
+fn check_exemption(
+    prefix: &str,
+    reason: Option<&String>,
+    ticket: &Option<String>,
+    expires: &Option<String>,
+    now: SystemTime,
+) -> Result<(), InputError> {
+    input::parse_prefix("prefix", prefix)?;
+    if let Some(reason) = reason {
+        input::check_text("reason", reason, MAX_REASON_BYTES)?;
+    }
+    if let Some(ticket) = ticket {
+        input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
+    }
+    if let Some(expires) = expires {
+        let at = input::parse_time("expires", expires)?;
+        input::check_expiry("expires", at, now)?;
+    }
+    Ok(())
 }
 
 /// Why a request failed, for the exit code and for tools.
@@ -204,6 +240,13 @@ pub enum ClientError {
     },
     #[error("the smtpguard agent at {} gave no usable answer: {problem}", .socket.display())]
     BadAnswer { socket: PathBuf, problem: String },
+    /// The event stream ended: the agent stopped or restarted (exit code 2).
+    #[error(
+        "the smtpguard agent at {} went away (stopped or restarted); the event stream ended \
+         (`smtpguard events --follow` connects again)",
+        .socket.display()
+    )]
+    Gone { socket: PathBuf },
 }
 
 /// The error for a connect that failed: permission denied names the group to join.
@@ -249,8 +292,14 @@ fn connect_error(socket: &Path, source: std::io::Error) -> ClientError {
     }
 }
 
-/// Asks for the event stream and calls `each` with every JSON line until the agent goes away.
-pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), ClientError> {
+/// Asks for the event stream, calls `connected` once the agent has subscribed this client,
+/// then `each` with every event's JSON line; ends with [`ClientError::Gone`] when the agent
+/// goes away.
+pub fn stream_events(
+    socket: &Path,
+    connected: impl FnOnce(),
+    mut each: impl FnMut(&str),
+) -> Result<(), ClientError> {
     let deadline = Instant::now() + BUSY_RETRY_FOR;
     let (mut lines, first) = loop {
         let (reader, first) = exchange(socket, &Request::Events {}, None)?;
@@ -270,13 +319,20 @@ pub fn stream_events(socket: &Path, mut each: impl FnMut(&str)) -> Result<(), Cl
         }
     };
     if first.is_empty() {
-        return Ok(());
+        return Err(ClientError::Gone {
+            socket: socket.to_owned(),
+        });
     }
-    each(first.trim_end());
+    connected();
+    if first.trim_end() != SUBSCRIBED {
+        each(first.trim_end());
+    }
     while let Some(Ok(line)) = lines.next() {
         each(&line);
     }
-    Ok(())
+    Err(ClientError::Gone {
+        socket: socket.to_owned(),
+    })
 }
 
 /// Sends one request and waits for the answer; while the agent is busy, tries again for up to

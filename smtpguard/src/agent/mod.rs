@@ -2,11 +2,16 @@
 //! the exemption store, the CLI socket and the metrics endpoint.
 
 pub mod api;
+mod enforcement;
+mod escalation;
 mod events;
+mod expiry;
 pub(crate) mod netns;
 mod notify;
+mod reconcile;
 mod server;
 mod state;
+mod verbs;
 
 use std::{
     fs::File,
@@ -27,10 +32,11 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     api::{Request, Response},
-    state::{AgentState, resolve_relay_hosts},
+    state::AgentState,
 };
 use crate::{
-    config::Config, dataplane::PinLayout, metrics::MetricsSnapshot, report::snapshot::Snapshotter,
+    config::Config, dataplane::PinLayout, metrics::MetricsSnapshot, policy::resolve_relay_hosts,
+    report::snapshot::Snapshotter,
 };
 
 /// How often the agent looks for exemptions that have expired: well inside the promised
@@ -259,6 +265,7 @@ async fn snapshot_statistics(
             let mut snapshotter = snapshotter.lock().unwrap_or_else(|p| p.into_inner());
             let now = SystemTime::now();
             let report = snapshotter.take(now)?;
+            lock(&state).snapshot_taken(now);
             snapshotter.prune(now, retention)?;
             // The new history classifies hosts: the grouping runs on the snapshotter's own
             // store connection; the state is locked only to act on the bots found.
@@ -344,7 +351,7 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
             continue;
         }
         let resolved = match tokio::task::spawn_blocking(move || {
-            resolve_relay_hosts(&config, &previous)
+            resolve_relay_hosts(&config, &previous, SystemTime::now())
         })
         .await
         {
@@ -365,9 +372,10 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
 
 /// One agent per state folder: a second one is refused, never allowed to share the pins.
 fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating the state folder {}", state_dir.display()))?;
+    crate::store::create_state_dir(state_dir)?;
     let path = state_dir.join("agent.lock");
+    crate::store::create_state_file(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
     let file = File::options()
         .create(true)
         .truncate(false)

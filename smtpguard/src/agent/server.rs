@@ -148,12 +148,19 @@ async fn serve(
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(line.as_bytes())).await;
 }
 
-/// Writes each event as a JSON line until the client goes away.
+/// Writes [`api::SUBSCRIBED`], then each event as a JSON line until the client goes away.
 async fn stream_events(
     mut events: tokio::sync::broadcast::Receiver<super::events::Event>,
     mut writer: tokio::net::unix::OwnedWriteHalf,
 ) {
     use tokio::sync::broadcast::error::RecvError;
+    if writer
+        .write_all(format!("{}\n", super::api::SUBSCRIBED).as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
     loop {
         let line = match events.recv().await {
             Ok(event) => serde_json::to_string(&event).unwrap_or_default(),

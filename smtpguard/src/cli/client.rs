@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     agent::api::{self, ErrorKind, Request, Response},
-    config::AgentConfig,
+    config::{AgentConfig, Config},
 };
 
 /// Where the package installs the configuration; used when neither `--config` nor
@@ -84,6 +84,18 @@ impl AgentArgs {
         Ok(socket_in(&text).unwrap_or_else(|| AgentConfig::default().socket))
     }
 
+    /// The config file, read in full, by a verb that goes to the agent's files (`what`: "the
+    /// pin folder") because no agent answers.
+    pub fn config_without_agent(&self, what: &str) -> anyhow::Result<Config> {
+        let path = self.config_file();
+        Config::load(path).with_context(|| {
+            format!(
+                "no agent answers, and {what} is in the config file {}",
+                path.display()
+            )
+        })
+    }
+
     /// Checks `request` against the input limits, sends it and returns the body of a
     /// successful answer.
     pub fn call(&self, request: &Request) -> anyhow::Result<Value> {
@@ -93,6 +105,15 @@ impl AgentArgs {
             Response::Error { kind, message } => Err(AgentRefused { kind, message }.into()),
         }
     }
+}
+
+/// Whether `error` is the agent not answering at all (not running, or another socket): a
+/// verb that can do without it (`audit`, `detach`) then goes to the files itself.
+pub fn unreachable(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<api::ClientError>(),
+        Some(api::ClientError::Unreachable { .. })
+    )
 }
 
 /// The `[agent] socket` of a config file's text, found without judging the rest of the file:

@@ -7,6 +7,7 @@ use crate::{
     agent::netns,
     config::{Config, danger},
     dataplane::interfaces::{self, UnlistedTunnel},
+    policy,
 };
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,17 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                 config.exemptions.len(),
                 config.enforcement.ports,
             );
+            if let (Some(running), Some(path)) = (&running, against) {
+                let changes = policy::changes(running, &config);
+                match changes.len() {
+                    0 => println!("no policy change against {}", path.display()),
+                    1 => println!("1 policy change against {}:", path.display()),
+                    n => println!("{n} policy changes against {}:", path.display()),
+                }
+                for change in changes {
+                    println!("  {change}");
+                }
+            }
             let dangers = danger::dangers(running.as_ref(), &config);
             for danger in &dangers {
                 eprintln!("warning: {}: {danger}", file.display());
@@ -71,7 +83,16 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             for tunnel in &tunnels {
                 eprintln!("warning: {}: {tunnel}", file.display());
             }
-            let warnings = dangers.len() + tunnels.len();
+            let resolved = policy::resolve_relay_hosts(
+                &config,
+                &policy::ResolvedRelays::default(),
+                std::time::SystemTime::now(),
+            );
+            let unresolved: Vec<String> = resolved.warnings().map(|w| w.to_string()).collect();
+            for warning in &unresolved {
+                eprintln!("warning: {}: {warning}", file.display());
+            }
+            let warnings = dangers.len() + tunnels.len() + unresolved.len();
             if warnings == 0 {
                 return Ok(());
             }

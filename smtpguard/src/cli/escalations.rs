@@ -59,44 +59,80 @@ pub struct EventsArgs {
     /// e.g. -o json
     #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
+    /// When the agent goes away (a restart, an upgrade), wait for it and go on; events
+    /// while it was away are not replayed. Without it, `events` then ends with exit code 2.
+    /// E.g. smtpguard events --follow -o json
+    #[arg(long)]
+    follow: bool,
 }
 
+/// How often `events --follow` tries to reach an agent that went away.
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn events(args: &EventsArgs, agent: &AgentArgs) -> anyhow::Result<()> {
-    let json = args.format == Format::Json;
-    api::stream_events(&agent.socket()?, |line| {
-        if json {
-            println!("{line}");
-            return;
-        }
-        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        let text = |key: &str| table::text(&event[key]);
-        match event["event"].as_str().unwrap_or("") {
-            "bot" => println!(
-                "{} bot {} ({}; {} attempts)",
-                text("at"),
-                text("host"),
-                text("class_reason"),
-                text("attempts")
-            ),
-            "escalated" => println!(
-                "{} escalated {} (level {}, until {})",
-                text("at"),
-                text("host"),
-                text("level"),
-                text("until")
-            ),
-            "escalation-ended" => println!(
-                "{} escalation of {} ended ({})",
-                text("at"),
-                text("host"),
-                if event["expired"] == true {
-                    "expired".to_owned()
-                } else {
-                    format!("lifted by {}", text("by"))
+    let socket = agent.socket()?;
+    let mut away = false;
+    loop {
+        let streamed = api::stream_events(
+            &socket,
+            || {
+                if away {
+                    eprintln!("note: connected to the agent at {} again", socket.display());
                 }
-            ),
-            _ => println!("{line}"),
+                away = false;
+            },
+            |line| print_event(args.format, line),
+        );
+        match streamed {
+            Err(api::ClientError::Gone { .. } | api::ClientError::Unreachable { .. })
+                if args.follow =>
+            {
+                if !away {
+                    eprintln!(
+                        "note: the agent at {} went away; waiting for it",
+                        socket.display()
+                    );
+                }
+                away = true;
+                std::thread::sleep(FOLLOW_RETRY);
+            }
+            other => return Ok(other?),
         }
-    })?;
-    Ok(())
+    }
+}
+
+fn print_event(format: Format, line: &str) {
+    if format == Format::Json {
+        println!("{line}");
+        return;
+    }
+    let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let text = |key: &str| table::text(&event[key]);
+    match event["event"].as_str().unwrap_or("") {
+        "bot" => println!(
+            "{} bot {} ({}; {} attempts)",
+            text("at"),
+            text("host"),
+            text("class_reason"),
+            text("attempts")
+        ),
+        "escalated" => println!(
+            "{} escalated {} (level {}, until {})",
+            text("at"),
+            text("host"),
+            text("level"),
+            text("until")
+        ),
+        "escalation-ended" => println!(
+            "{} escalation of {} ended ({})",
+            text("at"),
+            text("host"),
+            if event["expired"] == true {
+                "expired".to_owned()
+            } else {
+                format!("lifted by {}", text("by"))
+            }
+        ),
+        _ => println!("{line}"),
+    }
 }

@@ -1,4 +1,4 @@
-//! `smtpguard exempt add|list|rm`
+//! `smtpguard exempt add|update|list|rm`
 
 use std::{ffi::OsString, time::SystemTime};
 
@@ -34,6 +34,26 @@ pub enum ExemptCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Change a runtime exemption's reason, ticket or expiry; it stays in force throughout
+    /// (audited with the old and the new values).
+    ///
+    /// Example: smtpguard exempt update 100.64.10.0/24 --ticket T-4712 --expires 90d
+    Update {
+        /// The prefix as listed, e.g. 100.64.10.0/24; a bare address is that host alone
+        prefix: OsString,
+        /// The new reason (printable, at most 512 bytes), e.g. --reason "contract renewed"
+        #[arg(long)]
+        reason: Option<OsString>,
+        /// The new ticket (printable, at most 128 bytes), e.g. --ticket T-4712
+        #[arg(long)]
+        ticket: Option<OsString>,
+        /// The new expiry, as for `exempt add`, e.g. --expires 90d
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires: Option<OsString>,
+        /// It no longer expires, e.g. smtpguard exempt update 100.64.10.0/24 --no-expiry
+        #[arg(long)]
+        no_expiry: bool,
+    },
     /// List exemptions from the config file and the store (alias: ls).
     ///
     /// Example: smtpguard exempt ls -o csv
@@ -62,14 +82,7 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             expires,
             force,
         } => {
-            let expires = expires
-                .as_deref()
-                .map(|text| {
-                    let text = input::utf8("--expires", text)?;
-                    let at = input::parse_expiry("--expires", text, SystemTime::now())?;
-                    Ok::<_, input::InputError>(humantime::format_rfc3339_seconds(at).to_string())
-                })
-                .transpose()?;
+            let expires = expiry(expires.as_deref())?;
             let body = agent.call(&Request::ExemptAdd {
                 prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
                     .to_string(),
@@ -82,6 +95,29 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                 force: *force,
             })?;
             println!("exempt: {}", table::text(&body["prefix"]));
+        }
+        ExemptCommand::Update {
+            prefix,
+            reason,
+            ticket,
+            expires,
+            no_expiry,
+        } => {
+            let text = |field, value: &Option<OsString>| {
+                value
+                    .as_deref()
+                    .map(|v| input::utf8(field, v).map(str::to_owned))
+                    .transpose()
+            };
+            let body = agent.call(&Request::ExemptUpdate {
+                prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
+                    .to_string(),
+                reason: text("reason", reason)?,
+                ticket: text("ticket", ticket)?,
+                expires: expiry(expires.as_deref())?,
+                no_expiry: *no_expiry,
+            })?;
+            println!("updated: {}", table::text(&body["prefix"]));
         }
         ExemptCommand::List { format } => {
             let body = agent.call(&Request::ExemptList {})?;
@@ -108,4 +144,15 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--expires` as the RFC 3339 time the agent takes.
+fn expiry(expires: Option<&std::ffi::OsStr>) -> anyhow::Result<Option<String>> {
+    Ok(expires
+        .map(|text| {
+            let text = input::utf8("--expires", text)?;
+            let at = input::parse_expiry("--expires", text, SystemTime::now())?;
+            Ok::<_, input::InputError>(humantime::format_rfc3339_seconds(at).to_string())
+        })
+        .transpose()?)
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod detach;
 mod escalations;
 mod exempt;
 mod generate;
@@ -92,8 +93,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Remove enforcement from every interface on purpose, and stop the agent.
-    Detach,
+    /// Remove enforcement from every interface on purpose, and stop the agent; asks first on
+    /// a terminal. Without a running agent, the pinned links are removed directly.
+    ///
+    /// Example: smtpguard detach --yes
+    Detach(detach::DetachArgs),
     /// Print the shell completion script for SHELL.
     ///
     /// Example: smtpguard completions bash > /etc/bash_completion.d/smtpguard
@@ -169,6 +173,12 @@ pub fn run() -> anyhow::Result<()> {
                 "reloaded: added {}, updated {}, removed {}",
                 body["added"], body["updated"], body["removed"]
             );
+            for change in body["changes"].as_array().into_iter().flatten() {
+                println!("  {}", change.as_str().unwrap_or_default());
+            }
+            for warning in body["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::GenerateAssets { dir } => generate::run(&dir),
@@ -176,14 +186,7 @@ pub fn run() -> anyhow::Result<()> {
             generate::completions(shell, &mut std::io::stdout().lock());
             Ok(())
         }
-        Command::Detach => {
-            let body = agent.call(&Request::Detach {})?;
-            println!(
-                "detached from {}; port 25 is no longer enforced",
-                body["detached"]
-            );
-            Ok(())
-        }
+        Command::Detach(args) => detach::run(&args, agent),
     }
 }
 

@@ -3,8 +3,12 @@
 use clap::Args;
 use serde_json::Value;
 
-use super::{Format, client::AgentArgs, table};
-use crate::{agent::api::Request, input};
+use super::{
+    Format,
+    client::{self, AgentArgs},
+    table,
+};
+use crate::{agent::api::Request, input, store::Store};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -93,11 +97,39 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                 "up, not filtered",
             ),
             row("enforced ports", &body["enforced_ports"]),
+            vec![
+                "subscriber ranges".to_owned(),
+                format!(
+                    "{} enforce, {} monitor",
+                    table::text(&body["ranges_by_mode"]["enforce"]),
+                    table::text(&body["ranges_by_mode"]["monitor"])
+                ),
+            ],
+            listed_or_none("relay hosts", &body["relay_hosts"], relay_host, ""),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
             row("pin folder", &body["pin_dir"]),
             row("state folder", &body["state_dir"]),
+            vec![
+                "netns".to_owned(),
+                match table::text(&body["netns"]) {
+                    netns if netns.is_empty() => "none (the agent's own)".to_owned(),
+                    netns => netns,
+                },
+            ],
+            row("socket", &body["socket"]),
+            row("metrics", &body["metrics_listen"]),
         ],
+    );
+    println!();
+    table::print(
+        &["RANGE", "MODE"],
+        body["subscribers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|range| vec![table::text(&range["prefix"]), table::text(&range["mode"])])
+            .collect(),
     );
     for tunnel in body["unlisted_tunnels"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", table::text(&tunnel["warning"]));
@@ -143,12 +175,36 @@ fn listed_or_none(
     what: &str,
 ) -> Vec<String> {
     let names: Vec<String> = items.as_array().into_iter().flatten().map(name).collect();
-    let text = if names.is_empty() {
-        "none".to_owned()
-    } else {
-        format!("{}: {what}", names.join(", "))
+    let text = match (names.is_empty(), what) {
+        (true, _) => "none".to_owned(),
+        (false, "") => names.join(", "),
+        (false, what) => format!("{}: {what}", names.join(", ")),
     };
     vec![label.to_owned(), text]
+}
+
+/// "smtp.isp.example (192.0.2.25)", or with why and since when it does not resolve.
+fn relay_host(host: &Value) -> String {
+    let addresses: Vec<String> = host["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(table::text)
+        .collect();
+    let addresses = if addresses.is_empty() {
+        "no address".to_owned()
+    } else {
+        addresses.join(" ")
+    };
+    match &host["unresolved"] {
+        Value::Null => format!("{} ({addresses})", table::text(&host["host"])),
+        unresolved => format!(
+            "{} (UNRESOLVED since {}: {}; {addresses})",
+            table::text(&host["host"]),
+            table::text(&unresolved["since"]),
+            table::text(&unresolved["error"])
+        ),
+    }
 }
 
 pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
@@ -221,7 +277,16 @@ pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
 
 pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let since = args.since.as_deref().map(super::past_time).transpose()?;
-    let body = agent.call(&Request::Audit { since })?;
+    let body = match agent.call(&Request::Audit {
+        since: since.clone(),
+    }) {
+        Ok(body) => body,
+        Err(error) if client::unreachable(&error) => {
+            eprintln!("note: {error}; reading its store instead");
+            audit_from_store(agent, since.as_deref())?
+        }
+        Err(error) => return Err(error),
+    };
     if args.format == Format::Json {
         return table::print_json(&body);
     }
@@ -235,4 +300,13 @@ pub fn audit(args: &AuditArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             .collect(),
     );
     Ok(())
+}
+
+/// The audit log read from the store itself, read-only, for when no agent answers: who
+/// changed what is most wanted when the agent is down.
+fn audit_from_store(agent: &AgentArgs, since: Option<&str>) -> anyhow::Result<Value> {
+    let config = agent.config_without_agent("its state folder")?;
+    let since = since.map(|at| input::parse_time("since", at)).transpose()?;
+    let store = Store::open_read_only(&config.agent.state_dir)?;
+    Ok(serde_json::to_value(store.audit(since)?)?)
 }

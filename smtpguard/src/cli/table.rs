@@ -1,16 +1,47 @@
 //! Output for people (aligned tables) and tools (JSON, CSV), shared by the verbs.
 
-use comfy_table::{Table, presets::NOTHING};
+use comfy_table::{CellAlignment, Table, presets::NOTHING};
 use serde_json::Value;
 
 /// An aligned table without borders, header first.
 pub fn print(headers: &[&str], rows: Vec<Vec<String>>) {
+    println!("{}", render(headers, rows));
+}
+
+/// The text of [`print`]: no header line when every header is empty (a label/value table),
+/// columns holding only numbers right-aligned, no trailing spaces (the padding of the last
+/// column would leave them, and they stick to copied lines).
+pub fn render(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut table = Table::new();
-    table.load_preset(NOTHING).set_header(headers.to_vec());
+    table.load_preset(NOTHING);
+    if headers.iter().any(|header| !header.is_empty()) {
+        table.set_header(headers.to_vec());
+    }
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let numeric: Vec<bool> = (0..columns)
+        .map(|column| {
+            let mut cells = rows
+                .iter()
+                .filter_map(|row| row.get(column))
+                .filter(|cell| !cell.is_empty())
+                .peekable();
+            cells.peek().is_some() && cells.all(|cell| cell.parse::<f64>().is_ok())
+        })
+        .collect();
     for row in rows {
         table.add_row(row);
     }
-    println!("{table}");
+    for (column, numeric) in numeric.into_iter().enumerate() {
+        if let (true, Some(column)) = (numeric, table.column_mut(column)) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+        .to_string()
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One JSON document, as the agent sent it (stable field names).
@@ -61,5 +92,39 @@ pub fn text(value: &Value) -> String {
         Value::Null => String::new(),
         Value::String(text) => text.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: &[&str]) -> Vec<String> {
+        cells.iter().map(|cell| (*cell).to_owned()).collect()
+    }
+
+    #[test]
+    fn numbers_are_right_aligned_without_a_blank_first_line_or_trailing_spaces() {
+        let text = render(
+            &["REASON", "PACKETS"],
+            vec![row(&["dropped", "7"]), row(&["not-subscriber", "12345"])],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                " REASON          PACKETS",
+                " dropped               7",
+                " not-subscriber    12345",
+            ]
+        );
+        let labels = render(
+            &["", ""],
+            vec![row(&["version", "0.1.0"]), row(&["uptime", "5s"])],
+        );
+        assert_eq!(
+            labels.lines().collect::<Vec<_>>(),
+            [" version  0.1.0", " uptime   5s"]
+        );
     }
 }

@@ -16,10 +16,15 @@ use super::{Store, StoreError, check_text, sql, stored_time, to_millis};
 pub enum AuditAction {
     ExemptionAdded,
     ExemptionRemoved,
+    /// Its reason, ticket or expiry changed; the exemption stayed in force throughout.
+    ExemptionUpdated,
     ExemptionExpired,
     RelayAdded,
     RelayRemoved,
     ConfigReloaded,
+    /// A reload refused (an invalid or dangerous file) or rolled back: the running policy
+    /// stayed as it was.
+    ConfigRefused,
     Detached,
     Escalated,
     EscalationLifted,
@@ -38,13 +43,15 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 15] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
+        AuditAction::ExemptionUpdated,
         AuditAction::ExemptionExpired,
         AuditAction::RelayAdded,
         AuditAction::RelayRemoved,
         AuditAction::ConfigReloaded,
+        AuditAction::ConfigRefused,
         AuditAction::Detached,
         AuditAction::Escalated,
         AuditAction::EscalationLifted,
@@ -61,10 +68,12 @@ impl AuditAction {
         match self {
             AuditAction::ExemptionAdded => "exemption-added",
             AuditAction::ExemptionRemoved => "exemption-removed",
+            AuditAction::ExemptionUpdated => "exemption-updated",
             AuditAction::ExemptionExpired => "exemption-expired",
             AuditAction::RelayAdded => "relay-added",
             AuditAction::RelayRemoved => "relay-removed",
             AuditAction::ConfigReloaded => "config-reloaded",
+            AuditAction::ConfigRefused => "config-refused",
             AuditAction::Detached => "detached",
             AuditAction::Escalated => "escalated",
             AuditAction::EscalationLifted => "escalation-lifted",
@@ -241,10 +250,12 @@ mod tests {
             [
                 "exemption-added",
                 "exemption-removed",
+                "exemption-updated",
                 "exemption-expired",
                 "relay-added",
                 "relay-removed",
                 "config-reloaded",
+                "config-refused",
                 "detached",
                 "escalated",
                 "escalation-lifted",
@@ -268,8 +279,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
-             exemption-removed, exemption-expired, relay-added, relay-removed, config-reloaded, \
-             detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
+             exemption-removed, exemption-updated, exemption-expired, relay-added, relay-removed, \
+             config-reloaded, config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
              pins-replaced, interface-detached, interface-attached"
         );
     }

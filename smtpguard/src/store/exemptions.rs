@@ -31,6 +31,15 @@ pub struct NewExemption {
     pub expires: Option<SystemTime>,
 }
 
+/// What `exempt update` changes; `None` keeps a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExemptionUpdate {
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    /// `Some(None)`: it no longer expires.
+    pub expires: Option<Option<SystemTime>>,
+}
+
 /// A stored exemption. Times have millisecond precision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Exemption {
@@ -204,6 +213,82 @@ impl Store {
             )
         })?;
         Ok(exemption)
+    }
+
+    /// Changes the reason, ticket or expiry of the exemption of exactly `prefix` in place (it
+    /// is never absent meanwhile) and records an [`AuditAction::ExemptionUpdated`] entry by
+    /// `who` naming the old and the new values, in one transaction; returns the exemption as
+    /// it was and as it is. Fails with [`StoreError::NotFound`] if there is none.
+    pub fn update_exemption(
+        &mut self,
+        prefix: IpNet,
+        update: &ExemptionUpdate,
+        who: &str,
+        now: SystemTime,
+    ) -> Result<(Exemption, Exemption), StoreError> {
+        let now_ms = to_millis("now", now)?;
+        check_prefix(EntryKind::Exemption, prefix)?;
+        check_text("who", who)?;
+        if let Some(reason) = &update.reason {
+            check_text("reason", reason)?;
+            if reason.trim().is_empty() {
+                return Err(StoreError::EmptyReason { prefix });
+            }
+        }
+        if let Some(ticket) = &update.ticket {
+            check_text("ticket", ticket)?;
+        }
+        let expires_ms = match update.expires {
+            Some(Some(expires)) => {
+                let ms = to_millis("expires", expires)?;
+                if ms <= now_ms {
+                    return Err(StoreError::ExpiryNotInFuture {
+                        prefix,
+                        expires,
+                        now,
+                    });
+                }
+                Some(Some(ms))
+            }
+            Some(None) => Some(None),
+            None => None,
+        };
+        let text = prefix.to_string();
+        self.write(|tx, path| {
+            let old =
+                select(tx, path, "prefix = ?1", &text)?
+                    .pop()
+                    .ok_or(StoreError::NotFound {
+                        kind: EntryKind::Exemption,
+                        prefix,
+                    })?;
+            let new = Exemption {
+                reason: update.reason.clone().unwrap_or_else(|| old.reason.clone()),
+                ticket: update.ticket.clone().or_else(|| old.ticket.clone()),
+                expires: match expires_ms {
+                    Some(ms) => ms.and_then(from_millis),
+                    None => old.expires,
+                },
+                ..old.clone()
+            };
+            let new_expires_ms = new.expires.map(|at| to_millis("expires", at)).transpose()?;
+            tx.execute(
+                "UPDATE exemptions SET reason = ?2, ticket = ?3, expires_ms = ?4 WHERE prefix = ?1",
+                params![text, new.reason, new.ticket, new_expires_ms],
+            )
+            .map_err(sql(path))?;
+            let detail = format!("was: {}; now: {}", describe(&old), describe(&new));
+            insert_audit(
+                tx,
+                path,
+                now_ms,
+                AuditAction::ExemptionUpdated,
+                &text,
+                who,
+                &detail,
+            )?;
+            Ok((old, new))
+        })
     }
 
     /// Removes the exemption of exactly `prefix` and records an

@@ -38,7 +38,7 @@ use serde::Serializer;
 
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
 pub use escalations::{BotEvent, Escalation};
-pub use exemptions::{Exemption, NewExemption};
+pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
 
@@ -57,6 +57,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The mode of a state directory that [`Store::open`] creates.
 const STATE_DIR_MODE: u32 = 0o750;
+/// Mode of the files the agent makes in the state folder: the group (`socket_group`'s
+/// operators, backups) may read them, nobody else. SQLite gives the -wal and -shm files the
+/// database's mode.
+pub const STATE_FILE_MODE: u32 = 0o640;
 
 /// The latest time the store can hold (the last millisecond of year 9999), so that every stored
 /// time has an RFC 3339 form.
@@ -202,6 +206,14 @@ impl fmt::Display for EntryKind {
 pub enum StoreError {
     #[error("cannot create the state directory {}: {source}", .path.display())]
     CreateStateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A new database file cannot be made (with its mode) in the state folder.
+    #[error("cannot create the exemption store {}: {source}", .path.display())]
+    CreateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -383,6 +395,12 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         create_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE_NAME);
+        if !path.exists() {
+            create_state_file(&path).map_err(|source| StoreError::CreateFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let conn = Connection::open(&path).map_err(sql(&path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(&path))?;
         let mut store = Store { conn, path };
@@ -401,6 +419,31 @@ impl Store {
                 Ok(()) => return Ok(store),
             }
         }
+    }
+
+    /// Opens `state_dir/smtpguard.db` for reading only, for a CLI reading the store while no
+    /// agent runs (`audit`): nothing is created, migrated or written. A store of a newer
+    /// schema is refused; an older one is read as it is.
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE_NAME);
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(&path))?;
+        let found = user_version(&conn).map_err(sql(&path))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store { conn, path })
     }
 
     /// The database file.
@@ -511,7 +554,24 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
-fn create_state_dir(state_dir: &Path) -> Result<(), StoreError> {
+/// Makes `path` an empty file of mode [`STATE_FILE_MODE`] whatever the umask, unless it
+/// exists (an existing file keeps the mode someone gave it).
+pub fn create_state_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(STATE_FILE_MODE)
+        .open(path)
+    {
+        Ok(file) => file.set_permissions(fs::Permissions::from_mode(STATE_FILE_MODE)),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes `state_dir` (and its parents) with mode 0750 whatever the umask, unless it exists.
+pub fn create_state_dir(state_dir: &Path) -> Result<(), StoreError> {
     if state_dir.is_dir() {
         return Ok(());
     }
@@ -741,7 +801,10 @@ fn describe_time(time: SystemTime) -> String {
     }
 }
 
-fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_time<S: Serializer>(
+    time: &SystemTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match rfc3339(*time) {
         Some(text) => serializer.serialize_str(&text),
         None => Err(serde::ser::Error::custom(format_args!(

@@ -290,8 +290,8 @@ pin_dir = "{pins}"
         std::fs::read_to_string(self.scratch.file("agent.log")).unwrap_or_default()
     }
 
-    /// The audit log's actions on `subject`, oldest first.
-    pub fn audit_actions(&self, subject: &str) -> Vec<String> {
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Vec<Value> {
         let mut entries: Vec<Value> = self
             .json(&["audit", "--format", "json"])
             .as_array()
@@ -299,6 +299,18 @@ pin_dir = "{pins}"
             .unwrap_or_default();
         entries.sort_by_key(|e| e["id"].as_i64());
         entries
+    }
+
+    /// The audit log's entries of `action`, oldest first.
+    pub fn audit_entries(&self, action: &str) -> Vec<Value> {
+        let mut entries = self.audit_log();
+        entries.retain(|e| e["action"] == action);
+        entries
+    }
+
+    /// The audit log's actions on `subject`, oldest first.
+    pub fn audit_actions(&self, subject: &str) -> Vec<String> {
+        self.audit_log()
             .iter()
             .filter(|e| e["subject"] == subject)
             .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
@@ -474,4 +486,35 @@ pub fn attempt_from(fixture: &Fixture, src: IpAddr, dst: IpAddr, timeout: Durati
         )
         .is_ok()
     })
+}
+
+/// A metrics port of this test's own, picked free by the kernel.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap()
+}
+
+/// The value of the unlabelled sample `name` on the agent's metrics endpoint.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(OPEN)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// `config` with its metrics endpoint on `port` instead of a free one nobody knows.
+pub fn with_metrics_port(config: &str, port: u16) -> String {
+    config.replace(
+        "metrics_listen = \"127.0.0.1:0\"",
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
 }

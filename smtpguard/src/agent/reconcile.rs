@@ -1,0 +1,107 @@
+//! A prefix's way into the kernel: the desired policy (config, policy source, resolved relay
+//! hostnames) reconciled into the maps by difference, or one runtime entry written alone.
+
+use ipnet::IpNet;
+use smtpguard_common::{Origin, PrefixOrigin};
+
+use super::state::AgentState;
+use crate::{
+    dataplane::ReconcileReport,
+    policy::{PolicyError, ResolvedRelays},
+};
+
+/// The prefix lists that change one entry at a time at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EntryList {
+    Relays,
+    Exemptions,
+}
+
+impl AgentState {
+    /// Makes the kernel maps hold the config, the policy source and the resolved relays.
+    pub(super) fn reconcile(&mut self) -> anyhow::Result<ReconcileReport> {
+        let desired = self
+            .policy
+            .desired(&self.config, &self.resolved)
+            .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        let report = self
+            .dataplane
+            .policy_maps()
+            .and_then(|mut maps| maps.reconcile(&desired))
+            .inspect_err(|_| self.journal.counters.reconcile_errors += 1)?;
+        self.desired = desired;
+        Ok(report)
+    }
+
+    /// Counts a failure of the policy source itself; a refused change (a duplicate, a bad
+    /// field) is the caller's and is not counted.
+    pub(super) fn count_policy_error(&mut self, error: &PolicyError) {
+        if error.rejection().is_none() {
+            self.journal.counters.store_errors += 1;
+        }
+    }
+
+    fn entries(&self, list: EntryList) -> &std::collections::BTreeMap<IpNet, PrefixOrigin> {
+        match list {
+            EntryList::Relays => &self.desired.relays,
+            EntryList::Exemptions => &self.desired.exemptions,
+        }
+    }
+
+    /// Adds one runtime relay or exemption, unless the config (which wins) or DNS already has
+    /// it.
+    pub(super) fn add_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
+        if self.entries(list).contains_key(&prefix) {
+            return Ok(());
+        }
+        self.write_entry(list, prefix, Some(PrefixOrigin::new(Origin::Runtime)))
+    }
+
+    /// Takes a runtime relay or exemption out again, unless the config or DNS still has it.
+    pub(super) fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
+        if self.entries(list).get(&prefix) != Some(&PrefixOrigin::new(Origin::Runtime)) {
+            return Ok(());
+        }
+        let resolved = list == EntryList::Relays
+            && self.resolved.addresses().any(|a| IpNet::from(*a) == prefix);
+        self.write_entry(
+            list,
+            prefix,
+            resolved.then(|| PrefixOrigin::new(Origin::Dns)),
+        )
+    }
+
+    /// Sets (`Some`) or removes (`None`) one entry in the kernel maps and the desired policy.
+    /// The maps hold exactly `desired` after every change, so writing what the one entry
+    /// changes keeps them equal: an `exempt add` costs a map write or a few, however many
+    /// entries there are.
+    fn write_entry(
+        &mut self,
+        list: EntryList,
+        prefix: IpNet,
+        value: Option<PrefixOrigin>,
+    ) -> anyhow::Result<()> {
+        let desired = &mut self.desired;
+        self.dataplane
+            .policy_maps()
+            .and_then(|mut maps| match list {
+                EntryList::Relays => maps.set_relay(desired, prefix, value),
+                EntryList::Exemptions => maps.set_exemption(desired, prefix, value),
+            })
+            .inspect_err(|_| self.journal.counters.reconcile_errors += 1)?;
+        Ok(())
+    }
+
+    /// Installs freshly resolved relay addresses (resolved outside the lock).
+    pub fn update_relays(&mut self, resolved: ResolvedRelays) -> anyhow::Result<()> {
+        if resolved != self.resolved {
+            self.resolved = resolved;
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    pub fn resolved(&self) -> &ResolvedRelays {
+        &self.resolved
+    }
+}
