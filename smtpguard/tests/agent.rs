@@ -1117,8 +1117,25 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
             );
         }
     }
-    // Two snapshot intervals later, everything is in the history.
-    thread::sleep(Duration::from_millis(2_500));
+    // Everything is in the history once a snapshot after the traffic has run (every second
+    // here; later under load): wait for the counts to be whole, then check everything.
+    eventually(
+        Duration::from_secs(20),
+        "every attempt in the history",
+        || {
+            let rows = report_rows(&f, &["--since", "1h"]);
+            let attempts = |host: &str| {
+                rows.iter()
+                    .find(|r| r["host"] == host)
+                    .and_then(|r| r["attempts"].as_u64())
+            };
+            attempts("100.64.0.2") == Some(30)
+                && attempts("100.64.0.3") == Some(5)
+                && ipv6_hosts
+                    .iter()
+                    .all(|host| attempts(&host.to_string()) == Some(2))
+        },
+    );
 
     let rows = report_rows(&f, &["--since", "1h"]);
     let summary: Vec<(String, String, u64)> = rows
