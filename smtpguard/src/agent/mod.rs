@@ -324,15 +324,11 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
 
 /// One agent per state folder: a second one is refused, never allowed to share the pins.
 fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating the state folder {}", state_dir.display()))?;
+    // The store's modes (folder 0750, files 0640), whatever the umask: this runs first, and a
+    // folder made here would keep a mode the umask chose.
+    crate::store::create_state_dir(state_dir)?;
     let path = state_dir.join("agent.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
+    let file = crate::store::create_private_file(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
