@@ -11,6 +11,7 @@ mod notify;
 mod reconcile;
 mod server;
 mod state;
+pub mod stream;
 mod verbs;
 
 use std::{
