@@ -541,60 +541,6 @@ fn nasty_input_is_refused_with_clear_errors_and_nothing_is_stored() {
     );
 }
 
-/// A group of this test's own, deleted on drop.
-struct TempGroup {
-    name: String,
-    gid: u32,
-}
-
-impl TempGroup {
-    fn new(tag: &str) -> Self {
-        let name = format!("sg{tag}{}", std::process::id());
-        let _ = Command::new("groupdel").arg(&name).output();
-        let output = Command::new("groupadd").arg(&name).output().unwrap();
-        assert!(
-            output.status.success(),
-            "groupadd {name}: {}",
-            show(&output)
-        );
-        let gid = nix::unistd::Group::from_name(&name)
-            .unwrap()
-            .expect("the new group")
-            .gid
-            .as_raw();
-        Self { name, gid }
-    }
-}
-
-impl Drop for TempGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).output();
-    }
-}
-
-/// The CLI as user nobody, with `groups` as its only supplementary groups.
-fn as_nobody(socket: &Path, groups: Option<u32>, args: &[&str]) -> Output {
-    let mut command = Command::new("timeout");
-    command.args([
-        "-s",
-        "KILL",
-        "15",
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-    ]);
-    match groups {
-        Some(gid) => command.arg(format!("--groups={gid}")),
-        None => command.arg("--clear-groups"),
-    };
-    command
-        .args([BIN, "--socket", socket.to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running setpriv smtpguard")
-}
-
 /// A connection that has had no answer yet (a read would block).
 fn unanswered(stream: &UnixStream) -> bool {
     use nix::sys::socket::{MsgFlags, recv};

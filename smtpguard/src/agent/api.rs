@@ -25,11 +25,11 @@ pub const MAX_CONNECTIONS: usize = 128;
 /// an event may take hours to come), so a client knows it is connected.
 pub const SUBSCRIBED: &str = r#"{"event":"subscribed"}"#;
 /// How long the CLI waits for an answer (`exempt add` includes an fsync and a map update).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the CLI keeps trying while the agent answers "busy".
-const BUSY_RETRY_FOR: Duration = Duration::from_secs(15);
+pub(crate) const BUSY_RETRY_FOR: Duration = Duration::from_secs(15);
 /// Pause between two tries while the agent is busy.
-const BUSY_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const BUSY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
@@ -99,6 +99,28 @@ pub enum Request {
     },
     /// Keeps the connection open and streams events as JSON lines.
     Events {},
+    /// The abuse-desk report of the agent's history, streamed (see [`super::stream`]),
+    /// rendered as `format` (table, json, csv).
+    Report {
+        /// The window, RFC 3339; the CLI turns `--since 7d` into times.
+        from: String,
+        to: String,
+        #[serde(default)]
+        top: Option<usize>,
+        #[serde(default)]
+        min_attempts: u64,
+        #[serde(default)]
+        prefix: Option<String>,
+        /// host, /64, /56 or subscriber-prefix.
+        group: String,
+        /// table, json or csv.
+        format: String,
+        /// Reoffenders instead of hosts.
+        #[serde(default, skip_serializing_if = "is_false")]
+        reoffenders: bool,
+    },
+    /// The ranges to publish on a policy block list.
+    PblExport {},
 }
 
 fn is_false(value: &bool) -> bool {
@@ -148,6 +170,15 @@ impl Request {
             Request::EscalationLift { host } => {
                 input::parse_address("host", host)?;
             }
+            Request::Report {
+                from, to, prefix, ..
+            } => {
+                input::parse_time("from", from)?;
+                input::parse_time("to", to)?;
+                if let Some(prefix) = prefix {
+                    input::parse_prefix("prefix", prefix)?;
+                }
+            }
             Request::ExemptList {}
             | Request::RelayList {}
             | Request::Status {}
@@ -155,7 +186,8 @@ impl Request {
             | Request::Reload { .. }
             | Request::Detach {}
             | Request::EscalationList {}
-            | Request::Events {} => {}
+            | Request::Events {}
+            | Request::PblExport {} => {}
         }
         Ok(())
     }
@@ -369,7 +401,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
 /// Connects, sends `request` and reads the first line back (empty if the agent closed the
 /// connection without one). An agent that answers "busy" closes without reading the request,
 /// so a failed send is only an error when no answer came either.
-fn exchange(
+pub(crate) fn exchange(
     socket: &Path,
     request: &Request,
     timeout: Option<Duration>,

@@ -11,6 +11,7 @@ mod notify;
 mod reconcile;
 mod server;
 mod state;
+pub mod stream;
 mod verbs;
 
 use std::{
@@ -372,16 +373,11 @@ async fn refresh_relays(state: Arc<Mutex<AgentState>>, every: Duration) {
 
 /// One agent per state folder: a second one is refused, never allowed to share the pins.
 fn lock_state_dir(state_dir: &Path) -> anyhow::Result<Flock<File>> {
+    // The store's modes (folder 0750, files 0640), whatever the umask: this runs first, and a
+    // folder made here would keep a mode the umask chose.
     crate::store::create_state_dir(state_dir)?;
     let path = state_dir.join("agent.lock");
-    crate::store::create_state_file(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
+    let file = crate::store::create_private_file(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,

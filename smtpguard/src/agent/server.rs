@@ -118,6 +118,17 @@ async fn serve(
             stream_events(receiver, writer).await;
             return;
         }
+        Ok(request @ Request::Report { .. }) => {
+            let config = state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .report_config();
+            super::stream::serve(writer, move |out| {
+                super::verbs::report::produce(request, &config, out)
+            })
+            .await;
+            return;
+        }
         Ok(request) => {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {

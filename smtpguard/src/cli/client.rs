@@ -24,8 +24,8 @@ pub struct AgentArgs {
     /// file's [agent] socket, else /run/smtpguard/smtpguard.sock)
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
-    /// The configuration file: the policy for `run`, `replay`, `report`, `pbl export`,
-    /// `prepare` and `config check`, and where the other verbs find the agent's socket, e.g.
+    /// The configuration file: the policy for `run`, `replay`, `prepare` and `config check`,
+    /// and where the other verbs find the agent's socket, e.g.
     /// --config /srv/test/smtpguard.toml [default: /etc/smtpguard/smtpguard.toml]
     #[arg(long, global = true, env = CONFIG_ENV)]
     config: Option<PathBuf>,

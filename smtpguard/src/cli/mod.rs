@@ -162,10 +162,10 @@ pub fn run() -> anyhow::Result<()> {
         Command::Status(args) => status::status(&args, agent),
         Command::Check(args) => status::check(&args, agent),
         Command::Audit(args) => status::audit(&args, agent),
-        Command::Report(args) => report::run(&args, agent.needed_config_file()?),
+        Command::Report(args) => report::run(&args, agent),
         Command::Escalations(args) => escalations::escalations(&args, agent),
         Command::Events(args) => escalations::events(&args, agent),
-        Command::Pbl(command) => pbl::run(&command, agent.needed_config_file()?),
+        Command::Pbl(command) => pbl::run(&command, agent),
         Command::Prepare(args) => prepare::run(&args, agent.needed_config_file()?),
         Command::Reload { force } => {
             let body = agent.call(&Request::Reload { force })?;

@@ -1,12 +1,12 @@
-//! `smtpguard pbl export`: the ranges to publish on a policy block list.
-
-use std::path::Path;
+//! `smtpguard pbl export`: the ranges to publish on a policy block list, as the running agent
+//! has them (config and runtime exemptions and relays).
 
 use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::{config::Config, report::pbl, store::Store};
+use super::client::AgentArgs;
+use crate::{agent::api::Request, report::pbl};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum PblFormat {
@@ -21,7 +21,7 @@ pub enum PblFormat {
 pub enum PblCommand {
     /// The subscriber ranges minus exempted and relay ranges: never to send mail directly.
     ///
-    /// Example: smtpguard --config /etc/smtpguard/smtpguard.toml pbl export --format spamhaus
+    /// Example: smtpguard pbl export --format spamhaus
     Export {
         /// plain (CIDR per line) or spamhaus (first - last per line), e.g. -o spamhaus
         #[arg(short = 'o', long, value_enum, default_value_t)]
@@ -29,16 +29,14 @@ pub enum PblCommand {
     },
 }
 
-pub fn run(command: &PblCommand, config_path: &Path) -> anyhow::Result<()> {
+pub fn run(command: &PblCommand, agent: &AgentArgs) -> anyhow::Result<()> {
     let PblCommand::Export { format } = command;
-    let config = Config::load(config_path).context("invalid configuration")?;
-    let store = Store::open(&config.agent.state_dir)?;
-    let mut holes: Vec<IpNet> = config.exemptions.iter().map(|e| e.prefix).collect();
-    holes.extend(config.relays.iter().map(|r| r.prefix));
-    holes.extend(store.exemptions()?.into_iter().map(|e| e.prefix));
-    holes.extend(store.relays()?.into_iter().map(|r| r.prefix));
-    let ranges: Vec<IpNet> = config.subscribers.iter().map(|s| s.prefix).collect();
-    for net in pbl::subtract(&ranges, &holes) {
+    let body = agent.call(&Request::PblExport {})?;
+    for text in body["prefixes"].as_array().into_iter().flatten() {
+        let text = text.as_str().unwrap_or_default();
+        let net: IpNet = text
+            .parse()
+            .with_context(|| format!("the agent listed {text:?}; expected a prefix"))?;
         match format {
             PblFormat::Plain => println!("{net}"),
             PblFormat::Spamhaus => println!("{}", pbl::as_range(&net)),

@@ -1,5 +1,6 @@
-//! `smtpguard report`: the abuse desk's view, read from the agent's history (the agent need
-//! not be running).
+//! `smtpguard report`: the abuse desk's view of the agent's history. The agent builds and
+//! renders it from its own store and streams it over the socket, so the desk needs only the
+//! socket's group, not the state folder.
 
 use std::{
     fs::File,
@@ -9,17 +10,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use clap::Args;
-use ipnet::IpNet;
+use clap::{Args, ValueEnum};
 
+use super::client::{AgentArgs, AgentRefused};
 use crate::{
-    config::Config,
-    input,
-    report::{
-        self, Grouping, ReportOptions,
-        render::{self, ReportFormat},
+    agent::{
+        api::Request,
+        stream::{self, StreamError},
     },
-    store::Store,
+    input,
+    report::{Grouping, render::ReportFormat},
 };
 
 #[derive(Debug, Args)]
@@ -59,59 +59,54 @@ pub struct ReportArgs {
     reoffenders: bool,
 }
 
-pub fn run(args: &ReportArgs, config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path).context("invalid configuration")?;
+pub fn run(args: &ReportArgs, agent: &AgentArgs) -> anyhow::Result<()> {
     let now = SystemTime::now();
     let (from, to) = window(args, now)?;
-    let prefix = args
-        .prefix
-        .as_deref()
-        .map(|text| {
-            text.parse::<IpNet>().with_context(|| {
-                format!("--prefix {text:?} is not a prefix; expected one such as 100.64.0.0/16")
-            })
-        })
-        .transpose()?;
-    let store = Store::open(&config.agent.state_dir)?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    let request = Request::Report {
+        from: humantime::format_rfc3339_millis(from).to_string(),
+        to: humantime::format_rfc3339_millis(to).to_string(),
+        top: args.top,
+        min_attempts: args.min_attempts,
+        prefix: args.prefix.clone(),
+        group: name(args.group),
+        format: name(args.format),
+        reoffenders: args.reoffenders,
     };
-    if args.reoffenders {
-        let events: Vec<_> = store
-            .bot_events(from)?
-            .into_iter()
-            .filter(|e| e.at <= to)
-            .collect();
-        let rows = report::reoffenders(&events, config.report.reoffense_gap, |host| {
-            store.escalations_of(host).unwrap_or_default()
-        });
-        return render::reoffenders(&rows, args.format, &mut out)
-            .and_then(|()| out.flush())
-            .context("writing the report");
+    request.validate(now)?;
+    let socket = agent.socket()?;
+    let Some(path) = &args.output else {
+        return receive(&socket, &request, &mut std::io::stdout().lock());
+    };
+    let mut file =
+        BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let received = receive(&socket, &request, &mut file).and_then(|()| {
+        file.flush()
+            .with_context(|| format!("writing {}", path.display()))
+    });
+    if received.is_err() {
+        // An incomplete report must not pass for a whole one.
+        drop(file);
+        let _ = std::fs::remove_file(path);
     }
-    let history = store.host_intervals(from, to)?;
-    let rows = report::build(
-        &history,
-        &config,
-        &ReportOptions {
-            from,
-            to,
-            top: args.top,
-            min_attempts: args.min_attempts,
-            prefix,
-            group: args.group,
-        },
-    );
-    match args.format {
-        ReportFormat::Table => render::table(&rows, &mut out),
-        ReportFormat::Json => render::json(&rows, &mut out),
-        ReportFormat::Csv => render::csv(&rows, &mut out),
+    received
+}
+
+/// The name a value has on the command line (and on the wire).
+fn name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// Copies the agent's report into `out`; errors keep the kinds that decide the exit code.
+fn receive(socket: &Path, request: &Request, out: &mut dyn Write) -> anyhow::Result<()> {
+    match stream::receive(socket, request, out) {
+        Ok(_) => Ok(()),
+        Err(StreamError::Client(error)) => Err(error.into()),
+        Err(StreamError::Refused { kind, message }) => Err(AgentRefused { kind, message }.into()),
+        Err(error @ StreamError::Output(_)) => Err(error.into()),
     }
-    .and_then(|()| out.flush())
-    .context("writing the report")
 }
 
 fn window(args: &ReportArgs, now: SystemTime) -> anyhow::Result<(SystemTime, SystemTime)> {

@@ -445,6 +445,30 @@ pub fn build(
     options: &ReportOptions,
 ) -> Vec<ReportRow> {
     let ranges = SubscriberRanges::new(config);
+    let summaries = summaries(intervals, &ranges, config, options);
+    rows(&summaries, &ranges, config, options)
+}
+
+/// Like [`build`], but lets the history go once it is summarised, before the rows are made:
+/// the agent building a report for a client never holds both (the history is the larger).
+pub fn build_owned(
+    intervals: Vec<HostInterval>,
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<ReportRow> {
+    let ranges = SubscriberRanges::new(config);
+    let summaries = summaries(&intervals, &ranges, config, options);
+    drop(intervals);
+    rows(&summaries, &ranges, config, options)
+}
+
+/// The groups' figures, in key order.
+fn summaries(
+    intervals: &[HostInterval],
+    ranges: &SubscriberRanges,
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<Summary> {
     let mut keyed: Vec<(IpNet, usize)> = Vec::with_capacity(intervals.len());
     keyed.extend(
         intervals
@@ -453,7 +477,7 @@ pub fn build(
             .filter_map(|(index, interval)| {
                 let host = interval.host_address();
                 let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
-                wanted.then(|| (group_key(host, options.group, &ranges), index))
+                wanted.then(|| (group_key(host, options.group, ranges), index))
             }),
     );
     // Stable: the store hands each snapshot out in address order, and a stable sort merges
@@ -463,9 +487,18 @@ pub fn build(
     // Groups are independent: summarised on every core. Group runs are never
     // split between parts.
     let parts = group_parts(&keyed, parallelism());
-    let summaries: Vec<Summary> = on_threads(&parts, |part| {
+    on_threads(&parts, |part| {
         summarize_runs(part, intervals, config, options.min_attempts)
-    });
+    })
+}
+
+/// The rows of `summaries`, most attempts first.
+fn rows(
+    summaries: &[Summary],
+    ranges: &SubscriberRanges,
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<ReportRow> {
     // The summaries are in key order, so a stable sort of their indices by attempts alone
     // gives "most attempts first, then by address" without comparing addresses.
     let mut order: Vec<(Reverse<u64>, usize)> = summaries
@@ -477,7 +510,7 @@ pub fn build(
     order.truncate(options.top.unwrap_or(usize::MAX));
     let maker = RowMaker {
         config,
-        ranges: &ranges,
+        ranges,
         grouping: options.group,
     };
     order

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use comfy_table::{CellAlignment, Table, presets::NOTHING};
+use comfy_table::{Table, presets::NOTHING};
 
 use super::{Reoffender, ReportRow};
 
@@ -41,46 +41,98 @@ fn time(value: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(value).to_string()
 }
 
+/// The report in `format`: what `smtpguard report` prints, written as it is formed.
+pub fn report(
+    rows: &[ReportRow],
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    match format {
+        ReportFormat::Table => table(rows, out),
+        ReportFormat::Json => json(rows, out),
+        ReportFormat::Csv => csv(rows, out),
+    }?;
+    out.flush()
+}
+
+/// The table's columns: heading, and whether the cells are right-aligned (numbers).
+const COLUMNS: [(&str, bool); 12] = [
+    ("HOST", false),
+    ("SUBSCRIBER RANGE", false),
+    ("MODE", false),
+    ("ATTEMPTS", true),
+    ("PEAK/MIN", true),
+    ("AVG/MIN", true),
+    ("DESTINATIONS", true),
+    ("DROPPED", true),
+    ("FIRST SEEN", false),
+    ("LAST SEEN", false),
+    ("CLASS", false),
+    ("WHY", false),
+];
+
+/// Writes `row`'s cell of `column` into `cell`.
+fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
+    use std::fmt::Write as _;
+    let _ = match column {
+        0 => write!(cell, "{}", row.host),
+        1 => match &row.subscriber_prefix {
+            Some(prefix) => write!(cell, "{prefix}"),
+            None => Ok(()),
+        },
+        2 => write!(cell, "{}", row.judged_mode),
+        3 => write!(cell, "{}", row.attempts),
+        4 => write!(cell, "{:.1}", row.attempts_per_minute_peak),
+        5 => write!(cell, "{:.1}", row.attempts_per_minute_avg),
+        6 => write!(cell, "{}", row.distinct()),
+        7 => write!(cell, "{}", row.dropped),
+        8 => write!(
+            cell,
+            "{}",
+            humantime::format_rfc3339_seconds(row.first_seen)
+        ),
+        9 => write!(cell, "{}", humantime::format_rfc3339_seconds(row.last_seen)),
+        10 => write!(cell, "{}", row.class.name()),
+        _ => write!(cell, "{}", row.class_reason),
+    };
+}
+
+/// An aligned table in two passes over the rows, the column widths first: each cell is formed
+/// in one reused buffer, so a table of a million rows is never held as text (the agent streams
+/// it to the CLI as it is written).
 pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
-    let mut table = Table::new();
-    table.load_preset(NOTHING).set_header(vec![
-        "HOST",
-        "SUBSCRIBER RANGE",
-        "MODE",
-        "ATTEMPTS",
-        "PEAK/MIN",
-        "AVG/MIN",
-        "DESTINATIONS",
-        "DROPPED",
-        "FIRST SEEN",
-        "LAST SEEN",
-        "CLASS",
-        "WHY",
-    ]);
+    let mut widths = COLUMNS.map(|(heading, _)| heading.len());
+    let mut cell = String::new();
     for row in rows {
-        table.add_row(vec![
-            row.host.to_string(),
-            row.subscriber_prefix
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            row.judged_mode.to_string(),
-            row.attempts.to_string(),
-            format!("{:.1}", row.attempts_per_minute_peak),
-            format!("{:.1}", row.attempts_per_minute_avg),
-            row.distinct().to_string(),
-            row.dropped.to_string(),
-            time(row.first_seen),
-            time(row.last_seen),
-            row.class.name().to_owned(),
-            row.class_reason.to_string(),
-        ]);
-    }
-    for column in [3, 4, 5, 6, 7] {
-        if let Some(column) = table.column_mut(column) {
-            column.set_cell_alignment(CellAlignment::Right);
+        for (column, width) in widths.iter_mut().enumerate() {
+            cell.clear();
+            cell_text(&mut cell, row, column);
+            *width = (*width).max(cell.chars().count());
         }
     }
-    writeln!(out, "{table}")?;
+    let mut line = String::new();
+    let mut emit = |out: &mut dyn Write, cells: &mut dyn FnMut(usize, &mut String)| {
+        line.clear();
+        for (column, (width, (_, right))) in widths.iter().zip(COLUMNS).enumerate() {
+            cell.clear();
+            cells(column, &mut cell);
+            let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+            line.push(' ');
+            if right {
+                line.push_str(&pad);
+                line.push_str(&cell);
+            } else {
+                line.push_str(&cell);
+                line.push_str(&pad);
+            }
+            line.push(' ');
+        }
+        writeln!(out, "{}", line.trim_end())
+    };
+    emit(out, &mut |column, cell| cell.push_str(COLUMNS[column].0))?;
+    for row in rows {
+        emit(out, &mut |column, cell| cell_text(cell, row, column))?;
+    }
     writeln!(out, "{} rows", rows.len())
 }
 

@@ -55,11 +55,13 @@ pub const SYSTEM_WHO: &str = "smtpguard";
 /// [`StoreError::Locked`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The mode of a state directory that [`Store::open`] creates.
+/// The mode of a state directory that [`Store::open`] creates: the agent's user writes, its
+/// group (an admin group) may look; others may not even list it, since the history in it is
+/// per-subscriber abuse data.
 const STATE_DIR_MODE: u32 = 0o750;
-/// Mode of the files the agent makes in the state folder: the group (`socket_group`'s
-/// operators, backups) may read them, nobody else. SQLite gives the -wal and -shm files the
-/// database's mode.
+
+/// The mode of the files the agent creates in the state directory (the database, and through
+/// SQLite, which gives its journal files the database's mode, `-wal` and `-shm`; the lock).
 pub const STATE_FILE_MODE: u32 = 0o640;
 
 /// The latest time the store can hold (the last millisecond of year 9999), so that every stored
@@ -211,8 +213,11 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    /// A new database file cannot be made (with its mode) in the state folder.
-    #[error("cannot create the exemption store {}: {source}", .path.display())]
+    /// The database file could not be created with the state files' mode.
+    #[error(
+        "cannot create the exemption store {} (mode 0640); expected a writable state folder",
+        .path.display()
+    )]
     CreateFile {
         path: PathBuf,
         #[source]
@@ -395,12 +400,12 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         create_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE_NAME);
-        if !path.exists() {
-            create_state_file(&path).map_err(|source| StoreError::CreateFile {
-                path: path.clone(),
-                source,
-            })?;
-        }
+        // SQLite would create the file 0644 less the umask; made here first, it gets exactly
+        // STATE_FILE_MODE, and SQLite gives the `-wal` and `-shm` files the same mode.
+        create_private_file(&path).map_err(|source| StoreError::CreateFile {
+            path: path.clone(),
+            source,
+        })?;
         let conn = Connection::open(&path).map_err(sql(&path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(&path))?;
         let mut store = Store { conn, path };
@@ -554,23 +559,31 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
-/// Makes `path` an empty file of mode [`STATE_FILE_MODE`] whatever the umask, unless it
-/// exists (an existing file keeps the mode someone gave it).
-pub fn create_state_file(path: &Path) -> std::io::Result<()> {
+/// Opens `path` for reading and writing, creating it with exactly [`STATE_FILE_MODE`] whatever
+/// the umask if it does not exist. An existing file keeps its mode: an operator's choice.
+pub fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    match fs::OpenOptions::new()
+    match fs::File::options()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(STATE_FILE_MODE)
         .open(path)
     {
-        Ok(file) => file.set_permissions(fs::Permissions::from_mode(STATE_FILE_MODE)),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(file) => {
+            // The umask may have taken bits away (0077 takes the group's read).
+            file.set_permissions(fs::Permissions::from_mode(STATE_FILE_MODE))?;
+            Ok(file)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::File::options().read(true).write(true).open(path)
+        }
         Err(error) => Err(error),
     }
 }
 
-/// Makes `state_dir` (and its parents) with mode 0750 whatever the umask, unless it exists.
+/// Creates `state_dir` with exactly mode 0750 (whatever the umask) if it is missing; an
+/// existing folder keeps its mode.
 pub fn create_state_dir(state_dir: &Path) -> Result<(), StoreError> {
     if state_dir.is_dir() {
         return Ok(());
@@ -887,6 +900,12 @@ mod tests {
         assert_eq!(mode, 0o750, "state dir mode {mode:o}");
         assert_eq!(store.path(), state.join(DB_FILE_NAME));
         assert!(state.join(DB_FILE_NAME).is_file());
+        // The database and SQLite's WAL and shared-memory files: private to the agent's user
+        // and group (the test runs with the umask of its shell, usually 0022).
+        for name in ["smtpguard.db", "smtpguard.db-wal", "smtpguard.db-shm"] {
+            let mode = fs::metadata(state.join(name)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, STATE_FILE_MODE, "{name} mode {mode:o}");
+        }
 
         let pragma = |name: &str| -> String {
             store

@@ -518,3 +518,57 @@ pub fn with_metrics_port(config: &str, port: u16) -> String {
         &format!("metrics_listen = \"127.0.0.1:{port}\""),
     )
 }
+
+/// A group of this test's own, deleted on drop.
+pub struct TempGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl TempGroup {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("sg{tag}{}", std::process::id());
+        let _ = Command::new("groupdel").arg(&name).output();
+        let output = Command::new("groupadd").arg(&name).output().unwrap();
+        assert!(
+            output.status.success(),
+            "groupadd {name}: {}",
+            show(&output)
+        );
+        let gid = nix::unistd::Group::from_name(&name)
+            .unwrap()
+            .expect("the new group")
+            .gid
+            .as_raw();
+        Self { name, gid }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+/// The CLI as user nobody, with `groups` as its only supplementary groups.
+pub fn as_nobody(socket: &Path, groups: Option<u32>, args: &[&str]) -> Output {
+    let mut command = Command::new("timeout");
+    command.args([
+        "-s",
+        "KILL",
+        "15",
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+    ]);
+    match groups {
+        Some(gid) => command.arg(format!("--groups={gid}")),
+        None => command.arg("--clear-groups"),
+    };
+    command
+        .args([BIN, "--socket", socket.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running setpriv smtpguard")
+}

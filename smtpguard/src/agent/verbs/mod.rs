@@ -7,8 +7,10 @@ mod check;
 mod detach;
 mod escalations;
 mod exempt;
+mod pbl;
 mod relay;
 mod reload;
+pub(super) mod report;
 mod status;
 
 use std::time::SystemTime;
@@ -118,6 +120,12 @@ impl AgentState {
                 "events are streamed by the socket server",
             )),
             Request::Detach {} => self.detach(who),
+            Request::PblExport {} => self.pbl_export(),
+            // Streamed by the server (see `report::produce`), never answered here.
+            Request::Report { .. } => Err(Failure::new(
+                ErrorKind::BadRequest,
+                "reports are streamed by the socket server",
+            )),
         };
         match outcome {
             Ok(body) => Response::Ok { body },
