@@ -53,3 +53,52 @@ fn rules_name_only_metrics_the_agent_exports() {
         "the rules name metrics the agent does not export: {unknown:?}; exported: {exported:?}"
     );
 }
+
+/// GitHub's anchor for a Markdown heading: lower case, spaces to hyphens, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_in_the_operations_guide() {
+    const GUIDE: &str = "file:///usr/share/doc/smtpguard/operations.md#";
+    let rules = std::fs::read_to_string(folder().join("smtpguard.rules.yml")).unwrap();
+    let guide = std::fs::read_to_string(folder().join("../../docs/operations.md")).unwrap();
+    let sections: BTreeSet<String> = guide
+        .lines()
+        .filter(|line| line.starts_with("## ") || line.starts_with("### "))
+        .map(anchor)
+        .collect();
+    let alerts = rules.matches("- alert: ").count();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("runbook_url: "))
+        .map(|url| url.trim_matches('"'))
+        .collect();
+    assert_eq!(
+        runbooks.len(),
+        alerts,
+        "observed {} runbook_url annotations for {alerts} alerts, expected one each",
+        runbooks.len()
+    );
+    for url in runbooks {
+        let section = url.strip_prefix(GUIDE).unwrap_or_else(|| {
+            panic!("runbook_url {url:?}: expected the installed guide, {GUIDE}SECTION")
+        });
+        assert!(
+            sections.contains(section),
+            "runbook_url {url:?}: docs/operations.md has no section {section:?}; it has \
+             {sections:?}"
+        );
+    }
+}
