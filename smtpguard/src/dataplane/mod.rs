@@ -253,11 +253,23 @@ impl Dataplane {
             }
         })?;
         let link_type = interfaces::link_type(interface)?;
-        let effective = attach.for_link_type(link_type);
+        let mut effective = attach.for_link_type(link_type);
         if !matches!(effective, Attach::Xdp(_)) {
             ensure_clsact(interface)?;
         }
-        let outcome = pins::attach(&mut self.ebpf, layout, interface, effective, ifindex)?;
+        let outcome = match pins::attach(&mut self.ebpf, layout, interface, effective, ifindex) {
+            // Virtual devices such as VXLAN, Geneve, bridges and VLAN devices have no XDP in
+            // their driver; refusing to start would leave their traffic unfiltered, and
+            // generic XDP runs after GRO anyway: the TC entry point sees the same packets.
+            Err(error)
+                if matches!(effective, Attach::Xdp(XdpMode::Driver)) && no_native_xdp(&error) =>
+            {
+                effective = Attach::Tc;
+                ensure_clsact(interface)?;
+                pins::attach(&mut self.ebpf, layout, interface, effective, ifindex)?
+            }
+            attached => attached?,
+        };
         Ok(Attached {
             outcome,
             attach: effective,
@@ -549,6 +561,21 @@ fn program_error(
         program,
         source,
     }
+}
+
+/// Whether attaching failed because the device's driver has no XDP of its own
+/// (`dev_xdp_attach`: EOPNOTSUPP for XDP_FLAGS_DRV_MODE without `ndo_bpf`).
+fn no_native_xdp(error: &DataplaneError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EOPNOTSUPP)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 fn attach_error(program: &'static str, interface: &str, source: ProgramError) -> DataplaneError {

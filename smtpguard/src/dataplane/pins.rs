@@ -209,14 +209,19 @@ pub struct Attached {
 impl Attached {
     /// Why the attachment differs from what was asked, or `None` when it does not.
     pub fn note(&self) -> Option<String> {
-        (self.attach != self.requested).then(|| {
-            format!(
-                "no Ethernet header (link type {}): {} at TC ingress instead of {}",
-                link_type_name(self.link_type),
-                self.attach.program(),
-                self.requested.kind()
-            )
-        })
+        let why = match self.attach {
+            _ if self.attach == self.requested => return None,
+            Attach::TcL3 => format!(
+                "no Ethernet header (link type {})",
+                link_type_name(self.link_type)
+            ),
+            _ => "its driver has no native XDP".to_owned(),
+        };
+        Some(format!(
+            "{why}: {} at TC ingress instead of {}",
+            self.attach.program(),
+            self.requested.kind()
+        ))
     }
 }
 
