@@ -268,6 +268,90 @@ mod tests {
         assert!(parses(&["exempt", "list", "-o", "csv"]));
     }
 
+    /// The words of a command line as a shell splits them (double quotes only: the guides use
+    /// no other quoting).
+    fn words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let (mut word, mut quoted, mut any) = (String::new(), false, false);
+        for c in line.chars() {
+            match c {
+                '"' => (quoted, any) = (!quoted, true),
+                c if c.is_whitespace() && !quoted => {
+                    if any {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    any = false;
+                }
+                c => (any, word) = (true, word + &c.to_string()),
+            }
+        }
+        if any {
+            words.push(word);
+        }
+        words
+    }
+
+    /// Every complete `smtpguard ...` command the operations guide and the README show, at a
+    /// prompt in a code block or in a code span, parses as the CLI defines it: a renamed verb
+    /// or flag cannot leave the guides behind. Synopses (`PREFIX`, `[--port P]`, `...`) are
+    /// left out; they are not commands to run.
+    #[test]
+    fn the_commands_in_the_guides_parse() {
+        let mut commands = Vec::new();
+        for (name, text) in [
+            (
+                "docs/operations.md",
+                include_str!("../../../docs/operations.md"),
+            ),
+            ("README.md", include_str!("../../../README.md")),
+        ] {
+            // Commands at a prompt, and code spans (which may wrap across lines: a span is
+            // every other piece between backticks of the whole text).
+            let prompted = text
+                .lines()
+                .filter_map(|line| line.trim_start().strip_prefix("$ "))
+                .map(str::to_owned);
+            let spans = text
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|span| span.split_whitespace().collect::<Vec<_>>().join(" "));
+            for candidate in prompted.chain(spans) {
+                let Some(args) = candidate.strip_prefix("smtpguard ") else {
+                    continue;
+                };
+                let synopsis = args.contains("...")
+                    || args.contains('[')
+                    || args.contains('|')
+                    || args.split_whitespace().any(|w| {
+                        w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    });
+                if !synopsis {
+                    commands.push((name, args.to_owned()));
+                }
+            }
+        }
+        assert!(
+            commands.len() >= 25,
+            "found only {} commands in the guides: {commands:?}",
+            commands.len()
+        );
+        let refused: Vec<String> = commands
+            .iter()
+            .filter_map(|(at, args)| {
+                let argv = std::iter::once("smtpguard".to_owned()).chain(words(args));
+                Cli::try_parse_from(argv)
+                    .err()
+                    .map(|error| format!("{at}: smtpguard {args}: {}", error.kind()))
+            })
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "commands in the guides the CLI refuses:\n  {}",
+            refused.join("\n  ")
+        );
+    }
+
     #[test]
     fn list_and_remove_have_their_aliases() {
         for verb in ["exempt", "relay"] {
