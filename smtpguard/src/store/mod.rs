@@ -401,11 +401,15 @@ impl Store {
         create_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE_NAME);
         // SQLite would create the file 0644 less the umask; made here first, it gets exactly
-        // STATE_FILE_MODE, and SQLite gives the `-wal` and `-shm` files the same mode.
-        create_private_file(&path).map_err(|source| StoreError::CreateFile {
-            path: path.clone(),
-            source,
-        })?;
+        // STATE_FILE_MODE, and SQLite gives the `-wal` and `-shm` files the same mode. An
+        // existing path is left to SQLite, which names what is wrong with it (a folder, a
+        // read-only file it opens read-only).
+        if !path.exists() {
+            create_private_file(&path).map_err(|source| StoreError::CreateFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let conn = Connection::open(&path).map_err(sql(&path))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(&path))?;
         let mut store = Store { conn, path };
