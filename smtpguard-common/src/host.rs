@@ -52,6 +52,85 @@ impl HostKey {
     }
 }
 
+/// How much of a source address is one host, per family. A subscriber is given one IPv4
+/// address (a NATed home is one host) but a whole IPv6 prefix, a /64 or a /56, and may use
+/// any address inside it: keyed by the full address, a bot rotating addresses inside its /64
+/// would start its counts over with each one and fill the host table. The masks are the
+/// address bytes of the prefix, as native words: ANDed with the address read the same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMask {
+    pub v6: [u64; 2],
+    pub v4: u32,
+    /// Always zero.
+    pub reserved: u32,
+}
+
+impl HostMask {
+    /// A host is an IPv4 address, and an IPv6 /64.
+    pub const DEFAULT_V4_PREFIX: u8 = 32;
+    pub const DEFAULT_V6_PREFIX: u8 = 64;
+
+    /// The masks of an IPv4 prefix length (at most 32) and an IPv6 one (at most 128).
+    pub const fn new(v4_prefix: u8, v6_prefix: u8) -> Self {
+        let v4 = prefix_bytes::<4>(v4_prefix);
+        let v6 = prefix_bytes::<16>(v6_prefix);
+        let (mut high, mut low) = ([0u8; 8], [0u8; 8]);
+        let mut i = 0;
+        while i < 8 {
+            high[i] = v6[i];
+            low[i] = v6[i + 8];
+            i += 1;
+        }
+        Self {
+            v6: [u64::from_ne_bytes(high), u64::from_ne_bytes(low)],
+            v4: u32::from_ne_bytes(v4),
+            reserved: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn key_v4(&self, addr: [u8; 4]) -> HostKey {
+        HostKey::from_v4((u32::from_ne_bytes(addr) & self.v4).to_ne_bytes())
+    }
+
+    #[inline(always)]
+    pub const fn key_v6(&self, addr: [u8; 16]) -> HostKey {
+        // SAFETY: `[u8; 16]` and `[u64; 2]` have the same size and every bit pattern is valid.
+        let words = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(addr) };
+        let masked = [words[0] & self.v6[0], words[1] & self.v6[1]];
+        // SAFETY: as above.
+        HostKey::from_v6(unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(masked) })
+    }
+
+    /// The key of the host `addr` belongs to.
+    #[cfg(any(feature = "user", test))]
+    pub fn key(&self, addr: core::net::IpAddr) -> HostKey {
+        match addr {
+            core::net::IpAddr::V4(v4) => self.key_v4(v4.octets()),
+            core::net::IpAddr::V6(v6) => self.key_v6(v6.octets()),
+        }
+    }
+}
+
+/// The first `prefix` bits of `N` bytes set.
+const fn prefix_bytes<const N: usize>(prefix: u8) -> [u8; N] {
+    let mut bytes = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let bits = prefix as i32 - 8 * i as i32;
+        bytes[i] = if bits >= 8 {
+            0xff
+        } else if bits <= 0 {
+            0
+        } else {
+            0xff << (8 - bits)
+        };
+        i += 1;
+    }
+    bytes
+}
+
 /// `::ffff:a.b.c.d`, the IPv4-mapped IPv6 form used for IPv4 keys and destinations.
 #[inline(always)]
 pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
@@ -165,6 +244,7 @@ impl HostStats {
 mod pod {
     // SAFETY: `#[repr(C)]` integers and byte arrays without implicit padding (layout tests below).
     unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::HostMask {}
     unsafe impl aya::Pod for super::HostStats {}
 }
 
@@ -181,6 +261,11 @@ mod tests {
         assert_eq!(offset_of!(HostKey, addr), 0);
         assert_eq!(offset_of!(HostKey, family), 16);
         assert_eq!(offset_of!(HostKey, reserved), 20);
+        assert_eq!(size_of::<HostMask>(), 24);
+        assert_eq!(align_of::<HostMask>(), 8);
+        assert_eq!(offset_of!(HostMask, v6), 0);
+        assert_eq!(offset_of!(HostMask, v4), 16);
+        assert_eq!(offset_of!(HostMask, reserved), 20);
         assert_eq!(size_of::<HostStats>(), 144);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
@@ -211,6 +296,35 @@ mod tests {
         // What user space writes for a new entry is never a class, whatever the generation.
         assert_eq!(CachedClass(0).get(0), None);
         assert_eq!(CachedClass(4 << 32).get(0), None);
+    }
+
+    #[test]
+    fn a_host_is_its_prefix() {
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        let default = HostMask::new(HostMask::DEFAULT_V4_PREFIX, HostMask::DEFAULT_V6_PREFIX);
+        let host = default.key(ip("2001:db8:1:2:a:b:c:d"));
+        assert_eq!(host.address(), ip("2001:db8:1:2::"));
+        assert_eq!(host, default.key(ip("2001:db8:1:2:ffff::1")));
+        assert_ne!(host, default.key(ip("2001:db8:1:3::")));
+        assert_eq!(default.key(ip("100.64.1.2")).address(), ip("100.64.1.2"));
+        // Lengths that are not a whole byte, and the extremes.
+        let odd = HostMask::new(30, 60);
+        assert_eq!(odd.key(ip("100.64.1.7")).address(), ip("100.64.1.4"));
+        assert_eq!(
+            odd.key(ip("2001:db8:1:ffff::")).address(),
+            ip("2001:db8:1:fff0::")
+        );
+        let full = HostMask::new(32, 128);
+        assert_eq!(full.key(ip("2001:db8::1")).address(), ip("2001:db8::1"));
+        assert_eq!(
+            HostMask::new(0, 0).key(ip("2001:db8::1")).address(),
+            ip("::")
+        );
+        // An IPv4 host stays apart from the IPv6 host of its mapped form.
+        assert_ne!(
+            default.key(ip("100.64.1.2")),
+            default.key(ip("::ffff:100.64.1.2"))
+        );
     }
 
     #[test]

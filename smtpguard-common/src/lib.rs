@@ -10,7 +10,7 @@ pub mod policy;
 pub mod reason;
 pub mod sketch;
 
-pub use host::{CachedClass, HostKey, HostStats, SourceClass};
+pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
 pub use policy::{
     EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, RelayFilter, SourcePolicy,
     SubscriberPolicy, UnparseableAction,

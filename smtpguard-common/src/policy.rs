@@ -1,6 +1,6 @@
 //! Policy values the kernel looks up: what a subscriber range does, which ports are enforced.
 
-use crate::maps::MAX_PORTS;
+use crate::{host::HostMask, maps::MAX_PORTS};
 
 /// What happens to enforced-port traffic from a subscriber range.
 #[repr(u32)]
@@ -183,16 +183,19 @@ pub struct EnforcementConfig {
     /// enforced, which settles almost every segment of the fast path with one test instead
     /// of a scan of the list.
     pub port_filter: u64,
+    /// What one host of the statistics and the escalations is.
+    pub host_mask: HostMask,
 }
 
 impl EnforcementConfig {
     /// Builds the entry; `ports` beyond [`MAX_PORTS`] are ignored (the config rejects them first).
-    pub fn new(ports: &[u16], unparseable: UnparseableAction) -> Self {
+    pub fn new(ports: &[u16], unparseable: UnparseableAction, host_mask: HostMask) -> Self {
         let mut entry = Self {
             ports: [0; MAX_PORTS],
             port_count: 0,
             unparseable: unparseable as u32,
             port_filter: 0,
+            host_mask,
         };
         for (slot, port) in entry.ports.iter_mut().zip(ports) {
             *slot = *port;
@@ -247,6 +250,8 @@ mod tests {
 
     use super::*;
 
+    const HOSTS: HostMask = HostMask::new(32, 64);
+
     #[test]
     fn layouts() {
         assert_eq!(size_of::<SubscriberPolicy>(), 8);
@@ -263,7 +268,8 @@ mod tests {
         assert_eq!(offset_of!(RelayFilter, v4), 0);
         assert_eq!(offset_of!(RelayFilter, v6), 8);
         assert_eq!(offset_of!(HostOverride, mode), 0);
-        assert_eq!(size_of::<EnforcementConfig>(), 32);
+        assert_eq!(size_of::<EnforcementConfig>(), 56);
+        assert_eq!(offset_of!(EnforcementConfig, host_mask), 32);
         assert_eq!(offset_of!(EnforcementConfig, ports), 0);
         assert_eq!(offset_of!(EnforcementConfig, port_count), 16);
         assert_eq!(offset_of!(EnforcementConfig, unparseable), 20);
@@ -273,7 +279,7 @@ mod tests {
 
     #[test]
     fn enforces_only_listed_ports() {
-        let config = EnforcementConfig::new(&[25, 2525], UnparseableAction::Drop);
+        let config = EnforcementConfig::new(&[25, 2525], UnparseableAction::Drop, HOSTS);
         assert!(config.enforces(25));
         assert!(config.enforces(2525));
         assert!(!config.enforces(587));
@@ -307,7 +313,7 @@ mod tests {
     #[test]
     fn ports_sharing_a_filter_bit_are_told_apart() {
         // 25 and 89 (25 + 64) share a bit: the list decides.
-        let config = EnforcementConfig::new(&[25], UnparseableAction::Drop);
+        let config = EnforcementConfig::new(&[25], UnparseableAction::Drop, HOSTS);
         assert_eq!(config.port_filter, 1 << 25);
         assert!(config.enforces(25));
         assert!(!config.enforces(89));
@@ -317,7 +323,7 @@ mod tests {
     #[test]
     fn all_eight_slots_are_scanned() {
         let ports = [1, 2, 3, 4, 5, 6, 7, 25];
-        let config = EnforcementConfig::new(&ports, UnparseableAction::Pass);
+        let config = EnforcementConfig::new(&ports, UnparseableAction::Pass, HOSTS);
         assert_eq!(config.port_count, 8);
         assert!(config.enforces(25));
         assert!(!config.drops_unparseable());
@@ -339,6 +345,7 @@ mod tests {
             port_count: 1,
             unparseable: 7,
             port_filter: filter_bit(25),
+            host_mask: HostMask::new(32, 64),
         };
         assert!(config.drops_unparseable());
     }

@@ -76,8 +76,8 @@ pub fn decide(packet: &Packet) -> Decision {
     // anyway: while the policy is unchanged, the source trie is not walked again.
     let generation = POLICY_GENERATION.get(0).copied().unwrap_or(0);
     let key = match packet.addresses {
-        Addresses::V4 { src, .. } => HostKey::from_v4(src),
-        Addresses::V6 { src, .. } => HostKey::from_v6(src),
+        Addresses::V4 { src, .. } => config.host_mask.key_v4(src),
+        Addresses::V6 { src, .. } => config.host_mask.key_v6(src),
     };
     let stats = HOST_STATS.get_ptr_mut(key);
     // SAFETY: a pointer into the map value, valid for this program run; one aligned word.

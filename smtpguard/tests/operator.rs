@@ -10,6 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
+use smtpguard_tests::lab::addr;
 
 mod harness;
 
@@ -286,6 +287,43 @@ fn bare_addresses_dates_and_aliases_through_the_agent() {
         "no longer exempt: 100.64.0.2/32\n"
     );
     f.assert_blocked("after `exempt del 100.64.0.2`");
+
+    // An IPv6 host is its /64: a bare address exempts the subscriber's whole prefix, and a
+    // prefix inside one host is refused with the host to exempt instead.
+    let (v6, mx6) = (ip(addr::SUBSCRIBER_V6), ip(addr::MX_V6));
+    assert!(!attempt_from(&f, v6, mx6, BLOCKED), "{v6} is blocked");
+    let added = f.ok(&[
+        "exempt",
+        "add",
+        addr::SUBSCRIBER_V6,
+        "--reason",
+        "bare IPv6",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout),
+        "exempt: 2001:db8:1000::/64\n"
+    );
+    assert!(
+        attempt_from(&f, v6, mx6, OPEN),
+        "{v6} delivers once its /64 is exempt"
+    );
+    f.ok(&["exempt", "rm", addr::SUBSCRIBER_V6]);
+    assert_fails(
+        &f.cli(&[
+            "exempt",
+            "add",
+            "2001:db8:1000::2/128",
+            "--reason",
+            "one address",
+        ]),
+        1,
+        &[
+            "2001:db8:1000::2/128 is longer than one host, a /64",
+            "such as 2001:db8:1000::/64",
+        ],
+        "exempt add of an address inside a /64 host",
+    );
+    assert!(!attempt_from(&f, v6, mx6, BLOCKED), "{v6} is blocked again");
 
     f.ok(&["relay", "add", "192.0.2.26"]);
     let relays = f.json(&["relay", "ls", "-o", "json"]);

@@ -198,7 +198,8 @@ fn the_abuse_desk_needs_only_the_socket() {
         [
             ("100.64.1.2", "bot", 30),
             ("100.64.2.2", "misconfigured-client", 8),
-            ("2001:db8:1001::2", "low", 2)
+            // Kept as one address, reported as the host it belongs to.
+            ("2001:db8:1001::/64", "low", 2)
         ],
         "{rows:#}"
     );

@@ -25,7 +25,6 @@ pub const HOST_CAPACITY: u32 = 65_536;
 pub struct Harness {
     dataplane: Dataplane,
     pub model: Model,
-    escalated: BTreeSet<IpAddr>,
     /// How often each reason occurred (in frames, whichever entry point).
     pub coverage: [u64; REASON_COUNT as usize],
 }
@@ -59,11 +58,11 @@ impl Harness {
             relays: Vec::new(),
             exemptions: Vec::new(),
             escalated: Default::default(),
+            host_prefixes: (32, 128),
         };
         Self {
             dataplane,
             model: Model::new(empty),
-            escalated: BTreeSet::new(),
             coverage: [0; REASON_COUNT as usize],
         }
     }
@@ -71,8 +70,7 @@ impl Harness {
     /// Replaces the policy in the kernel maps (by reconcile, as the agent does) and in the
     /// model. Counters and host statistics carry on in both.
     pub fn install(&mut self, desired: &DesiredPolicy, escalated: &BTreeSet<IpAddr>) {
-        install_policy(&mut self.dataplane, desired, &self.escalated, escalated);
-        self.escalated = escalated.clone();
+        install_policy(&mut self.dataplane, desired, escalated);
         self.model.policy = ModelPolicy::from_desired(desired, escalated.iter().copied().collect());
     }
 
@@ -180,27 +178,20 @@ impl Harness {
 }
 
 /// Writes `desired` into the program's policy maps (by reconcile, as the agent does) and
-/// moves the escalations (the HOST_OVERRIDES map) from `before` to `after`.
+/// makes the escalations (the HOST_OVERRIDES map) `escalated`.
 pub fn install_policy(
     dataplane: &mut Dataplane,
     desired: &DesiredPolicy,
-    before: &BTreeSet<IpAddr>,
-    after: &BTreeSet<IpAddr>,
+    escalated: &BTreeSet<IpAddr>,
 ) {
     dataplane
         .policy_maps()
         .and_then(|mut maps| maps.reconcile(desired))
         .unwrap_or_else(|e| panic!("writing the policy: {e}"));
-    for host in before.difference(after) {
-        dataplane
-            .remove_override(*host)
-            .unwrap_or_else(|e| panic!("ending the escalation of {host}: {e}"));
-    }
-    for host in after.difference(before) {
-        dataplane
-            .set_override(*host)
-            .unwrap_or_else(|e| panic!("escalating {host}: {e}"));
-    }
+    let hosts: Vec<IpAddr> = escalated.iter().copied().collect();
+    dataplane
+        .sync_overrides(&hosts)
+        .unwrap_or_else(|e| panic!("escalating {hosts:?}: {e}"));
 }
 
 impl Default for Harness {

@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use smtpguard::policy::DesiredPolicy;
 use smtpguard_common::{
-    EnforcementConfig, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
+    EnforcementConfig, HostMask, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
 };
 
 use crate::frames::{
@@ -179,6 +179,10 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
         for _ in 0..2 {
             let host = host_in(rng, *range);
             sources.push(host);
+            if range.prefix_len() <= HostMask::DEFAULT_V6_PREFIX && host.is_ipv6() {
+                // Another address of the same /64: one host where hosts are /64s.
+                sources.push(host_in(rng, prefix(host, HostMask::DEFAULT_V6_PREFIX)));
+            }
             if *mode == Mode::Monitor && rng.random_bool(0.3) {
                 escalated.insert(host);
             }
@@ -192,7 +196,11 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
     }
     GeneratedPolicy {
         desired: DesiredPolicy {
-            enforcement: EnforcementConfig::new(&ports, unparseable),
+            enforcement: EnforcementConfig::new(
+                &ports,
+                unparseable,
+                whole_hosts(subscribers.keys().chain(exemptions.keys())),
+            ),
             subscribers: (0..)
                 .zip(subscribers)
                 .map(|(rule, (range, mode))| (range, SubscriberPolicy::new(mode, rule)))
@@ -204,6 +212,18 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
         sources,
         destinations,
     }
+}
+
+/// Hosts as the configuration allows them for `sources` (the subscriber ranges and the
+/// exemptions), which may not split a host: an IPv6 host is its /64 unless a longer source
+/// prefix asks for longer hosts; an IPv4 host is its address.
+pub fn whole_hosts<'a>(sources: impl Iterator<Item = &'a IpNet>) -> HostMask {
+    let longest_v6 = sources
+        .filter(|prefix| matches!(prefix, IpNet::V6(_)))
+        .map(IpNet::prefix_len)
+        .max()
+        .unwrap_or(0);
+    HostMask::new(32, longest_v6.max(HostMask::DEFAULT_V6_PREFIX))
 }
 
 fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {

@@ -352,16 +352,15 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
         elapsed: Duration::ZERO,
     };
     let mut rng = generate::rng(config.seed);
-    let mut escalated = Default::default();
     let mut policy_index = 0;
     while report.frames_sent < config.frames {
         let mut policy = generate::random_policy(&mut rng);
         policy.desired.enforcement.unparseable = UnparseableAction::Drop as u32;
         if let Some(dataplane) = dataplane.as_mut() {
-            install_policy(dataplane, &policy.desired, &escalated, &policy.escalated);
+            install_policy(dataplane, &policy.desired, &policy.escalated);
         }
-        escalated = policy.escalated.clone();
-        let model = ModelPolicy::from_desired(&policy.desired, escalated.iter().copied().collect());
+        let model =
+            ModelPolicy::from_desired(&policy.desired, policy.escalated.iter().copied().collect());
         let port = free_port(&policy);
         let mut window: Vec<GeneratedFrame> = Vec::new();
         let policy_end = (report.frames_sent + FRAMES_PER_POLICY).min(config.frames);

@@ -192,7 +192,11 @@ impl Regression {
         Ok(Self {
             comment: comment.join("\n"),
             policy: DesiredPolicy {
-                enforcement: EnforcementConfig::new(&ports, unparseable),
+                enforcement: EnforcementConfig::new(
+                    &ports,
+                    unparseable,
+                    crate::generate::whole_hosts(subscribers.keys().chain(exemptions.keys())),
+                ),
                 subscribers,
                 relays,
                 exemptions,

@@ -170,12 +170,14 @@ fn enforce_through(entry: EntryPoint) {
         .hosts()
         .unwrap_or_else(|e| panic!("reading the host statistics: {e:#}"));
     for family in families() {
-        let Some((_, stats)) = hosts.iter().find(|(host, _)| *host == family.subscriber) else {
+        // Kept as the host the address belongs to: an IPv6 subscriber's /64.
+        let subscriber = config.enforcement.host_of(family.subscriber).network();
+        let Some((_, stats)) = hosts.iter().find(|(host, _)| *host == subscriber) else {
             panic!(
                 "{}: subscriber {} is not among the tracked hosts, expected it with attempts ≥ 1 \
                  and dropped ≥ 1; tracked: {:?}",
                 family.name,
-                family.subscriber,
+                subscriber,
                 hosts.iter().map(|(host, _)| host).collect::<Vec<_>>(),
             );
         };

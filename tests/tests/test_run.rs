@@ -177,7 +177,10 @@ fn host_statistics_follow_the_traffic() {
         dataplane.hosts().unwrap().into_iter().collect();
     let mut tracked: Vec<_> = hosts.keys().copied().collect();
     tracked.sort();
-    let mut expected = vec![bot, client, h.exempt];
+    // The IPv6 client is kept as its host, the /64 its address belongs to.
+    let client_host = ip("2001:db8:1000::");
+    assert_eq!(client, ip("2001:db8:1000::2"));
+    let mut expected = vec![bot, client_host, h.exempt];
     expected.sort();
     assert_eq!(tracked, expected, "tracked hosts");
 
@@ -197,7 +200,7 @@ fn host_statistics_follow_the_traffic() {
     assert_eq!(stats.last_dst_port, 25);
     assert_eq!(stats.last_reason, Reason::Dropped as u16);
 
-    let stats = hosts[&client];
+    let stats = hosts[&client_host];
     assert_eq!(
         (stats.attempts, stats.segments, stats.dropped),
         (5, 5, 5),

@@ -157,7 +157,11 @@ impl Request {
                     input::check_text("note", note, MAX_REASON_BYTES)?;
                 }
             }
-            Request::ExemptRemove { prefix } | Request::RelayRemove { prefix } => {
+            // A bare address is the host it belongs to, which the agent's config says.
+            Request::ExemptRemove { prefix } => {
+                input::parse_prefix_or_host("prefix", prefix)?;
+            }
+            Request::RelayRemove { prefix } => {
                 input::parse_prefix("prefix", prefix)?;
             }
             Request::Check { src, dst, port: _ } => {
@@ -201,7 +205,7 @@ fn check_exemption(
     expires: &Option<String>,
     now: SystemTime,
 ) -> Result<(), InputError> {
-    input::parse_prefix("prefix", prefix)?;
+    input::parse_prefix_or_host("prefix", prefix)?;
     if let Some(reason) = reason {
         input::check_text("reason", reason, MAX_REASON_BYTES)?;
     }
@@ -531,7 +535,7 @@ mod tests {
                         proptest::prop_assert!(reason.len() <= MAX_REASON_BYTES);
                         proptest::prop_assert!(ticket.as_ref().is_none_or(|t| t.len() <= MAX_TICKET_BYTES));
                         proptest::prop_assert_eq!(crate::input::first_unprintable(reason), None);
-                        proptest::prop_assert!(input::parse_prefix("prefix", prefix).is_ok());
+                        proptest::prop_assert!(input::parse_prefix_or_host("prefix", prefix).is_ok());
                     }
                 }
             }

@@ -4,7 +4,6 @@
 
 use std::{collections::HashSet, net::IpAddr, time::SystemTime};
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -24,14 +23,7 @@ impl AgentState {
             .iter()
             .map(|e| e.host)
             .collect();
-        for host in &active {
-            self.dataplane.set_override(*host)?;
-        }
-        for host in self.dataplane.overrides()? {
-            if !active.contains(&host) {
-                self.dataplane.remove_override(host)?;
-            }
-        }
+        self.dataplane.sync_overrides(&active)?;
         Ok(())
     }
 
@@ -51,7 +43,7 @@ impl AgentState {
             .map(|e| e.host)
             .collect();
         for row in bots {
-            let host = row.host.address().context("a host row names an address")?;
+            let host = row.host.network();
             let reason = row.class_reason.to_string();
             if !known.contains(&host) {
                 self.journal.store.record_bot(host, now, &reason)?;

@@ -29,7 +29,12 @@ impl AgentState {
             .policy_maps()
             .and_then(|mut maps| maps.reconcile(&desired))
             .inspect_err(|_| self.journal.counters.reconcile_errors += 1)?;
+        let hosts_changed = desired.enforcement.host_mask != self.desired.enforcement.host_mask;
         self.desired = desired;
+        if hosts_changed {
+            // Escalations are keyed by host: under another host prefix, each is keyed anew.
+            self.restore_escalations()?;
+        }
         Ok(report)
     }
 

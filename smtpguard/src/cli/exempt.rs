@@ -84,8 +84,7 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
         } => {
             let expires = expiry(expires.as_deref())?;
             let body = agent.call(&Request::ExemptAdd {
-                prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
-                    .to_string(),
+                prefix: exempted(prefix)?,
                 reason: input::utf8("reason", reason)?.to_owned(),
                 ticket: ticket
                     .as_deref()
@@ -110,8 +109,7 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                     .transpose()
             };
             let body = agent.call(&Request::ExemptUpdate {
-                prefix: input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?
-                    .to_string(),
+                prefix: exempted(prefix)?,
                 reason: text("reason", reason)?,
                 ticket: text("ticket", ticket)?,
                 expires: expiry(expires.as_deref())?,
@@ -136,11 +134,10 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             )?;
         }
         ExemptCommand::Rm { prefix } => {
-            let prefix = input::parse_prefix_or_host("prefix", input::utf8("prefix", prefix)?)?;
-            agent.call(&Request::ExemptRemove {
-                prefix: prefix.to_string(),
+            let body = agent.call(&Request::ExemptRemove {
+                prefix: exempted(prefix)?,
             })?;
-            println!("no longer exempt: {prefix}");
+            println!("no longer exempt: {}", table::text(&body["prefix"]));
         }
     }
     Ok(())
@@ -155,4 +152,13 @@ fn expiry(expires: Option<&std::ffi::OsStr>) -> anyhow::Result<Option<String>> {
             Ok::<_, input::InputError>(humantime::format_rfc3339_seconds(at).to_string())
         })
         .transpose()?)
+}
+
+/// The prefix as typed, once it is one (or a bare address): the agent turns a bare address
+/// into the host it belongs to, which only its config says (an IPv6 host is a /64 by
+/// default).
+fn exempted(prefix: &std::ffi::OsStr) -> anyhow::Result<String> {
+    let text = input::utf8("prefix", prefix)?;
+    input::parse_prefix_or_host("prefix", text)?;
+    Ok(text.to_owned())
 }

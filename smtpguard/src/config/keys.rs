@@ -85,6 +85,24 @@ pub const KEYS: &[Key] = &[
               evade the block by fragmenting) or \"pass\".",
     },
     Key {
+        table: "enforcement",
+        name: "ipv4_host_prefix",
+        default: "32",
+        doc: "How many leading bits of an IPv4 source are one host (24 to 32): what the \
+              statistics count, the report lists and an escalation enforces. A subscriber \
+              range or exemption may not be longer.",
+    },
+    Key {
+        table: "enforcement",
+        name: "ipv6_host_prefix",
+        default: "64",
+        doc: "How many leading bits of an IPv6 source are one host (48 to 128). A subscriber \
+              owns its whole /64 (or /56) and may use any address in it, so a bot rotating \
+              addresses inside it is still one host with one count and one table entry. A \
+              subscriber range or exemption may not be longer; a bare address given to \
+              `exempt` means its host.",
+    },
+    Key {
         table: "subscribers",
         name: "prefix",
         default: "required",

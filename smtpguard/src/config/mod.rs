@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,7 @@ use smtpguard_common::maps::{
     DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_RELAY_CAPACITY,
     DEFAULT_SUBSCRIBER_CAPACITY, MAX_PORTS,
 };
-use smtpguard_common::{Mode, UnparseableAction};
+use smtpguard_common::{HostMask, Mode, UnparseableAction};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -69,6 +70,9 @@ pub struct Enforcement {
     pub ports: Vec<u16>,
     /// What to do with a subscriber packet whose TCP header cannot be parsed.
     pub unparseable: UnparseableAction,
+    /// How many leading bits of a source address are one host, per family.
+    pub ipv4_host_prefix: u8,
+    pub ipv6_host_prefix: u8,
 }
 
 impl Default for Enforcement {
@@ -76,7 +80,48 @@ impl Default for Enforcement {
         Self {
             ports: vec![DEFAULT_PORT],
             unparseable: UnparseableAction::Drop,
+            ipv4_host_prefix: HostMask::DEFAULT_V4_PREFIX,
+            ipv6_host_prefix: HostMask::DEFAULT_V6_PREFIX,
         }
+    }
+}
+
+/// The shortest host prefix per family: a host wider than a /24 (IPv4) or a /48 (IPv6), the
+/// widest an ISP hands one customer, would count many customers as one.
+const SHORTEST_HOST_PREFIX: (u8, u8) = (24, 48);
+
+impl Enforcement {
+    pub fn host_mask(&self) -> HostMask {
+        HostMask::new(self.ipv4_host_prefix, self.ipv6_host_prefix)
+    }
+
+    /// The length of one host in `prefix`'s family, and the key that sets it.
+    pub fn host_prefix(&self, prefix: &IpNet) -> (u8, &'static str) {
+        match prefix {
+            IpNet::V4(_) => (self.ipv4_host_prefix, "ipv4_host_prefix"),
+            IpNet::V6(_) => (self.ipv6_host_prefix, "ipv6_host_prefix"),
+        }
+    }
+
+    /// The host `address` belongs to, as a prefix (`2001:db8:1:2::/64`, `100.64.0.2/32`).
+    pub fn host_of(&self, address: IpAddr) -> IpNet {
+        let (len, _) = self.host_prefix(&IpNet::from(address));
+        IpNet::new(address, len).map_or(IpNet::from(address), |net| net.trunc())
+    }
+
+    /// Why a source prefix (a subscriber range, an exemption) cannot be one, if it is longer
+    /// than a host: the kernel counts and judges a host as one, caching its class, so two
+    /// policies inside one host cannot be told apart.
+    pub fn splits_host(&self, prefix: &IpNet) -> Option<String> {
+        let (host, key) = self.host_prefix(prefix);
+        (prefix.prefix_len() > host).then(|| {
+            let whole = self.host_of(prefix.addr());
+            format!(
+                "{prefix} is longer than one host, a /{host} ([enforcement] {key}): the data \
+                 plane counts and judges each /{host} as one host; expected /{host} or shorter, \
+                 such as {whole}"
+            )
+        })
     }
 }
 
@@ -147,10 +192,16 @@ impl Config {
         // Capacity first: the lists are checked against it.
         let capacity = validate_capacity(&src, raw.capacity)?;
         let enforcement = validate_enforcement(&src, raw.enforcement)?;
-        let subscribers = validate_subscribers(&src, raw.subscribers, capacity.subscribers)?;
+        let subscribers =
+            validate_subscribers(&src, raw.subscribers, &enforcement, capacity.subscribers)?;
         let (relays, relay_hosts) = validate_relays(&src, raw.relays, capacity.relays)?;
-        let exemptions =
-            validate_exemptions(&src, raw.exemptions, &subscribers, capacity.exemptions)?;
+        let exemptions = validate_exemptions(
+            &src,
+            raw.exemptions,
+            &subscribers,
+            &enforcement,
+            capacity.exemptions,
+        )?;
 
         Ok(Config {
             enforcement,
@@ -409,6 +460,27 @@ pub enum ConfigError {
         value: String,
     },
 
+    #[error("{}:{at}: {list} prefix {problem}", .file.display())]
+    SplitsHost {
+        file: PathBuf,
+        at: Location,
+        list: PrefixList,
+        problem: String,
+    },
+
+    #[error(
+        "{}:{at}: enforcement.{key} = {value}; expected a prefix length from {min} to {max}",
+        .file.display()
+    )]
+    HostPrefixOutOfRange {
+        file: PathBuf,
+        at: Location,
+        key: &'static str,
+        value: i64,
+        min: u8,
+        max: u8,
+    },
+
     #[error(
         "{}:{at}: {list} prefix {value:?} has host bits set; expected a network address such \
          as \"{network}\"",
@@ -546,6 +618,9 @@ struct RawEnforcement {
     ports: Option<Spanned<Vec<Spanned<i64>>>>,
     // Absent: drop (fail closed).
     unparseable: RawUnparseable,
+    // Absent: 32 and 64.
+    ipv4_host_prefix: Option<Spanned<i64>>,
+    ipv6_host_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -750,9 +825,37 @@ fn validate_enforcement(src: &Source<'_>, raw: RawEnforcement) -> Result<Enforce
             ports.into_iter().map(|(port, _)| port).collect()
         }
     };
+    let host_prefix = |raw: Option<Spanned<i64>>, key, min, max, default| match raw {
+        None => Ok(default),
+        Some(value) => match u8::try_from(*value.get_ref()) {
+            Ok(len) if (min..=max).contains(&len) => Ok(len),
+            _ => Err(ConfigError::HostPrefixOutOfRange {
+                file: src.file(),
+                at: src.at(value.span()),
+                key,
+                value: *value.get_ref(),
+                min,
+                max,
+            }),
+        },
+    };
     Ok(Enforcement {
         ports,
         unparseable: raw.unparseable.into(),
+        ipv4_host_prefix: host_prefix(
+            raw.ipv4_host_prefix,
+            "ipv4_host_prefix",
+            SHORTEST_HOST_PREFIX.0,
+            32,
+            defaults.ipv4_host_prefix,
+        )?,
+        ipv6_host_prefix: host_prefix(
+            raw.ipv6_host_prefix,
+            "ipv6_host_prefix",
+            SHORTEST_HOST_PREFIX.1,
+            128,
+            defaults.ipv6_host_prefix,
+        )?,
     })
 }
 
@@ -898,6 +1001,7 @@ fn check_capacity(
 fn validate_subscribers(
     src: &Source<'_>,
     raw: Option<Spanned<Vec<RawSubscriber>>>,
+    enforcement: &Enforcement,
     capacity: u32,
 ) -> Result<Vec<SubscriberRange>, ConfigError> {
     let Some(raw) = raw else {
@@ -928,6 +1032,7 @@ fn validate_subscribers(
                 value: entry.text,
             });
         }
+        check_whole_hosts(src, PrefixList::Subscribers, &entry, enforcement)?;
         entries.push(entry);
         modes.push(Mode::from(subscriber.mode));
     }
@@ -1055,10 +1160,29 @@ fn check_relay_overlaps(src: &Source<'_>, entries: &[Entry]) -> Result<(), Confi
     })
 }
 
+/// A source prefix of `list` must hold whole hosts (see [`Enforcement::splits_host`]).
+fn check_whole_hosts(
+    src: &Source<'_>,
+    list: PrefixList,
+    entry: &Entry,
+    enforcement: &Enforcement,
+) -> Result<(), ConfigError> {
+    match enforcement.splits_host(&entry.net) {
+        None => Ok(()),
+        Some(problem) => Err(ConfigError::SplitsHost {
+            file: src.file(),
+            at: entry.at,
+            list,
+            problem,
+        }),
+    }
+}
+
 fn validate_exemptions(
     src: &Source<'_>,
     raw: Vec<RawExemption>,
     subscribers: &[SubscriberRange],
+    enforcement: &Enforcement,
     capacity: u32,
 ) -> Result<Vec<ExemptionRange>, ConfigError> {
     let mut entries = Vec::with_capacity(raw.len());
@@ -1075,6 +1199,7 @@ fn validate_exemptions(
                 value: reason,
             });
         }
+        check_whole_hosts(src, PrefixList::Exemptions, &entry, enforcement)?;
         reasons.push(reason.trim().to_owned());
         entries.push(entry);
     }
@@ -1165,6 +1290,8 @@ mod tests {
             "[enforcement]",
             "ports = [25, 2525]",
             "unparseable = \"pass\"",
+            "ipv4_host_prefix = 30",
+            "ipv6_host_prefix = 56",
             "",
             "[[subscribers]]",
             "prefix = \"100.64.0.0/10\"",
@@ -1197,6 +1324,8 @@ mod tests {
                 enforcement: Enforcement {
                     ports: vec![25, 2525],
                     unparseable: UnparseableAction::Pass,
+                    ipv4_host_prefix: 30,
+                    ipv6_host_prefix: 56,
                 },
                 subscribers: vec![
                     SubscriberRange {
@@ -2037,6 +2166,76 @@ mod tests {
         ]);
         assert!(matches!(err, ConfigError::Toml { .. }));
         assert_message(&err, 3, 1, &["missing field `reason`"]);
+    }
+
+    #[test]
+    fn a_source_prefix_longer_than_a_host_is_rejected() {
+        let exemption = reject(&[
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[exemptions]]",
+            "prefix = \"2001:db8:1000:1::5/128\"",
+            "reason = \"one address of a /64\"",
+        ]);
+        assert!(matches!(exemption, ConfigError::SplitsHost { .. }));
+        assert_message(
+            &exemption,
+            4,
+            10,
+            &[
+                "exemption prefix 2001:db8:1000:1::5/128 is longer than one host, a /64",
+                "[enforcement] ipv6_host_prefix",
+                "such as 2001:db8:1000:1::/64",
+            ],
+        );
+        let range = reject(&[
+            "[enforcement]",
+            "ipv4_host_prefix = 28",
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/30\"",
+        ]);
+        assert_message(
+            &range,
+            4,
+            10,
+            &[
+                "subscriber prefix 100.64.0.0/30 is longer than one host, a /28",
+                "ipv4_host_prefix",
+            ],
+        );
+        // Longer hosts allow longer prefixes.
+        parse(&[
+            "[enforcement]",
+            "ipv6_host_prefix = 128",
+            "[[subscribers]]",
+            "prefix = \"2001:db8:1000::/36\"",
+            "[[exemptions]]",
+            "prefix = \"2001:db8:1000:1::5/128\"",
+            "reason = \"a host of its own\"",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn host_prefixes_out_of_range_are_rejected() {
+        for (line, value, expected) in [
+            ("ipv4_host_prefix = 16", "16", "from 24 to 32"),
+            ("ipv4_host_prefix = 33", "33", "from 24 to 32"),
+            ("ipv6_host_prefix = 32", "32", "from 48 to 128"),
+            ("ipv6_host_prefix = -1", "-1", "from 48 to 128"),
+        ] {
+            let err = reject(&[
+                "[enforcement]",
+                line,
+                "[[subscribers]]",
+                "prefix = \"10.0.0.0/8\"",
+            ]);
+            assert!(
+                matches!(err, ConfigError::HostPrefixOutOfRange { .. }),
+                "{line}"
+            );
+            assert_message(&err, 2, 20, &[&format!("= {value};"), expected]);
+        }
     }
 
     #[test]

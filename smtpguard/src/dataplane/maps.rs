@@ -12,8 +12,8 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, RelayFilter,
-    SourcePolicy, SubscriberPolicy, maps as names,
+    EnforcementConfig, HostKey, HostMask, HostOverride, HostStats, PrefixOrigin, REASON_COUNT,
+    RelayFilter, SourcePolicy, SubscriberPolicy, maps as names,
 };
 
 use super::DataplaneError;
@@ -405,6 +405,24 @@ pub(super) fn count_hosts(ebpf: &Ebpf) -> Result<usize, DataplaneError> {
         count += 1;
     }
     Ok(count)
+}
+
+/// What one host is, as the program reads it from its configuration: escalations are keyed
+/// the same way.
+pub(super) fn host_mask(ebpf: &Ebpf) -> Result<HostMask, DataplaneError> {
+    let map = ebpf
+        .map(names::ENFORCEMENT)
+        .ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: names::ENFORCEMENT,
+        })?;
+    let config: Array<&MapData, EnforcementConfig> = map
+        .try_into()
+        .map_err(|source| map_error(names::ENFORCEMENT, source))?;
+    config
+        .get(&0, 0)
+        .map(|config| config.host_mask)
+        .map_err(|source| map_error(names::ENFORCEMENT, source))
 }
 
 pub(super) fn overrides(

@@ -432,9 +432,10 @@ impl Dataplane {
 
     /// Escalates `host` (of a monitor-mode range) to enforcement on its own.
     pub fn set_override(&mut self, host: IpAddr) -> Result<(), DataplaneError> {
+        let key = maps::host_mask(&self.ebpf)?.key(host);
         maps::overrides(&mut self.ebpf)?
             .insert(
-                host_key(host),
+                key,
                 HostOverride {
                     mode: Mode::Enforce as u32,
                 },
@@ -449,7 +450,8 @@ impl Dataplane {
 
     /// Ends the escalation of `host`; a host without one is fine.
     pub fn remove_override(&mut self, host: IpAddr) -> Result<(), DataplaneError> {
-        match maps::overrides(&mut self.ebpf)?.remove(&host_key(host)) {
+        let key = maps::host_mask(&self.ebpf)?.key(host);
+        match maps::overrides(&mut self.ebpf)?.remove(&key) {
             Ok(()) => maps::advance_policy_generation(&mut self.ebpf),
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(DataplaneError::Map {
@@ -459,18 +461,32 @@ impl Dataplane {
         }
     }
 
-    /// The escalated hosts in the kernel map.
-    pub fn overrides(&mut self) -> Result<Vec<IpAddr>, DataplaneError> {
-        maps::overrides(&mut self.ebpf)?
+    /// Makes the escalation map hold exactly `hosts`, each keyed as the program keys hosts
+    /// now: entries of another host mask (before `[enforcement] ipv6_host_prefix` changed)
+    /// go, and their hosts come back under the new one.
+    pub fn sync_overrides(&mut self, hosts: &[IpAddr]) -> Result<(), DataplaneError> {
+        let mask = maps::host_mask(&self.ebpf)?;
+        let wanted: std::collections::HashSet<HostKey> =
+            hosts.iter().map(|host| mask.key(*host)).collect();
+        let mut map = maps::overrides(&mut self.ebpf)?;
+        let map_error = |source| DataplaneError::Map {
+            map: names::HOST_OVERRIDES,
+            source,
+        };
+        let present = map
             .keys()
-            .map(|key| {
-                key.map(|key| key.address())
-                    .map_err(|source| DataplaneError::Map {
-                        map: names::HOST_OVERRIDES,
-                        source,
-                    })
-            })
-            .collect()
+            .collect::<Result<std::collections::HashSet<HostKey>, _>>()
+            .map_err(map_error)?;
+        let enforce = HostOverride {
+            mode: Mode::Enforce as u32,
+        };
+        for key in wanted.difference(&present) {
+            map.insert(key, enforce, 0).map_err(map_error)?;
+        }
+        for key in present.difference(&wanted) {
+            map.remove(key).map_err(map_error)?;
+        }
+        maps::advance_policy_generation(&mut self.ebpf)
     }
 
     /// How many hosts the statistics map tracks (walks the keys only).
@@ -515,13 +531,6 @@ fn ensure_clsact(interface: &str) -> Result<(), DataplaneError> {
             source,
         }),
         Ok(()) => Ok(()),
-    }
-}
-
-fn host_key(host: IpAddr) -> HostKey {
-    match host {
-        IpAddr::V4(v4) => HostKey::from_v4(v4.octets()),
-        IpAddr::V6(v6) => HostKey::from_v6(v6.octets()),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct ModelPolicy {
     pub exemptions: Vec<IpNet>,
     /// Hosts of monitor-mode ranges escalated to enforcement on their own (reoffending bots).
     pub escalated: HashSet<IpAddr>,
+    /// How many leading bits of a source are one host: (IPv4, IPv6).
+    pub host_prefixes: (u8, u8),
 }
 
 impl ModelPolicy {
@@ -51,8 +53,34 @@ impl ModelPolicy {
                 .collect(),
             relays: desired.relays.keys().copied().collect(),
             exemptions: desired.exemptions.keys().copied().collect(),
-            escalated,
+            escalated: HashSet::new(),
+            // The lengths the kernel's masks hold, counted bit by bit.
+            host_prefixes: (
+                enforcement.host_mask.v4.count_ones() as u8,
+                enforcement
+                    .host_mask
+                    .v6
+                    .iter()
+                    .map(|w| w.count_ones())
+                    .sum::<u32>() as u8,
+            ),
         }
+        .escalating(escalated)
+    }
+
+    /// With `hosts` escalated, each as the host it belongs to.
+    fn escalating(mut self, hosts: HashSet<IpAddr>) -> Self {
+        self.escalated = hosts.into_iter().map(|host| self.host(host)).collect();
+        self
+    }
+
+    /// The host `src` belongs to: its first address.
+    pub fn host(&self, src: IpAddr) -> IpAddr {
+        let len = match src {
+            IpAddr::V4(_) => self.host_prefixes.0,
+            IpAddr::V6(_) => self.host_prefixes.1,
+        };
+        IpNet::new(src, len).map_or(src, |net| net.network())
     }
 
     /// The mode of the most specific subscriber range holding `src`, if any.
@@ -123,7 +151,7 @@ pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
         return Reason::Exempt;
     }
     // 4. A monitor-mode range (unless this host was escalated): count and pass.
-    if mode == Mode::Monitor && !policy.escalated.contains(&src) {
+    if mode == Mode::Monitor && !policy.escalated.contains(&policy.host(src)) {
         return Reason::Monitored;
     }
     // 5. Enforce.

@@ -104,15 +104,18 @@ impl Model {
             }
             _ => (0, false),
         };
-        let host = self.hosts.entry(src).or_insert(HostRecord {
-            attempts: 0,
-            segments: 0,
-            dropped: 0,
-            last_dst: dst,
-            last_dst_port: 0,
-            last_reason: reason,
-            dst_sketch: [0; SKETCH_REGISTERS],
-        });
+        let host = self
+            .hosts
+            .entry(self.policy.host(src))
+            .or_insert(HostRecord {
+                attempts: 0,
+                segments: 0,
+                dropped: 0,
+                last_dst: dst,
+                last_dst_port: 0,
+                last_reason: reason,
+                dst_sketch: [0; SKETCH_REGISTERS],
+            });
         host.segments += 1;
         host.attempts += u64::from(attempt);
         host.dropped += u64::from(reason.verdict() == Verdict::Drop);

@@ -26,6 +26,7 @@ fn policy() -> ModelPolicy {
         relays: vec!["192.0.2.25/32".parse().unwrap()],
         exemptions: vec!["100.64.10.0/24".parse().unwrap()],
         escalated: HashSet::from([ip("100.127.9.9")]),
+        host_prefixes: (32, 64),
     }
 }
 
@@ -241,4 +242,36 @@ fn counters_and_host_statistics() {
     assert_eq!(host.last_dst_port, 0);
     assert_eq!(host.last_reason, Reason::UnparseableDropped);
     assert_eq!(host.dst_sketch.iter().filter(|r| **r != 0).count(), 1);
+}
+
+#[test]
+fn an_ipv6_host_is_its_prefix() {
+    let mut model = Model::new(policy());
+    model.judge(&syn("2001:db8:1000:5::1", MX6).build());
+    model.judge(&syn("2001:db8:1000:5:ffff::2", MX6).build());
+    model.judge(&syn("2001:db8:1000:6::1", MX6).build());
+    assert_eq!(model.hosts.len(), 2);
+    assert_eq!(model.hosts[&ip("2001:db8:1000:5::")].attempts, 2);
+    assert_eq!(model.hosts[&ip("2001:db8:1000:6::")].attempts, 1);
+
+    // An escalation holds for every address of its host.
+    let escalated = ModelPolicy {
+        subscribers: vec![("2001:db8:1000::/36".parse().unwrap(), Mode::Monitor)],
+        escalated: HashSet::from([ip("2001:db8:1000:5::")]),
+        ..policy()
+    };
+    assert_eq!(
+        decide(
+            &escalated,
+            &dissect(&syn("2001:db8:1000:5::9", MX6).build())
+        ),
+        Reason::Dropped
+    );
+    assert_eq!(
+        decide(
+            &escalated,
+            &dissect(&syn("2001:db8:1000:7::9", MX6).build())
+        ),
+        Reason::Monitored
+    );
 }

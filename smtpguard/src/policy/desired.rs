@@ -28,6 +28,7 @@ impl DesiredPolicy {
             enforcement: EnforcementConfig::new(
                 &config.enforcement.ports,
                 config.enforcement.unparseable,
+                config.enforcement.host_mask(),
             ),
             subscribers: (0..)
                 .zip(&config.subscribers)
@@ -201,7 +202,7 @@ impl PrefixLengths {
 
 #[cfg(test)]
 mod tests {
-    use smtpguard_common::{Mode, UnparseableAction};
+    use smtpguard_common::{HostMask, Mode, UnparseableAction};
 
     use super::*;
 
@@ -213,7 +214,11 @@ mod tests {
         let runtime = PrefixOrigin::new(Origin::Runtime);
         let config = PrefixOrigin::new(Origin::Config);
         DesiredPolicy {
-            enforcement: EnforcementConfig::new(&[25], UnparseableAction::Drop),
+            enforcement: EnforcementConfig::new(
+                &[25],
+                UnparseableAction::Drop,
+                HostMask::new(32, 64),
+            ),
             subscribers: BTreeMap::from([
                 (net("10.0.0.0/8"), SubscriberPolicy::new(Mode::Enforce, 0)),
                 (net("10.1.2.0/24"), SubscriberPolicy::new(Mode::Monitor, 1)),

@@ -122,9 +122,15 @@ impl ReportRow {
 pub struct RowSubject(IpNet);
 
 impl RowSubject {
-    /// The host's address, if the row is one host.
+    /// The host's address, if the row is one address.
     pub fn address(&self) -> Option<IpAddr> {
         (self.0.prefix_len() == self.0.max_prefix_len()).then(|| self.0.addr())
+    }
+
+    /// The first address of the row's prefix: of a host row, the address the kernel keys
+    /// that host by (an IPv6 host is its /64, `2001:db8:1:2::`).
+    pub fn network(&self) -> IpAddr {
+        self.0.network()
     }
 }
 
@@ -477,7 +483,7 @@ fn summaries(
             .filter_map(|(index, interval)| {
                 let host = interval.host_address();
                 let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
-                wanted.then(|| (group_key(host, options.group, ranges), index))
+                wanted.then(|| (group_key(host, options.group, ranges, config), index))
             }),
     );
     // Stable: the store hands each snapshot out in address order, and a stable sort merges
@@ -594,14 +600,22 @@ fn summarize_runs(
     summaries
 }
 
-fn group_key(host: IpAddr, grouping: Grouping, ranges: &SubscriberRanges) -> IpNet {
+fn group_key(
+    host: IpAddr,
+    grouping: Grouping,
+    ranges: &SubscriberRanges,
+    config: &Config,
+) -> IpNet {
     let single = IpNet::from(host);
     let truncated = |len: u8| match host {
         IpAddr::V6(_) => IpNet::new(host, len).map_or(single, |net| net.trunc()),
         IpAddr::V4(_) => single,
     };
+    // A host is what the kernel counts as one (an IPv6 /64 by default); history kept under
+    // a longer host prefix joins the host that holds it now.
+    let (host_len, _) = config.enforcement.host_prefix(&single);
     match grouping {
-        Grouping::Host => single,
+        Grouping::Host => IpNet::new(host, host_len).map_or(single, |net| net.trunc()),
         Grouping::Slash64 => truncated(64),
         Grouping::Slash56 => truncated(56),
         Grouping::SubscriberPrefix => ranges.of(host).map_or(single, |(prefix, _)| prefix),

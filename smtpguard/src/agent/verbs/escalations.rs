@@ -14,7 +14,9 @@ impl AgentState {
     }
 
     pub(super) fn escalation_lift(&mut self, host: &str, who: &str) -> Outcome {
+        // Any address of an escalated host lifts it (an IPv6 host is its /64).
         let host = input::parse_address("host", host)?;
+        let host = self.config.enforcement.host_of(host).network();
         self.end_escalation(host, who, false)
     }
 }

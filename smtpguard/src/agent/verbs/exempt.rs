@@ -1,6 +1,6 @@
 //! `exempt add | rm | list`: runtime exemptions, on top of the config file's.
 
-use std::time::SystemTime;
+use std::{net::IpAddr, time::SystemTime};
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ impl AgentState {
         force: bool,
         who: &str,
     ) -> Outcome {
-        let prefix = input::parse_prefix("prefix", prefix)?;
+        let prefix = self.exempted_prefix(prefix)?;
         if !self
             .config
             .subscribers
@@ -43,6 +43,9 @@ impl AgentState {
                     list(self.config.subscribers.iter().map(|s| s.prefix))
                 ),
             ));
+        }
+        if let Some(problem) = self.config.enforcement.splits_host(&prefix) {
+            return Err(Failure::new(ErrorKind::BadRequest, problem));
         }
         if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
             return Err(Failure::new(
@@ -90,7 +93,7 @@ impl AgentState {
         no_expiry: bool,
         who: &str,
     ) -> Outcome {
-        let prefix = input::parse_prefix("prefix", prefix)?;
+        let prefix = self.exempted_prefix(prefix)?;
         self.refuse_config_exemption(prefix, "change")?;
         let expires = match (expires, no_expiry) {
             (Some(_), true) => {
@@ -125,6 +128,15 @@ impl AgentState {
         Ok(json!(updated))
     }
 
+    /// The prefix a request names: a prefix, or a bare address meaning the host it belongs
+    /// to (its /32, or its /64 with the default IPv6 host prefix).
+    fn exempted_prefix(&self, text: &str) -> Result<IpNet, Failure> {
+        match text.parse::<IpAddr>() {
+            Ok(address) => Ok(self.config.enforcement.host_of(address)),
+            Err(_) => Ok(input::parse_prefix("prefix", text)?),
+        }
+    }
+
     /// A config file exemption is changed there, never at run time.
     fn refuse_config_exemption(&self, prefix: IpNet, verb: &str) -> Result<(), Failure> {
         if self.config.exemptions.iter().any(|e| e.prefix == prefix) {
@@ -140,7 +152,7 @@ impl AgentState {
     }
 
     pub(super) fn exempt_remove(&mut self, prefix: &str, who: &str) -> Outcome {
-        let prefix = input::parse_prefix("prefix", prefix)?;
+        let prefix = self.exempted_prefix(prefix)?;
         self.refuse_config_exemption(prefix, "remove")?;
         let removed = self
             .policy
