@@ -4,7 +4,6 @@
 use std::{
     fs::File,
     io::{BufReader, Read},
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -18,6 +17,7 @@ use smtpguard_common::{HostStats, REASON_COUNT, Reason};
 use crate::{
     config::Config,
     dataplane::{Dataplane, DataplaneError},
+    report::RowSubject,
 };
 
 /// The shortest frame the kernel's XDP test run accepts: an Ethernet header.
@@ -71,7 +71,8 @@ pub struct FrameVerdict {
 pub struct ReplayReport {
     pub frames: Vec<FrameVerdict>,
     pub counters: [u64; REASON_COUNT as usize],
-    pub hosts: Vec<(IpAddr, HostStats)>,
+    /// Each host as the policy counts it (an IPv6 host is its /64 by default).
+    pub hosts: Vec<(RowSubject, HostStats)>,
 }
 
 /// Loads the program with `config`'s policy and runs every frame of `capture` through the
@@ -95,7 +96,11 @@ pub fn replay(config: &Config, capture: &Path) -> Result<ReplayReport, ReplayErr
     Ok(ReplayReport {
         frames: verdicts,
         counters: dataplane.counters()?,
-        hosts: dataplane.hosts()?,
+        hosts: dataplane
+            .hosts()?
+            .into_iter()
+            .map(|(host, stats)| (RowSubject::new(config.enforcement.host_of(host)), stats))
+            .collect(),
     })
 }
 

@@ -1135,7 +1135,9 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
             };
             attempts("100.64.0.2") == Some(30)
                 && attempts("100.64.0.3") == Some(5)
-                && attempts(IPV6_HOST) == Some(6)
+                // At least: a SYN the kernel retransmits while a loaded machine has not yet
+                // closed the timed-out socket is an attempt too.
+                && attempts(IPV6_HOST) >= Some(6)
         },
     );
 
@@ -1175,10 +1177,8 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     assert_eq!(bot_row["distinct_destinations_estimated"], true);
     // The three IPv6 addresses are one host, their /64: a subscriber's whole prefix.
     let lan = row(&rows, IPV6_HOST);
-    assert_eq!(
-        (lan["hosts"].as_u64(), lan["attempts"].as_u64()),
-        (Some(1), Some(6))
-    );
+    assert_eq!(lan["hosts"].as_u64(), Some(1));
+    assert!(lan["attempts"].as_u64() >= Some(6), "{lan}");
     assert_eq!(lan["class"], "misconfigured-client", "6 attempts to one MX");
     assert!(
         ipv6_hosts
@@ -1188,7 +1188,7 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     );
     // Grouped by /64, it is the same row.
     let grouped = report_rows(&f, &["--since", "1h", "--group", "/64"]);
-    assert_eq!(row(&grouped, IPV6_HOST)["attempts"], 6);
+    assert_eq!(row(&grouped, IPV6_HOST)["attempts"], lan["attempts"]);
 
     // CSV carries the same rows and fields.
     let csv =
@@ -1216,7 +1216,14 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600))
             .to_string();
     let window = ["--from", started.as_str(), "--to", until.as_str()];
-    let first = report_rows(&f, &window);
+    // Once the history has stopped moving (a late retransmitted SYN lands in a later
+    // snapshot): two reports a few snapshots apart agree.
+    let mut first = report_rows(&f, &window);
+    eventually(Duration::from_secs(20), "a settled history", || {
+        thread::sleep(Duration::from_millis(2_500));
+        let later = report_rows(&f, &window);
+        std::mem::replace(&mut first, later) == first
+    });
     agent.terminate();
     let agent = f.start();
     thread::sleep(Duration::from_millis(2_500));

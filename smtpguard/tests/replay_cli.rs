@@ -144,8 +144,8 @@ fn json_lines_name_each_frame_verdict_and_reason() {
     let hosts: Vec<&str> = hosts.iter().map(|h| h["host"].as_str().unwrap()).collect();
     assert_eq!(
         hosts,
-        ["100.64.0.2", "2001:db8:1000::2"],
-        "tracked hosts, by attempts"
+        ["100.64.0.2", "2001:db8:1000::/64"],
+        "tracked hosts (an IPv6 host is its /64), by attempts"
     );
 }
 

@@ -10,6 +10,7 @@ use super::Format;
 use crate::{
     config::Config,
     replay::{ReplayReport, replay},
+    report::RowSubject,
 };
 use std::path::{Path, PathBuf};
 
@@ -121,7 +122,7 @@ fn print_json(report: &ReplayReport) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sorted_hosts(report: &ReplayReport) -> Vec<(IpAddr, &HostStats)> {
+fn sorted_hosts(report: &ReplayReport) -> Vec<(RowSubject, &HostStats)> {
     let mut hosts: Vec<_> = report.hosts.iter().map(|(h, s)| (*h, s)).collect();
     hosts.sort_by(|a, b| b.1.attempts.cmp(&a.1.attempts).then(a.0.cmp(&b.0)));
     hosts

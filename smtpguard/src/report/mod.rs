@@ -118,10 +118,14 @@ impl ReportRow {
 }
 
 /// What a row is about: one host (shown as its address) or a group (shown as its prefix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RowSubject(IpNet);
 
 impl RowSubject {
+    pub fn new(prefix: IpNet) -> Self {
+        Self(prefix)
+    }
+
     /// The host's address, if the row is one address.
     pub fn address(&self) -> Option<IpAddr> {
         (self.0.prefix_len() == self.0.max_prefix_len()).then(|| self.0.addr())
