@@ -1,0 +1,4 @@
+//! What fleet mode adds beside the policy (which is `policy::etcd`): every gateway's report
+//! history in PostgreSQL.
+
+pub mod postgres;
