@@ -407,6 +407,21 @@ fn tls_client_certificates_are_required_and_named_when_wrong() {
         .ok(&["exempt", "add", SUBSCRIBER, "--reason", "over TLS"]);
     assert!(gateway.open(), "log:\n{}", gateway.log());
 
+    // The policy source is chosen at start: a reload that changes [fleet] is refused.
+    let config = std::fs::read_to_string(&gateway.fixture.config).unwrap();
+    std::fs::write(
+        &gateway.fixture.config,
+        config.replace("gw-tls", "gw-renamed"),
+    )
+    .unwrap();
+    assert_fails(
+        &gateway.fixture.cli(&["reload"]),
+        1,
+        &["[fleet] table changed", "restart the agent"],
+        "reload with another [fleet] table",
+    );
+    std::fs::write(&gateway.fixture.config, config).unwrap();
+
     // A certificate of another CA: `config check --connect` names the server and the cause.
     let stranger = gateway.fixture.scratch.file("stranger.toml");
     std::fs::write(
