@@ -411,7 +411,7 @@ fn tls_client_certificates_are_required_and_named_when_wrong() {
     let config = std::fs::read_to_string(&gateway.fixture.config).unwrap();
     std::fs::write(
         &gateway.fixture.config,
-        config.replace("gw-tls", "gw-renamed"),
+        config.replace("gateway_id = \"gw-tls\"", "gateway_id = \"gw-renamed\""),
     )
     .unwrap();
     assert_fails(
