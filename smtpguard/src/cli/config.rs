@@ -133,6 +133,7 @@ fn connect_fleet(config: &Config, file: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    super::ignore_sigpipe();
     let mut failed = Vec::new();
     if let Some(etcd) = &fleet.etcd {
         match crate::policy::etcd::probe(etcd) {
