@@ -104,6 +104,8 @@ pub struct MetricsSnapshot {
     /// The etcd connection of a fleet-mode gateway; `None` for a gateway on its own (no
     /// fleet families are exported then).
     pub fleet: Option<FleetMetrics>,
+    /// The history's shipping to the fleet's PostgreSQL; `None` without `[fleet] postgres`.
+    pub shipping: Option<crate::fleet::shipping::Shipping>,
 }
 
 /// What the fleet families say.
@@ -466,6 +468,29 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             Value::Float(start_time),
         ),
     ];
+    if let Some(shipping) = &snapshot.shipping {
+        families.extend([
+            single(
+                "smtpguard_fleet_postgres_connected",
+                "1 while the agent ships its report history to the fleet's PostgreSQL, 0 while \
+                 it cannot (the backlog grows in the local store).",
+                Kind::Gauge,
+                Value::Int(u64::from(shipping.connected)),
+            ),
+            single(
+                "smtpguard_fleet_report_backlog_intervals",
+                "Snapshot intervals in the local store not yet shipped to PostgreSQL.",
+                Kind::Gauge,
+                Value::Int(shipping.backlog_intervals),
+            ),
+            single(
+                "smtpguard_fleet_report_rows_shipped",
+                "Per-host interval records written to PostgreSQL (a retry counts again).",
+                Kind::Counter,
+                Value::Int(shipping.rows_shipped),
+            ),
+        ]);
+    }
     if let Some(fleet) = snapshot.fleet {
         families.extend([
             single(
@@ -1191,6 +1216,7 @@ mod tests {
             escalated_hosts: 4,
             last_snapshot_timestamp_seconds: 1_700_000_200.5,
             fleet: None,
+            shipping: None,
         }
     }
 

@@ -443,3 +443,174 @@ fn tls_client_certificates_are_required_and_named_when_wrong() {
         "config check --connect with a client certificate of another CA",
     );
 }
+
+/// `report -o json` rows by host.
+fn report_rows(gateway: &Gateway, args: &[&str]) -> std::collections::BTreeMap<String, Value> {
+    let mut full = vec!["report", "--since", "1h", "-o", "json"];
+    full.extend_from_slice(args);
+    rows(&gateway.fixture.ok(&full))
+        .into_iter()
+        .map(|row| (row["host"].as_str().unwrap().to_owned(), row))
+        .collect()
+}
+
+/// `count` blocked attempts from the subscriber's IPv4 and IPv6 hosts.
+fn traffic(gateway: &Gateway, count: usize) {
+    for _ in 0..count {
+        assert!(!harness::attempt_from(
+            &gateway.fixture,
+            ip(addr::SUBSCRIBER_V4),
+            ip(addr::MX_V4),
+            Duration::from_millis(50)
+        ));
+        assert!(!harness::attempt_from(
+            &gateway.fixture,
+            ip(addr::SUBSCRIBER_V6),
+            mx_v6(),
+            Duration::from_millis(50)
+        ));
+    }
+}
+
+fn shipping(gateway: &Gateway) -> Value {
+    gateway.status()["fleet_reports"].clone()
+}
+
+#[test]
+fn reports_reach_postgres_through_an_outage_once_each() {
+    let mut postgres = smtpguard_tests::engines::Postgres::start().unwrap();
+    let fleet = format!(
+        "postgres = \"{}\"\n[report]\ninterval = \"1s\"\n",
+        postgres.url()
+    );
+    let gateways: Vec<Gateway> = (1..=3)
+        .map(|n| Gateway::new("reports", &format!("gw-{n}"), &fleet))
+        .collect();
+    for (n, gateway) in gateways.iter().enumerate() {
+        traffic(gateway, n + 2);
+    }
+    let shipped_all = |gateway: &Gateway| {
+        let shipping = shipping(gateway);
+        shipping["connected"] == true
+            && shipping["backlog_intervals"] == 0
+            && shipping["rows_shipped"].as_u64() > Some(0)
+    };
+    for gateway in &gateways {
+        eventually(PROPAGATION, "the first intervals are shipped", || {
+            shipped_all(gateway)
+        });
+    }
+
+    // PostgreSQL away during traffic and snapshots: the backlog waits in the local stores.
+    postgres.stop().unwrap();
+    for gateway in &gateways {
+        traffic(gateway, 3);
+    }
+    for gateway in &gateways {
+        eventually(PROPAGATION, "a backlog while PostgreSQL is away", || {
+            let shipping = shipping(gateway);
+            shipping["connected"] == false && shipping["backlog_intervals"].as_u64() > Some(0)
+        });
+        let error = shipping(gateway)["last_error"].to_string();
+        assert!(
+            error.contains(&format!("127.0.0.1:{}/smtpguard", postgres.port)),
+            "the error names the server: {error}"
+        );
+        assert!(metric(gateway.metrics, "smtpguard_fleet_report_backlog_intervals") > Some(0.0));
+    }
+    postgres.resume().unwrap();
+    for gateway in &gateways {
+        eventually(PROPAGATION * 2, "the backlog is shipped", || {
+            shipped_all(gateway)
+        });
+    }
+    // Traffic stopped: let the last snapshot (with the last attempts) be taken and shipped.
+    thread::sleep(Duration::from_millis(2500));
+    for gateway in &gateways {
+        eventually(PROPAGATION, "everything is shipped", || {
+            shipped_all(gateway)
+        });
+    }
+
+    // The fleet report is the merge of the local ones: nothing lost, nothing counted twice.
+    let locals: Vec<_> = gateways.iter().map(|g| report_rows(g, &[])).collect();
+    let fleet_report = report_rows(&gateways[1], &["--fleet"]);
+    let hosts: std::collections::BTreeSet<&String> =
+        locals.iter().flat_map(|local| local.keys()).collect();
+    assert_eq!(
+        hosts,
+        fleet_report.keys().collect(),
+        "the fleet report has every host of the local reports"
+    );
+    for host in hosts {
+        let sum = |field: &str| {
+            locals
+                .iter()
+                .filter_map(|local| local.get(host))
+                .map(|row| row[field].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        let row = &fleet_report[host];
+        for field in ["attempts", "dropped", "segments"] {
+            assert_eq!(
+                row[field].as_u64(),
+                Some(sum(field)),
+                "{host} {field}: the fleet report {row} against the local ones {locals:?}"
+            );
+        }
+        // One MX address each: the merged sketches count it once.
+        assert_eq!(row["distinct_destinations"], 1, "{row}");
+        assert_eq!(row["gateways"], 3, "{row}");
+        let classes: Vec<&Value> = locals.iter().map(|local| &local[host]["class"]).collect();
+        assert!(
+            classes.iter().all(|class| **class == row["class"]),
+            "{host}: the class merges as the local ones agree: {classes:?} vs {row}"
+        );
+    }
+    let one = report_rows(&gateways[0], &["--fleet", "--gateway", "gw-3"]);
+    let local = &locals[2];
+    assert_eq!(
+        one.values()
+            .map(|row| row["attempts"].clone())
+            .collect::<Vec<_>>(),
+        local
+            .values()
+            .map(|row| row["attempts"].clone())
+            .collect::<Vec<_>>(),
+        "--gateway gw-3 is gw-3's own history"
+    );
+    assert!(one.values().all(|row| row["gateways"] == 1));
+    let text = String::from_utf8(gateways[0].fixture.ok(&["report", "--fleet"]).stdout).unwrap();
+    assert!(text.lines().next().unwrap().ends_with("GATEWAYS"), "{text}");
+
+    // A role without rights: the agent says which server refused what.
+    postgres
+        .psql("postgres", "CREATE ROLE reader LOGIN")
+        .unwrap();
+    let reader = postgres.url().replace("smtpguard@", "reader@");
+    let config = gateways[0].fixture.scratch.file("reader.toml");
+    std::fs::write(
+        &config,
+        gateways[0].fixture.config_text(&format!(
+            "[fleet]\ngateway_id = \"gw-r\"\npostgres = \"{reader}\"\n"
+        )),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let loaded = smtpguard::config::Config::load(&config).unwrap();
+    let refused = runtime
+        .block_on(smtpguard::fleet::postgres::Reports::open(
+            loaded.fleet.unwrap().postgres.as_ref().unwrap(),
+        ))
+        .err()
+        .expect("a role without rights is refused")
+        .to_string();
+    assert!(
+        refused.contains(&format!("127.0.0.1:{}/smtpguard", postgres.port))
+            && refused.contains("permission denied"),
+        "{refused}"
+    );
+}

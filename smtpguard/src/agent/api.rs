@@ -121,6 +121,12 @@ pub enum Request {
         /// Reoffenders instead of hosts.
         #[serde(default, skip_serializing_if = "is_false")]
         reoffenders: bool,
+        /// Every gateway's history, from the fleet's PostgreSQL.
+        #[serde(default, skip_serializing_if = "is_false")]
+        fleet: bool,
+        /// With `fleet`: one gateway's only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway: Option<String>,
     },
     /// The ranges to publish on a policy block list.
     PblExport {},

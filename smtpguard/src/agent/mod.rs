@@ -104,6 +104,16 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
     if let Some(fleet) = lock(&state).fleet() {
         tokio::spawn(follow_fleet(state.clone(), fleet.changed()));
     }
+    if let (Some(fleet), Some(status)) = (&config.fleet, lock(&state).shipping())
+        && let Some(postgres) = &fleet.postgres
+    {
+        tokio::spawn(crate::fleet::shipping::ship(
+            postgres.clone(),
+            fleet.gateway_id.clone(),
+            config.agent.state_dir.clone(),
+            status,
+        ));
+    }
     let snapshotter = Arc::new(Mutex::new(snapshotter));
     tokio::spawn(snapshot_statistics(
         snapshotter.clone(),

@@ -6,7 +6,7 @@
 //! `reconcile` (desired policy into the kernel maps), `enforcement` (attach, pins, interface
 //! watch), `escalation` (bots and their escalations) and `expiry`.
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 use smtpguard_common::{
@@ -22,6 +22,10 @@ use super::{
 use crate::{
     config::{Config, XdpMode},
     dataplane::{Dataplane, DataplaneError, PinLayout},
+    fleet::{
+        postgres::server_name,
+        shipping::{Shipping, ShippingStatus},
+    },
     metrics::{AgentCounters, MetricsSnapshot},
     policy::{
         DesiredPolicy, EtcdSource, FleetHandle, LocalStore, PolicySource, ResolvedRelays,
@@ -71,6 +75,8 @@ pub struct AgentState {
     pub(super) policy: Box<dyn PolicySource>,
     /// The etcd connection of a fleet-mode gateway: its status, changes and audit.
     pub(super) fleet: Option<FleetHandle>,
+    /// How the history's shipping to the fleet's PostgreSQL goes (fleet mode with postgres).
+    pub(super) shipping: Option<Arc<ShippingStatus>>,
     pub(super) journal: Journal,
     pub(super) dataplane: Dataplane,
     pub(super) enforcement: Enforcement,
@@ -94,6 +100,11 @@ impl AgentState {
         let store = Store::open(&config.agent.state_dir)?;
         let last_snapshot = store.snapshot_state()?.map(|s| s.last);
         let (policy, fleet) = open_policy(&config)?;
+        let shipping = config
+            .fleet
+            .as_ref()
+            .and_then(|fleet| fleet.postgres.as_ref())
+            .map(|_| Arc::default());
         let pins = PinLayout::new(&config.agent.pin_dir);
         let enforcement = Enforcement::prepare(pins)?;
         let dataplane = Dataplane::load_pinned(&config.capacity, enforcement.pins())
@@ -105,6 +116,7 @@ impl AgentState {
             config_path,
             policy,
             fleet,
+            shipping,
             journal: Journal {
                 store,
                 counters: AgentCounters::default(),
@@ -186,6 +198,16 @@ impl AgentState {
 
     pub fn fleet(&self) -> Option<&FleetHandle> {
         self.fleet.as_ref()
+    }
+
+    pub fn shipping(&self) -> Option<Arc<ShippingStatus>> {
+        self.shipping.clone()
+    }
+
+    /// The shipping's status as `status` and the metrics show it.
+    pub(super) fn shipping_status(&self) -> Option<Shipping> {
+        let postgres = self.config.fleet.as_ref()?.postgres.as_ref()?;
+        Some(self.shipping.as_ref()?.snapshot(server_name(postgres)))
     }
 
     /// Brings the kernel maps to the fleet policy after etcd changed it (or the connection
@@ -311,6 +333,7 @@ impl AgentState {
                     corrupt_keys: status.corrupt_keys,
                 }
             }),
+            shipping: self.shipping_status(),
         }
     }
 }

@@ -105,6 +105,10 @@ pub struct ReportRow {
     pub last_seen: SystemTime,
     pub class: Class,
     pub class_reason: ClassReason,
+    /// In a fleet report, how many gateways saw the host (or the group's hosts); `None` in a
+    /// gateway's own report, which has no such column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<usize>,
 }
 
 impl ReportRow {
@@ -122,6 +126,11 @@ impl ReportRow {
 pub struct RowSubject(IpNet);
 
 impl RowSubject {
+    /// The host, or the group's prefix.
+    pub fn prefix(&self) -> IpNet {
+        self.0
+    }
+
     /// The host's address, if the row is one host.
     pub fn address(&self) -> Option<IpAddr> {
         (self.0.prefix_len() == self.0.max_prefix_len()).then(|| self.0.addr())
@@ -757,6 +766,7 @@ impl RowMaker<'_> {
             last_seen: summary.last_seen,
             class,
             class_reason,
+            gateways: None,
         }
     }
 

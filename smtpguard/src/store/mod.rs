@@ -25,6 +25,7 @@ mod exemptions;
 mod fleet_cache;
 mod history;
 mod relays;
+mod shipping;
 
 use std::fmt;
 use std::fs::{self, DirBuilder};
@@ -43,6 +44,7 @@ pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
+pub use shipping::IntervalSpan;
 
 /// The database's file name inside the state directory.
 pub const DB_FILE_NAME: &str = "smtpguard.db";
@@ -171,7 +173,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 4: history and cursors packed into chunks of records (see `history`).
     Migration::Code(history::pack_rows_into_chunks),
-    // 5: the last good fleet policy read from etcd (see `fleet_cache`).
+    // 5: the last good fleet policy read from etcd (see `fleet_cache`) and how far the
+    // history has been shipped to the fleet's PostgreSQL (see `shipping`).
     Migration::Sql(
         "CREATE TABLE fleet_keys (
          key          TEXT    NOT NULL PRIMARY KEY,
@@ -182,6 +185,10 @@ const MIGRATIONS: &[Migration] = &[
          id        INTEGER PRIMARY KEY CHECK (id = 1),
          revision  INTEGER NOT NULL,
          synced_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE fleet_shipping (
+         id             INTEGER PRIMARY KEY CHECK (id = 1),
+         shipped_end_ms INTEGER NOT NULL
      ) STRICT;",
     ),
 ];

@@ -51,6 +51,7 @@ impl AgentState {
             "pin_dir": self.enforcement.pins().root().display().to_string(),
             "state_dir": self.config.agent.state_dir.display().to_string(),
             "fleet": self.fleet.as_ref().map(|fleet| fleet.status()),
+            "fleet_reports": self.shipping_status(),
         }))
     }
 }
