@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod fleet;
 pub mod input;
 pub mod logging;
 pub mod metrics;

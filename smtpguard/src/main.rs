@@ -1,6 +1,9 @@
 use std::process::ExitCode;
 
-use smtpguard::agent::api::ClientError;
+use smtpguard::{
+    agent::api::{ClientError, ErrorKind},
+    cli::AgentRefused,
+};
 
 fn main() -> ExitCode {
     match smtpguard::cli::run() {
@@ -17,6 +20,12 @@ fn main() -> ExitCode {
             // Exit code 2: the agent could not be reached, or gave no answer (it died during
             // the request, which may or may not have been carried out); 3: its socket refuses
             // this user; 1: anything else, a refusal included, after which nothing has changed.
+            if error
+                .downcast_ref::<AgentRefused>()
+                .is_some_and(|refused| refused.kind == ErrorKind::Unavailable)
+            {
+                return ExitCode::from(2);
+            }
             match error.downcast_ref::<ClientError>() {
                 Some(
                     ClientError::Unreachable { .. }

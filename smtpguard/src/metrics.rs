@@ -101,6 +101,21 @@ pub struct MetricsSnapshot {
     pub escalated_hosts: u64,
     /// Unix time of the last successful statistics snapshot, in seconds (0: none yet).
     pub last_snapshot_timestamp_seconds: f64,
+    /// The etcd connection of a fleet-mode gateway; `None` for a gateway on its own (no
+    /// fleet families are exported then).
+    pub fleet: Option<FleetMetrics>,
+    /// The history's shipping to the fleet's PostgreSQL; `None` without `[fleet] postgres`.
+    pub shipping: Option<crate::fleet::shipping::Shipping>,
+}
+
+/// What the fleet families say.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FleetMetrics {
+    pub connected: bool,
+    pub revision: i64,
+    /// Unix seconds of the last list or watch event (0: never).
+    pub last_sync_timestamp_seconds: f64,
+    pub corrupt_keys: u64,
 }
 
 /// The label value of a verdict in `smtpguard_packets_total`.
@@ -265,7 +280,7 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
         kind,
         samples: Samples::Labelled(samples),
     };
-    vec![
+    let mut families = vec![
         labelled(
             "smtpguard_packets",
             "Frames seen by the kernel program, summed over CPUs, by the reason behind their \
@@ -452,7 +467,62 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             Kind::Gauge,
             Value::Float(start_time),
         ),
-    ]
+    ];
+    if let Some(shipping) = &snapshot.shipping {
+        families.extend([
+            single(
+                "smtpguard_fleet_postgres_connected",
+                "1 while the agent ships its report history to the fleet's PostgreSQL, 0 while \
+                 it cannot (the backlog grows in the local store).",
+                Kind::Gauge,
+                Value::Int(u64::from(shipping.connected)),
+            ),
+            single(
+                "smtpguard_fleet_report_backlog_intervals",
+                "Snapshot intervals in the local store not yet shipped to PostgreSQL.",
+                Kind::Gauge,
+                Value::Int(shipping.backlog_intervals),
+            ),
+            single(
+                "smtpguard_fleet_report_rows_shipped",
+                "Per-host interval records written to PostgreSQL (a retry counts again).",
+                Kind::Counter,
+                Value::Int(shipping.rows_shipped),
+            ),
+        ]);
+    }
+    if let Some(fleet) = snapshot.fleet {
+        families.extend([
+            single(
+                "smtpguard_fleet_connected",
+                "1 while the agent follows the fleet's etcd, 0 while it enforces the last fleet \
+                 policy it saw because etcd is unreachable.",
+                Kind::Gauge,
+                Value::Int(u64::from(fleet.connected)),
+            ),
+            single(
+                "smtpguard_fleet_revision",
+                "The etcd revision the agent's fleet policy is complete at.",
+                Kind::Gauge,
+                Value::Int(u64::try_from(fleet.revision).unwrap_or(0)),
+            ),
+            single(
+                "smtpguard_fleet_last_sync_timestamp_seconds",
+                "Unix time the fleet policy was last read or changed from etcd, in seconds (0: \
+                 never).",
+                Kind::Gauge,
+                Value::Float(finite_or_zero(fleet.last_sync_timestamp_seconds)),
+            ),
+            single(
+                "smtpguard_fleet_corrupt_keys",
+                "Keys under the fleet prefix that did not decode and were skipped (never \
+                 applied); someone other than smtpguard wrote them.",
+                Kind::Counter,
+                Value::Int(fleet.corrupt_keys),
+            ),
+        ]);
+    }
+    families
 }
 
 /// The snapshot's families, handed to `prometheus-client` as a collector: it is asked to
@@ -1145,6 +1215,8 @@ mod tests {
             relay_hosts_unresolved: 1,
             escalated_hosts: 4,
             last_snapshot_timestamp_seconds: 1_700_000_200.5,
+            fleet: None,
+            shipping: None,
         }
     }
 

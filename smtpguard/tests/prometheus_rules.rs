@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use smtpguard::metrics::{Format, MetricsSnapshot, render_as};
+use smtpguard::metrics::{FleetMetrics, Format, MetricsSnapshot, render_as};
 
 fn folder() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
@@ -41,7 +41,12 @@ fn rules_name_only_metrics_the_agent_exports() {
         .collect();
     assert!(named.len() >= 6, "{named:?}");
     // Every family is declared (# TYPE) even without samples.
-    let exposition = render_as(&MetricsSnapshot::default(), Format::PrometheusText);
+    // A fleet-mode agent's: a gateway on its own exports the same minus the fleet families.
+    let fleet = MetricsSnapshot {
+        fleet: Some(FleetMetrics::default()),
+        ..MetricsSnapshot::default()
+    };
+    let exposition = render_as(&fleet, Format::PrometheusText);
     let exported: BTreeSet<&str> = exposition
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))

@@ -2,6 +2,7 @@
 //! the differential harness with its frame and policy generators and regression cases.
 pub mod cases;
 pub mod differential;
+pub mod engines;
 pub mod frames;
 pub mod generate;
 pub mod lab;

@@ -33,6 +33,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // The package test parses the zsh completion with `zsh -n`.
     "zsh",
+    // Fleet mode's engines, started by the fleet tests in temporary folders: etcd (v3 API) for
+    // the policy, PostgreSQL for the reports.
+    "etcd-server",
+    "postgresql",
+    // etcd-client's build script compiles etcd's protobuf definitions with protoc.
+    "protobuf-compiler",
 ];
 
 pub fn run(root: &Path) -> Result<()> {

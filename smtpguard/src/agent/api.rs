@@ -86,6 +86,9 @@ pub enum Request {
         /// RFC 3339.
         #[serde(default)]
         since: Option<String>,
+        /// The fleet's changes (etcd's audit range) instead of this gateway's trail.
+        #[serde(default)]
+        fleet: bool,
     },
     Reload {
         /// Apply the file even though it is dangerous (see `config::danger`).
@@ -118,6 +121,12 @@ pub enum Request {
         /// Reoffenders instead of hosts.
         #[serde(default, skip_serializing_if = "is_false")]
         reoffenders: bool,
+        /// Every gateway's history, from the fleet's PostgreSQL.
+        #[serde(default, skip_serializing_if = "is_false")]
+        fleet: bool,
+        /// With `fleet`: one gateway's only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gateway: Option<String>,
     },
     /// The ranges to publish on a policy block list.
     PblExport {},
@@ -168,7 +177,9 @@ impl Request {
                 input::parse_address("source", src)?;
                 input::parse_address("destination", dst)?;
             }
-            Request::Audit { since: Some(since) } => {
+            Request::Audit {
+                since: Some(since), ..
+            } => {
                 input::parse_time("since", since)?;
             }
             Request::EscalationLift { host } => {
@@ -186,7 +197,7 @@ impl Request {
             Request::ExemptList {}
             | Request::RelayList {}
             | Request::Status {}
-            | Request::Audit { since: None }
+            | Request::Audit { since: None, .. }
             | Request::Reload { .. }
             | Request::Detach {}
             | Request::EscalationList {}
@@ -232,6 +243,9 @@ pub enum ErrorKind {
     Failed,
     /// The agent serves its most connections at once; the CLI tries again.
     Busy,
+    /// The fleet's etcd cannot be reached: nothing was changed (exit code 2, like an agent
+    /// that cannot be reached).
+    Unavailable,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

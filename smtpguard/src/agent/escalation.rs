@@ -43,7 +43,8 @@ impl AgentState {
             .map(|e| e.host)
             .collect();
         for row in bots {
-            let host = row.host.network();
+            // A host row's first address is the one the kernel keys the host by.
+            let host = row.host.prefix().network();
             let reason = row.class_reason.to_string();
             if !known.contains(&host) {
                 self.journal.store.record_bot(host, now, &reason)?;

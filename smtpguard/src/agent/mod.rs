@@ -101,6 +101,19 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
     tokio::spawn(expire_exemptions(state.clone()));
     tokio::spawn(watch(state.clone()));
     tokio::spawn(refresh_relays(state.clone(), config.agent.relay_refresh));
+    if let Some(fleet) = lock(&state).fleet() {
+        tokio::spawn(follow_fleet(state.clone(), fleet.changed()));
+    }
+    if let (Some(fleet), Some(status)) = (&config.fleet, lock(&state).shipping())
+        && let Some(postgres) = &fleet.postgres
+    {
+        tokio::spawn(crate::fleet::shipping::ship(
+            postgres.clone(),
+            fleet.gateway_id.clone(),
+            config.agent.state_dir.clone(),
+            status,
+        ));
+    }
     let snapshotter = Arc::new(Mutex::new(snapshotter));
     tokio::spawn(snapshot_statistics(
         snapshotter.clone(),
@@ -335,6 +348,16 @@ async fn watch(state: Arc<Mutex<AgentState>>) {
         tick.tick().await;
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || lock(&state).watch()).await;
+    }
+}
+
+/// Applies every change of the fleet policy to the kernel maps as etcd reports it. Changes
+/// that arrive while one is applied are taken together by the next pass.
+async fn follow_fleet(state: Arc<Mutex<AgentState>>, changed: Arc<Notify>) {
+    loop {
+        changed.notified().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || lock(&state).follow_fleet()).await;
     }
 }
 

@@ -6,7 +6,7 @@
 //! `reconcile` (desired policy into the kernel maps), `enforcement` (attach, pins, interface
 //! watch), `escalation` (bots and their escalations) and `expiry`.
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 use smtpguard_common::{
@@ -22,8 +22,15 @@ use super::{
 use crate::{
     config::{Config, XdpMode},
     dataplane::{Dataplane, DataplaneError, PinLayout},
+    fleet::{
+        postgres::server_name,
+        shipping::{Shipping, ShippingStatus},
+    },
     metrics::{AgentCounters, MetricsSnapshot},
-    policy::{DesiredPolicy, LocalStore, PolicySource, ResolvedRelays, resolve_relay_hosts},
+    policy::{
+        DesiredPolicy, EtcdSource, FleetHandle, LocalStore, PolicySource, ResolvedRelays,
+        resolve_relay_hosts,
+    },
     store::{AuditAction, SYSTEM_WHO, Store},
 };
 
@@ -66,6 +73,10 @@ pub struct AgentState {
     pub(super) config_path: PathBuf,
     /// Exemptions, runtime relays and escalations: the runtime part of the policy.
     pub(super) policy: Box<dyn PolicySource>,
+    /// The etcd connection of a fleet-mode gateway: its status, changes and audit.
+    pub(super) fleet: Option<FleetHandle>,
+    /// How the history's shipping to the fleet's PostgreSQL goes (fleet mode with postgres).
+    pub(super) shipping: Option<Arc<ShippingStatus>>,
     pub(super) journal: Journal,
     pub(super) dataplane: Dataplane,
     pub(super) enforcement: Enforcement,
@@ -88,7 +99,12 @@ impl AgentState {
     pub fn start(config: Config, config_path: PathBuf) -> anyhow::Result<Self> {
         let store = Store::open(&config.agent.state_dir)?;
         let last_snapshot = store.snapshot_state()?.map(|s| s.last);
-        let policy = LocalStore::open(&config.agent.state_dir)?;
+        let (policy, fleet) = open_policy(&config)?;
+        let shipping = config
+            .fleet
+            .as_ref()
+            .and_then(|fleet| fleet.postgres.as_ref())
+            .map(|_| Arc::default());
         let pins = PinLayout::new(&config.agent.pin_dir);
         let enforcement = Enforcement::prepare(pins)?;
         let dataplane = Dataplane::load_pinned(&config.capacity, enforcement.pins())
@@ -98,7 +114,9 @@ impl AgentState {
         let mut state = Self {
             config,
             config_path,
-            policy: Box::new(policy),
+            policy,
+            fleet,
+            shipping,
             journal: Journal {
                 store,
                 counters: AgentCounters::default(),
@@ -176,6 +194,38 @@ impl AgentState {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn fleet(&self) -> Option<&FleetHandle> {
+        self.fleet.as_ref()
+    }
+
+    pub fn shipping(&self) -> Option<Arc<ShippingStatus>> {
+        self.shipping.clone()
+    }
+
+    /// The shipping's status as `status` and the metrics show it.
+    pub(super) fn shipping_status(&self) -> Option<Shipping> {
+        let postgres = self.config.fleet.as_ref()?.postgres.as_ref()?;
+        Some(self.shipping.as_ref()?.snapshot(server_name(postgres)))
+    }
+
+    /// Brings the kernel maps to the fleet policy after etcd changed it (or the connection
+    /// changed): reconciled by difference, like a reload.
+    pub fn follow_fleet(&mut self) {
+        match self.reconcile() {
+            Ok(report) if report.added + report.updated + report.removed > 0 => info!(
+                added = report.added,
+                updated = report.updated,
+                removed = report.removed,
+                "fleet policy applied to the kernel maps"
+            ),
+            Ok(_) => {}
+            Err(error) => error!(
+                error = format!("{error:#}"),
+                "applying the fleet policy failed; retried at its next change"
+            ),
+        }
     }
 
     /// (map, entries, capacity) for every map; policy maps are counted from the reconciled
@@ -274,7 +324,33 @@ impl AgentState {
                 .active_escalations()
                 .map_or(0, |active| active.len() as u64),
             last_snapshot_timestamp_seconds: self.last_snapshot.map_or(0.0, unix_seconds),
+            fleet: self.fleet.as_ref().map(|fleet| {
+                let status = fleet.status();
+                crate::metrics::FleetMetrics {
+                    connected: status.connected,
+                    revision: status.revision,
+                    last_sync_timestamp_seconds: status.last_sync.map_or(0.0, unix_seconds),
+                    corrupt_keys: status.corrupt_keys,
+                }
+            }),
+            shipping: self.shipping_status(),
         }
+    }
+}
+
+/// The runtime policy's source: etcd with `[fleet] etcd`, else the local store.
+fn open_policy(config: &Config) -> anyhow::Result<(Box<dyn PolicySource>, Option<FleetHandle>)> {
+    let state_dir = &config.agent.state_dir;
+    match config
+        .fleet
+        .as_ref()
+        .and_then(|fleet| Some((fleet, fleet.etcd.as_ref()?)))
+    {
+        Some((fleet, etcd)) => {
+            let (source, handle) = EtcdSource::start(fleet, etcd, state_dir)?;
+            Ok((Box::new(source), Some(handle)))
+        }
+        None => Ok((Box::new(LocalStore::open(state_dir)?), None)),
     }
 }
 

@@ -33,6 +33,10 @@ pub enum ConfigCommand {
         /// Exit with code 1 when there are warnings, e.g. in a deployment pipeline.
         #[arg(long)]
         strict: bool,
+        /// Also reach the [fleet] servers (etcd, PostgreSQL) as the agent would and say what
+        /// answered; exit code 1 if one does not, e.g. smtpguard config check --connect
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -42,6 +46,7 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             file,
             against,
             strict,
+            connect,
         } => {
             let file = match file {
                 Some(file) => file,
@@ -74,6 +79,9 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                 for change in changes {
                     println!("  {change}");
                 }
+            }
+            if *connect {
+                connect_fleet(&config, file)?;
             }
             let dangers = danger::dangers(running.as_ref(), &config);
             for danger in &dangers {
@@ -114,6 +122,35 @@ pub fn run(command: &ConfigCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--connect`: every [fleet] server, each said reached or not; fails if one is not.
+fn connect_fleet(config: &Config, file: &Path) -> anyhow::Result<()> {
+    let Some(fleet) = &config.fleet else {
+        println!(
+            "{}: no [fleet] table: nothing to connect to",
+            file.display()
+        );
+        return Ok(());
+    };
+    super::ignore_sigpipe();
+    let mut failed = Vec::new();
+    if let Some(etcd) = &fleet.etcd {
+        match crate::policy::etcd::probe(etcd) {
+            Ok(line) => println!("{line}"),
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if let Some(postgres) = &fleet.postgres {
+        match crate::fleet::postgres::probe(postgres) {
+            Ok(line) => println!("{line}"),
+            Err(error) => failed.push(error.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
 }
 
 /// The tunnel and L3 devices of this machine (in `[agent] netns` when set) that are up and

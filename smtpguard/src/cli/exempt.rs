@@ -122,15 +122,18 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             table::print_list(
                 *format,
                 &body,
-                &[
-                    ("prefix", "PREFIX"),
-                    ("source", "SOURCE"),
-                    ("reason", "REASON"),
-                    ("ticket", "TICKET"),
-                    ("who", "WHO"),
-                    ("created", "CREATED"),
-                    ("expires", "EXPIRES"),
-                ],
+                &table::with_gateway(
+                    &body,
+                    &[
+                        ("prefix", "PREFIX"),
+                        ("source", "SOURCE"),
+                        ("reason", "REASON"),
+                        ("ticket", "TICKET"),
+                        ("who", "WHO"),
+                        ("created", "CREATED"),
+                        ("expires", "EXPIRES"),
+                    ],
+                ),
             )?;
         }
         ExemptCommand::Rm { prefix } => {

@@ -190,6 +190,14 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
+/// For a verb that talks to servers itself (`config check --connect`, `report --fleet`): a
+/// server that closes its connection (a refused client certificate) must give an error, not
+/// end the CLI by SIGPIPE as a closed stdout does.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition before the verb starts any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// An error's cause chain on one line, `: ` between causes, each cause said once: a cause
 /// whose text an outer error already shows (an error that prints its source and also returns
 /// it from `source()`) is left out.

@@ -66,14 +66,17 @@ pub fn run(command: &RelayCommand, agent: &AgentArgs) -> anyhow::Result<()> {
             table::print_list(
                 *format,
                 &body,
-                &[
-                    ("prefix", "PREFIX"),
-                    ("source", "SOURCE"),
-                    ("host", "HOST"),
-                    ("note", "NOTE"),
-                    ("who", "WHO"),
-                    ("created", "CREATED"),
-                ],
+                &table::with_gateway(
+                    &body,
+                    &[
+                        ("prefix", "PREFIX"),
+                        ("source", "SOURCE"),
+                        ("host", "HOST"),
+                        ("note", "NOTE"),
+                        ("who", "WHO"),
+                        ("created", "CREATED"),
+                    ],
+                ),
             )?;
         }
         RelayCommand::Rm { prefix } => {

@@ -57,6 +57,13 @@ pub struct ReportArgs {
     /// reoffense_gap apart, with their history, e.g. --reoffenders --since 30d
     #[arg(long)]
     reoffenders: bool,
+    /// Every gateway's history, from the fleet's PostgreSQL (the agent's [fleet] postgres),
+    /// with a gateways column, e.g. smtpguard report --fleet --since 24h
+    #[arg(long, conflicts_with = "reoffenders")]
+    fleet: bool,
+    /// With --fleet: one gateway's history only, e.g. --fleet --gateway gw-par-1
+    #[arg(long, requires = "fleet")]
+    gateway: Option<String>,
 }
 
 pub fn run(args: &ReportArgs, agent: &AgentArgs) -> anyhow::Result<()> {
@@ -71,6 +78,8 @@ pub fn run(args: &ReportArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         group: name(args.group),
         format: name(args.format),
         reoffenders: args.reoffenders,
+        fleet: args.fleet,
+        gateway: args.gateway.clone(),
     };
     request.validate(now)?;
     let socket = agent.socket()?;

@@ -86,6 +86,19 @@ pub fn print_list(
     Ok(())
 }
 
+/// `columns` and, when some row says which gateway made it (fleet mode), a GATEWAY column:
+/// a gateway on its own lists what it always did.
+pub fn with_gateway<'a>(body: &Value, columns: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut columns = columns.to_vec();
+    let fleet = body
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|row| !row["gateway"].is_null()));
+    if fleet {
+        columns.push(("gateway", "GATEWAY"));
+    }
+    columns
+}
+
 /// A JSON value as a cell: strings bare, null empty.
 pub fn text(value: &Value) -> String {
     match value {

@@ -65,6 +65,14 @@ pub const TABLES: &[Table] = &[
         doc: "Snapshots of per-host statistics, their retention, and what makes a host a bot \
               (`smtpguard report`, `smtpguard events`).",
     },
+    Table {
+        name: "fleet",
+        array: false,
+        doc: "Fleet mode (see docs/fleet.md): the runtime exemptions and relays of every gateway \
+              in etcd, and every gateway's report history in PostgreSQL. Absent, the gateway \
+              runs on its own: this file and its SQLite store. Subscriber ranges, config relays \
+              and config exemptions stay in each gateway's own file.",
+    },
 ];
 
 pub const KEYS: &[Key] = &[
@@ -304,6 +312,70 @@ pub const KEYS: &[Key] = &[
         default: "no program",
         doc: "The absolute path of a program run for each newly classified bot, with the \
               host's report row as JSON on its standard input (to open a ticket, say).",
+    },
+    Key {
+        table: "fleet",
+        name: "gateway_id",
+        default: "(required in [fleet])",
+        doc: "This gateway's name, unique in the fleet: 1 to 64 letters, digits, '-', '_' or \
+              '.', such as \"gw-par-1\". Shown in reports, audit entries and exemption lists.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd",
+        default: "(none: the policy stays local)",
+        doc: "The etcd (v3 API) endpoints holding the fleet's runtime exemptions and relays, all \
+              http:// or all https://, such as [\"https://10.0.0.1:2379\"].",
+    },
+    Key {
+        table: "fleet",
+        name: "prefix",
+        default: "\"/smtpguard/\"",
+        doc: "The key prefix every fleet key lives under; starts and ends with '/'.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd_ca",
+        default: "(none)",
+        doc: "The CA certificate (PEM) of the etcd servers; required with https:// endpoints.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd_cert",
+        default: "(none)",
+        doc: "This gateway's client certificate (PEM) for etcd, with etcd_key.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd_key",
+        default: "(none)",
+        doc: "The private key (PEM) of etcd_cert.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd_user",
+        default: "(none)",
+        doc: "The etcd user the agent authenticates as, with etcd_password_file.",
+    },
+    Key {
+        table: "fleet",
+        name: "etcd_password_file",
+        default: "(none)",
+        doc: "A file holding etcd_user's password (its first line), readable by the agent only.",
+    },
+    Key {
+        table: "fleet",
+        name: "postgres",
+        default: "(none: reports stay local)",
+        doc: "The PostgreSQL database every gateway ships its report history to, as a \
+              connection string without a password, such as \
+              \"postgres://smtpguard@db.example/smtpguard\".",
+    },
+    Key {
+        table: "fleet",
+        name: "postgres_password_file",
+        default: "(none)",
+        doc: "A file holding the PostgreSQL password (its first line).",
     },
 ];
 

@@ -29,11 +29,14 @@ use toml::Spanned;
 
 mod agent;
 pub mod danger;
+mod fleet;
 pub mod keys;
 mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, LogLevel, XdpMode};
 use self::agent::{RawAgent, validate_agent};
+pub use self::fleet::{EtcdAuth, EtcdConfig, EtcdTls, FleetConfig, PostgresConfig};
+use self::fleet::{RawFleet, validate_fleet};
 pub use self::report::ReportConfig;
 use self::report::{RawReport, validate_report};
 
@@ -55,6 +58,9 @@ pub struct Config {
     pub relay_hosts: Vec<RelayHost>,
     pub agent: AgentConfig,
     pub report: ReportConfig,
+    /// Fleet mode: the policy in etcd and/or the reports in PostgreSQL; `None` for a gateway
+    /// on its own.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// A `[[relays]]` entry given as `host = "smtp.isp.example"`.
@@ -212,6 +218,7 @@ impl Config {
             relay_hosts,
             agent: validate_agent(&src, raw.agent)?,
             report: validate_report(&src, raw.report)?,
+            fleet: validate_fleet(&src, raw.fleet)?,
         })
     }
 }
@@ -609,6 +616,9 @@ struct RawConfig {
     // Absent: every report setting at its default.
     #[serde(default)]
     report: RawReport,
+    // Absent: a gateway on its own (local policy, local reports).
+    #[serde(default)]
+    fleet: Option<Spanned<RawFleet>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1358,6 +1368,7 @@ mod tests {
                 relay_hosts: Vec::new(),
                 agent: AgentConfig::default(),
                 report: ReportConfig::default(),
+                fleet: None,
             }
         );
     }

@@ -8,12 +8,16 @@
 
 mod changes;
 mod desired;
+pub mod etcd;
+mod fleet_keys;
 mod relay_hosts;
 mod source;
 
 pub use self::{
     changes::{PolicyChange, changes, mode_name},
     desired::{DesiredPolicy, most_specific},
+    etcd::{EtcdSource, FleetHandle, FleetStatus},
+    fleet_keys::FleetAuditEntry,
     relay_hosts::{RelayHost, ResolvedRelays, Unresolved, UnresolvedWarning, resolve_relay_hosts},
-    source::{LocalStore, PolicyError, PolicySource, Rejection},
+    source::{LocalStore, PolicyError, PolicyResult, PolicySource, Rejection},
 };

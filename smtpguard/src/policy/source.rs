@@ -25,6 +25,9 @@ pub enum PolicyError {
     /// The local store refused the change or could not carry it out.
     #[error(transparent)]
     Local(#[from] StoreError),
+    /// etcd refused the change or could not be reached (fleet mode).
+    #[error(transparent)]
+    Fleet(#[from] super::etcd::FleetError),
 }
 
 /// A change the source refused as the caller's mistake, as opposed to the source failing.
@@ -36,6 +39,8 @@ pub enum Rejection {
     Duplicate,
     /// There is no such entry.
     NotFound,
+    /// Another gateway changed the entry since this one saw it (fleet mode).
+    ChangedMeanwhile,
 }
 
 impl PolicyError {
@@ -54,7 +59,21 @@ impl PolicyError {
                 | StoreError::TimeOutOfRange { .. } => Some(Rejection::Invalid),
                 _ => None,
             },
+            PolicyError::Fleet(error) => match error {
+                super::etcd::FleetError::ChangedMeanwhile { .. } => {
+                    Some(Rejection::ChangedMeanwhile)
+                }
+                _ => None,
+            },
         }
+    }
+
+    /// The source cannot be reached (etcd down): the CLI says so with exit code 2.
+    pub fn unavailable(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::Fleet(super::etcd::FleetError::Unreachable { .. })
+        )
     }
 }
 

@@ -105,6 +105,10 @@ pub struct ReportRow {
     pub last_seen: SystemTime,
     pub class: Class,
     pub class_reason: ClassReason,
+    /// In a fleet report, how many gateways saw the host (or the group's hosts); `None` in a
+    /// gateway's own report, which has no such column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<usize>,
 }
 
 impl ReportRow {
@@ -126,15 +130,14 @@ impl RowSubject {
         Self(prefix)
     }
 
+    /// The host (an IPv6 host is its /64 by default), or the group's prefix.
+    pub fn prefix(&self) -> IpNet {
+        self.0
+    }
+
     /// The host's address, if the row is one address.
     pub fn address(&self) -> Option<IpAddr> {
         (self.0.prefix_len() == self.0.max_prefix_len()).then(|| self.0.addr())
-    }
-
-    /// The first address of the row's prefix: of a host row, the address the kernel keys
-    /// that host by (an IPv6 host is its /64, `2001:db8:1:2::`).
-    pub fn network(&self) -> IpAddr {
-        self.0.network()
     }
 }
 
@@ -775,6 +778,7 @@ impl RowMaker<'_> {
             last_seen: summary.last_seen,
             class,
             class_reason,
+            gateways: None,
         }
     }
 

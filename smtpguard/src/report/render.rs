@@ -71,6 +71,14 @@ const COLUMNS: [(&str, bool); 12] = [
     ("WHY", false),
 ];
 
+/// The fleet report's extra column: how many gateways saw the row's hosts.
+const GATEWAYS: (&str, bool) = ("GATEWAYS", true);
+
+/// Whether the rows are a fleet report's (they carry the gateways column).
+fn fleet(rows: &[ReportRow]) -> bool {
+    rows.first().is_some_and(|row| row.gateways.is_some())
+}
+
 /// Writes `row`'s cell of `column` into `cell`.
 fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
     use std::fmt::Write as _;
@@ -93,7 +101,8 @@ fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
         ),
         9 => write!(cell, "{}", humantime::format_rfc3339_seconds(row.last_seen)),
         10 => write!(cell, "{}", row.class.name()),
-        _ => write!(cell, "{}", row.class_reason),
+        11 => write!(cell, "{}", row.class_reason),
+        _ => write!(cell, "{}", row.gateways.unwrap_or(0)),
     };
 }
 
@@ -101,7 +110,11 @@ fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
 /// in one reused buffer, so a table of a million rows is never held as text (the agent streams
 /// it to the CLI as it is written).
 pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
-    let mut widths = COLUMNS.map(|(heading, _)| heading.len());
+    let columns: Vec<(&str, bool)> = COLUMNS
+        .into_iter()
+        .chain(fleet(rows).then_some(GATEWAYS))
+        .collect();
+    let mut widths: Vec<usize> = columns.iter().map(|(heading, _)| heading.len()).collect();
     let mut cell = String::new();
     for row in rows {
         for (column, width) in widths.iter_mut().enumerate() {
@@ -113,12 +126,12 @@ pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
     let mut line = String::new();
     let mut emit = |out: &mut dyn Write, cells: &mut dyn FnMut(usize, &mut String)| {
         line.clear();
-        for (column, (width, (_, right))) in widths.iter().zip(COLUMNS).enumerate() {
+        for (column, (width, (_, right))) in widths.iter().zip(&columns).enumerate() {
             cell.clear();
             cells(column, &mut cell);
             let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
             line.push(' ');
-            if right {
+            if *right {
                 line.push_str(&pad);
                 line.push_str(&cell);
             } else {
@@ -129,7 +142,7 @@ pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())
     };
-    emit(out, &mut |column, cell| cell.push_str(COLUMNS[column].0))?;
+    emit(out, &mut |column, cell| cell.push_str(columns[column].0))?;
     for row in rows {
         emit(out, &mut |column, cell| cell_text(cell, row, column))?;
     }
@@ -143,7 +156,8 @@ pub fn json(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
 
 pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
-    writer.write_record(FIELDS)?;
+    let fleet = fleet(rows);
+    writer.write_record(FIELDS.iter().copied().chain(fleet.then_some("gateways")))?;
     // Each field is formed in one reused buffer: a million rows, fifteen fields each.
     let mut buffer = String::new();
     let mut field = |writer: &mut csv::Writer<_>, value: &dyn std::fmt::Display| {
@@ -176,6 +190,9 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         )?;
         writer.write_field(row.class.name())?;
         field(&mut writer, &row.class_reason)?;
+        if let Some(gateways) = row.gateways.filter(|_| fleet) {
+            field(&mut writer, &gateways)?;
+        }
         writer.write_record(None::<&[u8]>)?;
     }
     writer.flush()

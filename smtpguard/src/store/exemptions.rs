@@ -40,6 +40,97 @@ pub struct ExemptionUpdate {
     pub expires: Option<Option<SystemTime>>,
 }
 
+impl NewExemption {
+    /// The exemption as the store or a fleet source keeps it when added at `now` (times in
+    /// whole milliseconds), once its fields are sane.
+    pub fn checked(&self, now: SystemTime) -> Result<Exemption, StoreError> {
+        let now_ms = to_millis("now", now)?;
+        check_prefix(EntryKind::Exemption, self.prefix)?;
+        check_text("reason", &self.reason)?;
+        if self.reason.trim().is_empty() {
+            return Err(StoreError::EmptyReason {
+                prefix: self.prefix,
+            });
+        }
+        if let Some(ticket) = &self.ticket {
+            check_text("ticket", ticket)?;
+        }
+        check_text("who", &self.who)?;
+        let expires = self
+            .expires
+            .map(|at| future_millis(self.prefix, at, now, now_ms))
+            .transpose()?;
+        Ok(Exemption {
+            prefix: self.prefix,
+            reason: self.reason.clone(),
+            ticket: self.ticket.clone(),
+            who: self.who.clone(),
+            // What reading it back gives: whole milliseconds.
+            created: from_millis(now_ms).unwrap_or(now),
+            expires,
+            gateway: None,
+        })
+    }
+}
+
+/// `expires` in whole milliseconds, refused unless it is after `now`.
+fn future_millis(
+    prefix: IpNet,
+    expires: SystemTime,
+    now: SystemTime,
+    now_ms: i64,
+) -> Result<SystemTime, StoreError> {
+    let ms = to_millis("expires", expires)?;
+    if ms <= now_ms {
+        return Err(StoreError::ExpiryNotInFuture {
+            prefix,
+            expires,
+            now,
+        });
+    }
+    Ok(from_millis(ms).unwrap_or(expires))
+}
+
+impl ExemptionUpdate {
+    /// Refuses what no store keeps: bad text, an empty reason, an expiry not after `now`.
+    pub fn check(&self, prefix: IpNet, who: &str, now: SystemTime) -> Result<(), StoreError> {
+        let now_ms = to_millis("now", now)?;
+        check_prefix(EntryKind::Exemption, prefix)?;
+        check_text("who", who)?;
+        if let Some(reason) = &self.reason {
+            check_text("reason", reason)?;
+            if reason.trim().is_empty() {
+                return Err(StoreError::EmptyReason { prefix });
+            }
+        }
+        if let Some(ticket) = &self.ticket {
+            check_text("ticket", ticket)?;
+        }
+        if let Some(Some(expires)) = self.expires {
+            future_millis(prefix, expires, now, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// `old` with this update's fields, once [`Self::check`]ed.
+    pub fn applied_to(&self, old: &Exemption) -> Exemption {
+        Exemption {
+            reason: self.reason.clone().unwrap_or_else(|| old.reason.clone()),
+            ticket: self.ticket.clone().or_else(|| old.ticket.clone()),
+            expires: match self.expires {
+                Some(expires) => expires.map(|at| {
+                    to_millis("expires", at)
+                        .ok()
+                        .and_then(from_millis)
+                        .unwrap_or(at)
+                }),
+                None => old.expires,
+            },
+            ..old.clone()
+        }
+    }
+}
+
 /// A stored exemption. Times have millisecond precision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Exemption {
@@ -52,6 +143,9 @@ pub struct Exemption {
     pub created: SystemTime,
     #[serde(serialize_with = "super::serialize_optional_time")]
     pub expires: Option<SystemTime>,
+    /// The gateway it was made on, in fleet mode; `None` in a gateway's own store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 const TABLE: &str = "exemptions";
@@ -90,6 +184,7 @@ impl Row {
                 .expires_ms
                 .map(|ms| stored_time(path, TABLE, "expires_ms", ms))
                 .transpose()?,
+            gateway: None,
         })
     }
 }
@@ -149,39 +244,11 @@ impl Store {
         now: SystemTime,
     ) -> Result<Exemption, StoreError> {
         let now_ms = to_millis("now", now)?;
-        check_prefix(EntryKind::Exemption, new.prefix)?;
-        check_text("reason", &new.reason)?;
-        if new.reason.trim().is_empty() {
-            return Err(StoreError::EmptyReason { prefix: new.prefix });
-        }
-        if let Some(ticket) = &new.ticket {
-            check_text("ticket", ticket)?;
-        }
-        check_text("who", &new.who)?;
-        let expires_ms = match new.expires {
-            None => None,
-            Some(expires) => {
-                let ms = to_millis("expires", expires)?;
-                if ms <= now_ms {
-                    return Err(StoreError::ExpiryNotInFuture {
-                        prefix: new.prefix,
-                        expires,
-                        now,
-                    });
-                }
-                Some(ms)
-            }
-        };
-
-        let exemption = Exemption {
-            prefix: new.prefix,
-            reason: new.reason.clone(),
-            ticket: new.ticket.clone(),
-            who: new.who.clone(),
-            // What reading it back gives: whole milliseconds.
-            created: from_millis(now_ms).unwrap_or(now),
-            expires: expires_ms.and_then(from_millis),
-        };
+        let exemption = new.checked(now)?;
+        let expires_ms = exemption
+            .expires
+            .map(|at| to_millis("expires", at))
+            .transpose()?;
         let columns = PrefixColumns::new(new.prefix);
         self.write(|tx, path| {
             EXEMPTIONS.refuse_duplicate(tx, path, &columns, new.prefix)?;
@@ -227,32 +294,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<(Exemption, Exemption), StoreError> {
         let now_ms = to_millis("now", now)?;
-        check_prefix(EntryKind::Exemption, prefix)?;
-        check_text("who", who)?;
-        if let Some(reason) = &update.reason {
-            check_text("reason", reason)?;
-            if reason.trim().is_empty() {
-                return Err(StoreError::EmptyReason { prefix });
-            }
-        }
-        if let Some(ticket) = &update.ticket {
-            check_text("ticket", ticket)?;
-        }
-        let expires_ms = match update.expires {
-            Some(Some(expires)) => {
-                let ms = to_millis("expires", expires)?;
-                if ms <= now_ms {
-                    return Err(StoreError::ExpiryNotInFuture {
-                        prefix,
-                        expires,
-                        now,
-                    });
-                }
-                Some(Some(ms))
-            }
-            Some(None) => Some(None),
-            None => None,
-        };
+        update.check(prefix, who, now)?;
         let text = prefix.to_string();
         self.write(|tx, path| {
             let old =
@@ -262,15 +304,7 @@ impl Store {
                         kind: EntryKind::Exemption,
                         prefix,
                     })?;
-            let new = Exemption {
-                reason: update.reason.clone().unwrap_or_else(|| old.reason.clone()),
-                ticket: update.ticket.clone().or_else(|| old.ticket.clone()),
-                expires: match expires_ms {
-                    Some(ms) => ms.and_then(from_millis),
-                    None => old.expires,
-                },
-                ..old.clone()
-            };
+            let new = update.applied_to(&old);
             let new_expires_ms = new.expires.map(|at| to_millis("expires", at)).transpose()?;
             tx.execute(
                 "UPDATE exemptions SET reason = ?2, ticket = ?3, expires_ms = ?4 WHERE prefix = ?1",
@@ -384,6 +418,7 @@ mod tests {
                 who: "alice".to_owned(),
                 created: at(NOW) + Duration::from_millis(42),
                 expires: Some(at(NOW + 86_400)),
+                gateway: None,
             }
         );
         assert_eq!(store.exemptions().unwrap(), vec![added.clone()]);

@@ -22,8 +22,10 @@
 mod audit;
 mod escalations;
 mod exemptions;
+mod fleet_cache;
 mod history;
 mod relays;
+mod shipping;
 
 use std::fmt;
 use std::fs::{self, DirBuilder};
@@ -39,8 +41,10 @@ use serde::Serializer;
 pub use audit::{AuditAction, AuditEntry, ParseAuditActionError};
 pub use escalations::{BotEvent, Escalation};
 pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
+pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub use relays::{NewRelay, RuntimeRelay};
+pub use shipping::IntervalSpan;
 
 /// The database's file name inside the state directory.
 pub const DB_FILE_NAME: &str = "smtpguard.db";
@@ -169,6 +173,24 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 4: history and cursors packed into chunks of records (see `history`).
     Migration::Code(history::pack_rows_into_chunks),
+    // 5: the last good fleet policy read from etcd (see `fleet_cache`) and how far the
+    // history has been shipped to the fleet's PostgreSQL (see `shipping`).
+    Migration::Sql(
+        "CREATE TABLE fleet_keys (
+         key          TEXT    NOT NULL PRIMARY KEY,
+         value        BLOB    NOT NULL,
+         mod_revision INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE fleet_state (
+         id        INTEGER PRIMARY KEY CHECK (id = 1),
+         revision  INTEGER NOT NULL,
+         synced_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE fleet_shipping (
+         id             INTEGER PRIMARY KEY CHECK (id = 1),
+         shipped_end_ms INTEGER NOT NULL
+     ) STRICT;",
+    ),
 ];
 
 /// The schema version this build writes and understands.
@@ -652,7 +674,7 @@ fn on_read_only_file_system(path: &Path) -> bool {
 }
 
 /// Rejects a prefix with host bits set.
-fn check_prefix(kind: EntryKind, prefix: IpNet) -> Result<(), StoreError> {
+pub(crate) fn check_prefix(kind: EntryKind, prefix: IpNet) -> Result<(), StoreError> {
     if prefix.trunc() == prefix {
         Ok(())
     } else {
@@ -662,7 +684,7 @@ fn check_prefix(kind: EntryKind, prefix: IpNet) -> Result<(), StoreError> {
 
 /// Rejects text longer than [`MAX_TEXT_BYTES`] or holding a control character (or another
 /// unprintable one, as [`crate::input`] defines them).
-fn check_text(field: &'static str, value: &str) -> Result<(), StoreError> {
+pub(crate) fn check_text(field: &'static str, value: &str) -> Result<(), StoreError> {
     if value.len() > MAX_TEXT_BYTES {
         return Err(StoreError::TooLong {
             field,
@@ -765,7 +787,7 @@ fn parse_stored_prefix(
 }
 
 /// Converts a time to stored Unix milliseconds (sub-millisecond parts are dropped).
-fn to_millis(field: &'static str, time: SystemTime) -> Result<i64, StoreError> {
+pub(crate) fn to_millis(field: &'static str, time: SystemTime) -> Result<i64, StoreError> {
     time.duration_since(UNIX_EPOCH)
         .ok()
         .and_then(|since| i64::try_from(since.as_millis()).ok())
@@ -774,7 +796,7 @@ fn to_millis(field: &'static str, time: SystemTime) -> Result<i64, StoreError> {
 }
 
 /// The time of stored Unix milliseconds, if in range.
-fn from_millis(ms: i64) -> Option<SystemTime> {
+pub(crate) fn from_millis(ms: i64) -> Option<SystemTime> {
     if (0..=MAX_MILLIS).contains(&ms) {
         Some(UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs()))
     } else {
@@ -831,7 +853,7 @@ pub(crate) fn serialize_time<S: Serializer>(
     }
 }
 
-fn serialize_optional_time<S: Serializer>(
+pub(crate) fn serialize_optional_time<S: Serializer>(
     time: &Option<SystemTime>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

@@ -34,6 +34,29 @@ pub struct RuntimeRelay {
     pub who: String,
     #[serde(serialize_with = "super::serialize_time")]
     pub created: SystemTime,
+    /// The gateway it was made on, in fleet mode; `None` in a gateway's own store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+impl NewRelay {
+    /// The relay as the store or a fleet source keeps it when added at `now`, once its fields
+    /// are sane.
+    pub fn checked(&self, now: SystemTime) -> Result<RuntimeRelay, StoreError> {
+        let now_ms = to_millis("now", now)?;
+        check_prefix(EntryKind::Relay, self.prefix)?;
+        if let Some(note) = &self.note {
+            check_text("note", note)?;
+        }
+        check_text("who", &self.who)?;
+        Ok(RuntimeRelay {
+            prefix: self.prefix,
+            note: self.note.clone(),
+            who: self.who.clone(),
+            created: from_millis(now_ms).unwrap_or(now),
+            gateway: None,
+        })
+    }
 }
 
 const TABLE: &str = "relays";
@@ -69,6 +92,7 @@ fn select(
                 note,
                 who,
                 created: stored_time(path, TABLE, "created_ms", created_ms)?,
+                gateway: None,
             })
         })
         .collect()
@@ -104,18 +128,7 @@ impl Store {
         now: SystemTime,
     ) -> Result<RuntimeRelay, StoreError> {
         let now_ms = to_millis("now", now)?;
-        check_prefix(EntryKind::Relay, new.prefix)?;
-        if let Some(note) = &new.note {
-            check_text("note", note)?;
-        }
-        check_text("who", &new.who)?;
-
-        let relay = RuntimeRelay {
-            prefix: new.prefix,
-            note: new.note.clone(),
-            who: new.who.clone(),
-            created: from_millis(now_ms).unwrap_or(now),
-        };
+        let relay = new.checked(now)?;
         let columns = PrefixColumns::new(new.prefix);
         self.write(|tx, path| {
             RELAYS.refuse_duplicate(tx, path, &columns, new.prefix)?;
@@ -191,6 +204,7 @@ mod tests {
                 note: Some("smarthost pool".to_owned()),
                 who: "alice".to_owned(),
                 created: at(NOW),
+                gateway: None,
             }
         );
         let bare = store

@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: builds and runs the measuring binary (tests/src/bin/bench_dataplane,
-//! as root), then renders its JSON as a table, a chart and, for full runs, docs/benchmarks.md.
+//! as root), then renders its JSON as a table, a chart and, for full runs, docs/benchmarks.md;
+//! then the fleet section (tests/src/bin/bench_fleet: real agents, etcd and PostgreSQL),
+//! whose figures docs/fleet.md quotes.
 //! Never part of `cargo xtask test`: it takes minutes and its figures depend on the machine.
 
 mod render;
@@ -35,6 +37,10 @@ pub struct BenchArgs {
     /// e.g. `--baseline HEAD~1` or `--baseline main`: what a change costs per packet.
     #[arg(long, value_name = "REV")]
     baseline: Option<String>,
+    /// Skip the fleet section (etcd propagation to 10 agents, 1,000 watchers, PostgreSQL
+    /// ingest and report), e.g. `--no-fleet`.
+    #[arg(long)]
+    no_fleet: bool,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -44,7 +50,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         Command::new("cargo")
             .current_dir(root)
             .args(["build", "--release", "-p", "smtpguard-tests"])
-            .args(["--bin", "bench_dataplane"]),
+            .args(["--bin", "bench_dataplane", "--bin", "bench_fleet"])
+            .args(["-p", "smtpguard", "--bin", "smtpguard"]),
     )?;
     let out_dir = root.join("target").join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -84,6 +91,27 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             .with_context(|| format!("writing {}", md.display()))?;
         println!("wrote {} and {}", md.display(), svg.display());
     }
+    if !args.no_fleet {
+        fleet(root, &out_dir, args.quick)?;
+    }
+    Ok(())
+}
+
+/// The fleet section: it prints its figures and writes them as JSON beside the others.
+fn fleet(root: &Path, out_dir: &Path, quick: bool) -> Result<()> {
+    let raw = out_dir.join("fleet.json");
+    let mut bench = Command::new(root.join("target/release/bench_fleet"));
+    bench
+        .current_dir(root)
+        .arg("--smtpguard")
+        .arg(root.join("target/release/smtpguard"))
+        .arg("--out")
+        .arg(&raw);
+    if quick {
+        bench.arg("--quick");
+    }
+    cmd::run(&mut bench)?;
+    println!("fleet figures: {}", raw.display());
     Ok(())
 }
 

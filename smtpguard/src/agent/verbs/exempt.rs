@@ -174,7 +174,7 @@ impl AgentState {
             .collect();
         for exemption in self.policy.exemptions()? {
             let mut row = json!(exemption);
-            row["source"] = json!("runtime");
+            row["source"] = json!(self.runtime_source());
             rows.push(row);
         }
         Ok(Value::Array(rows))

@@ -56,7 +56,8 @@ impl From<PolicyError> for Failure {
     fn from(error: PolicyError) -> Self {
         // Bad input and conflicts are the caller's; anything else is the source failing.
         let kind = match error.rejection() {
-            Some(Rejection::Duplicate) => ErrorKind::Conflict,
+            _ if error.unavailable() => ErrorKind::Unavailable,
+            Some(Rejection::Duplicate | Rejection::ChangedMeanwhile) => ErrorKind::Conflict,
             Some(Rejection::NotFound) => ErrorKind::NotFound,
             Some(Rejection::Invalid) => ErrorKind::BadRequest,
             None => ErrorKind::Failed,
@@ -110,7 +111,7 @@ impl AgentState {
             Request::RelayRemove { prefix } => self.relay_remove(&prefix, who),
             Request::Status {} => self.status(),
             Request::Check { src, dst, port } => self.check(&src, &dst, port),
-            Request::Audit { since } => self.audit(since.as_deref()),
+            Request::Audit { since, fleet } => self.audit(since.as_deref(), fleet),
             Request::Reload { force } => self.reload(force, who),
             Request::EscalationList {} => self.escalation_list(),
             Request::EscalationLift { host } => self.escalation_lift(&host, who),
@@ -130,6 +131,15 @@ impl AgentState {
         match outcome {
             Ok(body) => Response::Ok { body },
             Err(failure) => Response::error(failure.kind, failure.message),
+        }
+    }
+
+    /// What `exempt list` and `relay list` call the runtime entries: the fleet's in fleet mode.
+    fn runtime_source(&self) -> &'static str {
+        if self.fleet.is_some() {
+            "fleet"
+        } else {
+            "runtime"
         }
     }
 

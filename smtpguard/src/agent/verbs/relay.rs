@@ -132,7 +132,7 @@ impl AgentState {
         }
         for relay in self.policy.relays()? {
             let mut row = json!(relay);
-            row["source"] = json!("runtime");
+            row["source"] = json!(self.runtime_source());
             rows.push(row);
         }
         Ok(Value::Array(rows))

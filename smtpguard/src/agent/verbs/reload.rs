@@ -32,6 +32,16 @@ impl AgentState {
                 return Err(self.refuse_reload(who, ErrorKind::BadRequest, &error.to_string()));
             }
         };
+        // The policy source is chosen at start: switching it under a running agent would
+        // leave its connection and its cache behind.
+        if config.fleet != self.config.fleet {
+            let message = format!(
+                "{}: the [fleet] table changed; restart the agent to apply it (a reload keeps \
+                 the fleet connection it has)",
+                self.config_path.display()
+            );
+            return Err(self.refuse_reload(who, ErrorKind::BadRequest, &message));
+        }
         let dangers = danger::dangers(Some(&self.config), &config);
         if let Err(failure) = refuse_unless_forced(&dangers, force, "reload") {
             return Err(self.refuse_reload(who, failure.kind, &failure.message));

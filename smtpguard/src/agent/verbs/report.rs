@@ -38,6 +38,8 @@ struct Query {
     options: ReportOptions,
     format: ReportFormat,
     reoffenders: bool,
+    /// `Some` for a fleet report: of one gateway, or (`Some(None)`) of all.
+    fleet: Option<Option<String>>,
 }
 
 fn bad(message: String) -> Refusal {
@@ -72,6 +74,8 @@ fn query(request: Request) -> Result<Query, Refusal> {
         group,
         format,
         reoffenders,
+        fleet,
+        gateway,
     } = request
     else {
         return Err(bad("not a report request".to_owned()));
@@ -101,6 +105,7 @@ fn query(request: Request) -> Result<Query, Refusal> {
         },
         format: one_of::<ReportFormat>("format", &format)?,
         reoffenders,
+        fleet: fleet.then_some(gateway),
     })
 }
 
@@ -114,6 +119,29 @@ pub(in crate::agent) fn produce(
 ) -> Result<u64, Refusal> {
     let query = query(request)?;
     let failed = |error: &dyn std::fmt::Display| (ErrorKind::Failed, error.to_string());
+    if let Some(gateway) = &query.fleet {
+        let Some(postgres) = config.fleet.as_ref().and_then(|f| f.postgres.as_ref()) else {
+            return Err(bad(
+                "this gateway has no [fleet] postgres: its own history is the only one it \
+                 reports (`smtpguard report` without --fleet)"
+                    .to_owned(),
+            ));
+        };
+        // On the blocking pool, inside the agent's runtime: the query runs on it.
+        let rows = tokio::runtime::Handle::current()
+            .block_on(crate::fleet::report::build(
+                postgres,
+                config,
+                &query.options,
+                gateway.as_deref(),
+            ))
+            .map_err(|e| (ErrorKind::Unavailable, e.to_string()))?;
+        return out
+            .start()
+            .and_then(|()| render::report(&rows, query.format, out))
+            .map(|()| rows.len() as u64)
+            .map_err(|error| failed(&format!("writing the report: {error}")));
+    }
     // A connection of its own, read-only: the agent's writes go on meanwhile (WAL).
     let store = Store::open_read_only(&config.agent.state_dir).map_err(|e| failed(&e))?;
     let written = if query.reoffenders {

@@ -50,6 +50,8 @@ impl AgentState {
             "relays": self.desired.relays.len(),
             "pin_dir": self.enforcement.pins().root().display().to_string(),
             "state_dir": self.config.agent.state_dir.display().to_string(),
+            "fleet": self.fleet.as_ref().map(|fleet| fleet.status()),
+            "fleet_reports": self.shipping_status(),
         }))
     }
 }

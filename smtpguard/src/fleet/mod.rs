@@ -1,0 +1,6 @@
+//! What fleet mode adds beside the policy (which is `policy::etcd`): every gateway's report
+//! history shipped to PostgreSQL, and the fleet report read from there.
+
+pub mod postgres;
+pub mod report;
+pub mod shipping;
