@@ -42,11 +42,8 @@ fn interval(
     attempts: u64,
     destinations: std::ops::Range<u32>,
 ) -> HostInterval {
-    let mut registers = [0u8; sketch::SKETCH_REGISTERS];
-    for destination in destinations {
-        let (index, rank) = sketch::slot(&ipv4_mapped(destination.to_be_bytes()));
-        registers[index] = registers[index].max(rank);
-    }
+    let (registers, exact_destinations) =
+        sketch::recorded(destinations.map(|d| ipv4_mapped(d.to_be_bytes())));
     let end = now - ago;
     HostInterval {
         host: key(host),
@@ -58,6 +55,7 @@ fn interval(
         segments: attempts,
         dropped: attempts,
         sketch: registers,
+        exact_destinations,
         last_dst: ipv4_mapped([198, 51, 100, 7]),
         last_port: 25,
         last_reason: Reason::Dropped as u16,
@@ -541,11 +539,8 @@ fn timed_interval(
     reason: Reason,
 ) -> HostInterval {
     let second = |s: u64| base + Duration::from_secs(s);
-    let mut registers = [0u8; sketch::SKETCH_REGISTERS];
-    for destination in destinations {
-        let (index, rank) = sketch::slot(&ipv4_mapped(destination.octets()));
-        registers[index] = registers[index].max(rank);
-    }
+    let (registers, exact_destinations) =
+        sketch::recorded(destinations.iter().map(|d| ipv4_mapped(d.octets())));
     let attempts = destinations.len() as u64;
     HostInterval {
         host: ipv4_mapped(host.octets()),
@@ -561,6 +556,7 @@ fn timed_interval(
             0
         },
         sketch: registers,
+        exact_destinations,
         last_dst: ipv4_mapped(destinations[0].octets()),
         last_port: 25,
         last_reason: reason as u16,

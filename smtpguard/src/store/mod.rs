@@ -169,6 +169,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 4: history and cursors packed into chunks of records (see `history`).
     Migration::Code(history::pack_rows_into_chunks),
+    // 5: exact destination sets beside each chunk's records (see `history`).
+    Migration::Sql(history::EXACT_SETS),
 ];
 
 /// The schema version this build writes and understands.
