@@ -160,7 +160,7 @@ impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
     }
 }
 
-fn typed<'a, T>(
+pub(super) fn typed<'a, T>(
     map: Option<&'a mut aya::maps::Map>,
     name: &'static str,
 ) -> Result<T, DataplaneError>
@@ -172,7 +172,7 @@ where
         .map_err(|source| map_error(name, source))
 }
 
-fn map_error(map: &'static str, source: MapError) -> DataplaneError {
+pub(super) fn map_error(map: &'static str, source: MapError) -> DataplaneError {
     DataplaneError::Map { map, source }
 }
 
