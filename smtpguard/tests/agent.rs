@@ -1622,6 +1622,18 @@ fn judged_frames_are_counted_by_interface() {
     );
     let (dropped, strangers) = check("after both");
     assert!(dropped >= 1.0 && strangers >= 1.0, "{dropped} {strangers}");
+    // `status` has the same figures.
+    let status = f.json(&["status", "--format", "json"]);
+    let by_interface = &status["judged_packets_by_interface"];
+    assert_eq!(
+        by_interface[SUBSCRIBER_INTERFACE]["dropped"], dropped as u64,
+        "{status}"
+    );
+    assert_eq!(
+        by_interface[INTERNET_INTERFACE]["not-subscriber"],
+        strangers as u64
+    );
+    assert_eq!(status["judged_packets_unattributed"]["dropped"], 0);
     assert_eq!(
         metric(
             port,
