@@ -165,3 +165,63 @@ impl CountedInterfaces {
         Ok((rows, dataplane.interface_counts(UNATTRIBUTED_SLOT)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use smtpguard_common::interface::INTERFACE_TABLE_SIZE;
+
+    use super::*;
+    use crate::config::Capacity;
+
+    fn table(dataplane: &mut Dataplane) -> Vec<(u32, u32)> {
+        let mut entries: Vec<(u32, u32)> = dataplane
+            .interface_slots()
+            .unwrap()
+            .into_iter()
+            .map(|entry| (entry.ifindex, entry.slot))
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    /// Needs root: the slot table is the loaded program's map.
+    #[test]
+    fn slots_follow_their_interfaces_and_the_rest_count_as_unattributed() {
+        let mut dataplane = Dataplane::load(&Capacity::default()).unwrap();
+        let mut counted = CountedInterfaces::default();
+        counted.attached(&mut dataplane, "a", 7);
+        counted.attached(&mut dataplane, "b", 7 + INTERFACE_TABLE_SIZE);
+        assert_eq!(table(&mut dataplane), [(7, 1)], "b shares a's entry");
+        assert!(counted.unattributed.contains("b"));
+
+        // a created again: its slot follows it to the new ifindex, and b's entry is free.
+        counted.attached(&mut dataplane, "a", 9);
+        counted.attached(&mut dataplane, "b", 7 + INTERFACE_TABLE_SIZE);
+        assert_eq!(
+            table(&mut dataplane),
+            [(9, 1), (7 + INTERFACE_TABLE_SIZE, 2)]
+        );
+        assert!(counted.unattributed.is_empty());
+
+        // Slots 3 to 63 go to the next 61 interfaces; the one after finds none.
+        for n in 0..62 {
+            counted.attached(&mut dataplane, &format!("if{n}"), 100 + n);
+        }
+        assert_eq!(table(&mut dataplane).len(), 63);
+        assert_eq!(
+            counted.unattributed.iter().collect::<Vec<_>>(),
+            ["if61"],
+            "beyond the slots"
+        );
+
+        counted.retain_configured(&mut dataplane, &["a".to_owned()]);
+        assert_eq!(table(&mut dataplane), [(9, 1)]);
+        let (rows, _) = counted.counts(&dataplane).unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+    }
+}

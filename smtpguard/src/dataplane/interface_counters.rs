@@ -14,7 +14,7 @@ use smtpguard_common::{
 
 use super::{
     DataplaneError,
-    maps::{map_error, typed},
+    maps::{map_error, reason_totals, typed},
 };
 
 /// Every entry of the slot table that names an interface.
@@ -78,23 +78,9 @@ pub(super) fn counts(
     ebpf: &Ebpf,
     slot: u32,
 ) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
-    let map = ebpf
-        .map(names::INTERFACE_COUNTERS)
-        .ok_or(DataplaneError::Missing {
-            kind: "map",
-            name: names::INTERFACE_COUNTERS,
-        })?;
-    let counters: PerCpuArray<&MapData, u64> = map
-        .try_into()
-        .map_err(|source| map_error(names::INTERFACE_COUNTERS, source))?;
-    let mut totals = [0u64; REASON_COUNT as usize];
-    for (reason, total) in Reason::ALL.into_iter().zip(totals.iter_mut()) {
-        let per_cpu = counters
-            .get(&interface_counter(slot, reason), 0)
-            .map_err(|source| map_error(names::INTERFACE_COUNTERS, source))?;
-        *total = per_cpu.iter().sum();
-    }
-    Ok(totals)
+    reason_totals(ebpf, names::INTERFACE_COUNTERS, |reason| {
+        interface_counter(slot, reason)
+    })
 }
 
 fn slot_table(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, InterfaceSlot>, DataplaneError> {
