@@ -1,7 +1,7 @@
 //! Per-host statistics: what the abuse-desk report reads for each subscriber host that
 //! tried an enforced port.
 
-use crate::sketch::SKETCH_REGISTERS;
+use crate::sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS};
 
 /// Key of `HOST_STATS` and `HOST_OVERRIDES`. IPv4 hosts are stored IPv4-mapped
 /// (`::ffff:a.b.c.d`) so both families share one map and one capacity, and the family is kept
@@ -174,6 +174,12 @@ pub struct HostStats {
     /// A [`CachedClass`]: what the policy made of this source when the kernel last looked it
     /// up, so the next segment needs no source lookup while the policy is unchanged.
     pub cached_class: u64,
+    /// The epoch's first distinct destinations, each as its [`crate::sketch::exact_key`]
+    /// (0: an empty slot), kept and cleared with the registers.
+    pub dst_exact: [u32; EXACT_DESTINATIONS],
+    /// How many slots of `dst_exact` hold a key, or [`crate::sketch::EXACT_OVERFLOWED`] once
+    /// a destination found them full: the epoch's destinations are then only estimated.
+    pub dst_exact_len: u32,
 }
 
 /// The class of a source the policy decides on after the relay check, kept with the host's
@@ -231,12 +237,21 @@ impl HostStats {
             dst_sketch: [0; SKETCH_REGISTERS],
             last_seen_jiffies: now_jiffies,
             cached_class: 0,
+            dst_exact: [0; EXACT_DESTINATIONS],
+            dst_exact_len: 0,
         }
     }
 
     #[cfg(any(feature = "user", test))]
     pub fn sketch(&self) -> crate::sketch::DistinctSketch<'_> {
         crate::sketch::DistinctSketch::new(&self.dst_sketch)
+    }
+
+    /// The epoch's distinct destinations as exact-set keys (0: an empty slot), or `None`
+    /// once the set overflowed.
+    #[cfg(any(feature = "user", test))]
+    pub fn exact_destinations(&self) -> Option<[u32; EXACT_DESTINATIONS]> {
+        (self.dst_exact_len as usize <= EXACT_DESTINATIONS).then_some(self.dst_exact)
     }
 }
 
@@ -266,7 +281,7 @@ mod tests {
         assert_eq!(offset_of!(HostMask, v6), 0);
         assert_eq!(offset_of!(HostMask, v4), 16);
         assert_eq!(offset_of!(HostMask, reserved), 20);
-        assert_eq!(size_of::<HostStats>(), 144);
+        assert_eq!(size_of::<HostStats>(), 168);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
         assert_eq!(offset_of!(HostStats, segments), 8);
@@ -280,6 +295,8 @@ mod tests {
         assert_eq!(offset_of!(HostStats, dst_sketch), 64);
         assert_eq!(offset_of!(HostStats, last_seen_jiffies), 128);
         assert_eq!(offset_of!(HostStats, cached_class), 136);
+        assert_eq!(offset_of!(HostStats, dst_exact), 144);
+        assert_eq!(offset_of!(HostStats, dst_exact_len), 164);
     }
 
     #[test]

@@ -5,12 +5,14 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod host;
+pub mod interface;
 pub mod maps;
 pub mod policy;
 pub mod reason;
 pub mod sketch;
 
 pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
+pub use interface::InterfaceSlot;
 pub use policy::{
     EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, RelayFilter, SourcePolicy,
     SubscriberPolicy, UnparseableAction,

@@ -14,6 +14,12 @@ pub const RELAYS_V6: &str = "RELAYS_V6";
 pub const RELAY_FILTER: &str = "RELAY_FILTER";
 pub const ENFORCEMENT: &str = "ENFORCEMENT";
 pub const COUNTERS: &str = "COUNTERS";
+/// [`crate::InterfaceSlot`]s: which counter slot each attached interface's judged frames go
+/// to; the agent writes an entry when it attaches to an interface.
+pub const INTERFACE_SLOTS: &str = "INTERFACE_SLOTS";
+/// Per-CPU counters of judged frames by interface slot and reason
+/// ([`crate::interface::interface_counter`]).
+pub const INTERFACE_COUNTERS: &str = "INTERFACE_COUNTERS";
 pub const HOST_STATS: &str = "HOST_STATS";
 /// Hosts in monitor-mode ranges escalated to enforcement for themselves alone (reoffending
 /// bots); the agent adds and removes entries.

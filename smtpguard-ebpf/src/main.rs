@@ -17,8 +17,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostOverride, HostStats, PrefixOrigin, REASON_COUNT, Reason,
-    RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
+    EnforcementConfig, HostKey, HostOverride, HostStats, InterfaceSlot, PrefixOrigin, REASON_COUNT,
+    Reason, RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
+    interface::{INTERFACE_COUNTER_ENTRIES, INTERFACE_TABLE_SIZE},
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
         DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, source_capacity,
@@ -55,6 +56,11 @@ static ENFORCEMENT: Array<EnforcementConfig> = Array::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 #[map]
+static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(INTERFACE_TABLE_SIZE, 0);
+#[map]
+static INTERFACE_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(INTERFACE_COUNTER_ENTRIES, 0);
+#[map]
 static HOST_STATS: LruHashMap<HostKey, HostStats> =
     LruHashMap::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
 #[map]
@@ -76,7 +82,9 @@ pub fn smtpguard_xdp(ctx: XdpContext) -> u32 {
     // counted: it takes nothing from what the parser reads, which starts where the kernel's
     // own receive path continues after that tag.
     let link = parse::Link::Ethernet { offloaded_tags: 0 };
-    match judge(Frame::new(start, end, end - start), link).verdict() {
+    // SAFETY: the context's `xdp_md`, valid for this program run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match judge(Frame::new(start, end, end - start), link, ifindex).verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
@@ -106,15 +114,19 @@ fn tc_judge(ctx: &TcContext, link: parse::Link) -> i32 {
     // A failed pull leaves the linear part as it was; the parser then treats headers beyond
     // it as unreachable, which the policy handles.
     let _ = ctx.pull_data(if len < TC_PULL_LEN { len } else { TC_PULL_LEN });
-    match judge(Frame::new(ctx.data(), ctx.data_end(), len as usize), link).verdict() {
+    // SAFETY: the context's `__sk_buff`, valid for this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let frame = Frame::new(ctx.data(), ctx.data_end(), len as usize);
+    match judge(frame, link, ifindex).verdict() {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }
 
 /// One entry, one exit: parse, decide, record, and return the reason the verdict follows from.
+/// `ifindex` is the interface the frame arrived on.
 #[inline(always)]
-fn judge(frame: Frame, link: parse::Link) -> Reason {
+fn judge(frame: Frame, link: parse::Link, ifindex: u32) -> Reason {
     let reason = match parse::parse(frame, link) {
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::NotIp => Reason::Other,
@@ -128,6 +140,10 @@ fn judge(frame: Frame, link: parse::Link) -> Reason {
         }
     };
     stats::count(reason);
+    // Most traffic is `Other`: only frames that reached the policy are counted by interface.
+    if reason != Reason::Other {
+        stats::count_interface(ifindex, reason);
+    }
     reason
 }
 

@@ -8,11 +8,15 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
 use smtpguard_common::{
-    HostStats, Reason, Verdict, host::ipv4_mapped, sketch, sketch::SKETCH_REGISTERS,
+    HostStats, InterfaceSlot, Reason, Verdict,
+    host::ipv4_mapped,
+    interface::interface_counter,
+    sketch,
+    sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS},
 };
 
 use crate::{
-    COUNTERS, HOST_STATS, SKETCH_EPOCH,
+    COUNTERS, HOST_STATS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH,
     decide::TrackedHost,
     parse::{Addresses, Packet, Transport},
 };
@@ -23,6 +27,18 @@ const TCP_ACK: u8 = 0x10;
 #[inline(always)]
 pub fn count(reason: Reason) {
     if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a judged frame for the interface it arrived on: in the interface's slot when the
+/// agent gave it one, else in the unattributed slot.
+#[inline(always)]
+pub fn count_interface(ifindex: u32, reason: Reason) {
+    let entry = INTERFACE_SLOTS.get(InterfaceSlot::index(ifindex));
+    let slot = InterfaceSlot::slot_of(entry, ifindex);
+    if let Some(counter) = INTERFACE_COUNTERS.get_ptr_mut(interface_counter(slot, reason)) {
         // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
         unsafe { *counter += 1 };
     }
@@ -86,11 +102,13 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
         (*stats).cached_class = host.class.0;
         if (*stats).sketch_epoch != epoch {
             // A new snapshot interval: this host's sketch starts empty.
-            (*stats).dst_sketch = [0; SKETCH_REGISTERS];
+            clear_destinations(stats);
             (*stats).sketch_epoch = epoch;
         }
         if !repeated {
-            let (index, rank) = sketch::slot(&dst);
+            let hash = sketch::hash(&dst);
+            remember_exact(stats, sketch::exact_key(hash));
+            let (index, rank) = sketch::register(hash);
             // The mask is for the verifier: the index is already below the register count.
             let register = &mut (*stats).dst_sketch[index & (SKETCH_REGISTERS - 1)];
             if *register < rank {
@@ -98,6 +116,33 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
             }
         }
     }
+}
+
+/// Empties the host's sketch registers and exact set, in word stores: LLVM turns a plain
+/// array assignment into a call to `memset`, a byte loop the verifier walks again on every
+/// path through it; volatile stores stay stores.
+#[inline(always)]
+unsafe fn clear_destinations(stats: *mut HostStats) {
+    // SAFETY: the caller passes a pointer into a map value, valid for this program run; the
+    // registers start 8-byte aligned in `HostStats` (layout test) and hold whole words.
+    unsafe {
+        let registers = (&raw mut (*stats).dst_sketch).cast::<u64>();
+        for word in 0..SKETCH_REGISTERS / 8 {
+            core::ptr::write_volatile(registers.add(word), 0);
+        }
+        for slot in 0..EXACT_DESTINATIONS {
+            core::ptr::write_volatile(&raw mut (*stats).dst_exact[slot], 0);
+        }
+        core::ptr::write_volatile(&raw mut (*stats).dst_exact_len, 0);
+    }
+}
+
+/// Adds a destination to the host's exact set (see `smtpguard_common::sketch`). Two CPUs
+/// adding at once may lose one key, as a lost register update lowers the estimate by one.
+#[inline(always)]
+unsafe fn remember_exact(stats: *mut HostStats, key: u32) {
+    // SAFETY: the caller passes a pointer into a map value, valid for this program run.
+    unsafe { sketch::remember_exact(&mut (*stats).dst_exact, &mut (*stats).dst_exact_len, key) };
 }
 
 /// Two addresses compared as two words each: a byte-array `==` becomes a call to `bcmp`.

@@ -34,7 +34,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use smtpguard_common::{Reason, Verdict};
+use smtpguard_common::{REASON_COUNT, Reason, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -68,6 +68,13 @@ pub struct MetricsSnapshot {
     /// ([`packet_rows`] builds this from per-reason counts). Rows with the same reason and
     /// verdict are added up.
     pub packets: Vec<(&'static str, &'static str, u64)>,
+    /// Frames that reached the policy (every reason but "other"), summed over CPUs, by the
+    /// interface they arrived on: (interface, reason name, count) ([`judged_rows`] gives an
+    /// interface's rows). Rows repeating an interface and reason are ignored.
+    pub interface_packets: Vec<(String, &'static str, u64)>,
+    /// The same for frames of interfaces without a counter slot of their own: (reason name,
+    /// count).
+    pub unattributed_interface_packets: Vec<(&'static str, u64)>,
     /// Subscriber hosts in the kernel's host statistics map.
     pub tracked_hosts: u64,
     /// Entries in the exemption map (configuration and runtime exemptions).
@@ -135,6 +142,18 @@ pub fn packet_rows(
         .into_iter()
         .map(|(reason, count)| (reason.name(), verdict_name(reason.verdict()), count))
         .collect()
+}
+
+/// [`MetricsSnapshot::interface_packets`] rows of one interface from its per-reason counts
+/// (indexed by `Reason as usize`): every reason a frame is counted by interface for, that is
+/// all but [`Reason::Other`].
+pub fn judged_rows(
+    counts: [u64; REASON_COUNT as usize],
+) -> impl Iterator<Item = (&'static str, u64)> {
+    Reason::ALL
+        .into_iter()
+        .filter(|reason| *reason != Reason::Other)
+        .map(move |reason| (reason.name(), counts[reason as usize]))
 }
 
 /// The text formats [`render_as`] writes and [`serve`] negotiates.
@@ -263,6 +282,15 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             attached.push(row);
         }
     }
+    let mut interface_packets: Vec<(&str, &'static str, u64)> = Vec::new();
+    for (interface, reason, count) in &snapshot.interface_packets {
+        if !interface_packets
+            .iter()
+            .any(|&(seen, seen_reason, _)| (seen, seen_reason) == (interface.as_str(), *reason))
+        {
+            interface_packets.push((interface.as_str(), *reason, *count));
+        }
+    }
     let finite_or_zero = |seconds: f64| if seconds.is_finite() { seconds } else { 0.0 };
     let start_time = finite_or_zero(snapshot.start_time_seconds);
     let last_reload = finite_or_zero(snapshot.config_last_reload_timestamp_seconds);
@@ -297,6 +325,36 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
                         Value::Int(count),
                     )
                 })
+                .collect(),
+        ),
+        labelled(
+            "smtpguard_interface_packets",
+            "Frames that reached the policy (every reason but other), summed over CPUs, by \
+             the interface they arrived on and the reason behind their verdict.",
+            Kind::Counter,
+            interface_packets
+                .iter()
+                .map(|&(interface, reason, count)| {
+                    (
+                        vec![
+                            ("interface", interface.to_owned()),
+                            ("reason", reason.to_owned()),
+                        ],
+                        Value::Int(count),
+                    )
+                })
+                .collect(),
+        ),
+        labelled(
+            "smtpguard_interface_packets_unattributed",
+            "Frames that reached the policy on an interface without a counter slot of its own \
+             (more attached interfaces than slots, or two sharing a slot table entry), by \
+             reason.",
+            Kind::Counter,
+            snapshot
+                .unattributed_interface_packets
+                .iter()
+                .map(|&(reason, count)| (vec![("reason", reason.to_owned())], Value::Int(count)))
                 .collect(),
         ),
         single(
@@ -1143,8 +1201,10 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 24] = [
+    const FAMILIES: [(&str, &str); 26] = [
         ("smtpguard_packets_total", "counter"),
+        ("smtpguard_interface_packets_total", "counter"),
+        ("smtpguard_interface_packets_unattributed_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
         ("smtpguard_exemptions", "gauge"),
         ("smtpguard_relays", "gauge"),
@@ -1183,8 +1243,15 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &reason)| (reason, 1000 + i as u64));
+        let mut eth0 = [0; REASON_COUNT as usize];
+        eth0[Reason::Dropped as usize] = 7;
         MetricsSnapshot {
             packets: packet_rows(counts),
+            interface_packets: judged_rows(eth0)
+                .map(|(reason, count)| ("eth0".to_owned(), reason, count))
+                .chain([("eth1".to_owned(), "monitored", 3)])
+                .collect(),
+            unattributed_interface_packets: vec![("dropped", 2)],
             tracked_hosts: 4242,
             exemptions: 17,
             relays: 3,
@@ -1255,6 +1322,29 @@ mod tests {
                 &[("reason", "other"), ("verdict", "pass")]
             ),
             Some(1000.0)
+        );
+
+        let by_interface = exposition.samples_of("smtpguard_interface_packets_total");
+        assert_eq!(by_interface.len(), 12, "eth0's 11 reasons and eth1's 1");
+        for (interface, reason, count) in [
+            ("eth0", "dropped", Some(7.0)),
+            ("eth0", "not-subscriber", Some(0.0)),
+            ("eth0", "other", None),
+            ("eth1", "monitored", Some(3.0)),
+        ] {
+            let labels = [("interface", interface), ("reason", reason)];
+            assert_eq!(
+                exposition.value("smtpguard_interface_packets_total", &labels),
+                count,
+                "{labels:?}"
+            );
+        }
+        assert_eq!(
+            exposition.value(
+                "smtpguard_interface_packets_unattributed_total",
+                &[("reason", "dropped")]
+            ),
+            Some(2.0)
         );
 
         for (name, value) in [
@@ -1386,7 +1476,7 @@ mod tests {
         };
         // The Prometheus format names the family `…_total`; OpenMetrics names its samples so.
         let text_counters = counters(&text);
-        assert_eq!(text_counters.len(), 8);
+        assert_eq!(text_counters.len(), 10);
         assert!(text_counters.iter().all(|name| name.ends_with("_total")));
         for family in counters(&open_metrics) {
             let samples = open_metrics.samples_of(&format!("{family}_total"));

@@ -1576,3 +1576,99 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `smtpguard_interface_packets_total{interface,reason}` of the agent at `port`.
+fn interface_packets(port: u16, interface: &str, reason: &str) -> Option<f64> {
+    metric(
+        port,
+        &format!(
+            "smtpguard_interface_packets_total{{interface=\"{interface}\",reason=\"{reason}\"}}"
+        ),
+    )
+}
+
+/// Judged frames are counted by the interface they arrived on, each interface in its own
+/// series, which goes on when the interface is created again and when the agent restarts.
+/// Only sub0 sees the subscriber's attempts and only inet0 strangers' SYNs, so each of their
+/// series equals the gateway-wide count of its reason, which the pinned counters keep.
+#[test]
+fn judged_frames_are_counted_by_interface() {
+    use smtpguard_tests::lab::{INTERNET_INTERFACE, connect};
+    let f = Fixture::new("ifcount");
+    let port = free_port();
+    let gateway = f.lab.gateway.name();
+    let both = [SUBSCRIBER_INTERFACE, INTERNET_INTERFACE];
+    let config = f.config_text_listing("", Some(gateway), &both);
+    std::fs::write(&f.config, with_metrics_port(&config, port)).unwrap();
+    let agent = f.start();
+    let total = |reason: &str, verdict: &str| {
+        let name = format!("smtpguard_packets_total{{reason=\"{reason}\",verdict=\"{verdict}\"}}");
+        metric(port, &name)
+    };
+    let check = |what: &str| {
+        let observed = [
+            (SUBSCRIBER_INTERFACE, "dropped"),
+            (SUBSCRIBER_INTERFACE, "not-subscriber"),
+            (INTERNET_INTERFACE, "dropped"),
+            (INTERNET_INTERFACE, "not-subscriber"),
+        ]
+        .map(|(interface, reason)| interface_packets(port, interface, reason));
+        let dropped = total("dropped", "drop");
+        let strangers = total("not-subscriber", "pass");
+        assert_eq!(
+            observed,
+            [dropped, Some(0.0), Some(0.0), strangers],
+            "{what}: sub0 dropped, sub0 not-subscriber, inet0 dropped, inet0 not-subscriber"
+        );
+        (dropped.unwrap(), strangers.unwrap())
+    };
+    assert_eq!(check("at start"), (0.0, 0.0));
+
+    // The subscriber's attempts arrive on sub0 and are dropped there; a stranger's SYN to
+    // port 25 of the subscriber arrives on inet0 and is judged as not a subscriber's.
+    f.assert_blocked("subscriber to the MX");
+    let subscriber = ip(addr::SUBSCRIBER_V4);
+    let stranger = connect(&f.lab.internet, subscriber, 25, Duration::from_secs(1));
+    assert!(
+        !matches!(stranger, Connect::Greeted),
+        "nothing listens on the subscriber's port 25: {stranger:?}"
+    );
+    let (dropped, strangers) = check("after both");
+    assert!(dropped >= 1.0 && strangers >= 1.0, "{dropped} {strangers}");
+    // `status` has the same figures.
+    let status = f.json(&["status", "--format", "json"]);
+    let by_interface = &status["judged_packets_by_interface"];
+    assert_eq!(
+        by_interface[SUBSCRIBER_INTERFACE]["dropped"], dropped as u64,
+        "{status}"
+    );
+    assert_eq!(
+        by_interface[INTERNET_INTERFACE]["not-subscriber"],
+        strangers as u64
+    );
+    assert_eq!(status["judged_packets_unattributed"]["dropped"], 0);
+    assert_eq!(
+        metric(
+            port,
+            "smtpguard_interface_packets_unattributed_total{reason=\"dropped\"}"
+        ),
+        Some(0.0)
+    );
+
+    // Created again, sub0 has a new ifindex and keeps its series.
+    f.lab.delete_subscriber_link().unwrap();
+    f.lab.create_subscriber_link().unwrap();
+    eventually(Duration::from_secs(10), "sub0 attached again", || {
+        metric(port, "smtpguard_reattachments_total").is_some_and(|count| count >= 1.0)
+    });
+    f.assert_blocked("on sub0 created again");
+    let (recreated, _) = check("after sub0 was created again");
+    assert!(recreated > dropped, "{recreated} after {dropped}");
+
+    // A restarted agent takes the slots over from the pinned table: the series go on.
+    agent.terminate();
+    let _agent = f.start();
+    assert_eq!(check("after a restart"), (recreated, strangers));
+    f.assert_blocked("after the restart");
+    assert!(check("after a drop past the restart").0 > recreated);
+}

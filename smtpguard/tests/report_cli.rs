@@ -42,11 +42,8 @@ fn interval(
     attempts: u64,
     destinations: std::ops::Range<u32>,
 ) -> HostInterval {
-    let mut registers = [0u8; sketch::SKETCH_REGISTERS];
-    for destination in destinations {
-        let (index, rank) = sketch::slot(&ipv4_mapped(destination.to_be_bytes()));
-        registers[index] = registers[index].max(rank);
-    }
+    let (registers, exact_destinations) =
+        sketch::recorded(destinations.map(|d| ipv4_mapped(d.to_be_bytes())));
     let end = now - ago;
     HostInterval {
         host: key(host),
@@ -58,6 +55,7 @@ fn interval(
         segments: attempts,
         dropped: attempts,
         sketch: registers,
+        exact_destinations,
         last_dst: ipv4_mapped([198, 51, 100, 7]),
         last_port: 25,
         last_reason: Reason::Dropped as u16,
@@ -542,11 +540,8 @@ fn timed_interval(
     reason: Reason,
 ) -> HostInterval {
     let second = |s: u64| base + Duration::from_secs(s);
-    let mut registers = [0u8; sketch::SKETCH_REGISTERS];
-    for destination in destinations {
-        let (index, rank) = sketch::slot(&ipv4_mapped(destination.octets()));
-        registers[index] = registers[index].max(rank);
-    }
+    let (registers, exact_destinations) =
+        sketch::recorded(destinations.iter().map(|d| ipv4_mapped(d.octets())));
     let attempts = destinations.len() as u64;
     HostInterval {
         host: ipv4_mapped(host.octets()),
@@ -562,6 +557,7 @@ fn timed_interval(
             0
         },
         sketch: registers,
+        exact_destinations,
         last_dst: ipv4_mapped(destinations[0].octets()),
         last_port: 25,
         last_reason: reason as u16,
@@ -596,12 +592,13 @@ fn agent_with_history(f: &Fixture) -> Agent {
             ),
         ],
         vec![
-            // Monitored: 12 SYNs to 4 MX hosts within 2 minutes of a 10-minute interval.
+            // Monitored: 12 SYNs to 6 MX hosts within 2 minutes of a 10-minute interval, more
+            // destinations than the kernel's exact set holds.
             timed_interval(
                 base,
                 busy,
                 [60, 300, 420, 660],
-                &[mx(10), mx(11), mx(12), mx(13)].repeat(3),
+                &(10..16).map(mx).collect::<Vec<_>>().repeat(2),
                 Reason::Monitored,
             ),
             timed_interval(
@@ -668,10 +665,12 @@ fn the_report_reads_as_what_its_figures_are() {
     assert_eq!(
         serde_json::to_string_pretty(&shown).unwrap(),
         serde_json::to_string_pretty(&serde_json::json!([
-            // 12 attempts in the 2 minutes it was active: 6 a minute.
-            ["100.64.0.3", "monitor", 12, 6.0, 6.0, 4, true],
-            // 3 attempts from 00:10 to 01:10: 3 a minute, also at the busiest.
-            ["100.64.0.4", "enforce,monitor", 3, 3.0, 3.0, 3, true],
+            // 12 attempts in the 2 minutes it was active: 6 a minute; 6 destinations
+            // outgrew the exact set: the sketch's estimate.
+            ["100.64.0.3", "monitor", 12, 6.0, 6.0, 6, true],
+            // 3 attempts from 00:10 to 01:10: 3 a minute, also at the busiest; the two
+            // intervals' exact sets hold its 3 destinations.
+            ["100.64.0.4", "enforce,monitor", 3, 3.0, 3.0, 3, false],
             // One SYN: one a minute, to exactly one destination.
             ["100.64.0.2", "enforce", 1, 1.0, 1.0, 1, false],
         ]))
@@ -697,8 +696,8 @@ fn the_report_reads_as_what_its_figures_are() {
     assert_eq!(
         cells,
         [
-            ["100.64.0.3", "monitor", "4", "true"],
-            ["100.64.0.4", "enforce,monitor", "3", "true"],
+            ["100.64.0.3", "monitor", "6", "true"],
+            ["100.64.0.4", "enforce,monitor", "3", "false"],
             ["100.64.0.2", "enforce", "1", "false"],
         ]
     );
@@ -734,7 +733,7 @@ fn the_report_reads_as_what_its_figures_are() {
                 "12",
                 "6.0",
                 "6.0",
-                "~4"
+                "~6"
             ][..],
             &[
                 "100.64.0.4",
@@ -743,7 +742,7 @@ fn the_report_reads_as_what_its_figures_are() {
                 "3",
                 "3.0",
                 "3.0",
-                "~3"
+                "3"
             ],
             &[
                 "100.64.0.2",

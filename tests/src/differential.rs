@@ -212,6 +212,8 @@ fn same(stats: &HostStats, record: &HostRecord) -> bool {
         && stats.last_dst_port == record.last_dst_port
         && stats.last_reason == record.last_reason as u16
         && stats.dst_sketch == record.dst_sketch
+        && stats.dst_exact == record.dst_exact
+        && stats.dst_exact_len == record.dst_exact_len
         // Timestamps are the kernel's clock: only their order can be checked.
         && stats.first_seen_ns > 0
         && stats.first_seen_ns <= stats.last_seen_ns

@@ -207,6 +207,20 @@ fn host_statistics_follow_the_traffic() {
         "client"
     );
     assert_eq!(stats.sketch().estimate(), 1, "client's one destination");
+    let one = smtpguard_common::sketch::recorded([match V6().mx {
+        IpAddr::V6(mx) => mx.octets(),
+        IpAddr::V4(_) => unreachable!("an IPv6 MX"),
+    }]);
+    assert_eq!(
+        (stats.dst_sketch, stats.exact_destinations()),
+        one,
+        "client's one destination, exactly"
+    );
+    assert_eq!(
+        hosts[&bot].exact_destinations(),
+        None,
+        "the bot's 30 destinations outgrow the exact set"
+    );
 
     let stats = hosts[&h.exempt];
     assert_eq!(
@@ -278,4 +292,62 @@ fn every_host_is_read_back_across_many_batches() {
         assert_eq!(stats.first_seen_ns, u64::from(i) + 1, "values of {host}");
         assert!(seen.insert(i), "{host} read twice");
     }
+}
+
+#[test]
+fn judged_frames_count_in_their_interfaces_slot() {
+    use smtpguard_common::{InterfaceSlot, interface::INTERFACE_TABLE_SIZE};
+    // BPF_PROG_TEST_RUN hands both entry points the loopback device, ifindex 1.
+    const LOOPBACK: u32 = 1;
+    const UNATTRIBUTED: u32 = 0;
+    let mut dataplane = dataplane("drop");
+    let h = V4();
+    let syn = FrameSpec::tcp(h.subscriber, h.mx, 25, TCP_SYN).build();
+    let submission = FrameSpec::tcp(h.subscriber, h.mx, 587, TCP_SYN).build();
+    let counts = |dataplane: &Dataplane, slot| {
+        let counts = dataplane.interface_counts(slot).unwrap();
+        (
+            counts[Reason::Dropped as usize],
+            counts[Reason::Other as usize],
+        )
+    };
+
+    dataplane.run_xdp(&syn).unwrap();
+    assert_eq!(counts(&dataplane, UNATTRIBUTED), (1, 0), "no entry yet");
+
+    let entry = InterfaceSlot {
+        ifindex: LOOPBACK,
+        slot: 5,
+    };
+    dataplane.assign_interface_slot(entry, true).unwrap();
+    dataplane.run_xdp(&syn).unwrap();
+    dataplane.run_tc(&syn).unwrap();
+    dataplane.run_xdp(&submission).unwrap();
+    assert_eq!(
+        counts(&dataplane, 5),
+        (2, 0),
+        "both entry points, not the fast path"
+    );
+    assert_eq!(counts(&dataplane, UNATTRIBUTED), (1, 0));
+
+    // Another ifindex with the same low bits takes the entry over: loopback's frames are
+    // no longer its slot's.
+    let sharing = InterfaceSlot {
+        ifindex: LOOPBACK + INTERFACE_TABLE_SIZE,
+        slot: 6,
+    };
+    dataplane.assign_interface_slot(sharing, true).unwrap();
+    dataplane.run_xdp(&syn).unwrap();
+    assert_eq!(counts(&dataplane, 6), (0, 0));
+    assert_eq!(counts(&dataplane, 5), (2, 0));
+    assert_eq!(counts(&dataplane, UNATTRIBUTED), (2, 0));
+
+    // A slot given out fresh starts from zero; the same slot kept goes on.
+    dataplane.assign_interface_slot(entry, false).unwrap();
+    dataplane.run_xdp(&syn).unwrap();
+    assert_eq!(counts(&dataplane, 5), (3, 0));
+    dataplane.assign_interface_slot(entry, true).unwrap();
+    assert_eq!(counts(&dataplane, 5), (0, 0));
+    dataplane.release_interface_slot(LOOPBACK).unwrap();
+    assert_eq!(dataplane.interface_slots().unwrap(), []);
 }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use tracing::{error, info, warn};
 
-use super::{netns, state::Journal};
+use super::{interface_counts::CountedInterfaces, netns, state::Journal};
 use crate::{
     config::{AgentConfig, AttachKind, XdpMode},
     dataplane::{
@@ -38,6 +38,8 @@ pub struct Enforcement {
     unlisted_tunnels: Vec<UnlistedTunnel>,
     /// When `unlisted_tunnels` was last looked for.
     tunnels_checked: Instant,
+    /// The counter slots of the configured interfaces' judged frames.
+    counted: CountedInterfaces,
 }
 
 impl Enforcement {
@@ -52,7 +54,24 @@ impl Enforcement {
             detached_interfaces: BTreeSet::new(),
             unlisted_tunnels: Vec::new(),
             tunnels_checked: Instant::now(),
+            counted: CountedInterfaces::default(),
         })
+    }
+
+    /// Takes over the interface counter slots an earlier agent gave the configured
+    /// interfaces (see [`CountedInterfaces::adopt`]); before the first attach.
+    pub fn adopt_counted_interfaces(
+        &mut self,
+        dataplane: &mut Dataplane,
+        agent: &AgentConfig,
+    ) -> anyhow::Result<()> {
+        self.counted = CountedInterfaces::adopt(dataplane, agent)
+            .context("reading the interface counter slots")?;
+        Ok(())
+    }
+
+    pub fn counted_interfaces(&self) -> &CountedInterfaces {
+        &self.counted
     }
 
     pub fn pins(&self) -> &PinLayout {
@@ -80,6 +99,7 @@ impl Enforcement {
         // An interface no longer configured is neither attached nor missing.
         self.detached_interfaces
             .retain(|interface| configured.contains(interface));
+        self.counted.retain_configured(dataplane, configured);
         for interface in configured {
             match self.attach_one(dataplane, agent, interface)? {
                 Some(attached) => {
@@ -125,6 +145,9 @@ impl Enforcement {
             Ok(attached) => {
                 self.links
                     .hold(&self.pins, interface, attached.attach.kind())?;
+                if let Some(ifindex) = self.links.bound_ifindex(interface) {
+                    self.counted.attached(dataplane, interface, ifindex);
+                }
                 if let Some(note) = attached.note() {
                     info!(interface, note, "attached for a device without Ethernet");
                 }

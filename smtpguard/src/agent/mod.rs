@@ -6,6 +6,7 @@ mod enforcement;
 mod escalation;
 mod events;
 mod expiry;
+mod interface_counts;
 pub(crate) mod netns;
 mod notify;
 mod reconcile;

@@ -145,6 +145,9 @@ impl AgentState {
             "kernel maps reconciled"
         );
         state.restore_escalations()?;
+        state
+            .enforcement
+            .adopt_counted_interfaces(&mut state.dataplane, &state.config.agent)?;
         state.attach_all()?;
         Ok(state)
     }
@@ -302,10 +305,24 @@ impl AgentState {
                 (a.interface, attach, mode)
             })
             .collect();
+        let (interface_packets, unattributed_packets) = self
+            .enforcement
+            .counted_interfaces()
+            .counts(&self.dataplane)
+            .unwrap_or_default();
         MetricsSnapshot {
             packets: crate::metrics::packet_rows(
                 Reason::ALL.into_iter().map(|r| (r, counters[r as usize])),
             ),
+            interface_packets: interface_packets
+                .into_iter()
+                .flat_map(|(interface, counts)| {
+                    crate::metrics::judged_rows(counts)
+                        .map(move |(reason, count)| (interface.clone(), reason, count))
+                })
+                .collect(),
+            unattributed_interface_packets: crate::metrics::judged_rows(unattributed_packets)
+                .collect(),
             tracked_hosts,
             exemptions: self.desired.exemptions.len() as u64,
             relays: self.desired.relays.len() as u64,

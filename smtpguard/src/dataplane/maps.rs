@@ -13,7 +13,7 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostMask, HostOverride, HostStats, PrefixOrigin, REASON_COUNT,
-    RelayFilter, SourcePolicy, SubscriberPolicy, maps as names,
+    Reason, RelayFilter, SourcePolicy, SubscriberPolicy, maps as names,
 };
 
 use super::DataplaneError;
@@ -160,7 +160,7 @@ impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
     }
 }
 
-fn typed<'a, T>(
+pub(super) fn typed<'a, T>(
     map: Option<&'a mut aya::maps::Map>,
     name: &'static str,
 ) -> Result<T, DataplaneError>
@@ -172,7 +172,7 @@ where
         .map_err(|source| map_error(name, source))
 }
 
-fn map_error(map: &'static str, source: MapError) -> DataplaneError {
+pub(super) fn map_error(map: &'static str, source: MapError) -> DataplaneError {
     DataplaneError::Map { map, source }
 }
 
@@ -380,18 +380,26 @@ pub struct ReconcileReport {
 }
 
 pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
-    let map = ebpf.map(names::COUNTERS).ok_or(DataplaneError::Missing {
-        kind: "map",
-        name: names::COUNTERS,
-    })?;
-    let counters: PerCpuArray<&MapData, u64> = map
-        .try_into()
-        .map_err(|source| map_error(names::COUNTERS, source))?;
+    reason_totals(ebpf, names::COUNTERS, |reason| reason as u32)
+}
+
+/// A counter per reason of the per-CPU array `name`, at `index_of(reason)`, summed over CPUs
+/// (indexed by `Reason as usize`).
+pub(super) fn reason_totals(
+    ebpf: &Ebpf,
+    name: &'static str,
+    index_of: impl Fn(Reason) -> u32,
+) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
+    let map = ebpf
+        .map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let counters: PerCpuArray<&MapData, u64> =
+        map.try_into().map_err(|source| map_error(name, source))?;
     let mut totals = [0u64; REASON_COUNT as usize];
-    for (index, total) in (0..).zip(totals.iter_mut()) {
+    for (reason, total) in Reason::ALL.into_iter().zip(totals.iter_mut()) {
         let per_cpu = counters
-            .get(&index, 0)
-            .map_err(|source| map_error(names::COUNTERS, source))?;
+            .get(&index_of(reason), 0)
+            .map_err(|source| map_error(name, source))?;
         *total = per_cpu.iter().sum();
     }
     Ok(totals)

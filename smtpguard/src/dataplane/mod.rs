@@ -2,6 +2,7 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod batch;
+mod interface_counters;
 pub mod interfaces;
 mod links;
 mod maps;
@@ -18,7 +19,7 @@ use aya::{
     },
 };
 use smtpguard_common::{
-    HostKey, HostOverride, HostStats, Mode, REASON_COUNT, Reason, maps as names,
+    HostKey, HostOverride, HostStats, InterfaceSlot, Mode, REASON_COUNT, Reason, maps as names,
 };
 
 pub use self::{
@@ -405,6 +406,36 @@ impl Dataplane {
     /// Per-reason packet counts, summed over CPUs, indexed by `Reason as usize`.
     pub fn counters(&self) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
         maps::read_counters(&self.ebpf)
+    }
+
+    /// The slot table's entries that name an interface: whose judged frames go to which
+    /// counter slot.
+    pub fn interface_slots(&mut self) -> Result<Vec<InterfaceSlot>, DataplaneError> {
+        interface_counters::slots(&mut self.ebpf)
+    }
+
+    /// Attributes the judged frames of `entry.ifindex` to `entry.slot`; the counters of a
+    /// `fresh` slot (one that counted another interface before) start from zero.
+    pub fn assign_interface_slot(
+        &mut self,
+        entry: InterfaceSlot,
+        fresh: bool,
+    ) -> Result<(), DataplaneError> {
+        interface_counters::assign(&mut self.ebpf, entry, fresh)
+    }
+
+    /// Stops attributing the judged frames of `ifindex` to a slot of its own.
+    pub fn release_interface_slot(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        interface_counters::release(&mut self.ebpf, ifindex)
+    }
+
+    /// The judged frames counted in `slot` per reason (indexed by `Reason as usize`), summed
+    /// over CPUs.
+    pub fn interface_counts(
+        &self,
+        slot: u32,
+    ) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
+        interface_counters::counts(&self.ebpf, slot)
     }
 
     /// Starts a new sketch epoch: from now on each host's distinct-destination registers start

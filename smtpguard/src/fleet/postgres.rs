@@ -12,6 +12,7 @@ use std::{
 };
 
 use futures_util::TryStreamExt as _;
+use smtpguard_common::sketch::EXACT_DESTINATIONS;
 use tokio_postgres::{
     NoTls,
     binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream},
@@ -44,12 +45,17 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (gateway, start_ms, host)
      );
      CREATE INDEX host_intervals_end ON host_intervals (end_ms);",
+    // 2: the interval's distinct destinations exactly while they fitted the kernel's exact
+    // set (NULL when they did not), so the fleet report counts as exactly as the local one.
+    "ALTER TABLE host_intervals ADD COLUMN exact_destinations bytea
+         CHECK (exact_destinations IS NULL OR length(exact_destinations) = 20);",
 ];
 
 /// The columns in COPY order, with their types.
 const COLUMNS: &str = "gateway, start_ms, end_ms, host, first_seen_ms, last_seen_ms, attempts, \
-                       segments, dropped, sketch, last_dst, last_port, last_reason";
-const TYPES: [Type; 13] = [
+                       segments, dropped, sketch, last_dst, last_port, last_reason, \
+                       exact_destinations";
+const TYPES: [Type; 14] = [
     Type::TEXT,
     Type::INT8,
     Type::INT8,
@@ -63,6 +69,7 @@ const TYPES: [Type; 13] = [
     Type::BYTEA,
     Type::INT4,
     Type::INT4,
+    Type::BYTEA,
 ];
 
 /// An arbitrary, fixed key of the advisory lock that lets one agent migrate at a time.
@@ -311,6 +318,11 @@ impl Reports {
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &TYPES));
         let millis = |at: SystemTime| to_millis("time", at).unwrap_or(0);
         for interval in intervals {
+            let exact = interval.exact_destinations.map(|keys| {
+                keys.iter()
+                    .flat_map(|key| key.to_le_bytes())
+                    .collect::<Vec<u8>>()
+            });
             writer
                 .as_mut()
                 .write(&[
@@ -327,6 +339,7 @@ impl Reports {
                     &&interval.last_dst[..],
                     &i32::from(interval.last_port),
                     &i32::from(interval.last_reason),
+                    &exact,
                 ])
                 .await
                 .map_err(refused("COPY"))?;
@@ -341,7 +354,8 @@ impl Reports {
                          last_seen_ms = EXCLUDED.last_seen_ms, attempts = EXCLUDED.attempts,
                          segments = EXCLUDED.segments, dropped = EXCLUDED.dropped,
                          sketch = EXCLUDED.sketch, last_dst = EXCLUDED.last_dst,
-                         last_port = EXCLUDED.last_port, last_reason = EXCLUDED.last_reason"
+                         last_port = EXCLUDED.last_port, last_reason = EXCLUDED.last_reason,
+                         exact_destinations = EXCLUDED.exact_destinations"
                 ),
                 &[],
             )
@@ -423,9 +437,19 @@ impl Reports {
                     last_dst: bytes(row.get(10)),
                     last_port: row.get::<i32>(11) as u16,
                     last_reason: row.get::<i32>(12) as u16,
+                    exact_destinations: row.get::<Option<&[u8]>>(13).map(exact_keys),
                 },
             ));
         }
         Ok(intervals)
     }
+}
+
+/// The keys of an exact destination set as shipped: little-endian words, 0 for an empty slot.
+fn exact_keys(bytes: &[u8]) -> [u32; EXACT_DESTINATIONS] {
+    let mut keys = [0u32; EXACT_DESTINATIONS];
+    for (key, word) in keys.iter_mut().zip(bytes.chunks_exact(4)) {
+        *key = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    keys
 }

@@ -11,18 +11,23 @@
 //!   monitored, dropped, fragment-dropped, unparseable-*) counts one segment for its source,
 //!   an attempt if it is a SYN without ACK, a drop if dropped, and records its destination,
 //!   destination port (0 when the TCP header was not seen), reason, and the destination in
-//!   the distinct-destination sketch; relayed traffic is not a direct-to-MX attempt and is
-//!   not tracked.
+//!   the distinct-destination sketch, and its first five distinct destinations exactly (as
+//!   keys of the sketch's hash; a sixth distinct destination marks the set overflowed);
+//!   relayed traffic is not a direct-to-MX attempt and is not tracked.
 //!
 //! Timestamps are the kernel's clock and are not modelled; the sketch's register function
-//! is the shared `smtpguard_common::sketch::slot` (the specification leaves the hash open).
+//! is the shared `smtpguard_common::sketch::slot`, the exact set's key the shared
+//! `sketch::exact_key` (the specification leaves the hash open).
 
 pub mod decide;
 pub mod dissect;
 
 use std::{collections::HashMap, net::IpAddr};
 
-use smtpguard_common::{REASON_COUNT, Reason, Verdict, sketch, sketch::SKETCH_REGISTERS};
+use smtpguard_common::{
+    REASON_COUNT, Reason, Verdict, sketch,
+    sketch::{EXACT_DESTINATIONS, EXACT_OVERFLOWED, SKETCH_REGISTERS},
+};
 
 pub use decide::{ModelPolicy, decide};
 pub use dissect::{AboveIp, Dissection, dissect};
@@ -63,6 +68,10 @@ pub struct HostRecord {
     pub last_dst_port: u16,
     pub last_reason: Reason,
     pub dst_sketch: [u8; SKETCH_REGISTERS],
+    /// The first distinct destinations' keys in the order they were first seen (0: unused).
+    pub dst_exact: [u32; EXACT_DESTINATIONS],
+    /// How many of `dst_exact` are used, or `EXACT_OVERFLOWED` after one more distinct one.
+    pub dst_exact_len: u32,
 }
 
 /// The policy plus everything the data plane counts.
@@ -115,6 +124,8 @@ impl Model {
                 last_dst_port: 0,
                 last_reason: reason,
                 dst_sketch: [0; SKETCH_REGISTERS],
+                dst_exact: [0; EXACT_DESTINATIONS],
+                dst_exact_len: 0,
             });
         host.segments += 1;
         host.attempts += u64::from(attempt);
@@ -129,6 +140,16 @@ impl Model {
         };
         let (index, rank) = sketch::slot(&wide);
         host.dst_sketch[index] = host.dst_sketch[index].max(rank);
+        let key = sketch::exact_key(sketch::hash(&wide));
+        let used = host.dst_exact_len as usize;
+        if used <= EXACT_DESTINATIONS && !host.dst_exact[..used].contains(&key) {
+            if used == EXACT_DESTINATIONS {
+                host.dst_exact_len = EXACT_OVERFLOWED;
+            } else {
+                host.dst_exact[used] = key;
+                host.dst_exact_len += 1;
+            }
+        }
     }
 }
 

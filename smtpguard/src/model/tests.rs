@@ -275,3 +275,32 @@ fn an_ipv6_host_is_its_prefix() {
         Reason::Monitored
     );
 }
+
+#[test]
+fn the_first_five_distinct_destinations_are_kept_exactly() {
+    let mut model = Model::new(policy());
+    let destinations: Vec<String> = (1..=6).map(|n| format!("198.51.100.{n}")).collect();
+    let key = |dst: &str| {
+        let wide = match ip(dst) {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        sketch::exact_key(sketch::hash(&wide))
+    };
+    for dst in &destinations[..5] {
+        model.judge(&syn(SUB, dst).build());
+        model.judge(&syn(SUB, &destinations[0]).build());
+    }
+    let host = model.hosts[&ip(SUB)];
+    let expected: Vec<u32> = destinations[..5].iter().map(|d| key(d)).collect();
+    assert_eq!(host.dst_exact.to_vec(), expected, "in order of first sight");
+    assert_eq!(host.dst_exact_len, 5, "repeats are not counted again");
+
+    model.judge(&syn(SUB, &destinations[5]).build());
+    let host = model.hosts[&ip(SUB)];
+    assert_eq!(
+        host.dst_exact_len, EXACT_OVERFLOWED,
+        "a sixth one overflows the set"
+    );
+    assert_eq!(host.dst_exact.to_vec(), expected, "the set itself stays");
+}

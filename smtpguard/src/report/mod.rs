@@ -263,8 +263,9 @@ impl Serialize for Modes {
 
 /// A number of distinct destinations: the HyperLogLog sketch's estimate, shown as `~37`, or
 /// an exact count where one is provable. Registers alone never prove a count (two
-/// destinations may share a register), so only a row of a single segment, which went to
-/// one destination, is exact.
+/// destinations may share a register); the kernel's exact sets do, while every interval of
+/// the row kept its destinations in one (a few each), and so does a row of a single
+/// segment, which went to one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Distinct {
     pub count: u64,
@@ -273,12 +274,17 @@ pub struct Distinct {
 
 impl Distinct {
     /// The distinct destinations of `segments` segments whose sketch (the union of the
-    /// intervals' registers) is `registers`.
-    fn of(registers: &[u8; SKETCH_REGISTERS], segments: u64) -> Self {
-        match segments {
+    /// intervals' registers) is `registers`, and whose exact count is `exact` when every
+    /// interval's exact set was kept.
+    fn of(registers: &[u8; SKETCH_REGISTERS], segments: u64, exact: Option<u64>) -> Self {
+        match (exact, segments) {
+            (Some(count), _) => Distinct {
+                count,
+                estimated: false,
+            },
             // Every tracked segment is counted and its destination sketched: one segment,
             // one destination, whatever the registers hold.
-            1 => Distinct {
+            (None, 1) => Distinct {
                 count: 1,
                 estimated: false,
             },
@@ -326,9 +332,8 @@ pub struct Busiest {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Measure {
-    /// The sketch's estimate for the window: always an estimate (one segment is never
-    /// enough for a bot).
-    Destinations(u64),
+    /// The distinct destinations of the window: exact where the exact sets prove them.
+    Destinations(Distinct),
     Attempts(u64),
 }
 
@@ -336,7 +341,7 @@ impl fmt::Display for Busiest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let window = humantime::format_duration(self.window);
         match self.measure {
-            Measure::Destinations(n) => write!(f, "~{n} distinct destinations within {window}"),
+            Measure::Destinations(n) => write!(f, "{n} distinct destinations within {window}"),
             Measure::Attempts(n) => write!(f, "{n} attempts within {window}"),
         }
     }
@@ -586,6 +591,7 @@ fn summarize_runs(
 ) -> Vec<Summary> {
     let mut summaries = Vec::with_capacity(keyed.len());
     let (mut members, mut slices): (Vec<[u8; 16]>, Vec<Slice>) = (Vec::new(), Vec::new());
+    let mut keys = Vec::new();
     for run in keyed.chunk_by(|a, b| a.0 == b.0) {
         members.clear();
         slices.clear();
@@ -599,7 +605,8 @@ fn summarize_runs(
         }
         members.sort_unstable();
         members.dedup();
-        let summary = summarize(run[0].0, members.len(), &slices, config);
+        let exact = exact_distinct(run.iter().map(|&(_, index)| &intervals[index]), &mut keys);
+        let summary = summarize(run[0].0, members.len(), &slices, exact, config);
         if summary.attempts >= min_attempts {
             summaries.push(summary);
         }
@@ -681,8 +688,35 @@ fn per_minute_active(attempts: u64, first_seen: SystemTime, last_seen: SystemTim
     attempts as f64 / (active.as_secs_f64() / 60.0)
 }
 
-/// The figures of one row from its slices (oldest first, one per snapshot).
-fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Summary {
+/// The exact number of distinct destinations of `intervals`, if each kept its exact set: the
+/// size of their union. `keys` is scratch space, reused from row to row.
+fn exact_distinct<'a>(
+    intervals: impl Iterator<Item = &'a HostInterval>,
+    keys: &mut Vec<u32>,
+) -> Option<u64> {
+    keys.clear();
+    for interval in intervals {
+        keys.extend(
+            interval
+                .exact_destinations?
+                .into_iter()
+                .filter(|key| *key != 0),
+        );
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Some(keys.len() as u64)
+}
+
+/// The figures of one row from its slices (oldest first, one per snapshot) and the exact
+/// count of its distinct destinations, if known.
+fn summarize(
+    key: IpNet,
+    hosts: usize,
+    slices: &[Slice],
+    exact: Option<u64>,
+    config: &Config,
+) -> Summary {
     let attempts: u64 = slices.iter().map(|s| s.attempts).sum();
     let union = slices.iter().fold([0u8; SKETCH_REGISTERS], |all, s| {
         DistinctSketch::new(&all).union(&s.sketch)
@@ -704,7 +738,7 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
     // The whole active time is a window too: the busiest is at least as busy as it.
     let peak = slices.iter().map(Slice::rate).fold(average, f64::max);
     let segments: u64 = slices.iter().map(|s| s.segments).sum();
-    let distinct = Distinct::of(&union, segments);
+    let distinct = Distinct::of(&union, segments, exact);
     let report = &config.report;
     let within_one_window = match (slices.first(), slices.last()) {
         (Some(first), Some(last)) => {
@@ -713,11 +747,11 @@ fn summarize(key: IpNet, hosts: usize, slices: &[Slice], config: &Config) -> Sum
         _ => true,
     };
     let (window_attempts, window_distinct) = if within_one_window {
-        (attempts, distinct.count)
+        (attempts, distinct)
     } else {
         busiest_window(slices, report.bot_window)
     };
-    let bot_like = if window_distinct >= report.bot_destinations {
+    let bot_like = if window_distinct.count >= report.bot_destinations {
         Some(Measure::Destinations(window_distinct))
     } else if window_attempts >= report.bot_attempts {
         Some(Measure::Attempts(window_attempts))
@@ -820,10 +854,10 @@ fn round2(value: f64) -> f64 {
 }
 
 /// The busiest `bot_window` of the slices (oldest first): the most attempts, and the most
-/// distinct destinations, seen within any window of that length ending at a snapshot. The
-/// window slides forward, so a host active all day costs its slices times the few that fit
-/// in one window, not its slices squared.
-fn busiest_window(slices: &[Slice], window: Duration) -> (u64, u64) {
+/// distinct destinations (estimated), seen within any window of that length ending at a
+/// snapshot. The window slides forward, so a host active all day costs its slices times the
+/// few that fit in one window, not its slices squared.
+fn busiest_window(slices: &[Slice], window: Duration) -> (u64, Distinct) {
     let mut best = (0, 0);
     let (mut oldest, mut attempts) = (0, 0);
     for (newest, last) in slices.iter().enumerate() {
@@ -844,7 +878,14 @@ fn busiest_window(slices: &[Slice], window: Duration) -> (u64, u64) {
         best.0 = best.0.max(attempts);
         best.1 = best.1.max(DistinctSketch::new(&sketch).estimate());
     }
-    best
+    let (attempts, destinations) = best;
+    (
+        attempts,
+        Distinct {
+            count: destinations,
+            estimated: true,
+        },
+    )
 }
 
 /// A host classified as a bot in windows at least the reoffense gap apart.
@@ -939,11 +980,8 @@ mod tests {
         destinations: &[u32],
         reason: Reason,
     ) -> HostInterval {
-        let mut registers = [0u8; SKETCH_REGISTERS];
-        for destination in destinations {
-            let (index, rank) = sketch::slot(&ipv4_mapped(destination.to_be_bytes()));
-            registers[index] = registers[index].max(rank);
-        }
+        let (registers, exact_destinations) =
+            sketch::recorded(destinations.iter().map(|d| ipv4_mapped(d.to_be_bytes())));
         let host = match host {
             IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
             IpAddr::V6(v6) => v6.octets(),
@@ -958,6 +996,7 @@ mod tests {
             segments: attempts,
             dropped: attempts,
             sketch: registers,
+            exact_destinations,
             last_dst: ipv4_mapped([198, 51, 100, 7]),
             last_port: 25,
             last_reason: reason as u16,
@@ -1219,21 +1258,48 @@ mod tests {
     }
 
     #[test]
-    fn distinct_destinations_say_they_are_estimates() {
-        let history = through_store(&[
-            // Three segments to three destinations: the sketch's estimate.
-            timed("100.64.0.2", [0, 10, 20, 60], &[1, 2, 3], Reason::Dropped),
-            // One segment went to one destination, provably, even with an empty sketch (a
-            // host whose sketch epoch was not the snapshot's).
-            {
-                let mut one = timed("100.64.0.3", [0, 10, 10, 60], &[1], Reason::Dropped);
-                one.sketch = [0; SKETCH_REGISTERS];
-                one
-            },
-            // One segment in each of two intervals: two segments, an estimate again.
-            timed("100.64.0.4", [0, 10, 10, 60], &[1], Reason::Dropped),
-            timed("100.64.0.4", [60, 70, 70, 120], &[1], Reason::Dropped),
-        ]);
+    fn distinct_destinations_are_exact_while_the_sets_hold_them_and_else_estimates() {
+        let eight: Vec<u32> = (1..=8).collect();
+        let history = through_store(
+            &[
+                // Eight destinations outgrow the exact set: the sketch's estimate.
+                timed("100.64.0.2", [0, 10, 20, 60], &eight, Reason::Dropped),
+                // Three destinations in one interval: exact.
+                timed("100.64.0.5", [0, 10, 20, 60], &[1, 2, 3], Reason::Dropped),
+                // Four in each of two intervals, six in all: the union of the sets is exact,
+                // however large.
+                timed(
+                    "100.64.0.6",
+                    [0, 10, 20, 60],
+                    &[1, 2, 3, 4],
+                    Reason::Dropped,
+                ),
+                timed(
+                    "100.64.0.6",
+                    [60, 70, 80, 120],
+                    &[3, 4, 5, 6],
+                    Reason::Dropped,
+                ),
+                // One segment went to one destination, provably, even without a set or sketch (a
+                // host whose sketch epoch was not the snapshot's).
+                {
+                    let mut one = timed("100.64.0.3", [0, 10, 10, 60], &[1], Reason::Dropped);
+                    one.sketch = [0; SKETCH_REGISTERS];
+                    one.exact_destinations = None;
+                    one
+                },
+                // One segment in each of two intervals without sets (history from before the
+                // sets): two segments, an estimate again.
+                timed("100.64.0.4", [0, 10, 10, 60], &[1], Reason::Dropped),
+                timed("100.64.0.4", [60, 70, 70, 120], &[1], Reason::Dropped),
+            ]
+            .map(|mut i| {
+                if i.host == ipv4_mapped([100, 64, 0, 4]) {
+                    i.exact_destinations = None;
+                }
+                i
+            }),
+        );
         let rows = build(&history, &config(), &options(Grouping::Host));
         let shown: Vec<(String, u64, bool, String)> = rows
             .iter()
@@ -1246,10 +1312,18 @@ mod tests {
                 )
             })
             .collect();
+        let estimate = DistinctSketch::new(&history[0].sketch).estimate();
         assert_eq!(
             shown,
             [
-                ("100.64.0.2".to_owned(), 3, true, "~3".to_owned()),
+                (
+                    "100.64.0.2".to_owned(),
+                    estimate,
+                    true,
+                    format!("~{estimate}")
+                ),
+                ("100.64.0.6".to_owned(), 6, false, "6".to_owned()),
+                ("100.64.0.5".to_owned(), 3, false, "3".to_owned()),
                 ("100.64.0.4".to_owned(), 1, true, "~1".to_owned()),
                 ("100.64.0.3".to_owned(), 1, false, "1".to_owned()),
             ]
@@ -1258,14 +1332,20 @@ mod tests {
         let mut table = Vec::new();
         render::table(&rows, &mut table).unwrap();
         let table = String::from_utf8(table).unwrap();
-        let line = table.lines().find(|l| l.contains("100.64.0.2")).unwrap();
-        assert!(line.split_whitespace().any(|cell| cell == "~3"), "{table}");
+        for (host, cell) in [
+            ("100.64.0.2", format!("~{estimate}")),
+            ("100.64.0.5", "3".into()),
+        ] {
+            let line = table.lines().find(|l| l.contains(host)).unwrap();
+            assert!(line.split_whitespace().any(|c| c == cell), "{table}");
+        }
 
         let mut json = Vec::new();
         render::json(&rows, &mut json).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(json[0]["distinct_destinations"], 3);
+        assert_eq!(json[0]["distinct_destinations"], estimate);
         assert_eq!(json[0]["distinct_destinations_estimated"], true);
+        assert_eq!(json[2]["distinct_destinations"], 3);
         assert_eq!(json[2]["distinct_destinations_estimated"], false);
 
         let mut csv = Vec::new();
@@ -1280,11 +1360,11 @@ mod tests {
             .records()
             .map(|r| r.unwrap()[column].to_owned())
             .collect();
-        assert_eq!(flags, ["true", "true", "false"]);
+        assert_eq!(flags, ["true", "false", "false", "true", "false"]);
     }
 
     #[test]
-    fn a_misconfigured_client_reads_its_destinations_as_an_estimate() {
+    fn a_misconfigured_client_reads_its_destinations_exactly() {
         let history = [timed(
             "100.64.0.3",
             [0, 10, 20, 60],
@@ -1295,7 +1375,7 @@ mod tests {
         assert_eq!(rows[0].class, Class::MisconfiguredClient);
         assert_eq!(
             rows[0].class_reason.to_string(),
-            "5 attempts to ~1 destination(s)"
+            "5 attempts to 1 destination(s)"
         );
     }
 

@@ -144,10 +144,12 @@ impl Snapshotter {
         // still has an end after its start.
         let start = whole_millis(self.state.last.min(now));
         let end = whole_millis(now).max(start + Duration::from_millis(1));
-        let sketch = if stats.sketch_epoch == self.state.epoch {
-            stats.dst_sketch
+        // A host not seen in this epoch keeps the last epoch's destinations: none of them are
+        // this interval's, and which ones are is not known.
+        let (sketch, exact_destinations) = if stats.sketch_epoch == self.state.epoch {
+            (stats.dst_sketch, stats.exact_destinations())
         } else {
-            [0; SKETCH_REGISTERS]
+            ([0; SKETCH_REGISTERS], None)
         };
         HostInterval {
             host,
@@ -159,6 +161,7 @@ impl Snapshotter {
             segments: stats.segments - base.segments,
             dropped: stats.dropped.saturating_sub(base.dropped),
             sketch,
+            exact_destinations,
             last_dst: stats.last_dst,
             last_port: stats.last_dst_port,
             last_reason: stats.last_reason,

@@ -8,7 +8,9 @@
 //! fixed-size little-endian records sorted by host, rather than a million rows: a report reads
 //! whole chunks and decodes records at memory speed, where SQLite's per-row and per-column
 //! work alone would take longer than the report may (under a second for a million hosts).
-//! The cursors are stored the same way.
+//! The cursors are stored the same way. Each chunk's exact destination sets (schema version 5)
+//! sit in a blob of their own beside the records, in the same host order; chunks written
+//! before version 5 have none, and their hosts' destinations are only estimated.
 
 use std::{
     collections::HashMap,
@@ -17,7 +19,7 @@ use std::{
 };
 
 use rusqlite::{OptionalExtension as _, params};
-use smtpguard_common::sketch::SKETCH_REGISTERS;
+use smtpguard_common::sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS};
 
 use super::{Store, StoreError, sql, stored_time, to_millis};
 
@@ -36,6 +38,10 @@ pub struct HostInterval {
     pub dropped: u64,
     /// Distinct destinations of the interval (HyperLogLog registers).
     pub sketch: [u8; SKETCH_REGISTERS],
+    /// The interval's distinct destinations exactly, as keys of the sketch's hash (0: an
+    /// empty slot), while they fitted the kernel's exact set; `None` when they did not, or
+    /// were not recorded (history from before schema version 6).
+    pub exact_destinations: Option<[u32; EXACT_DESTINATIONS]>,
     pub last_dst: [u8; 16],
     pub last_port: u16,
     /// A `Reason` discriminant.
@@ -85,6 +91,10 @@ const CHUNK_HOSTS: usize = 4096;
 /// One interval record: host 16, first and last seen (Unix ms) 8 + 8, attempts, segments,
 /// dropped 8 each, sketch 64, last destination 16, last port 2, last reason 2.
 const INTERVAL_BYTES: usize = 16 + 8 * 5 + SKETCH_REGISTERS + 16 + 2 + 2;
+/// One exact set: how many keys it holds (or [`UNKNOWN_SET`]), then its slots, 4 each.
+const EXACT_SET_BYTES: usize = 1 + 4 * EXACT_DESTINATIONS;
+/// The first byte of an exact set that is not known (it overflowed).
+const UNKNOWN_SET: u8 = 0xff;
 /// One cursor record: host 16, attempts, segments, dropped, first seen (ns) 8 each.
 const CURSOR_BYTES: usize = 16 + 8 * 4;
 
@@ -107,6 +117,42 @@ pub(super) const SCHEMA: &str = "
          id      INTEGER PRIMARY KEY,
          records BLOB    NOT NULL CHECK (length(records) % 48 = 0)
      ) STRICT;";
+
+/// Schema version 5: the exact destination sets of each chunk's hosts, one
+/// [`EXACT_SET_BYTES`] record per host in the records' order; NULL in chunks written before.
+pub(super) const EXACT_SETS: &str = "
+     ALTER TABLE history_chunks ADD COLUMN exact_sets BLOB
+         CHECK (exact_sets IS NULL OR length(exact_sets) = hosts * 21);";
+
+/// Which columns a chunk is written with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ChunkColumns {
+    /// Version 4's, for its migration (the exact sets' column comes with version 6).
+    Version4,
+    Current,
+}
+
+fn put_exact_set(out: &mut Vec<u8>, set: Option<[u32; EXACT_DESTINATIONS]>) {
+    match set {
+        Some(keys) => {
+            out.push(keys.iter().filter(|key| **key != 0).count() as u8);
+            for key in keys {
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+        }
+        None => {
+            out.push(UNKNOWN_SET);
+            out.extend_from_slice(&[0; 4 * EXACT_DESTINATIONS]);
+        }
+    }
+}
+
+fn exact_set(record: &[u8]) -> Option<[u32; EXACT_DESTINATIONS]> {
+    let mut fields = Fields(record);
+    let [len] = fields.take::<1>();
+    let keys = std::array::from_fn(|_| u32::from_le_bytes(fields.take()));
+    (usize::from(len) <= EXACT_DESTINATIONS).then_some(keys)
+}
 
 /// Little-endian field writer for records.
 fn put(out: &mut Vec<u8>, fields: &[&[u8]]) {
@@ -144,20 +190,30 @@ fn insert_intervals(
     tx: &rusqlite::Transaction<'_>,
     path: &std::path::Path,
     rows: &mut [(&HostInterval, [i64; 4])],
+    columns: ChunkColumns,
 ) -> Result<(), StoreError> {
     rows.sort_unstable_by_key(|(interval, [start, end, ..])| (*start, *end, interval.host));
     let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO history_chunks (start_ms, end_ms, hosts, records) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
+        .prepare_cached(match columns {
+            ChunkColumns::Version4 => {
+                "INSERT INTO history_chunks (start_ms, end_ms, hosts, records) \
+                 VALUES (?1, ?2, ?3, ?4)"
+            }
+            ChunkColumns::Current => {
+                "INSERT INTO history_chunks (start_ms, end_ms, hosts, records, exact_sets) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
+            }
+        })
         .map_err(sql(path))?;
     let mut records = Vec::with_capacity(CHUNK_HOSTS * INTERVAL_BYTES);
+    let mut sets = Vec::with_capacity(CHUNK_HOSTS * EXACT_SET_BYTES);
     for same_interval in rows.chunk_by(|a, b| a.1[..2] == b.1[..2]) {
         let [start_ms, end_ms, ..] = same_interval[0].1;
         for chunk in same_interval.chunks(CHUNK_HOSTS) {
             records.clear();
+            sets.clear();
             for (interval, [_, _, first_ms, last_ms]) in chunk {
+                put_exact_set(&mut sets, interval.exact_destinations);
                 put(
                     &mut records,
                     &[
@@ -174,9 +230,16 @@ fn insert_intervals(
                     ],
                 );
             }
-            insert
-                .execute(params![start_ms, end_ms, chunk.len() as i64, &records])
-                .map_err(sql(path))?;
+            let hosts = chunk.len() as i64;
+            match columns {
+                ChunkColumns::Version4 => {
+                    insert.execute(params![start_ms, end_ms, hosts, &records])
+                }
+                ChunkColumns::Current => {
+                    insert.execute(params![start_ms, end_ms, hosts, &records, &sets])
+                }
+            }
+            .map_err(sql(path))?;
         }
     }
     Ok(())
@@ -254,7 +317,7 @@ impl Store {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut cursors: Vec<_> = cursors.iter().map(|(host, c)| (*host, *c)).collect();
         self.write(|tx, path| {
-            insert_intervals(tx, path, &mut rows)?;
+            insert_intervals(tx, path, &mut rows, ChunkColumns::Current)?;
             replace_cursors(tx, path, &mut cursors)?;
             tx.execute(
                 "INSERT INTO snapshot_state (id, epoch, last_ms) VALUES (1, ?1, ?2) \
@@ -327,7 +390,7 @@ impl Store {
         let mut select = self
             .conn
             .prepare_cached(
-                "SELECT start_ms, end_ms, records FROM history_chunks \
+                "SELECT start_ms, end_ms, records, exact_sets FROM history_chunks \
                  WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms, id",
             )
             .map_err(sql(path))?;
@@ -339,8 +402,17 @@ impl Store {
             let end = time("end_ms", row.get(1).map_err(sql(path))?)?;
             // Records are decoded straight from the blob SQLite holds: no copy of the chunk.
             let records = blob(row, 2, path, TABLE, "records")?;
+            let sets = match row.get_ref(3).map_err(sql(path))? {
+                rusqlite::types::ValueRef::Null => None,
+                _ => Some(blob(row, 3, path, TABLE, "exact_sets")?),
+            };
+            let mut sets = sets.map(|sets| sets.chunks_exact(EXACT_SET_BYTES));
             intervals.reserve(records.len() / INTERVAL_BYTES);
             for record in records.chunks_exact(INTERVAL_BYTES) {
+                let exact_destinations = sets
+                    .as_mut()
+                    .and_then(|sets| sets.next())
+                    .and_then(exact_set);
                 let mut fields = Fields(record);
                 intervals.push(HostInterval {
                     host: fields.take(),
@@ -352,6 +424,7 @@ impl Store {
                     segments: fields.u64(),
                     dropped: fields.u64(),
                     sketch: fields.take(),
+                    exact_destinations,
                     last_dst: fields.take(),
                     last_port: fields.u16(),
                     last_reason: fields.u16(),
@@ -448,6 +521,7 @@ pub(super) fn pack_rows_into_chunks(
                 segments: number(6)?.unsigned_abs(),
                 dropped: number(7)?.unsigned_abs(),
                 sketch: fixed_blob(row, 8, path, "sketch")?,
+                exact_destinations: None,
                 last_dst: fixed(9, "last_dst")?,
                 last_port: row.get(10).map_err(sql(path))?,
                 last_reason: row.get(11).map_err(sql(path))?,
@@ -458,7 +532,7 @@ pub(super) fn pack_rows_into_chunks(
         .iter()
         .map(|interval| Ok((interval, interval_millis(interval)?)))
         .collect::<Result<Vec<_>, StoreError>>()?;
-    insert_intervals(tx, path, &mut rows)?;
+    insert_intervals(tx, path, &mut rows, ChunkColumns::Version4)?;
 
     let mut cursors = Vec::new();
     {
@@ -504,6 +578,8 @@ mod tests {
             segments: attempts + 1,
             dropped: attempts,
             sketch: [1; SKETCH_REGISTERS],
+            // Hosts with odd numbers went to more destinations than the set holds.
+            exact_destinations: (host % 2 == 0).then_some([0x11, u32::MAX, 0, 0, 0]),
             last_dst: smtpguard_common::host::ipv4_mapped([198, 51, 100, 7]),
             last_port: 25,
             last_reason: 5,
@@ -608,11 +684,16 @@ mod tests {
     fn version_3_rows_are_packed_into_chunks() {
         use crate::store::{DB_FILE_NAME, MIGRATIONS, Migration};
         let dir = tempfile::tempdir().unwrap();
+        // Version 3 kept no exact sets: the history comes back without them.
         let old = [
             interval(3, 1_000, 4),
             interval(2, 1_000, 5),
             interval(2, 1_060, 7),
-        ];
+        ]
+        .map(|i| HostInterval {
+            exact_destinations: None,
+            ..i
+        });
         {
             let conn = rusqlite::Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
             for migration in &MIGRATIONS[..3] {
@@ -675,6 +756,50 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(tables.is_empty(), "old tables dropped: {tables:?}");
+    }
+
+    #[test]
+    fn version_4_chunks_are_kept_without_exact_sets() {
+        use crate::store::{DB_FILE_NAME, MIGRATIONS, Migration};
+        let dir = tempfile::tempdir().unwrap();
+        let old = [interval(2, 1_000, 5), interval(4, 1_000, 1)].map(|i| HostInterval {
+            exact_destinations: None,
+            ..i
+        });
+        {
+            let mut conn = rusqlite::Connection::open(dir.path().join(DB_FILE_NAME)).unwrap();
+            let tx = conn.transaction().unwrap();
+            for migration in &MIGRATIONS[..4] {
+                match migration {
+                    Migration::Sql(batch) => tx.execute_batch(batch).unwrap(),
+                    Migration::Code(migrate) => migrate(&tx, dir.path()).unwrap(),
+                }
+            }
+            let mut rows: Vec<_> = old
+                .iter()
+                .map(|i| (i, interval_millis(i).unwrap()))
+                .collect();
+            insert_intervals(&tx, dir.path(), &mut rows, ChunkColumns::Version4).unwrap();
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.host_intervals(at(0), at(2_000)).unwrap(), old);
+        // Chunks written from now on carry their sets, beside the old ones.
+        let new = interval(2, 1_060, 7);
+        store
+            .record_snapshot(
+                std::slice::from_ref(&new),
+                &HashMap::new(),
+                SnapshotState {
+                    epoch: 2,
+                    last: at(1_060),
+                },
+            )
+            .unwrap();
+        let all = store.host_intervals(at(0), at(2_000)).unwrap();
+        assert_eq!(all, [old[0].clone(), old[1].clone(), new]);
+        assert!(all[2].exact_destinations.is_some());
     }
 
     #[test]

@@ -191,6 +191,8 @@ const MIGRATIONS: &[Migration] = &[
          shipped_end_ms INTEGER NOT NULL
      ) STRICT;",
     ),
+    // 6: exact destination sets beside each chunk's records (see `history`).
+    Migration::Sql(history::EXACT_SETS),
 ];
 
 /// The schema version this build writes and understands.

@@ -27,6 +27,16 @@ impl AgentState {
             .into_iter()
             .map(|(name, entries, capacity)| json!({"map": name, "entries": entries, "capacity": capacity}))
             .collect();
+        let (by_interface, unattributed) = self
+            .enforcement
+            .counted_interfaces()
+            .counts(&self.dataplane)
+            .map_err(failed)?;
+        let judged = |counts| -> serde_json::Map<String, Value> {
+            crate::metrics::judged_rows(counts)
+                .map(|(reason, count)| (reason.to_owned(), json!(count)))
+                .collect()
+        };
         let uptime = self.started.elapsed().unwrap_or(Duration::ZERO).as_secs();
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -45,6 +55,8 @@ impl AgentState {
             "socket": self.config.agent.socket.display().to_string(),
             "metrics_listen": self.config.agent.metrics_listen.to_string(),
             "packets": reasons,
+            "judged_packets_by_interface": by_interface.into_iter().map(|(interface, counts)| (interface, Value::Object(judged(counts)))).collect::<serde_json::Map<String, Value>>(),
+            "judged_packets_unattributed": judged(unattributed),
             "maps": maps,
             "exemptions": self.desired.exemptions.len(),
             "relays": self.desired.relays.len(),
