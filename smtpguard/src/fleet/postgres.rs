@@ -201,6 +201,16 @@ pub fn probe(config: &PostgresConfig) -> Result<String, PostgresError> {
     })
 }
 
+/// Turns tokio-postgres' error into one naming `server` and what it refused.
+fn refusal(server: &str, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+    let (server, what) = (server.to_owned(), what.to_owned());
+    move |error| PostgresError::Refused {
+        server,
+        what,
+        cause: error_text(&error),
+    }
+}
+
 /// A connected client with the server's name for messages.
 pub struct Reports {
     client: tokio_postgres::Client,
@@ -218,13 +228,8 @@ impl Reports {
         Ok(reports)
     }
 
-    fn refused(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError + '_ {
-        let what = what.to_owned();
-        move |error| PostgresError::Refused {
-            server: self.server.clone(),
-            what,
-            cause: error_text(&error),
-        }
+    fn refused(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+        refusal(&self.server, what)
     }
 
     pub fn closed(&self) -> bool {
@@ -233,14 +238,7 @@ impl Reports {
 
     async fn migrate(&mut self) -> Result<(), PostgresError> {
         let server = self.server.clone();
-        let refused = |what: &'static str| {
-            let server = server.clone();
-            move |error: tokio_postgres::Error| PostgresError::Refused {
-                server,
-                what: what.to_owned(),
-                cause: error_text(&error),
-            }
-        };
+        let refused = |what: &'static str| refusal(&server, what);
         let tx = self
             .client
             .transaction()
@@ -295,14 +293,7 @@ impl Reports {
         intervals: &[HostInterval],
     ) -> Result<u64, PostgresError> {
         let server = self.server.clone();
-        let refused = |what: &'static str| {
-            let server = server.clone();
-            move |error: tokio_postgres::Error| PostgresError::Refused {
-                server,
-                what: what.to_owned(),
-                cause: error_text(&error),
-            }
-        };
+        let refused = |what: &'static str| refusal(&server, what);
         let tx = self
             .client
             .transaction()

@@ -259,19 +259,74 @@ impl EtcdSource {
         self.shared.view().keys.get(key).cloned()
     }
 
-    fn changed_meanwhile(
-        &self,
+    /// Creates `key` with `value` (on `lease`, 0: none) unless this gateway sees it already;
+    /// a key created meanwhile elsewhere fails the transaction.
+    fn create(
+        &mut self,
         kind: EntryKind,
         prefix: IpNet,
-        seen: i64,
-        verb: &'static str,
-    ) -> FleetError {
-        FleetError::ChangedMeanwhile {
-            kind,
-            prefix,
-            seen,
-            verb,
+        value: Vec<u8>,
+        lease: impl FnOnce(&Self) -> PolicyResult<i64>,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<()> {
+        let key = self.shared.keys.of(kind, prefix);
+        if self.held(&key).is_some() {
+            return Err(StoreError::Duplicate { kind, prefix }.into());
         }
+        let lease = lease(self)?;
+        let action = match kind {
+            EntryKind::Exemption => AuditAction::ExemptionAdded,
+            EntryKind::Relay => AuditAction::RelayAdded,
+        };
+        let audit = FleetAuditEntry::new(
+            now,
+            action,
+            &prefix.to_string(),
+            who,
+            &self.gateway,
+            String::from_utf8_lossy(&value).into_owned(),
+        )?;
+        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, lease));
+        self.commit(txn, changed_meanwhile(kind, prefix, 0), audit)
+    }
+
+    /// Deletes the key of `prefix` as this gateway saw it; returns what it held, as
+    /// `entry` takes it out of its [`FleetEntry`].
+    fn delete<T>(
+        &mut self,
+        kind: EntryKind,
+        prefix: IpNet,
+        entry: impl FnOnce(FleetEntry) -> Option<T>,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<T> {
+        let key = self.shared.keys.of(kind, prefix);
+        let not_found = || StoreError::NotFound { kind, prefix };
+        let held = self.held(&key).ok_or_else(not_found)?;
+        let made_on = match &held.entry {
+            FleetEntry::Exemption(exemption) => exemption.gateway.clone(),
+            FleetEntry::Relay(relay) => relay.gateway.clone(),
+        };
+        let action = match kind {
+            EntryKind::Exemption => AuditAction::ExemptionRemoved,
+            EntryKind::Relay => AuditAction::RelayRemoved,
+        };
+        let audit = FleetAuditEntry::new(
+            now,
+            action,
+            &prefix.to_string(),
+            who,
+            &self.gateway,
+            format!("made on {}", made_on.as_deref().unwrap_or("?")),
+        )?;
+        let txn = TxnParts::on_revision(&key, held.mod_revision, TxnOp::delete(key.clone(), None));
+        self.commit(
+            txn,
+            changed_meanwhile(kind, prefix, held.mod_revision),
+            audit,
+        )?;
+        Ok(entry(held.entry).ok_or_else(not_found)?)
     }
 
     /// A lease that ends at `expires` (whole seconds, rounded up), or none.
@@ -294,6 +349,18 @@ impl EtcdSource {
                 .map_err(|error| shared.unreachable(error))?;
             Ok(lease.id())
         })?)
+    }
+}
+
+fn changed_meanwhile(kind: EntryKind, prefix: IpNet, seen: i64) -> FleetError {
+    FleetError::ChangedMeanwhile {
+        kind,
+        prefix,
+        seen,
+        verb: match kind {
+            EntryKind::Exemption => "exempt",
+            EntryKind::Relay => "relay",
+        },
     }
 }
 
@@ -337,27 +404,16 @@ impl PolicySource for EtcdSource {
     fn add_exemption(&mut self, new: &NewExemption, now: SystemTime) -> PolicyResult<Exemption> {
         let mut exemption = new.checked(now)?;
         exemption.gateway = Some(self.gateway.clone());
-        let key = self.shared.keys.exemption(new.prefix);
-        if self.held(&key).is_some() {
-            return Err(StoreError::Duplicate {
-                kind: EntryKind::Exemption,
-                prefix: new.prefix,
-            }
-            .into());
-        }
         let value = encode_exemption(&exemption, &self.gateway)?;
-        let lease = self.lease_until(exemption.expires, now)?;
-        let audit = FleetAuditEntry::new(
-            now,
-            AuditAction::ExemptionAdded,
-            &new.prefix.to_string(),
+        let expires = exemption.expires;
+        self.create(
+            EntryKind::Exemption,
+            new.prefix,
+            value,
+            |source| source.lease_until(expires, now),
             &new.who,
-            &self.gateway,
-            String::from_utf8_lossy(&value).into_owned(),
+            now,
         )?;
-        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, lease));
-        let meanwhile = self.changed_meanwhile(EntryKind::Exemption, new.prefix, 0, "exempt");
-        self.commit(txn, meanwhile, audit)?;
         Ok(exemption)
     }
 
@@ -367,32 +423,11 @@ impl PolicySource for EtcdSource {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<Exemption> {
-        let key = self.shared.keys.exemption(prefix);
-        let Some(Held {
-            entry: FleetEntry::Exemption(exemption),
-            mod_revision,
-            ..
-        }) = self.held(&key)
-        else {
-            return Err(StoreError::NotFound {
-                kind: EntryKind::Exemption,
-                prefix,
-            }
-            .into());
+        let exemption = |entry| match entry {
+            FleetEntry::Exemption(exemption) => Some(exemption),
+            FleetEntry::Relay(_) => None,
         };
-        let audit = FleetAuditEntry::new(
-            now,
-            AuditAction::ExemptionRemoved,
-            &prefix.to_string(),
-            who,
-            &self.gateway,
-            format!("made on {}", exemption.gateway.as_deref().unwrap_or("?")),
-        )?;
-        let txn = TxnParts::on_revision(&key, mod_revision, TxnOp::delete(key.clone(), None));
-        let meanwhile =
-            self.changed_meanwhile(EntryKind::Exemption, prefix, mod_revision, "exempt");
-        self.commit(txn, meanwhile, audit)?;
-        Ok(exemption)
+        self.delete(EntryKind::Exemption, prefix, exemption, who, now)
     }
 
     fn update_exemption(
@@ -403,7 +438,7 @@ impl PolicySource for EtcdSource {
         now: SystemTime,
     ) -> PolicyResult<(Exemption, Exemption)> {
         update.check(prefix, who, now)?;
-        let key = self.shared.keys.exemption(prefix);
+        let key = self.shared.keys.of(EntryKind::Exemption, prefix);
         let Some(Held {
             entry: FleetEntry::Exemption(old),
             mod_revision,
@@ -431,8 +466,7 @@ impl PolicySource for EtcdSource {
             String::from_utf8_lossy(&value).into_owned(),
         )?;
         let txn = TxnParts::on_revision(&key, mod_revision, Self::put_op(&key, value, lease));
-        let meanwhile =
-            self.changed_meanwhile(EntryKind::Exemption, prefix, mod_revision, "exempt");
+        let meanwhile = changed_meanwhile(EntryKind::Exemption, prefix, mod_revision);
         self.commit(txn, meanwhile, audit)?;
         Ok((old, new))
     }
@@ -453,26 +487,15 @@ impl PolicySource for EtcdSource {
     fn add_relay(&mut self, new: &NewRelay, now: SystemTime) -> PolicyResult<RuntimeRelay> {
         let mut relay = new.checked(now)?;
         relay.gateway = Some(self.gateway.clone());
-        let key = self.shared.keys.relay(new.prefix);
-        if self.held(&key).is_some() {
-            return Err(StoreError::Duplicate {
-                kind: EntryKind::Relay,
-                prefix: new.prefix,
-            }
-            .into());
-        }
         let value = encode_relay(&relay, &self.gateway)?;
-        let audit = FleetAuditEntry::new(
-            now,
-            AuditAction::RelayAdded,
-            &new.prefix.to_string(),
+        self.create(
+            EntryKind::Relay,
+            new.prefix,
+            value,
+            |_| Ok(0),
             &new.who,
-            &self.gateway,
-            String::from_utf8_lossy(&value).into_owned(),
+            now,
         )?;
-        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, 0));
-        let meanwhile = self.changed_meanwhile(EntryKind::Relay, new.prefix, 0, "relay");
-        self.commit(txn, meanwhile, audit)?;
         Ok(relay)
     }
 
@@ -482,31 +505,11 @@ impl PolicySource for EtcdSource {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<RuntimeRelay> {
-        let key = self.shared.keys.relay(prefix);
-        let Some(Held {
-            entry: FleetEntry::Relay(relay),
-            mod_revision,
-            ..
-        }) = self.held(&key)
-        else {
-            return Err(StoreError::NotFound {
-                kind: EntryKind::Relay,
-                prefix,
-            }
-            .into());
+        let relay = |entry| match entry {
+            FleetEntry::Relay(relay) => Some(relay),
+            FleetEntry::Exemption(_) => None,
         };
-        let audit = FleetAuditEntry::new(
-            now,
-            AuditAction::RelayRemoved,
-            &prefix.to_string(),
-            who,
-            &self.gateway,
-            format!("made on {}", relay.gateway.as_deref().unwrap_or("?")),
-        )?;
-        let txn = TxnParts::on_revision(&key, mod_revision, TxnOp::delete(key.clone(), None));
-        let meanwhile = self.changed_meanwhile(EntryKind::Relay, prefix, mod_revision, "relay");
-        self.commit(txn, meanwhile, audit)?;
-        Ok(relay)
+        self.delete(EntryKind::Relay, prefix, relay, who, now)
     }
 
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {
@@ -567,30 +570,42 @@ impl View {
         }
     }
 
-    fn exemptions(&self) -> Vec<Exemption> {
-        let mut list: Vec<Exemption> = self
+    /// The entries `pick` takes, in prefix order.
+    fn entries<T>(
+        &self,
+        pick: impl Fn(&FleetEntry) -> Option<&T>,
+        prefix: impl Fn(&T) -> IpNet,
+    ) -> Vec<T>
+    where
+        T: Clone,
+    {
+        let mut list: Vec<T> = self
             .keys
             .values()
-            .filter_map(|held| match &held.entry {
-                FleetEntry::Exemption(exemption) => Some(exemption.clone()),
-                FleetEntry::Relay(_) => None,
-            })
+            .filter_map(|held| pick(&held.entry).cloned())
             .collect();
-        list.sort_by_key(|exemption| exemption.prefix);
+        list.sort_by_key(|entry| prefix(entry));
         list
     }
 
+    fn exemptions(&self) -> Vec<Exemption> {
+        self.entries(
+            |entry| match entry {
+                FleetEntry::Exemption(exemption) => Some(exemption),
+                FleetEntry::Relay(_) => None,
+            },
+            |exemption| exemption.prefix,
+        )
+    }
+
     fn relays(&self) -> Vec<RuntimeRelay> {
-        let mut list: Vec<RuntimeRelay> = self
-            .keys
-            .values()
-            .filter_map(|held| match &held.entry {
-                FleetEntry::Relay(relay) => Some(relay.clone()),
+        self.entries(
+            |entry| match entry {
+                FleetEntry::Relay(relay) => Some(relay),
                 FleetEntry::Exemption(_) => None,
-            })
-            .collect();
-        list.sort_by_key(|relay| relay.prefix);
-        list
+            },
+            |relay| relay.prefix,
+        )
     }
 }
 

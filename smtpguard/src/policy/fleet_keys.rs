@@ -96,12 +96,13 @@ impl FleetKeys {
         format!("{}policy/", self.prefix)
     }
 
-    pub fn exemption(&self, prefix: IpNet) -> String {
-        format!("{}{EXEMPTIONS}{prefix}", self.prefix)
-    }
-
-    pub fn relay(&self, prefix: IpNet) -> String {
-        format!("{}{RELAYS}{prefix}", self.prefix)
+    /// The key of the exemption or relay `prefix`.
+    pub fn of(&self, kind: EntryKind, prefix: IpNet) -> String {
+        let folder = match kind {
+            EntryKind::Exemption => EXEMPTIONS,
+            EntryKind::Relay => RELAYS,
+        };
+        format!("{}{folder}{prefix}", self.prefix)
     }
 
     /// The bounded audit range (see docs/fleet.md, "Audit").
@@ -253,7 +254,7 @@ mod tests {
     fn an_entry_decodes_to_what_was_encoded() {
         let exemption = exemption();
         let value = encode_exemption(&exemption, "gw-2").unwrap();
-        let key = keys().exemption(exemption.prefix);
+        let key = keys().of(EntryKind::Exemption, exemption.prefix);
         assert_eq!(key, "/sg/policy/exemptions/100.64.2.0/24");
         assert_eq!(
             keys().decode(key.as_bytes(), &value).unwrap(),
