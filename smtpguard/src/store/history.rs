@@ -579,7 +579,7 @@ mod tests {
             dropped: attempts,
             sketch: [1; SKETCH_REGISTERS],
             // Hosts with odd numbers went to more destinations than the set holds.
-            exact_destinations: (host % 2 == 0).then_some([0x11, u32::MAX, 0, 0, 0]),
+            exact_destinations: host.is_multiple_of(2).then_some([0x11, u32::MAX, 0, 0, 0]),
             last_dst: smtpguard_common::host::ipv4_mapped([198, 51, 100, 7]),
             last_port: 25,
             last_reason: 5,
