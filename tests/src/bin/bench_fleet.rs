@@ -320,7 +320,7 @@ fn snapshot(hosts: usize, start: SystemTime) -> Vec<HostInterval> {
                 dropped: 1 + (n % 90) as u64,
                 sketch,
                 // Most hosts of a real snapshot tried a handful of destinations.
-                exact_destinations: (n % 4 != 0).then(|| [n as u32 | 1, 0, 0, 0, 0]),
+                exact_destinations: (n % 4 != 0).then_some([n as u32 | 1, 0, 0, 0, 0]),
                 last_dst: Ipv4Addr::new(198, 51, 100, 7).to_ipv6_mapped().octets(),
                 last_port: 25,
                 last_reason: 0,
