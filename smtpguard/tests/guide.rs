@@ -321,6 +321,11 @@ impl Run {
     fn printed(&self, output: &Output) -> String {
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
+        self.installed_paths(text)
+    }
+
+    /// `text` with the guide's installed paths in place of the lab's.
+    fn installed_paths(&self, mut text: String) -> String {
         for (lab, installed) in &self.paths {
             text = text.replace(lab, installed);
         }
@@ -431,12 +436,9 @@ impl Run {
     }
 
     fn agent_log(&self) -> String {
-        let log = std::fs::read_to_string(self.fixture.scratch.file("agent.log")).unwrap();
-        let mut log = log;
-        for (lab, installed) in &self.paths {
-            log = log.replace(lab, installed);
-        }
-        log
+        self.installed_paths(
+            std::fs::read_to_string(self.fixture.scratch.file("agent.log")).unwrap(),
+        )
     }
 
     /// Why the current section's commands are not run, if they are not.

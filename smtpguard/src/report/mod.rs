@@ -627,9 +627,8 @@ fn group_key(
     };
     // A host is what the kernel counts as one (an IPv6 /64 by default); history kept under
     // a longer host prefix joins the host that holds it now.
-    let (host_len, _) = config.enforcement.host_prefix(&single);
     match grouping {
-        Grouping::Host => IpNet::new(host, host_len).map_or(single, |net| net.trunc()),
+        Grouping::Host => config.enforcement.host_of(host),
         Grouping::Slash64 => truncated(64),
         Grouping::Slash56 => truncated(56),
         Grouping::SubscriberPrefix => ranges.of(host).map_or(single, |(prefix, _)| prefix),
