@@ -9,12 +9,14 @@ pub mod interface;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod relay;
 pub mod sketch;
 
 pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
 pub use interface::InterfaceSlot;
 pub use policy::{
-    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, RelayFilter, SourcePolicy,
-    SubscriberPolicy, UnparseableAction,
+    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy,
+    UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};
+pub use relay::{RelayFilter, RelayMatch};

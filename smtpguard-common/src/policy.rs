@@ -99,61 +99,6 @@ impl PrefixOrigin {
     }
 }
 
-/// The single entry of `RELAY_FILTER`: per family, a 64-bit filter of the destinations that
-/// may be relays. A relay that is one address sets that address's bit; a wider relay prefix
-/// sets every bit, since a filter of single addresses cannot name its addresses. A
-/// destination whose bit is clear is no relay, so most of a bot's segments (to other
-/// networks' MX hosts) are settled without the relay trie's lookup, a helper call; the
-/// others are looked up as before.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RelayFilter {
-    pub v4: u64,
-    pub v6: u64,
-}
-
-impl RelayFilter {
-    pub fn add_v4(&mut self, network: [u8; 4], prefix_len: u8) {
-        self.v4 |= if prefix_len < 32 {
-            u64::MAX
-        } else {
-            v4_bit(network)
-        };
-    }
-
-    pub fn add_v6(&mut self, network: [u8; 16], prefix_len: u8) {
-        self.v6 |= if prefix_len < 128 {
-            u64::MAX
-        } else {
-            v6_bit(network)
-        };
-    }
-
-    #[inline(always)]
-    pub fn may_hold_v4(&self, addr: [u8; 4]) -> bool {
-        self.v4 & v4_bit(addr) != 0
-    }
-
-    #[inline(always)]
-    pub fn may_hold_v6(&self, addr: [u8; 16]) -> bool {
-        self.v6 & v6_bit(addr) != 0
-    }
-}
-
-/// Fibonacci hashing: the multiplication's top six bits pick the bit.
-#[inline(always)]
-fn v4_bit(addr: [u8; 4]) -> u64 {
-    1 << (u32::from_ne_bytes(addr).wrapping_mul(0x9e37_79b1) >> 26)
-}
-
-#[inline(always)]
-fn v6_bit(addr: [u8; 16]) -> u64 {
-    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = addr;
-    let folded =
-        u64::from_ne_bytes([a, b, c, d, e, f, g, h]) ^ u64::from_ne_bytes([i, j, k, l, m, n, o, p]);
-    1 << (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
-}
-
 /// Value of `HOST_OVERRIDES`: a host of a monitor-mode range enforced on its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +185,6 @@ mod pod {
     unsafe impl aya::Pod for super::SourcePolicy {}
     unsafe impl aya::Pod for super::PrefixOrigin {}
     unsafe impl aya::Pod for super::HostOverride {}
-    unsafe impl aya::Pod for super::RelayFilter {}
     unsafe impl aya::Pod for super::EnforcementConfig {}
 }
 
@@ -264,9 +208,6 @@ mod tests {
         assert_eq!(size_of::<PrefixOrigin>(), 4);
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
         assert_eq!(size_of::<HostOverride>(), 4);
-        assert_eq!(size_of::<RelayFilter>(), 16);
-        assert_eq!(offset_of!(RelayFilter, v4), 0);
-        assert_eq!(offset_of!(RelayFilter, v6), 8);
         assert_eq!(offset_of!(HostOverride, mode), 0);
         assert_eq!(size_of::<EnforcementConfig>(), 56);
         assert_eq!(offset_of!(EnforcementConfig, host_mask), 32);
@@ -286,28 +227,6 @@ mod tests {
         // Unused slots hold 0, which must not count as enforced.
         assert!(!config.enforces(0));
         assert!(config.drops_unparseable());
-    }
-
-    #[test]
-    fn the_relay_filter_holds_every_relay_and_wide_prefixes_open_it() {
-        let mut filter = RelayFilter::default();
-        filter.add_v4([192, 0, 2, 25], 32);
-        let v6 = [
-            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x25,
-        ];
-        filter.add_v6(v6, 128);
-        assert!(filter.may_hold_v4([192, 0, 2, 25]));
-        assert!(filter.may_hold_v6(v6));
-        assert_eq!(filter.v4.count_ones(), 1);
-        assert_eq!(filter.v6.count_ones(), 1);
-        // Most other destinations are ruled out: that is the point of the filter.
-        let ruled_out = (0..=255u8)
-            .filter(|last| !filter.may_hold_v4([198, 51, 100, *last]))
-            .count();
-        assert!(ruled_out > 200, "only {ruled_out} of 256 ruled out");
-        filter.add_v4([198, 51, 100, 0], 24);
-        assert_eq!(filter.v4, u64::MAX);
-        assert!((0..=255u8).all(|last| filter.may_hold_v4([203, 0, 113, last])));
     }
 
     #[test]

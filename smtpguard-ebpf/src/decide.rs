@@ -3,7 +3,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use smtpguard_common::{
-    CachedClass, EnforcementConfig, HostKey, HostStats, Reason, SourceClass, SourcePolicy,
+    CachedClass, EnforcementConfig, HostKey, HostStats, Reason, RelayFilter, RelayMatch,
+    SourceClass, SourcePolicy,
 };
 
 use crate::{
@@ -63,9 +64,11 @@ pub fn decide(packet: &Packet) -> Decision {
     };
 
     // Traffic to a relay is not an attempt and keeps no statistics, so it is settled first,
-    // with one lookup to tell a subscriber's mail from a stranger's.
-    if is_relay(&packet.addresses) {
-        let reason = match in_subscriber_space(&packet.addresses) {
+    // and a subscriber's mail told from a stranger's. An unwritten filter reads as zeros.
+    if let Some(filter) = RELAY_FILTER.get(0)
+        && is_relay(filter, &packet.addresses)
+    {
+        let reason = match in_subscriber_space(filter, &packet.addresses) {
             true => Reason::Relayed,
             false => not_subscriber(judged),
         };
@@ -151,32 +154,38 @@ fn source(addresses: &Addresses) -> Option<SourcePolicy> {
     }
 }
 
-/// The filter first: a destination it rules out needs no trie lookup. An unwritten filter
-/// (all zeros) rules every destination out, so a relay passes only once the control plane
-/// has written both.
-/// Whether any subscriber range holds the source: the same as the source trie's entry naming
-/// a range, from the outermost ranges alone, whose trie stays shallow however many ranges
-/// nest inside them.
+/// Whether any subscriber range holds the source: from the filter's list of the outermost
+/// ranges when they are few, else from the subscriber-space trie, which holds only the
+/// outermost ranges and so stays shallow however many ranges nest inside them.
 #[inline(always)]
-fn in_subscriber_space(addresses: &Addresses) -> bool {
+fn in_subscriber_space(filter: &RelayFilter, addresses: &Addresses) -> bool {
+    let space = &filter.subscriber_space;
     match addresses {
-        Addresses::V4 { src, .. } => SUBSCRIBER_SPACE_V4.get(Key::new(32, *src)).is_some(),
-        Addresses::V6 { src, .. } => SUBSCRIBER_SPACE_V6.get(Key::new(128, *src)).is_some(),
+        Addresses::V4 { src, .. } => space
+            .holds_v4(*src)
+            .unwrap_or_else(|| SUBSCRIBER_SPACE_V4.get(Key::new(32, *src)).is_some()),
+        Addresses::V6 { src, .. } => space
+            .holds_v6(*src)
+            .unwrap_or_else(|| SUBSCRIBER_SPACE_V6.get(Key::new(128, *src)).is_some()),
     }
 }
 
+/// The filter first: most destinations it rules out, a single-address relay it recognises;
+/// only the rest is looked up in the trie. An unwritten filter (all zeros) rules every
+/// destination out, so a relay passes only once the control plane has written both.
 #[inline(always)]
-fn is_relay(addresses: &Addresses) -> bool {
-    let Some(filter) = RELAY_FILTER.get(0) else {
-        return false;
-    };
+fn is_relay(filter: &RelayFilter, addresses: &Addresses) -> bool {
     match addresses {
-        Addresses::V4 { dst, .. } => {
-            filter.may_hold_v4(*dst) && RELAYS_V4.get(Key::new(32, *dst)).is_some()
-        }
-        Addresses::V6 { dst, .. } => {
-            filter.may_hold_v6(*dst) && RELAYS_V6.get(Key::new(128, *dst)).is_some()
-        }
+        Addresses::V4 { dst, .. } => match filter.relay_v4(*dst) {
+            RelayMatch::NotRelay => false,
+            RelayMatch::Relay => true,
+            RelayMatch::AskTrie => RELAYS_V4.get(Key::new(32, *dst)).is_some(),
+        },
+        Addresses::V6 { dst, .. } => match filter.relay_v6(*dst) {
+            RelayMatch::NotRelay => false,
+            RelayMatch::Relay => true,
+            RelayMatch::AskTrie => RELAYS_V6.get(Key::new(128, *dst)).is_some(),
+        },
     }
 }
 

@@ -14,6 +14,7 @@ use rand_pcg::Pcg64Mcg;
 use smtpguard::policy::DesiredPolicy;
 use smtpguard_common::{
     EnforcementConfig, HostMask, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
+    relay::LISTED_RANGES,
 };
 
 use crate::frames::{
@@ -155,6 +156,13 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
             if rng.random_bool(0.2) {
                 // A relay inside subscriber space (the ISP's own smarthost).
                 relays.insert(nested(rng, base), config);
+            }
+        }
+        if rng.random_bool(0.25) {
+            // More outermost ranges than the relay filter lists: the subscriber-space trie
+            // decides whether a relay's sender is a subscriber.
+            for _ in 0..=LISTED_RANGES {
+                subscribers.insert(prefix(random_addr(rng, v4), long), mode(rng));
             }
         }
         if rng.random_bool(0.3) {

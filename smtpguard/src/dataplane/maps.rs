@@ -13,7 +13,7 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostMask, HostOverride, HostStats, PrefixOrigin, REASON_COUNT,
-    Reason, RelayFilter, SourcePolicy, SubscriberPolicy, maps as names,
+    Reason, RelayFilter, RelayMatch, SourcePolicy, SubscriberPolicy, maps as names,
 };
 
 use super::DataplaneError;
@@ -62,6 +62,17 @@ impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
         desired: &BTreeMap<IpNet, V>,
         report: &mut ReconcileReport,
     ) -> Result<(), DataplaneError> {
+        self.write_changed(current, desired, report)?;
+        self.remove_stale(current, desired, report)
+    }
+
+    /// The first half of [`Self::apply`]: entries of `desired` that are missing or differ.
+    fn write_changed(
+        &mut self,
+        current: &BTreeMap<IpNet, V>,
+        desired: &BTreeMap<IpNet, V>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DataplaneError> {
         for (prefix, value) in desired {
             match current.get(prefix) {
                 Some(existing) if existing == value => {}
@@ -75,6 +86,16 @@ impl<'a, V: Pod + PartialEq> PrefixTries<'a, V> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The second half of [`Self::apply`]: entries `desired` no longer has.
+    fn remove_stale(
+        &mut self,
+        current: &BTreeMap<IpNet, V>,
+        desired: &BTreeMap<IpNet, V>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DataplaneError> {
         for prefix in current
             .keys()
             .filter(|prefix| !desired.contains_key(prefix))
@@ -226,8 +247,9 @@ impl<'a> PolicyMaps<'a> {
 
     /// Adds (`Some`) or removes (`None`) one relay in `desired` and in the relay maps, which
     /// held `desired` before: one trie write and the filter, without reading the whole map
-    /// back as a full reconcile does. The trie is written before the filter admits a new
-    /// relay, and the filter can only lag in refusing, never in admitting.
+    /// back as a full reconcile does. A new relay is in the trie before the filter admits
+    /// it; a removed one leaves the filter before the trie, since the filter settles a
+    /// single-address relay on its own.
     pub fn set_relay(
         &mut self,
         desired: &mut DesiredPolicy,
@@ -238,13 +260,19 @@ impl<'a> PolicyMaps<'a> {
             Some(value) => {
                 self.relays.write(prefix, value)?;
                 desired.relays.insert(prefix, value);
+                self.write_relay_filter(desired)
             }
             None => {
-                self.relays.remove(prefix)?;
-                desired.relays.remove(&prefix);
+                let removed = desired.relays.remove(&prefix);
+                if let Err(error) = self.write_relay_filter(desired) {
+                    if let Some(removed) = removed {
+                        desired.relays.insert(prefix, removed);
+                    }
+                    return Err(error);
+                }
+                self.relays.remove(prefix)
             }
         }
-        self.write_relay_filter(desired)
     }
 
     fn write_relay_filter(&mut self, desired: &DesiredPolicy) -> Result<(), DataplaneError> {
@@ -294,17 +322,19 @@ impl<'a> PolicyMaps<'a> {
             .relay_filter
             .get(&0, 0)
             .map_err(|source| map_error(names::RELAY_FILTER, source))?;
-        let may_be_relay = match dst {
-            IpAddr::V4(v4) => filter.may_hold_v4(v4.octets()),
-            IpAddr::V6(v6) => filter.may_hold_v6(v6.octets()),
+        let relay_match = match dst {
+            IpAddr::V4(v4) => filter.relay_v4(v4.octets()),
+            IpAddr::V6(v6) => filter.relay_v6(v6.octets()),
         };
         Ok(KernelMatch {
             subscriber: source
                 .map(|s| s.subscriber)
                 .filter(SubscriberPolicy::is_subscriber),
-            relay: match may_be_relay {
-                true => self.relays.longest_match(dst)?,
-                false => None,
+            // The trie for the origin `check` explains: the filter says `Relay` only of an
+            // address the trie holds.
+            relay: match relay_match {
+                RelayMatch::NotRelay => None,
+                RelayMatch::Relay | RelayMatch::AskTrie => self.relays.longest_match(dst)?,
             },
             exemption: source
                 .filter(SourcePolicy::is_exempt)
@@ -325,8 +355,14 @@ impl<'a> PolicyMaps<'a> {
         self.sources.reconcile(&desired.sources(), &mut report)?;
         self.subscriber_space
             .reconcile(&desired.subscriber_space(), &mut report)?;
-        self.relays.reconcile(&desired.relays, &mut report)?;
+        // Around the filter, which settles single-address relays on its own: it admits a
+        // relay only once the trie holds it, and drops one before the trie does.
+        let relays = self.relays.entries()?;
+        self.relays
+            .write_changed(&relays, &desired.relays, &mut report)?;
         self.write_relay_filter(desired)?;
+        self.relays
+            .remove_stale(&relays, &desired.relays, &mut report)?;
         let current = self
             .enforcement
             .get(&0, 0)

@@ -110,7 +110,8 @@ impl DesiredPolicy {
         outermost
     }
 
-    /// The filter of the destinations that may be relays (see [`RelayFilter`]).
+    /// The relay path's filter: the relays, and the outermost subscriber ranges when they
+    /// are few (see [`RelayFilter`]).
     pub fn relay_filter(&self) -> RelayFilter {
         let mut filter = RelayFilter::default();
         for prefix in self.relays.keys() {
@@ -119,6 +120,15 @@ impl DesiredPolicy {
                 IpNet::V6(net) => filter.add_v6(net.network().octets(), net.prefix_len()),
             }
         }
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for range in self.subscriber_space().keys() {
+            match range {
+                IpNet::V4(net) => v4.push((net.network().octets(), net.prefix_len())),
+                IpNet::V6(net) => v6.push((net.network().octets(), net.prefix_len())),
+            }
+        }
+        filter.subscriber_space.list_v4(&v4);
+        filter.subscriber_space.list_v6(&v6);
         filter
     }
 
