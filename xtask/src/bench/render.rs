@@ -111,6 +111,25 @@ pub fn table(results: &Results) -> String {
         );
     }
 
+    if let Some(two) = &results.two_cpus {
+        let times = |both: u32, alone: u32| f64::from(both) / f64::from(alone.max(1));
+        let _ = writeln!(
+            out,
+            "\nThe drop path on both CPUs at once (ns/packet per CPU; one test run per CPU, \
+             together): smtpguard {} alone; {} ({:.2}x) with both CPUs on one host's segments, \
+             whose statistics entry moves between the CPUs; {} ({:.2}x) with each CPU on a host \
+             of its own. xdp-filter {} alone, {} ({:.2}x) on both.",
+            two.smtpguard_alone,
+            two.smtpguard_one_host,
+            times(two.smtpguard_one_host, two.smtpguard_alone),
+            two.smtpguard_two_hosts,
+            times(two.smtpguard_two_hosts, two.smtpguard_alone),
+            two.peer_alone,
+            two.peer_both,
+            times(two.peer_both, two.peer_alone),
+        );
+    }
+
     let scale = &results.scale;
     let _ = writeln!(
         out,

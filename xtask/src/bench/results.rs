@@ -13,6 +13,8 @@ pub struct Results {
     pub runs: u32,
     pub programs: Vec<Program>,
     pub cases: Vec<Case>,
+    #[serde(default)]
+    pub two_cpus: Option<TwoCpus>,
     pub scale: Scale,
     pub control_plane: ControlPlane,
     pub end_to_end: Option<EndToEnd>,
@@ -52,6 +54,16 @@ pub struct Case {
 pub struct Timing {
     pub ns: u32,
     pub action: String,
+}
+
+/// The drop path's ns/packet per CPU, alone and with both CPUs judging at once.
+#[derive(Debug, Deserialize)]
+pub struct TwoCpus {
+    pub smtpguard_alone: u32,
+    pub smtpguard_one_host: u32,
+    pub smtpguard_two_hosts: u32,
+    pub peer_alone: u32,
+    pub peer_both: u32,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 
 mod bpf;
 mod flood;
+mod multicore;
 mod peer;
 
 use std::{
@@ -117,6 +118,8 @@ struct Results {
     runs: u32,
     programs: Vec<ProgramInfo>,
     cases: Vec<CaseResult>,
+    /// None on a machine with one CPU.
+    two_cpus: Option<multicore::TwoCpus>,
     scale: Scale,
     control_plane: ControlPlane,
     end_to_end: Option<flood::EndToEnd>,
@@ -365,6 +368,22 @@ fn main() -> Result<()> {
         .collect();
     drop(programs);
 
+    let two_cpus = match std::thread::available_parallelism().map_or(1, usize::from) {
+        1 => None,
+        _ => {
+            eprintln!("the drop path on two CPUs at once");
+            let other_host = FrameSpec::tcp(ip("100.64.0.4"), ip("198.51.100.7"), 25, TCP_SYN);
+            Some(multicore::measure(
+                small.xdp_program_fd()?,
+                peer.program.as_fd(),
+                &cases[1].frame,
+                &other_host.build(),
+                repeat,
+                runs,
+            )?)
+        }
+    };
+
     eprintln!("control plane: one exemption written as the agent does, and a full reconcile");
     let mut control_plane =
         control_plane(&mut small, &mut base.clone(), &mut large, &mut large_policy)?;
@@ -400,6 +419,7 @@ fn main() -> Result<()> {
         runs,
         programs: infos,
         cases: case_results,
+        two_cpus,
         scale,
         control_plane,
         end_to_end,
