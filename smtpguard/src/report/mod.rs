@@ -480,6 +480,54 @@ pub fn build_owned(
     rows(&summaries, &ranges, config, options)
 }
 
+/// The hosts whose history makes the `top` rows of a report, given each host's attempts
+/// within the report's window (`totals`, one entry per stored host): the members of the rows
+/// [`build`] keeps (the most attempts first, then by row key, at least `min_attempts`, within
+/// `prefix`), in address order. A report built from these hosts' history alone has the same
+/// rows, so a large store need only sum attempts per host to answer `--top`.
+pub fn top_hosts(
+    totals: &[([u8; 16], u64)],
+    top: usize,
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<[u8; 16]> {
+    let ranges = SubscriberRanges::new(config);
+    let mut keyed: Vec<(IpNet, u64, [u8; 16])> = totals
+        .iter()
+        .filter_map(|&(stored, attempts)| {
+            let host = std::net::Ipv6Addr::from(stored).to_canonical();
+            let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
+            wanted.then(|| {
+                (
+                    group_key(host, options.group, &ranges, config),
+                    attempts,
+                    stored,
+                )
+            })
+        })
+        .collect();
+    // Stable, and the hosts come in address order: linear for one address family.
+    keyed.sort_by_key(|(key, ..)| *key);
+    let mut groups: Vec<(Reverse<u64>, IpNet, &[(IpNet, u64, [u8; 16])])> = keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|run| (Reverse(run.iter().map(|m| m.1).sum()), run[0].0, run))
+        .filter(|(Reverse(attempts), ..)| *attempts >= options.min_attempts)
+        .collect();
+    // The order of `rows`: most attempts first, ties in key order.
+    if top < groups.len() {
+        if top > 0 {
+            groups.select_nth_unstable_by_key(top - 1, |(attempts, key, _)| (*attempts, *key));
+        }
+        groups.truncate(top);
+    }
+    let mut hosts: Vec<[u8; 16]> = groups
+        .iter()
+        .flat_map(|(.., members)| members.iter().map(|m| m.2))
+        .collect();
+    hosts.sort_unstable();
+    hosts
+}
+
 /// The groups' figures, in key order.
 fn summaries(
     intervals: &[HostInterval],
