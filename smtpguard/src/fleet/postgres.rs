@@ -5,7 +5,7 @@
 //! A snapshot is stored as the local store keeps it: chunks of [`CHUNK_HOSTS`] records sorted
 //! by host, each chunk one row keyed on (gateway, interval start, chunk) with its records in
 //! one `bytea` (the local store's layout) and beside them a narrow `keys` column of each
-//! record's host and attempts. Writing an interval deletes its chunks and copies the new ones
+//! record's host and attempts (see `keys`). Writing an interval deletes its chunks and copies the new ones
 //! in one transaction, so sending it again (after a lost answer) rewrites the same rows
 //! instead of counting them twice. A report with `--top` reads the narrow column of its window
 //! to sum each host's attempts, then the records of the chunks that hold its rows' hosts only.
@@ -23,6 +23,7 @@ use tokio_postgres::{
     types::{ToSql, Type},
 };
 
+use super::keys;
 use crate::{
     config::PostgresConfig,
     store::{HostInterval, decode_records, from_millis, put_record, to_millis},
@@ -63,7 +64,7 @@ const MIGRATIONS: &[&str] = &[
          end_ms     bigint   NOT NULL CHECK (end_ms > start_ms),
          chunk      integer  NOT NULL CHECK (chunk >= 0),
          hosts      integer  NOT NULL CHECK (hosts > 0),
-         keys       bytea    NOT NULL CHECK (length(keys) = hosts * 24),
+         keys       bytea    NOT NULL CHECK (length(keys) >= hosts * 2),
          records    bytea    NOT NULL CHECK (length(records) = hosts * 140),
          exact_sets bytea    NOT NULL CHECK (length(exact_sets) = hosts * 21),
          PRIMARY KEY (gateway, start_ms, chunk)
@@ -79,9 +80,6 @@ const CHUNKED: usize = 3;
 
 /// Records per chunk, as in the local store: a million-host snapshot is about 250 rows.
 const CHUNK_HOSTS: usize = 4096;
-
-/// One entry of a chunk's `keys`: the host (16 bytes) and its attempts (8, little-endian).
-const KEY_BYTES: usize = 24;
 
 /// A chunk's columns in COPY order, with their types.
 const CHUNK_COLUMNS: &str = "gateway, start_ms, end_ms, chunk, hosts, keys, records, exact_sets";
@@ -402,12 +400,19 @@ impl Reports {
                 keys: row.get(3),
             })
             .collect();
-        drop(rows);
-        let hosts = pick(&attempts(&chunks));
+        // Each interval's chunks come together, in address order: one list per interval.
+        let totals = keys::sum(
+            chunks
+                .chunk_by(|a, b| (a.gateway, a.start_ms) == (b.gateway, b.start_ms))
+                .map(|interval| interval.iter().flat_map(|chunk| keys::decode(chunk.keys)))
+                .collect(),
+        );
+        let hosts = pick(&totals);
+        drop(totals);
         let holding = |chunk: &&ChunkKeys| {
             // A chunk's keys are in address order: look up only the chosen hosts within its
             // first and last.
-            let entries: Vec<u128> = key_entries(&chunk.keys).map(|(host, _)| host).collect();
+            let entries: Vec<u128> = keys::decode(chunk.keys).map(|(host, _)| host).collect();
             let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
                 return false;
             };
@@ -421,7 +426,7 @@ impl Reports {
         let (gateways, starts, numbers): (Vec<&str>, Vec<i64>, Vec<i32>) = chunks
             .iter()
             .filter(holding)
-            .map(|c| (c.gateway.as_str(), c.start_ms, c.chunk))
+            .map(|c| (c.gateway, c.start_ms, c.chunk))
             .collect();
         self.records(
             "SELECT gateway, start_ms, end_ms, records, exact_sets FROM host_chunks \
@@ -484,37 +489,6 @@ impl Reports {
     }
 }
 
-/// Each host's attempts in `chunks` (in the order of the read: each interval's chunks
-/// together, in address order), summed, in address order. The intervals' lists are merged
-/// pairwise, like the runs of a merge sort.
-fn attempts(chunks: &[ChunkKeys]) -> Vec<([u8; 16], u64)> {
-    let mut runs: Vec<Vec<(u128, u64)>> = chunks
-        .chunk_by(|a, b| (&a.gateway, a.start_ms) == (&b.gateway, b.start_ms))
-        .map(|interval| {
-            interval
-                .iter()
-                .flat_map(|chunk| key_entries(&chunk.keys))
-                .collect()
-        })
-        .collect();
-    while runs.len() > 1 {
-        let mut merged = Vec::with_capacity(runs.len().div_ceil(2));
-        let mut rest = runs.into_iter();
-        while let Some(first) = rest.next() {
-            merged.push(match rest.next() {
-                Some(second) => merge_sums(&first, &second),
-                None => first,
-            });
-        }
-        runs = merged;
-    }
-    runs.pop()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(host, attempts)| (host.to_be_bytes(), attempts))
-        .collect()
-}
-
 /// The rows of a report's window: `$1` and `$2` bound its intervals' ends, `$3` is the
 /// gateway (NULL: all).
 const WINDOW: &str = "end_ms >= $1 AND end_ms <= $2 AND ($3::text IS NULL OR gateway = $3)";
@@ -539,50 +513,12 @@ impl<'a> Window<'a> {
     }
 }
 
-/// A chunk's key and its `keys` column.
-struct ChunkKeys {
-    gateway: String,
+/// A chunk's key and its `keys` column, borrowed from the row read.
+struct ChunkKeys<'row> {
+    gateway: &'row str,
     start_ms: i64,
     chunk: i32,
-    keys: Vec<u8>,
-}
-
-/// The (host, attempts) entries of a `keys` column; the host as a number that orders as its
-/// bytes do.
-fn key_entries(keys: &[u8]) -> impl Iterator<Item = (u128, u64)> + '_ {
-    keys.chunks_exact(KEY_BYTES).map(|entry| {
-        let (host, attempts) = entry.split_at(16);
-        (
-            u128::from_be_bytes(host.try_into().expect("16 bytes")),
-            u64::from_le_bytes(attempts.try_into().expect("8 bytes")),
-        )
-    })
-}
-
-/// Two lists of (host, attempts) in host order, merged into one, a host's attempts summed.
-fn merge_sums(a: &[(u128, u64)], b: &[(u128, u64)]) -> Vec<(u128, u64)> {
-    let mut merged = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        let (x, y) = (a[i], b[j]);
-        merged.push(match x.0.cmp(&y.0) {
-            std::cmp::Ordering::Less => {
-                i += 1;
-                x
-            }
-            std::cmp::Ordering::Greater => {
-                j += 1;
-                y
-            }
-            std::cmp::Ordering::Equal => {
-                (i, j) = (i + 1, j + 1);
-                (x.0, x.1 + y.1)
-            }
-        });
-    }
-    merged.extend_from_slice(&a[i..]);
-    merged.extend_from_slice(&b[j..]);
-    merged
+    keys: &'row [u8],
 }
 
 /// Writes `intervals` of `gateway` as chunks within `tx`, replacing the chunks of the same
@@ -617,16 +553,20 @@ async fn write_chunks(
         .await
         .map_err(refusal(server, "COPY (does the role have INSERT?)"))?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &CHUNK_TYPES));
-    let (mut keys, mut records, mut sets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut key_column, mut records, mut sets) = (Vec::new(), Vec::new(), Vec::new());
     for interval in sorted.chunk_by(|a, b| a.0 == b.0) {
         let (start_ms, end_ms) = (interval[0].0, interval[0].1);
         for (number, chunk) in interval.chunks(CHUNK_HOSTS).enumerate() {
-            keys.clear();
+            key_column.clear();
             records.clear();
             sets.clear();
+            keys::encode(
+                chunk
+                    .iter()
+                    .map(|(_, _, record)| (record.host, record.attempts)),
+                &mut key_column,
+            );
             for (_, _, record) in chunk {
-                keys.extend_from_slice(&record.host);
-                keys.extend_from_slice(&record.attempts.to_le_bytes());
                 put_record(
                     &mut records,
                     &mut sets,
@@ -643,7 +583,7 @@ async fn write_chunks(
                     &end_ms,
                     &(number as i32),
                     &(chunk.len() as i32),
-                    &keys,
+                    &key_column,
                     &records,
                     &sets,
                 ])
