@@ -30,9 +30,43 @@ pub fn decode(keys: &[u8]) -> impl Iterator<Item = (u128, u64)> + '_ {
     })
 }
 
-/// Merges lists of (host, attempts), each in ascending host order, into one in ascending
-/// host order with each host's attempts summed over the lists.
-pub fn sum(mut lists: Vec<impl Iterator<Item = (u128, u64)>>) -> Vec<([u8; 16], u64)> {
+/// Merges lists of (host, attempts), each in ascending host order (`lists` makes them, once
+/// per core), into one in ascending host order with each host's attempts summed over the
+/// lists. The host space is cut at quantiles of the first list and each part merged on a
+/// core of its own: every part decodes the lists up to its end, which costs little beside
+/// the merge.
+pub fn sum<L: Iterator<Item = (u128, u64)>>(
+    lists: impl Fn() -> Vec<L> + Sync,
+) -> Vec<([u8; 16], u64)> {
+    let parts = crate::report::parallelism();
+    let first: Vec<u128> = lists()
+        .into_iter()
+        .next()
+        .map(|list| list.map(|(host, _)| host).collect())
+        .unwrap_or_default();
+    let cuts: Vec<u128> = std::iter::once(0)
+        .chain((1..parts).filter_map(|part| first.get(part * first.len() / parts).copied()))
+        .collect();
+    let ranges: Vec<(u128, Option<u128>)> = cuts
+        .iter()
+        .enumerate()
+        .map(|(index, low)| (*low, cuts.get(index + 1).copied()))
+        .collect();
+    crate::report::on_threads(&ranges, |&(low, high)| {
+        merge(
+            lists()
+                .into_iter()
+                .map(|list| {
+                    list.skip_while(move |(host, _)| *host < low)
+                        .take_while(move |(host, _)| high.is_none_or(|high| *host < high))
+                })
+                .collect(),
+        )
+    })
+}
+
+/// [`sum`] of one part, on this thread.
+fn merge(mut lists: Vec<impl Iterator<Item = (u128, u64)>>) -> Vec<([u8; 16], u64)> {
     let mut heads: BinaryHeap<std::cmp::Reverse<(u128, u64, usize)>> = lists
         .iter_mut()
         .enumerate()
@@ -131,15 +165,38 @@ mod tests {
     }
 
     #[test]
+    fn sums_are_the_same_in_parts() {
+        // Hosts on both sides of every cut, in every list.
+        let lists: Vec<Vec<(u128, u64)>> = (1..=5)
+            .map(|list| {
+                (0..1000)
+                    .filter(|n| n % list == 0)
+                    .map(|n| (n, list as u64))
+                    .collect()
+            })
+            .collect();
+        let totals = sum(|| lists.iter().map(|list| list.iter().copied()).collect());
+        let expected: Vec<([u8; 16], u64)> = (0..1000u128)
+            .map(|n| {
+                (
+                    host(n),
+                    (1..=5).filter(|list| n % list == 0).map(|l| l as u64).sum(),
+                )
+            })
+            .collect();
+        assert_eq!(totals, expected);
+    }
+
+    #[test]
     fn sums_are_per_host_over_every_list() {
-        let lists = vec![
-            vec![(1, 10), (3, 1), (9, 4)].into_iter(),
-            vec![].into_iter(),
-            vec![(3, 2), (4, 7)].into_iter(),
-            vec![(1, 1), (9, 6), (12, 3)].into_iter(),
+        let lists: [&[(u128, u64)]; 4] = [
+            &[(1, 10), (3, 1), (9, 4)],
+            &[],
+            &[(3, 2), (4, 7)],
+            &[(1, 1), (9, 6), (12, 3)],
         ];
         assert_eq!(
-            sum(lists),
+            sum(|| lists.iter().map(|list| list.iter().copied()).collect()),
             [
                 (host(1), 11),
                 (host(3), 3),

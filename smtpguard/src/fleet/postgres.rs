@@ -401,12 +401,12 @@ impl Reports {
             })
             .collect();
         // Each interval's chunks come together, in address order: one list per interval.
-        let totals = keys::sum(
+        let totals = keys::sum(|| {
             chunks
                 .chunk_by(|a, b| (a.gateway, a.start_ms) == (b.gateway, b.start_ms))
                 .map(|interval| interval.iter().flat_map(|chunk| keys::decode(chunk.keys)))
-                .collect(),
-        );
+                .collect()
+        });
         let hosts = pick(&totals);
         drop(totals);
         let holding = |chunk: &&ChunkKeys| {

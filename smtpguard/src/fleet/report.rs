@@ -39,6 +39,13 @@ pub async fn build(
     let mut names: Vec<String> = Vec::new();
     let mut seen_on: HashMap<IpAddr, BTreeSet<usize>> = HashMap::new();
     let mut intervals = Vec::with_capacity(records.len());
+    // The hosts `--prefix` leaves out are no row's, in the records of the whole window (the
+    // records of `--top`'s hosts have none).
+    let records = records.into_iter().filter(|(_, interval)| {
+        options
+            .prefix
+            .is_none_or(|prefix| prefix.contains(&interval.host_address()))
+    });
     for (name, interval) in records {
         let index = match names.iter().position(|known| *known == name) {
             Some(index) => index,

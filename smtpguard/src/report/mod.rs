@@ -585,7 +585,7 @@ fn rows(
         .collect()
 }
 
-fn parallelism() -> usize {
+pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
@@ -607,7 +607,10 @@ fn group_parts(keyed: &[(IpNet, usize)], parts: usize) -> Vec<&[(IpNet, usize)]>
 
 /// Runs `work` on each part, one thread per part (the first on this one), and concatenates
 /// the results in order.
-fn on_threads<P: Sync, R: Send>(parts: &[P], work: impl Fn(&P) -> Vec<R> + Sync) -> Vec<R> {
+pub(crate) fn on_threads<P: Sync, R: Send>(
+    parts: &[P],
+    work: impl Fn(&P) -> Vec<R> + Sync,
+) -> Vec<R> {
     let Some((first, others)) = parts.split_first() else {
         return Vec::new();
     };
