@@ -1208,6 +1208,69 @@ mod tests {
     }
 
     #[test]
+    fn the_top_hosts_history_makes_the_top_rows() {
+        // Ties (equal attempts) across families, IPv6 hosts sharing a /64 and a /56, hosts
+        // in several intervals, and hosts that a prefix or a minimum leaves out.
+        let hosts = [
+            "100.64.0.2",
+            "100.64.0.3",
+            "100.64.9.3",
+            "100.127.0.9",
+            "2001:db8:1000:1::a",
+            "2001:db8:1000:1::b",
+            "2001:db8:1000:2::c",
+            "2001:db8:1001::d",
+        ];
+        let mut history = Vec::new();
+        for minute in 1..=3 {
+            for (n, host) in hosts.iter().enumerate() {
+                let attempts = 1 + (n as u64 * minute) % 4;
+                let destinations: Vec<u32> = (0..attempts as u32).collect();
+                history.push(interval(
+                    ip(host),
+                    minute,
+                    attempts,
+                    &destinations,
+                    Reason::Dropped,
+                ));
+            }
+        }
+        let mut totals: Vec<([u8; 16], u64)> = Vec::new();
+        let mut stored: Vec<&HostInterval> = history.iter().collect();
+        stored.sort_by_key(|i| i.host);
+        for run in stored.chunk_by(|a, b| a.host == b.host) {
+            totals.push((run[0].host, run.iter().map(|i| i.attempts).sum()));
+        }
+        for group in [
+            Grouping::Host,
+            Grouping::Slash64,
+            Grouping::Slash56,
+            Grouping::SubscriberPrefix,
+        ] {
+            for (prefix, min_attempts) in [(None, 0), (Some("100.64.0.0/16"), 0), (None, 7)] {
+                let mut opts = options(group);
+                opts.prefix = prefix.map(|p| p.parse().unwrap());
+                opts.min_attempts = min_attempts;
+                let whole = build(&history, &config(), &opts);
+                for top in 0..=whole.len() + 1 {
+                    opts.top = Some(top);
+                    let chosen = top_hosts(&totals, top, &config(), &opts);
+                    let theirs: Vec<HostInterval> = history
+                        .iter()
+                        .filter(|i| chosen.contains(&i.host))
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        build(&theirs, &config(), &opts),
+                        whole[..top.min(whole.len())],
+                        "{group:?} {prefix:?} at least {min_attempts}, top {top}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn filters_top_and_min_attempts() {
         let history = vec![
             interval(ip("100.64.0.2"), 1, 9, &[1], Reason::Dropped),
