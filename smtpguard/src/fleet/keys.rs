@@ -2,7 +2,7 @@
 //! attempts, and nothing else, so that a report with `--top` can sum each host's attempts over
 //! the whole window without reading the records. Hosts are in address order within a chunk,
 //! so each is written as its distance from the previous one, and both numbers as LEB128
-//! varints: a snapshot of neighbouring hosts takes about 3 bytes a record instead of 24.
+//! varints: a snapshot of neighbouring hosts takes 2 or 3 bytes a record instead of 24.
 
 use std::collections::{BinaryHeap, binary_heap::PeekMut};
 
