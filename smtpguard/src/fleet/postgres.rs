@@ -55,9 +55,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE host_intervals ADD COLUMN exact_destinations bytea
          CHECK (exact_destinations IS NULL OR length(exact_destinations) = 20);",
     // 3: snapshots in chunks (see the module's comment); `Reports::migrate` moves the rows of
-    // version 2 into them and drops `host_intervals`. The chunks are stored uncompressed and
-    // out of line: compressing costs more time than the disk it saves, and `keys` is read
-    // without touching `records`.
+    // version 2 into them and drops `host_intervals`. The chunks are stored out of line, so
+    // that `keys` is read without touching `records`, and uncompressed: compression would add
+    // its CPU time to every ingest (not measured against the disk it would save).
     "CREATE TABLE host_chunks (
          gateway    text     NOT NULL,
          start_ms   bigint   NOT NULL,
@@ -271,10 +271,6 @@ impl Reports {
         Ok(reports)
     }
 
-    fn refused(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
-        refusal(&self.server, what)
-    }
-
     pub fn closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -353,13 +349,16 @@ impl Reports {
     /// The records of every gateway (or of `gateway`) whose interval ended within
     /// `[from, to]`, oldest first, each with its gateway.
     pub async fn intervals(
-        &self,
+        &mut self,
         from: SystemTime,
         to: SystemTime,
         gateway: Option<&str>,
     ) -> Result<Vec<(String, HostInterval)>, PostgresError> {
         let window = Window::new(from, to, gateway);
-        self.records(
+        let tx = snapshot(&mut self.client, &self.server).await?;
+        records(
+            &tx,
+            &self.server,
             &format!(
                 "SELECT gateway, start_ms, end_ms, records, exact_sets FROM host_chunks \
                  WHERE {WINDOW} ORDER BY end_ms, gateway, start_ms, chunk"
@@ -373,16 +372,18 @@ impl Reports {
     /// Like [`Self::intervals`], but of the hosts `pick` chooses (in address order) from each
     /// host's attempts within the window (in address order, summed over its gateways and
     /// intervals): only the narrow `keys` column of the window is read whole, and the records
-    /// of the chunks that hold a chosen host.
+    /// of the chunks that hold a chosen host, both in one snapshot of the database.
     pub async fn intervals_of(
-        &self,
+        &mut self,
         from: SystemTime,
         to: SystemTime,
         gateway: Option<&str>,
         pick: impl FnOnce(&[([u8; 16], u64)]) -> Vec<[u8; 16]>,
     ) -> Result<Vec<(String, HostInterval)>, PostgresError> {
         let window = Window::new(from, to, gateway);
-        let rows = self
+        let server = &self.server;
+        let tx = snapshot(&mut self.client, server).await?;
+        let rows = tx
             .query(
                 &format!(
                     "SELECT gateway, start_ms, chunk, keys FROM host_chunks WHERE {WINDOW} \
@@ -390,7 +391,8 @@ impl Reports {
                 ),
                 &window.params(),
             )
-            .await?;
+            .await
+            .map_err(refusal(server, READ))?;
         let chunks: Vec<ChunkKeys> = rows
             .iter()
             .map(|row| ChunkKeys {
@@ -428,7 +430,9 @@ impl Reports {
             .filter(holding)
             .map(|c| (c.gateway, c.start_ms, c.chunk))
             .collect();
-        self.records(
+        records(
+            &tx,
+            server,
             "SELECT gateway, start_ms, end_ms, records, exact_sets FROM host_chunks \
              WHERE (gateway, start_ms, chunk) IN \
                  (SELECT * FROM unnest($1::text[], $2::bigint[], $3::integer[])) \
@@ -438,55 +442,61 @@ impl Reports {
         )
         .await
     }
+}
 
-    /// The records of the chunks `statement` selects (gateway, start, end, records, sets),
-    /// those of the hosts `wanted` keeps, as the rows stream in.
-    async fn records(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-        wanted: impl Fn(&[u8; 16]) -> bool,
-    ) -> Result<Vec<(String, HostInterval)>, PostgresError> {
-        let refused = || self.refused("the report's read (does the role have SELECT?)");
-        let rows = self
-            .client
-            .query_raw(statement, params.iter().map(|p| *p as &dyn ToSql))
-            .await
-            .map_err(refused())?;
-        let mut rows = pin!(rows);
-        let time = |_: &'static str, ms: i64| {
-            from_millis(ms).ok_or(PostgresError::BadTime {
-                server: self.server.clone(),
-                ms,
-            })
-        };
-        let (mut intervals, mut records) = (Vec::new(), Vec::new());
-        while let Some(row) = rows.try_next().await.map_err(refused())? {
-            let gateway: &str = row.get(0);
-            let span = [time("start_ms", row.get(1))?, time("end_ms", row.get(2))?];
-            decode_records(
-                span,
-                row.get(3),
-                Some(row.get(4)),
-                &wanted,
-                &time,
-                &mut records,
-            )?;
-            intervals.extend(records.drain(..).map(|r| (gateway.to_owned(), r)));
-        }
-        Ok(intervals)
-    }
+/// What a refused read of a report is.
+const READ: &str = "the report's read (does the role have SELECT?)";
 
-    async fn query(
-        &self,
-        statement: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, PostgresError> {
-        self.client
-            .query(statement, params)
-            .await
-            .map_err(self.refused("the report's read (does the role have SELECT?)"))
+/// A read-only transaction that sees one snapshot of the database, so that a report's reads
+/// agree while gateways ship meanwhile.
+async fn snapshot<'c>(
+    client: &'c mut tokio_postgres::Client,
+    server: &str,
+) -> Result<tokio_postgres::Transaction<'c>, PostgresError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(refusal(server, "a read-only transaction"))
+}
+
+/// The records of the chunks `statement` selects (gateway, start, end, records, sets), those
+/// of the hosts `wanted` keeps, as the rows stream in.
+async fn records(
+    tx: &tokio_postgres::Transaction<'_>,
+    server: &str,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+    wanted: impl Fn(&[u8; 16]) -> bool,
+) -> Result<Vec<(String, HostInterval)>, PostgresError> {
+    let rows = tx
+        .query_raw(statement, params.iter().map(|p| *p as &dyn ToSql))
+        .await
+        .map_err(refusal(server, READ))?;
+    let mut rows = pin!(rows);
+    let time = |_: &'static str, ms: i64| {
+        from_millis(ms).ok_or(PostgresError::BadTime {
+            server: server.to_owned(),
+            ms,
+        })
+    };
+    let (mut intervals, mut records) = (Vec::new(), Vec::new());
+    while let Some(row) = rows.try_next().await.map_err(refusal(server, READ))? {
+        let gateway: &str = row.get(0);
+        let span = [time("start_ms", row.get(1))?, time("end_ms", row.get(2))?];
+        decode_records(
+            span,
+            row.get(3),
+            Some(row.get(4)),
+            &wanted,
+            time,
+            &mut records,
+        )?;
+        intervals.extend(records.drain(..).map(|r| (gateway.to_owned(), r)));
     }
+    Ok(intervals)
 }
 
 /// The rows of a report's window: `$1` and `$2` bound its intervals' ends, `$3` is the

@@ -22,7 +22,7 @@ pub async fn build(
     options: &ReportOptions,
     gateway: Option<&str>,
 ) -> Result<Vec<ReportRow>, PostgresError> {
-    let reports = Reports::open(postgres).await?;
+    let mut reports = Reports::open(postgres).await?;
     let (from, to) = (options.from, options.to);
     // With `--top`, the rows' hosts are picked from each host's attempts, and only their
     // history is read and summarised: the same rows as from the whole window's history.

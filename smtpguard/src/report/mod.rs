@@ -492,7 +492,9 @@ pub fn top_hosts(
     options: &ReportOptions,
 ) -> Vec<[u8; 16]> {
     let ranges = SubscriberRanges::new(config);
-    let mut keyed: Vec<(IpNet, u64, [u8; 16])> = totals
+    // A stored host with its row's key and its attempts.
+    type Member = (IpNet, u64, [u8; 16]);
+    let mut keyed: Vec<Member> = totals
         .iter()
         .filter_map(|&(stored, attempts)| {
             let host = std::net::Ipv6Addr::from(stored).to_canonical();
@@ -508,7 +510,7 @@ pub fn top_hosts(
         .collect();
     // Stable, and the hosts come in address order: linear for one address family.
     keyed.sort_by_key(|(key, ..)| *key);
-    let mut groups: Vec<(Reverse<u64>, IpNet, &[(IpNet, u64, [u8; 16])])> = keyed
+    let mut groups: Vec<(Reverse<u64>, IpNet, &[Member])> = keyed
         .chunk_by(|a, b| a.0 == b.0)
         .map(|run| (Reverse(run.iter().map(|m| m.1).sum()), run[0].0, run))
         .filter(|(Reverse(attempts), ..)| *attempts >= options.min_attempts)

@@ -461,7 +461,7 @@ impl Store {
                 rusqlite::types::ValueRef::Null => None,
                 _ => Some(blob(row, 3, path, TABLE, "exact_sets")?),
             };
-            decode_records([start, end], records, sets, |_| true, &time, &mut intervals)?;
+            decode_records([start, end], records, sets, |_| true, time, &mut intervals)?;
         }
         Ok(intervals)
     }
