@@ -580,6 +580,29 @@ fn reports_reach_postgres_through_an_outage_once_each() {
         "--gateway gw-3 is gw-3's own history"
     );
     assert!(one.values().all(|row| row["gateways"] == 1));
+    // With `--top`, only the history of the rows' hosts is read: the rows are the whole
+    // report's first ones, whatever the other options.
+    let fleet_rows = |args: &[&str]| {
+        let mut full = vec!["report", "--since", "1h", "-o", "json", "--fleet"];
+        full.extend_from_slice(args);
+        rows(&gateways[1].fixture.ok(&full))
+    };
+    for args in [
+        &[][..],
+        &["--group", "/56"],
+        &["--gateway", "gw-2", "--min-attempts", "2"],
+    ] {
+        let whole = fleet_rows(args);
+        assert!(!whole.is_empty(), "{args:?}");
+        for top in [1, 2] {
+            let cut = fleet_rows(&[args, &["--top", &top.to_string()]].concat());
+            assert_eq!(
+                cut,
+                whole[..top.min(whole.len())],
+                "--top {top} {args:?} against the whole report"
+            );
+        }
+    }
     let text = String::from_utf8(gateways[0].fixture.ok(&["report", "--fleet"]).stdout).unwrap();
     assert!(text.lines().next().unwrap().ends_with("GATEWAYS"), "{text}");
 
@@ -612,5 +635,80 @@ fn reports_reach_postgres_through_an_outage_once_each() {
         refused.contains(&format!("127.0.0.1:{}/smtpguard", postgres.port))
             && refused.contains("permission denied"),
         "{refused}"
+    );
+}
+
+#[test]
+fn reports_of_schema_version_2_move_into_chunks() {
+    let postgres = smtpguard_tests::engines::Postgres::start().unwrap();
+    // What the previous version left: schema version 2, one record of one gateway, as the
+    // agents' role wrote it.
+    postgres
+        .psql(
+            "smtpguard",
+            "SET ROLE smtpguard;
+             CREATE TABLE smtpguard_schema (id integer PRIMARY KEY, version integer NOT NULL);
+             INSERT INTO smtpguard_schema VALUES (1, 2);
+             CREATE TABLE host_intervals (gateway text, start_ms bigint, end_ms bigint,
+                 host bytea, first_seen_ms bigint, last_seen_ms bigint, attempts bigint,
+                 segments bigint, dropped bigint, sketch bytea, last_dst bytea,
+                 last_port integer, last_reason integer, exact_destinations bytea,
+                 PRIMARY KEY (gateway, start_ms, host));
+             INSERT INTO host_intervals VALUES ('gw-old', 60000, 120000,
+                 decode('00000000000000000000ffff64400002', 'hex'), 61000, 62000, 7, 9, 6,
+                 decode(repeat('00', 63) || '05', 'hex'),
+                 decode('00000000000000000000ffffc6336407', 'hex'), 25, 0,
+                 decode('2a000000' || repeat('00', 16), 'hex'));",
+        )
+        .unwrap();
+    let config = smtpguard::config::PostgresConfig {
+        url: postgres.url(),
+        password_file: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let records = runtime
+        .block_on(async {
+            smtpguard::fleet::postgres::Reports::open(&config)
+                .await?
+                .intervals(
+                    std::time::UNIX_EPOCH,
+                    std::time::SystemTime::now(),
+                    Some("gw-old"),
+                )
+                .await
+        })
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let (gateway, record) = &records[0];
+    assert_eq!(gateway, "gw-old");
+    assert_eq!(record.host_address(), ip("100.64.0.2"));
+    assert_eq!(record.last_destination(), ip("198.51.100.7"));
+    assert_eq!(
+        (record.attempts, record.segments, record.dropped),
+        (7, 9, 6)
+    );
+    assert_eq!(record.sketch[63], 5);
+    assert_eq!(record.exact_destinations, Some([42, 0, 0, 0, 0]));
+    assert_eq!(
+        record
+            .last_seen
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap(),
+        Duration::from_secs(62)
+    );
+    assert_eq!(
+        postgres
+            .psql(
+                "smtpguard",
+                "SELECT version, to_regclass('host_intervals') IS NULL, \
+                 (SELECT count(*) FROM host_chunks) FROM smtpguard_schema",
+            )
+            .unwrap()
+            .trim(),
+        "3|t|1",
+        "version 3, the old table gone, one chunk"
     );
 }

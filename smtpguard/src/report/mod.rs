@@ -480,6 +480,56 @@ pub fn build_owned(
     rows(&summaries, &ranges, config, options)
 }
 
+/// The hosts whose history makes the `top` rows of a report, given each host's attempts
+/// within the report's window (`totals`, one entry per stored host): the members of the rows
+/// [`build`] keeps (the most attempts first, then by row key, at least `min_attempts`, within
+/// `prefix`), in address order. A report built from these hosts' history alone has the same
+/// rows, so a large store need only sum attempts per host to answer `--top`.
+pub fn top_hosts(
+    totals: &[([u8; 16], u64)],
+    top: usize,
+    config: &Config,
+    options: &ReportOptions,
+) -> Vec<[u8; 16]> {
+    let ranges = SubscriberRanges::new(config);
+    // A stored host with its row's key and its attempts.
+    type Member = (IpNet, u64, [u8; 16]);
+    let mut keyed: Vec<Member> = totals
+        .iter()
+        .filter_map(|&(stored, attempts)| {
+            let host = std::net::Ipv6Addr::from(stored).to_canonical();
+            let wanted = options.prefix.is_none_or(|prefix| prefix.contains(&host));
+            wanted.then(|| {
+                (
+                    group_key(host, options.group, &ranges, config),
+                    attempts,
+                    stored,
+                )
+            })
+        })
+        .collect();
+    // Stable, and the hosts come in address order: linear for one address family.
+    keyed.sort_by_key(|(key, ..)| *key);
+    let mut groups: Vec<(Reverse<u64>, IpNet, &[Member])> = keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|run| (Reverse(run.iter().map(|m| m.1).sum()), run[0].0, run))
+        .filter(|(Reverse(attempts), ..)| *attempts >= options.min_attempts)
+        .collect();
+    // The order of `rows`: most attempts first, ties in key order.
+    if top < groups.len() {
+        if top > 0 {
+            groups.select_nth_unstable_by_key(top - 1, |(attempts, key, _)| (*attempts, *key));
+        }
+        groups.truncate(top);
+    }
+    let mut hosts: Vec<[u8; 16]> = groups
+        .iter()
+        .flat_map(|(.., members)| members.iter().map(|m| m.2))
+        .collect();
+    hosts.sort_unstable();
+    hosts
+}
+
 /// The groups' figures, in key order.
 fn summaries(
     intervals: &[HostInterval],
@@ -537,7 +587,7 @@ fn rows(
         .collect()
 }
 
-fn parallelism() -> usize {
+pub(crate) fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
@@ -559,7 +609,10 @@ fn group_parts(keyed: &[(IpNet, usize)], parts: usize) -> Vec<&[(IpNet, usize)]>
 
 /// Runs `work` on each part, one thread per part (the first on this one), and concatenates
 /// the results in order.
-fn on_threads<P: Sync, R: Send>(parts: &[P], work: impl Fn(&P) -> Vec<R> + Sync) -> Vec<R> {
+pub(crate) fn on_threads<P: Sync, R: Send>(
+    parts: &[P],
+    work: impl Fn(&P) -> Vec<R> + Sync,
+) -> Vec<R> {
     let Some((first, others)) = parts.split_first() else {
         return Vec::new();
     };
@@ -1154,6 +1207,69 @@ mod tests {
         assert_eq!(rows[0].host, "100.64.0.2");
         assert_eq!(rows[0].classifications, 3);
         assert_eq!(rows[0].history, [at(0), at(24 * 60), at(25 * 60)]);
+    }
+
+    #[test]
+    fn the_top_hosts_history_makes_the_top_rows() {
+        // Ties (equal attempts) across families, IPv6 hosts sharing a /64 and a /56, hosts
+        // in several intervals, and hosts that a prefix or a minimum leaves out.
+        let hosts = [
+            "100.64.0.2",
+            "100.64.0.3",
+            "100.64.9.3",
+            "100.127.0.9",
+            "2001:db8:1000:1::a",
+            "2001:db8:1000:1::b",
+            "2001:db8:1000:2::c",
+            "2001:db8:1001::d",
+        ];
+        let mut history = Vec::new();
+        for minute in 1..=3 {
+            for (n, host) in hosts.iter().enumerate() {
+                let attempts = 1 + (n as u64 * minute) % 4;
+                let destinations: Vec<u32> = (0..attempts as u32).collect();
+                history.push(interval(
+                    ip(host),
+                    minute,
+                    attempts,
+                    &destinations,
+                    Reason::Dropped,
+                ));
+            }
+        }
+        let mut totals: Vec<([u8; 16], u64)> = Vec::new();
+        let mut stored: Vec<&HostInterval> = history.iter().collect();
+        stored.sort_by_key(|i| i.host);
+        for run in stored.chunk_by(|a, b| a.host == b.host) {
+            totals.push((run[0].host, run.iter().map(|i| i.attempts).sum()));
+        }
+        for group in [
+            Grouping::Host,
+            Grouping::Slash64,
+            Grouping::Slash56,
+            Grouping::SubscriberPrefix,
+        ] {
+            for (prefix, min_attempts) in [(None, 0), (Some("100.64.0.0/16"), 0), (None, 7)] {
+                let mut opts = options(group);
+                opts.prefix = prefix.map(|p| p.parse().unwrap());
+                opts.min_attempts = min_attempts;
+                let whole = build(&history, &config(), &opts);
+                for top in 0..=whole.len() + 1 {
+                    opts.top = Some(top);
+                    let chosen = top_hosts(&totals, top, &config(), &opts);
+                    let theirs: Vec<HostInterval> = history
+                        .iter()
+                        .filter(|i| chosen.contains(&i.host))
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        build(&theirs, &config(), &opts),
+                        whole[..top.min(whole.len())],
+                        "{group:?} {prefix:?} at least {min_attempts}, top {top}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

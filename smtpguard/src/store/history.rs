@@ -161,6 +161,76 @@ fn put(out: &mut Vec<u8>, fields: &[&[u8]]) {
     }
 }
 
+/// Appends one interval to a chunk's records and exact sets, in the layout the store keeps
+/// (and the fleet's PostgreSQL too): `first_ms` and `last_ms` are its first- and last-seen
+/// times in Unix milliseconds.
+pub(crate) fn put_record(
+    records: &mut Vec<u8>,
+    sets: &mut Vec<u8>,
+    interval: &HostInterval,
+    first_ms: i64,
+    last_ms: i64,
+) {
+    put_exact_set(sets, interval.exact_destinations);
+    put(
+        records,
+        &[
+            &interval.host,
+            &first_ms.to_le_bytes(),
+            &last_ms.to_le_bytes(),
+            &interval.attempts.to_le_bytes(),
+            &interval.segments.to_le_bytes(),
+            &interval.dropped.to_le_bytes(),
+            &interval.sketch,
+            &interval.last_dst,
+            &interval.last_port.to_le_bytes(),
+            &interval.last_reason.to_le_bytes(),
+        ],
+    );
+}
+
+/// Decodes a chunk written by [`put_record`] (its exact sets, if it has them) onto `out`, the
+/// records of `keep` only. `time` turns stored milliseconds into a time, naming the field when
+/// they are out of range.
+pub(crate) fn decode_records<E>(
+    [start, end]: [SystemTime; 2],
+    records: &[u8],
+    sets: Option<&[u8]>,
+    keep: impl Fn(&[u8; 16]) -> bool,
+    time: impl Fn(&'static str, i64) -> Result<SystemTime, E>,
+    out: &mut Vec<HostInterval>,
+) -> Result<(), E> {
+    let mut sets = sets.map(|sets| sets.chunks_exact(EXACT_SET_BYTES));
+    out.reserve(records.len() / INTERVAL_BYTES);
+    for record in records.chunks_exact(INTERVAL_BYTES) {
+        let exact_destinations = sets
+            .as_mut()
+            .and_then(|sets| sets.next())
+            .and_then(exact_set);
+        let mut fields = Fields(record);
+        let host = fields.take();
+        if !keep(&host) {
+            continue;
+        }
+        out.push(HostInterval {
+            host,
+            start,
+            end,
+            first_seen: time("records.first_seen", fields.i64())?,
+            last_seen: time("records.last_seen", fields.i64())?,
+            attempts: fields.u64(),
+            segments: fields.u64(),
+            dropped: fields.u64(),
+            sketch: fields.take(),
+            exact_destinations,
+            last_dst: fields.take(),
+            last_port: fields.u16(),
+            last_reason: fields.u16(),
+        });
+    }
+    Ok(())
+}
+
 /// Reads fixed-size fields off a record in order.
 struct Fields<'a>(&'a [u8]);
 
@@ -213,22 +283,7 @@ fn insert_intervals(
             records.clear();
             sets.clear();
             for (interval, [_, _, first_ms, last_ms]) in chunk {
-                put_exact_set(&mut sets, interval.exact_destinations);
-                put(
-                    &mut records,
-                    &[
-                        &interval.host,
-                        &first_ms.to_le_bytes(),
-                        &last_ms.to_le_bytes(),
-                        &interval.attempts.to_le_bytes(),
-                        &interval.segments.to_le_bytes(),
-                        &interval.dropped.to_le_bytes(),
-                        &interval.sketch,
-                        &interval.last_dst,
-                        &interval.last_port.to_le_bytes(),
-                        &interval.last_reason.to_le_bytes(),
-                    ],
-                );
+                put_record(&mut records, &mut sets, interval, *first_ms, *last_ms);
             }
             let hosts = chunk.len() as i64;
             match columns {
@@ -406,30 +461,7 @@ impl Store {
                 rusqlite::types::ValueRef::Null => None,
                 _ => Some(blob(row, 3, path, TABLE, "exact_sets")?),
             };
-            let mut sets = sets.map(|sets| sets.chunks_exact(EXACT_SET_BYTES));
-            intervals.reserve(records.len() / INTERVAL_BYTES);
-            for record in records.chunks_exact(INTERVAL_BYTES) {
-                let exact_destinations = sets
-                    .as_mut()
-                    .and_then(|sets| sets.next())
-                    .and_then(exact_set);
-                let mut fields = Fields(record);
-                intervals.push(HostInterval {
-                    host: fields.take(),
-                    start,
-                    end,
-                    first_seen: time("records.first_seen", fields.i64())?,
-                    last_seen: time("records.last_seen", fields.i64())?,
-                    attempts: fields.u64(),
-                    segments: fields.u64(),
-                    dropped: fields.u64(),
-                    sketch: fields.take(),
-                    exact_destinations,
-                    last_dst: fields.take(),
-                    last_port: fields.u16(),
-                    last_reason: fields.u16(),
-                });
-            }
+            decode_records([start, end], records, sets, |_| true, time, &mut intervals)?;
         }
         Ok(intervals)
     }

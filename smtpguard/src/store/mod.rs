@@ -43,6 +43,7 @@ pub use escalations::{BotEvent, Escalation};
 pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
+pub(crate) use history::{decode_records, put_record};
 pub use relays::{NewRelay, RuntimeRelay};
 pub use shipping::IntervalSpan;
 
