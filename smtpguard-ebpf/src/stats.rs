@@ -3,10 +3,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use smtpguard_common::{
     HostStats, InterfaceSlot, Reason, Verdict,
     host::ipv4_mapped,
@@ -16,8 +13,9 @@ use smtpguard_common::{
 };
 
 use crate::{
-    COUNTERS, HOST_STATS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH,
+    COUNTERS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH,
     decide::TrackedHost,
+    hosts,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -61,18 +59,9 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
     let jiffies = unsafe { bpf_jiffies64() };
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
-    let stats = match host.stats {
-        Some(stats) => stats,
-        None => {
-            let first = HostStats::first_seen(clock_ns(), jiffies, epoch);
-            // NOEXIST: when two CPUs see a new host at once, the first insert wins and the
-            // second CPU adds to it below instead of resetting it.
-            let _ = HOST_STATS.insert(host.key, first, BPF_NOEXIST as u64);
-            match HOST_STATS.get_ptr_mut(host.key) {
-                Some(stats) => stats,
-                None => return,
-            }
-        }
+    let first = || HostStats::first_seen(clock_ns(), jiffies, epoch);
+    let Some(stats) = hosts::entry(&host.found, &host.key, first, epoch) else {
+        return;
     };
 
     // SAFETY: `stats` points into the map value, valid for this program run. Counters are

@@ -247,48 +247,50 @@ fn verifier_complexity_stays_within_budget() {
 
 #[test]
 fn every_host_is_read_back_across_many_batches() {
-    // The statistics map is read with BPF_MAP_LOOKUP_BATCH a few thousand entries per call:
-    // 20,000 hosts take several calls, and each host must come back once with its own values.
+    // The host table and its overflow map are read with BPF_MAP_LOOKUP_BATCH a few thousand
+    // entries per call: 20,000 hosts in 65,536 slots take several calls, some share a slot
+    // and go to the overflow, and each host must come back once with its own values.
     const HOSTS: u32 = 20_000;
     let text = POLICY.replace("hosts = 4096", "hosts = 65536");
     let config = Config::parse(&text, Path::new("test_run.toml")).unwrap();
     let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    // Scattered over the subscriber ranges (consecutive hosts would each get a slot of their
+    // own: the hash spreads them), alternately IPv4 and IPv6, all distinct (an odd multiplier
+    // is a bijection on the low 22 bits).
+    let address = |i: u32| -> IpAddr {
+        let scattered = i.wrapping_mul(0x9e37_79b1) & 0x003f_ffff;
+        if i % 2 == 0 {
+            std::net::Ipv4Addr::from(0x6440_0000 | scattered).into()
+        } else {
+            let v6 = 0x2001_0db8_1000_0000_0000_0000_0000_0000u128 | u128::from(scattered);
+            std::net::Ipv6Addr::from(v6).into()
+        }
+    };
     let written = dataplane
         .insert_hosts((0..HOSTS).map(|i| {
             let mut stats = smtpguard_common::host::HostStats::first_seen(u64::from(i) + 1, 0, 1);
             stats.attempts = u64::from(i);
-            let key = if i % 2 == 0 {
-                smtpguard_common::host::HostKey::from_v4((0x6440_0000 + i).to_be_bytes())
-            } else {
-                let mut v6 = [
-                    0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                ];
-                v6[12..].copy_from_slice(&i.to_be_bytes());
-                smtpguard_common::host::HostKey::from_v6(v6)
+            let key = match address(i) {
+                IpAddr::V4(v4) => smtpguard_common::host::HostKey::from_v4(v4.octets()),
+                IpAddr::V6(v6) => smtpguard_common::host::HostKey::from_v6(v6.octets()),
             };
             (key, stats)
         }))
         .unwrap();
     assert_eq!(written, HOSTS as usize);
     let hosts = dataplane.hosts().unwrap();
-    // The key walk counts independently of the batch read.
-    assert_eq!(
-        dataplane.host_count().unwrap(),
-        HOSTS as usize,
-        "held in the map"
+    // The kernel's fill count and the key walk count independently of the batch read.
+    let count = dataplane.host_count().unwrap();
+    assert_eq!(count.hosts(), u64::from(HOSTS), "held: {count:?}");
+    assert!(
+        count.slots_used > 0 && count.overflow > 0,
+        "both the table and the overflow hold hosts: {count:?}"
     );
     assert_eq!(hosts.len(), HOSTS as usize, "every host once");
     let mut seen = std::collections::HashSet::new();
     for (host, stats) in &hosts {
         let i = u32::try_from(stats.attempts).unwrap();
-        let expected: IpAddr = if i % 2 == 0 {
-            std::net::Ipv4Addr::from(0x6440_0000 + i).into()
-        } else {
-            format!("2001:db8:1000::{:x}:{:x}", i >> 16, i & 0xffff)
-                .parse()
-                .unwrap()
-        };
-        assert_eq!(*host, expected, "host of entry {i}");
+        assert_eq!(*host, address(i), "host of entry {i}");
         assert_eq!(stats.first_seen_ns, u64::from(i) + 1, "values of {host}");
         assert!(seen.insert(i), "{host} read twice");
     }
