@@ -104,6 +104,19 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
         Connect::TimedOut,
         "blocked after the link update"
     );
+    // The reused host table kept its seed: the new program finds the subscriber's slot and
+    // adds to it, rather than placing it anew.
+    let records = second.host_records().unwrap();
+    let entries: Vec<_> = records
+        .hosts
+        .iter()
+        .filter(|record| record.key.address() == subscriber)
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry of the subscriber: {entries:?}");
+    assert!(
+        entries[0].duplicate.is_none() && entries[0].stats.attempts > stats.attempts,
+        "the subscriber's entry went on counting: {entries:?} after {stats:?}"
+    );
 
     // The new instance's maps are the live ones: exempting the subscriber opens port 25.
     let mut exempted = desired.clone();
