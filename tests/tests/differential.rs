@@ -126,7 +126,11 @@ fn random_seed_agrees() {
 /// model, whichever of the two holds them.
 #[test]
 fn a_tiny_host_table_agrees_through_its_overflow() {
-    let harness = run_seed(FIXED_SEED, FRAMES_PER_SEED / 5, Harness::with_host_capacity(8));
+    let harness = run_seed(
+        FIXED_SEED,
+        FRAMES_PER_SEED / 5,
+        Harness::with_host_capacity(8),
+    );
     let count = harness.host_count();
     println!("hosts: {count:?}");
     assert_eq!(count.slots, 8);

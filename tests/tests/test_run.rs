@@ -353,3 +353,80 @@ fn judged_frames_count_in_their_interfaces_slot() {
     dataplane.release_interface_slot(LOOPBACK).unwrap();
     assert_eq!(dataplane.interface_slots().unwrap(), []);
 }
+
+/// A host table of 2 slots: a slot's holder idle for two sketch epochs gives way to a new
+/// host (the snapshots have its counts), one seen within the last epoch keeps its slot and
+/// the newcomer goes to the overflow map.
+#[test]
+fn an_idle_holder_gives_way_and_an_active_one_keeps_its_slot() {
+    let text = POLICY.replace("hosts = 4096", "hosts = 2");
+    let config = Config::parse(&text, Path::new("test_run.toml")).unwrap();
+    let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    let mx = ip("198.51.100.7");
+    let host = |i: u32| -> IpAddr { std::net::Ipv4Addr::from(0x6440_0100 + i).into() };
+    let slot_of = |dataplane: &Dataplane, address: IpAddr| {
+        let records = dataplane.host_records().unwrap();
+        let mine: Vec<_> = records
+            .hosts
+            .iter()
+            .filter(|record| record.key.address() == address)
+            .map(|record| (record.slot, record.stats.segments))
+            .collect();
+        assert!(mine.len() <= 1, "{address} held twice: {mine:?}");
+        mine.first().copied()
+    };
+    let send = |dataplane: &mut Dataplane, address: IpAddr| {
+        let outcome = dataplane
+            .run_xdp(&FrameSpec::tcp(address, mx, 25, TCP_SYN).build())
+            .unwrap();
+        assert_eq!(outcome.reason, Some(Reason::Dropped), "{address}");
+    };
+
+    // Epoch 1: hosts arrive until both slots are held; the rest go to the overflow.
+    dataplane.set_sketch_epoch(1).unwrap();
+    let mut holders = [None, None];
+    let mut next = 0;
+    while holders.iter().any(Option::is_none) {
+        assert!(next < 64, "64 hosts and a slot still empty: {holders:?}");
+        send(&mut dataplane, host(next));
+        if let Some((Some(slot), _)) = slot_of(&dataplane, host(next)) {
+            holders[slot as usize].get_or_insert(host(next));
+        }
+        next += 1;
+    }
+    let [idle, active] = holders.map(Option::unwrap);
+    // Epoch 2: one holder sends again; epoch 3: the other has been idle for two epochs.
+    dataplane.set_sketch_epoch(2).unwrap();
+    send(&mut dataplane, active);
+    dataplane.set_sketch_epoch(3).unwrap();
+
+    // A new host on the active holder's slot goes to the overflow; one on the idle holder's
+    // slot takes it.
+    let newcomer = |slot: u32, next: &mut u32| loop {
+        assert!(*next < 1024, "no new host hashes to slot {slot}");
+        let candidate = host(*next);
+        *next += 1;
+        if dataplane.host_slot(candidate).unwrap() == slot {
+            break candidate;
+        }
+    };
+    let refused = newcomer(1, &mut next);
+    let taker = newcomer(0, &mut next);
+    send(&mut dataplane, refused);
+    send(&mut dataplane, taker);
+    assert_eq!(slot_of(&dataplane, refused), Some((None, 1)), "refused");
+    assert_eq!(slot_of(&dataplane, taker), Some((Some(0), 1)), "taker");
+    assert_eq!(
+        slot_of(&dataplane, idle),
+        None,
+        "the idle holder gave way (its counts are in the snapshots)"
+    );
+    assert_eq!(
+        slot_of(&dataplane, active),
+        Some((Some(1), 2)),
+        "the active holder keeps its slot and its counts"
+    );
+    // The idle host comes back: a new entry, counted from its first segment again.
+    send(&mut dataplane, idle);
+    assert_eq!(slot_of(&dataplane, idle), Some((None, 1)));
+}

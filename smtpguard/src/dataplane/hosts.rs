@@ -19,6 +19,8 @@ use super::{DataplaneError, batch, enforcement, maps::map_error};
 #[derive(Clone, Copy, Debug)]
 pub struct HostRecord {
     pub key: HostKey,
+    /// The slot the host holds, or `None` for an overflow entry.
+    pub slot: Option<u32>,
     /// Its entry: its slot's statistics, or its overflow entry when it holds no slot.
     pub stats: HostStats,
     /// An overflow entry of the same host beside its slot: a CPU that lost the race to claim
@@ -85,6 +87,7 @@ pub(super) fn read(
             held.push((index, read.hosts.len()));
             read.hosts.push(HostRecord {
                 key: slot.key,
+                slot: Some(index),
                 stats: slot.stats,
                 duplicate: None,
             });
@@ -108,6 +111,7 @@ pub(super) fn read(
                 }
                 read.hosts.push(HostRecord {
                     key,
+                    slot: None,
                     stats,
                     duplicate: None,
                 });

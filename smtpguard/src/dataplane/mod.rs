@@ -548,6 +548,12 @@ impl Dataplane {
             .collect())
     }
 
+    /// The host table's slot for `host` (which may hold another host).
+    pub fn host_slot(&self, host: IpAddr) -> Result<u32, DataplaneError> {
+        let params = hosts::params(&self.ebpf)?;
+        Ok(params.slot(params.fold(&host_key(host))))
+    }
+
     /// Every tracked host as the kernel holds it: slot holders first, then overflow entries.
     pub fn host_records(&self) -> Result<HostsRead, DataplaneError> {
         hosts::read_loaded(&self.ebpf)
