@@ -259,7 +259,7 @@ fn every_host_is_read_back_across_many_batches() {
     // is a bijection on the low 22 bits).
     let address = |i: u32| -> IpAddr {
         let scattered = i.wrapping_mul(0x9e37_79b1) & 0x003f_ffff;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             std::net::Ipv4Addr::from(0x6440_0000 | scattered).into()
         } else {
             let v6 = 0x2001_0db8_1000_0000_0000_0000_0000_0000u128 | u128::from(scattered);
