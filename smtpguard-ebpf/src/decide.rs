@@ -33,7 +33,7 @@ pub struct Decision {
 /// once, for the cached class and the update both), and its class in this generation.
 pub struct TrackedHost {
     pub key: HostKey,
-    pub found: hosts::Found,
+    pub held: hosts::Held,
     pub class: CachedClass,
 }
 
@@ -96,7 +96,7 @@ pub fn decide(packet: &Packet) -> Decision {
         host: Some(TrackedHost {
             key,
             class: CachedClass::new(generation, class, found.tag),
-            found,
+            held: found.held,
         }),
     }
 }

@@ -60,7 +60,7 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
     let first = || HostStats::first_seen(clock_ns(), jiffies, epoch);
-    let Some(stats) = hosts::entry(&host.found, &host.key, first, epoch) else {
+    let Some(stats) = hosts::entry(host.held, &host.key, first, epoch) else {
         return;
     };
 
