@@ -3,7 +3,7 @@
 
 use crate::sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS};
 
-/// Key of `HOST_STATS` and `HOST_OVERRIDES`. IPv4 hosts are stored IPv4-mapped
+/// Key of `HOST_TABLE`'s slots, `HOST_STATS` and `HOST_OVERRIDES`. IPv4 hosts are stored IPv4-mapped
 /// (`::ffff:a.b.c.d`) so both families share one map and one capacity, and the family is kept
 /// beside the address: an IPv6 source `::ffff:a.b.c.d` (which Linux forwards) is a host of its
 /// own, never the IPv4 host a.b.c.d, so no subscriber can add attempts to another's statistics
@@ -39,6 +39,15 @@ impl HostKey {
             family: Self::FAMILY_V6,
             reserved: 0,
         }
+    }
+
+    /// The key as the three words the kernel compares and hashes: a byte-array `==` becomes
+    /// a call to `bcmp` in BPF.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 3] {
+        // SAFETY: `#[repr(C, align(8))]`, 24 bytes without padding (layout test below), every
+        // bit pattern a valid `[u64; 3]`.
+        unsafe { core::mem::transmute::<Self, [u64; 3]>(*self) }
     }
 
     /// The host's address in its own family.
@@ -187,6 +196,11 @@ pub struct HostStats {
 /// The control plane moves the generation on after every change to the sources or the
 /// escalations, which makes every cached class stale at once. One word, written and read
 /// in one access: a reader never sees one writer's class with another's generation.
+///
+/// The word also carries a tag of the host's key ([`HostTableParams::tag`]): a slot of the
+/// host table claimed by another host, or an LRU entry reused for another key, while a CPU
+/// still holds its pointer, can show that CPU the new holder's class word, which its tag
+/// then refuses (bits 0..32 generation, 32..40 class, 40..64 tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachedClass(pub u64);
 
@@ -203,22 +217,32 @@ pub enum SourceClass {
 }
 
 impl CachedClass {
-    pub const fn new(generation: u32, class: SourceClass) -> Self {
-        Self(((class as u64) << 32) | generation as u64)
+    const CLASS_SHIFT: u32 = 32;
+    const TAG_SHIFT: u32 = 40;
+
+    #[inline(always)]
+    pub const fn new(generation: u32, class: SourceClass, tag: u32) -> Self {
+        Self(Self::expected(generation, tag) | ((class as u64) << Self::CLASS_SHIFT))
     }
 
-    /// The class, if it was looked up in `generation`.
+    /// The class, if it was looked up in `generation` for a host of key tag `tag`.
     #[inline(always)]
-    pub const fn get(self, generation: u32) -> Option<SourceClass> {
-        if self.0 as u32 != generation {
+    pub const fn get(self, generation: u32, tag: u32) -> Option<SourceClass> {
+        let class_bits = 0xff << Self::CLASS_SHIFT;
+        if (self.0 ^ Self::expected(generation, tag)) & !class_bits != 0 {
             return None;
         }
-        match (self.0 >> 32) as u8 {
+        match (self.0 >> Self::CLASS_SHIFT) as u8 {
             1 => Some(SourceClass::Exempt),
             2 => Some(SourceClass::Monitored),
             3 => Some(SourceClass::Enforced),
             _ => None,
         }
+    }
+
+    #[inline(always)]
+    const fn expected(generation: u32, tag: u32) -> u64 {
+        ((tag as u64) << Self::TAG_SHIFT) | generation as u64
     }
 }
 
@@ -300,19 +324,23 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_class_holds_only_for_its_generation() {
+    fn a_cached_class_holds_only_for_its_generation_and_its_host() {
+        let tag = (1 << 24) - 1;
         for class in [
             SourceClass::Exempt,
             SourceClass::Monitored,
             SourceClass::Enforced,
         ] {
-            let cached = CachedClass::new(u32::MAX, class);
-            assert_eq!(cached.get(u32::MAX), Some(class));
-            assert_eq!(cached.get(0), None);
+            let cached = CachedClass::new(u32::MAX, class, tag);
+            assert_eq!(cached.get(u32::MAX, tag), Some(class));
+            assert_eq!(cached.get(0, tag), None);
+            // Another host's class word (a slot claimed, an LRU entry reused under a reader).
+            assert_eq!(cached.get(u32::MAX, tag - 1), None);
+            assert_eq!(cached.get(u32::MAX, 0), None);
         }
         // What user space writes for a new entry is never a class, whatever the generation.
-        assert_eq!(CachedClass(0).get(0), None);
-        assert_eq!(CachedClass(4 << 32).get(0), None);
+        assert_eq!(CachedClass(0).get(0, 0), None);
+        assert_eq!(CachedClass(4 << 32).get(0, 0), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod host;
+pub mod host_table;
 pub mod interface;
 pub mod maps;
 pub mod policy;
@@ -13,6 +14,7 @@ pub mod relay;
 pub mod sketch;
 
 pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
+pub use host_table::{HostSlot, HostTableParams};
 pub use interface::InterfaceSlot;
 pub use policy::{
     EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy,

@@ -20,6 +20,9 @@ pub const INTERFACE_SLOTS: &str = "INTERFACE_SLOTS";
 /// Per-CPU counters of judged frames by interface slot and reason
 /// ([`crate::interface::interface_counter`]).
 pub const INTERFACE_COUNTERS: &str = "INTERFACE_COUNTERS";
+/// The host table's slots ([`crate::HostSlot`]), one array entry per slot.
+pub const HOST_TABLE: &str = "HOST_TABLE";
+/// The host table's overflow: hosts whose slot another holds (LRU).
 pub const HOST_STATS: &str = "HOST_STATS";
 /// Hosts in monitor-mode ranges escalated to enforcement for themselves alone (reoffending
 /// bots); the agent adds and removes entries.
@@ -42,9 +45,15 @@ pub const DEFAULT_EXEMPTION_CAPACITY: u32 = 131_072;
 pub const fn source_capacity(subscribers: u32, exemptions: u32) -> u32 {
     subscribers.saturating_add(exemptions)
 }
-/// Default number of subscriber hosts whose attempts are tracked (LRU: the least recently
-/// seen host is evicted first).
+/// Default number of subscriber hosts whose attempts are tracked: the host table's slots
+/// (rounded up to a power of two).
 pub const DEFAULT_HOST_CAPACITY: u32 = 1_048_576;
+/// The overflow map's size for a host capacity: a quarter of it, at least 1,024. A table a
+/// tenth full has about 5 % of its hosts sharing a slot; a full one about 37 %.
+pub const fn host_overflow_capacity(hosts: u32) -> u32 {
+    let quarter = hosts / 4;
+    if quarter < 1024 { 1024 } else { quarter }
+}
 
 /// Most enforced TCP destination ports (the kernel scans them linearly).
 pub const MAX_PORTS: usize = 8;

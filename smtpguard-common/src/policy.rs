@@ -1,6 +1,6 @@
 //! Policy values the kernel looks up: what a subscriber range does, which ports are enforced.
 
-use crate::{host::HostMask, maps::MAX_PORTS};
+use crate::{host::HostMask, host_table::HostTableParams, maps::MAX_PORTS};
 
 /// What happens to enforced-port traffic from a subscriber range.
 #[repr(u32)]
@@ -130,6 +130,9 @@ pub struct EnforcementConfig {
     pub port_filter: u64,
     /// What one host of the statistics and the escalations is.
     pub host_mask: HostMask,
+    /// Where hosts' slots are: written by the loader from the table it made or reused, kept
+    /// by every policy write.
+    pub host_table: HostTableParams,
 }
 
 impl EnforcementConfig {
@@ -141,6 +144,7 @@ impl EnforcementConfig {
             unparseable: unparseable as u32,
             port_filter: 0,
             host_mask,
+            host_table: HostTableParams::default(),
         };
         for (slot, port) in entry.ports.iter_mut().zip(ports) {
             *slot = *port;
@@ -209,12 +213,13 @@ mod tests {
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
         assert_eq!(size_of::<HostOverride>(), 4);
         assert_eq!(offset_of!(HostOverride, mode), 0);
-        assert_eq!(size_of::<EnforcementConfig>(), 56);
-        assert_eq!(offset_of!(EnforcementConfig, host_mask), 32);
+        assert_eq!(size_of::<EnforcementConfig>(), 72);
         assert_eq!(offset_of!(EnforcementConfig, ports), 0);
         assert_eq!(offset_of!(EnforcementConfig, port_count), 16);
         assert_eq!(offset_of!(EnforcementConfig, unparseable), 20);
         assert_eq!(offset_of!(EnforcementConfig, port_filter), 24);
+        assert_eq!(offset_of!(EnforcementConfig, host_mask), 32);
+        assert_eq!(offset_of!(EnforcementConfig, host_table), 56);
         assert_eq!(align_of::<EnforcementConfig>(), 8);
     }
 
@@ -265,6 +270,7 @@ mod tests {
             unparseable: 7,
             port_filter: filter_bit(25),
             host_mask: HostMask::new(32, 64),
+            host_table: HostTableParams::default(),
         };
         assert!(config.drops_unparseable());
     }

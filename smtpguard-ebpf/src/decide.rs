@@ -3,13 +3,13 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use smtpguard_common::{
-    CachedClass, EnforcementConfig, HostKey, HostStats, Reason, RelayFilter, RelayMatch,
-    SourceClass, SourcePolicy,
+    CachedClass, EnforcementConfig, HostKey, Reason, RelayFilter, RelayMatch, SourceClass,
+    SourcePolicy,
 };
 
 use crate::{
-    ENFORCEMENT, HOST_OVERRIDES, HOST_STATS, POLICY_GENERATION, RELAY_FILTER, RELAYS_V4, RELAYS_V6,
-    SOURCES_V4, SOURCES_V6, SUBSCRIBER_SPACE_V4, SUBSCRIBER_SPACE_V6,
+    ENFORCEMENT, HOST_OVERRIDES, POLICY_GENERATION, RELAY_FILTER, RELAYS_V4, RELAYS_V6, SOURCES_V4,
+    SOURCES_V6, SUBSCRIBER_SPACE_V4, SUBSCRIBER_SPACE_V6, hosts,
     parse::{Addresses, Packet, Transport},
 };
 
@@ -34,7 +34,7 @@ pub struct Decision {
 /// once, for the cached class and the update both), and its class in this generation.
 pub struct TrackedHost {
     pub key: HostKey,
-    pub stats: Option<*mut HostStats>,
+    pub held: hosts::Held,
     pub class: CachedClass,
 }
 
@@ -82,11 +82,11 @@ pub fn decide(packet: &Packet) -> Decision {
         Addresses::V4 { src, .. } => config.host_mask.key_v4(src),
         Addresses::V6 { src, .. } => config.host_mask.key_v6(src),
     };
-    let stats = HOST_STATS.get_ptr_mut(key);
-    // SAFETY: a pointer into the map value, valid for this program run; one aligned word.
-    let cached =
-        stats.and_then(|stats| CachedClass(unsafe { (*stats).cached_class }).get(generation));
-    let Some(class) = cached.or_else(|| classify(&packet.addresses, key)) else {
+    let found = hosts::find(&config.host_table, &key);
+    let Some(class) = found
+        .class(generation)
+        .or_else(|| classify(&packet.addresses, key))
+    else {
         return Decision::untracked(not_subscriber(judged));
     };
     let reason = match class {
@@ -98,8 +98,8 @@ pub fn decide(packet: &Packet) -> Decision {
         reason,
         host: Some(TrackedHost {
             key,
-            stats,
-            class: CachedClass::new(generation, class),
+            class: CachedClass::new(generation, class, found.tag),
+            held: found.held,
         }),
     }
 }

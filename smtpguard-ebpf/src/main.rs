@@ -4,9 +4,13 @@
 #![no_main]
 // Atomic adds on shared map values: the BPF target has no stable atomic RMW operations.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is unstable")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd and atomic_cxchg are unstable"
+)]
 
 mod decide;
+mod hosts;
 mod parse;
 mod stats;
 
@@ -17,12 +21,13 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use smtpguard_common::{
-    EnforcementConfig, HostKey, HostOverride, HostStats, InterfaceSlot, PrefixOrigin, REASON_COUNT,
-    Reason, RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
+    EnforcementConfig, HostKey, HostOverride, HostSlot, HostStats, InterfaceSlot, PrefixOrigin,
+    REASON_COUNT, Reason, RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
     interface::{INTERFACE_COUNTER_ENTRIES, INTERFACE_TABLE_SIZE},
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
-        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, source_capacity,
+        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, host_overflow_capacity,
+        source_capacity,
     },
 };
 
@@ -61,8 +66,10 @@ static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(INTERFACE
 static INTERFACE_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(INTERFACE_COUNTER_ENTRIES, 0);
 #[map]
+static HOST_TABLE: Array<HostSlot> = Array::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
+#[map]
 static HOST_STATS: LruHashMap<HostKey, HostStats> =
-    LruHashMap::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
+    LruHashMap::with_max_entries(host_overflow_capacity(DEFAULT_HOST_CAPACITY), 0);
 #[map]
 static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]

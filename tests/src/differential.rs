@@ -9,7 +9,7 @@ use std::{
 
 use smtpguard::{
     config::Capacity,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, HostCount},
     model::{self, HostRecord, Model, ModelPolicy, decide, dissect},
     policy::DesiredPolicy,
 };
@@ -17,8 +17,9 @@ use smtpguard_common::{HostStats, REASON_COUNT, Reason};
 
 use crate::regression::hex;
 
-/// Hosts the statistics map holds: far more than a run creates, so that LRU eviction (which
-/// the model does not follow) never happens.
+/// Hosts the host table holds: far more than a run creates, so that hosts rarely share a
+/// slot and LRU eviction in the overflow map (which the model does not follow) never
+/// happens.
 pub const HOST_CAPACITY: u32 = 65_536;
 
 /// One kernel program instance and the model, fed the same frames.
@@ -45,8 +46,14 @@ fn entry_error(entry: &str, error: DataplaneError) -> String {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_host_capacity(HOST_CAPACITY)
+    }
+
+    /// A harness whose host table has `hosts` slots (rounded up to a power of two): a tiny
+    /// one sends most hosts to the overflow map, through the claim's every outcome.
+    pub fn with_host_capacity(hosts: u32) -> Self {
         let capacity = Capacity {
-            hosts: HOST_CAPACITY,
+            hosts,
             ..Capacity::default()
         };
         let dataplane =
@@ -138,6 +145,13 @@ impl Harness {
             ));
         }
         Ok(expected)
+    }
+
+    /// What the host table and its overflow map hold.
+    pub fn host_count(&self) -> HostCount {
+        self.dataplane
+            .host_count()
+            .unwrap_or_else(|e| panic!("counting the hosts: {e}"))
     }
 
     /// Compares every host's statistics; returns the hosts that differ with both views.

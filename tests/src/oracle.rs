@@ -36,7 +36,7 @@ use smtpguard::{
 use smtpguard_common::{Reason, UnparseableAction};
 
 use crate::{
-    differential::{HOST_CAPACITY, describe, install_policy},
+    differential::{describe, install_policy},
     frames::{FrameSpec, TCP_SYN, Upper},
     generate::{self, GeneratedFrame, GeneratedPolicy},
     lab::{GatewayLab, INTERNET_INTERFACE, LinkStats, SUBSCRIBER_INTERFACE},
@@ -208,6 +208,9 @@ pub struct RoundConfig {
     pub frames: usize,
     /// smtpguard's entry point on the gateway; `None`: the baseline, nothing attached.
     pub attach: Option<Attach>,
+    /// Slots of smtpguard's host table: a tiny table sends most hosts (and their cached
+    /// classes) through the overflow map.
+    pub host_capacity: u32,
 }
 
 /// An arrival the model would have dropped, with the frames that may have carried it.
@@ -328,7 +331,7 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
     let mut lab = OracleLab::new().unwrap_or_else(|e| panic!("building the oracle lab: {e:#}"));
     let mut dataplane = config.attach.map(|attach| {
         let capacity = Capacity {
-            hosts: HOST_CAPACITY,
+            hosts: config.host_capacity,
             ..Capacity::default()
         };
         let mut dataplane =

@@ -37,10 +37,10 @@ fn source(frame: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// Judges `count` generated frames; returns how often each reason occurred.
-fn run_seed(seed: u64, count: usize) -> [u64; Reason::ALL.len()] {
+/// Judges `count` generated frames in `harness`; returns it (how often each reason occurred
+/// is its coverage).
+fn run_seed(seed: u64, count: usize, mut harness: Harness) -> Harness {
     let mut rng = generate::rng(seed);
-    let mut harness = Harness::new();
     let mut judged = 0;
     while judged < count {
         let policy = generate::random_policy(&mut rng);
@@ -87,12 +87,12 @@ fn run_seed(seed: u64, count: usize) -> [u64; Reason::ALL.len()] {
         }
         judged += batch.len();
     }
-    harness.coverage
+    harness
 }
 
 #[test]
 fn fixed_seed_agrees_and_reaches_every_reason() {
-    let coverage = run_seed(FIXED_SEED, FRAMES_PER_SEED);
+    let coverage = run_seed(FIXED_SEED, FRAMES_PER_SEED, Harness::new()).coverage;
     println!("seed {FIXED_SEED}: frames by reason:");
     for reason in Reason::ALL {
         println!("  {:>20} {}", reason.name(), coverage[reason as usize]);
@@ -118,7 +118,30 @@ fn random_seed_agrees() {
     };
     // Printed first, so that a failure (or a crash) can be reproduced.
     eprintln!("differential seed {seed} (SMTPGUARD_DIFF_SEED={seed} reproduces this run)");
-    run_seed(seed, FRAMES_PER_SEED);
+    run_seed(seed, FRAMES_PER_SEED, Harness::new());
+}
+
+/// A host table of 8 slots: almost every host shares a slot, so most take the overflow map
+/// (a claim that finds the slot held), and every host's counts must still agree with the
+/// model, whichever of the two holds them.
+#[test]
+fn a_tiny_host_table_agrees_through_its_overflow() {
+    let harness = run_seed(
+        FIXED_SEED,
+        FRAMES_PER_SEED / 5,
+        Harness::with_host_capacity(8),
+    );
+    let count = harness.host_count();
+    println!("hosts: {count:?}");
+    assert_eq!(count.slots, 8);
+    assert!(
+        count.slots_used == 8 && count.overflow > 0,
+        "the slots and the overflow both hold hosts: {count:?}"
+    );
+    assert!(
+        count.overflow < count.overflow_capacity,
+        "the overflow never evicted (the model keeps every host): {count:?}"
+    );
 }
 
 #[test]

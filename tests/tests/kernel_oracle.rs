@@ -8,19 +8,23 @@
 
 use aya::programs::XdpMode;
 use smtpguard::dataplane::Attach;
-use smtpguard_tests::oracle::{RoundConfig, RoundReport, run_round};
+use smtpguard_tests::{
+    differential::HOST_CAPACITY,
+    oracle::{RoundConfig, RoundReport, run_round},
+};
 
 const SEED: u64 = 0x0_7ac1e;
 /// Frames per round: enough for the generator's rarer shapes (deep priority-tag stacks,
 /// straddling fragment pairs) to come up from enforced subscribers a few times.
 const FRAMES: usize = 20_000;
 
-fn round(attach: Option<Attach>) -> RoundReport {
+fn round(attach: Option<Attach>, host_capacity: u32) -> RoundReport {
     let report = run_round(
         RoundConfig {
             seed: SEED,
             frames: FRAMES,
             attach,
+            host_capacity,
         },
         |_| {},
     );
@@ -36,7 +40,7 @@ fn round(attach: Option<Attach>) -> RoundReport {
 
 #[test]
 fn without_smtpguard_the_oracle_sees_what_it_must_stop() {
-    let report = round(None);
+    let report = round(None, HOST_CAPACITY);
     assert!(
         report.arrivals > FRAMES / 20,
         "observed {} TCP arrivals for {} frames, expected more than {}: the lab does not \
@@ -54,8 +58,8 @@ fn without_smtpguard_the_oracle_sees_what_it_must_stop() {
     );
 }
 
-fn no_leaks(attach: Attach) {
-    let report = round(Some(attach));
+fn no_leaks(attach: Attach, host_capacity: u32) {
+    let report = round(Some(attach), host_capacity);
     assert!(
         report.arrivals > 0,
         "observed no TCP arrivals at all with {attach:?}, expected the ordinary traffic to \
@@ -73,10 +77,17 @@ fn no_leaks(attach: Attach) {
 
 #[test]
 fn xdp_lets_nothing_through_that_the_model_drops() {
-    no_leaks(Attach::Xdp(XdpMode::Driver));
+    no_leaks(Attach::Xdp(XdpMode::Driver), HOST_CAPACITY);
 }
 
 #[test]
 fn tc_lets_nothing_through_that_the_model_drops() {
-    no_leaks(Attach::Tc);
+    no_leaks(Attach::Tc, HOST_CAPACITY);
+}
+
+/// A host table of 8 slots: most hosts, their statistics and their cached classes live in
+/// the overflow map, and nothing gets through either.
+#[test]
+fn a_tiny_host_table_lets_nothing_through_that_the_model_drops() {
+    no_leaks(Attach::Xdp(XdpMode::Driver), 8);
 }

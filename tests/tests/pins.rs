@@ -104,6 +104,19 @@ fn enforcement_outlives_the_process_and_survives_a_restart() {
         Connect::TimedOut,
         "blocked after the link update"
     );
+    // The reused host table kept its seed: the new program finds the subscriber's slot and
+    // adds to it, rather than placing it anew.
+    let records = second.host_records().unwrap();
+    let entries: Vec<_> = records
+        .hosts
+        .iter()
+        .filter(|record| record.key.address() == subscriber)
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry of the subscriber: {entries:?}");
+    assert!(
+        entries[0].duplicate.is_none() && entries[0].stats.attempts > stats.attempts,
+        "the subscriber's entry went on counting: {entries:?} after {stats:?}"
+    );
 
     // The new instance's maps are the live ones: exempting the subscriber opens port 25.
     let mut exempted = desired.clone();
@@ -180,6 +193,75 @@ fn snapshots_within_one_millisecond_are_recorded() {
             "the host's new segment is recorded"
         );
     }
+    drop(snapshotter);
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
+#[test]
+fn a_host_in_its_slot_and_in_the_overflow_is_counted_once_and_idle_overflow_entries_go() {
+    use smtpguard_common::{HostKey, HostStats};
+    use std::time::SystemTime;
+    let pins = PinFolder::new("duplicates");
+    let config = Config::parse(CONFIG, Path::new("pins.toml")).unwrap();
+    let mut dataplane = load(&pins.0, &DesiredPolicy::from_config(&config));
+    let state = std::env::temp_dir().join(format!("smtpguard-duplicates-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut snapshotter = smtpguard::report::snapshot::Snapshotter::open(&pins.0, &state).unwrap();
+    let counted = |attempts: u64, epoch: u32| {
+        let mut stats = HostStats::first_seen(1_000, 0, epoch);
+        (stats.attempts, stats.segments, stats.dropped) = (attempts, attempts, attempts);
+        stats
+    };
+    // The host's slot (3 attempts) and, as a CPU that lost the claim's race would leave it,
+    // an overflow entry of the same host (1 attempt); then 2,000 scattered hosts last seen in
+    // epoch 0, of which a few hundred share a slot and take the overflow.
+    let key = HostKey::from_v4([100, 64, 0, 9]);
+    let others = (1..=2_000u32).map(|i| {
+        let scattered = 0x6440_0000 | (i.wrapping_mul(0x9e37_79b1) & 0x003f_ffff);
+        (HostKey::from_v4(scattered.to_be_bytes()), counted(1, 0))
+    });
+    dataplane
+        .insert_hosts(
+            [(key, counted(3, 1)), (key, counted(1, 1))]
+                .into_iter()
+                .chain(others),
+        )
+        .unwrap();
+    let records = dataplane.host_records().unwrap();
+    let mine = records.hosts.iter().find(|r| r.key == key).unwrap();
+    assert!(mine.slot.is_some() && mine.duplicate.is_some(), "{mine:?}");
+    let overflow = dataplane.host_count().unwrap().overflow;
+    assert!(
+        overflow > 1,
+        "scattered hosts share slots: {overflow} in the overflow"
+    );
+
+    let first = SystemTime::now();
+    let report = snapshotter.take(first).unwrap();
+    assert_eq!(report.hosts_read, 2_001);
+    let second = first + Duration::from_secs(60);
+    let report = snapshotter.take(second).unwrap();
+    assert_eq!(
+        report.intervals_written, 0,
+        "nothing new: the slot's cursor is the slot's own, the duplicate is gone"
+    );
+    let history = smtpguard::store::Store::open(&state)
+        .unwrap()
+        .host_intervals(first - Duration::from_secs(3600), second)
+        .unwrap();
+    let attempts: u64 = history
+        .iter()
+        .filter(|interval| interval.host == key.addr)
+        .map(|interval| interval.attempts)
+        .sum();
+    assert_eq!(attempts, 4, "the slot's 3 and the duplicate's 1, once");
+    let count = dataplane.host_count().unwrap();
+    assert_eq!(
+        count.overflow, 0,
+        "the duplicate went after the first snapshot, the hosts idle since epoch 0 after the \
+         second (epoch 2): {count:?}"
+    );
+    assert_eq!(count.slots_used, 2_002 - overflow, "2,002 entries written");
     drop(snapshotter);
     std::fs::remove_dir_all(&state).unwrap();
 }

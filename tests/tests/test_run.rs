@@ -247,48 +247,50 @@ fn verifier_complexity_stays_within_budget() {
 
 #[test]
 fn every_host_is_read_back_across_many_batches() {
-    // The statistics map is read with BPF_MAP_LOOKUP_BATCH a few thousand entries per call:
-    // 20,000 hosts take several calls, and each host must come back once with its own values.
+    // The host table and its overflow map are read with BPF_MAP_LOOKUP_BATCH a few thousand
+    // entries per call: 20,000 hosts in 65,536 slots take several calls, some share a slot
+    // and go to the overflow, and each host must come back once with its own values.
     const HOSTS: u32 = 20_000;
     let text = POLICY.replace("hosts = 4096", "hosts = 65536");
     let config = Config::parse(&text, Path::new("test_run.toml")).unwrap();
     let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    // Scattered over the subscriber ranges (consecutive hosts would each get a slot of their
+    // own: the hash spreads them), alternately IPv4 and IPv6, all distinct (an odd multiplier
+    // is a bijection on the low 22 bits).
+    let address = |i: u32| -> IpAddr {
+        let scattered = i.wrapping_mul(0x9e37_79b1) & 0x003f_ffff;
+        if i.is_multiple_of(2) {
+            std::net::Ipv4Addr::from(0x6440_0000 | scattered).into()
+        } else {
+            let v6 = 0x2001_0db8_1000_0000_0000_0000_0000_0000u128 | u128::from(scattered);
+            std::net::Ipv6Addr::from(v6).into()
+        }
+    };
     let written = dataplane
         .insert_hosts((0..HOSTS).map(|i| {
             let mut stats = smtpguard_common::host::HostStats::first_seen(u64::from(i) + 1, 0, 1);
             stats.attempts = u64::from(i);
-            let key = if i % 2 == 0 {
-                smtpguard_common::host::HostKey::from_v4((0x6440_0000 + i).to_be_bytes())
-            } else {
-                let mut v6 = [
-                    0x20, 0x01, 0x0d, 0xb8, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                ];
-                v6[12..].copy_from_slice(&i.to_be_bytes());
-                smtpguard_common::host::HostKey::from_v6(v6)
+            let key = match address(i) {
+                IpAddr::V4(v4) => smtpguard_common::host::HostKey::from_v4(v4.octets()),
+                IpAddr::V6(v6) => smtpguard_common::host::HostKey::from_v6(v6.octets()),
             };
             (key, stats)
         }))
         .unwrap();
     assert_eq!(written, HOSTS as usize);
     let hosts = dataplane.hosts().unwrap();
-    // The key walk counts independently of the batch read.
-    assert_eq!(
-        dataplane.host_count().unwrap(),
-        HOSTS as usize,
-        "held in the map"
+    // The kernel's fill count and the key walk count independently of the batch read.
+    let count = dataplane.host_count().unwrap();
+    assert_eq!(count.hosts(), u64::from(HOSTS), "held: {count:?}");
+    assert!(
+        count.slots_used > 0 && count.overflow > 0,
+        "both the table and the overflow hold hosts: {count:?}"
     );
     assert_eq!(hosts.len(), HOSTS as usize, "every host once");
     let mut seen = std::collections::HashSet::new();
     for (host, stats) in &hosts {
         let i = u32::try_from(stats.attempts).unwrap();
-        let expected: IpAddr = if i % 2 == 0 {
-            std::net::Ipv4Addr::from(0x6440_0000 + i).into()
-        } else {
-            format!("2001:db8:1000::{:x}:{:x}", i >> 16, i & 0xffff)
-                .parse()
-                .unwrap()
-        };
-        assert_eq!(*host, expected, "host of entry {i}");
+        assert_eq!(*host, address(i), "host of entry {i}");
         assert_eq!(stats.first_seen_ns, u64::from(i) + 1, "values of {host}");
         assert!(seen.insert(i), "{host} read twice");
     }
@@ -350,4 +352,81 @@ fn judged_frames_count_in_their_interfaces_slot() {
     assert_eq!(counts(&dataplane, 5), (0, 0));
     dataplane.release_interface_slot(LOOPBACK).unwrap();
     assert_eq!(dataplane.interface_slots().unwrap(), []);
+}
+
+/// A host table of 2 slots: a slot's holder idle for two sketch epochs gives way to a new
+/// host (the snapshots have its counts), one seen within the last epoch keeps its slot and
+/// the newcomer goes to the overflow map.
+#[test]
+fn an_idle_holder_gives_way_and_an_active_one_keeps_its_slot() {
+    let text = POLICY.replace("hosts = 4096", "hosts = 2");
+    let config = Config::parse(&text, Path::new("test_run.toml")).unwrap();
+    let mut dataplane = Dataplane::with_policy(&config).unwrap();
+    let mx = ip("198.51.100.7");
+    let host = |i: u32| -> IpAddr { std::net::Ipv4Addr::from(0x6440_0100 + i).into() };
+    let slot_of = |dataplane: &Dataplane, address: IpAddr| {
+        let records = dataplane.host_records().unwrap();
+        let mine: Vec<_> = records
+            .hosts
+            .iter()
+            .filter(|record| record.key.address() == address)
+            .map(|record| (record.slot, record.stats.segments))
+            .collect();
+        assert!(mine.len() <= 1, "{address} held twice: {mine:?}");
+        mine.first().copied()
+    };
+    let send = |dataplane: &mut Dataplane, address: IpAddr| {
+        let outcome = dataplane
+            .run_xdp(&FrameSpec::tcp(address, mx, 25, TCP_SYN).build())
+            .unwrap();
+        assert_eq!(outcome.reason, Some(Reason::Dropped), "{address}");
+    };
+
+    // Epoch 1: hosts arrive until both slots are held; the rest go to the overflow.
+    dataplane.set_sketch_epoch(1).unwrap();
+    let mut holders = [None, None];
+    let mut next = 0;
+    while holders.iter().any(Option::is_none) {
+        assert!(next < 64, "64 hosts and a slot still empty: {holders:?}");
+        send(&mut dataplane, host(next));
+        if let Some((Some(slot), _)) = slot_of(&dataplane, host(next)) {
+            holders[slot as usize].get_or_insert(host(next));
+        }
+        next += 1;
+    }
+    let [idle, active] = holders.map(Option::unwrap);
+    // Epoch 2: one holder sends again; epoch 3: the other has been idle for two epochs.
+    dataplane.set_sketch_epoch(2).unwrap();
+    send(&mut dataplane, active);
+    dataplane.set_sketch_epoch(3).unwrap();
+
+    // A new host on the active holder's slot goes to the overflow; one on the idle holder's
+    // slot takes it.
+    let newcomer = |slot: u32, next: &mut u32| loop {
+        assert!(*next < 1024, "no new host hashes to slot {slot}");
+        let candidate = host(*next);
+        *next += 1;
+        if dataplane.host_slot(candidate).unwrap() == slot {
+            break candidate;
+        }
+    };
+    let refused = newcomer(1, &mut next);
+    let taker = newcomer(0, &mut next);
+    send(&mut dataplane, refused);
+    send(&mut dataplane, taker);
+    assert_eq!(slot_of(&dataplane, refused), Some((None, 1)), "refused");
+    assert_eq!(slot_of(&dataplane, taker), Some((Some(0), 1)), "taker");
+    assert_eq!(
+        slot_of(&dataplane, idle),
+        None,
+        "the idle holder gave way (its counts are in the snapshots)"
+    );
+    assert_eq!(
+        slot_of(&dataplane, active),
+        Some((Some(1), 2)),
+        "the active holder keeps its slot and its counts"
+    );
+    // The idle host comes back: a new entry, counted from its first segment again.
+    send(&mut dataplane, idle);
+    assert_eq!(slot_of(&dataplane, idle), Some((None, 1)));
 }

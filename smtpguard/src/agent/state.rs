@@ -240,6 +240,8 @@ impl AgentState {
         let (space4, space6) = per_family_of(desired.subscriber_space().keys());
         let (relay4, relay6) = per_family_of(desired.relays.keys());
         let sources = u64::from(source_capacity(capacity.subscribers, capacity.exemptions));
+        // The host table is an array, full to the kernel: its occupied slots are counted.
+        let hosts = self.dataplane.host_count()?;
         Ok(vec![
             (names::SOURCES_V4, source4, sources),
             (names::SOURCES_V6, source6, sources),
@@ -255,11 +257,8 @@ impl AgentState {
             ),
             (names::RELAYS_V4, relay4, u64::from(capacity.relays)),
             (names::RELAYS_V6, relay6, u64::from(capacity.relays)),
-            (
-                names::HOST_STATS,
-                self.dataplane.host_count()? as u64,
-                u64::from(capacity.hosts),
-            ),
+            (names::HOST_TABLE, hosts.slots_used, hosts.slots),
+            (names::HOST_STATS, hosts.overflow, hosts.overflow_capacity),
         ])
     }
 
@@ -288,8 +287,9 @@ impl AgentState {
         let maps = self.map_fill().unwrap_or_default();
         let tracked_hosts = maps
             .iter()
-            .find(|(name, ..)| *name == names::HOST_STATS)
-            .map_or(0, |m| m.1);
+            .filter(|(name, ..)| [names::HOST_TABLE, names::HOST_STATS].contains(name))
+            .map(|m| m.1)
+            .sum();
         let attached = self
             .enforcement
             .live_attachments()

@@ -172,7 +172,9 @@ pub const KEYS: &[Key] = &[
         table: "capacity",
         name: "hosts",
         default: "1048576",
-        doc: "Subscriber hosts whose attempts are tracked; the least recently seen is evicted.",
+        doc: "Subscriber hosts whose attempts are tracked: the host table's slots, rounded up \
+              to a power of two, plus an overflow map (LRU) a quarter of that size for hosts \
+              whose slot another holds.",
     },
     Key {
         table: "agent",

@@ -33,23 +33,25 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of a (non-per-CPU) hash map. Entries added or removed while it runs may or may
-/// not be seen, as with a key walk.
-pub(super) fn read_hash<K: Pod, V: Pod>(
+/// Hands every entry of a (non-per-CPU) hash map or array to `visit`, a batch at a time, so
+/// a caller keeping few of them (the host table's occupied slots) never holds them all.
+/// Entries added or removed while it runs may or may not be seen, as with a key walk.
+pub(super) fn for_each<K: Pod, V: Pod>(
     map: &MapData,
     name: &'static str,
-) -> Result<Vec<(K, V)>, DataplaneError> {
+    mut visit: impl FnMut(K, V),
+) -> Result<(), DataplaneError> {
     let error = |source: io::Error| DataplaneError::Batch { map: name, source };
     let fd = u32::try_from(map.fd().as_fd().as_raw_fd())
         .map_err(|_| error(io::Error::from_raw_os_error(libc::EBADF)))?;
     let mut keys = vec![MaybeUninit::<K>::uninit(); BATCH_ENTRIES];
     let mut values = vec![MaybeUninit::<V>::uninit(); BATCH_ENTRIES];
-    // Hash maps use a bucket index (u32) as the position token. The kernel reads the position
-    // in before it writes the next one out, so one variable serves both.
+    // Hash maps use a bucket index (u32) as the position token, arrays the next index (u32).
+    // The kernel reads the position in before it writes the next one out, so one variable
+    // serves both.
     let mut position = 0u32;
     // The first call starts at the beginning (no position).
     let mut in_batch = 0;
-    let mut entries = Vec::new();
     loop {
         let mut attr = BatchAttr {
             in_batch,
@@ -68,17 +70,14 @@ pub(super) fn read_hash<K: Pod, V: Pod>(
             Err(failure) => return Err(error(failure)),
         };
         let filled = (attr.count as usize).min(BATCH_ENTRIES);
-        entries.extend(
-            keys[..filled]
-                .iter()
-                .zip(&values[..filled])
-                .map(|(key, value)| {
-                    // SAFETY: the kernel wrote `count` whole keys and values.
-                    unsafe { (key.assume_init_read(), value.assume_init_read()) }
-                }),
-        );
+        for (key, value) in keys[..filled].iter().zip(&values[..filled]) {
+            // SAFETY: the kernel wrote `count` whole keys and values.
+            visit(unsafe { key.assume_init_read() }, unsafe {
+                value.assume_init_read()
+            });
+        }
         if done {
-            return Ok(entries);
+            return Ok(());
         }
         in_batch = (&raw const position) as u64;
     }

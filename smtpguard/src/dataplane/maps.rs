@@ -16,8 +16,7 @@ use smtpguard_common::{
     Reason, RelayFilter, RelayMatch, SourcePolicy, SubscriberPolicy, maps as names,
 };
 
-use super::DataplaneError;
-use super::PinLayout;
+use super::{DataplaneError, PinLayout, hosts::HostsRead};
 use crate::policy::DesiredPolicy;
 
 type Trie<'a, K, V> = LpmTrie<&'a mut MapData, K, V>;
@@ -200,7 +199,8 @@ pub(super) fn map_error(map: &'static str, source: MapError) -> DataplaneError {
 /// The maps that hold the policy: enforced ports, sources (subscriber ranges and exemptions,
 /// compiled together) and relays.
 pub struct PolicyMaps<'a> {
-    enforcement: Array<&'a mut MapData, EnforcementConfig>,
+    /// Read and written as bytes (see `enforcement.rs`).
+    enforcement: &'a mut MapData,
     sources: PrefixTries<'a, SourcePolicy>,
     subscriber_space: PrefixTries<'a, SubscriberPolicy>,
     relays: PrefixTries<'a, PrefixOrigin>,
@@ -231,8 +231,17 @@ impl<'a> PolicyMaps<'a> {
             names::RELAY_FILTER,
             names::POLICY_GENERATION,
         ]);
+        let enforcement = match enforcement {
+            Some(aya::maps::Map::Array(data)) => data,
+            _ => {
+                return Err(DataplaneError::Missing {
+                    kind: "map",
+                    name: names::ENFORCEMENT,
+                });
+            }
+        };
         Ok(Self {
-            enforcement: typed(enforcement, names::ENFORCEMENT)?,
+            enforcement,
             sources: PrefixTries::new(source4, source6, [names::SOURCES_V4, names::SOURCES_V6])?,
             subscriber_space: PrefixTries::new(
                 space4,
@@ -363,14 +372,14 @@ impl<'a> PolicyMaps<'a> {
         self.write_relay_filter(desired)?;
         self.relays
             .remove_stale(&relays, &desired.relays, &mut report)?;
-        let current = self
-            .enforcement
-            .get(&0, 0)
-            .map_err(|source| map_error(names::ENFORCEMENT, source))?;
-        if current != desired.enforcement {
-            self.enforcement
-                .set(0, desired.enforcement, 0)
-                .map_err(|source| map_error(names::ENFORCEMENT, source))?;
+        let current = super::enforcement::read(self.enforcement)?;
+        // The host table's place is the loader's, not the policy's.
+        let wanted = EnforcementConfig {
+            host_table: current.host_table,
+            ..desired.enforcement
+        };
+        if current != wanted {
+            super::enforcement::write(self.enforcement, &wanted)?;
             report.updated += 1;
         }
         advance_generation(&mut self.generation)?;
@@ -441,16 +450,6 @@ pub(super) fn reason_totals(
     Ok(totals)
 }
 
-pub(super) fn count_hosts(ebpf: &Ebpf) -> Result<usize, DataplaneError> {
-    let hosts = host_map(ebpf)?;
-    let mut count = 0;
-    for key in hosts.keys() {
-        key.map_err(|source| map_error(names::HOST_STATS, source))?;
-        count += 1;
-    }
-    Ok(count)
-}
-
 /// What one host is, as the program reads it from its configuration: escalations are keyed
 /// the same way.
 pub(super) fn host_mask(ebpf: &Ebpf) -> Result<HostMask, DataplaneError> {
@@ -460,13 +459,13 @@ pub(super) fn host_mask(ebpf: &Ebpf) -> Result<HostMask, DataplaneError> {
             kind: "map",
             name: names::ENFORCEMENT,
         })?;
-    let config: Array<&MapData, EnforcementConfig> = map
-        .try_into()
-        .map_err(|source| map_error(names::ENFORCEMENT, source))?;
-    config
-        .get(&0, 0)
-        .map(|config| config.host_mask)
-        .map_err(|source| map_error(names::ENFORCEMENT, source))
+    match map {
+        aya::maps::Map::Array(data) => Ok(super::enforcement::read(data)?.host_mask),
+        _ => Err(DataplaneError::Missing {
+            kind: "map",
+            name: names::ENFORCEMENT,
+        }),
+    }
 }
 
 pub(super) fn overrides(
@@ -482,64 +481,37 @@ pub(super) fn overrides(
         .map_err(|source| map_error(names::HOST_OVERRIDES, source))
 }
 
-fn host_map(ebpf: &Ebpf) -> Result<HashMap<&MapData, HostKey, HostStats>, DataplaneError> {
-    let map = ebpf.map(names::HOST_STATS).ok_or(DataplaneError::Missing {
-        kind: "map",
-        name: names::HOST_STATS,
-    })?;
-    map.try_into()
-        .map_err(|source| map_error(names::HOST_STATS, source))
-}
-
-pub(super) fn insert_hosts(
-    ebpf: &mut Ebpf,
-    hosts: impl IntoIterator<Item = (HostKey, HostStats)>,
-) -> Result<usize, DataplaneError> {
-    let map = ebpf
-        .map_mut(names::HOST_STATS)
-        .ok_or(DataplaneError::Missing {
-            kind: "map",
-            name: names::HOST_STATS,
-        })?;
-    let mut map: HashMap<&mut MapData, HostKey, HostStats> = map
-        .try_into()
-        .map_err(|source| map_error(names::HOST_STATS, source))?;
-    let mut count = 0;
-    for (key, stats) in hosts {
-        map.insert(key, stats, 0)
-            .map_err(|source| map_error(names::HOST_STATS, source))?;
-        count += 1;
-    }
-    Ok(count)
-}
-
-pub(super) fn read_hosts(ebpf: &Ebpf) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
-    let hosts = host_map(ebpf)?;
-    let entries = super::batch::read_hash::<HostKey, HostStats>(hosts.map(), names::HOST_STATS)?;
-    Ok(entries
-        .into_iter()
-        .map(|(key, stats)| (key.address(), stats))
-        .collect())
-}
-
-/// The per-host statistics and the sketch epoch, opened from their pins: the snapshotter's
-/// own handles, so reading a million hosts never waits for (or holds) the agent's state.
+/// The per-host statistics (host table, overflow map) and the sketch epoch, opened from
+/// their pins: the snapshotter's own handles, so reading a million hosts never waits for (or
+/// holds) the agent's state.
 pub struct PinnedHostStats {
-    hosts: HashMap<MapData, HostKey, HostStats>,
+    table: MapData,
+    overflow: HashMap<MapData, HostKey, HostStats>,
+    enforcement: MapData,
     epoch: Array<MapData, u32>,
 }
 
 impl PinnedHostStats {
     pub fn open(layout: &PinLayout) -> Result<Self, DataplaneError> {
+        let pinned =
+            |name| MapData::from_pin(layout.map(name)).map_err(|source| map_error(name, source));
         Ok(Self {
-            hosts: open_pinned(layout, names::HOST_STATS)?,
+            table: pinned(names::HOST_TABLE)?,
+            overflow: open_pinned(layout, names::HOST_STATS)?,
+            enforcement: pinned(names::ENFORCEMENT)?,
             epoch: open_pinned(layout, names::SKETCH_EPOCH)?,
         })
     }
 
-    /// Every tracked host and its statistics.
-    pub fn read_all(&self) -> Result<Vec<(HostKey, HostStats)>, DataplaneError> {
-        super::batch::read_hash(self.hosts.map(), names::HOST_STATS)
+    /// Every tracked host and its statistics, `epoch` being the sketch epoch now running.
+    pub fn read_all(&self, epoch: u32) -> Result<HostsRead, DataplaneError> {
+        let params = super::enforcement::read(&self.enforcement)?.host_table;
+        super::hosts::read(&self.table, self.overflow.map(), params, epoch)
+    }
+
+    /// Removes overflow entries a read found removable, once it is recorded.
+    pub fn remove_overflow(&mut self, keys: &[HostKey]) -> Result<(), DataplaneError> {
+        super::hosts::remove(&mut self.overflow, keys)
     }
 
     /// Starts a new sketch epoch (see `HostStats::sketch_epoch`).

@@ -2,6 +2,8 @@
 //! capacities, install the policy into its maps, attach it, run frames through it.
 
 mod batch;
+mod enforcement;
+mod hosts;
 mod interface_counters;
 pub mod interfaces;
 mod links;
@@ -19,10 +21,13 @@ use aya::{
     },
 };
 use smtpguard_common::{
-    HostKey, HostOverride, HostStats, InterfaceSlot, Mode, REASON_COUNT, Reason, maps as names,
+    HostKey, HostOverride, HostStats, InterfaceSlot, Mode, REASON_COUNT, Reason,
+    host_table::table_slots,
+    maps::{self as names, host_overflow_capacity},
 };
 
 pub use self::{
+    hosts::{HostCount, HostRecord, HostsRead},
     links::HeldLinks,
     maps::{KernelMatch, PinnedHostStats, PolicyMaps, ReconcileReport, host_address},
     pins::{
@@ -210,13 +215,18 @@ impl Dataplane {
             .map_max_entries(names::SUBSCRIBER_SPACE_V6, capacity.subscribers)
             .map_max_entries(names::RELAYS_V4, capacity.relays)
             .map_max_entries(names::RELAYS_V6, capacity.relays)
-            .map_max_entries(names::HOST_STATS, capacity.hosts);
+            .map_max_entries(names::HOST_TABLE, table_slots(capacity.hosts))
+            .map_max_entries(names::HOST_STATS, host_overflow_capacity(capacity.hosts));
+        // A table pinned before this load keeps its hosts where its seed put them.
+        let mut table_reused = false;
         if let Some(layout) = pins {
+            table_reused = layout.map(names::HOST_TABLE).exists();
             for name in pins::PINNED_MAPS {
                 loader.map_pin_path(name, layout.map(name));
             }
         }
         let mut ebpf = loader.load(object)?;
+        hosts::place_table(&mut ebpf, !table_reused)?;
         program_mut::<Xdp>(&mut ebpf, XDP_PROGRAM)?
             .load()
             .map_err(|source| program_error("loading", XDP_PROGRAM, source))?;
@@ -373,13 +383,14 @@ impl Dataplane {
         Ok(fd.as_fd())
     }
 
-    /// Writes host statistics entries directly, one map update each (benchmarks pre-fill the
-    /// map to its production size this way); returns how many were written.
+    /// Writes host statistics entries directly, one map update each, where the kernel would
+    /// place them: a free slot of the host table, else the overflow map (benchmarks pre-fill
+    /// the table to its production size this way). Returns how many were written.
     pub fn insert_hosts(
         &mut self,
         hosts: impl IntoIterator<Item = (HostKey, HostStats)>,
     ) -> Result<usize, DataplaneError> {
-        maps::insert_hosts(&mut self.ebpf, hosts)
+        hosts::insert(&mut self.ebpf, hosts)
     }
 
     /// Runs one frame through the TC entry point (`__sk_buff` test run); returns the TC action.
@@ -520,14 +531,33 @@ impl Dataplane {
         maps::advance_policy_generation(&mut self.ebpf)
     }
 
-    /// How many hosts the statistics map tracks (walks the keys only).
-    pub fn host_count(&self) -> Result<usize, DataplaneError> {
-        maps::count_hosts(&self.ebpf)
+    /// How many hosts the host table and its overflow map hold (the table's from the kernel's
+    /// count of occupied slots, the overflow's by walking its keys).
+    pub fn host_count(&self) -> Result<HostCount, DataplaneError> {
+        hosts::count(&self.ebpf)
     }
 
-    /// Every tracked host with its statistics.
+    /// Every tracked host with its statistics (a host in a slot and in the overflow map with
+    /// both counts added).
     pub fn hosts(&self) -> Result<Vec<(IpAddr, HostStats)>, DataplaneError> {
-        maps::read_hosts(&self.ebpf)
+        Ok(self
+            .host_records()?
+            .hosts
+            .iter()
+            .map(|record| (record.key.address(), record.merged()))
+            .collect())
+    }
+
+    /// The host table's slot for the host `address` belongs to (which may hold another).
+    pub fn host_slot(&self, address: IpAddr) -> Result<u32, DataplaneError> {
+        let key = maps::host_mask(&self.ebpf)?.key(address);
+        let params = hosts::params(&self.ebpf)?;
+        Ok(params.slot(params.fold(&key)))
+    }
+
+    /// Every tracked host as the kernel holds it: slot holders first, then overflow entries.
+    pub fn host_records(&self) -> Result<HostsRead, DataplaneError> {
+        hosts::read_loaded(&self.ebpf)
     }
 }
 

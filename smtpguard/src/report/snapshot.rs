@@ -13,7 +13,7 @@ use smtpguard_common::{HostStats, sketch::SKETCH_REGISTERS};
 use super::{Class, Grouping, ReportOptions, ReportRow};
 use crate::{
     config::Config,
-    dataplane::{DataplaneError, PinLayout, PinnedHostStats},
+    dataplane::{DataplaneError, HostRecord, PinLayout, PinnedHostStats},
     store::{HostCursor, HostInterval, SnapshotState, Store, StoreError},
 };
 
@@ -64,10 +64,11 @@ impl Snapshotter {
     pub fn take(&mut self, now: SystemTime) -> Result<SnapshotReport, SnapshotError> {
         let started = Instant::now();
         let clock = KernelClock::now(now);
-        let entries = self.kernel.read_all()?;
-        let mut cursors = HashMap::with_capacity(entries.len());
+        let read = self.kernel.read_all(self.state.epoch)?;
+        let mut cursors = HashMap::with_capacity(read.hosts.len());
         let mut intervals = Vec::new();
-        for (key, stats) in &entries {
+        for record in &read.hosts {
+            let (key, stats) = (record.key, &record.stats);
             let base = match self.cursors.get(&key.addr) {
                 // The same kernel entry as last time: count what it added since.
                 Some(cursor)
@@ -79,11 +80,13 @@ impl Snapshotter {
                 // New, or evicted and seen again: everything it holds is new.
                 _ => HostCursor::default(),
             };
+            // The cursor follows the host's own entry; a duplicate overflow entry is counted
+            // whole in this interval and removed below, so it is never counted again.
             cursors.insert(key.addr, cursor_of(stats));
-            if stats.segments == base.segments {
+            if stats.segments == base.segments && record.duplicate.is_none() {
                 continue;
             }
-            intervals.push(self.interval(key.addr, stats, &base, &clock, now));
+            intervals.push(self.interval(key.addr, record, &base, &clock, now));
         }
         let next = SnapshotState {
             epoch: self.state.epoch.wrapping_add(1),
@@ -92,10 +95,12 @@ impl Snapshotter {
         // The sketches of this interval have been read: the next interval starts empty.
         self.kernel.set_epoch(next.epoch)?;
         self.store.record_snapshot(&intervals, &cursors, next)?;
+        // Recorded: duplicates and idle overflow entries may go.
+        self.kernel.remove_overflow(&read.removable)?;
         self.cursors = cursors;
         self.state = next;
         Ok(SnapshotReport {
-            hosts_read: entries.len(),
+            hosts_read: read.hosts.len(),
             intervals_written: intervals.len(),
             elapsed: started.elapsed(),
         })
@@ -132,14 +137,21 @@ impl Snapshotter {
         Ok(self.store.prune_history(before)?)
     }
 
+    /// The interval of `record` since `base`, its cursor of the last snapshot; a duplicate
+    /// overflow entry's counts are added whole (see [`HostRecord::duplicate`]).
     fn interval(
         &self,
         host: [u8; 16],
-        stats: &HostStats,
+        record: &HostRecord,
         base: &HostCursor,
         clock: &KernelClock,
         now: SystemTime,
     ) -> HostInterval {
+        let mut stats = record.stats;
+        stats.attempts = stats.attempts.saturating_sub(base.attempts);
+        stats.segments -= base.segments;
+        stats.dropped = stats.dropped.saturating_sub(base.dropped);
+        let stats = HostRecord { stats, ..*record }.merged();
         // The store keeps milliseconds: compare there, so a snapshot right after the last one
         // still has an end after its start.
         let start = whole_millis(self.state.last.min(now));
@@ -157,9 +169,9 @@ impl Snapshotter {
             end,
             first_seen: clock.wall(stats.first_seen_ns).clamp(start, end),
             last_seen: clock.wall(stats.last_seen_ns).clamp(start, end),
-            attempts: stats.attempts.saturating_sub(base.attempts),
-            segments: stats.segments - base.segments,
-            dropped: stats.dropped.saturating_sub(base.dropped),
+            attempts: stats.attempts,
+            segments: stats.segments,
+            dropped: stats.dropped,
             sketch,
             exact_destinations,
             last_dst: stats.last_dst,

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             seed: args.seed,
             frames: args.frames,
             attach,
+            host_capacity: smtpguard_tests::differential::HOST_CAPACITY,
         };
         let mut next_progress = 100_000;
         let report = run_round(config, |report| {

@@ -347,7 +347,7 @@ pub fn run(config: &Config, quick: bool, frame: &[u8]) -> Result<EndToEnd> {
         let dropped = xdp_drops(&lab.gateway)? - dropped_before;
         let row = result(mix.name(), Sender::Trafgen, &sent, dropped);
         eprintln!(
-            "  {}: {:.0} dropped/s, {:.3} gateway CPU s per M dropped, {} hosts in the map",
+            "  {}: {:.0} dropped/s, {:.3} gateway CPU s per M dropped, hosts tracked: {:?}",
             mix.name(),
             row.dropped_per_s,
             row.cpu_s_per_mdrop,

@@ -164,7 +164,8 @@ struct Scale {
     subscribers: u32,
     exemptions: u32,
     hosts: u32,
-    /// Hosts the statistics map holds after the fill (an LRU map may evict a few early).
+    /// Hosts the host table and its overflow map hold after the fill (the overflow, an LRU
+    /// map, may evict a few early).
     hosts_in_map: usize,
     fill_subscribers_s: f64,
     fill_exemptions_s: f64,
@@ -558,10 +559,13 @@ fn fill_large(
     let started = Instant::now();
     dataplane.insert_hosts(hosts)?;
     let fill_hosts_s = started.elapsed().as_secs_f64();
-    let hosts_in_map = dataplane.host_count()?;
+    let count = dataplane.host_count()?;
+    let hosts_in_map = count.hosts() as usize;
     eprintln!(
         "filled in {fill_subscribers_s:.2} s (subscribers) + {fill_exemptions_s:.2} s \
-         (exemptions) + {fill_hosts_s:.2} s (hosts; {hosts_in_map} in the map)"
+         (exemptions) + {fill_hosts_s:.2} s (hosts; {hosts_in_map} tracked, {} of them in \
+         the table's {} slots)",
+        count.slots_used, count.slots
     );
     Ok((
         dataplane,
@@ -707,7 +711,7 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         (HostKey::from_v4(v4.octets()), stats)
     });
     dataplane.insert_hosts(hosts)?;
-    let in_map = dataplane.host_count()?;
+    let in_map = dataplane.host_count()?.hosts() as usize;
 
     let mut snapshotter = Snapshotter::open(&scratch.layout, &scratch.state_dir)?;
     let now = SystemTime::now();
