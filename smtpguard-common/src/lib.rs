@@ -14,7 +14,7 @@ pub mod sketch;
 pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
 pub use interface::InterfaceSlot;
 pub use policy::{
-    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, RelayFilter, SourcePolicy,
-    SubscriberPolicy, UnparseableAction,
+    Action, EnforcementConfig, HostOverride, Limit, Mode, Origin, PrefixOrigin, RelayFilter,
+    ReplyScratch, SourcePolicy, SubscriberPolicy, UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};

@@ -3,7 +3,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use smtpguard_common::{
-    CachedClass, EnforcementConfig, HostKey, HostStats, Reason, SourceClass, SourcePolicy,
+    Action, CachedClass, EnforcementConfig, HostKey, HostStats, Limit, Reason, SourceClass,
+    SourcePolicy,
 };
 
 use crate::{
@@ -30,11 +31,13 @@ pub struct Decision {
 }
 
 /// The host a judged segment came from: its statistics entry, if it has one yet (looked up
-/// once, for the cached class and the update both), and its class in this generation.
+/// once, for the cached class and the update both), its class and action in this
+/// generation, and the limit of the action's bucket.
 pub struct TrackedHost {
     pub key: HostKey,
     pub stats: Option<*mut HostStats>,
     pub class: CachedClass,
+    pub limit: Limit,
 }
 
 impl Decision {
@@ -80,10 +83,14 @@ pub fn decide(packet: &Packet) -> Decision {
         Addresses::V6 { src, .. } => config.host_mask.key_v6(src),
     };
     let stats = HOST_STATS.get_ptr_mut(key);
-    // SAFETY: a pointer into the map value, valid for this program run; one aligned word.
-    let cached =
-        stats.and_then(|stats| CachedClass(unsafe { (*stats).cached_class }).get(generation));
-    let Some(class) = cached.or_else(|| classify(&packet.addresses, key)) else {
+    // SAFETY: a pointer into the map value, valid for this program run; aligned words.
+    let cached = stats.and_then(|stats| {
+        let cached = CachedClass(unsafe { (*stats).cached_class });
+        let class = cached.get(generation)?;
+        let limit = Limit::from_word(unsafe { (*stats).cached_limit });
+        Some((class, cached.action(), limit))
+    });
+    let Some((class, action, limit)) = cached.or_else(|| classify(&packet.addresses, key)) else {
         return Decision::untracked(not_subscriber(judged));
     };
     let reason = match class {
@@ -96,7 +103,8 @@ pub fn decide(packet: &Packet) -> Decision {
         host: Some(TrackedHost {
             key,
             stats,
-            class: CachedClass::new(generation, class),
+            class: CachedClass::new(generation, class, action),
+            limit,
         }),
     }
 }
@@ -119,6 +127,10 @@ fn not_subscriber(judged: Judged) -> Reason {
     }
 }
 
+/// An enforced host's frame. A segment's `Dropped` is provisional for a `reject` or
+/// `ratelimit` host: its action, the TCP flags and its bucket have the last word where its
+/// statistics are recorded (`stats::record_host`). Not here: a branch on the action this
+/// early would make the verifier walk all the statistics code once per outcome.
 #[inline(always)]
 fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
     match judged {
@@ -129,17 +141,23 @@ fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
     }
 }
 
-/// What the policy makes of a source: `None` outside every subscriber range.
+/// What the policy makes of a source, with its range's action and limit: `None` outside
+/// every subscriber range. An escalated host of a monitor-mode range takes its range's action.
 #[inline(always)]
-fn classify(addresses: &Addresses, key: HostKey) -> Option<SourceClass> {
+fn classify(addresses: &Addresses, key: HostKey) -> Option<(SourceClass, Action, Limit)> {
     let source = source(addresses).filter(|s| s.subscriber.is_subscriber())?;
-    Some(if source.is_exempt() {
+    let class = if source.is_exempt() {
         SourceClass::Exempt
     } else if source.subscriber.is_monitor() && !is_escalated(key) {
         SourceClass::Monitored
     } else {
         SourceClass::Enforced
-    })
+    };
+    Some((
+        class,
+        Action::from_u32(source.subscriber.action),
+        source.subscriber.limit,
+    ))
 }
 
 /// The subscriber range and exemption state of the source, from one lookup.

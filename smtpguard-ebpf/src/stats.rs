@@ -1,14 +1,14 @@
 //! Counting: one per-CPU counter per reason for every frame, and per-host statistics for
 //! subscriber hosts that reach the policy.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
 use smtpguard_common::{
-    HostStats, InterfaceSlot, Reason, Verdict,
+    Action, HostStats, InterfaceSlot, Limit, Reason, Verdict,
     host::ipv4_mapped,
     interface::interface_counter,
     sketch,
@@ -19,6 +19,7 @@ use crate::{
     COUNTERS, HOST_STATS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH,
     decide::TrackedHost,
     parse::{Addresses, Packet, Transport},
+    reply,
 };
 
 const TCP_SYN: u8 = 0x02;
@@ -44,16 +45,18 @@ pub fn count_interface(ifindex: u32, reason: Reason) {
     }
 }
 
+/// Records the segment in its host's statistics and returns its final reason: a provisional
+/// `Dropped` segment (see `decide::enforce`) gets its host's action.
 #[inline(always)]
-pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
+pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason {
     let dst = match packet.addresses {
         Addresses::V4 { dst, .. } => ipv4_mapped(dst),
         Addresses::V6 { dst, .. } => dst,
     };
     let (dst_port, attempt) = match packet.transport {
-        Transport::Tcp { dst_port, flags } => {
-            (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0)
-        }
+        Transport::Tcp {
+            dst_port, flags, ..
+        } => (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0),
         _ => (0, false),
     };
     // SAFETY: a helper without arguments, which the verifier inlines into a load of
@@ -70,7 +73,8 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
             let _ = HOST_STATS.insert(host.key, first, BPF_NOEXIST as u64);
             match HOST_STATS.get_ptr_mut(host.key) {
                 Some(stats) => stats,
-                None => return,
+                // Fail closed: without a bucket there is no reply and no SYN above a limit.
+                None => return reason,
             }
         }
     };
@@ -86,20 +90,14 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
             && (*stats).sketch_epoch == epoch
             && same_address(&(*stats).last_dst, &dst);
         add(&raw mut (*stats).segments, 1);
-        if attempt {
-            add(&raw mut (*stats).attempts, 1);
-        }
-        if reason.verdict() == Verdict::Drop {
-            add(&raw mut (*stats).dropped, 1);
-        }
         if (*stats).last_seen_jiffies != jiffies {
             (*stats).last_seen_ns = clock_ns();
             (*stats).last_seen_jiffies = jiffies;
         }
         (*stats).last_dst = dst;
         (*stats).last_dst_port = dst_port;
-        (*stats).last_reason = reason as u16;
         (*stats).cached_class = host.class.0;
+        (*stats).cached_limit = host.limit.to_word();
         if (*stats).sketch_epoch != epoch {
             // A new snapshot interval: this host's sketch starts empty.
             clear_destinations(stats);
@@ -115,6 +113,76 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
                 *register = rank;
             }
         }
+        // Last, what depends on the reason: the verifier walks the code after each branch on
+        // it once per reason, and this part is short.
+        let reason = if reason == Reason::Dropped {
+            act(stats, &host, attempt)
+        } else {
+            reason
+        };
+        if attempt {
+            add(&raw mut (*stats).attempts, 1);
+        }
+        if reason.verdict() != Verdict::Pass {
+            add(&raw mut (*stats).dropped, 1);
+        }
+        (*stats).last_reason = reason as u16;
+        reason
+    }
+}
+
+/// An enforced segment's reason by its host's action. A connection attempt of a `reject` or
+/// `ratelimit` host takes a token from the host's bucket: `Rejected` (answered) or
+/// `WithinRate` (passed) with one, `Dropped` or `RateLimited` without. A `reject` host's other
+/// segments are dropped (nothing else of a connection waits for an answer), a `ratelimit`
+/// host's pass.
+#[inline(always)]
+unsafe fn act(stats: *mut HostStats, host: &TrackedHost, attempt: bool) -> Reason {
+    let action = host.class.action();
+    match action {
+        Action::Drop => Reason::Dropped,
+        Action::RateLimit if !attempt => Reason::WithinRate,
+        Action::Reset | Action::IcmpProhibited if !attempt => Reason::Dropped,
+        // SAFETY: the caller passes a pointer into a map value, valid for this program run.
+        _ => unsafe {
+            let replies = action.replies();
+            if take_token(stats, host.limit) {
+                if replies {
+                    add32(&raw mut (*stats).replies, 1);
+                    reply::prepare(action);
+                    Reason::Rejected
+                } else {
+                    Reason::WithinRate
+                }
+            } else {
+                add32(&raw mut (*stats).limited, 1);
+                if replies {
+                    Reason::Dropped
+                } else {
+                    Reason::RateLimited
+                }
+            }
+        },
+    }
+}
+
+/// Takes a token from the host's bucket at the last-seen time (a jiffy's resolution). One
+/// compare-and-exchange: a CPU that loses the race to another takes no token, so CPUs
+/// together never take more than the bucket holds.
+#[inline(always)]
+unsafe fn take_token(stats: *mut HostStats, limit: Limit) -> bool {
+    // SAFETY: the caller passes a pointer into a map value, 8-byte aligned by `HostStats`.
+    unsafe {
+        let tat = core::ptr::read_volatile(&raw const (*stats).bucket_tat_ns);
+        let Some(next) = limit.admit(tat, (*stats).last_seen_ns) else {
+            return false;
+        };
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            &raw mut (*stats).bucket_tat_ns,
+            tat,
+            next,
+        )
+        .1
     }
 }
 
@@ -171,4 +239,10 @@ fn clock_ns() -> u64 {
 unsafe fn add(counter: *mut u64, n: u64) {
     // SAFETY: the caller passes a pointer into a map value, 8-byte aligned by `HostStats`.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+#[inline(always)]
+unsafe fn add32(counter: *mut u32, n: u32) {
+    // SAFETY: the caller passes a pointer into a map value, 4-byte aligned by `HostStats`.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, n) };
 }

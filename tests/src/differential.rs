@@ -55,6 +55,7 @@ impl Harness {
             ports: Vec::new(),
             unparseable: smtpguard_common::UnparseableAction::Drop,
             subscribers: Vec::new(),
+            actions: Default::default(),
             relays: Vec::new(),
             exemptions: Vec::new(),
             escalated: Default::default(),
