@@ -366,17 +366,22 @@ impl Dataplane {
     /// Runs one frame through the XDP entry point with `BPF_PROG_TEST_RUN` and reports the
     /// action and the reason counter it moved.
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<FrameOutcome, DataplaneError> {
+        self.run_xdp_traced(frame).map(|(outcome, _)| outcome)
+    }
+
+    /// [`run_xdp`](Self::run_xdp), with the frame as the program left it: for `XDP_TX`, the
+    /// reply it sends back.
+    pub fn run_xdp_traced(
+        &mut self,
+        frame: &[u8],
+    ) -> Result<(FrameOutcome, Vec<u8>), DataplaneError> {
         let before = self.counters()?;
-        let action = test_run(
-            program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?,
-            XDP_PROGRAM,
-            frame,
-        )?;
+        let (action, out) = self.run_xdp_out(frame)?;
         let after = self.counters()?;
         let reason = Reason::ALL
             .into_iter()
             .find(|reason| after[*reason as usize] != before[*reason as usize]);
-        Ok(FrameOutcome { action, reason })
+        Ok((FrameOutcome { action, reason }, out))
     }
 
     /// Runs one frame through the XDP entry point and returns the action with the frame as
