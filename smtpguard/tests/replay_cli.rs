@@ -267,7 +267,11 @@ fn rejected_frames_show_tx_and_their_replies_are_written_to_a_pcap() {
         "{stdout}"
     );
     let mut reader = pcap_file::pcap::PcapReader::new(File::open(&replies).unwrap()).unwrap();
-    let reply = reader.next_packet().expect("one reply").unwrap().into_owned();
+    let reply = reader
+        .next_packet()
+        .expect("one reply")
+        .unwrap()
+        .into_owned();
     assert!(reader.next_packet().is_none(), "only one reply");
     assert_eq!(reply.timestamp, Duration::from_millis(1), "frame 1's reply");
     // A reset: Ethernet, IPv4 of 40 bytes from the MX back to the bot, TCP RST+ACK.

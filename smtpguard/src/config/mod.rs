@@ -1901,6 +1901,121 @@ mod tests {
     }
 
     #[test]
+    fn actions_take_their_settings() {
+        let config = parse(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "action = \"reject\"",
+            "[[subscribers]]",
+            "prefix = \"100.65.0.0/16\"",
+            "action = \"reject\"",
+            "reject_with = \"icmp-admin-prohibited\"",
+            "rate = 3",
+            "per = \"10s\"",
+            "[[subscribers]]",
+            "prefix = \"100.66.0.0/16\"",
+            "mode = \"monitor\"",
+            "action = \"ratelimit\"",
+            "rate = 10",
+            "per = \"1h\"",
+            "[[subscribers]]",
+            "prefix = \"100.67.0.0/16\"",
+        ])
+        .unwrap();
+        let actions: Vec<_> = config.subscribers.iter().map(|s| s.action).collect();
+        assert_eq!(
+            actions,
+            [
+                EnforceAction::Reject {
+                    with: RejectWith::TcpReset,
+                    limit: EnforceAction::DEFAULT_REPLY_LIMIT,
+                },
+                EnforceAction::Reject {
+                    with: RejectWith::IcmpAdminProhibited,
+                    limit: Limit {
+                        rate: 3,
+                        per_secs: 10,
+                    },
+                },
+                EnforceAction::RateLimit {
+                    limit: Limit {
+                        rate: 10,
+                        per_secs: 3600,
+                    },
+                },
+                EnforceAction::Drop,
+            ]
+        );
+        assert_eq!(
+            actions[1].kernel(),
+            (
+                Action::IcmpProhibited,
+                Limit {
+                    rate: 3,
+                    per_secs: 10
+                }
+            )
+        );
+        assert_eq!(
+            actions[2].describe(),
+            "ratelimit (at most 10 connection attempts per 1h per host, then drop)"
+        );
+    }
+
+    #[test]
+    fn action_settings_are_checked_with_their_location() {
+        let entry = |lines: &[&str]| {
+            let mut all = vec!["[[subscribers]]", "prefix = \"100.64.0.0/10\""];
+            all.extend_from_slice(lines);
+            reject(&all)
+        };
+        let err = entry(&["action = \"block\""]);
+        assert_message(&err, 3, 10, &["`block`", "`drop`, `reject`", "`ratelimit`"]);
+        let err = entry(&["action = \"ratelimit\"", "rate = 10"]);
+        assert_message(
+            &err,
+            3,
+            10,
+            &["subscribers.action", "\"ratelimit\"", "rate and per"],
+        );
+        let err = entry(&["action = \"ratelimit\"", "rate = 0", "per = \"1h\""]);
+        assert_message(
+            &err,
+            4,
+            8,
+            &["subscribers.rate = \"0\"", "from 1 to 1000000"],
+        );
+        let err = entry(&["action = \"reject\"", "per = \"soon\""]);
+        assert_message(&err, 4, 7, &["subscribers.per = \"soon\"", "a duration"]);
+        let err = entry(&["action = \"reject\"", "per = \"30days\""]);
+        assert_message(&err, 4, 7, &["subscribers.per", "30days", "1s to 7days"]);
+        let err = entry(&["rate = 5"]);
+        assert_message(
+            &err,
+            3,
+            8,
+            &[
+                "subscribers.rate = \"5\"",
+                "no rate or per with action = \"drop\"",
+            ],
+        );
+        let err = entry(&["action = \"ratelimit\"", "reject_with = \"tcp-reset\""]);
+        assert_message(
+            &err,
+            4,
+            15,
+            &["subscribers.reject_with", "unless action = \"reject\""],
+        );
+        let err = entry(&["action = \"reject\"", "reject_with = \"icmp\""]);
+        assert_message(
+            &err,
+            4,
+            15,
+            &["`icmp`", "`tcp-reset`", "`icmp-admin-prohibited`"],
+        );
+    }
+
+    #[test]
     fn unknown_unparseable_action_is_rejected() {
         let err = reject(&[
             "[enforcement]",
