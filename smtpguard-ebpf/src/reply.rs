@@ -55,9 +55,10 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PKT_FILTERED: u8 = 13;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_ADM_PROHIBITED: u8 = 1;
-/// Van Jacobson uncompressed TCP over PPP: its IP header's protocol byte is a slot number,
-/// so the PPP protocol field would have to change too; such a SYN is dropped unanswered.
+/// Van Jacobson uncompressed TCP over PPP (the protocol field's last byte): the reply is a
+/// plain IP packet, so its PPP protocol becomes IPv4's.
 const PPP_VJ_UNCOMPRESSED: u8 = 0x2f;
+const PPP_IPV4: u8 = 0x21;
 
 /// An answer built from the IP header on (in this CPU's scratch entry), and where it goes in
 /// the frame.
@@ -66,6 +67,8 @@ pub struct Reply {
     len: usize,
     ip_offset: usize,
     pppoe_offset: usize,
+    /// The SYN came as Van Jacobson uncompressed TCP.
+    vj: bool,
 }
 
 /// Remembers the action of the host whose SYN is about to be answered, for the reply
@@ -94,10 +97,8 @@ pub fn build(frame: Frame, link: Link) -> Option<Reply> {
     if packet.ip_offset > MAX_IP_OFFSET || tcp > 4096 {
         return None;
     }
-    if packet.pppoe_offset != 0 && frame.bytes::<1>(packet.ip_offset - 1)?[0] == PPP_VJ_UNCOMPRESSED
-    {
-        return None;
-    }
+    let vj = packet.pppoe_offset != 0
+        && frame.bytes::<1>(packet.ip_offset - 1)?[0] == PPP_VJ_UNCOMPRESSED;
     let ports = frame.bytes::<4>(tcp)?;
     let seq = u32::from_be_bytes(frame.bytes::<4>(tcp + 4)?);
     // Whatever the last answer left: cleared in words, as `clear_destinations` does.
@@ -112,6 +113,7 @@ pub fn build(frame: Frame, link: Link) -> Option<Reply> {
         len: 0,
         ip_offset: packet.ip_offset,
         pppoe_offset: packet.pppoe_offset,
+        vj,
     };
     match (action, packet.addresses) {
         (Action::IcmpProhibited, Addresses::V4 { src, dst }) => {
@@ -296,6 +298,16 @@ fn write(reply: &Reply, start: usize, end: usize, ethernet: bool) -> Option<()> 
         let field = (start + length_at) as *mut [u8; 2];
         // SAFETY: inside the frame (checked above).
         unsafe { core::ptr::write_unaligned(field, length.to_be_bytes()) };
+    }
+    if reply.vj {
+        // The protocol field ends right before the IP header, one or two bytes long.
+        let last = (reply.ip_offset & (MAX_IP_OFFSET - 1)).checked_sub(1)?;
+        // Needed by the verifier.
+        if start + last + 1 > end {
+            return None;
+        }
+        // SAFETY: inside the frame (checked above).
+        unsafe { *((start + last) as *mut u8) = PPP_IPV4 };
     }
     Some(())
 }

@@ -120,12 +120,12 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason
         } else {
             reason
         };
-        if attempt {
-            add(&raw mut (*stats).attempts, 1);
-        }
-        if reason.verdict() != Verdict::Pass {
-            add(&raw mut (*stats).dropped, 1);
-        }
+        // Without branches: each would have the verifier walk what follows once more.
+        add(&raw mut (*stats).attempts, attempt as u64);
+        add(
+            &raw mut (*stats).dropped,
+            (reason.verdict() != Verdict::Pass) as u64,
+        );
         (*stats).last_reason = reason as u16;
         reason
     }

@@ -41,22 +41,6 @@ fn refuses(attach: Attach, reject_with: &str, expected: [&str; 2]) {
     let lab = GatewayLab::new().unwrap_or_else(|e| panic!("building the lab: {e:#}"));
     let _servers = Servers::start(&lab.internet, &[SMTP])
         .unwrap_or_else(|e| panic!("starting the internet host's servers: {e:#}"));
-    // XDP_TX on a veth hands the reply to its peer's NAPI, which a veth has only with XDP or
-    // GRO on: the subscriber's end gets GRO, as a real NIC has its own receive path.
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lab.subscriber.name(),
-            "ethtool",
-            "-K",
-            "eth0",
-            "gro",
-            "on",
-        ])
-        .status()
-        .expect("running ethtool");
-    assert!(status.success(), "ethtool -K eth0 gro on: {status}");
     let mut dataplane = Dataplane::with_policy(&config(reject_with))
         .unwrap_or_else(|e| panic!("loading the dataplane: {e:#}"));
     lab.attach(&mut dataplane, attach)

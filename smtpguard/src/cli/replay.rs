@@ -78,12 +78,15 @@ fn print_table(report: &ReplayReport) {
     println!();
     let dropped = report.frames.iter().filter(|r| r.verdict == "drop").count();
     let answered = report.frames.iter().filter(|r| r.verdict == "tx").count();
+    let replies = match answered {
+        0 => String::new(),
+        n => format!(", {n} rejected with a reply (tx)"),
+    };
     println!(
-        "{} frames: {} passed, {} dropped, {} rejected with a reply (tx)",
+        "{} frames: {} passed, {} dropped{replies}",
         report.frames.len(),
         report.frames.len() - dropped - answered,
         dropped,
-        answered
     );
     for reason in Reason::ALL {
         let count = report.counters[reason as usize];
