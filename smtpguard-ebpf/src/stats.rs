@@ -25,6 +25,19 @@ use crate::{
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
+/// Bit `reason` set for every reason whose frame is not forwarded (verdict drop or tx).
+const NOT_PASSED: u64 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        if !matches!(Reason::ALL[i].verdict(), Verdict::Pass) {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
+};
+
 #[inline(always)]
 pub fn count(reason: Reason) {
     if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
@@ -56,8 +69,13 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason
     let (dst_port, attempt) = match packet.transport {
         Transport::Tcp {
             dst_port, flags, ..
-        } => (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0),
-        _ => (0, false),
+        } => {
+            // SYN set and ACK clear, without a comparison (see the counters below): 1 exactly
+            // when the masked flags are SYN alone.
+            let off = ((flags & (TCP_SYN | TCP_ACK)) ^ TCP_SYN) as u64;
+            (dst_port, off.wrapping_sub(1) >> 63)
+        }
+        _ => (0, 0),
     };
     // SAFETY: a helper without arguments, which the verifier inlines into a load of
     // `jiffies`.
@@ -116,16 +134,15 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason
         // Last, what depends on the reason: the verifier walks the code after each branch on
         // it once per reason, and this part is short.
         let reason = if reason == Reason::Dropped {
-            act(stats, &host, attempt)
+            act(stats, &host, attempt != 0)
         } else {
             reason
         };
-        // Without branches: each would have the verifier walk what follows once more.
-        add(&raw mut (*stats).attempts, attempt as u64);
-        add(
-            &raw mut (*stats).dropped,
-            (reason.verdict() != Verdict::Pass) as u64,
-        );
+        // In arithmetic, not comparisons: BPF has no instruction that turns a comparison into
+        // a value, so each would be a branch, and the verifier would walk what follows once
+        // more for each.
+        add(&raw mut (*stats).attempts, attempt);
+        add(&raw mut (*stats).dropped, (NOT_PASSED >> reason as u32) & 1);
         (*stats).last_reason = reason as u16;
         reason
     }
