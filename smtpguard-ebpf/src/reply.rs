@@ -82,7 +82,7 @@ pub fn prepare(action: Action) {
 }
 
 /// The answer to the SYN in `frame`, or `None` when it cannot be answered.
-#[inline(never)]
+#[inline(always)]
 pub fn build(frame: Frame, link: Link) -> Option<Reply> {
     let scratch = REPLY_ACTION.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch entry, used by this program run alone (preemption off).
