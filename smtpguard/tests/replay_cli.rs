@@ -280,4 +280,28 @@ fn rejected_frames_show_tx_and_their_replies_are_written_to_a_pcap() {
     assert_eq!(&data[26..30], &[198, 51, 100, 7]);
     assert_eq!(&data[30..34], &[100, 64, 0, 2]);
     assert_eq!(data[14 + 20 + 13], 0x14, "RST+ACK");
+
+    // The summary counts the reply, and the host its reply and the attempt the bucket refused.
+    let output = replay(&[
+        Path::new("--config"),
+        &scratch.file("policy.toml"),
+        &capture,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary")).unwrap();
+    let summary = &summary["summary"];
+    assert_eq!(
+        (&summary["tx"], &summary["dropped"], &summary["passed"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{stdout}"
+    );
+    let host = &summary["hosts"][0];
+    assert_eq!(
+        (&host["host"], &host["replies"], &host["limited"]),
+        (&"100.64.0.2".into(), &1.into(), &1.into()),
+        "{stdout}"
+    );
 }

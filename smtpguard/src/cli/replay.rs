@@ -136,6 +136,8 @@ fn print_json(report: &ReplayReport) -> anyhow::Result<()> {
                 "attempts": stats.attempts,
                 "segments": stats.segments,
                 "dropped": stats.dropped,
+                "replies": stats.replies,
+                "limited": stats.limited,
                 "distinct_destinations": stats.sketch().estimate(),
                 "last_destination": last_destination(stats),
             })
