@@ -1,7 +1,10 @@
 //! Per-host statistics: what the abuse-desk report reads for each subscriber host that
 //! tried an enforced port.
 
-use crate::sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS};
+use crate::{
+    policy::Action,
+    sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS},
+};
 
 /// Key of `HOST_TABLE`'s slots, `HOST_STATS` and `HOST_OVERRIDES`. IPv4 hosts are stored IPv4-mapped
 /// (`::ffff:a.b.c.d`) so both families share one map and one capacity, and the family is kept
@@ -189,9 +192,23 @@ pub struct HostStats {
     /// How many slots of `dst_exact` hold a key, or [`crate::sketch::EXACT_OVERFLOWED`] once
     /// a destination found them full: the epoch's destinations are then only estimated.
     pub dst_exact_len: u32,
+    /// The [`crate::Limit`] of the cached class's action ([`crate::Limit::to_word`]),
+    /// written with `cached_class`.
+    pub cached_limit: u64,
+    /// The host's token bucket as the generic cell rate algorithm's theoretical arrival time
+    /// (`CLOCK_MONOTONIC_COARSE` nanoseconds; 0: full), for `reject`'s replies or
+    /// `ratelimit`'s SYNs.
+    pub bucket_tat_ns: u64,
+    /// SYNs the bucket refused: dropped above a `ratelimit`, or dropped unanswered beyond
+    /// `reject`'s reply budget. 32 bits, like `replies`: the kernel program builds a new
+    /// host's entry on its stack, which has no room to spare.
+    pub limited: u32,
+    /// Replies sent (`reject`).
+    pub replies: u32,
 }
 
-/// The class of a source the policy decides on after the relay check, kept with the host's
+/// The class of a source the policy decides on after the relay check, and the [`Action`] of
+/// an enforced one, kept with the host's
 /// statistics for as long as `POLICY_GENERATION` holds the generation it was looked up in.
 /// The control plane moves the generation on after every change to the sources or the
 /// escalations, which makes every cached class stale at once. One word, written and read
@@ -218,11 +235,17 @@ pub enum SourceClass {
 
 impl CachedClass {
     const CLASS_SHIFT: u32 = 32;
+    /// The action in the class byte's upper half: classes and actions both fit in four bits.
+    const ACTION_SHIFT: u32 = 36;
     const TAG_SHIFT: u32 = 40;
 
     #[inline(always)]
-    pub const fn new(generation: u32, class: SourceClass, tag: u32) -> Self {
-        Self(Self::expected(generation, tag) | ((class as u64) << Self::CLASS_SHIFT))
+    pub const fn new(generation: u32, class: SourceClass, tag: u32, action: Action) -> Self {
+        Self(
+            Self::expected(generation, tag)
+                | ((class as u64) << Self::CLASS_SHIFT)
+                | ((action as u64) << Self::ACTION_SHIFT),
+        )
     }
 
     /// The class, if it was looked up in `generation` for a host of key tag `tag`.
@@ -232,12 +255,18 @@ impl CachedClass {
         if (self.0 ^ Self::expected(generation, tag)) & !class_bits != 0 {
             return None;
         }
-        match (self.0 >> Self::CLASS_SHIFT) as u8 {
+        match (self.0 >> Self::CLASS_SHIFT) as u8 & 0xf {
             1 => Some(SourceClass::Exempt),
             2 => Some(SourceClass::Monitored),
             3 => Some(SourceClass::Enforced),
             _ => None,
         }
+    }
+
+    /// The action cached with the class (unknown values: `Drop`).
+    #[inline(always)]
+    pub const fn action(self) -> Action {
+        Action::from_u32(((self.0 >> Self::ACTION_SHIFT) & 0xf) as u32)
     }
 
     #[inline(always)]
@@ -263,6 +292,10 @@ impl HostStats {
             cached_class: 0,
             dst_exact: [0; EXACT_DESTINATIONS],
             dst_exact_len: 0,
+            cached_limit: 0,
+            bucket_tat_ns: 0,
+            limited: 0,
+            replies: 0,
         }
     }
 
@@ -305,7 +338,7 @@ mod tests {
         assert_eq!(offset_of!(HostMask, v6), 0);
         assert_eq!(offset_of!(HostMask, v4), 16);
         assert_eq!(offset_of!(HostMask, reserved), 20);
-        assert_eq!(size_of::<HostStats>(), 168);
+        assert_eq!(size_of::<HostStats>(), 192);
         assert_eq!(align_of::<HostStats>(), 8);
         assert_eq!(offset_of!(HostStats, attempts), 0);
         assert_eq!(offset_of!(HostStats, segments), 8);
@@ -321,6 +354,10 @@ mod tests {
         assert_eq!(offset_of!(HostStats, cached_class), 136);
         assert_eq!(offset_of!(HostStats, dst_exact), 144);
         assert_eq!(offset_of!(HostStats, dst_exact_len), 164);
+        assert_eq!(offset_of!(HostStats, cached_limit), 168);
+        assert_eq!(offset_of!(HostStats, bucket_tat_ns), 176);
+        assert_eq!(offset_of!(HostStats, limited), 184);
+        assert_eq!(offset_of!(HostStats, replies), 188);
     }
 
     #[test]
@@ -331,8 +368,9 @@ mod tests {
             SourceClass::Monitored,
             SourceClass::Enforced,
         ] {
-            let cached = CachedClass::new(u32::MAX, class, tag);
+            let cached = CachedClass::new(u32::MAX, class, tag, Action::IcmpProhibited);
             assert_eq!(cached.get(u32::MAX, tag), Some(class));
+            assert_eq!(cached.action(), Action::IcmpProhibited);
             assert_eq!(cached.get(0, tag), None);
             // Another host's class word (a slot claimed, an LRU entry reused under a reader).
             assert_eq!(cached.get(u32::MAX, tag - 1), None);

@@ -17,8 +17,8 @@ pub use host::{CachedClass, HostKey, HostMask, HostStats, SourceClass};
 pub use host_table::{HostSlot, HostTableParams};
 pub use interface::InterfaceSlot;
 pub use policy::{
-    EnforcementConfig, HostOverride, Mode, Origin, PrefixOrigin, SourcePolicy, SubscriberPolicy,
-    UnparseableAction,
+    Action, EnforcementConfig, HostOverride, Limit, Mode, Origin, PrefixOrigin, ReplyScratch,
+    SourcePolicy, SubscriberPolicy, UnparseableAction,
 };
 pub use reason::{REASON_COUNT, Reason, Verdict};
 pub use relay::{RelayFilter, RelayMatch};

@@ -35,6 +35,15 @@ pub const SKETCH_EPOCH: &str = "SKETCH_EPOCH";
 /// sources or the escalations; a host's cached class holds only within its generation.
 pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
 
+/// Program arrays of the reply programs (`BPF_MAP_TYPE_PROG_ARRAY`), which the entry points
+/// tail-call to answer a rejected SYN: one slot for XDP, and for TC one per entry point.
+pub const XDP_REPLY: &str = "XDP_REPLY";
+pub const TC_REPLY: &str = "TC_REPLY";
+pub const TC_REPLY_ETHERNET: u32 = 0;
+pub const TC_REPLY_L3: u32 = 1;
+/// The per-CPU action of the SYN being answered, from an entry point to its reply program.
+pub const REPLY_ACTION: &str = "REPLY_ACTION";
+
 /// Default number of subscriber ranges per address family.
 pub const DEFAULT_SUBSCRIBER_CAPACITY: u32 = 65_536;
 /// Default number of prefixes in each relay LPM trie.

@@ -12,6 +12,108 @@ pub enum Mode {
     Monitor = 2,
 }
 
+/// What an enforced host's segments to an enforced port get: a range's `action` (and the
+/// action of a monitor-mode range's escalated hosts).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Drop silently: the sender waits for its timeout.
+    Drop = 0,
+    /// Answer a SYN with a TCP reset (RST+ACK), within the host's reply budget.
+    Reset = 1,
+    /// Answer a SYN with ICMP destination unreachable, administratively prohibited (code 13;
+    /// ICMPv6 type 1 code 1), within the host's reply budget.
+    IcmpProhibited = 2,
+    /// Pass a host's SYNs up to its limit, drop those above it.
+    RateLimit = 3,
+}
+
+impl Action {
+    /// The action a stored discriminant names; anything unknown is `Drop` (fail closed: an
+    /// unknown value never passes or answers anything).
+    #[inline(always)]
+    pub const fn from_u32(value: u32) -> Self {
+        match value {
+            1 => Action::Reset,
+            2 => Action::IcmpProhibited,
+            3 => Action::RateLimit,
+            _ => Action::Drop,
+        }
+    }
+
+    /// Whether the action answers SYNs instead of dropping them.
+    #[inline(always)]
+    pub const fn replies(self) -> bool {
+        matches!(self, Action::Reset | Action::IcmpProhibited)
+    }
+}
+
+/// A per-host token bucket's size: at most `rate` events per `per_secs` seconds, `rate` of
+/// them at once. For `reject` the events are replies, for `ratelimit` passed SYNs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub rate: u32,
+    pub per_secs: u32,
+}
+
+impl Limit {
+    pub const NONE: Self = Self {
+        rate: 0,
+        per_secs: 0,
+    };
+
+    /// The limit as one word, as a host's statistics cache it next to its class.
+    #[inline(always)]
+    pub const fn to_word(self) -> u64 {
+        ((self.per_secs as u64) << 32) | self.rate as u64
+    }
+
+    #[inline(always)]
+    pub const fn from_word(word: u64) -> Self {
+        Self {
+            rate: word as u32,
+            per_secs: (word >> 32) as u32,
+        }
+    }
+
+    /// The generic cell rate algorithm, the token bucket in one timestamp: `tat` is the
+    /// theoretical arrival time of the next event (0 for a full bucket). Returns the new
+    /// `tat` when an event at `now_ns` fits, `None` when the bucket is empty. A zero rate
+    /// admits nothing.
+    #[inline(always)]
+    pub const fn admit(self, tat: u64, now_ns: u64) -> Option<u64> {
+        if self.rate == 0 {
+            return None;
+        }
+        let interval = self.per_secs as u64 * 1_000_000_000 / self.rate as u64;
+        // A rate above one event a nanosecond is one a nanosecond.
+        let interval = if interval == 0 { 1 } else { interval };
+        let start = if tat > now_ns { tat } else { now_ns };
+        // `rate` events may arrive at once: the burst tolerance is `rate - 1` intervals.
+        if start - now_ns > (self.rate as u64 - 1) * interval {
+            return None;
+        }
+        Some(start + interval)
+    }
+}
+
+/// The longest answer the kernel builds from the IP header on: an ICMPv6 error (IPv6 header,
+/// ICMPv6 header, the SYN's first 48 bytes).
+pub const REPLY_MAX_LEN: usize = 96;
+
+/// The single per-CPU entry of `REPLY_ACTION`: the entry point leaves the action of the
+/// host whose SYN it rejects; the reply program builds the answer in `bytes` (too large for
+/// the BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyScratch {
+    /// An [`Action`] discriminant.
+    pub action: u32,
+    pub reserved: u32,
+    pub bytes: [u8; REPLY_MAX_LEN],
+}
+
 /// What a subscriber range does: part of [`SourcePolicy`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,18 +125,33 @@ pub struct SubscriberPolicy {
     /// Opaque identifier of the rule that installed the prefix (user space uses it to
     /// explain a decision).
     pub rule: u32,
+    /// An [`Action`] discriminant: what enforcement does with the range's segments.
+    pub action: u32,
+    /// The action's bucket: replies for `reject`, SYNs for `ratelimit`; unused for `drop`.
+    pub limit: Limit,
 }
 
 impl SubscriberPolicy {
     pub const fn new(mode: Mode, rule: u32) -> Self {
+        Self::with_action(mode, rule, Action::Drop, Limit::NONE)
+    }
+
+    pub const fn with_action(mode: Mode, rule: u32, action: Action, limit: Limit) -> Self {
         Self {
             mode: mode as u32,
             rule,
+            action: action as u32,
+            limit,
         }
     }
 
     /// No subscriber range holds the source.
-    pub const NONE: Self = Self { mode: 0, rule: 0 };
+    pub const NONE: Self = Self {
+        mode: 0,
+        rule: 0,
+        action: Action::Drop as u32,
+        limit: Limit::NONE,
+    };
 
     pub const fn is_monitor(&self) -> bool {
         self.mode == Mode::Monitor as u32
@@ -186,6 +303,8 @@ const fn filter_bit(port: u16) -> u64 {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers without implicit padding (layout tests below).
     unsafe impl aya::Pod for super::SubscriberPolicy {}
+    unsafe impl aya::Pod for super::Limit {}
+    unsafe impl aya::Pod for super::ReplyScratch {}
     unsafe impl aya::Pod for super::SourcePolicy {}
     unsafe impl aya::Pod for super::PrefixOrigin {}
     unsafe impl aya::Pod for super::HostOverride {}
@@ -202,12 +321,22 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(size_of::<SubscriberPolicy>(), 8);
+        assert_eq!(size_of::<ReplyScratch>(), 104);
+        assert_eq!(offset_of!(ReplyScratch, action), 0);
+        assert_eq!(offset_of!(ReplyScratch, reserved), 4);
+        assert_eq!(offset_of!(ReplyScratch, bytes), 8);
+        assert_eq!(size_of::<Limit>(), 8);
+        assert_eq!(offset_of!(Limit, rate), 0);
+        assert_eq!(offset_of!(Limit, per_secs), 4);
+        assert_eq!(size_of::<SubscriberPolicy>(), 20);
+        assert_eq!(align_of::<SubscriberPolicy>(), 4);
         assert_eq!(offset_of!(SubscriberPolicy, mode), 0);
         assert_eq!(offset_of!(SubscriberPolicy, rule), 4);
-        assert_eq!(size_of::<SourcePolicy>(), 12);
+        assert_eq!(offset_of!(SubscriberPolicy, action), 8);
+        assert_eq!(offset_of!(SubscriberPolicy, limit), 12);
+        assert_eq!(size_of::<SourcePolicy>(), 24);
         assert_eq!(offset_of!(SourcePolicy, subscriber), 0);
-        assert_eq!(offset_of!(SourcePolicy, exemption), 8);
+        assert_eq!(offset_of!(SourcePolicy, exemption), 20);
         assert_eq!(align_of::<SourcePolicy>(), 4);
         assert_eq!(size_of::<PrefixOrigin>(), 4);
         assert_eq!(offset_of!(PrefixOrigin, origin), 0);
@@ -254,8 +383,42 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_admits_its_rate_at_once_then_one_an_interval() {
+        let limit = Limit {
+            rate: 3,
+            per_secs: 3,
+        };
+        let now = 1_000_000_000_000;
+        let mut tat = 0;
+        for _ in 0..3 {
+            tat = limit.admit(tat, now).expect("within the burst");
+        }
+        assert_eq!(limit.admit(tat, now), None);
+        // A second later one token is back, and only one.
+        let later = now + 1_000_000_000;
+        tat = limit.admit(tat, later).expect("one token refilled");
+        assert_eq!(limit.admit(tat, later), None);
+        // A whole period later the bucket is full again.
+        let full = later + 3_000_000_000;
+        for _ in 0..3 {
+            tat = limit.admit(tat, full).expect("refilled");
+        }
+        assert_eq!(limit.admit(tat, full), None);
+        assert_eq!(Limit::NONE.admit(0, now), None);
+        assert_eq!(Limit::from_word(limit.to_word()), limit);
+    }
+
+    #[test]
     fn unknown_values_fail_closed() {
-        let policy = SubscriberPolicy { mode: 7, rule: 0 };
+        assert_eq!(Action::from_u32(9), Action::Drop);
+        assert_eq!(
+            Action::from_u32(Action::RateLimit as u32),
+            Action::RateLimit
+        );
+        let policy = SubscriberPolicy {
+            mode: 7,
+            ..SubscriberPolicy::NONE
+        };
         assert!(policy.is_subscriber());
         assert!(!policy.is_monitor());
         assert!(!SubscriberPolicy::NONE.is_subscriber());

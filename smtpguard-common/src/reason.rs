@@ -6,6 +6,20 @@
 pub enum Verdict {
     Pass,
     Drop,
+    /// Not forwarded: the frame is rewritten into a reply and sent back out of the interface
+    /// it came in on (`XDP_TX`, or a redirect at TC). If the reply cannot be built, dropped.
+    Tx,
+}
+
+impl Verdict {
+    /// Stable name, used in replay output, `check` and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+            Verdict::Tx => "tx",
+        }
+    }
 }
 
 /// The reason behind a verdict; the discriminant is the index into `COUNTERS`.
@@ -44,9 +58,18 @@ pub enum Reason {
     LinkUnparseableDropped = 10,
     /// The same with `unparseable = "pass"`.
     LinkUnparseablePassed = 11,
+    /// A SYN to an enforced port from a `reject` host, within its reply budget: answered
+    /// with a TCP reset or ICMP administratively prohibited, not forwarded. (Its other
+    /// segments, and SYNs beyond the budget, are `Dropped`.)
+    Rejected = 12,
+    /// A SYN to an enforced port from a `ratelimit` host above its limit: dropped.
+    RateLimited = 13,
+    /// TCP to an enforced port from a `ratelimit` host: a SYN within its limit, or a segment
+    /// of a connection (no SYN): passed.
+    WithinRate = 14,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 15;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -62,6 +85,9 @@ impl Reason {
         Reason::Malformed,
         Reason::LinkUnparseableDropped,
         Reason::LinkUnparseablePassed,
+        Reason::Rejected,
+        Reason::RateLimited,
+        Reason::WithinRate,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -69,7 +95,9 @@ impl Reason {
             Reason::Dropped
             | Reason::FragmentDropped
             | Reason::UnparseableDropped
-            | Reason::LinkUnparseableDropped => Verdict::Drop,
+            | Reason::LinkUnparseableDropped
+            | Reason::RateLimited => Verdict::Drop,
+            Reason::Rejected => Verdict::Tx,
             _ => Verdict::Pass,
         }
     }
@@ -85,6 +113,9 @@ impl Reason {
                 | Reason::FragmentDropped
                 | Reason::UnparseableDropped
                 | Reason::UnparseablePassed
+                | Reason::Rejected
+                | Reason::RateLimited
+                | Reason::WithinRate
         )
     }
 
@@ -97,6 +128,9 @@ impl Reason {
                 | Reason::Exempt
                 | Reason::Monitored
                 | Reason::Dropped
+                | Reason::Rejected
+                | Reason::RateLimited
+                | Reason::WithinRate
         )
     }
 
@@ -115,6 +149,9 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::LinkUnparseableDropped => "link-unparseable-dropped",
             Reason::LinkUnparseablePassed => "link-unparseable-passed",
+            Reason::Rejected => "rejected",
+            Reason::RateLimited => "rate-limited",
+            Reason::WithinRate => "within-rate",
         }
     }
 
@@ -165,7 +202,13 @@ mod tests {
                 Reason::FragmentDropped,
                 Reason::UnparseableDropped,
                 Reason::LinkUnparseableDropped,
+                Reason::RateLimited,
             ]
         );
+        let replying: Vec<_> = Reason::ALL
+            .into_iter()
+            .filter(|r| r.verdict() == Verdict::Tx)
+            .collect();
+        assert_eq!(replying, [Reason::Rejected]);
     }
 }

@@ -3,8 +3,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use smtpguard_common::{
-    CachedClass, EnforcementConfig, HostKey, Reason, RelayFilter, RelayMatch, SourceClass,
-    SourcePolicy,
+    Action, CachedClass, EnforcementConfig, HostKey, Limit, Reason, RelayFilter, RelayMatch,
+    SourceClass, SourcePolicy,
 };
 
 use crate::{
@@ -31,11 +31,13 @@ pub struct Decision {
 }
 
 /// The host a judged segment came from: its statistics entry, if it has one yet (looked up
-/// once, for the cached class and the update both), and its class in this generation.
+/// once, for the cached class and the update both), its class and action in this
+/// generation, and the limit of the action's bucket.
 pub struct TrackedHost {
     pub key: HostKey,
     pub held: hosts::Held,
     pub class: CachedClass,
+    pub limit: Limit,
 }
 
 impl Decision {
@@ -83,8 +85,8 @@ pub fn decide(packet: &Packet) -> Decision {
         Addresses::V6 { src, .. } => config.host_mask.key_v6(src),
     };
     let found = hosts::find(&config.host_table, &key);
-    let Some(class) = found
-        .class(generation)
+    let Some((class, action, limit)) = found
+        .cached(generation)
         .or_else(|| classify(&packet.addresses, key))
     else {
         return Decision::untracked(not_subscriber(judged));
@@ -98,8 +100,9 @@ pub fn decide(packet: &Packet) -> Decision {
         reason,
         host: Some(TrackedHost {
             key,
-            class: CachedClass::new(generation, class, found.tag),
+            class: CachedClass::new(generation, class, found.tag, action),
             held: found.held,
+            limit,
         }),
     }
 }
@@ -122,6 +125,10 @@ fn not_subscriber(judged: Judged) -> Reason {
     }
 }
 
+/// An enforced host's frame. A segment's `Dropped` is provisional for a `reject` or
+/// `ratelimit` host: its action, the TCP flags and its bucket have the last word where its
+/// statistics are recorded (`stats::record_host`). Not here: a branch on the action this
+/// early would make the verifier walk all the statistics code once per outcome.
 #[inline(always)]
 fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
     match judged {
@@ -132,17 +139,23 @@ fn enforce(judged: Judged, config: &EnforcementConfig) -> Reason {
     }
 }
 
-/// What the policy makes of a source: `None` outside every subscriber range.
+/// What the policy makes of a source, with its range's action and limit: `None` outside
+/// every subscriber range. An escalated host of a monitor-mode range takes its range's action.
 #[inline(always)]
-fn classify(addresses: &Addresses, key: HostKey) -> Option<SourceClass> {
+fn classify(addresses: &Addresses, key: HostKey) -> Option<(SourceClass, Action, Limit)> {
     let source = source(addresses).filter(|s| s.subscriber.is_subscriber())?;
-    Some(if source.is_exempt() {
+    let class = if source.is_exempt() {
         SourceClass::Exempt
     } else if source.subscriber.is_monitor() && !is_escalated(key) {
         SourceClass::Monitored
     } else {
         SourceClass::Enforced
-    })
+    };
+    Some((
+        class,
+        Action::from_u32(source.subscriber.action),
+        source.subscriber.limit,
+    ))
 }
 
 /// The subscriber range and exemption state of the source, from one lookup.

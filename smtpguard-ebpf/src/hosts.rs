@@ -13,15 +13,19 @@ use core::{
 };
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use smtpguard_common::{CachedClass, HostKey, HostSlot, HostStats, HostTableParams, SourceClass};
+use smtpguard_common::{
+    Action, CachedClass, HostKey, HostSlot, HostStats, HostTableParams, Limit, SourceClass,
+};
 
 use crate::{ENFORCEMENT, HOST_STATS, HOST_TABLE};
 
 /// What the lookup found for a host.
 pub struct Found {
     pub held: Held,
-    /// The host's cached-class word, read while its entry was known to be the host's.
+    /// The host's cached-class and cached-limit words, read while its entry was known to be
+    /// the host's.
     class_word: u64,
+    limit_word: u64,
     /// The host's key tag (see [`CachedClass`]).
     pub tag: u32,
 }
@@ -34,10 +38,12 @@ pub struct Found {
 pub struct Held(*mut HostSlot);
 
 impl Found {
-    /// The host's class, if cached in this policy generation.
+    /// The host's class, action and limit, if cached in this policy generation.
     #[inline(always)]
-    pub fn class(&self, generation: u32) -> Option<SourceClass> {
-        CachedClass(self.class_word).get(generation, self.tag)
+    pub fn cached(&self, generation: u32) -> Option<(SourceClass, Action, Limit)> {
+        let cached = CachedClass(self.class_word);
+        let class = cached.get(generation, self.tag)?;
+        Some((class, cached.action(), Limit::from_word(self.limit_word)))
     }
 }
 
@@ -47,11 +53,13 @@ pub fn find(params: &HostTableParams, key: &HostKey) -> Found {
     let mut found = Found {
         held: Held(null_mut()),
         class_word: 0,
+        limit_word: 0,
         tag: HostTableParams::tag(folded),
     };
     if let Some(slot) = held_slot(params.slot(folded), key) {
         // SAFETY: a pointer into the array's value, valid for this program run; one word.
         found.class_word = unsafe { read_volatile(&raw const (*slot.0).stats.cached_class) };
+        found.limit_word = unsafe { read_volatile(&raw const (*slot.0).stats.cached_limit) };
         // The slot may have been claimed while the class word was read: then it is not used.
         if unsafe { read_volatile(&raw const (*slot.0).claim) } == slot.1 {
             found.held = Held(slot.0);
@@ -62,6 +70,7 @@ pub fn find(params: &HostTableParams, key: &HostKey) -> Found {
     if let Some(stats) = HOST_STATS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this program run; one word.
         found.class_word = unsafe { read_volatile(&raw const (*stats).cached_class) };
+        found.limit_word = unsafe { read_volatile(&raw const (*stats).cached_limit) };
     }
     found
 }

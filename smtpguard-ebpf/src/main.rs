@@ -12,22 +12,24 @@
 mod decide;
 mod hosts;
 mod parse;
+mod reply;
 mod stats;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use smtpguard_common::{
     EnforcementConfig, HostKey, HostOverride, HostSlot, HostStats, InterfaceSlot, PrefixOrigin,
-    REASON_COUNT, Reason, RelayFilter, SourcePolicy, SubscriberPolicy, Verdict,
+    REASON_COUNT, Reason, RelayFilter, ReplyScratch, SourcePolicy, SubscriberPolicy, Verdict,
     interface::{INTERFACE_COUNTER_ENTRIES, INTERFACE_TABLE_SIZE},
     maps::{
         DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_OVERRIDE_CAPACITY,
-        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, host_overflow_capacity,
-        source_capacity,
+        DEFAULT_RELAY_CAPACITY, DEFAULT_SUBSCRIBER_CAPACITY, TC_REPLY_ETHERNET, TC_REPLY_L3,
+        host_overflow_capacity, source_capacity,
     },
 };
 
@@ -78,6 +80,17 @@ static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 static HOST_OVERRIDES: HashMap<HostKey, HostOverride> =
     HashMap::with_max_entries(DEFAULT_OVERRIDE_CAPACITY, 0);
 
+/// The reply programs (`reply.rs`), one slot each, filled by the loader: an empty slot makes
+/// the tail call fail, and the entry point then drops.
+#[map]
+static XDP_REPLY: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static TC_REPLY: ProgramArray = ProgramArray::with_max_entries(2, 0);
+/// The action of the host whose SYN this CPU is answering, from the entry point to the reply
+/// program it tail-calls.
+#[map]
+static REPLY_ACTION: PerCpuArray<ReplyScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// How much of a non-linear skb the TC entry points pull into the directly readable area:
 /// enough for the VLAN tags walked, PPPoE, IPv6 with a long extension-header chain and TCP.
 const TC_PULL_LEN: u32 = 512;
@@ -94,6 +107,21 @@ pub fn smtpguard_xdp(ctx: XdpContext) -> u32 {
     match judge(Frame::new(start, end, end - start), link, ifindex).verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => {
+            // SAFETY: on success the reply program takes over and this one never returns.
+            unsafe { XDP_REPLY.tail_call(&ctx, 0) };
+            // Fail closed: no reply program, no reply.
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// Rewrites a rejected SYN into its answer and sends it back out of the interface.
+#[xdp]
+pub fn smtpguard_xdp_reply(ctx: XdpContext) -> u32 {
+    match reply::xdp(ctx.ctx, ctx.data(), ctx.data_end()) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_DROP,
     }
 }
 
@@ -104,7 +132,11 @@ pub fn smtpguard_xdp(ctx: XdpContext) -> u32 {
 pub fn smtpguard_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context's `__sk_buff`, valid for this program run.
     let offloaded_tags = unsafe { (*ctx.skb.skb).vlan_present } as usize;
-    tc_judge(&ctx, parse::Link::Ethernet { offloaded_tags })
+    tc_judge(
+        &ctx,
+        parse::Link::Ethernet { offloaded_tags },
+        TC_REPLY_ETHERNET,
+    )
 }
 
 /// TC on a device without a link-layer header (TUN, WireGuard, IPIP, GRE, SIT): the frame
@@ -112,11 +144,38 @@ pub fn smtpguard_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn smtpguard_tc_l3(ctx: TcContext) -> i32 {
     let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    tc_judge(&ctx, parse::Link::Ip { ethertype })
+    tc_judge(&ctx, parse::Link::Ip { ethertype }, TC_REPLY_L3)
 }
 
+#[classifier]
+pub fn smtpguard_tc_reply(ctx: TcContext) -> i32 {
+    // SAFETY: the context's `__sk_buff`, valid for this program run.
+    let offloaded_tags = unsafe { (*ctx.skb.skb).vlan_present } as usize;
+    tc_reply(&ctx, parse::Link::Ethernet { offloaded_tags }, true)
+}
+
+#[classifier]
+pub fn smtpguard_tc_l3_reply(ctx: TcContext) -> i32 {
+    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
+    tc_reply(&ctx, parse::Link::Ip { ethertype }, false)
+}
+
+/// Sends the answer back out of the interface the SYN came in on (the egress of the
+/// ingress interface; an outer VLAN tag held in the skb's metadata goes out with it).
 #[inline(always)]
-fn tc_judge(ctx: &TcContext, link: parse::Link) -> i32 {
+fn tc_reply(ctx: &TcContext, link: parse::Link, ethernet: bool) -> i32 {
+    // SAFETY: the context's `__sk_buff`, valid for this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match reply::tc(ctx.skb.skb, link, ethernet) {
+        // SAFETY: a helper on plain values; it returns TC_ACT_REDIRECT.
+        Some(()) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        None => TC_ACT_SHOT,
+    }
+}
+
+/// `reply_slot` is the slot of `TC_REPLY` that answers this entry point's frames.
+#[inline(always)]
+fn tc_judge(ctx: &TcContext, link: parse::Link, reply_slot: u32) -> i32 {
     let len = ctx.len();
     // A failed pull leaves the linear part as it was; the parser then treats headers beyond
     // it as unreachable, which the policy handles.
@@ -127,6 +186,12 @@ fn tc_judge(ctx: &TcContext, link: parse::Link) -> i32 {
     match judge(frame, link, ifindex).verdict() {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Tx => {
+            // SAFETY: on success the reply program takes over and this one never returns.
+            unsafe { TC_REPLY.tail_call(ctx, reply_slot) };
+            // Fail closed: no reply program, no reply.
+            TC_ACT_SHOT
+        }
     }
 }
 
@@ -140,10 +205,10 @@ fn judge(frame: Frame, link: parse::Link, ifindex: u32) -> Reason {
         parse::Parsed::LinkUnparseable => decide::link_unparseable(),
         parse::Parsed::Ip(packet) => {
             let decision = decide::decide(&packet);
-            if let Some(host) = decision.host {
-                stats::record_host(&packet, decision.reason, host);
+            match decision.host {
+                Some(host) => stats::record_host(&packet, decision.reason, host),
+                None => decision.reason,
             }
-            decision.reason
         }
     };
     stats::count(reason);

@@ -127,6 +127,12 @@ impl Frame {
         Some(Header(at as *const u8))
     }
 
+    /// `N` bytes at `offset`, if they are readable and kept.
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.header(offset, N).map(|header| header.bytes(0))
+    }
+
     /// The frame as the kernel keeps it once it has trimmed it to `len` bytes from `start`;
     /// the caller has checked that `len` is not beyond the current limit.
     #[inline(always)]
@@ -145,8 +151,12 @@ pub enum Addresses {
 /// What the parser found above the IP header.
 #[derive(Clone, Copy)]
 pub enum Transport {
-    /// A whole TCP base header (20 bytes) was reachable.
-    Tcp { dst_port: u16, flags: u8 },
+    /// A whole TCP base header (20 bytes) was reachable at `offset` from the frame's start.
+    Tcp {
+        dst_port: u16,
+        flags: u8,
+        offset: usize,
+    },
     /// Not TCP, or a non-first fragment that carries no TCP header: nothing to judge.
     Other,
     /// TCP, or possibly TCP behind extension headers, whose header lies beyond the IP packet's
@@ -161,6 +171,10 @@ pub enum Transport {
 pub struct Packet {
     pub addresses: Addresses,
     pub transport: Transport,
+    /// Where the IP header starts, and the PPPoE session header (0: none; it never starts a
+    /// frame). Only a reply needs them: the decision leaves them unread.
+    pub ip_offset: usize,
+    pub pppoe_offset: usize,
 }
 
 pub enum Parsed {
@@ -239,6 +253,7 @@ fn parse_ethernet(frame: Frame, offloaded_tags: usize) -> Parsed {
     let Some(pppoe) = frame.header(offset, PPPOE_HEADER_LEN) else {
         return Parsed::Malformed;
     };
+    let pppoe_offset = offset;
     let payload_end = offset + PPPOE_HEADER_LEN + pppoe.be16(4) as usize;
     if payload_end > frame.limit {
         return Parsed::Malformed;
@@ -263,9 +278,9 @@ fn parse_ethernet(frame: Frame, offloaded_tags: usize) -> Parsed {
         field.be16(0)
     };
     match protocol {
-        PPP_IPV4 => parse_ipv4(frame, offset, false),
-        PPP_IPV6 => parse_ipv6(frame, offset),
-        PPP_VJ_UNCOMPRESSED => parse_ipv4(frame, offset, true),
+        PPP_IPV4 => parse_ipv4(frame, offset, false, pppoe_offset),
+        PPP_IPV6 => parse_ipv6(frame, offset, pppoe_offset),
+        PPP_VJ_UNCOMPRESSED => parse_ipv4(frame, offset, true, pppoe_offset),
         PPP_COMPRESSED | PPP_COMPRESSED_LINK | PPP_MULTILINK => Parsed::LinkUnparseable,
         // Everything else `ppp_generic` hands to pppd (LCP, IPCP, ...) or drops. VJ-compressed
         // TCP (0x002d) included: it carries no ports, addresses or SYN of its own and only
@@ -278,16 +293,17 @@ fn parse_ethernet(frame: Frame, offloaded_tags: usize) -> Parsed {
 #[inline(always)]
 fn parse_network(frame: Frame, ethertype: u16, offset: usize) -> Parsed {
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(frame, offset, false),
-        ETH_P_IPV6 => parse_ipv6(frame, offset),
+        ETH_P_IPV4 => parse_ipv4(frame, offset, false, 0),
+        ETH_P_IPV6 => parse_ipv6(frame, offset, 0),
         _ => Parsed::NotIp,
     }
 }
 
 /// An IPv4 header at `offset`; `vj_slot` when its protocol byte holds a Van Jacobson slot
-/// number, which the kernel turns into TCP.
+/// number, which the kernel turns into TCP. `pppoe_offset`: where the PPPoE session header
+/// starts, or 0.
 #[inline(always)]
-fn parse_ipv4(frame: Frame, offset: usize, vj_slot: bool) -> Parsed {
+fn parse_ipv4(frame: Frame, offset: usize, vj_slot: bool, pppoe_offset: usize) -> Parsed {
     // `ip_rcv_core` (net/ipv4/ip_input.c) drops a packet shorter than the base header, of
     // another version, with an IHL below 5, shorter than its total length or with a total
     // length below its header length; it trims the rest to the total length.
@@ -337,11 +353,13 @@ fn parse_ipv4(frame: Frame, offset: usize, vj_slot: bool) -> Parsed {
             dst: ip.bytes(16),
         },
         transport,
+        ip_offset: offset,
+        pppoe_offset,
     })
 }
 
 #[inline(always)]
-fn parse_ipv6(frame: Frame, offset: usize) -> Parsed {
+fn parse_ipv6(frame: Frame, offset: usize, pppoe_offset: usize) -> Parsed {
     // `ip6_rcv_core` (net/ipv6/ip6_input.c) drops a packet shorter than the fixed header, of
     // another version, or shorter than 40 bytes plus its payload length, and trims the rest.
     let Some(ip) = frame.header(offset, IPV6_HEADER_LEN) else {
@@ -368,6 +386,8 @@ fn parse_ipv6(frame: Frame, offset: usize) -> Parsed {
             dst: ip.bytes(24),
         },
         transport: ipv6_transport(&frame, offset + IPV6_HEADER_LEN, next),
+        ip_offset: offset,
+        pppoe_offset,
     })
 }
 
@@ -434,6 +454,7 @@ fn tcp(frame: &Frame, offset: usize, first_fragment: bool) -> Transport {
         Some(tcp) => Transport::Tcp {
             dst_port: tcp.be16(2),
             flags: tcp.u8(13),
+            offset,
         },
         None => unreachable(first_fragment),
     }

@@ -1,11 +1,11 @@
 //! Counting: one per-CPU counter per reason for every frame, and per-host statistics for
 //! subscriber hosts that reach the policy.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use smtpguard_common::{
-    HostStats, InterfaceSlot, Reason, Verdict,
+    Action, CachedClass, HostStats, InterfaceSlot, Limit, Reason, Verdict,
     host::ipv4_mapped,
     interface::interface_counter,
     sketch,
@@ -17,10 +17,24 @@ use crate::{
     decide::TrackedHost,
     hosts,
     parse::{Addresses, Packet, Transport},
+    reply,
 };
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+
+/// Bit `reason` set for every reason whose frame is not forwarded (verdict drop or tx).
+const NOT_PASSED: u64 = {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < Reason::ALL.len() {
+        if !matches!(Reason::ALL[i].verdict(), Verdict::Pass) {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
+};
 
 #[inline(always)]
 pub fn count(reason: Reason) {
@@ -42,17 +56,24 @@ pub fn count_interface(ifindex: u32, reason: Reason) {
     }
 }
 
+/// Records the segment in its host's statistics and returns its final reason: a provisional
+/// `Dropped` segment (see `decide::enforce`) gets its host's action.
 #[inline(always)]
-pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
+pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason {
     let dst = match packet.addresses {
         Addresses::V4 { dst, .. } => ipv4_mapped(dst),
         Addresses::V6 { dst, .. } => dst,
     };
     let (dst_port, attempt) = match packet.transport {
-        Transport::Tcp { dst_port, flags } => {
-            (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0)
+        Transport::Tcp {
+            dst_port, flags, ..
+        } => {
+            // SYN set and ACK clear, without a comparison (see the counters below): 1 exactly
+            // when the masked flags are SYN alone.
+            let off = ((flags & (TCP_SYN | TCP_ACK)) ^ TCP_SYN) as u64;
+            (dst_port, off.wrapping_sub(1) >> 63)
         }
-        _ => (0, false),
+        _ => (0, 0),
     };
     // SAFETY: a helper without arguments, which the verifier inlines into a load of
     // `jiffies`.
@@ -60,21 +81,27 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
     let epoch = SKETCH_EPOCH.get(0).copied().unwrap_or(0);
 
     let first = || HostStats::first_seen(clock_ns(), jiffies, epoch);
+    // Fail closed: without a bucket there is no reply and no SYN above a limit.
     let Some(stats) = hosts::entry(host.held, &host.key, first, epoch) else {
-        return;
+        return reason;
     };
-
     let segment = Segment {
         dst,
         jiffies,
         class: host.class.0,
+        limit: host.limit.to_word(),
         epoch,
         dst_port,
         reason: reason as u16,
-        attempt: u32::from(attempt),
-        dropped: u32::from(reason.verdict() == Verdict::Drop),
+        attempt: attempt as u32,
     };
-    update_host(stats, &segment);
+    // Only a `Dropped` segment's reason can change, and only into one of these.
+    match update_host(stats, &segment) {
+        final_reason if final_reason == Reason::Rejected as u32 => Reason::Rejected,
+        final_reason if final_reason == Reason::WithinRate as u32 => Reason::WithinRate,
+        final_reason if final_reason == Reason::RateLimited as u32 => Reason::RateLimited,
+        _ => reason,
+    }
 }
 
 /// What one segment adds to its host's statistics: the arguments of [`update_host`] beyond
@@ -83,25 +110,29 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) {
 pub struct Segment {
     dst: [u8; 16],
     jiffies: u64,
+    /// The host's [`CachedClass`] word, its action included.
     class: u64,
+    /// The host's [`Limit`] word.
+    limit: u64,
     epoch: u32,
     dst_port: u16,
+    /// The provisional reason: a `Dropped` one gets the host's action.
     reason: u16,
+    /// 1 for a connection attempt (SYN without ACK).
     attempt: u32,
-    dropped: u32,
 }
 
-/// Adds a segment to its host's entry. A global BPF function (exported, never inlined): the
-/// verifier checks it once, on its own, where inlined it was walked again for every path
-/// that reaches it, and a host table slot and an overflow entry are two kinds of pointer it
-/// cannot merge (XDP: 222,923 verified instructions inlined, 166,279 as a call). Returns 0
-/// (a global function returns a scalar).
+/// Adds a segment to its host's entry and returns its final reason. A global BPF function
+/// (exported, never inlined): the verifier checks it once, on its own, where inlined it was
+/// walked again for every path that reaches it, and a host table slot and an overflow entry
+/// are two kinds of pointer it cannot merge (XDP: 222,923 verified instructions inlined,
+/// 166,279 as a call, before the actions).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn update_host(stats: *mut HostStats, segment: *const Segment) -> u32 {
     // For the verifier: it checks a global function for any caller, null pointers included.
     if stats.is_null() || segment.is_null() {
-        return 0;
+        return u32::MAX;
     }
     // SAFETY: checked for null above; the caller's `Segment`, valid during the call.
     let segment = unsafe { &*segment };
@@ -117,20 +148,14 @@ pub extern "C" fn update_host(stats: *mut HostStats, segment: *const Segment) ->
             && (*stats).sketch_epoch == epoch
             && same_address(&(*stats).last_dst, &dst);
         add(&raw mut (*stats).segments, 1);
-        if segment.attempt != 0 {
-            add(&raw mut (*stats).attempts, 1);
-        }
-        if segment.dropped != 0 {
-            add(&raw mut (*stats).dropped, 1);
-        }
         if (*stats).last_seen_jiffies != jiffies {
             (*stats).last_seen_ns = clock_ns();
             (*stats).last_seen_jiffies = jiffies;
         }
         (*stats).last_dst = dst;
         (*stats).last_dst_port = segment.dst_port;
-        (*stats).last_reason = segment.reason;
         (*stats).cached_class = segment.class;
+        (*stats).cached_limit = segment.limit;
         if (*stats).sketch_epoch != epoch {
             // A new snapshot interval: this host's sketch starts empty.
             clear_destinations(stats);
@@ -146,8 +171,80 @@ pub extern "C" fn update_host(stats: *mut HostStats, segment: *const Segment) ->
                 *register = rank;
             }
         }
+        // Last, what depends on the reason: the verifier walks the code after each branch on
+        // it once per reason, and this part is short.
+        let reason = if segment.reason == Reason::Dropped as u16 {
+            act(
+                stats,
+                CachedClass(segment.class).action(),
+                Limit::from_word(segment.limit),
+                segment.attempt != 0,
+            ) as u32
+        } else {
+            u32::from(segment.reason)
+        };
+        // In arithmetic, not comparisons: BPF has no instruction that turns a comparison into
+        // a value, so each would be a branch, and the verifier would walk what follows once
+        // more for each.
+        add(&raw mut (*stats).attempts, u64::from(segment.attempt));
+        add(&raw mut (*stats).dropped, (NOT_PASSED >> reason) & 1);
+        (*stats).last_reason = reason as u16;
+        reason
     }
-    0
+}
+
+/// An enforced segment's reason by its host's action. A connection attempt of a `reject` or
+/// `ratelimit` host takes a token from the host's bucket: `Rejected` (answered) or
+/// `WithinRate` (passed) with one, `Dropped` or `RateLimited` without. A `reject` host's other
+/// segments are dropped (nothing else of a connection waits for an answer), a `ratelimit`
+/// host's pass.
+#[inline(always)]
+unsafe fn act(stats: *mut HostStats, action: Action, limit: Limit, attempt: bool) -> Reason {
+    match action {
+        Action::Drop => Reason::Dropped,
+        Action::RateLimit if !attempt => Reason::WithinRate,
+        Action::Reset | Action::IcmpProhibited if !attempt => Reason::Dropped,
+        // SAFETY: the caller passes a pointer into a map value, valid for this program run.
+        _ => unsafe {
+            let replies = action.replies();
+            if take_token(stats, limit) {
+                if replies {
+                    add32(&raw mut (*stats).replies, 1);
+                    reply::prepare(action);
+                    Reason::Rejected
+                } else {
+                    Reason::WithinRate
+                }
+            } else {
+                add32(&raw mut (*stats).limited, 1);
+                if replies {
+                    Reason::Dropped
+                } else {
+                    Reason::RateLimited
+                }
+            }
+        },
+    }
+}
+
+/// Takes a token from the host's bucket at the last-seen time (a jiffy's resolution). One
+/// compare-and-exchange: a CPU that loses the race to another takes no token, so CPUs
+/// together never take more than the bucket holds.
+#[inline(always)]
+unsafe fn take_token(stats: *mut HostStats, limit: Limit) -> bool {
+    // SAFETY: the caller passes a pointer into a map value, 8-byte aligned by `HostStats`.
+    unsafe {
+        let tat = core::ptr::read_volatile(&raw const (*stats).bucket_tat_ns);
+        let Some(next) = limit.admit(tat, (*stats).last_seen_ns) else {
+            return false;
+        };
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            &raw mut (*stats).bucket_tat_ns,
+            tat,
+            next,
+        )
+        .1
+    }
 }
 
 /// Empties the host's sketch registers and exact set, in word stores: LLVM turns a plain
@@ -203,4 +300,10 @@ fn clock_ns() -> u64 {
 unsafe fn add(counter: *mut u64, n: u64) {
     // SAFETY: the caller passes a pointer into a map value, 8-byte aligned by `HostStats`.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+}
+
+#[inline(always)]
+unsafe fn add32(counter: *mut u32, n: u32) {
+    // SAFETY: the caller passes a pointer into a map value, 4-byte aligned by `HostStats`.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(counter, n) };
 }

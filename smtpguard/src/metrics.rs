@@ -127,10 +127,7 @@ pub struct FleetMetrics {
 
 /// The label value of a verdict in `smtpguard_packets_total`.
 pub const fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Drop => "drop",
-    }
+    verdict.name()
 }
 
 /// [`MetricsSnapshot::packets`] rows from per-reason counts (e.g. the `COUNTERS` map summed
@@ -1325,7 +1322,7 @@ mod tests {
         );
 
         let by_interface = exposition.samples_of("smtpguard_interface_packets_total");
-        assert_eq!(by_interface.len(), 12, "eth0's 11 reasons and eth1's 1");
+        assert_eq!(by_interface.len(), 15, "eth0's 14 reasons and eth1's 1");
         for (interface, reason, count) in [
             ("eth0", "dropped", Some(7.0)),
             ("eth0", "not-subscriber", Some(0.0)),
@@ -1569,8 +1566,9 @@ mod tests {
             .filter(|&(_, verdict, _)| verdict == "drop")
             .count();
         assert_eq!(
-            drops, 4,
-            "dropped, fragment-dropped, unparseable-dropped, link-unparseable-dropped"
+            drops, 5,
+            "dropped, fragment-dropped, unparseable-dropped, link-unparseable-dropped, \
+             rate-limited"
         );
     }
 

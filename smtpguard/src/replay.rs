@@ -66,6 +66,8 @@ pub struct FrameVerdict {
     pub frame: usize,
     pub verdict: &'static str,
     pub reason: Reason,
+    /// The frame the program sent back (`tx`: the reply to a rejected SYN).
+    pub reply: Option<Vec<u8>>,
 }
 
 pub struct ReplayReport {
@@ -82,15 +84,17 @@ pub fn replay(config: &Config, capture: &Path) -> Result<ReplayReport, ReplayErr
     let mut dataplane = Dataplane::with_policy(config)?;
     let mut verdicts = Vec::with_capacity(frames.len());
     for (frame, data) in (1..).zip(&frames) {
-        let outcome = dataplane.run_xdp(data)?;
+        let (outcome, out) = dataplane.run_xdp_traced(data)?;
         let reason = outcome.reason.ok_or(ReplayError::Uncounted {
             frame,
             action: outcome.action,
         })?;
+        let verdict = xdp_action_name(outcome.action);
         verdicts.push(FrameVerdict {
             frame,
-            verdict: xdp_action_name(outcome.action),
+            verdict,
             reason,
+            reply: (verdict == "tx").then_some(out),
         });
     }
     Ok(ReplayReport {

@@ -1673,3 +1673,41 @@ fn judged_frames_are_counted_by_interface() {
     f.assert_blocked("after the restart");
     assert!(check("after a drop past the restart").0 > recreated);
 }
+
+/// `check` names the range's action and why it applies: the range is enforced, or the host
+/// is escalated; for a monitored host, that it does not apply.
+#[test]
+fn check_explains_which_action_applies() {
+    let f = Fixture::new("check-action");
+    let config = f.config_text("").replacen(
+        "prefix = \"100.64.0.0/10\"\n",
+        "prefix = \"100.64.0.0/10\"\naction = \"reject\"\nreject_with = \"icmp-admin-prohibited\"\n",
+        1,
+    );
+    std::fs::write(&f.config, config).unwrap();
+    let _agent = f.start();
+    let check = f.json(&[
+        "check",
+        addr::SUBSCRIBER_V4,
+        addr::MX_V4,
+        "--format",
+        "json",
+    ]);
+    assert!(
+        check["reason"] == "rejected"
+            && check["verdict"] == "tx"
+            && check["action_applies"] == true
+            && check["escalated"] == false
+            && text(&check["action"]).starts_with("reject with icmp-admin-prohibited (at most 10"),
+        "check {}: expected the reject action to apply, observed {check}",
+        addr::SUBSCRIBER_V4
+    );
+    let table = f.ok(&["check", addr::SUBSCRIBER_V4, addr::MX_V4]);
+    let printed = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains("action") && l.contains("the range is enforced")),
+        "check as a table: expected an action row, observed:\n{printed}"
+    );
+}

@@ -228,3 +228,80 @@ fn bad_inputs_fail_with_a_clear_message() {
     std::fs::write(&bad_policy, "[[subscribers]]\nprefix = \"100.64.0.1/10\"\n").unwrap();
     assert_fails(&[config, &bad_policy, &raw_ip], "host bits");
 }
+
+#[test]
+fn rejected_frames_show_tx_and_their_replies_are_written_to_a_pcap() {
+    let scratch = Scratch::new("reject");
+    let policy = POLICY.replace(
+        "prefix = \"100.64.0.0/10\"\n",
+        "prefix = \"100.64.0.0/10\"\naction = \"reject\"\nrate = 1\nper = \"1h\"\n",
+    );
+    std::fs::write(scratch.file("policy.toml"), policy).unwrap();
+    let syn = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build();
+    let capture = scratch.file("edge.pcap");
+    write_pcap(&capture, DataLink::ETHERNET, &[syn.clone(), syn]);
+    let replies = scratch.file("replies.pcap");
+    let output = replay(&[
+        Path::new("--config"),
+        &scratch.file("policy.toml"),
+        &capture,
+        Path::new("--write-pcap"),
+        &replies,
+    ]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // One reply (rate = 1), then the bucket is empty.
+    assert_eq!(
+        rows,
+        [["1", "tx", "rejected"], ["2", "drop", "dropped"]],
+        "{stdout}"
+    );
+    let mut reader = pcap_file::pcap::PcapReader::new(File::open(&replies).unwrap()).unwrap();
+    let reply = reader
+        .next_packet()
+        .expect("one reply")
+        .unwrap()
+        .into_owned();
+    assert!(reader.next_packet().is_none(), "only one reply");
+    assert_eq!(reply.timestamp, Duration::from_millis(1), "frame 1's reply");
+    // A reset: Ethernet, IPv4 of 40 bytes from the MX back to the bot, TCP RST+ACK.
+    let data = reply.data;
+    assert_eq!(data.len(), 14 + 40);
+    assert_eq!(&data[26..30], &[198, 51, 100, 7]);
+    assert_eq!(&data[30..34], &[100, 64, 0, 2]);
+    assert_eq!(data[14 + 20 + 13], 0x14, "RST+ACK");
+
+    // The summary counts the reply, and the host its reply and the attempt the bucket refused.
+    let output = replay(&[
+        Path::new("--config"),
+        &scratch.file("policy.toml"),
+        &capture,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary")).unwrap();
+    let summary = &summary["summary"];
+    assert_eq!(
+        (&summary["tx"], &summary["dropped"], &summary["passed"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{stdout}"
+    );
+    let host = &summary["hosts"][0];
+    assert_eq!(
+        (&host["host"], &host["replies"], &host["limited"]),
+        (&"100.64.0.2".into(), &1.into(), &1.into()),
+        "{stdout}"
+    );
+}

@@ -62,6 +62,7 @@ impl Harness {
             ports: Vec::new(),
             unparseable: smtpguard_common::UnparseableAction::Drop,
             subscribers: Vec::new(),
+            actions: Default::default(),
             relays: Vec::new(),
             exemptions: Vec::new(),
             escalated: Default::default(),
@@ -228,6 +229,7 @@ fn same(stats: &HostStats, record: &HostRecord) -> bool {
         && stats.dst_sketch == record.dst_sketch
         && stats.dst_exact == record.dst_exact
         && stats.dst_exact_len == record.dst_exact_len
+        && u64::from(stats.limited) == record.limited
         // Timestamps are the kernel's clock: only their order can be checked.
         && stats.first_seen_ns > 0
         && stats.first_seen_ns <= stats.last_seen_ns

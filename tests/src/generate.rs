@@ -13,8 +13,8 @@ use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use smtpguard::policy::DesiredPolicy;
 use smtpguard_common::{
-    EnforcementConfig, HostMask, Mode, Origin, PrefixOrigin, SubscriberPolicy, UnparseableAction,
-    relay::LISTED_RANGES,
+    Action, EnforcementConfig, HostMask, Limit, Mode, Origin, PrefixOrigin, SubscriberPolicy,
+    UnparseableAction, relay::LISTED_RANGES,
 };
 
 use crate::frames::{
@@ -211,7 +211,13 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
             ),
             subscribers: (0..)
                 .zip(subscribers)
-                .map(|(rule, (range, mode))| (range, SubscriberPolicy::new(mode, rule)))
+                .map(|(rule, (range, mode))| {
+                    let (action, limit) = random_action(rng);
+                    (
+                        range,
+                        SubscriberPolicy::with_action(mode, rule, action, limit),
+                    )
+                })
                 .collect(),
             relays,
             exemptions,
@@ -219,6 +225,23 @@ pub fn random_policy(rng: &mut Rng) -> GeneratedPolicy {
         escalated,
         sources,
         destinations,
+    }
+}
+
+/// A range's action: `drop` half the time, else `reject` (either answer) or `ratelimit`, all
+/// with one bucket size, so a host's bucket means the same in every generated policy (the
+/// kernel keeps it across policy changes), and one long enough that the model's bucket
+/// without refill holds for a run.
+fn random_action(rng: &mut Rng) -> (Action, Limit) {
+    const LIMIT: Limit = Limit {
+        rate: 3,
+        per_secs: 3600,
+    };
+    match rng.random_range(0..8) {
+        0..4 => (Action::Drop, Limit::NONE),
+        4 => (Action::Reset, LIMIT),
+        5 => (Action::IcmpProhibited, LIMIT),
+        _ => (Action::RateLimit, LIMIT),
     }
 }
 

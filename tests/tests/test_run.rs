@@ -4,8 +4,12 @@
 
 use std::{net::IpAddr, path::Path};
 
-use smtpguard::{config::Config, dataplane::Dataplane};
-use smtpguard_common::{Reason, Verdict};
+use smtpguard::{
+    config::Config,
+    dataplane::Dataplane,
+    model::{tc_action, xdp_action},
+};
+use smtpguard_common::Reason;
 use smtpguard_tests::{
     cases::{Case, POLICY, V4, V6, all_cases},
     frames::{FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN},
@@ -43,14 +47,8 @@ fn check(dataplane: &mut Dataplane, cases: &[Case]) {
             .filter(|r| after[*r as usize] != before[*r as usize])
             .map(|r| (r, after[r as usize] - before[r as usize]))
             .collect();
-        let expected_action = match case.expected.verdict() {
-            Verdict::Pass => 2, // XDP_PASS
-            Verdict::Drop => 1, // XDP_DROP
-        };
-        let expected_tc = match case.expected.verdict() {
-            Verdict::Pass => 0, // TC_ACT_OK
-            Verdict::Drop => 2, // TC_ACT_SHOT
-        };
+        let expected_action = xdp_action(case.expected.verdict());
+        let expected_tc = tc_action(case.expected.verdict());
         let tc_action = match dataplane.run_tc(&case.frame) {
             Ok(action) => action,
             // The kernel's skb test run refuses (EINVAL) an untagged IP frame whose IP header

@@ -22,14 +22,45 @@ pub struct ReplayArgs {
     /// e.g. -o json
     #[arg(short = 'o', long, value_enum, default_value_t)]
     format: Format,
+    /// Writes the frames the program sent back (the replies to rejected SYNs, verdict `tx`)
+    /// to a pcap file, one per rejected frame in capture order, e.g. --write-pcap replies.pcap
+    #[arg(long, value_name = "FILE")]
+    write_pcap: Option<PathBuf>,
 }
 
 pub fn run(args: &ReplayArgs, config: &Path) -> anyhow::Result<()> {
     let config = Config::load(config).context("invalid configuration")?;
     let report = replay(&config, &args.capture)?;
+    if let Some(path) = &args.write_pcap {
+        write_replies(&report, path)?;
+    }
     match args.format {
         Format::Table => print_table(&report),
         Format::Json => print_json(&report)?,
+    }
+    Ok(())
+}
+
+/// The replies as a pcap file, each stamped with its frame's position in the capture as
+/// milliseconds, so Wireshark's frame time names the frame it answers.
+fn write_replies(report: &ReplayReport, path: &Path) -> anyhow::Result<()> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer = PcapWriter::with_header(std::io::BufWriter::new(file), PcapHeader::default())
+        .with_context(|| format!("writing the pcap header to {}", path.display()))?;
+    for row in &report.frames {
+        let Some(reply) = &row.reply else { continue };
+        let at = std::time::Duration::from_millis(row.frame as u64);
+        writer
+            .write_packet(&PcapPacket::new(at, reply.len() as u32, reply))
+            .with_context(|| {
+                format!(
+                    "writing the reply to frame {} to {}",
+                    row.frame,
+                    path.display()
+                )
+            })?;
     }
     Ok(())
 }
@@ -46,11 +77,16 @@ fn print_table(report: &ReplayReport) {
     }
     println!();
     let dropped = report.frames.iter().filter(|r| r.verdict == "drop").count();
+    let answered = report.frames.iter().filter(|r| r.verdict == "tx").count();
+    let replies = match answered {
+        0 => String::new(),
+        n => format!(", {n} rejected with a reply (tx)"),
+    };
     println!(
-        "{} frames: {} passed, {} dropped",
+        "{} frames: {} passed, {} dropped{replies}",
         report.frames.len(),
-        report.frames.len() - dropped,
-        dropped
+        report.frames.len() - dropped - answered,
+        dropped,
     );
     for reason in Reason::ALL {
         let count = report.counters[reason as usize];
@@ -100,17 +136,21 @@ fn print_json(report: &ReplayReport) -> anyhow::Result<()> {
                 "attempts": stats.attempts,
                 "segments": stats.segments,
                 "dropped": stats.dropped,
+                "replies": stats.replies,
+                "limited": stats.limited,
                 "distinct_destinations": stats.sketch().estimate(),
                 "last_destination": last_destination(stats),
             })
         })
         .collect();
     let dropped = report.frames.iter().filter(|r| r.verdict == "drop").count();
+    let answered = report.frames.iter().filter(|r| r.verdict == "tx").count();
     let summary = serde_json::json!({
         "summary": {
             "frames": report.frames.len(),
-            "passed": report.frames.len() - dropped,
+            "passed": report.frames.len() - dropped - answered,
             "dropped": dropped,
+            "tx": answered,
             "reasons": reasons,
             "hosts": hosts,
         }

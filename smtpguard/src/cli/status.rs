@@ -258,6 +258,17 @@ pub fn check(args: &CheckArgs, agent: &AgentArgs) -> anyhow::Result<()> {
                 ),
             ],
             vec![
+                "action".to_owned(),
+                match (body["action"].as_str(), body["action_applies"].as_bool()) {
+                    (Some(action), Some(true)) if body["escalated"] == true => {
+                        format!("{action}: the host is escalated")
+                    }
+                    (Some(action), Some(true)) => format!("{action}: the range is enforced"),
+                    (Some(action), _) => format!("{action} (not applied: see the verdict)"),
+                    (None, _) => "none (not a subscriber)".to_owned(),
+                },
+            ],
+            vec![
                 "relay".to_owned(),
                 format!(
                     "{} {}",

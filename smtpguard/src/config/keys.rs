@@ -125,6 +125,37 @@ pub const KEYS: &[Key] = &[
               would be dropped and lets it through.",
     },
     Key {
+        table: "subscribers",
+        name: "action",
+        default: "\"drop\"",
+        doc: "What enforcement does (in enforce mode, and for escalated hosts of a monitor-mode \
+              range): \"drop\" silently; \"reject\" answers each connection attempt (SYN) at \
+              once, so a misconfigured mail client fails fast, within a per-host reply budget \
+              (rate per per), and drops the rest; \"ratelimit\" lets each host open at most \
+              rate connections per per and drops the attempts above it.",
+    },
+    Key {
+        table: "subscribers",
+        name: "reject_with",
+        default: "\"tcp-reset\"",
+        doc: "With action = \"reject\": \"tcp-reset\" (the client sees \"connection refused\") \
+              or \"icmp-admin-prohibited\" (ICMP destination unreachable, code 13; ICMPv6 \
+              administratively prohibited).",
+    },
+    Key {
+        table: "subscribers",
+        name: "rate",
+        default: "required with ratelimit; 10 with reject",
+        doc: "With action = \"ratelimit\": connection attempts per host per `per`; with \
+              \"reject\": replies per host per `per`. 1 to 1000000.",
+    },
+    Key {
+        table: "subscribers",
+        name: "per",
+        default: "required with ratelimit; \"1m\" with reject",
+        doc: "The period of `rate`, a duration from 1s to 7days, such as \"1h\".",
+    },
+    Key {
         table: "relays",
         name: "prefix",
         default: "one of prefix or host",

@@ -23,7 +23,7 @@ use smtpguard_common::maps::{
     DEFAULT_EXEMPTION_CAPACITY, DEFAULT_HOST_CAPACITY, DEFAULT_RELAY_CAPACITY,
     DEFAULT_SUBSCRIBER_CAPACITY, MAX_PORTS,
 };
-use smtpguard_common::{HostMask, Mode, UnparseableAction};
+use smtpguard_common::{Action, HostMask, Limit, Mode, UnparseableAction};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -136,6 +136,82 @@ impl Enforcement {
 pub struct SubscriberRange {
     pub prefix: IpNet,
     pub mode: Mode,
+    /// What enforcement does with the range's segments (also for escalated hosts of a
+    /// monitor-mode range).
+    pub action: EnforceAction,
+}
+
+/// A range's `action`, with the settings that go with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforceAction {
+    Drop,
+    /// Answer SYNs, at most `limit` replies per host.
+    Reject {
+        with: RejectWith,
+        limit: Limit,
+    },
+    /// Pass at most `limit` SYNs per host, drop the rest.
+    RateLimit {
+        limit: Limit,
+    },
+}
+
+/// `reject_with`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectWith {
+    TcpReset,
+    IcmpAdminProhibited,
+}
+
+impl EnforceAction {
+    /// A `reject` range's reply budget when it sets none: enough for a misconfigured client
+    /// to see its error at once, too little for the gateway to be of use as a reflector.
+    pub const DEFAULT_REPLY_LIMIT: Limit = Limit {
+        rate: 10,
+        per_secs: 60,
+    };
+
+    /// The action and bucket the kernel is given.
+    pub fn kernel(&self) -> (Action, Limit) {
+        match *self {
+            EnforceAction::Drop => (Action::Drop, Limit::NONE),
+            EnforceAction::Reject {
+                with: RejectWith::TcpReset,
+                limit,
+            } => (Action::Reset, limit),
+            EnforceAction::Reject {
+                with: RejectWith::IcmpAdminProhibited,
+                limit,
+            } => (Action::IcmpProhibited, limit),
+            EnforceAction::RateLimit { limit } => (Action::RateLimit, limit),
+        }
+    }
+
+    /// In the configuration's words, such as `reject with tcp-reset (at most 10 replies per
+    /// 1m per host)`.
+    pub fn describe(&self) -> String {
+        let per = |limit: Limit| {
+            humantime::format_duration(Duration::from_secs(limit.per_secs.into())).to_string()
+        };
+        match *self {
+            EnforceAction::Drop => "drop".to_owned(),
+            EnforceAction::Reject { with, limit } => format!(
+                "reject with {} (at most {} replies per {} per host, then drop)",
+                match with {
+                    RejectWith::TcpReset => "tcp-reset",
+                    RejectWith::IcmpAdminProhibited => "icmp-admin-prohibited",
+                },
+                limit.rate,
+                per(limit)
+            ),
+            EnforceAction::RateLimit { limit } => format!(
+                "ratelimit (at most {} connection attempts per {} per host, then drop)",
+                limit.rate,
+                per(limit)
+            ),
+        }
+    }
 }
 
 /// One `[[relays]]` entry.
@@ -657,6 +733,26 @@ struct RawSubscriber {
     // Absent: enforce.
     #[serde(default)]
     mode: RawMode,
+    // Absent: drop.
+    #[serde(default)]
+    action: Option<Spanned<RawAction>>,
+    // Absent: tcp-reset (only with action = "reject").
+    #[serde(default)]
+    reject_with: Option<Spanned<RejectWith>>,
+    // Absent: required with ratelimit, 10 per "1m" with reject. i64 so that 0 and negative
+    // numbers reach our own message.
+    #[serde(default)]
+    rate: Option<Spanned<i64>>,
+    #[serde(default)]
+    per: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawAction {
+    Drop,
+    Reject,
+    Ratelimit,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -1030,7 +1126,9 @@ fn validate_subscribers(
     }
     let mut entries = Vec::with_capacity(raw.len());
     let mut modes = Vec::with_capacity(raw.len());
+    let mut actions = Vec::with_capacity(raw.len());
     for subscriber in raw {
+        actions.push(validate_action(src, &subscriber)?);
         let entry = parse_prefix(src, PrefixList::Subscribers, subscriber.prefix)?;
         // The agent keeps hosts as 16-byte addresses with IPv4 mapped into ::ffff:0:0/96, so
         // an IPv6 source in that block must never be a subscriber host: its statistics would
@@ -1058,11 +1156,116 @@ fn validate_subscribers(
     Ok(entries
         .iter()
         .zip(modes)
-        .map(|(entry, mode)| SubscriberRange {
+        .zip(actions)
+        .map(|((entry, mode), action)| SubscriberRange {
             prefix: entry.net,
             mode,
+            action,
         })
         .collect())
+}
+
+/// Most events a bucket may allow per period: far beyond any sensible limit, and small
+/// enough that the kernel's interval (period / rate) stays at least a microsecond.
+const MAX_RATE: i64 = 1_000_000;
+/// The longest `per`: a bucket period beyond a week protects nothing more.
+const MAX_PER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A subscriber entry's `action` with `reject_with`, `rate` and `per`: each setting only with
+/// the action it belongs to, `ratelimit` with both of its own.
+fn validate_action(
+    src: &Source<'_>,
+    subscriber: &RawSubscriber,
+) -> Result<EnforceAction, ConfigError> {
+    let (action, action_span) = match &subscriber.action {
+        Some(action) => (*action.get_ref(), action.span()),
+        None => (RawAction::Drop, subscriber.prefix.span()),
+    };
+    if action != RawAction::Reject
+        && let Some(with) = &subscriber.reject_with
+    {
+        return Err(src.invalid(
+            "subscribers",
+            "reject_with",
+            with.span(),
+            format!("{:?}", with.get_ref()),
+            "no reject_with unless action = \"reject\"",
+        ));
+    }
+    if action == RawAction::Drop {
+        for (key, span) in [
+            ("rate", subscriber.rate.as_ref().map(Spanned::span)),
+            ("per", subscriber.per.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                return Err(src.invalid(
+                    "subscribers",
+                    key,
+                    span.clone(),
+                    &src.text[span],
+                    "no rate or per with action = \"drop\"; they bound \"reject\"'s replies \
+                     or \"ratelimit\"'s connection attempts",
+                ));
+            }
+        }
+        return Ok(EnforceAction::Drop);
+    }
+    let default = EnforceAction::DEFAULT_REPLY_LIMIT;
+    if action == RawAction::Ratelimit && (subscriber.rate.is_none() || subscriber.per.is_none()) {
+        return Err(src.invalid(
+            "subscribers",
+            "action",
+            action_span,
+            "ratelimit",
+            "rate and per with it, such as rate = 10 and per = \"1h\"",
+        ));
+    }
+    let rate = match &subscriber.rate {
+        None => default.rate,
+        Some(rate) => match u32::try_from(*rate.get_ref()) {
+            Ok(value) if (1..=MAX_RATE).contains(&i64::from(value)) => value,
+            _ => {
+                return Err(src.invalid(
+                    "subscribers",
+                    "rate",
+                    rate.span(),
+                    rate.get_ref(),
+                    format!("a whole number of connection attempts or replies from 1 to {MAX_RATE}, such as 10"),
+                ));
+            }
+        },
+    };
+    let per = src.duration(
+        "subscribers",
+        "per",
+        subscriber.per.clone(),
+        Duration::from_secs(default.per_secs.into()),
+        Duration::from_secs(1),
+    )?;
+    if per > MAX_PER {
+        let span = subscriber.per.as_ref().map_or(action_span, Spanned::span);
+        return Err(src.invalid(
+            "subscribers",
+            "per",
+            span.clone(),
+            &src.text[span],
+            "a duration from 1s to 7days, such as \"1h\"",
+        ));
+    }
+    let limit = Limit {
+        rate,
+        per_secs: per.as_secs() as u32,
+    };
+    Ok(match action {
+        RawAction::Ratelimit => EnforceAction::RateLimit { limit },
+        _ => EnforceAction::Reject {
+            with: subscriber
+                .reject_with
+                .as_ref()
+                .map_or(RejectWith::TcpReset, |with| *with.get_ref()),
+            limit,
+        },
+    })
 }
 
 /// Whether an IPv6 prefix overlaps ::ffff:0:0/96, the IPv4-mapped block.
@@ -1341,10 +1544,12 @@ mod tests {
                     SubscriberRange {
                         prefix: net("100.64.0.0/10"),
                         mode: Mode::Enforce,
+                        action: EnforceAction::Drop,
                     },
                     SubscriberRange {
                         prefix: net("198.51.100.0/24"),
                         mode: Mode::Monitor,
+                        action: EnforceAction::Drop,
                     },
                 ],
                 relays: vec![
@@ -1424,6 +1629,7 @@ mod tests {
             vec![SubscriberRange {
                 prefix: net("100.64.0.0/10"),
                 mode: Mode::Enforce,
+                action: EnforceAction::Drop,
             }]
         );
         assert!(config.relays.is_empty());
@@ -1480,10 +1686,12 @@ mod tests {
                 SubscriberRange {
                     prefix: net("2001:db8:1000::/36"),
                     mode: Mode::Enforce,
+                    action: EnforceAction::Drop,
                 },
                 SubscriberRange {
                     prefix: net("100.64.0.0/10"),
                     mode: Mode::Monitor,
+                    action: EnforceAction::Drop,
                 },
             ]
         );
@@ -1563,14 +1771,17 @@ mod tests {
                 SubscriberRange {
                     prefix: net("100.64.0.0/10"),
                     mode: Mode::Monitor,
+                    action: EnforceAction::Drop,
                 },
                 SubscriberRange {
                     prefix: net("2001:db8:1000::/36"),
                     mode: Mode::Monitor,
+                    action: EnforceAction::Drop,
                 },
                 SubscriberRange {
                     prefix: net("100.127.0.0/16"),
                     mode: Mode::Monitor,
+                    action: EnforceAction::Drop,
                 },
             ]
         );
@@ -1687,6 +1898,121 @@ mod tests {
         ]);
         assert!(matches!(err, ConfigError::Toml { .. }));
         assert_message(&err, 3, 8, &["`block`", "`enforce` or `monitor`"]);
+    }
+
+    #[test]
+    fn actions_take_their_settings() {
+        let config = parse(&[
+            "[[subscribers]]",
+            "prefix = \"100.64.0.0/10\"",
+            "action = \"reject\"",
+            "[[subscribers]]",
+            "prefix = \"100.65.0.0/16\"",
+            "action = \"reject\"",
+            "reject_with = \"icmp-admin-prohibited\"",
+            "rate = 3",
+            "per = \"10s\"",
+            "[[subscribers]]",
+            "prefix = \"100.66.0.0/16\"",
+            "mode = \"monitor\"",
+            "action = \"ratelimit\"",
+            "rate = 10",
+            "per = \"1h\"",
+            "[[subscribers]]",
+            "prefix = \"100.67.0.0/16\"",
+        ])
+        .unwrap();
+        let actions: Vec<_> = config.subscribers.iter().map(|s| s.action).collect();
+        assert_eq!(
+            actions,
+            [
+                EnforceAction::Reject {
+                    with: RejectWith::TcpReset,
+                    limit: EnforceAction::DEFAULT_REPLY_LIMIT,
+                },
+                EnforceAction::Reject {
+                    with: RejectWith::IcmpAdminProhibited,
+                    limit: Limit {
+                        rate: 3,
+                        per_secs: 10,
+                    },
+                },
+                EnforceAction::RateLimit {
+                    limit: Limit {
+                        rate: 10,
+                        per_secs: 3600,
+                    },
+                },
+                EnforceAction::Drop,
+            ]
+        );
+        assert_eq!(
+            actions[1].kernel(),
+            (
+                Action::IcmpProhibited,
+                Limit {
+                    rate: 3,
+                    per_secs: 10
+                }
+            )
+        );
+        assert_eq!(
+            actions[2].describe(),
+            "ratelimit (at most 10 connection attempts per 1h per host, then drop)"
+        );
+    }
+
+    #[test]
+    fn action_settings_are_checked_with_their_location() {
+        let entry = |lines: &[&str]| {
+            let mut all = vec!["[[subscribers]]", "prefix = \"100.64.0.0/10\""];
+            all.extend_from_slice(lines);
+            reject(&all)
+        };
+        let err = entry(&["action = \"block\""]);
+        assert_message(&err, 3, 10, &["`block`", "`drop`, `reject`", "`ratelimit`"]);
+        let err = entry(&["action = \"ratelimit\"", "rate = 10"]);
+        assert_message(
+            &err,
+            3,
+            10,
+            &["subscribers.action", "\"ratelimit\"", "rate and per"],
+        );
+        let err = entry(&["action = \"ratelimit\"", "rate = 0", "per = \"1h\""]);
+        assert_message(
+            &err,
+            4,
+            8,
+            &["subscribers.rate = \"0\"", "from 1 to 1000000"],
+        );
+        let err = entry(&["action = \"reject\"", "per = \"soon\""]);
+        assert_message(&err, 4, 7, &["subscribers.per = \"soon\"", "a duration"]);
+        let err = entry(&["action = \"reject\"", "per = \"30days\""]);
+        assert_message(&err, 4, 7, &["subscribers.per", "30days", "1s to 7days"]);
+        let err = entry(&["rate = 5"]);
+        assert_message(
+            &err,
+            3,
+            8,
+            &[
+                "subscribers.rate = \"5\"",
+                "no rate or per with action = \"drop\"",
+            ],
+        );
+        let err = entry(&["action = \"ratelimit\"", "reject_with = \"tcp-reset\""]);
+        assert_message(
+            &err,
+            4,
+            15,
+            &["subscribers.reject_with", "unless action = \"reject\""],
+        );
+        let err = entry(&["action = \"reject\"", "reject_with = \"icmp\""]);
+        assert_message(
+            &err,
+            4,
+            15,
+            &["`icmp`", "`tcp-reset`", "`icmp-admin-prohibited`"],
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ impl HostRecord {
         merged.attempts += duplicate.attempts;
         merged.segments += duplicate.segments;
         merged.dropped += duplicate.dropped;
+        merged.limited += duplicate.limited;
+        merged.replies += duplicate.replies;
         merged.first_seen_ns = merged.first_seen_ns.min(duplicate.first_seen_ns);
         merged.last_seen_ns = merged.last_seen_ns.max(duplicate.last_seen_ns);
         if duplicate.sketch_epoch == merged.sketch_epoch {

@@ -48,6 +48,19 @@ pub const TC_PROGRAM: &str = "smtpguard_tc";
 /// The TC entry point for devices without an Ethernet header (TUN, WireGuard, IPIP, GRE):
 /// it reads from the IP header and takes the protocol from the skb.
 pub const TC_L3_PROGRAM: &str = "smtpguard_tc_l3";
+/// The reply programs (`reject`), tail-called by the entry points through the program
+/// arrays, each in its slot.
+const REPLY_PROGRAMS: [ReplyProgram; 3] = [
+    ReplyProgram::Xdp("smtpguard_xdp_reply"),
+    ReplyProgram::Tc("smtpguard_tc_reply", names::TC_REPLY_ETHERNET),
+    ReplyProgram::Tc("smtpguard_tc_l3_reply", names::TC_REPLY_L3),
+];
+
+/// A reply program: its name and, at TC, its slot in `TC_REPLY`.
+enum ReplyProgram {
+    Xdp(&'static str),
+    Tc(&'static str, u32),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -240,6 +253,9 @@ impl Dataplane {
                 .load()
                 .map_err(|source| program_error("loading", name, source))?;
         }
+        for reply in REPLY_PROGRAMS {
+            load_reply(&mut ebpf, reply)?;
+        }
         Ok(Self {
             ebpf,
             replaced_pins: Vec::new(),
@@ -360,17 +376,38 @@ impl Dataplane {
     /// Runs one frame through the XDP entry point with `BPF_PROG_TEST_RUN` and reports the
     /// action and the reason counter it moved.
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<FrameOutcome, DataplaneError> {
+        self.run_xdp_traced(frame).map(|(outcome, _)| outcome)
+    }
+
+    /// [`run_xdp`](Self::run_xdp), with the frame as the program left it: for `XDP_TX`, the
+    /// reply it sends back.
+    pub fn run_xdp_traced(
+        &mut self,
+        frame: &[u8],
+    ) -> Result<(FrameOutcome, Vec<u8>), DataplaneError> {
         let before = self.counters()?;
-        let action = test_run(
-            program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?,
-            XDP_PROGRAM,
-            frame,
-        )?;
+        let (action, out) = self.run_xdp_out(frame)?;
         let after = self.counters()?;
         let reason = Reason::ALL
             .into_iter()
             .find(|reason| after[*reason as usize] != before[*reason as usize]);
-        Ok(FrameOutcome { action, reason })
+        Ok((FrameOutcome { action, reason }, out))
+    }
+
+    /// Runs one frame through the XDP entry point and returns the action with the frame as
+    /// the program left it: for `XDP_TX`, the reply it sends back.
+    pub fn run_xdp_out(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), DataplaneError> {
+        test_run_out(
+            program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?,
+            XDP_PROGRAM,
+            frame,
+        )
+    }
+
+    /// The same through the TC entry point; a reply's action is `TC_ACT_REDIRECT`.
+    pub fn run_tc_out(&mut self, frame: &[u8]) -> Result<(i32, Vec<u8>), DataplaneError> {
+        let program = program_ref::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?;
+        test_run_out(program, TC_PROGRAM, frame).map(|(action, out)| (action as i32, out))
     }
 
     /// The XDP entry point's program fd, for callers that drive `BPF_PROG_TEST_RUN`
@@ -561,19 +598,77 @@ impl Dataplane {
     }
 }
 
+/// Loads a reply program and puts it in its program array slot. Builds from before `reject`
+/// (a benchmark's baseline) have neither; they never tail-call.
+fn load_reply(ebpf: &mut Ebpf, reply: ReplyProgram) -> Result<(), DataplaneError> {
+    let (name, array, slot) = match reply {
+        ReplyProgram::Xdp(name) => (name, names::XDP_REPLY, 0),
+        ReplyProgram::Tc(name, slot) => (name, names::TC_REPLY, slot),
+    };
+    if ebpf.program(name).is_none() {
+        return Ok(());
+    }
+    let fd = match reply {
+        ReplyProgram::Xdp(_) => {
+            let program = program_mut::<Xdp>(ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| program_error("loading", name, source))?;
+            program.fd()
+        }
+        ReplyProgram::Tc(..) => {
+            let program = program_mut::<SchedClassifier>(ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| program_error("loading", name, source))?;
+            program.fd()
+        }
+    }
+    .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+    .map_err(|source| program_error("using", name, source))?;
+    let map = ebpf.map_mut(array).ok_or(DataplaneError::Missing {
+        kind: "map",
+        name: array,
+    })?;
+    let map_error = |source| DataplaneError::Map { map: array, source };
+    aya::maps::ProgramArray::try_from(map)
+        .map_err(map_error)?
+        .set(slot, &fd, 0)
+        .map_err(map_error)
+}
+
 /// One `BPF_PROG_TEST_RUN` of `frame`; returns the program's return value.
 fn test_run<P>(program: &P, name: &'static str, frame: &[u8]) -> Result<u32, DataplaneError>
 where
     for<'a> P: TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    test_run_out(program, name, frame).map(|(action, _)| action)
+}
+
+/// The most a test run's frame may grow to: a page, what the kernel gives an XDP test run.
+const TEST_RUN_OUT: usize = 4096;
+
+/// One `BPF_PROG_TEST_RUN` of `frame`; returns the program's return value and the frame as
+/// the program left it.
+fn test_run_out<P>(
+    program: &P,
+    name: &'static str,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), DataplaneError>
+where
+    for<'a> P: TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0; TEST_RUN_OUT];
     let options = TestRunOptions {
         data_in: Some(frame),
+        data_out: Some(&mut out),
         ..TestRunOptions::default()
     };
-    program
+    let result = program
         .test_run(options)
-        .map(|result| result.return_value)
-        .map_err(|source| program_error("test-running", name, source))
+        .map_err(|source| program_error("test-running", name, source))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 /// TCX (kernel >= 6.6) needs no qdisc; the clsact qdisc is for older kernels, and an existing

@@ -1,9 +1,12 @@
 //! The decision, rule by rule as the specification orders it.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
-use smtpguard_common::{Mode, Reason, UnparseableAction};
+use smtpguard_common::{Action, Limit, Mode, Reason, UnparseableAction};
 
 use super::dissect::{AboveIp, Dissection};
 use crate::policy::DesiredPolicy;
@@ -16,6 +19,8 @@ pub struct ModelPolicy {
     pub unparseable: UnparseableAction,
     /// Subscriber ranges; the most specific range containing the source decides the mode.
     pub subscribers: Vec<(IpNet, Mode)>,
+    /// The action and bucket of each range whose action is not `drop`.
+    pub actions: HashMap<IpNet, (Action, Limit)>,
     /// Relay destinations: always pass.
     pub relays: Vec<IpNet>,
     /// Exempted sources: pass.
@@ -51,6 +56,12 @@ impl ModelPolicy {
                     (*prefix, mode)
                 })
                 .collect(),
+            actions: desired
+                .subscribers
+                .iter()
+                .filter(|(_, policy)| policy.action != Action::Drop as u32)
+                .map(|(prefix, policy)| (*prefix, (Action::from_u32(policy.action), policy.limit)))
+                .collect(),
             relays: desired.relays.keys().copied().collect(),
             exemptions: desired.exemptions.keys().copied().collect(),
             escalated: HashSet::new(),
@@ -85,11 +96,22 @@ impl ModelPolicy {
 
     /// The mode of the most specific subscriber range holding `src`, if any.
     pub fn subscriber_mode(&self, src: IpAddr) -> Option<Mode> {
+        self.subscriber_range(src).map(|(_, mode)| mode)
+    }
+
+    fn subscriber_range(&self, src: IpAddr) -> Option<(IpNet, Mode)> {
         self.subscribers
             .iter()
             .filter(|(prefix, _)| prefix.contains(&src))
             .max_by_key(|(prefix, _)| prefix.prefix_len())
-            .map(|(_, mode)| *mode)
+            .copied()
+    }
+
+    /// The action and bucket of the most specific subscriber range holding `src`.
+    pub fn action(&self, src: IpAddr) -> (Action, Limit) {
+        self.subscriber_range(src)
+            .and_then(|(prefix, _)| self.actions.get(&prefix).copied())
+            .unwrap_or((Action::Drop, Limit::NONE))
     }
 
     fn is_relay(&self, dst: IpAddr) -> bool {
@@ -103,8 +125,8 @@ impl ModelPolicy {
 
 /// What the policy is asked about.
 enum Question {
-    /// TCP to an enforced port.
-    EnforcedPort,
+    /// TCP to an enforced port; `attempt` for a SYN without ACK.
+    EnforcedPort { attempt: bool },
     /// TCP whose header (and so its port) cannot be seen.
     Unparseable,
     /// A fragment that hides or overwrites the TCP header.
@@ -130,7 +152,9 @@ pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
         AboveIp::Tcp { dst_port, .. } if !policy.ports.contains(&dst_port) => {
             return Reason::Other;
         }
-        AboveIp::Tcp { .. } => Question::EnforcedPort,
+        AboveIp::Tcp { flags, .. } => Question::EnforcedPort {
+            attempt: flags & 0x02 != 0 && flags & 0x10 == 0,
+        },
         AboveIp::TcpOutOfReach => Question::Unparseable,
         AboveIp::EvasiveFragment => Question::EvasiveFragment,
     };
@@ -138,7 +162,7 @@ pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
     //    an outsider's unreadable or fragmented TCP is simply other traffic.
     let Some(mode) = policy.subscriber_mode(src) else {
         return match question {
-            Question::EnforcedPort => Reason::NotSubscriber,
+            Question::EnforcedPort { .. } => Reason::NotSubscriber,
             Question::Unparseable | Question::EvasiveFragment => Reason::Other,
         };
     };
@@ -154,9 +178,17 @@ pub fn decide(policy: &ModelPolicy, dissection: &Dissection) -> Reason {
     if mode == Mode::Monitor && !policy.escalated.contains(&policy.host(src)) {
         return Reason::Monitored;
     }
-    // 5. Enforce.
+    // 5. Enforce, by the range's action: `reject` answers a connection attempt and drops the
+    //    rest, `ratelimit` passes a connection's segments and judges its attempt by the bucket.
+    //    The host's bucket has the last word on `Rejected` and an attempt's `WithinRate`
+    //    (`Model::judge`).
     match question {
-        Question::EnforcedPort => Reason::Dropped,
+        Question::EnforcedPort { attempt } => match policy.action(src).0 {
+            Action::Drop => Reason::Dropped,
+            Action::Reset | Action::IcmpProhibited if attempt => Reason::Rejected,
+            Action::Reset | Action::IcmpProhibited => Reason::Dropped,
+            Action::RateLimit => Reason::WithinRate,
+        },
         Question::EvasiveFragment => Reason::FragmentDropped,
         Question::Unparseable => match policy.unparseable {
             UnparseableAction::Drop => Reason::UnparseableDropped,

@@ -38,15 +38,19 @@ const TCP_ACK: u8 = 0x10;
 /// XDP's return codes (`enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 /// TC's return codes (`TC_ACT_*`).
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+/// `bpf_redirect`'s return: the reply leaves through the ingress interface.
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// The XDP action for a verdict.
 pub fn xdp_action(verdict: Verdict) -> u32 {
     match verdict {
         Verdict::Pass => XDP_PASS,
         Verdict::Drop => XDP_DROP,
+        Verdict::Tx => XDP_TX,
     }
 }
 
@@ -55,6 +59,7 @@ pub fn tc_action(verdict: Verdict) -> i32 {
     match verdict {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Tx => TC_ACT_REDIRECT,
     }
 }
 
@@ -72,6 +77,11 @@ pub struct HostRecord {
     pub dst_exact: [u32; EXACT_DESTINATIONS],
     /// How many of `dst_exact` are used, or `EXACT_OVERFLOWED` after one more distinct one.
     pub dst_exact_len: u32,
+    /// Tokens taken from the host's bucket: replies sent (`reject`) or attempts passed
+    /// (`ratelimit`).
+    pub tokens_taken: u64,
+    /// Attempts the bucket refused.
+    pub limited: u64,
 }
 
 /// The policy plus everything the data plane counts.
@@ -96,23 +106,28 @@ impl Model {
     /// Judges one frame through one entry point and records what it counts.
     pub fn judge(&mut self, frame: &[u8]) -> Reason {
         let dissection = dissect(frame);
-        let reason = decide(&self.policy, &dissection);
-        self.counters[reason as usize] += 1;
+        let mut reason = decide(&self.policy, &dissection);
         if let Dissection::Ip { src, dst, above } = dissection
             && reason.tracks_host()
         {
-            self.record_host(src, dst, above, reason);
+            reason = self.record_host(src, dst, above, reason);
         }
+        self.counters[reason as usize] += 1;
         reason
     }
 
-    fn record_host(&mut self, src: IpAddr, dst: IpAddr, above: AboveIp, reason: Reason) {
+    /// Records the frame for its host and returns its final reason: an attempt that needs a
+    /// token (`Rejected`, `WithinRate`) gets one while the bucket holds `rate` of them, then
+    /// is `Dropped` or `RateLimited`. The bucket's refill is not modelled: a test's frames
+    /// arrive within a small part of any period its limit names.
+    fn record_host(&mut self, src: IpAddr, dst: IpAddr, above: AboveIp, reason: Reason) -> Reason {
         let (port, attempt) = match above {
             AboveIp::Tcp { dst_port, flags } => {
                 (dst_port, flags & TCP_SYN != 0 && flags & TCP_ACK == 0)
             }
             _ => (0, false),
         };
+        let (_, limit) = self.policy.action(src);
         let host = self
             .hosts
             .entry(self.policy.host(src))
@@ -126,10 +141,28 @@ impl Model {
                 dst_sketch: [0; SKETCH_REGISTERS],
                 dst_exact: [0; EXACT_DESTINATIONS],
                 dst_exact_len: 0,
+                tokens_taken: 0,
+                limited: 0,
             });
+        let reason = match reason {
+            Reason::Rejected | Reason::WithinRate if attempt => {
+                if host.tokens_taken < u64::from(limit.rate) {
+                    host.tokens_taken += 1;
+                    reason
+                } else {
+                    host.limited += 1;
+                    if reason == Reason::Rejected {
+                        Reason::Dropped
+                    } else {
+                        Reason::RateLimited
+                    }
+                }
+            }
+            other => other,
+        };
         host.segments += 1;
         host.attempts += u64::from(attempt);
-        host.dropped += u64::from(reason.verdict() == Verdict::Drop);
+        host.dropped += u64::from(reason.verdict() != Verdict::Pass);
         host.last_dst = dst;
         host.last_dst_port = port;
         host.last_reason = reason;
@@ -150,6 +183,7 @@ impl Model {
                 host.dst_exact_len += 1;
             }
         }
+        reason
     }
 }
 

@@ -1,8 +1,11 @@
 //! The model's own edge cases, each from a sentence of the specification.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
-use smtpguard_common::{Mode, Reason, UnparseableAction};
+use smtpguard_common::{Action, Limit, Mode, Reason, UnparseableAction};
 use smtpguard_tests::frames::{
     Extension, FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN, TPID_8021Q, TPID_9100, Wrapper, arp,
     ethernet,
@@ -23,6 +26,7 @@ fn policy() -> ModelPolicy {
             ("100.127.0.0/16".parse().unwrap(), Mode::Monitor),
             ("2001:db8:1000::/36".parse().unwrap(), Mode::Enforce),
         ],
+        actions: HashMap::new(),
         relays: vec!["192.0.2.25/32".parse().unwrap()],
         exemptions: vec!["100.64.10.0/24".parse().unwrap()],
         escalated: HashSet::from([ip("100.127.9.9")]),
@@ -303,4 +307,65 @@ fn the_first_five_distinct_destinations_are_kept_exactly() {
         "a sixth one overflows the set"
     );
     assert_eq!(host.dst_exact.to_vec(), expected, "the set itself stays");
+}
+
+#[test]
+fn reject_answers_attempts_within_the_bucket_and_ratelimit_passes_within_its_limit() {
+    let limit = Limit {
+        rate: 2,
+        per_secs: 3600,
+    };
+    let mut model = Model::new(ModelPolicy {
+        subscribers: vec![
+            ("100.64.0.0/10".parse().unwrap(), Mode::Enforce),
+            ("100.64.1.0/24".parse().unwrap(), Mode::Enforce),
+            ("100.127.0.0/16".parse().unwrap(), Mode::Monitor),
+        ],
+        actions: HashMap::from([
+            ("100.64.0.0/10".parse().unwrap(), (Action::Reset, limit)),
+            ("100.64.1.0/24".parse().unwrap(), (Action::RateLimit, limit)),
+            (
+                "100.127.0.0/16".parse().unwrap(),
+                (Action::IcmpProhibited, limit),
+            ),
+        ]),
+        ..policy()
+    });
+    let reasons = |model: &mut Model, frame: &[u8], n: usize| -> Vec<Reason> {
+        (0..n).map(|_| model.judge(frame)).collect()
+    };
+    // Two replies, then drops; a segment that is no attempt is dropped unanswered.
+    assert_eq!(
+        reasons(&mut model, &syn(SUB, MX).build(), 3),
+        [Reason::Rejected, Reason::Rejected, Reason::Dropped]
+    );
+    assert_eq!(
+        model.judge(&FrameSpec::tcp(ip(SUB), ip(MX), 25, TCP_ACK).build()),
+        Reason::Dropped
+    );
+    let host = model.hosts[&ip(SUB)];
+    assert_eq!((host.tokens_taken, host.limited, host.dropped), (2, 1, 4));
+    // The more specific range rate-limits: its connections' segments pass.
+    assert_eq!(
+        reasons(&mut model, &syn("100.64.1.9", MX).build(), 3),
+        [Reason::WithinRate, Reason::WithinRate, Reason::RateLimited]
+    );
+    assert_eq!(
+        model.judge(&FrameSpec::tcp(ip("100.64.1.9"), ip(MX), 25, TCP_ACK).build()),
+        Reason::WithinRate
+    );
+    // Monitor mode passes; the escalated host of the monitor range is rejected.
+    assert_eq!(
+        model.judge(&syn("100.127.1.1", MX).build()),
+        Reason::Monitored
+    );
+    assert_eq!(
+        model.judge(&syn("100.127.9.9", MX).build()),
+        Reason::Rejected
+    );
+    // Each host has its own bucket.
+    assert_eq!(
+        model.judge(&syn("100.64.0.3", MX).build()),
+        Reason::Rejected
+    );
 }

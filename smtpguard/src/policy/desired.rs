@@ -32,7 +32,11 @@ impl DesiredPolicy {
             ),
             subscribers: (0..)
                 .zip(&config.subscribers)
-                .map(|(rule, range)| (range.prefix, SubscriberPolicy::new(range.mode, rule)))
+                .map(|(rule, range)| {
+                    let (action, limit) = range.action.kernel();
+                    let policy = SubscriberPolicy::with_action(range.mode, rule, action, limit);
+                    (range.prefix, policy)
+                })
                 .collect(),
             relays: config
                 .relays

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use serde_json::json;
-use smtpguard_common::{Origin, PrefixOrigin, Reason, Verdict};
+use smtpguard_common::{Origin, PrefixOrigin, Reason};
 
 use super::{Failure, Outcome, failed};
 use crate::{
     agent::{api::ErrorKind, state::AgentState},
+    config::EnforceAction,
     input,
     policy::most_specific,
 };
@@ -37,6 +38,17 @@ impl AgentState {
         let exemption = most_specific(&self.desired.exemptions, src);
         let enforced = self.config.enforcement.ports.contains(&port);
         let mode = subscriber.map(|p| self.desired.subscribers[&p]);
+        let action = subscriber
+            .and_then(|p| self.config.subscribers.iter().find(|r| r.prefix == p))
+            .map_or(EnforceAction::Drop, |range| range.action);
+        // An escalated host of a monitor-mode range is enforced with its range's action.
+        let host = self.config.enforcement.host_of(src).network();
+        let escalated = self
+            .policy
+            .active_escalations()
+            .map_err(failed)?
+            .iter()
+            .any(|escalation| escalation.host == host);
         let reason = if !enforced {
             Reason::Other
         } else if subscriber.is_none() {
@@ -45,11 +57,20 @@ impl AgentState {
             Reason::Relayed
         } else if exemption.is_some() {
             Reason::Exempt
-        } else if mode.is_some_and(|m| m.is_monitor()) {
+        } else if mode.is_some_and(|m| m.is_monitor()) && !escalated {
             Reason::Monitored
         } else {
-            Reason::Dropped
+            // What a connection attempt (SYN) gets while the host is within its bucket.
+            match action {
+                EnforceAction::Drop => Reason::Dropped,
+                EnforceAction::Reject { .. } => Reason::Rejected,
+                EnforceAction::RateLimit { .. } => Reason::WithinRate,
+            }
         };
+        let action_applies = matches!(
+            reason,
+            Reason::Dropped | Reason::Rejected | Reason::WithinRate
+        );
         let agrees = kernel.subscriber == mode
             && kernel.relay.is_some() == relay.is_some()
             && kernel.exemption.is_some() == exemption.is_some();
@@ -60,12 +81,15 @@ impl AgentState {
             "src": src.to_string(),
             "dst": dst.to_string(),
             "port": port,
-            "verdict": match reason.verdict() { Verdict::Pass => "pass", Verdict::Drop => "drop" },
+            "verdict": reason.verdict().name(),
             "reason": reason.name(),
             "enforced_port": enforced,
             "enforced_ports": self.config.enforcement.ports,
             "subscriber": subscriber.map(|p| p.to_string()),
             "subscriber_mode": mode.map(|m| if m.is_monitor() { "monitor" } else { "enforce" }),
+            "escalated": escalated,
+            "action": subscriber.map(|_| action.describe()),
+            "action_applies": action_applies,
             "relay": relay.map(|p| p.to_string()),
             "relay_source": origin(&self.desired.relays, relay),
             "exemption": exemption.map(|p| p.to_string()),

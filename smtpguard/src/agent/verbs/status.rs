@@ -48,7 +48,7 @@ impl AgentState {
             "detached": self.enforcement.detached_interfaces(),
             "unlisted_tunnels": self.enforcement.unlisted_tunnels().iter().map(|t| json!({"interface": t.interface, "kind": t.kind, "warning": t.to_string()})).collect::<Vec<_>>(),
             "enforced_ports": self.config.enforcement.ports,
-            "subscribers": self.config.subscribers.iter().map(|r| json!({"prefix": r.prefix.to_string(), "mode": mode_name(r.mode)})).collect::<Vec<_>>(),
+            "subscribers": self.config.subscribers.iter().map(|r| json!({"prefix": r.prefix.to_string(), "mode": mode_name(r.mode), "action": r.action.describe()})).collect::<Vec<_>>(),
             "ranges_by_mode": self.ranges_by_mode().into_iter().map(|(mode, ranges)| (mode.to_owned(), json!(ranges))).collect::<serde_json::Map<String, Value>>(),
             "relay_hosts": self.resolved.hosts().map(|(name, host)| json!({"host": name, "addresses": host.addresses, "unresolved": host.unresolved})).collect::<Vec<_>>(),
             "netns": self.config.agent.netns,
