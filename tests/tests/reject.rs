@@ -10,10 +10,8 @@ use smtpguard::{
     dataplane::Dataplane,
     model::{TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
 };
-use smtpguard_common::Reason;
-use smtpguard_tests::frames::{
-    FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN, TPID_8021AD, TPID_8021Q, Wrapper,
-};
+use smtpguard_common::{HostStats, Reason};
+use smtpguard_tests::frames::{FrameSpec, QINQ_PPPOE, TCP_ACK, TCP_SYN, TPID_8021Q, Wrapper};
 
 const POLICY: &str = r#"
 [enforcement]
@@ -63,6 +61,16 @@ fn dataplane() -> Dataplane {
     Dataplane::with_policy(&config).unwrap_or_else(|e| panic!("loading the program: {e:?}"))
 }
 
+fn host_stats(dataplane: &Dataplane, host: IpAddr) -> HostStats {
+    dataplane
+        .hosts()
+        .unwrap()
+        .into_iter()
+        .find(|(address, _)| *address == host)
+        .expect("the host is tracked")
+        .1
+}
+
 fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -78,19 +86,8 @@ fn encapsulations() -> Vec<(&'static str, Vec<Wrapper>)> {
                 vid: 7,
             }],
         ),
-        (
-            "qinq",
-            vec![
-                Wrapper::Vlan {
-                    tpid: TPID_8021AD,
-                    vid: 100,
-                },
-                Wrapper::Vlan {
-                    tpid: TPID_8021Q,
-                    vid: 200,
-                },
-            ],
-        ),
+        // QINQ_PPPOE's two tags without its PPPoE.
+        ("qinq", QINQ_PPPOE[..2].to_vec()),
         ("pppoe", vec![Wrapper::Pppoe { compressed: false }]),
         (
             "pppoe-compressed",
@@ -293,13 +290,7 @@ fn the_reply_bucket_holds_and_only_attempts_are_answered() {
     let ack = FrameSpec::tcp(ip("100.64.9.10"), ip(MX4), 25, TCP_ACK).build();
     let outcome = dataplane.run_xdp(&ack).unwrap();
     assert_eq!((outcome.action, outcome.reason), dropped, "an ACK");
-    let stats = dataplane
-        .hosts()
-        .unwrap()
-        .into_iter()
-        .find(|(address, _)| *address == host)
-        .expect("the host is tracked")
-        .1;
+    let stats = host_stats(&dataplane, host);
     assert_eq!(
         (stats.replies, stats.limited, stats.attempts, stats.dropped),
         (3, 5, 8, 8),
@@ -333,13 +324,7 @@ fn ratelimit_passes_its_rate_of_attempts_and_every_other_segment() {
         dataplane.run_tc(&syn).unwrap(),
         smtpguard::model::TC_ACT_SHOT
     );
-    let stats = dataplane
-        .hosts()
-        .unwrap()
-        .into_iter()
-        .find(|(address, _)| *address == host)
-        .expect("the host is tracked")
-        .1;
+    let stats = host_stats(&dataplane, host);
     assert_eq!((stats.limited, stats.replies), (4, 0));
 }
 
