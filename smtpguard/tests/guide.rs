@@ -383,6 +383,17 @@ impl Run {
         );
         self.expect_shown(step.shown, &printed, numbers, &what);
         self.ran.push(step.command.to_owned());
+        // `detach` stops the agent after its last snapshot, which reads the whole host table:
+        // the next section must not find it still stopping (it restarts a stopped one).
+        if step.command == "smtpguard detach"
+            && let Some(agent) = self.agent.as_mut()
+        {
+            let status = agent.wait_exit(Duration::from_secs(60));
+            assert!(
+                status.is_some(),
+                "the agent still runs a minute after detach"
+            );
+        }
     }
 
     /// The guide's privileged steps: what systemd does, done as the lab can.
@@ -544,10 +555,11 @@ impl Run {
                 let output = self.shell(command, None);
                 assert!(
                     output.status.success(),
-                    "`{command}` ({}): expected exit 0, observed {}:\n{}",
+                    "`{command}` ({}): expected exit 0, observed {}:\n{}\nthe agent's log:\n{}",
                     self.heading,
                     output.status,
-                    self.printed(&output)
+                    self.printed(&output),
+                    self.agent_log()
                 );
                 self.ran.push(command.to_owned());
             }
@@ -566,7 +578,20 @@ impl Run {
                 .ip(&["link", "del", VXLAN_INTERFACE])
                 .unwrap();
         }
-        // Each section after the agent started assumes it runs: `detach` stops it.
+        // Each section after the agent started assumes it runs: `detach` stops it, after its
+        // last snapshot (which reads the whole host table), so it may still be stopping here.
+        if self
+            .ran
+            .last()
+            .is_some_and(|command| command == "smtpguard detach")
+            && let Some(agent) = self.agent.as_mut()
+        {
+            let status = agent.wait_exit(Duration::from_secs(60));
+            assert!(
+                status.is_some(),
+                "the agent still runs a minute after detach"
+            );
+        }
         if self.agent.as_mut().is_some_and(|agent| !agent.running()) && !heading.is_empty() {
             self.agent = None;
             self.start_agent();
