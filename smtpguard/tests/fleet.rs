@@ -7,6 +7,7 @@ mod harness;
 
 use std::{
     net::IpAddr,
+    path::Path,
     process::Output,
     thread,
     time::{Duration, Instant},
@@ -734,7 +735,7 @@ fn reports_reach_postgres_over_verified_tls_only() {
              postgres = \"postgres://smtpguard@{host}:{}/smtpguard?sslmode={sslmode}\"\n{keys}",
             postgres.port
         );
-        let config = smtpguard::config::Config::parse(&text, std::path::Path::new("tls.toml"))
+        let config = smtpguard::config::Config::parse(&text, Path::new("tls.toml"))
             .map_err(|error| error.to_string())?;
         let postgres = config.fleet.unwrap().postgres.unwrap();
         runtime
@@ -778,14 +779,22 @@ fn reports_reach_postgres_over_verified_tls_only() {
             "sslmode={sslmode}: {refused}"
         );
     }
-    let missing = open(
-        "127.0.0.1",
-        "verify-full",
-        &format!("postgres_ca = \"/nonexistent/ca.pem\"\n{client}"),
-    )
-    .unwrap_err();
-    assert!(
-        missing.contains("postgres_ca /nonexistent/ca.pem"),
-        "{missing}"
-    );
+    let garbage = certificates.file("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    for (path, cause) in [
+        (Path::new("/nonexistent/ca.pem"), "No such file"),
+        (garbage.as_path(), "no root trust anchors"),
+    ] {
+        let unusable = open(
+            "127.0.0.1",
+            "verify-full",
+            &format!("postgres_ca = \"{}\"\n{client}", path.display()),
+        )
+        .unwrap_err();
+        assert!(
+            unusable.contains(&format!("postgres_ca {}", path.display()))
+                && unusable.contains(cause),
+            "{unusable}"
+        );
+    }
 }
