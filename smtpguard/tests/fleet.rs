@@ -7,6 +7,7 @@ mod harness;
 
 use std::{
     net::IpAddr,
+    path::Path,
     process::Output,
     thread,
     time::{Duration, Instant},
@@ -664,6 +665,8 @@ fn reports_of_schema_version_2_move_into_chunks() {
     let config = smtpguard::config::PostgresConfig {
         url: postgres.url(),
         password_file: None,
+        tls: smtpguard::config::PostgresTls::Disable,
+        identity: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -711,4 +714,87 @@ fn reports_of_schema_version_2_move_into_chunks() {
         "3|t|1",
         "version 3, the old table gone, one chunk"
     );
+}
+
+/// TLS to PostgreSQL as libpq's sslmode means it, against a server that takes TLS only and a
+/// client certificate from the agents' role: verify-full with the CA reaches it; the wrong CA,
+/// a host name the certificate was not issued for, no client certificate and no TLS at all
+/// are refused, each naming the server and the cause.
+#[test]
+fn reports_reach_postgres_over_verified_tls_only() {
+    let certificates = Certificates::make().unwrap();
+    let postgres = smtpguard_tests::engines::Postgres::start_tls(&certificates).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let file = |name: &str| certificates.file(name).display().to_string();
+    let open = |host: &str, sslmode: &str, keys: &str| -> Result<(), String> {
+        let text = format!(
+            "[[subscribers]]\nprefix = \"100.64.0.0/10\"\n[fleet]\ngateway_id = \"gw-tls\"\n\
+             postgres = \"postgres://smtpguard@{host}:{}/smtpguard?sslmode={sslmode}\"\n{keys}",
+            postgres.port
+        );
+        let config = smtpguard::config::Config::parse(&text, Path::new("tls.toml"))
+            .map_err(|error| error.to_string())?;
+        let postgres = config.fleet.unwrap().postgres.unwrap();
+        runtime
+            .block_on(smtpguard::fleet::postgres::Reports::open(&postgres))
+            .map(drop)
+            .map_err(|error| error.to_string())
+    };
+    let client = format!(
+        "postgres_cert = \"{}\"\npostgres_key = \"{}\"\n",
+        file("client.pem"),
+        file("client.key")
+    );
+    let ca = |name: &str| format!("postgres_ca = \"{}\"\n{client}", file(name));
+    let server = format!("127.0.0.1:{}/smtpguard", postgres.port);
+
+    open("127.0.0.1", "verify-full", &ca("ca.pem")).unwrap();
+    assert_eq!(
+        postgres
+            .psql("smtpguard", "SELECT count(*) FROM smtpguard_schema")
+            .unwrap()
+            .trim(),
+        "1",
+        "the agent created its schema over TLS"
+    );
+    // The certificate names 127.0.0.1 only: verify-ca does not check the name, verify-full does.
+    open("localhost", "verify-ca", &ca("ca.pem")).unwrap();
+    let named = open("localhost", "verify-full", &ca("ca.pem")).unwrap_err();
+    assert!(
+        named.contains(&format!("localhost:{}/smtpguard", postgres.port))
+            && named.contains("not valid for name"),
+        "{named}"
+    );
+    for (sslmode, keys, cause) in [
+        ("verify-full", ca("other-ca.pem"), "UnknownIssuer"),
+        ("require", String::new(), "valid client certificate"),
+        ("disable", String::new(), "no encryption"),
+    ] {
+        let refused = open("127.0.0.1", sslmode, &keys).unwrap_err();
+        assert!(
+            refused.contains(&server) && refused.contains(cause),
+            "sslmode={sslmode}: {refused}"
+        );
+    }
+    let garbage = certificates.file("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    for (path, cause) in [
+        (Path::new("/nonexistent/ca.pem"), "No such file"),
+        (garbage.as_path(), "no root trust anchors"),
+    ] {
+        let unusable = open(
+            "127.0.0.1",
+            "verify-full",
+            &format!("postgres_ca = \"{}\"\n{client}", path.display()),
+        )
+        .unwrap_err();
+        assert!(
+            unusable.contains(&format!("postgres_ca {}", path.display()))
+                && unusable.contains(cause),
+            "{unusable}"
+        );
+    }
 }

@@ -325,7 +325,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// A server that also takes plain connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A server on TLS only, with `certificates`' server certificate (for 127.0.0.1): the
+    /// superuser connects without a client certificate, every other role with one of their CA.
+    pub fn start_tls(certificates: &Certificates) -> anyhow::Result<Self> {
+        Self::start_with(Some(certificates))
+    }
+
+    fn start_with(tls: Option<&Certificates>) -> anyhow::Result<Self> {
         // Not a TempDir: the folder belongs to `postgres`, and is removed on drop as root.
         let dir = std::env::temp_dir().join(format!(
             "smtpguard-postgres-{}-{}",
@@ -350,10 +361,39 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
+        if let Some(certificates) = tls {
+            postgres.serve_tls_only(certificates)?;
+        }
         postgres.resume()?;
         postgres.psql("postgres", "CREATE ROLE smtpguard LOGIN")?;
         postgres.psql("postgres", "CREATE DATABASE smtpguard OWNER smtpguard")?;
         Ok(postgres)
+    }
+
+    fn serve_tls_only(&self, certificates: &Certificates) -> anyhow::Result<()> {
+        let data = Path::new(&self.data()).to_owned();
+        for name in ["server.pem", "server.key", "ca.pem"] {
+            let copy = data.join(name);
+            std::fs::copy(certificates.file(name), &copy)?;
+            run(Command::new("chown").arg("postgres:postgres").arg(&copy))?;
+            run(Command::new("chmod").arg("600").arg(&copy))?;
+        }
+        let mut conf = std::fs::File::options()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n\
+             ssl_ca_file = 'ca.pem'"
+        )?;
+        // No `host` line: a plain TCP connection finds no entry and is refused.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all postgres 127.0.0.1/32 trust\n\
+             hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n",
+        )?;
+        Ok(())
     }
 
     fn data(&self) -> String {

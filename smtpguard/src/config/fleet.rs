@@ -49,10 +49,32 @@ pub struct EtcdAuth {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresConfig {
-    /// A libpq connection string or URL, without its password.
+    /// A libpq connection string or URL, without its password and without its `sslmode`
+    /// (in `tls`: tokio-postgres does not know verify-ca and verify-full).
     pub url: String,
     pub password_file: Option<PathBuf>,
+    pub tls: PostgresTls,
+    /// A client certificate and its key, for servers that require one.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
+
+/// The connection string's `sslmode`, as libpq reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostgresTls {
+    /// `disable`: plain.
+    Disable,
+    /// `prefer`, libpq's default: TLS when the server offers it, plain otherwise; the
+    /// server's certificate is not verified.
+    Prefer,
+    /// `require`: TLS, but the server's certificate is not verified.
+    Require,
+    /// `verify-ca`: TLS with a certificate signed by `ca`; `verify-full` (`host_name`): and
+    /// issued for the host connected to.
+    Verify { ca: PathBuf, host_name: bool },
+}
+
+/// The `sslmode` values accepted, for messages.
+const SSL_MODES: &str = "disable, prefer, require, verify-ca or verify-full";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +97,11 @@ pub(super) struct RawFleet {
     postgres: Option<Spanned<String>>,
     // Absent: no password (peer, certificate or trust authentication).
     postgres_password_file: Option<Spanned<String>>,
+    // Required by sslmode=verify-ca and verify-full, refused otherwise.
+    postgres_ca: Option<Spanned<String>>,
+    // Absent: no client certificate.
+    postgres_cert: Option<Spanned<String>>,
+    postgres_key: Option<Spanned<String>>,
 }
 
 fn invalid(
@@ -220,23 +247,49 @@ pub(super) fn validate_fleet(
     };
     let postgres = match raw.postgres {
         Some(url) => {
-            validate_postgres_url(src, &url)?;
+            let (rest, mode) = take_ssl_mode(url.get_ref());
+            validate_postgres_url(src, &url, &rest)?;
+            let ca = raw
+                .postgres_ca
+                .map(|ca| Ok((path(src, "postgres_ca", ca.clone())?, ca)))
+                .transpose()?;
+            let identity = pair(
+                src,
+                (raw.postgres_cert, "postgres_cert"),
+                (raw.postgres_key, "postgres_key"),
+            )?
+            .map(|(cert, key)| Ok((cert, path(src, "postgres_key", key)?)))
+            .transpose()?;
+            let tls = postgres_tls(src, &url, mode.as_deref(), ca)?;
+            if tls == PostgresTls::Disable && identity.is_some() {
+                return Err(invalid(
+                    src,
+                    "postgres",
+                    &url,
+                    "an sslmode other than disable with postgres_cert and postgres_key",
+                ));
+            }
             Some(PostgresConfig {
-                url: url.into_inner(),
+                url: rest,
                 password_file: raw
                     .postgres_password_file
                     .map(|file| path(src, "postgres_password_file", file))
                     .transpose()?,
+                tls,
+                identity,
             })
         }
         None => {
-            if let Some(file) = raw.postgres_password_file {
-                return Err(invalid(
-                    src,
-                    "postgres_password_file",
-                    &file,
-                    "postgres = \"...\" beside it",
-                ));
+            let postgres_only = [
+                (raw.postgres_password_file, "postgres_password_file"),
+                (raw.postgres_ca, "postgres_ca"),
+                (raw.postgres_cert, "postgres_cert"),
+                (raw.postgres_key, "postgres_key"),
+            ];
+            if let Some((Some(lone), key)) =
+                postgres_only.into_iter().find(|(raw, _)| raw.is_some())
+            {
+                return Err(invalid(src, key, &lone, "postgres = \"...\" beside it"));
             }
             None
         }
@@ -327,8 +380,93 @@ fn validate_etcd(
 /// Where the fleet's keys live when `prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "/smtpguard/";
 
-fn validate_postgres_url(src: &Source<'_>, url: &Spanned<String>) -> Result<(), ConfigError> {
-    let parsed: tokio_postgres::Config = url.get_ref().parse().map_err(|error| {
+/// Takes `sslmode` out of a connection string (URL or key=value form): the rest and its value.
+fn take_ssl_mode(url: &str) -> (String, Option<String>) {
+    let mut mode = None;
+    let mut keep = |pair: &&str| match pair.strip_prefix("sslmode=") {
+        Some(value) => {
+            mode = Some(value.to_owned());
+            false
+        }
+        None => true,
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let query: Vec<&str> = query.split('&').filter(&mut keep).collect();
+                if query.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", query.join("&"))
+                }
+            }
+            None => url.to_owned(),
+        }
+    } else {
+        let words: Vec<&str> = url.split_whitespace().filter(&mut keep).collect();
+        words.join(" ")
+    };
+    (rest, mode)
+}
+
+/// The `sslmode` with `postgres_ca`, which only the verifying modes use.
+fn postgres_tls(
+    src: &Source<'_>,
+    url: &Spanned<String>,
+    mode: Option<&str>,
+    ca: Option<(PathBuf, Spanned<String>)>,
+) -> Result<PostgresTls, ConfigError> {
+    let tls = match (mode.unwrap_or("prefer"), ca) {
+        ("verify-ca" | "verify-full", None) => {
+            return Err(invalid(
+                src,
+                "postgres",
+                url,
+                "postgres_ca beside it (the CA of the server's certificate, to verify it)",
+            ));
+        }
+        ("verify-ca", Some((ca, _))) => PostgresTls::Verify {
+            ca,
+            host_name: false,
+        },
+        ("verify-full", Some((ca, _))) => PostgresTls::Verify {
+            ca,
+            host_name: true,
+        },
+        (mode @ ("disable" | "prefer" | "require"), Some((_, raw))) => {
+            return Err(invalid(
+                src,
+                "postgres_ca",
+                &raw,
+                format!(
+                    "sslmode=verify-full or verify-ca in postgres (sslmode={mode} would not \
+                     verify the server's certificate)"
+                ),
+            ));
+        }
+        ("disable", None) => PostgresTls::Disable,
+        ("prefer", None) => PostgresTls::Prefer,
+        ("require", None) => PostgresTls::Require,
+        // libpq's allow tries plain first, which tokio-postgres cannot.
+        (other, _) => {
+            return Err(src.invalid(
+                "fleet",
+                "postgres",
+                url.span(),
+                format!("sslmode={other}"),
+                format!("sslmode {SSL_MODES}"),
+            ));
+        }
+    };
+    Ok(tls)
+}
+
+fn validate_postgres_url(
+    src: &Source<'_>,
+    url: &Spanned<String>,
+    rest: &str,
+) -> Result<(), ConfigError> {
+    let parsed: tokio_postgres::Config = rest.parse().map_err(|error| {
         invalid(
             src,
             "postgres",
@@ -347,17 +485,6 @@ fn validate_postgres_url(src: &Source<'_>, url: &Spanned<String>) -> Result<(), 
             url.span(),
             "(a connection string with a password)",
             "no password in it; put the password in postgres_password_file",
-        ));
-    }
-    // tokio-postgres connects without TLS here (no TLS connector among the pinned crates):
-    // a connection string that demands it is refused now rather than failing at every start.
-    if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(invalid(
-            src,
-            "postgres",
-            url,
-            "sslmode=disable or prefer: this version reaches PostgreSQL without TLS (on a \
-             trusted network, a local socket or a TLS tunnel; see docs/fleet.md)",
         ));
     }
     if parsed.get_hosts().is_empty() || parsed.get_dbname().is_none() {
@@ -413,8 +540,11 @@ etcd_cert = "/etc/smtpguard/client.pem"
 etcd_key = "/etc/smtpguard/client.key"
 etcd_user = "gw-par-1"
 etcd_password_file = "/etc/smtpguard/etcd.password"
-postgres = "postgres://smtpguard@db.example/smtpguard"
-postgres_password_file = "/etc/smtpguard/pg.password""#,
+postgres = "postgres://smtpguard@db.example/smtpguard?sslmode=verify-full&application_name=gw"
+postgres_password_file = "/etc/smtpguard/pg.password"
+postgres_ca = "/etc/smtpguard/pg-ca.pem"
+postgres_cert = "/etc/smtpguard/pg-client.pem"
+postgres_key = "/etc/smtpguard/pg-client.key""#,
         )
         .unwrap();
         let path = PathBuf::from;
@@ -441,8 +571,16 @@ postgres_password_file = "/etc/smtpguard/pg.password""#,
                     }),
                 }),
                 postgres: Some(PostgresConfig {
-                    url: "postgres://smtpguard@db.example/smtpguard".to_owned(),
+                    url: "postgres://smtpguard@db.example/smtpguard?application_name=gw".to_owned(),
                     password_file: Some(path("/etc/smtpguard/pg.password")),
+                    tls: PostgresTls::Verify {
+                        ca: path("/etc/smtpguard/pg-ca.pem"),
+                        host_name: true,
+                    },
+                    identity: Some((
+                        path("/etc/smtpguard/pg-client.pem"),
+                        path("/etc/smtpguard/pg-client.key")
+                    )),
                 }),
             })
         );
@@ -450,6 +588,23 @@ postgres_password_file = "/etc/smtpguard/pg.password""#,
         let fleet = etcd_only.fleet.unwrap();
         assert_eq!(fleet.etcd.unwrap().prefix, DEFAULT_PREFIX);
         assert_eq!(fleet.postgres, None);
+        for (text, tls) in [
+            ("postgres://u@db/x", PostgresTls::Prefer),
+            ("postgres://u@db/x?sslmode=disable", PostgresTls::Disable),
+            (
+                "host=db user=u sslmode=require dbname=x",
+                PostgresTls::Require,
+            ),
+        ] {
+            let config = parse(&format!("gateway_id = \"g\"\npostgres = \"{text}\""))
+                .unwrap()
+                .fleet
+                .unwrap()
+                .postgres
+                .unwrap();
+            assert_eq!(config.tls, tls, "{text}");
+            assert!(!config.url.contains("sslmode"), "{}", config.url);
+        }
     }
 
     #[test]
@@ -502,8 +657,35 @@ postgres_password_file = "/etc/smtpguard/pg.password""#,
             ],
         );
         rejected(
-            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=require\"",
-            &["fleet.postgres", "without TLS"],
+            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=verify-full\"",
+            &["fleet.postgres", "postgres_ca beside it"],
+        );
+        rejected(
+            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=allow\"",
+            &[
+                "fleet.postgres",
+                "sslmode=allow",
+                "disable, prefer, require, verify-ca",
+            ],
+        );
+        rejected(
+            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=require\"\n\
+             postgres_ca = \"/ca\"",
+            &["fleet.postgres_ca", "sslmode=require would not verify"],
+        );
+        rejected(
+            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=disable\"\n\
+             postgres_cert = \"/c\"\npostgres_key = \"/k\"",
+            &["fleet.postgres", "other than disable"],
+        );
+        rejected(
+            "gateway_id = \"g\"\npostgres = \"postgres://u@db/x?sslmode=require\"\n\
+             postgres_cert = \"/c\"",
+            &["fleet.postgres_cert", "postgres_key beside it"],
+        );
+        rejected(
+            "gateway_id = \"g\"\netcd = [\"http://a:1\"]\npostgres_ca = \"/ca\"",
+            &["fleet.postgres_ca", "postgres = \"...\" beside it"],
         );
         rejected(
             "gateway_id = \"g\"\npostgres = \"postgres://u@db/x\"\npostgres_password_file = \"pw\"",

@@ -402,13 +402,36 @@ pub const KEYS: &[Key] = &[
         default: "(none: reports stay local)",
         doc: "The PostgreSQL database every gateway ships its report history to, as a \
               connection string without a password, such as \
-              \"postgres://smtpguard@db.example/smtpguard\".",
+              \"postgres://smtpguard@db.example/smtpguard?sslmode=verify-full\". Its sslmode as \
+              libpq's: disable, prefer (the default: TLS if offered), require (TLS without \
+              verifying the server's certificate), verify-ca or verify-full (with postgres_ca; \
+              verify-full also checks the host name); allow is refused.",
     },
     Key {
         table: "fleet",
         name: "postgres_password_file",
         default: "(none)",
         doc: "A file holding the PostgreSQL password (its first line).",
+    },
+    Key {
+        table: "fleet",
+        name: "postgres_ca",
+        default: "(none)",
+        doc: "The CA certificate (PEM) of the PostgreSQL server; required by \
+              sslmode=verify-ca and verify-full, refused with the other modes.",
+    },
+    Key {
+        table: "fleet",
+        name: "postgres_cert",
+        default: "(none)",
+        doc: "This gateway's client certificate (PEM) for PostgreSQL, with postgres_key; not \
+              with sslmode=disable.",
+    },
+    Key {
+        table: "fleet",
+        name: "postgres_key",
+        default: "(none)",
+        doc: "The private key (PEM) of postgres_cert.",
     },
 ];
 

@@ -35,7 +35,7 @@ mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, LogLevel, XdpMode};
 use self::agent::{RawAgent, validate_agent};
-pub use self::fleet::{EtcdAuth, EtcdConfig, EtcdTls, FleetConfig, PostgresConfig};
+pub use self::fleet::{EtcdAuth, EtcdConfig, EtcdTls, FleetConfig, PostgresConfig, PostgresTls};
 use self::fleet::{RawFleet, validate_fleet};
 pub use self::report::ReportConfig;
 use self::report::{RawReport, validate_report};

@@ -3,5 +3,6 @@
 
 pub mod keys;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod report;
 pub mod shipping;

@@ -18,14 +18,13 @@ use std::{
 use futures_util::TryStreamExt as _;
 use smtpguard_common::sketch::EXACT_DESTINATIONS;
 use tokio_postgres::{
-    NoTls,
     binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream},
     types::{ToSql, Type},
 };
 
-use super::keys;
+use super::{keys, postgres_tls};
 use crate::{
-    config::PostgresConfig,
+    config::{PostgresConfig, PostgresTls},
     store::{HostInterval, decode_records, from_millis, put_record, to_millis},
 };
 
@@ -143,6 +142,8 @@ pub enum PostgresError {
     },
     #[error("a stored time of PostgreSQL {server} is out of range: {ms} ms")]
     BadTime { server: String, ms: i64 },
+    #[error(transparent)]
+    Tls(#[from] postgres_tls::TlsFileError),
     #[error("cannot read postgres_password_file {path}: {source}")]
     Password {
         path: String,
@@ -183,14 +184,20 @@ pub async fn connect(config: &PostgresConfig) -> Result<tokio_postgres::Client, 
         parsed.password(text.lines().next().unwrap_or_default());
     }
     parsed.connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) =
-        parsed
-            .connect(NoTls)
-            .await
-            .map_err(|error| PostgresError::Unreachable {
-                server: server.clone(),
-                cause: error_text(&error),
-            })?;
+    parsed.ssl_mode(match config.tls {
+        PostgresTls::Disable => tokio_postgres::config::SslMode::Disable,
+        PostgresTls::Prefer => tokio_postgres::config::SslMode::Prefer,
+        PostgresTls::Require | PostgresTls::Verify { .. } => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
+    let (client, connection) = parsed
+        .connect(postgres_tls::connector(config)?)
+        .await
+        .map_err(|error| PostgresError::Unreachable {
+            server: server.clone(),
+            cause: error_text(&error),
+        })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "PostgreSQL connection closed");

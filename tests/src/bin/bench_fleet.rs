@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
 use serde::Serialize;
 use smtpguard::{
-    config::{Config, PostgresConfig},
+    config::{Config, PostgresConfig, PostgresTls},
     fleet::postgres::Reports,
     report::{Grouping, ReportOptions},
     store::HostInterval,
@@ -375,6 +375,8 @@ fn reports(hosts: usize, gateways: usize, results: &mut Results) -> Result<()> {
     let config = PostgresConfig {
         url: postgres.url(),
         password_file: None,
+        tls: PostgresTls::Disable,
+        identity: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
