@@ -155,25 +155,13 @@ fn table_output_has_a_row_per_frame_and_totals() {
     let frame = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build();
     let capture = scratch.file("edge.pcap");
     write_pcap(&capture, DataLink::ETHERNET, &[frame.clone(), frame]);
-    let output = replay(&[
+    let stdout = replayed(&[
         Path::new("--config"),
         &scratch.file("policy.toml"),
         &capture,
     ]);
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .skip(1)
-        .take(2)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
     assert_eq!(
-        rows,
+        frame_rows(&stdout, 2),
         [["1", "drop", "dropped"], ["2", "drop", "dropped"]],
         "{stdout}"
     );
@@ -241,28 +229,16 @@ fn rejected_frames_show_tx_and_their_replies_are_written_to_a_pcap() {
     let capture = scratch.file("edge.pcap");
     write_pcap(&capture, DataLink::ETHERNET, &[syn.clone(), syn]);
     let replies = scratch.file("replies.pcap");
-    let output = replay(&[
+    let stdout = replayed(&[
         Path::new("--config"),
         &scratch.file("policy.toml"),
         &capture,
         Path::new("--write-pcap"),
         &replies,
     ]);
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<Vec<&str>> = stdout
-        .lines()
-        .skip(1)
-        .take(2)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
     // One reply (rate = 1), then the bucket is empty.
     assert_eq!(
-        rows,
+        frame_rows(&stdout, 2),
         [["1", "tx", "rejected"], ["2", "drop", "dropped"]],
         "{stdout}"
     );
@@ -304,4 +280,25 @@ fn rejected_frames_show_tx_and_their_replies_are_written_to_a_pcap() {
         (&"100.64.0.2".into(), &1.into(), &1.into()),
         "{stdout}"
     );
+}
+
+/// A replay that must succeed: what it printed.
+fn replayed(args: &[&Path]) -> String {
+    let output = replay(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The first `n` frame rows of a replay's table, split into columns.
+fn frame_rows(stdout: &str, n: usize) -> Vec<Vec<&str>> {
+    stdout
+        .lines()
+        .skip(1)
+        .take(n)
+        .map(|l| l.split_whitespace().collect())
+        .collect()
 }
