@@ -93,19 +93,13 @@ fn json_lines_name_each_frame_verdict_and_reason() {
     ];
     let capture = scratch.file("edge.pcap");
     write_pcap(&capture, DataLink::ETHERNET, &frames);
-    let output = replay(&[
+    let stdout = replayed(&[
         Path::new("--config"),
         &scratch.file("policy.toml"),
         &capture,
         Path::new("--format"),
         Path::new("json"),
     ]);
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(
-        output.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
