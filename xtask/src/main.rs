@@ -31,7 +31,7 @@ enum Command {
     Bootstrap,
     /// Bootstrap, then lint (rustfmt, clippy for the host crates and the eBPF crate), build
     /// and run every test. This is what CI runs (.ci/run).
-    Test,
+    Test(test::TestArgs),
     /// Bootstrap, build, then show smtpguard on a real ISP edge in network namespaces: a spam
     /// bot blocked, legitimate mail delivered, the CLI and the report. As root.
     Demo(demo::DemoArgs),
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     let root = repo_root();
     let result = match cli.command {
         Command::Bootstrap => bootstrap::run(&root),
-        Command::Test => test::run(&root),
+        Command::Test(args) => test::run(&root, &args),
         Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
         Command::Fuzz(args) => fuzz::run(&root, &args),

@@ -11,15 +11,29 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{bootstrap, cmd};
 
+mod binaries;
+
 /// The kernel program only builds for the BPF target with the nightly toolchain
 /// (`#![feature]`, its own panic handler); smtpguard's build.rs compiles it through aya-build,
 /// and the lint phase runs clippy on it for that target.
 const EBPF_CRATE: &str = "smtpguard-ebpf";
 
-pub fn run(root: &Path) -> Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Test binaries run at the same time. They mostly wait on real servers and namespaces,
+    /// so one more than the CPUs keeps the CPUs busy.
+    #[arg(long, default_value_t = default_jobs())]
+    jobs: usize,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from) + 1
+}
+
+pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     let started = Instant::now();
     let mut tally = Tally::default();
-    let result = phases(root, &mut tally);
+    let result = phases(root, args.jobs, &mut tally);
     println!();
     match &result {
         Ok(()) => println!("all phases passed in {}", minutes(started.elapsed())),
@@ -34,7 +48,7 @@ pub fn run(root: &Path) -> Result<()> {
     result
 }
 
-fn phases(root: &Path, tally: &mut Tally) -> Result<()> {
+fn phases(root: &Path, jobs: usize, tally: &mut Tally) -> Result<()> {
     phase("bootstrap", || bootstrap::run(root))?;
     phase("lint", || {
         cmd::run(cargo(root).args(["fmt", "--all", "--", "--check"]))?;
@@ -66,18 +80,37 @@ fn phases(root: &Path, tally: &mut Tally) -> Result<()> {
         cmd::run(cargo(root).args(["build", "--workspace", "--exclude", EBPF_CRATE]))
     })?;
     phase("test", || {
-        // --no-fail-fast: every test binary runs even when an earlier one fails; the phase
-        // still fails then.
+        let binaries = binaries::build(cargo(root).args([
+            "test",
+            "--workspace",
+            "--exclude",
+            EBPF_CRATE,
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ]))?;
+        println!("running {} test binaries, {jobs} at a time", binaries.len());
+        let mut failed = Vec::new();
+        binaries::run(binaries, jobs, |finished| {
+            let verdict = if finished.success { "ok" } else { "FAILED" };
+            println!(
+                "\n     Ran {} ({verdict} in {:.1}s)",
+                finished.binary.label,
+                finished.elapsed.as_secs_f64()
+            );
+            print!("{}", finished.output);
+            for line in finished.output.lines() {
+                tally.add(line);
+            }
+            if !finished.success {
+                failed.push(finished.binary.label);
+            }
+        });
+        // Doc tests are not binaries of their own: rustdoc builds and runs them.
         run_tests(
-            cargo(root).args([
-                "test",
-                "--workspace",
-                "--exclude",
-                EBPF_CRATE,
-                "--no-fail-fast",
-            ]),
+            cargo(root).args(["test", "--workspace", "--exclude", EBPF_CRATE, "--doc"]),
             tally,
         )?;
+        binaries::verdict(&failed)?;
         if tally.passed == 0 {
             bail!("cargo test ran no test");
         }
