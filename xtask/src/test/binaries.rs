@@ -141,7 +141,11 @@ pub fn run(binaries: Vec<TestBinary>, jobs: usize, mut report: impl FnMut(Finish
             let sender = sender.clone();
             let queue = &queue;
             scope.spawn(move || {
-                while let Some(binary) = queue.lock().expect("queue lock").pop_front() {
+                loop {
+                    // Its own statement: a guard in the `while let` would hold the lock,
+                    // and so every other worker, for the whole run of the binary.
+                    let next = queue.lock().expect("queue lock").pop_front();
+                    let Some(binary) = next else { return };
                     let finished = run_one(binary);
                     if sender.send(finished).is_err() {
                         return;
@@ -249,6 +253,33 @@ mod tests {
             package_name("smtpguard 0.1.0 (path+file:///w/smtpguard)"),
             "smtpguard"
         );
+    }
+
+    #[test]
+    fn binaries_run_side_by_side() {
+        // Each waits until the other has started: run one at a time, they would wait forever,
+        // so each also gives up after 10 s and then fails.
+        let scratch = tempfile::tempdir().unwrap();
+        let script = scratch.path().join("meet.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ntouch \"$0.$$\"\nfor i in $(seq 100); do\n  \
+             [ $(ls \"$0\".* | wc -l) -ge 2 ] && exit 0\n  sleep 0.1\ndone\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let binary = |label: &str| TestBinary {
+            label: label.to_owned(),
+            executable: script.clone(),
+            package_dir: scratch.path().to_path_buf(),
+            integration: true,
+        };
+        let mut outcomes = Vec::new();
+        run(vec![binary("one"), binary("two")], 2, |finished| {
+            outcomes.push(finished.success)
+        });
+        assert_eq!(outcomes, [true, true]);
     }
 
     #[test]
