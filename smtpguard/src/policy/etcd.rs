@@ -42,7 +42,7 @@ use crate::{
     config::{EtcdConfig, FleetConfig},
     store::{
         AuditAction, CachedKey, EntryKind, Escalation, Exemption, ExemptionUpdate, NewExemption,
-        NewRelay, RuntimeRelay, Store, StoreError,
+        NewRelay, NewSubscriberExemption, RuntimeRelay, Store, StoreError, SubscriberExemption,
     },
 };
 
@@ -510,6 +510,29 @@ impl PolicySource for EtcdSource {
             FleetEntry::Exemption(_) => None,
         };
         self.delete(EntryKind::Relay, prefix, relay, who, now)
+    }
+
+    // Not yet in etcd: a fleet gateway keeps its subscriber exemptions in its own store,
+    // like its escalations, until they get fleet keys of their own.
+    fn subscriber_exemptions(&self) -> PolicyResult<Vec<SubscriberExemption>> {
+        self.local.subscriber_exemptions()
+    }
+
+    fn add_subscriber_exemption(
+        &mut self,
+        new: &NewSubscriberExemption,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        self.local.add_subscriber_exemption(new, now)
+    }
+
+    fn remove_subscriber_exemption(
+        &mut self,
+        subscriber: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        self.local.remove_subscriber_exemption(subscriber, who, now)
     }
 
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {
