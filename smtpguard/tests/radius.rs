@@ -304,3 +304,118 @@ fn free_udp_port() -> u16 {
         .map(|address| address.port())
         .unwrap()
 }
+
+/// The report rows of the last `since`, as JSON.
+fn report_rows(f: &Fixture) -> Vec<serde_json::Value> {
+    f.json(&["report", "--since", "1h", "-o", "json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The customer the report names for `host` (None: no row yet).
+fn reported_subscriber(f: &Fixture, host: &str) -> Option<String> {
+    report_rows(f)
+        .iter()
+        .find(|row| row["host"] == host)
+        .map(|row| table_text(&row["subscriber_id"]))
+}
+
+/// `smtpguard session VERB` of the bot's customer at `address`.
+fn bind(f: &Fixture, verb: &str, address: &str) {
+    f.ok(&[
+        "session",
+        verb,
+        "--subscriber",
+        "bot-cust",
+        "--address",
+        address,
+    ]);
+}
+
+#[test]
+fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
+    let f = Fixture::new("reoffender");
+    let extra = "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[report]\n\
+                 interval = \"1s\"\nbot_window = \"2s\"\nescalate = true\nescalate_for = \"10m\"\n";
+    std::fs::write(&f.config, f.config_text(extra)).unwrap();
+    let (old, new) = ("100.127.0.9", "100.127.0.10");
+    for address in [old, new] {
+        f.lab
+            .subscriber
+            .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"])
+            .unwrap();
+        f.lab
+            .gateway
+            .ip(&[
+                "route",
+                "add",
+                &format!("{address}/32"),
+                "via",
+                addr::SUBSCRIBER_V4,
+            ])
+            .unwrap();
+    }
+    let _agent = f.start();
+    bind(&f, "start", old);
+    assert!(
+        attempt_from(&f, ip(old), mx(), OPEN),
+        "monitor mode lets port 25 through"
+    );
+    // It turns bot: 25 MX hosts at once, classified and escalated under its first address.
+    std::thread::scope(|scope| {
+        for n in 0..25u8 {
+            let f = &f;
+            scope.spawn(move || {
+                attempt_from(
+                    f,
+                    ip(old),
+                    IpAddr::from([198, 51, 100, 10 + n]),
+                    std::time::Duration::from_millis(200),
+                )
+            });
+        }
+    });
+    let escalations = || f.json(&["escalations", "-o", "json"]);
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the bot escalated",
+        || escalations()[0]["host"] == old,
+    );
+    assert_eq!(escalations()[0]["subscriber"], "bot-cust");
+    assert!(!delivers(&f, ip(old)), "escalated: blocked for real");
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the report names the customer of the first address",
+        || reported_subscriber(&f, old).as_deref() == Some("bot-cust"),
+    );
+
+    // The bot reconnects and gets another address: its escalation comes along at once.
+    bind(&f, "stop", old);
+    bind(&f, "start", new);
+    assert!(
+        !delivers(&f, ip(new)),
+        "the customer's new address: still escalated, blocked"
+    );
+    assert!(
+        attempt_from(&f, ip(old), mx(), OPEN),
+        "its old address, now nobody's: monitor mode again"
+    );
+    let listed = escalations();
+    assert_eq!(
+        (listed[0]["host"].as_str(), listed[0]["subscriber"].as_str()),
+        (Some(old), Some("bot-cust")),
+        "escalations: {listed}"
+    );
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the report names the customer of the second address",
+        || reported_subscriber(&f, new).as_deref() == Some("bot-cust"),
+    );
+    // Lifting by the address the customer holds now ends the customer's escalation.
+    f.ok(&["escalations", "lift", new]);
+    assert!(
+        attempt_from(&f, ip(new), mx(), OPEN),
+        "lifted: monitor mode again"
+    );
+}

@@ -4,7 +4,7 @@
 //! runtime exemption. A prefix bound to an exempt identity is exempt with the origin
 //! `subscriber`; the config's and the runtime exemptions win where both name a prefix.
 
-use std::time::SystemTime;
+use std::{net::IpAddr, time::SystemTime};
 
 use ipnet::IpNet;
 use smtpguard_common::{Origin, PrefixOrigin};
@@ -14,7 +14,7 @@ use super::{reconcile::EntryList, state::AgentState};
 use crate::{
     identity::{ChangeKind, Holder, SessionChange},
     policy::DesiredPolicy,
-    store::StoreError,
+    store::{Escalation, StoreError, holder_at},
 };
 
 const BOUND: PrefixOrigin = PrefixOrigin::new(Origin::Subscriber);
@@ -88,6 +88,9 @@ impl AgentState {
         // What was stored is in force, even when a later write failed.
         for prefix in &changed {
             self.follow_binding(*prefix);
+        }
+        if !changed.is_empty() {
+            self.follow_escalations();
         }
         result.map(|()| changed)
     }
@@ -187,6 +190,114 @@ impl AgentState {
         self.identities.set_exempt(subscriber, exempt);
         for prefix in self.bound_to(subscriber) {
             self.follow_binding(prefix);
+        }
+    }
+}
+
+impl AgentState {
+    /// The identity that held `host` at `at`, from the bindings' history.
+    fn identity_at(&self, host: IpAddr, at: SystemTime) -> Result<Option<String>, StoreError> {
+        let bindings = self.journal.store.bindings_between(at, at)?;
+        Ok(holder_at(&bindings, host, at).map(|b| b.subscriber.clone()))
+    }
+
+    /// The hosts the kernel enforces for the active escalations. An escalation follows the
+    /// identity that held its host when it began: to the hosts that identity holds now (none
+    /// while it is offline); a host no identity held stays escalated itself. A bound prefix
+    /// wider than a host (a delegated /56) is not followed: the override map holds hosts.
+    pub(super) fn escalated_hosts(&self) -> anyhow::Result<Vec<IpAddr>> {
+        let mut hosts = Vec::new();
+        for escalation in self.policy.active_escalations()? {
+            match self.identity_at(escalation.host, escalation.started)? {
+                None => hosts.push(escalation.host),
+                Some(subscriber) => hosts.extend(
+                    self.bound_to(&subscriber)
+                        .into_iter()
+                        .filter(|prefix| {
+                            self.config.enforcement.host_prefix(prefix).0 == prefix.prefix_len()
+                        })
+                        .map(|prefix| prefix.network()),
+                ),
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// The escalations that count for `host`: its own, and when an identity holds it now,
+    /// every escalation of a host while that identity held it (a bot that reconnects with
+    /// another address does not start over), oldest first.
+    pub(super) fn escalation_history(&self, host: IpAddr) -> anyhow::Result<Vec<Escalation>> {
+        let mut history = self.policy.escalations_of(host)?;
+        let Some(subscriber) = self
+            .identities
+            .holder(&self.config.enforcement.host_of(host))
+            .map(|h| h.subscriber.clone())
+        else {
+            return Ok(history);
+        };
+        let mut hosts: Vec<IpAddr> = self
+            .journal
+            .store
+            .bindings_of(&subscriber)?
+            .into_iter()
+            .map(|b| b.prefix.network())
+            .filter(|other| *other != host)
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        for other in hosts {
+            for escalation in self.policy.escalations_of(other)? {
+                if self.identity_at(other, escalation.started)?.as_deref() == Some(&subscriber) {
+                    history.push(escalation);
+                }
+            }
+        }
+        history.sort_by_key(|e| (e.started, e.id));
+        Ok(history)
+    }
+
+    /// The host whose escalation `host` is enforced for: itself, or the escalated host whose
+    /// identity holds `host` now.
+    pub(super) fn escalation_host(&self, host: IpAddr) -> anyhow::Result<IpAddr> {
+        for escalation in self.policy.active_escalations()? {
+            if escalation.host == host {
+                return Ok(host);
+            }
+        }
+        let Some(holder) = self
+            .identities
+            .holder(&self.config.enforcement.host_of(host))
+        else {
+            return Ok(host);
+        };
+        for escalation in self.policy.active_escalations()? {
+            if self
+                .identity_at(escalation.host, escalation.started)?
+                .as_deref()
+                == Some(holder.subscriber.as_str())
+            {
+                return Ok(escalation.host);
+            }
+        }
+        Ok(host)
+    }
+
+    /// The identity an escalation follows, for `escalations`.
+    pub(super) fn escalation_identity(&self, escalation: &Escalation) -> Option<String> {
+        self.identity_at(escalation.host, escalation.started)
+            .ok()
+            .flatten()
+    }
+
+    /// Brings the override map to the escalations after bindings changed; a failure is
+    /// logged, and the next change or reload tries again.
+    fn follow_escalations(&mut self) {
+        if let Err(error) = self.restore_escalations() {
+            self.journal.counters.reconcile_errors += 1;
+            warn!(
+                error = format!("{error:#}"),
+                "escalations could not follow a subscriber binding"
+            );
         }
     }
 }

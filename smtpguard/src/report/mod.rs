@@ -105,6 +105,10 @@ pub struct ReportRow {
     pub last_seen: SystemTime,
     pub class: Class,
     pub class_reason: ClassReason,
+    /// The customer identity that held the row's host at its last segment (RADIUS accounting
+    /// or `smtpguard session`); empty when none did, or nobody knows.
+    #[serde(serialize_with = "empty_when_none")]
+    pub subscriber_id: Option<String>,
     /// In a fleet report, how many gateways saw the host (or the group's hosts); `None` in a
     /// gateway's own report, which has no such column.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +168,13 @@ fn optional_text<S: serde::Serializer, T: fmt::Display>(
         Some(value) => serializer.collect_str(value),
         None => serializer.serialize_none(),
     }
+}
+
+fn empty_when_none<S: serde::Serializer>(
+    value: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_deref().unwrap_or(""))
 }
 
 /// How a segment was judged, from the reason the kernel recorded for a host's last segment of
@@ -478,6 +489,18 @@ pub fn build_owned(
     let summaries = summaries(&intervals, &ranges, config, options);
     drop(intervals);
     rows(&summaries, &ranges, config, options)
+}
+
+/// Names each row's customer: the identity whose binding held the row's whole prefix (its
+/// host, or its group) at the row's last segment. `bindings` are those of the report's window
+/// (see [`crate::store::Store::bindings_between`]).
+pub fn name_subscribers(rows: &mut [ReportRow], bindings: &[crate::store::Binding]) {
+    for row in rows {
+        let prefix = row.host.prefix();
+        row.subscriber_id = crate::store::holder_at(bindings, prefix.network(), row.last_seen)
+            .filter(|binding| binding.prefix.contains(&prefix))
+            .map(|binding| binding.subscriber.clone());
+    }
 }
 
 /// The hosts whose history makes the `top` rows of a report, given each host's attempts
@@ -851,6 +874,7 @@ impl RowMaker<'_> {
             host: RowSubject(key),
             hosts: summary.hosts,
             subscriber_prefix: subscriber.map(|(prefix, _)| prefix),
+            subscriber_id: None,
             mode: subscriber.map(|(_, mode)| mode),
             judged_mode: summary.modes,
             attempts: summary.attempts,
@@ -1574,7 +1598,11 @@ mod tests {
         let mut csv = Vec::new();
         render::csv(&rows, &mut csv).unwrap();
         let mut reader = csv::Reader::from_reader(&csv[..]);
-        let mode: Vec<String> = reader.records().map(|r| r.unwrap()[3].to_owned()).collect();
+        let column = render::FIELDS.iter().position(|f| *f == "mode").unwrap();
+        let mode: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[column].to_owned())
+            .collect();
         assert_eq!(mode, ["enforce,monitor", "exempt", "monitor", "enforce"]);
     }
 }

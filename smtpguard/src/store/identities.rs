@@ -381,6 +381,11 @@ impl Store {
         select_bindings(&self.conn, &self.path, "stopped_ms IS NULL AND ?1", [true])
     }
 
+    /// Every binding `subscriber` ever had, oldest first.
+    pub fn bindings_of(&self, subscriber: &str) -> Result<Vec<Binding>, StoreError> {
+        select_bindings(&self.conn, &self.path, "subscriber = ?1", [subscriber])
+    }
+
     /// The bindings that held at some time between `from` and `to` (both included), oldest
     /// first: what a report over that window names its hosts by.
     pub fn bindings_between(

@@ -161,8 +161,12 @@ pub(in crate::agent) fn produce(
         let history = store
             .host_intervals(query.from, query.to)
             .map_err(|e| failed(&e))?;
+        let bindings = store
+            .bindings_between(query.from, query.to)
+            .map_err(|e| failed(&e))?;
         drop(store);
-        let rows = report::build_owned(history, config, &query.options);
+        let mut rows = report::build_owned(history, config, &query.options);
+        report::name_subscribers(&mut rows, &bindings);
         out.start()
             .and_then(|()| render::report(&rows, query.format, out))
             .map(|()| rows.len())
