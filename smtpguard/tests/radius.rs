@@ -412,6 +412,51 @@ fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
         "the report names the customer of the second address",
         || reported_subscriber(&f, new).as_deref() == Some("bot-cust"),
     );
+    // By customer: one row sums both addresses' attempts (read until two reports agree, as
+    // a snapshot may land between them).
+    let customer_row = || {
+        let by_customer = f.json(&[
+            "report",
+            "--since",
+            "1h",
+            "--group",
+            "subscriber-id",
+            "-o",
+            "json",
+        ]);
+        let rows: Vec<serde_json::Value> = by_customer
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["subscriber_id"] == "bot-cust")
+            .cloned()
+            .collect();
+        assert_eq!(rows.len(), 1, "one row for the customer: {by_customer}");
+        rows[0].clone()
+    };
+    let summed = || {
+        let hosts = report_rows(&f);
+        let attempts = |host: &str| {
+            hosts
+                .iter()
+                .find(|row| row["host"] == host)
+                .and_then(|row| row["attempts"].as_u64())
+                .unwrap_or(0)
+        };
+        attempts(old) + attempts(new)
+    };
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the customer's row sums its addresses' rows",
+        || {
+            let before = summed();
+            customer_row()["attempts"].as_u64() == Some(before) && summed() == before
+        },
+    );
+    let customer = customer_row();
+    assert_eq!(customer["hosts"], 2, "{customer}");
+    assert_eq!(customer["class"], "bot", "{customer}");
+
     // Lifting by the address the customer holds now ends the customer's escalation.
     f.ok(&["escalations", "lift", new]);
     assert!(

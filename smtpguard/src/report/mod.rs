@@ -5,6 +5,9 @@
 pub mod pbl;
 pub mod render;
 pub mod snapshot;
+mod subscribers;
+
+pub use subscribers::by_subscriber;
 
 use std::{
     cmp::Reverse,
@@ -34,6 +37,9 @@ pub enum Grouping {
     Slash56,
     /// By the most specific subscriber range that holds the host.
     SubscriberPrefix,
+    /// By the customer identity that held the host (RADIUS accounting, `smtpguard
+    /// session`), summed across address changes; hosts no identity held stay single.
+    SubscriberId,
 }
 
 #[derive(Clone, Debug)]
@@ -704,7 +710,8 @@ fn group_key(
     // A host is what the kernel counts as one (an IPv6 /64 by default); history kept under
     // a longer host prefix joins the host that holds it now.
     match grouping {
-        Grouping::Host => config.enforcement.host_of(host),
+        // Customers are formed from host rows once they are named (see `by_subscriber`).
+        Grouping::Host | Grouping::SubscriberId => config.enforcement.host_of(host),
         Grouping::Slash64 => truncated(64),
         Grouping::Slash56 => truncated(56),
         Grouping::SubscriberPrefix => ranges.of(host).map_or(single, |(prefix, _)| prefix),
@@ -863,7 +870,7 @@ struct RowMaker<'a> {
 impl RowMaker<'_> {
     fn row(&self, summary: &Summary) -> ReportRow {
         let key = summary.key;
-        let representative = if self.grouping == Grouping::Host {
+        let representative = if matches!(self.grouping, Grouping::Host | Grouping::SubscriberId) {
             key.addr()
         } else {
             key.network()
