@@ -464,3 +464,72 @@ fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
         "lifted: monitor mode again"
     );
 }
+
+#[test]
+fn fleet_subscriber_exemptions_reach_every_gateway_and_bindings_stay_local() {
+    let etcd = smtpguard_tests::engines::Etcd::start().unwrap();
+    let fleet = format!(
+        "etcd = [\"{}\"]\nprefix = \"/sg-{}-subscribers/\"\n",
+        etcd.endpoint(),
+        std::process::id()
+    );
+    let gateway = |id: &str| {
+        let f = Fixture::new(&format!("fleet-{id}"));
+        let config = f.config_text(&format!("[fleet]\ngateway_id = \"{id}\"\n{fleet}"));
+        std::fs::write(&f.config, config).unwrap();
+        f
+    };
+    let (one, two) = (gateway("gw-1"), gateway("gw-2"));
+    let (_agent_one, _agent_two) = (one.start(), two.start());
+    // The customer is online behind gateway 2 only.
+    two.ok(&[
+        "session",
+        "start",
+        "--subscriber",
+        "fleet-cust",
+        "--address",
+        addr::SUBSCRIBER_V4,
+    ]);
+    let subscriber = ip(addr::SUBSCRIBER_V4);
+    assert!(
+        !delivers(&two, subscriber),
+        "bound, not exempt yet: blocked"
+    );
+
+    // Exempted on gateway 1: gateway 2 follows through etcd's watch.
+    one.ok(&[
+        "exempt",
+        "add",
+        "--subscriber",
+        "fleet-cust",
+        "--reason",
+        "own MX",
+    ]);
+    eventually(
+        std::time::Duration::from_secs(10),
+        "gateway 2 exempts the customer's address",
+        || delivers(&two, subscriber),
+    );
+    let listed = two.json(&["exempt", "list", "-o", "json"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["subscriber"] == "fleet-cust"
+                && row["gateway"] == "gw-1"
+                && row["source"] == "fleet"),
+        "exempt list on gw-2: {listed}"
+    );
+    // Bindings stay local: gateway 1's subscriber with the same address is nobody's there.
+    assert!(!delivers(&one, subscriber), "unbound on gateway 1: blocked");
+    assert_eq!(who(&one, addr::SUBSCRIBER_V4), "");
+
+    // Removed on gateway 2: blocked there again.
+    two.ok(&["exempt", "rm", "--subscriber", "fleet-cust"]);
+    eventually(
+        std::time::Duration::from_secs(10),
+        "gateway 2 blocks the customer again",
+        || !delivers(&two, subscriber),
+    );
+}

@@ -24,6 +24,13 @@ impl AgentState {
             .policy
             .desired(&self.config, &self.resolved)
             .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        // The exempt identities too: in fleet mode another gateway may have changed them.
+        let exempt = self
+            .policy
+            .subscriber_exemptions()
+            .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        self.identities
+            .set_exempt_identities(exempt.into_iter().map(|e| e.subscriber));
         self.add_bound_exemptions(&mut desired);
         let report = self
             .dataplane

@@ -109,9 +109,9 @@ impl Identities {
         }
     }
 
-    /// How many prefixes are bound now.
-    pub fn bound(&self) -> usize {
-        self.current.len()
+    /// Exactly `subscribers` are exempt from now on.
+    pub fn set_exempt_identities(&mut self, subscribers: impl IntoIterator<Item = String>) {
+        self.exempt = subscribers.into_iter().collect();
     }
 }
 
@@ -156,6 +156,8 @@ mod tests {
         assert!(identities.prefixes_of("alice", Some(Some("s2"))).is_empty());
         assert_eq!(identities.prefixes_of("bob", None), [net("100.64.0.3/32")]);
         identities.unbind(&net("100.64.0.3/32"));
-        assert_eq!(identities.bound(), 2);
+        assert!(identities.holder(&net("100.64.0.3/32")).is_none());
+        identities.set_exempt_identities(["carol".to_owned()]);
+        assert_eq!(identities.exempt_prefixes().count(), 0);
     }
 }

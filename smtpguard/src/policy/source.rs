@@ -68,7 +68,8 @@ impl PolicyError {
                 _ => None,
             },
             PolicyError::Fleet(error) => match error {
-                super::etcd::FleetError::ChangedMeanwhile { .. } => {
+                super::etcd::FleetError::ChangedMeanwhile { .. }
+                | super::etcd::FleetError::SubscriberChangedMeanwhile { .. } => {
                     Some(Rejection::ChangedMeanwhile)
                 }
                 _ => None,
