@@ -14,7 +14,7 @@ use super::{reconcile::EntryList, state::AgentState};
 use crate::{
     identity::{ChangeKind, Holder, SessionChange},
     policy::DesiredPolicy,
-    store::{Escalation, StoreError, holder_at},
+    store::{Escalation, StoreError},
 };
 
 const BOUND: PrefixOrigin = PrefixOrigin::new(Origin::Subscriber);
@@ -195,10 +195,15 @@ impl AgentState {
 }
 
 impl AgentState {
-    /// The identity that held `host` at `at`, from the bindings' history.
+    /// The identity that held `host` at `at`, from the bindings' history: a binding is a
+    /// host or wider (see `bound_prefix`), so only those lengths are looked up.
     fn identity_at(&self, host: IpAddr, at: SystemTime) -> Result<Option<String>, StoreError> {
-        let bindings = self.journal.store.bindings_between(at, at)?;
-        Ok(holder_at(&bindings, host, at).map(|b| b.subscriber.clone()))
+        let (length, _) = self.config.enforcement.host_prefix(&IpNet::from(host));
+        let held = self
+            .journal
+            .store
+            .binding_at(host, at, (0..=length).rev())?;
+        Ok(held.map(|b| b.subscriber))
     }
 
     /// The hosts the kernel enforces for the active escalations. An escalation follows the

@@ -41,6 +41,7 @@ pub(super) const SCHEMA: &str = "CREATE TABLE subscriber_exemptions (
  ) STRICT;
  CREATE UNIQUE INDEX bindings_current ON bindings (prefix) WHERE stopped_ms IS NULL;
  CREATE INDEX bindings_started ON bindings (family, started_ms);
+ CREATE INDEX bindings_prefix ON bindings (prefix, started_ms);
  CREATE INDEX bindings_subscriber ON bindings (subscriber, started_ms);";
 
 /// A subscriber identity exemption to add.
@@ -381,6 +382,33 @@ impl Store {
         select_bindings(&self.conn, &self.path, "stopped_ms IS NULL AND ?1", [true])
     }
 
+    /// The binding that held `address` at `at`, looked up (by index) among the prefixes of
+    /// `lengths` that hold it, in that order: the first length with a binding wins.
+    pub fn binding_at(
+        &self,
+        address: std::net::IpAddr,
+        at: SystemTime,
+        lengths: impl IntoIterator<Item = u8>,
+    ) -> Result<Option<Binding>, StoreError> {
+        let at_ms = to_millis("at", at)?;
+        for length in lengths {
+            let Ok(prefix) = IpNet::new(address, length) else {
+                continue;
+            };
+            let held = select_bindings(
+                &self.conn,
+                &self.path,
+                "prefix = ?1 AND started_ms <= ?2 AND (stopped_ms IS NULL OR stopped_ms > ?2)",
+                params![prefix.trunc().to_string(), at_ms],
+            )?
+            .pop();
+            if held.is_some() {
+                return Ok(held);
+            }
+        }
+        Ok(None)
+    }
+
     /// Every binding `subscriber` ever had, oldest first.
     pub fn bindings_of(&self, subscriber: &str) -> Result<Vec<Binding>, StoreError> {
         select_bindings(&self.conn, &self.path, "subscriber = ?1", [subscriber])
@@ -563,6 +591,17 @@ mod tests {
             store.bindings_between(at(NOW + 25), at(NOW + 30)).unwrap(),
             vec![]
         );
+        // The indexed lookup agrees with the history at every moment.
+        for secs in [0, 9, 10, 19, 20] {
+            let indexed = store
+                .binding_at(address, at(NOW + secs), (0..=32).rev())
+                .unwrap();
+            assert_eq!(
+                indexed.as_ref().map(|b| b.subscriber.as_str()),
+                who(secs),
+                "at +{secs}s"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,6 @@ use crate::{
     agent::{api::ErrorKind, state::AgentState},
     identity::{ChangeKind, SessionChange},
     input,
-    store::holder_at,
 };
 
 impl AgentState {
@@ -86,8 +85,12 @@ impl AgentState {
             Some(at) => input::parse_time("at", at)?,
             None => SystemTime::now(),
         };
-        let bindings = self.journal.store.bindings_between(at, at)?;
-        let holder = holder_at(&bindings, address, at);
+        let full = IpNet::from(address).max_prefix_len();
+        let held = self
+            .journal
+            .store
+            .binding_at(address, at, (0..=full).rev())?;
+        let holder = held.as_ref();
         Ok(json!({
             "address": address.to_string(),
             "at": humantime::format_rfc3339_millis(at).to_string(),
