@@ -197,6 +197,9 @@ pub enum Origin {
     Runtime = 2,
     /// An address a relay's hostname resolved to.
     Dns = 3,
+    /// An address bound (RADIUS accounting, `smtpguard session`) to an exempt subscriber
+    /// identity, for as long as the binding holds.
+    Subscriber = 4,
 }
 
 /// Value of the relay LPM tries, and where an exemption came from: membership, plus the

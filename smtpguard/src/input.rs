@@ -228,6 +228,18 @@ pub fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), In
     }
 }
 
+/// A subscriber identity (a RADIUS User-Name, say): printable, not only white space, at most
+/// a RADIUS attribute's bytes.
+pub fn check_subscriber(value: &str) -> Result<(), InputError> {
+    if value.trim().is_empty() {
+        return Err(InputError::Empty {
+            field: "subscriber",
+            expected: "the customer's identity, such as their RADIUS User-Name",
+        });
+    }
+    check_text("subscriber", value, crate::store::MAX_SUBSCRIBER_BYTES)
+}
+
 /// An RFC 3339 time.
 pub fn parse_time(field: &'static str, text: &str) -> Result<SystemTime, InputError> {
     humantime::parse_rfc3339_weak(text).map_err(|_| InputError::BadTime {

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod fleet;
+pub mod identity;
 pub mod input;
 pub mod logging;
 pub mod metrics;

@@ -113,6 +113,9 @@ pub struct MetricsSnapshot {
     pub fleet: Option<FleetMetrics>,
     /// The history's shipping to the fleet's PostgreSQL; `None` without `[fleet] postgres`.
     pub shipping: Option<crate::fleet::shipping::Shipping>,
+    /// RADIUS accounting datagrams by result ("accepted", "store-failed" or why one was
+    /// ignored); `None` without `[radius]` (the family is not exported then).
+    pub radius_packets: Option<Vec<(&'static str, u64)>>,
 }
 
 /// What the fleet families say.
@@ -523,6 +526,18 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             Value::Float(start_time),
         ),
     ];
+    if let Some(radius) = &snapshot.radius_packets {
+        families.push(labelled(
+            "smtpguard_radius_packets",
+            "RADIUS accounting datagrams by result: accepted (applied and answered), \
+             store-failed (not answered: the client sends it again), or why one was ignored.",
+            Kind::Counter,
+            radius
+                .iter()
+                .map(|&(result, count)| (vec![("result", result.to_owned())], Value::Int(count)))
+                .collect(),
+        ));
+    }
     if let Some(shipping) = &snapshot.shipping {
         families.extend([
             single(
@@ -1281,6 +1296,7 @@ mod tests {
             last_snapshot_timestamp_seconds: 1_700_000_200.5,
             fleet: None,
             shipping: None,
+            radius_packets: None,
         }
     }
 

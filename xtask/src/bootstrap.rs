@@ -39,6 +39,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     // etcd-client's build script compiles etcd's protobuf definitions with protoc.
     "protobuf-compiler",
+    // radclient, which sends the RADIUS accounting of the identity tests.
+    "freeradius-utils",
 ];
 
 pub fn run(root: &Path) -> Result<()> {

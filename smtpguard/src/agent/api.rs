@@ -64,6 +64,31 @@ pub enum Request {
     ExemptRemove {
         prefix: String,
     },
+    /// Exempts a customer identity, whatever address it holds.
+    SubscriberExemptAdd {
+        subscriber: String,
+        reason: String,
+        #[serde(default)]
+        ticket: Option<String>,
+    },
+    SubscriberExemptRemove {
+        subscriber: String,
+    },
+    /// Binds an address or prefix to a subscriber identity (a BNG without RADIUS).
+    SessionStart {
+        subscriber: String,
+        address: String,
+    },
+    SessionStop {
+        subscriber: String,
+        address: String,
+    },
+    /// Who held an address at a time (RFC 3339; now when absent).
+    Who {
+        address: String,
+        #[serde(default)]
+        at: Option<String>,
+    },
     RelayAdd {
         prefix: String,
         #[serde(default)]
@@ -173,6 +198,34 @@ impl Request {
             Request::RelayRemove { prefix } => {
                 input::parse_prefix("prefix", prefix)?;
             }
+            Request::SubscriberExemptAdd {
+                subscriber,
+                reason,
+                ticket,
+            } => {
+                input::check_subscriber(subscriber)?;
+                check_exemption_text(reason, ticket)?;
+            }
+            Request::SubscriberExemptRemove { subscriber } => {
+                input::check_subscriber(subscriber)?;
+            }
+            Request::SessionStart {
+                subscriber,
+                address,
+            }
+            | Request::SessionStop {
+                subscriber,
+                address,
+            } => {
+                input::check_subscriber(subscriber)?;
+                input::parse_prefix_or_host("address", address)?;
+            }
+            Request::Who { address, at } => {
+                input::parse_address("address", address)?;
+                if let Some(at) = at {
+                    input::parse_time("at", at)?;
+                }
+            }
             Request::Check { src, dst, port: _ } => {
                 input::parse_address("source", src)?;
                 input::parse_address("destination", dst)?;
@@ -218,14 +271,22 @@ fn check_exemption(
 ) -> Result<(), InputError> {
     input::parse_prefix_or_host("prefix", prefix)?;
     if let Some(reason) = reason {
-        input::check_text("reason", reason, MAX_REASON_BYTES)?;
-    }
-    if let Some(ticket) = ticket {
+        check_exemption_text(reason, ticket)?;
+    } else if let Some(ticket) = ticket {
         input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
     }
     if let Some(expires) = expires {
         let at = input::parse_time("expires", expires)?;
         input::check_expiry("expires", at, now)?;
+    }
+    Ok(())
+}
+
+/// An exemption's reason and ticket.
+fn check_exemption_text(reason: &str, ticket: &Option<String>) -> Result<(), InputError> {
+    input::check_text("reason", reason, MAX_REASON_BYTES)?;
+    if let Some(ticket) = ticket {
+        input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
     }
     Ok(())
 }

@@ -15,14 +15,10 @@ use super::{
 use crate::{report::ReportRow, store::SYSTEM_WHO};
 
 impl AgentState {
-    /// Makes the kernel's escalation map hold exactly the policy's active escalations.
+    /// Makes the kernel's escalation map hold exactly the policy's active escalations, at
+    /// the hosts their identities hold now (see `escalated_hosts`).
     pub(super) fn restore_escalations(&mut self) -> anyhow::Result<()> {
-        let active: Vec<IpAddr> = self
-            .policy
-            .active_escalations()?
-            .iter()
-            .map(|e| e.host)
-            .collect();
+        let active = self.escalated_hosts()?;
         self.dataplane.sync_overrides(&active)?;
         Ok(())
     }
@@ -71,7 +67,7 @@ impl AgentState {
     /// Escalates `host` unless it already is: for `escalate_for`, doubled for each reoffense
     /// (a bot again at least `reoffense_gap` after its last escalation began).
     fn escalate(&mut self, host: IpAddr, now: SystemTime, reason: &str) -> anyhow::Result<()> {
-        let history = self.policy.escalations_of(host)?;
+        let history = self.escalation_history(host)?;
         if history.iter().any(|e| e.ended.is_none()) {
             return Ok(());
         }
@@ -102,9 +98,9 @@ impl AgentState {
             .checked_add(length)
             .unwrap_or(now + self.config.report.escalate_for);
         let escalation = self.policy.escalate(host, level, now, until, reason)?;
-        if let Err(error) = self.dataplane.set_override(host) {
+        if let Err(error) = self.restore_escalations() {
             self.policy.end_escalation(host, SYSTEM_WHO, false, now)?;
-            return Err(error.into());
+            return Err(error);
         }
         warn!(%host, level, until = %humantime::format_rfc3339_seconds(until), "escalated to enforcement");
         events::publish(
@@ -128,7 +124,7 @@ impl AgentState {
     ) -> Result<Value, Failure> {
         let now = SystemTime::now();
         let ended = self.policy.end_escalation(host, who, expired, now)?;
-        self.dataplane.remove_override(host).map_err(failed)?;
+        self.restore_escalations().map_err(failed)?;
         info!(%host, who, expired, "escalation ended");
         events::publish(
             &self.events,

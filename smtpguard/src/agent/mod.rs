@@ -6,9 +6,11 @@ mod enforcement;
 mod escalation;
 mod events;
 mod expiry;
+mod identity;
 mod interface_counts;
 pub(crate) mod netns;
 mod notify;
+mod radius;
 mod reconcile;
 mod server;
 mod state;
@@ -92,6 +94,10 @@ async fn serve(state: AgentState, snapshotter: Snapshotter, config: &Config) -> 
         })?;
 
     tokio::spawn(server::accept(socket, state.clone(), detached.clone()));
+    if let Some(radius) = &config.radius {
+        let counters = lock(&state).radius_counters();
+        radius::start(radius, state.clone(), counters)?;
+    }
     // The socket listens (connections queue until the accept task takes them), the program
     // is attached and the maps are pinned: from here on the CLI answers.
     notify::ready(&enforcing_status(&lock(&state).metrics(), config));

@@ -20,10 +20,18 @@ pub(super) enum EntryList {
 impl AgentState {
     /// Makes the kernel maps hold the config, the policy source and the resolved relays.
     pub(super) fn reconcile(&mut self) -> anyhow::Result<ReconcileReport> {
-        let desired = self
+        let mut desired = self
             .policy
             .desired(&self.config, &self.resolved)
             .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        // The exempt identities too: in fleet mode another gateway may have changed them.
+        let exempt = self
+            .policy
+            .subscriber_exemptions()
+            .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        self.identities
+            .set_exempt_identities(exempt.into_iter().map(|e| e.subscriber));
+        self.add_bound_exemptions(&mut desired);
         let report = self
             .dataplane
             .policy_maps()
@@ -54,33 +62,42 @@ impl AgentState {
     }
 
     /// Adds one runtime relay or exemption, unless the config (which wins) or DNS already has
-    /// it.
+    /// it. A subscriber binding's exemption of the prefix becomes the runtime one, which
+    /// outlives the binding.
     pub(super) fn add_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
-        if self.entries(list).contains_key(&prefix) {
+        let bound = PrefixOrigin::new(Origin::Subscriber);
+        if self
+            .entries(list)
+            .get(&prefix)
+            .is_some_and(|origin| *origin != bound)
+        {
             return Ok(());
         }
         self.write_entry(list, prefix, Some(PrefixOrigin::new(Origin::Runtime)))
     }
 
-    /// Takes a runtime relay or exemption out again, unless the config or DNS still has it.
+    /// Takes a runtime relay or exemption out again, unless the config still has it; what DNS
+    /// or a subscriber binding still has stays with that origin.
     pub(super) fn remove_entry(&mut self, list: EntryList, prefix: IpNet) -> anyhow::Result<()> {
         if self.entries(list).get(&prefix) != Some(&PrefixOrigin::new(Origin::Runtime)) {
             return Ok(());
         }
-        let resolved = list == EntryList::Relays
-            && self.resolved.addresses().any(|a| IpNet::from(*a) == prefix);
-        self.write_entry(
-            list,
-            prefix,
-            resolved.then(|| PrefixOrigin::new(Origin::Dns)),
-        )
+        let left = match list {
+            EntryList::Relays => self
+                .resolved
+                .addresses()
+                .any(|a| IpNet::from(*a) == prefix)
+                .then(|| PrefixOrigin::new(Origin::Dns)),
+            EntryList::Exemptions => self.bound_exemption(&prefix),
+        };
+        self.write_entry(list, prefix, left)
     }
 
     /// Sets (`Some`) or removes (`None`) one entry in the kernel maps and the desired policy.
     /// The maps hold exactly `desired` after every change, so writing what the one entry
     /// changes keeps them equal: an `exempt add` costs a map write or a few, however many
     /// entries there are.
-    fn write_entry(
+    pub(super) fn write_entry(
         &mut self,
         list: EntryList,
         prefix: IpNet,

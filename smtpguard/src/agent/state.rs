@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use super::{
     enforcement::Enforcement,
     events::{self, Event, Events},
+    radius::RadiusCounters,
 };
 use crate::{
     config::{Config, XdpMode},
@@ -26,6 +27,7 @@ use crate::{
         postgres::server_name,
         shipping::{Shipping, ShippingStatus},
     },
+    identity::Identities,
     metrics::{AgentCounters, MetricsSnapshot},
     policy::{
         DesiredPolicy, EtcdSource, FleetHandle, LocalStore, PolicySource, ResolvedRelays,
@@ -91,6 +93,10 @@ pub struct AgentState {
     pub(super) last_snapshot: Option<SystemTime>,
     pub(super) detached: bool,
     pub(super) events: Events,
+    /// Who holds which address now, and which identities are exempt.
+    pub(super) identities: Identities,
+    /// The RADIUS listener's counts (exported with `[radius]` only).
+    pub(super) radius: Arc<RadiusCounters>,
 }
 
 impl AgentState {
@@ -100,6 +106,13 @@ impl AgentState {
         let store = Store::open(&config.agent.state_dir)?;
         let last_snapshot = store.snapshot_state()?.map(|s| s.last);
         let (policy, fleet) = open_policy(&config)?;
+        let identities = Identities::new(
+            store.current_bindings()?,
+            policy
+                .subscriber_exemptions()?
+                .into_iter()
+                .map(|exemption| exemption.subscriber),
+        );
         let shipping = config
             .fleet
             .as_ref()
@@ -133,6 +146,8 @@ impl AgentState {
             last_snapshot,
             detached: false,
             events: events::channel(),
+            identities,
+            radius: Arc::default(),
         };
         state.record_replaced_pins();
         let report = state
@@ -351,7 +366,12 @@ impl AgentState {
                 }
             }),
             shipping: self.shipping_status(),
+            radius_packets: self.config.radius.as_ref().map(|_| self.radius.rows()),
         }
+    }
+
+    pub fn radius_counters(&self) -> Arc<RadiusCounters> {
+        self.radius.clone()
     }
 }
 

@@ -41,9 +41,9 @@ pub fn escalations(args: &EscalationsArgs, agent: &AgentArgs) -> anyhow::Result<
     if args.format == Format::Json {
         return table::print_json(&body);
     }
-    let columns = ["host", "level", "started", "until"];
+    let columns = ["host", "subscriber", "level", "started", "until"];
     table::print(
-        &["HOST", "LEVEL", "STARTED", "UNTIL"],
+        &["HOST", "SUBSCRIBER", "LEVEL", "STARTED", "UNTIL"],
         body.as_array()
             .into_iter()
             .flatten()

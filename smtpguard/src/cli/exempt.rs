@@ -9,13 +9,20 @@ use crate::{agent::api::Request, input};
 
 #[derive(Debug, Subcommand)]
 pub enum ExemptCommand {
-    /// Exempt a subscriber prefix; returns once the kernel map holds it.
+    /// Exempt a subscriber prefix, or a customer identity whatever address it holds; returns
+    /// once the kernel map holds it.
     ///
     /// Example: smtpguard exempt add 100.64.10.0/24 --reason "static business block" --ticket T-4711 --expires 30d
     Add {
         /// The prefix to exempt, inside a subscriber range, e.g. 100.64.10.0/24; a bare
         /// address is that host alone (100.64.0.2 means 100.64.0.2/32)
-        prefix: OsString,
+        #[arg(required_unless_present = "subscriber", conflicts_with = "subscriber")]
+        prefix: Option<OsString>,
+        /// Exempt a customer identity instead (its RADIUS User-Name or configured attribute;
+        /// printable, at most 253 bytes): the addresses bound to it are exempt for as long as
+        /// they are, e.g. --subscriber cust-4711@isp.example
+        #[arg(long, conflicts_with_all = ["expires", "force"])]
+        subscriber: Option<OsString>,
         /// Why, for whoever reads the list next (printable, at most 512 bytes), e.g.
         /// --reason "customer's own MX"
         #[arg(long)]
@@ -69,7 +76,11 @@ pub enum ExemptCommand {
     #[command(visible_aliases = ["remove", "del"])]
     Rm {
         /// The prefix as listed, e.g. 100.64.10.0/24; a bare address is that host alone
-        prefix: OsString,
+        #[arg(required_unless_present = "subscriber", conflicts_with = "subscriber")]
+        prefix: Option<OsString>,
+        /// Remove a customer identity's exemption instead, e.g. --subscriber cust-4711@isp.example
+        #[arg(long)]
+        subscriber: Option<OsString>,
     },
 }
 
@@ -77,23 +88,32 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
     match command {
         ExemptCommand::Add {
             prefix,
+            subscriber,
             reason,
             ticket,
             expires,
             force,
         } => {
-            let expires = expiry(expires.as_deref())?;
-            let body = agent.call(&Request::ExemptAdd {
-                prefix: exempted(prefix)?,
-                reason: input::utf8("reason", reason)?.to_owned(),
-                ticket: ticket
-                    .as_deref()
-                    .map(|t| input::utf8("ticket", t).map(str::to_owned))
-                    .transpose()?,
-                expires,
-                force: *force,
-            })?;
-            println!("exempt: {}", table::text(&body["prefix"]));
+            let reason = input::utf8("reason", reason)?.to_owned();
+            let ticket = ticket
+                .as_deref()
+                .map(|t| input::utf8("ticket", t).map(str::to_owned))
+                .transpose()?;
+            let body = match (subscriber, prefix) {
+                (Some(subscriber), _) => agent.call(&Request::SubscriberExemptAdd {
+                    subscriber: super::session::subscriber(subscriber)?,
+                    reason,
+                    ticket,
+                })?,
+                (None, prefix) => agent.call(&Request::ExemptAdd {
+                    prefix: exempted(prefix.as_deref())?,
+                    reason,
+                    ticket,
+                    expires: expiry(expires.as_deref())?,
+                    force: *force,
+                })?,
+            };
+            print_exempt("exempt", &body);
         }
         ExemptCommand::Update {
             prefix,
@@ -109,7 +129,7 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                     .transpose()
             };
             let body = agent.call(&Request::ExemptUpdate {
-                prefix: exempted(prefix)?,
+                prefix: exempted(Some(prefix))?,
                 reason: text("reason", reason)?,
                 ticket: text("ticket", ticket)?,
                 expires: expiry(expires.as_deref())?,
@@ -119,31 +139,48 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
         }
         ExemptCommand::List { format } => {
             let body = agent.call(&Request::ExemptList {})?;
-            table::print_list(
-                *format,
-                &body,
-                &table::with_gateway(
-                    &body,
-                    &[
-                        ("prefix", "PREFIX"),
-                        ("source", "SOURCE"),
-                        ("reason", "REASON"),
-                        ("ticket", "TICKET"),
-                        ("who", "WHO"),
-                        ("created", "CREATED"),
-                        ("expires", "EXPIRES"),
-                    ],
-                ),
-            )?;
+            // The SUBSCRIBER column only when an identity is exempt: a gateway without them
+            // lists what it always did.
+            let mut columns =
+                table::with_present(&body, &[("prefix", "PREFIX")], ("subscriber", "SUBSCRIBER"));
+            columns.extend_from_slice(&[
+                ("source", "SOURCE"),
+                ("reason", "REASON"),
+                ("ticket", "TICKET"),
+                ("who", "WHO"),
+                ("created", "CREATED"),
+                ("expires", "EXPIRES"),
+            ]);
+            table::print_list(*format, &body, &table::with_gateway(&body, &columns))?;
         }
-        ExemptCommand::Rm { prefix } => {
-            let body = agent.call(&Request::ExemptRemove {
-                prefix: exempted(prefix)?,
-            })?;
-            println!("no longer exempt: {}", table::text(&body["prefix"]));
+        ExemptCommand::Rm { prefix, subscriber } => {
+            let body = match subscriber {
+                Some(subscriber) => agent.call(&Request::SubscriberExemptRemove {
+                    subscriber: super::session::subscriber(subscriber)?,
+                })?,
+                None => agent.call(&Request::ExemptRemove {
+                    prefix: exempted(prefix.as_deref())?,
+                })?,
+            };
+            print_exempt("no longer exempt", &body);
         }
     }
     Ok(())
+}
+
+/// What `exempt add` and `exempt rm` say they did: the prefix, or the identity and what it
+/// holds now.
+fn print_exempt(done: &str, body: &serde_json::Value) {
+    match body["subscriber"].as_str() {
+        Some(subscriber) => println!(
+            "{done}: subscriber {subscriber} (bound now: {})",
+            match table::text(&body["prefix"]) {
+                bound if bound.is_empty() => "nothing".to_owned(),
+                bound => bound,
+            }
+        ),
+        None => println!("{done}: {}", table::text(&body["prefix"])),
+    }
 }
 
 /// `--expires` as the RFC 3339 time the agent takes.
@@ -160,8 +197,9 @@ fn expiry(expires: Option<&std::ffi::OsStr>) -> anyhow::Result<Option<String>> {
 /// The prefix as typed, once it is one (or a bare address): the agent turns a bare address
 /// into the host it belongs to, which only its config says (an IPv6 host is a /64 by
 /// default).
-fn exempted(prefix: &std::ffi::OsStr) -> anyhow::Result<String> {
-    let text = input::utf8("prefix", prefix)?;
+fn exempted(prefix: Option<&std::ffi::OsStr>) -> anyhow::Result<String> {
+    // clap requires the prefix without --subscriber.
+    let text = input::utf8("prefix", prefix.unwrap_or_default())?;
     input::parse_prefix_or_host("prefix", text)?;
     Ok(text.to_owned())
 }

@@ -11,6 +11,7 @@ mod prepare;
 mod relay;
 mod replay;
 mod report;
+mod session;
 mod status;
 mod table;
 
@@ -48,6 +49,13 @@ enum Command {
     /// Runtime exemptions (kept in the store, applied at once).
     #[command(subcommand)]
     Exempt(exempt::ExemptCommand),
+    /// Bind addresses to customer identities by hand (a BNG without RADIUS accounting).
+    #[command(subcommand)]
+    Session(session::SessionCommand),
+    /// Which customer identity held an address, now or at a time.
+    ///
+    /// Example: smtpguard who 100.64.0.2 --at 2026-12-01T08:00:00Z
+    Who(session::WhoArgs),
     /// Runtime relays, on top of the config's.
     #[command(subcommand)]
     Relay(relay::RelayCommand),
@@ -158,6 +166,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Config(command) => config::run(&command, agent),
         Command::Run => crate::agent::run(agent.needed_config_file()?).map_err(privilege_hint),
         Command::Exempt(command) => exempt::run(&command, agent),
+        Command::Session(command) => session::session(&command, agent),
+        Command::Who(args) => session::who(&args, agent),
         Command::Relay(command) => relay::run(&command, agent),
         Command::Status(args) => status::status(&args, agent),
         Command::Check(args) => status::check(&args, agent),

@@ -44,7 +44,8 @@ pub struct ReportArgs {
     /// Only hosts inside this prefix, e.g. --prefix 100.64.0.0/16
     #[arg(long)]
     prefix: Option<String>,
-    /// One row per host, per IPv6 /64 or /56, or per subscriber range, e.g. --group /64
+    /// One row per host, per IPv6 /64 or /56, per subscriber range, or per customer identity
+    /// across its address changes (subscriber-id), e.g. --group /64
     #[arg(long, value_enum, default_value_t)]
     group: Grouping,
     /// table (for people), json or csv (for tools and spreadsheets), e.g. -o csv

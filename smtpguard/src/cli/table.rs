@@ -89,12 +89,21 @@ pub fn print_list(
 /// `columns` and, when some row says which gateway made it (fleet mode), a GATEWAY column:
 /// a gateway on its own lists what it always did.
 pub fn with_gateway<'a>(body: &Value, columns: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    with_present(body, columns, ("gateway", "GATEWAY"))
+}
+
+/// `columns` and `column` after them when some row has a value for it.
+pub fn with_present<'a>(
+    body: &Value,
+    columns: &[(&'a str, &'a str)],
+    column: (&'a str, &'a str),
+) -> Vec<(&'a str, &'a str)> {
     let mut columns = columns.to_vec();
-    let fleet = body
+    let present = body
         .as_array()
-        .is_some_and(|rows| rows.iter().any(|row| !row["gateway"].is_null()));
-    if fleet {
-        columns.push(("gateway", "GATEWAY"));
+        .is_some_and(|rows| rows.iter().any(|row| !row[column.0].is_null()));
+    if present {
+        columns.push(column);
     }
     columns
 }

@@ -73,6 +73,15 @@ pub const TABLES: &[Table] = &[
               runs on its own: this file and its SQLite store. Subscriber ranges, config relays \
               and config exemptions stay in each gateway's own file.",
     },
+    Table {
+        name: "radius",
+        array: false,
+        doc: "RADIUS accounting (RFC 2866) from the broadband gateways: Start and \
+              Interim-Update bind the session's Framed-IP-Address, Framed-IPv6-Prefix and \
+              Delegated-IPv6-Prefix to the customer identity, Stop ends the binding. Exempt \
+              identities (`smtpguard exempt add --subscriber`) are exempt at the addresses they \
+              hold. Absent, `smtpguard session` binds by hand.",
+    },
 ];
 
 pub const KEYS: &[Key] = &[
@@ -432,6 +441,29 @@ pub const KEYS: &[Key] = &[
         name: "postgres_key",
         default: "(none)",
         doc: "The private key (PEM) of postgres_cert.",
+    },
+    Key {
+        table: "radius",
+        name: "listen",
+        default: "(required in [radius])",
+        doc: "The UDP address accounting arrives on, such as \"0.0.0.0:1813\".",
+    },
+    Key {
+        table: "radius",
+        name: "identity",
+        default: "\"user-name\"",
+        doc: "The attribute naming the customer: \"user-name\", \"class\" (shown as text when \
+              printable, else as 0x and hex) or \"calling-station-id\".",
+    },
+    Key {
+        table: "radius",
+        name: "clients",
+        default: "[] (every packet is ignored as from an unknown client)",
+        doc: "The BNGs that send accounting: a list of { address = \"192.0.2.10\", secret_file = \
+              \"/etc/smtpguard/radius-bng1.secret\" }, address being an address or prefix, \
+              secret_file an absolute path whose first line is the shared secret (read when the \
+              agent starts). A packet from elsewhere, or whose Request Authenticator does not \
+              match, is counted in smtpguard_radius_packets_total and ignored.",
     },
 ];
 

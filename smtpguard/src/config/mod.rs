@@ -31,12 +31,15 @@ mod agent;
 pub mod danger;
 mod fleet;
 pub mod keys;
+mod radius;
 mod report;
 
 pub use self::agent::{AgentConfig, AttachKind, LogLevel, XdpMode};
 use self::agent::{RawAgent, validate_agent};
 pub use self::fleet::{EtcdAuth, EtcdConfig, EtcdTls, FleetConfig, PostgresConfig, PostgresTls};
 use self::fleet::{RawFleet, validate_fleet};
+pub use self::radius::{RadiusClientConfig, RadiusConfig};
+use self::radius::{RawRadius, validate_radius};
 pub use self::report::ReportConfig;
 use self::report::{RawReport, validate_report};
 
@@ -61,6 +64,8 @@ pub struct Config {
     /// Fleet mode: the policy in etcd and/or the reports in PostgreSQL; `None` for a gateway
     /// on its own.
     pub fleet: Option<FleetConfig>,
+    /// The RADIUS accounting listener; `None`: bindings come from `smtpguard session` only.
+    pub radius: Option<RadiusConfig>,
 }
 
 /// A `[[relays]]` entry given as `host = "smtp.isp.example"`.
@@ -295,6 +300,7 @@ impl Config {
             agent: validate_agent(&src, raw.agent)?,
             report: validate_report(&src, raw.report)?,
             fleet: validate_fleet(&src, raw.fleet)?,
+            radius: validate_radius(&src, raw.radius)?,
         })
     }
 }
@@ -695,6 +701,9 @@ struct RawConfig {
     // Absent: a gateway on its own (local policy, local reports).
     #[serde(default)]
     fleet: Option<Spanned<RawFleet>>,
+    // Absent: no RADIUS accounting listener.
+    #[serde(default)]
+    radius: Option<Spanned<RawRadius>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1574,6 +1583,7 @@ mod tests {
                 agent: AgentConfig::default(),
                 report: ReportConfig::default(),
                 fleet: None,
+                radius: None,
             }
         );
     }

@@ -35,14 +35,17 @@ use tracing::{info, warn};
 
 use super::{
     PolicyResult, PolicySource,
-    fleet_keys::{FleetAuditEntry, FleetEntry, FleetKeys, encode_exemption, encode_relay},
+    fleet_keys::{
+        FleetAuditEntry, FleetEntry, FleetKeys, encode_exemption, encode_relay,
+        encode_subscriber_exemption,
+    },
     source::LocalStore,
 };
 use crate::{
     config::{EtcdConfig, FleetConfig},
     store::{
         AuditAction, CachedKey, EntryKind, Escalation, Exemption, ExemptionUpdate, NewExemption,
-        NewRelay, RuntimeRelay, Store, StoreError,
+        NewRelay, NewSubscriberExemption, RuntimeRelay, Store, StoreError, SubscriberExemption,
     },
 };
 
@@ -72,6 +75,12 @@ pub enum FleetError {
         seen: i64,
         verb: &'static str,
     },
+    #[error(
+        "the exemption of subscriber {subscriber:?} changed meanwhile on another gateway (this \
+         gateway saw it at etcd revision {seen}); nothing was changed: look at `smtpguard \
+         exempt list` and try again"
+    )]
+    SubscriberChangedMeanwhile { subscriber: String, seen: i64 },
     #[error("cannot read {what} {path}: {source}")]
     Credentials {
         what: &'static str,
@@ -304,10 +313,7 @@ impl EtcdSource {
         let key = self.shared.keys.of(kind, prefix);
         let not_found = || StoreError::NotFound { kind, prefix };
         let held = self.held(&key).ok_or_else(not_found)?;
-        let made_on = match &held.entry {
-            FleetEntry::Exemption(exemption) => exemption.gateway.clone(),
-            FleetEntry::Relay(relay) => relay.gateway.clone(),
-        };
+        let made_on = held.entry.gateway();
         let action = match kind {
             EntryKind::Exemption => AuditAction::ExemptionRemoved,
             EntryKind::Relay => AuditAction::RelayRemoved,
@@ -425,7 +431,7 @@ impl PolicySource for EtcdSource {
     ) -> PolicyResult<Exemption> {
         let exemption = |entry| match entry {
             FleetEntry::Exemption(exemption) => Some(exemption),
-            FleetEntry::Relay(_) => None,
+            _ => None,
         };
         self.delete(EntryKind::Exemption, prefix, exemption, who, now)
     }
@@ -507,9 +513,77 @@ impl PolicySource for EtcdSource {
     ) -> PolicyResult<RuntimeRelay> {
         let relay = |entry| match entry {
             FleetEntry::Relay(relay) => Some(relay),
-            FleetEntry::Exemption(_) => None,
+            _ => None,
         };
         self.delete(EntryKind::Relay, prefix, relay, who, now)
+    }
+
+    // Fleet-wide like address exemptions; the bindings they apply to stay each gateway's.
+    fn subscriber_exemptions(&self) -> PolicyResult<Vec<SubscriberExemption>> {
+        Ok(self.shared.view().subscriber_exemptions())
+    }
+
+    fn add_subscriber_exemption(
+        &mut self,
+        new: &NewSubscriberExemption,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        let mut exemption = new.checked(now)?;
+        exemption.gateway = Some(self.gateway.clone());
+        let key = self.shared.keys.of_subscriber(&exemption.subscriber);
+        if self.held(&key).is_some() {
+            return Err(StoreError::DuplicateSubscriber {
+                subscriber: exemption.subscriber,
+            }
+            .into());
+        }
+        let value = encode_subscriber_exemption(&exemption, &self.gateway)?;
+        let audit = FleetAuditEntry::new(
+            now,
+            AuditAction::SubscriberExempted,
+            &exemption.subscriber,
+            &new.who,
+            &self.gateway,
+            String::from_utf8_lossy(&value).into_owned(),
+        )?;
+        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, 0));
+        let changed = FleetError::SubscriberChangedMeanwhile {
+            subscriber: exemption.subscriber.clone(),
+            seen: 0,
+        };
+        self.commit(txn, changed, audit)?;
+        Ok(exemption)
+    }
+
+    fn remove_subscriber_exemption(
+        &mut self,
+        subscriber: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        let key = self.shared.keys.of_subscriber(subscriber);
+        let not_found = || StoreError::NoSubscriberExemption {
+            subscriber: subscriber.to_owned(),
+        };
+        let held = self.held(&key).ok_or_else(not_found)?;
+        let FleetEntry::Subscriber(exemption) = held.entry else {
+            return Err(not_found().into());
+        };
+        let audit = FleetAuditEntry::new(
+            now,
+            AuditAction::SubscriberExemptionRemoved,
+            subscriber,
+            who,
+            &self.gateway,
+            format!("made on {}", exemption.gateway.as_deref().unwrap_or("?")),
+        )?;
+        let txn = TxnParts::on_revision(&key, held.mod_revision, TxnOp::delete(key.clone(), None));
+        let changed = FleetError::SubscriberChangedMeanwhile {
+            subscriber: subscriber.to_owned(),
+            seen: held.mod_revision,
+        };
+        self.commit(txn, changed, audit)?;
+        Ok(exemption)
     }
 
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {
@@ -592,7 +666,7 @@ impl View {
         self.entries(
             |entry| match entry {
                 FleetEntry::Exemption(exemption) => Some(exemption),
-                FleetEntry::Relay(_) => None,
+                _ => None,
             },
             |exemption| exemption.prefix,
         )
@@ -602,10 +676,23 @@ impl View {
         self.entries(
             |entry| match entry {
                 FleetEntry::Relay(relay) => Some(relay),
-                FleetEntry::Exemption(_) => None,
+                _ => None,
             },
             |relay| relay.prefix,
         )
+    }
+
+    fn subscriber_exemptions(&self) -> Vec<SubscriberExemption> {
+        let mut list: Vec<SubscriberExemption> = self
+            .keys
+            .values()
+            .filter_map(|held| match &held.entry {
+                FleetEntry::Subscriber(exemption) => Some(exemption.clone()),
+                _ => None,
+            })
+            .collect();
+        list.sort_by(|a, b| a.subscriber.cmp(&b.subscriber));
+        list
     }
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! {prefix}policy/exemptions/{prefix}   {"reason", "ticket", "who", "gateway", "created_ms", "expires_ms"}
 //! {prefix}policy/relays/{prefix}       {"note", "who", "gateway", "created_ms"}
+//! {prefix}policy/subscribers/{hex id}  {"reason", "ticket", "who", "gateway", "created_ms"}
 //! {prefix}audit/{at_ms}-{gateway}-{n}  {"at_ms", "action", "subject", "who", "gateway", "detail"}
 //! ```
 //!
@@ -16,8 +17,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    AuditAction, EntryKind, Exemption, RuntimeRelay, StoreError, check_prefix, check_text,
-    from_millis, to_millis,
+    AuditAction, EntryKind, Exemption, RuntimeRelay, StoreError, SubscriberExemption, check_prefix,
+    check_subscriber, check_text, from_millis, to_millis,
 };
 
 /// Where one fleet's keys live.
@@ -31,6 +32,19 @@ pub struct FleetKeys {
 pub enum FleetEntry {
     Exemption(Exemption),
     Relay(RuntimeRelay),
+    /// A customer identity exempt at the addresses it holds on any gateway.
+    Subscriber(SubscriberExemption),
+}
+
+impl FleetEntry {
+    /// The gateway the entry was made on.
+    pub fn gateway(&self) -> Option<String> {
+        match self {
+            FleetEntry::Exemption(exemption) => exemption.gateway.clone(),
+            FleetEntry::Relay(relay) => relay.gateway.clone(),
+            FleetEntry::Subscriber(exemption) => exemption.gateway.clone(),
+        }
+    }
 }
 
 /// Why a key under the policy range was not applied.
@@ -42,6 +56,8 @@ pub enum CorruptKey {
     UnknownKind,
     #[error("{text:?} is not a prefix such as 100.64.2.0/24")]
     BadPrefix { text: String },
+    #[error("{text:?} is not a subscriber identity as lowercase hex of its UTF-8")]
+    BadSubscriber { text: String },
     #[error("the value is not the JSON of an entry: {0}")]
     BadValue(#[from] serde_json::Error),
     #[error(transparent)]
@@ -83,6 +99,8 @@ pub struct FleetAuditEntry {
 
 const EXEMPTIONS: &str = "policy/exemptions/";
 const RELAYS: &str = "policy/relays/";
+/// Identities as hex: any text (a '/', a space) makes one key, and only one.
+const SUBSCRIBERS: &str = "policy/subscribers/";
 
 impl FleetKeys {
     pub fn new(prefix: &str) -> Self {
@@ -103,6 +121,12 @@ impl FleetKeys {
             EntryKind::Relay => RELAYS,
         };
         format!("{}{folder}{prefix}", self.prefix)
+    }
+
+    /// The key of the exemption of identity `subscriber`.
+    pub fn of_subscriber(&self, subscriber: &str) -> String {
+        let hex: String = subscriber.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}{SUBSCRIBERS}{hex}", self.prefix)
     }
 
     /// The bounded audit range (see docs/fleet.md, "Audit").
@@ -154,28 +178,93 @@ impl FleetKeys {
                 created: time(value.created_ms)?,
                 gateway: Some(value.gateway),
             }))
+        } else if let Some(text) = rest.strip_prefix(SUBSCRIBERS) {
+            let subscriber = parse_subscriber(text)?;
+            // An exemption's value, which never expires.
+            let value: ExemptionValue = serde_json::from_slice(value)?;
+            if let Some(ms) = value.expires_ms {
+                return Err(CorruptKey::BadTime(ms));
+            }
+            let exemption = crate::store::NewSubscriberExemption {
+                subscriber,
+                reason: value.reason,
+                ticket: value.ticket,
+                who: value.who,
+            };
+            check_text("gateway", &value.gateway)?;
+            let created = time(value.created_ms)?;
+            Ok(FleetEntry::Subscriber(SubscriberExemption {
+                gateway: Some(value.gateway),
+                ..exemption.checked(created)?
+            }))
         } else {
             Err(CorruptKey::UnknownKind)
         }
     }
 }
 
+/// The identity a subscriber key names: lowercase hex of its UTF-8, nothing else.
+fn parse_subscriber(text: &str) -> Result<String, CorruptKey> {
+    let bad = || CorruptKey::BadSubscriber {
+        text: text.to_owned(),
+    };
+    if !text.len().is_multiple_of(2)
+        || text
+            .bytes()
+            .any(|b| !matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(bad());
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let subscriber = String::from_utf8(bytes).map_err(|_| bad())?;
+    check_subscriber(&subscriber)?;
+    Ok(subscriber)
+}
+
+/// The value a subscriber identity's exemption is stored as: an exemption's, without expiry.
+pub fn encode_subscriber_exemption(
+    exemption: &SubscriberExemption,
+    gateway: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let value = ExemptionValue::new(
+        (&exemption.reason, &exemption.ticket, &exemption.who),
+        exemption.gateway.as_deref().unwrap_or(gateway),
+        exemption.created,
+        None,
+    )?;
+    Ok(serde_json::to_vec(&value).expect("plain fields serialize"))
+}
+
+impl ExemptionValue {
+    /// (reason, ticket, who), made on `gateway` at `created`, lapsing at `expires`.
+    fn new(
+        (reason, ticket, who): (&str, &Option<String>, &str),
+        gateway: &str,
+        created: SystemTime,
+        expires: Option<SystemTime>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            reason: reason.to_owned(),
+            ticket: ticket.clone(),
+            who: who.to_owned(),
+            gateway: gateway.to_owned(),
+            created_ms: to_millis("created", created)?,
+            expires_ms: expires.map(|at| to_millis("expires", at)).transpose()?,
+        })
+    }
+}
+
 /// The value an exemption is stored as.
 pub fn encode_exemption(exemption: &Exemption, gateway: &str) -> Result<Vec<u8>, StoreError> {
-    let value = ExemptionValue {
-        reason: exemption.reason.clone(),
-        ticket: exemption.ticket.clone(),
-        who: exemption.who.clone(),
-        gateway: exemption
-            .gateway
-            .clone()
-            .unwrap_or_else(|| gateway.to_owned()),
-        created_ms: to_millis("created", exemption.created)?,
-        expires_ms: exemption
-            .expires
-            .map(|at| to_millis("expires", at))
-            .transpose()?,
-    };
+    let value = ExemptionValue::new(
+        (&exemption.reason, &exemption.ticket, &exemption.who),
+        exemption.gateway.as_deref().unwrap_or(gateway),
+        exemption.created,
+        exemption.expires,
+    )?;
     Ok(serde_json::to_vec(&value).expect("plain fields serialize"))
 }
 
@@ -260,6 +349,33 @@ mod tests {
             keys().decode(key.as_bytes(), &value).unwrap(),
             FleetEntry::Exemption(exemption)
         );
+    }
+
+    #[test]
+    fn a_subscriber_exemption_decodes_to_what_was_encoded() {
+        let exemption = SubscriberExemption {
+            subscriber: "cust/42 @isp".to_owned(),
+            reason: "own mail server".to_owned(),
+            ticket: None,
+            who: "alice".to_owned(),
+            created: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            gateway: Some("gw-1".to_owned()),
+        };
+        let value = encode_subscriber_exemption(&exemption, "gw-2").unwrap();
+        let key = keys().of_subscriber(&exemption.subscriber);
+        assert_eq!(key, "/sg/policy/subscribers/637573742f34322040697370");
+        assert_eq!(
+            keys().decode(key.as_bytes(), &value).unwrap(),
+            FleetEntry::Subscriber(exemption)
+        );
+        for bad in ["637", "6375737G", "637573742F3432", "ff"] {
+            let key = format!("/sg/policy/subscribers/{bad}");
+            let err = keys().decode(key.as_bytes(), &value).unwrap_err();
+            assert!(
+                err.to_string().contains("is not a subscriber identity"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::{DesiredPolicy, ResolvedRelays};
 use crate::{
     config::Config,
     store::{
-        Escalation, Exemption, ExemptionUpdate, NewExemption, NewRelay, RuntimeRelay, Store,
-        StoreError,
+        Escalation, Exemption, ExemptionUpdate, NewExemption, NewRelay, NewSubscriberExemption,
+        RuntimeRelay, Store, StoreError, SubscriberExemption,
     },
 };
 
@@ -49,9 +49,17 @@ impl PolicyError {
     pub fn rejection(&self) -> Option<Rejection> {
         match self {
             PolicyError::Local(error) => match error {
-                StoreError::Duplicate { .. } => Some(Rejection::Duplicate),
-                StoreError::NotFound { .. } => Some(Rejection::NotFound),
+                StoreError::Duplicate { .. } | StoreError::DuplicateSubscriber { .. } => {
+                    Some(Rejection::Duplicate)
+                }
+                StoreError::NotFound { .. } | StoreError::NoSubscriberExemption { .. } => {
+                    Some(Rejection::NotFound)
+                }
                 StoreError::HostBits { .. }
+                | StoreError::BoundHostBits { .. }
+                | StoreError::EmptySubscriber
+                | StoreError::SubscriberTooLong { .. }
+                | StoreError::EmptySubscriberReason { .. }
                 | StoreError::EmptyReason { .. }
                 | StoreError::ControlCharacter { .. }
                 | StoreError::TooLong { .. }
@@ -60,7 +68,8 @@ impl PolicyError {
                 _ => None,
             },
             PolicyError::Fleet(error) => match error {
-                super::etcd::FleetError::ChangedMeanwhile { .. } => {
+                super::etcd::FleetError::ChangedMeanwhile { .. }
+                | super::etcd::FleetError::SubscriberChangedMeanwhile { .. } => {
                     Some(Rejection::ChangedMeanwhile)
                 }
                 _ => None,
@@ -115,6 +124,20 @@ pub trait PolicySource: Send {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<RuntimeRelay>;
+
+    /// Subscriber identities exempt whatever address they hold, by identity.
+    fn subscriber_exemptions(&self) -> PolicyResult<Vec<SubscriberExemption>>;
+    fn add_subscriber_exemption(
+        &mut self,
+        new: &NewSubscriberExemption,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption>;
+    fn remove_subscriber_exemption(
+        &mut self,
+        subscriber: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption>;
 
     /// Hosts of monitor-mode ranges enforced for themselves (bots), oldest first.
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>>;
@@ -221,6 +244,29 @@ impl PolicySource for LocalStore {
         now: SystemTime,
     ) -> PolicyResult<RuntimeRelay> {
         Ok(self.store.remove_relay(prefix, who, now)?)
+    }
+
+    fn subscriber_exemptions(&self) -> PolicyResult<Vec<SubscriberExemption>> {
+        Ok(self.store.subscriber_exemptions()?)
+    }
+
+    fn add_subscriber_exemption(
+        &mut self,
+        new: &NewSubscriberExemption,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        Ok(self.store.add_subscriber_exemption(new, now)?)
+    }
+
+    fn remove_subscriber_exemption(
+        &mut self,
+        subscriber: &str,
+        who: &str,
+        now: SystemTime,
+    ) -> PolicyResult<SubscriberExemption> {
+        Ok(self
+            .store
+            .remove_subscriber_exemption(subscriber, who, now)?)
     }
 
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {

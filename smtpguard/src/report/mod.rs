@@ -5,6 +5,9 @@
 pub mod pbl;
 pub mod render;
 pub mod snapshot;
+mod subscribers;
+
+pub use subscribers::by_subscriber;
 
 use std::{
     cmp::Reverse,
@@ -34,6 +37,9 @@ pub enum Grouping {
     Slash56,
     /// By the most specific subscriber range that holds the host.
     SubscriberPrefix,
+    /// By the customer identity that held the host (RADIUS accounting, `smtpguard
+    /// session`), summed across address changes; hosts no identity held stay single.
+    SubscriberId,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +111,10 @@ pub struct ReportRow {
     pub last_seen: SystemTime,
     pub class: Class,
     pub class_reason: ClassReason,
+    /// The customer identity that held the row's host at its last segment (RADIUS accounting
+    /// or `smtpguard session`); empty when none did, or nobody knows.
+    #[serde(serialize_with = "empty_when_none")]
+    pub subscriber_id: Option<String>,
     /// In a fleet report, how many gateways saw the host (or the group's hosts); `None` in a
     /// gateway's own report, which has no such column.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +174,13 @@ fn optional_text<S: serde::Serializer, T: fmt::Display>(
         Some(value) => serializer.collect_str(value),
         None => serializer.serialize_none(),
     }
+}
+
+fn empty_when_none<S: serde::Serializer>(
+    value: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_deref().unwrap_or(""))
 }
 
 /// How a segment was judged, from the reason the kernel recorded for a host's last segment of
@@ -480,6 +497,18 @@ pub fn build_owned(
     rows(&summaries, &ranges, config, options)
 }
 
+/// Names each row's customer: the identity whose binding held the row's whole prefix (its
+/// host, or its group) at the row's last segment. `bindings` are those of the report's window
+/// (see [`crate::store::Store::bindings_between`]).
+pub fn name_subscribers(rows: &mut [ReportRow], bindings: &[crate::store::Binding]) {
+    for row in rows {
+        let prefix = row.host.prefix();
+        row.subscriber_id = crate::store::holder_at(bindings, prefix.network(), row.last_seen)
+            .filter(|binding| binding.prefix.contains(&prefix))
+            .map(|binding| binding.subscriber.clone());
+    }
+}
+
 /// The hosts whose history makes the `top` rows of a report, given each host's attempts
 /// within the report's window (`totals`, one entry per stored host): the members of the rows
 /// [`build`] keeps (the most attempts first, then by row key, at least `min_attempts`, within
@@ -681,7 +710,8 @@ fn group_key(
     // A host is what the kernel counts as one (an IPv6 /64 by default); history kept under
     // a longer host prefix joins the host that holds it now.
     match grouping {
-        Grouping::Host => config.enforcement.host_of(host),
+        // Customers are formed from host rows once they are named (see `by_subscriber`).
+        Grouping::Host | Grouping::SubscriberId => config.enforcement.host_of(host),
         Grouping::Slash64 => truncated(64),
         Grouping::Slash56 => truncated(56),
         Grouping::SubscriberPrefix => ranges.of(host).map_or(single, |(prefix, _)| prefix),
@@ -840,7 +870,7 @@ struct RowMaker<'a> {
 impl RowMaker<'_> {
     fn row(&self, summary: &Summary) -> ReportRow {
         let key = summary.key;
-        let representative = if self.grouping == Grouping::Host {
+        let representative = if matches!(self.grouping, Grouping::Host | Grouping::SubscriberId) {
             key.addr()
         } else {
             key.network()
@@ -851,6 +881,7 @@ impl RowMaker<'_> {
             host: RowSubject(key),
             hosts: summary.hosts,
             subscriber_prefix: subscriber.map(|(prefix, _)| prefix),
+            subscriber_id: None,
             mode: subscriber.map(|(_, mode)| mode),
             judged_mode: summary.modes,
             attempts: summary.attempts,
@@ -1574,7 +1605,11 @@ mod tests {
         let mut csv = Vec::new();
         render::csv(&rows, &mut csv).unwrap();
         let mut reader = csv::Reader::from_reader(&csv[..]);
-        let mode: Vec<String> = reader.records().map(|r| r.unwrap()[3].to_owned()).collect();
+        let column = render::FIELDS.iter().position(|f| *f == "mode").unwrap();
+        let mode: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[column].to_owned())
+            .collect();
         assert_eq!(mode, ["enforce,monitor", "exempt", "monitor", "enforce"]);
     }
 }

@@ -19,7 +19,7 @@ pub enum ReportFormat {
 }
 
 /// The columns of the JSON and CSV forms, in order.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 16] = [
     "host",
     "hosts",
     "subscriber_prefix",
@@ -35,6 +35,8 @@ pub const FIELDS: [&str; 15] = [
     "last_seen",
     "class",
     "class_reason",
+    // Last, so that the columns before keep their places for tools that count them.
+    "subscriber_id",
 ];
 
 fn time(value: std::time::SystemTime) -> String {
@@ -73,11 +75,23 @@ const COLUMNS: [(&str, bool); 12] = [
 
 /// The fleet report's extra column: how many gateways saw the row's hosts.
 const GATEWAYS: (&str, bool) = ("GATEWAYS", true);
+/// The extra column of a report that names customers (see `name_subscribers`).
+const SUBSCRIBER: (&str, bool) = ("SUBSCRIBER", false);
 
 /// Whether the rows are a fleet report's (they carry the gateways column).
 fn fleet(rows: &[ReportRow]) -> bool {
     rows.first().is_some_and(|row| row.gateways.is_some())
 }
+
+/// Whether some row names its customer: only then has the table a SUBSCRIBER column, so a
+/// gateway without subscriber bindings shows what it always did.
+fn named(rows: &[ReportRow]) -> bool {
+    rows.iter().any(|row| row.subscriber_id.is_some())
+}
+
+/// The index `cell_text` knows the gateways column by; the subscriber column is the one
+/// after it whether or not the gateways column is shown.
+const GATEWAYS_COLUMN: usize = COLUMNS.len();
 
 /// Writes `row`'s cell of `column` into `cell`.
 fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
@@ -102,7 +116,8 @@ fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
         9 => write!(cell, "{}", humantime::format_rfc3339_seconds(row.last_seen)),
         10 => write!(cell, "{}", row.class.name()),
         11 => write!(cell, "{}", row.class_reason),
-        _ => write!(cell, "{}", row.gateways.unwrap_or(0)),
+        GATEWAYS_COLUMN => write!(cell, "{}", row.gateways.unwrap_or(0)),
+        _ => write!(cell, "{}", row.subscriber_id.as_deref().unwrap_or("")),
     };
 }
 
@@ -110,25 +125,33 @@ fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
 /// in one reused buffer, so a table of a million rows is never held as text (the agent streams
 /// it to the CLI as it is written).
 pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
-    let columns: Vec<(&str, bool)> = COLUMNS
+    // (heading, right-aligned, the column `cell_text` writes)
+    let columns: Vec<(&str, bool, usize)> = COLUMNS
         .into_iter()
-        .chain(fleet(rows).then_some(GATEWAYS))
+        .chain([GATEWAYS, SUBSCRIBER])
+        .zip(0..)
+        .filter(|(_, index)| match *index {
+            GATEWAYS_COLUMN => fleet(rows),
+            index if index > GATEWAYS_COLUMN => named(rows),
+            _ => true,
+        })
+        .map(|((heading, right), index)| (heading, right, index))
         .collect();
-    let mut widths: Vec<usize> = columns.iter().map(|(heading, _)| heading.len()).collect();
+    let mut widths: Vec<usize> = columns.iter().map(|(heading, ..)| heading.len()).collect();
     let mut cell = String::new();
     for row in rows {
-        for (column, width) in widths.iter_mut().enumerate() {
+        for (width, (.., column)) in widths.iter_mut().zip(&columns) {
             cell.clear();
-            cell_text(&mut cell, row, column);
+            cell_text(&mut cell, row, *column);
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut line = String::new();
     let mut emit = |out: &mut dyn Write, cells: &mut dyn FnMut(usize, &mut String)| {
         line.clear();
-        for (column, (width, (_, right))) in widths.iter().zip(&columns).enumerate() {
+        for (position, (width, (_, right, _))) in widths.iter().zip(&columns).enumerate() {
             cell.clear();
-            cells(column, &mut cell);
+            cells(position, &mut cell);
             let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
             line.push(' ');
             if *right {
@@ -142,9 +165,13 @@ pub fn table(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())
     };
-    emit(out, &mut |column, cell| cell.push_str(columns[column].0))?;
+    emit(out, &mut |position, cell| {
+        cell.push_str(columns[position].0)
+    })?;
     for row in rows {
-        emit(out, &mut |column, cell| cell_text(cell, row, column))?;
+        emit(out, &mut |position, cell| {
+            cell_text(cell, row, columns[position].2)
+        })?;
     }
     writeln!(out, "{} rows", rows.len())
 }
@@ -190,6 +217,7 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         )?;
         writer.write_field(row.class.name())?;
         field(&mut writer, &row.class_reason)?;
+        writer.write_field(row.subscriber_id.as_deref().unwrap_or(""))?;
         if let Some(gateways) = row.gateways.filter(|_| fleet) {
             field(&mut writer, &gateways)?;
         }

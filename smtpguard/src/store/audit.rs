@@ -39,11 +39,14 @@ pub enum AuditAction {
     InterfaceDetached,
     /// A configured interface appeared (again) and the program was attached to it.
     InterfaceAttached,
+    /// A subscriber identity was exempted, whatever address it holds.
+    SubscriberExempted,
+    SubscriberExemptionRemoved,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionUpdated,
@@ -61,6 +64,8 @@ impl AuditAction {
         AuditAction::PinsReplaced,
         AuditAction::InterfaceDetached,
         AuditAction::InterfaceAttached,
+        AuditAction::SubscriberExempted,
+        AuditAction::SubscriberExemptionRemoved,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -83,6 +88,8 @@ impl AuditAction {
             AuditAction::PinsReplaced => "pins-replaced",
             AuditAction::InterfaceDetached => "interface-detached",
             AuditAction::InterfaceAttached => "interface-attached",
+            AuditAction::SubscriberExempted => "subscriber-exempted",
+            AuditAction::SubscriberExemptionRemoved => "subscriber-exemption-removed",
         }
     }
 }
@@ -265,6 +272,8 @@ mod tests {
                 "pins-replaced",
                 "interface-detached",
                 "interface-attached",
+                "subscriber-exempted",
+                "subscriber-exemption-removed",
             ]
         );
         for action in AuditAction::ALL {
@@ -281,7 +290,8 @@ mod tests {
             "unknown audit action \"ExemptionAdded\"; expected one of exemption-added, \
              exemption-removed, exemption-updated, exemption-expired, relay-added, relay-removed, \
              config-reloaded, config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
-             pins-replaced, interface-detached, interface-attached"
+             pins-replaced, interface-detached, interface-attached, subscriber-exempted, \
+             subscriber-exemption-removed"
         );
     }
 

@@ -24,6 +24,7 @@ mod escalations;
 mod exemptions;
 mod fleet_cache;
 mod history;
+mod identities;
 mod relays;
 mod shipping;
 
@@ -44,6 +45,10 @@ pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub(crate) use history::{decode_records, put_record};
+pub use identities::{
+    Binding, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption, check_subscriber,
+    holder_at,
+};
 pub use relays::{NewRelay, RuntimeRelay};
 pub use shipping::IntervalSpan;
 
@@ -194,6 +199,9 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 6: exact destination sets beside each chunk's records (see `history`).
     Migration::Sql(history::EXACT_SETS),
+    // 7: subscriber identity exemptions and the bindings of addresses to identities (see
+    // `identities`).
+    Migration::Sql(identities::SCHEMA),
 ];
 
 /// The schema version this build writes and understands.
@@ -404,6 +412,39 @@ pub enum StoreError {
         field: &'static str,
         time: SystemTime,
     },
+
+    #[error(
+        "bound prefix {prefix} has host bits set; expected the network address {network}",
+        network = .prefix.trunc()
+    )]
+    BoundHostBits { prefix: IpNet },
+
+    #[error("an empty subscriber identity; expected the customer's identity, such as a user name")]
+    EmptySubscriber,
+
+    #[error(
+        "subscriber is {len} bytes long; expected at most {max} bytes (a RADIUS attribute)",
+        max = MAX_SUBSCRIBER_BYTES
+    )]
+    SubscriberTooLong { len: usize },
+
+    #[error(
+        "subscriber exemption {subscriber:?} has an empty reason; expected a short note on why \
+         it is exempt"
+    )]
+    EmptySubscriberReason { subscriber: String },
+
+    #[error(
+        "subscriber {subscriber:?} is already exempt; expected an identity not yet listed \
+         (remove it first)"
+    )]
+    DuplicateSubscriber { subscriber: String },
+
+    #[error(
+        "subscriber {subscriber:?} is not exempt; expected an identity listed by `smtpguard \
+         exempt list`"
+    )]
+    NoSubscriberExemption { subscriber: String },
 
     #[error("{host} has no active escalation; expected a host listed by `smtpguard escalations`")]
     NoEscalation { host: std::net::IpAddr },
@@ -674,6 +715,27 @@ fn on_read_only_file_system(path: &Path) -> bool {
         }
         Err(error) => error.kind() == std::io::ErrorKind::ReadOnlyFilesystem,
     }
+}
+
+/// An optional text field in an audit detail: quoted, or `none`.
+fn quoted_or_none(text: Option<&str>) -> String {
+    text.map_or_else(|| "none".to_owned(), |text| format!("{text:?}"))
+}
+
+/// Runs `query` with `params` and reads every row it gives with `read`.
+fn query_all<T>(
+    conn: &Connection,
+    path: &Path,
+    query: &str,
+    params: impl rusqlite::Params,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn.prepare(query).map_err(sql(path))?;
+    statement
+        .query_map(params, read)
+        .map_err(sql(path))?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(sql(path))
 }
 
 /// Rejects a prefix with host bits set.

@@ -9,12 +9,11 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+use aya::maps::lpm_trie::Key;
 use serde::Serialize;
 use smtpguard::{
     config::{Config, PostgresConfig, PostgresTls},
@@ -22,10 +21,10 @@ use smtpguard::{
     report::{Grouping, ReportOptions},
     store::HostInterval,
 };
-use smtpguard_common::{SourcePolicy, maps as names, sketch::SKETCH_REGISTERS};
+use smtpguard_common::sketch::SKETCH_REGISTERS;
 use smtpguard_tests::{
+    bench_agent::BenchAgent,
     engines::{Etcd, Postgres},
-    lab::{GatewayLab, PinFolder, SUBSCRIBER_INTERFACE},
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -162,97 +161,32 @@ fn quantile(samples: &mut [Duration], q: f64) -> f64 {
     samples[index].as_secs_f64() * 1000.0
 }
 
-/// One agent on a namespace gateway of its own, killed on drop (its pins go with its folder).
-struct Agent {
-    child: Child,
-    pins: PinFolder,
-    config: PathBuf,
-    _lab: GatewayLab,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn start(binary: &Path, n: usize, etcd: &Etcd, prefix: &str) -> Result<Self> {
-        let lab = GatewayLab::new()?;
-        let dir = tempfile::tempdir()?;
-        let pins = PinFolder::new(&format!("bench-fleet-{n}"));
-        let config = dir.path().join("smtpguard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[[subscribers]]
+/// One fleet agent, `n` of the fleet whose keys live under `prefix`.
+fn fleet_agent(binary: &Path, n: usize, etcd: &Etcd, prefix: &str) -> Result<BenchAgent> {
+    BenchAgent::start(binary, &format!("bench-fleet-{n}"), "127.0.0.1:0", |_| {
+        Ok(format!(
+            r#"[[subscribers]]
 prefix = "100.64.0.0/10"
 [fleet]
 gateway_id = "bench-{n}"
 etcd = ["{endpoint}"]
 prefix = "{prefix}"
-[agent]
-interfaces = ["{SUBSCRIBER_INTERFACE}"]
-netns = "{netns}"
-state_dir = "{state}"
-socket = "{socket}"
-metrics_listen = "127.0.0.1:0"
-pin_dir = "{pins}"
-log_level = "warn"
 "#,
-                endpoint = etcd.endpoint(),
-                netns = lab.gateway.name(),
-                state = dir.path().join("state").display(),
-                socket = dir.path().join("sg.sock").display(),
-                pins = pins.0.root().display(),
-            ),
-        )?;
-        let child = Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let agent = Self {
-            child,
-            pins,
-            config,
-            _lab: lab,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !agent.cli(binary, &["status"])?.status.success() {
-            ensure!(Instant::now() < deadline, "agent {n} did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(agent)
-    }
-
-    fn cli(&self, binary: &Path, args: &[&str]) -> Result<std::process::Output> {
-        Ok(Command::new(binary)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()?)
-    }
-
-    /// This agent's IPv4 source trie, read from its pin.
-    fn sources(&self) -> Result<LpmTrie<MapData, [u8; 4], SourcePolicy>> {
-        let data = MapData::from_pin(self.pins.0.map(names::SOURCES_V4))?;
-        Ok(LpmTrie::try_from(Map::LpmTrie(data))?)
-    }
+            endpoint = etcd.endpoint(),
+        ))
+    })
 }
 
 fn propagation(binary: &Path, agents: usize, adds: usize, results: &mut Results) -> Result<()> {
     let etcd = Etcd::start()?;
     let prefix = format!("/bench-{}/", std::process::id());
-    let fleet: Vec<Agent> = (0..agents)
-        .map(|n| Agent::start(binary, n, &etcd, &prefix))
+    let fleet: Vec<BenchAgent> = (0..agents)
+        .map(|n| fleet_agent(binary, n, &etcd, &prefix))
         .collect::<Result<_>>()?;
-    let tries: Vec<_> = fleet.iter().map(Agent::sources).collect::<Result<_>>()?;
+    let tries: Vec<_> = fleet
+        .iter()
+        .map(BenchAgent::sources)
+        .collect::<Result<_>>()?;
     let mut samples = Vec::with_capacity(adds);
     let mut whole = Vec::with_capacity(adds);
     for i in 0..adds {
@@ -260,7 +194,7 @@ fn propagation(binary: &Path, agents: usize, adds: usize, results: &mut Results)
         let prefix = format!("{address}/32");
         let origin = i % agents;
         let started = Instant::now();
-        let added = fleet[origin].cli(binary, &["exempt", "add", &prefix, "--reason", "bench"])?;
+        let added = fleet[origin].cli(&["exempt", "add", &prefix, "--reason", "bench"])?;
         ensure!(added.status.success(), "exempt add {prefix}: {added:?}");
         let returned = Instant::now();
         let key = Key::new(32, address.octets());

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: builds and runs the measuring binary (tests/src/bin/bench_dataplane,
 //! as root), then renders its JSON as a table, a chart and, for full runs, docs/benchmarks.md;
 //! then the fleet section (tests/src/bin/bench_fleet: real agents, etcd and PostgreSQL),
-//! whose figures docs/fleet.md quotes.
+//! whose figures docs/fleet.md quotes, and the RADIUS accounting section
+//! (tests/src/bin/bench_radius: a real agent fed accounting over UDP).
 //! Never part of `cargo xtask test`: it takes minutes and its figures depend on the machine.
 
 mod render;
@@ -41,6 +42,10 @@ pub struct BenchArgs {
     /// ingest and report), e.g. `--no-fleet`.
     #[arg(long)]
     no_fleet: bool,
+    /// Skip the RADIUS accounting section (Starts, Interim-Updates and wrong-secret packets
+    /// per second, Start to kernel map), e.g. `--no-radius`.
+    #[arg(long)]
+    no_radius: bool,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
@@ -51,6 +56,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
             .current_dir(root)
             .args(["build", "--release", "-p", "smtpguard-tests"])
             .args(["--bin", "bench_dataplane", "--bin", "bench_fleet"])
+            .args(["--bin", "bench_radius"])
             .args(["-p", "smtpguard", "--bin", "smtpguard"]),
     )?;
     let out_dir = root.join("target").join("bench");
@@ -92,15 +98,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
         println!("wrote {} and {}", md.display(), svg.display());
     }
     if !args.no_fleet {
-        fleet(root, &out_dir, args.quick)?;
+        section(root, &out_dir, "fleet", args.quick)?;
+    }
+    if !args.no_radius {
+        section(root, &out_dir, "radius", args.quick)?;
     }
     Ok(())
 }
 
-/// The fleet section: it prints its figures and writes them as JSON beside the others.
-fn fleet(root: &Path, out_dir: &Path, quick: bool) -> Result<()> {
-    let raw = out_dir.join("fleet.json");
-    let mut bench = Command::new(root.join("target/release/bench_fleet"));
+/// The fleet or radius section (target/release/bench_NAME against the release agent): it
+/// prints its figures and writes them as JSON (NAME.json) beside the others.
+fn section(root: &Path, out_dir: &Path, name: &str, quick: bool) -> Result<()> {
+    let raw = out_dir.join(format!("{name}.json"));
+    let mut bench = Command::new(root.join("target/release").join(format!("bench_{name}")));
     bench
         .current_dir(root)
         .arg("--smtpguard")
@@ -111,7 +121,7 @@ fn fleet(root: &Path, out_dir: &Path, quick: bool) -> Result<()> {
         bench.arg("--quick");
     }
     cmd::run(&mut bench)?;
-    println!("fleet figures: {}", raw.display());
+    println!("{name} figures: {}", raw.display());
     Ok(())
 }
 

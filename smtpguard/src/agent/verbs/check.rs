@@ -104,6 +104,7 @@ fn origin_name(origin: u32) -> &'static str {
         o if o == Origin::Config as u32 => "config",
         o if o == Origin::Runtime as u32 => "runtime",
         o if o == Origin::Dns as u32 => "dns",
+        o if o == Origin::Subscriber as u32 => "subscriber",
         _ => "unknown",
     }
 }

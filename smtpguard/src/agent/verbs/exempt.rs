@@ -15,7 +15,7 @@ use crate::{
     },
     config::danger,
     input,
-    store::{ExemptionUpdate, NewExemption},
+    store::{ExemptionUpdate, NewExemption, NewSubscriberExemption},
 };
 
 impl AgentState {
@@ -163,6 +163,57 @@ impl AgentState {
         Ok(json!(removed))
     }
 
+    /// Exempts a customer identity: what it holds now is exempt at once, and whatever it is
+    /// bound to later while the exemption lasts.
+    pub(super) fn subscriber_exempt_add(
+        &mut self,
+        subscriber: String,
+        reason: String,
+        ticket: Option<String>,
+        who: &str,
+    ) -> Outcome {
+        let exemption = self
+            .policy
+            .add_subscriber_exemption(
+                &NewSubscriberExemption {
+                    subscriber,
+                    reason,
+                    ticket,
+                    who: who.to_owned(),
+                },
+                SystemTime::now(),
+            )
+            .inspect_err(|e| self.count_policy_error(e))?;
+        self.set_subscriber_exempt(&exemption.subscriber, true);
+        info!(
+            subscriber = exemption.subscriber,
+            who, "subscriber exempted"
+        );
+        Ok(self.subscriber_row(json!(exemption), &exemption.subscriber))
+    }
+
+    pub(super) fn subscriber_exempt_remove(&mut self, subscriber: &str, who: &str) -> Outcome {
+        let removed = self
+            .policy
+            .remove_subscriber_exemption(subscriber, who, SystemTime::now())
+            .inspect_err(|e| self.count_policy_error(e))?;
+        self.set_subscriber_exempt(subscriber, false);
+        info!(subscriber, who, "subscriber exemption removed");
+        Ok(self.subscriber_row(json!(removed), subscriber))
+    }
+
+    /// A subscriber exemption's row: its fields, its source and what it holds now.
+    fn subscriber_row(&self, mut row: Value, subscriber: &str) -> Value {
+        row["source"] = json!(self.runtime_source());
+        let bound: Vec<String> = self
+            .bound_to(subscriber)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        row["prefix"] = json!(bound.join(" "));
+        row
+    }
+
     pub(super) fn exempt_list(&mut self) -> Outcome {
         let mut rows: Vec<Value> = self
             .config
@@ -175,6 +226,10 @@ impl AgentState {
         for exemption in self.policy.exemptions()? {
             let mut row = json!(exemption);
             row["source"] = json!(self.runtime_source());
+            rows.push(row);
+        }
+        for exemption in self.policy.subscriber_exemptions()? {
+            let row = self.subscriber_row(json!(exemption), &exemption.subscriber);
             rows.push(row);
         }
         Ok(Value::Array(rows))

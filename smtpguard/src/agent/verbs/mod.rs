@@ -11,6 +11,7 @@ mod pbl;
 mod relay;
 mod reload;
 pub(super) mod report;
+mod session;
 mod status;
 
 use std::time::SystemTime;
@@ -102,6 +103,23 @@ impl AgentState {
             } => self.exempt_update(&prefix, reason, ticket, expires.as_deref(), no_expiry, who),
             Request::ExemptList {} => self.exempt_list(),
             Request::ExemptRemove { prefix } => self.exempt_remove(&prefix, who),
+            Request::SubscriberExemptAdd {
+                subscriber,
+                reason,
+                ticket,
+            } => self.subscriber_exempt_add(subscriber, reason, ticket, who),
+            Request::SubscriberExemptRemove { subscriber } => {
+                self.subscriber_exempt_remove(&subscriber, who)
+            }
+            Request::SessionStart {
+                subscriber,
+                address,
+            } => self.session_start(subscriber, &address, who),
+            Request::SessionStop {
+                subscriber,
+                address,
+            } => self.session_stop(subscriber, &address, who),
+            Request::Who { address, at } => self.who(&address, at.as_deref()),
             Request::RelayAdd {
                 prefix,
                 note,

@@ -161,8 +161,26 @@ pub(in crate::agent) fn produce(
         let history = store
             .host_intervals(query.from, query.to)
             .map_err(|e| failed(&e))?;
+        let bindings = store
+            .bindings_between(query.from, query.to)
+            .map_err(|e| failed(&e))?;
         drop(store);
-        let rows = report::build_owned(history, config, &query.options);
+        let by_customer = query.options.group == Grouping::SubscriberId;
+        // Customers are summed from every host's row: top and the minimum apply after.
+        let options = ReportOptions {
+            top: query.options.top.filter(|_| !by_customer),
+            min_attempts: if by_customer {
+                0
+            } else {
+                query.options.min_attempts
+            },
+            ..query.options.clone()
+        };
+        let mut rows = report::build_owned(history, config, &options);
+        report::name_subscribers(&mut rows, &bindings);
+        if by_customer {
+            rows = report::by_subscriber(rows, &query.options);
+        }
         out.start()
             .and_then(|()| render::report(&rows, query.format, out))
             .map(|()| rows.len())
