@@ -1,6 +1,11 @@
 //! Running child processes, with errors that name the command line.
 
-use std::{fs::File, path::Path, process::Command};
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -65,4 +70,44 @@ pub fn run_logged(command: &mut Command, log: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints the command line, runs it with its stdout handed to `each` line by line (stderr
+/// stays on the terminal) and fails unless both `each` and the command succeed.
+pub fn run_lines(command: &mut Command, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    let line = line(command);
+    println!("$ {line}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    for output in BufReader::new(stdout).lines() {
+        each(&output.with_context(|| format!("reading the output of `{line}`"))?)?;
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_lines_hands_over_every_line_and_fails_with_the_command() {
+        let mut seen = Vec::new();
+        run_lines(Command::new("printf").arg("one\\ntwo\\n"), |line| {
+            seen.push(line.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["one", "two"]);
+        let error = run_lines(&mut Command::new("false"), |_| Ok(())).unwrap_err();
+        assert!(error.to_string().contains("`false` failed"), "{error}");
+    }
 }

@@ -8,9 +8,8 @@
 
 use std::{
     collections::VecDeque,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::{Mutex, mpsc},
     thread,
     time::{Duration, Instant},
@@ -47,31 +46,18 @@ pub struct Finished {
 /// Builds the test binaries with `build` (a `cargo test --no-run --message-format=json…`
 /// command) and lists them.
 pub fn build(build: &mut Command) -> Result<Vec<TestBinary>> {
-    let line = cmd::line(build);
-    println!("$ {line}");
+    let mut binaries = Vec::new();
     // Only the JSON on stdout is ours; cargo's progress and rendered diagnostics go on to the
     // terminal through stderr.
-    let mut child = build
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    let stdout = child.stdout.take().context("cargo's stdout")?;
-    let mut binaries = Vec::new();
-    for message in BufReader::new(stdout).lines() {
-        let message = message.context("reading cargo's messages")?;
-        if let Some(binary) = parse_artifact(&message).with_context(|| {
+    cmd::run_lines(build, |message| {
+        if let Some(binary) = parse_artifact(message).with_context(|| {
             format!("cargo printed an artifact message we cannot read: {message}")
         })? {
             binaries.push(binary);
         }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    // Longest first keeps the last few minutes from being one binary alone.
+        Ok(())
+    })?;
+    // Integration tests, the long ones, first: the last few minutes are not one long binary alone.
     binaries.sort_by_key(|binary| !binary.integration);
     Ok(binaries)
 }

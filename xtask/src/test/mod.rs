@@ -1,9 +1,8 @@
 //! `cargo xtask test`: bootstrap, lint, build, test; stops at the first failure. CI runs this.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -149,25 +148,11 @@ impl Tally {
 
 /// Runs `cargo test`, passing its output through while adding up the results.
 fn run_tests(command: &mut Command, tally: &mut Tally) -> Result<()> {
-    let line = cmd::line(command);
-    println!("$ {line}");
-    let mut child = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    let stdout = child.stdout.take().context("cargo test's stdout")?;
-    for output in BufReader::new(stdout).lines() {
-        let output = output.context("reading cargo test's output")?;
+    cmd::run_lines(command, |output| {
         println!("{output}");
-        tally.add(&output);
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
+        tally.add(output);
+        Ok(())
+    })
 }
 
 fn cargo(root: &Path) -> Command {
