@@ -7,6 +7,7 @@ mod hosts;
 mod interface_counters;
 pub mod interfaces;
 mod links;
+mod mapped;
 mod maps;
 mod pins;
 mod sys;
@@ -138,6 +139,12 @@ pub enum DataplaneError {
     },
     #[error("reading map {map} in batches: {source}")]
     Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mapping map {map} into memory: {source}")]
+    Mapping {
         map: &'static str,
         #[source]
         source: std::io::Error,
