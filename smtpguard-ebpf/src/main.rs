@@ -75,6 +75,8 @@ static HOST_TABLE: Array<HostSlot> = Array::with_max_entries(DEFAULT_HOST_CAPACI
 static HOST_STATS: LruHashMap<HostKey, HostStats> =
     LruHashMap::with_max_entries(host_overflow_capacity(DEFAULT_HOST_CAPACITY), 0);
 #[map]
+static UNRECORDED_HOSTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[map]
 static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);

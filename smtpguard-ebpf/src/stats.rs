@@ -13,7 +13,7 @@ use smtpguard_common::{
 };
 
 use crate::{
-    COUNTERS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH,
+    COUNTERS, INTERFACE_COUNTERS, INTERFACE_SLOTS, SKETCH_EPOCH, UNRECORDED_HOSTS,
     decide::TrackedHost,
     hosts,
     parse::{Addresses, Packet, Transport},
@@ -39,6 +39,15 @@ const NOT_PASSED: u64 = {
 #[inline(always)]
 pub fn count(reason: Reason) {
     if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a segment whose host's statistics could not be recorded.
+#[inline(always)]
+fn count_unrecorded() {
+    if let Some(counter) = UNRECORDED_HOSTS.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
         unsafe { *counter += 1 };
     }
@@ -83,6 +92,7 @@ pub fn record_host(packet: &Packet, reason: Reason, host: TrackedHost) -> Reason
     let first = || HostStats::first_seen(clock_ns(), jiffies, epoch);
     // Fail closed: without a bucket there is no reply and no SYN above a limit.
     let Some(stats) = hosts::entry(host.held, &host.key, first, epoch) else {
+        count_unrecorded();
         return reason;
     };
     let segment = Segment {

@@ -463,6 +463,11 @@ impl Dataplane {
         maps::read_counters(&self.ebpf)
     }
 
+    /// Judged segments of hosts the host table and its overflow could not record.
+    pub fn unrecorded_hosts(&self) -> Result<u64, DataplaneError> {
+        maps::read_unrecorded_hosts(&self.ebpf)
+    }
+
     /// The slot table's entries that name an interface: whose judged frames go to which
     /// counter slot.
     pub fn interface_slots(&mut self) -> Result<Vec<InterfaceSlot>, DataplaneError> {
