@@ -15,6 +15,11 @@ pub struct HostSlot {
     /// sees the same even value before and after reading the key and class read one holder's.
     pub claim: u64,
     pub key: HostKey,
+    /// Always zero. Fills the first cache line, so the claim word and the key, which every
+    /// lookup reads, share no line with the counters every segment adds to: when a host's
+    /// segments are judged on two CPUs, only the counters' line moves between them (the
+    /// table is page-aligned, `BPF_F_MMAPABLE`, and a slot is four whole lines).
+    pub reserved: [u64; 4],
     pub stats: HostStats,
 }
 
@@ -131,8 +136,10 @@ mod tests {
         assert_eq!(align_of::<HostSlot>(), 8);
         assert_eq!(offset_of!(HostSlot, claim), 0);
         assert_eq!(offset_of!(HostSlot, key), 8);
-        assert_eq!(offset_of!(HostSlot, stats), 32);
-        assert_eq!(size_of::<HostSlot>(), 32 + size_of::<HostStats>());
+        assert_eq!(offset_of!(HostSlot, reserved), 32);
+        assert_eq!(offset_of!(HostSlot, stats), 64);
+        assert_eq!(size_of::<HostSlot>(), 256);
+        assert_eq!(size_of::<HostSlot>(), 64 + size_of::<HostStats>());
         assert_eq!(size_of::<HostTableParams>(), 16);
         assert_eq!(offset_of!(HostTableParams, seed), 0);
         assert_eq!(offset_of!(HostTableParams, shift), 8);

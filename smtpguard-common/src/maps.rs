@@ -24,6 +24,10 @@ pub const INTERFACE_COUNTERS: &str = "INTERFACE_COUNTERS";
 pub const HOST_TABLE: &str = "HOST_TABLE";
 /// The host table's overflow: hosts whose slot another holds (LRU).
 pub const HOST_STATS: &str = "HOST_STATS";
+/// One per-CPU `u64`: judged segments of a host that neither a table slot nor an overflow
+/// entry could record (the overflow map refused the insert). The segment was judged all the
+/// same: enforcement never waits on statistics.
+pub const UNRECORDED_HOSTS: &str = "UNRECORDED_HOSTS";
 /// Hosts in monitor-mode ranges escalated to enforcement for themselves alone (reoffending
 /// bots); the agent adds and removes entries.
 pub const HOST_OVERRIDES: &str = "HOST_OVERRIDES";

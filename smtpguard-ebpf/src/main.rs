@@ -16,7 +16,7 @@ mod reply;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
@@ -67,11 +67,15 @@ static INTERFACE_SLOTS: Array<InterfaceSlot> = Array::with_max_entries(INTERFACE
 #[map]
 static INTERFACE_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(INTERFACE_COUNTER_ENTRIES, 0);
+/// Mappable for its alignment: the kernel then starts the values on a page, so each slot's
+/// cache lines are its own (see `HostSlot`).
 #[map]
-static HOST_TABLE: Array<HostSlot> = Array::with_max_entries(DEFAULT_HOST_CAPACITY, 0);
+static HOST_TABLE: Array<HostSlot> = Array::with_max_entries(DEFAULT_HOST_CAPACITY, BPF_F_MMAPABLE);
 #[map]
 static HOST_STATS: LruHashMap<HostKey, HostStats> =
     LruHashMap::with_max_entries(host_overflow_capacity(DEFAULT_HOST_CAPACITY), 0);
+#[map]
+static UNRECORDED_HOSTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SKETCH_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]

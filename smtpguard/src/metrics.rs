@@ -77,6 +77,8 @@ pub struct MetricsSnapshot {
     pub unattributed_interface_packets: Vec<(&'static str, u64)>,
     /// Subscriber hosts in the kernel's host statistics map.
     pub tracked_hosts: u64,
+    /// Judged segments whose host neither a table slot nor an overflow entry could record.
+    pub unrecorded_host_segments: u64,
     /// Entries in the exemption map (configuration and runtime exemptions).
     pub exemptions: u64,
     /// Allowlisted relay prefixes loaded into the kernel.
@@ -362,6 +364,13 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<Family> {
             "Subscriber hosts currently tracked in the kernel's host statistics map.",
             Kind::Gauge,
             Value::Int(snapshot.tracked_hosts),
+        ),
+        single(
+            "smtpguard_unrecorded_host_segments",
+            "Judged segments of subscriber hosts whose statistics the kernel could not record \
+             (host table slot held, overflow map full); they were judged all the same.",
+            Kind::Counter,
+            Value::Int(snapshot.unrecorded_host_segments),
         ),
         single(
             "smtpguard_exemptions",
@@ -1213,11 +1222,12 @@ mod tests {
         exposition
     }
 
-    const FAMILIES: [(&str, &str); 26] = [
+    const FAMILIES: [(&str, &str); 27] = [
         ("smtpguard_packets_total", "counter"),
         ("smtpguard_interface_packets_total", "counter"),
         ("smtpguard_interface_packets_unattributed_total", "counter"),
         ("smtpguard_tracked_hosts", "gauge"),
+        ("smtpguard_unrecorded_host_segments_total", "counter"),
         ("smtpguard_exemptions", "gauge"),
         ("smtpguard_relays", "gauge"),
         ("smtpguard_map_entries", "gauge"),
@@ -1265,6 +1275,7 @@ mod tests {
                 .collect(),
             unattributed_interface_packets: vec![("dropped", 2)],
             tracked_hosts: 4242,
+            unrecorded_host_segments: 5,
             exemptions: 17,
             relays: 3,
             maps: vec![
@@ -1362,6 +1373,7 @@ mod tests {
 
         for (name, value) in [
             ("smtpguard_tracked_hosts", 4242.0),
+            ("smtpguard_unrecorded_host_segments_total", 5.0),
             ("smtpguard_exemptions", 17.0),
             ("smtpguard_relays", 3.0),
             ("smtpguard_reconcile_errors_total", 2.0),
@@ -1489,7 +1501,7 @@ mod tests {
         };
         // The Prometheus format names the family `…_total`; OpenMetrics names its samples so.
         let text_counters = counters(&text);
-        assert_eq!(text_counters.len(), 10);
+        assert_eq!(text_counters.len(), 11);
         assert!(text_counters.iter().all(|name| name.ends_with("_total")));
         for family in counters(&open_metrics) {
             let samples = open_metrics.samples_of(&format!("{family}_total"));

@@ -339,6 +339,7 @@ impl AgentState {
             unattributed_interface_packets: crate::metrics::judged_rows(unattributed_packets)
                 .collect(),
             tracked_hosts,
+            unrecorded_host_segments: self.dataplane.unrecorded_hosts().unwrap_or(0),
             exemptions: self.desired.exemptions.len() as u64,
             relays: self.desired.relays.len() as u64,
             maps,

@@ -112,6 +112,13 @@ pub fn status(args: &StatusArgs, agent: &AgentArgs) -> anyhow::Result<()> {
             listed_or_none("relay hosts", &body["relay_hosts"], relay_host, ""),
             row("exemptions", &body["exemptions"]),
             row("relays", &body["relays"]),
+            vec![
+                "unrecorded".to_owned(),
+                format!(
+                    "{} host segments",
+                    table::text(&body["unrecorded_host_segments"])
+                ),
+            ],
             row("pin folder", &body["pin_dir"]),
             row("state folder", &body["state_dir"]),
             vec![

@@ -13,7 +13,7 @@ use smtpguard_common::{
     sketch::{self, EXACT_OVERFLOWED},
 };
 
-use super::{DataplaneError, batch, enforcement, maps::map_error};
+use super::{DataplaneError, batch, enforcement, mapped::MappedTable, maps::map_error};
 
 /// One host as the kernel holds it.
 #[derive(Clone, Copy, Debug)]
@@ -84,17 +84,15 @@ pub(super) fn read(
     let mut read = HostsRead::default();
     // (slot, index into `read.hosts`), in slot order as the batches come.
     let mut held = Vec::new();
-    batch::for_each::<u32, HostSlot>(table, names::HOST_TABLE, |index, slot| {
-        if HostSlot::is_published(slot.claim) {
-            held.push((index, read.hosts.len()));
-            read.hosts.push(HostRecord {
-                key: slot.key,
-                slot: Some(index),
-                stats: slot.stats,
-                duplicate: None,
-            });
-        }
-    })?;
+    MappedTable::new(table)?.for_each_published(|index, slot| {
+        held.push((index, read.hosts.len()));
+        read.hosts.push(HostRecord {
+            key: slot.key,
+            slot: Some(index),
+            stats: slot.stats,
+            duplicate: None,
+        });
+    });
     batch::for_each::<HostKey, HostStats>(overflow, names::HOST_STATS, |key, stats| {
         let slot = params.slot(params.fold(&key));
         let holder = held
@@ -214,12 +212,8 @@ pub(super) fn count(ebpf: &Ebpf) -> Result<HostCount, DataplaneError> {
         .map_err(|source| map_error(names::HOST_STATS, source))?
         .max_entries();
     let table: Array<&MapData, HostSlot> = typed(ebpf, names::HOST_TABLE)?;
-    let mut slots_used = 0;
-    batch::for_each::<u32, HostSlot>(table.map(), names::HOST_TABLE, |_, slot| {
-        slots_used += u64::from(slot.claim != HostSlot::EMPTY);
-    })?;
     Ok(HostCount {
-        slots_used,
+        slots_used: MappedTable::new(table.map())?.used(),
         slots: u64::from(table.len()),
         overflow: entries,
         overflow_capacity: u64::from(overflow_capacity),
@@ -262,6 +256,7 @@ pub(super) fn insert(
                 let value = HostSlot {
                     claim: 2,
                     key,
+                    reserved: [0; 4],
                     stats,
                 };
                 table

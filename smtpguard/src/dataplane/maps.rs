@@ -428,6 +428,20 @@ pub(super) fn read_counters(ebpf: &Ebpf) -> Result<[u64; REASON_COUNT as usize],
     reason_totals(ebpf, names::COUNTERS, |reason| reason as u32)
 }
 
+/// Judged segments whose host's statistics could not be recorded, summed over CPUs.
+pub(super) fn read_unrecorded_hosts(ebpf: &Ebpf) -> Result<u64, DataplaneError> {
+    let name = names::UNRECORDED_HOSTS;
+    let map = ebpf
+        .map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let counter: PerCpuArray<&MapData, u64> =
+        map.try_into().map_err(|source| map_error(name, source))?;
+    let per_cpu = counter
+        .get(&0, 0)
+        .map_err(|source| map_error(name, source))?;
+    Ok(per_cpu.iter().sum())
+}
+
 /// A counter per reason of the per-CPU array `name`, at `index_of(reason)`, summed over CPUs
 /// (indexed by `Reason as usize`).
 pub(super) fn reason_totals(

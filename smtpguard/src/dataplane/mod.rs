@@ -7,6 +7,7 @@ mod hosts;
 mod interface_counters;
 pub mod interfaces;
 mod links;
+mod mapped;
 mod maps;
 mod pins;
 mod sys;
@@ -138,6 +139,12 @@ pub enum DataplaneError {
     },
     #[error("reading map {map} in batches: {source}")]
     Batch {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mapping map {map} into memory: {source}")]
+    Mapping {
         map: &'static str,
         #[source]
         source: std::io::Error,
@@ -454,6 +461,11 @@ impl Dataplane {
     /// Per-reason packet counts, summed over CPUs, indexed by `Reason as usize`.
     pub fn counters(&self) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
         maps::read_counters(&self.ebpf)
+    }
+
+    /// Judged segments of hosts the host table and its overflow could not record.
+    pub fn unrecorded_hosts(&self) -> Result<u64, DataplaneError> {
+        maps::read_unrecorded_hosts(&self.ebpf)
     }
 
     /// The slot table's entries that name an interface: whose judged frames go to which

@@ -39,7 +39,7 @@ pub struct PinLayout {
 }
 
 /// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     names::SOURCES_V4,
     names::SOURCES_V6,
     names::SUBSCRIBER_SPACE_V4,
@@ -53,6 +53,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     names::INTERFACE_COUNTERS,
     names::HOST_TABLE,
     names::HOST_STATS,
+    names::UNRECORDED_HOSTS,
     names::SKETCH_EPOCH,
     names::POLICY_GENERATION,
     names::HOST_OVERRIDES,

@@ -518,8 +518,10 @@ pub fn markdown(results: &Results) -> String {
          - Snapshot and report: a third instance with its maps pinned on bpffs (the snapshotter \
          opens the statistics map by its pin, as the agent's does) holds 1,000,000 active IPv4 \
          subscriber hosts (attempts, segments, up to 8 destinations in the sketch, seen within \
-         the last hour). One snapshot into a fresh store is timed (every host read in batches, \
-         one interval per host written to SQLite in chunks of 4,096 records), then the abuse-desk report over the last 24 h, one row per \
+         the last hour). One snapshot into a fresh store is timed (the host table read in \
+         place through a read-only mapping, its held slots copied, the overflow in batches, \
+         one interval per host written to SQLite in chunks of 4,096 records), then the \
+         abuse-desk report over the last 24 h, one row per \
          host: the history read from the store plus the rows built. The store holds that one \
          snapshot, so the report reads 1,000,000 intervals.\n",
     );

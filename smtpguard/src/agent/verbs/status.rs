@@ -58,6 +58,7 @@ impl AgentState {
             "judged_packets_by_interface": by_interface.into_iter().map(|(interface, counts)| (interface, Value::Object(judged(counts)))).collect::<serde_json::Map<String, Value>>(),
             "judged_packets_unattributed": judged(unattributed),
             "maps": maps,
+            "unrecorded_host_segments": self.dataplane.unrecorded_hosts().map_err(failed)?,
             "exemptions": self.desired.exemptions.len(),
             "relays": self.desired.relays.len(),
             "pin_dir": self.enforcement.pins().root().display().to_string(),
