@@ -1,5 +1,6 @@
 //! Helpers for smtpguard's kernel-level tests: a frame builder, a network-namespace lab, and
 //! the differential harness with its frame and policy generators and regression cases.
+pub mod bpf;
 pub mod cases;
 pub mod differential;
 pub mod engines;
