@@ -265,3 +265,53 @@ fn a_host_in_its_slot_and_in_the_overflow_is_counted_once_and_idle_overflow_entr
     drop(snapshotter);
     std::fs::remove_dir_all(&state).unwrap();
 }
+
+/// `reject` goes on answering with no process holding the program: the reply programs'
+/// arrays are pinned, so the kernel keeps their programs; a new instance puts its own reply
+/// programs into the same arrays.
+#[test]
+fn reject_keeps_answering_while_the_agent_is_stopped() {
+    let lab = GatewayLab::new().unwrap();
+    let _servers = Servers::start(&lab.internet, &[25]).unwrap();
+    let pins = PinFolder::new("reject");
+    let text = CONFIG.replace(
+        "[[subscribers]]\n",
+        "[[subscribers]]\naction = \"reject\"\nrate = 100\nper = \"1h\"\n",
+    );
+    let config = Config::parse(&text, Path::new("pins.toml")).unwrap();
+    let desired = DesiredPolicy::from_config(&config);
+    let refused = || match connect(&lab.subscriber, ip(addr::MX_V4), 25, OPEN) {
+        Connect::Failed(error) if error.contains("Connection refused") => Ok(()),
+        other => Err(other),
+    };
+    let attach = |dataplane: &mut Dataplane| {
+        lab.gateway
+            .run(|| {
+                dataplane.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver))
+            })
+            .unwrap_or_else(|e| panic!("attaching: {e}"))
+    };
+
+    let mut first = load(&pins.0, &desired);
+    attach(&mut first);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "attached: the SYN is answered with a reset"
+    );
+    drop(first);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "no process holds the program: still answered, not dropped"
+    );
+
+    let mut second = load(&pins.0, &desired);
+    assert_eq!(attach(&mut second).outcome, AttachOutcome::Updated);
+    drop(second);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "after a restart and with its process gone again"
+    );
+}
