@@ -194,6 +194,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 6: exact destination sets beside each chunk's records (see `history`).
     Migration::Sql(history::EXACT_SETS),
+    // 7: limited attempts beside each chunk's records and cursors (see `history`).
+    Migration::Sql(history::LIMITED),
 ];
 
 /// The schema version this build writes and understands.

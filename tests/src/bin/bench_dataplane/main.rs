@@ -734,6 +734,7 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         min_attempts: 0,
         prefix: None,
         group: Grouping::Host,
+        limited_only: false,
     };
     let started = Instant::now();
     let history = Store::open(&scratch.state_dir)?.host_intervals(options.from, options.to)?;
