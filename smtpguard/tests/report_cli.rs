@@ -54,6 +54,7 @@ fn interval(
         attempts,
         segments: attempts,
         dropped: attempts,
+        limited: 0,
         sketch: registers,
         exact_destinations,
         last_dst: ipv4_mapped([198, 51, 100, 7]),
@@ -556,6 +557,7 @@ fn timed_interval(
         } else {
             0
         },
+        limited: 0,
         sketch: registers,
         exact_destinations,
         last_dst: ipv4_mapped(destinations[0].octets()),
@@ -578,18 +580,21 @@ fn agent_with_history(f: &Fixture) -> Agent {
         Ipv4Addr::new(100, 64, 0, 3),
         Ipv4Addr::new(100, 64, 0, 4),
     );
+    // Enforced then (an escalation, or before the range went back to monitor), with a
+    // `ratelimit` action: one of its two attempts was over the rate.
+    let mut limited = timed_interval(
+        base,
+        switched,
+        [0, 10, 40, 60],
+        &[mx(10), mx(11)],
+        Reason::Dropped,
+    );
+    limited.limited = 1;
     let snapshots = [
         vec![
             // Enforced then: one SYN in a 5-second interval (the first after a restart).
             timed_interval(base, one, [55, 57, 57, 60], &[mx(10)], Reason::Dropped),
-            // Enforced then (an escalation, or before the range went back to monitor).
-            timed_interval(
-                base,
-                switched,
-                [0, 10, 40, 60],
-                &[mx(10), mx(11)],
-                Reason::Dropped,
-            ),
+            limited,
         ],
         vec![
             // Monitored: 12 SYNs to 6 MX hosts within 2 minutes of a 10-minute interval, more
@@ -659,6 +664,7 @@ fn the_report_reads_as_what_its_figures_are() {
                 row["attempts_per_minute_avg"],
                 row["distinct_destinations"],
                 row["distinct_destinations_estimated"],
+                row["limited"],
             ])
         })
         .collect();
@@ -667,21 +673,34 @@ fn the_report_reads_as_what_its_figures_are() {
         serde_json::to_string_pretty(&serde_json::json!([
             // 12 attempts in the 2 minutes it was active: 6 a minute; 6 destinations
             // outgrew the exact set: the sketch's estimate.
-            ["100.64.0.3", "monitor", 12, 6.0, 6.0, 6, true],
+            ["100.64.0.3", "monitor", 12, 6.0, 6.0, 6, true, 0],
             // 3 attempts from 00:10 to 01:10: 3 a minute, also at the busiest; the two
             // intervals' exact sets hold its 3 destinations.
-            ["100.64.0.4", "enforce,monitor", 3, 3.0, 3.0, 3, false],
+            ["100.64.0.4", "enforce,monitor", 3, 3.0, 3.0, 3, false, 1],
             // One SYN: one a minute, to exactly one destination.
-            ["100.64.0.2", "enforce", 1, 1.0, 1.0, 1, false],
+            ["100.64.0.2", "enforce", 1, 1.0, 1.0, 1, false, 0],
         ]))
         .unwrap(),
-        "[host, mode, attempts, peak/min, avg/min, destinations, estimated]"
+        "[host, mode, attempts, peak/min, avg/min, destinations, estimated, limited]"
     );
+    // Only the host that hit its limit.
+    let output = f.cli(&["report", "--since", "1h", "--limited", "-o", "csv"]);
+    assert!(
+        output.status.success(),
+        "report --limited: {}",
+        show(&output)
+    );
+    let records = report_csv(&String::from_utf8(output.stdout).unwrap());
+    let fields = smtpguard::report::render::FIELDS;
+    let column = |name: &str| fields.iter().position(|h| *h == name).unwrap();
+    let limited: Vec<[&str; 2]> = records
+        .iter()
+        .map(|r| [&r[column("host")], &r[column("limited")]])
+        .collect();
+    assert_eq!(limited, [["100.64.0.4", "1"]], "report --limited");
 
     let csv = report(&f, "csv");
     let records = report_csv(&csv);
-    let fields = smtpguard::report::render::FIELDS;
-    let column = |name: &str| fields.iter().position(|h| *h == name).unwrap();
     let cells: Vec<[&str; 4]> = records
         .iter()
         .map(|r| {
@@ -708,7 +727,7 @@ fn the_report_reads_as_what_its_figures_are() {
         .map(|line| line.split_whitespace().collect())
         .collect();
     assert_eq!(
-        lines[0][..9],
+        lines[0][..10],
         [
             "HOST",
             "SUBSCRIBER",
@@ -718,7 +737,8 @@ fn the_report_reads_as_what_its_figures_are() {
             "PEAK/MIN",
             "AVG/MIN",
             "DESTINATIONS",
-            "DROPPED"
+            "DROPPED",
+            "LIMITED"
         ],
         "{table}"
     );

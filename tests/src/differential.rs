@@ -7,15 +7,19 @@ use std::{
     net::IpAddr,
 };
 
+use ipnet::IpNet;
 use smtpguard::{
     config::Capacity,
     dataplane::{Dataplane, DataplaneError, HostCount},
-    model::{self, HostRecord, Model, ModelPolicy, decide, dissect},
+    model::{self, AboveIp, Dissection, HostRecord, Model, ModelPolicy, decide, dissect},
     policy::DesiredPolicy,
 };
-use smtpguard_common::{HostStats, REASON_COUNT, Reason};
+use smtpguard_common::{Action, HostStats, REASON_COUNT, Reason};
 
-use crate::regression::hex;
+use crate::{
+    frames::{TCP_ACK, TCP_SYN},
+    regression::hex,
+};
 
 /// Hosts the host table holds: far more than a run creates, so that hosts rarely share a
 /// slot and LRU eviction in the overflow map (which the model does not follow) never
@@ -28,6 +32,9 @@ pub struct Harness {
     pub model: Model,
     /// How often each reason occurred (in frames, whichever entry point).
     pub coverage: [u64; REASON_COUNT as usize],
+    /// Replies each host got so far (XDP and TC), by its host key (the source with the
+    /// host prefix applied), for the checks that hold whatever the model says.
+    replies: HashMap<IpAddr, u64>,
 }
 
 /// A frame as hex and as the model reads it.
@@ -72,6 +79,7 @@ impl Harness {
             dataplane,
             model: Model::new(empty),
             coverage: [0; REASON_COUNT as usize],
+            replies: HashMap::new(),
         }
     }
 
@@ -105,6 +113,9 @@ impl Harness {
                         outcome.action, outcome.reason
                     ));
                 }
+                if outcome.action == model::XDP_TX {
+                    self.reply_allowed(frame, "XDP")?;
+                }
                 self.coverage[reason as usize] += 1;
             }
             // The kernel refuses frames shorter than an Ethernet header before any program
@@ -130,6 +141,9 @@ impl Harness {
                         "TC: model says {reason:?} (action {expected_action}), kernel returned action {action}"
                     ));
                 }
+                if action == model::TC_ACT_REDIRECT {
+                    self.reply_allowed(frame, "TC")?;
+                }
             }
             // The skb test run also refuses untagged IP frames with a cut IP header.
             Err(error) if error.is_refused_input() && expected == Reason::Malformed => {}
@@ -146,6 +160,66 @@ impl Harness {
             ));
         }
         Ok(expected)
+    }
+
+    /// What holds of every reply the kernel sends, whatever the model says (the two could
+    /// share a mistake): it answers a SYN (no ACK) to an enforced port, from a source inside
+    /// a subscriber range whose action replies, not exempt, not to a relay; and no host gets
+    /// more replies than the largest bucket of the policy allows (no refill within a run:
+    /// the generated buckets are per hour).
+    fn reply_allowed(&mut self, frame: &[u8], entry: &str) -> Result<(), String> {
+        let policy = &self.model.policy;
+        let refuse = |why: &str| Err(format!("{entry}: a reply to a frame {why}"));
+        let Dissection::Ip {
+            src,
+            dst,
+            above: AboveIp::Tcp { dst_port, flags },
+        } = dissect(frame)
+        else {
+            return refuse("that is not a whole TCP segment");
+        };
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN || !policy.ports.contains(&dst_port) {
+            return refuse(&format!(
+                "that is not a SYN to an enforced port (flags {flags:#04x}, port {dst_port})"
+            ));
+        }
+        let range = policy
+            .subscribers
+            .iter()
+            .filter(|(range, _)| range.contains(&src))
+            .max_by_key(|(range, _)| range.prefix_len());
+        let Some((range, _)) = range else {
+            return refuse(&format!("from {src}, outside every subscriber range"));
+        };
+        if !policy
+            .actions
+            .get(range)
+            .is_some_and(|(action, _)| matches!(action, Action::Reset | Action::IcmpProhibited))
+        {
+            return refuse(&format!("from {src}, whose range {range} does not reject"));
+        }
+        if policy.exemptions.iter().any(|exempt| exempt.contains(&src))
+            || policy.relays.iter().any(|relay| relay.contains(&dst))
+        {
+            return refuse(&format!("from {src} to {dst}: exempt, or to a relay"));
+        }
+        let bucket = policy
+            .actions
+            .values()
+            .map(|(_, limit)| u64::from(limit.rate))
+            .max()
+            .unwrap_or(0);
+        let (v4, v6) = policy.host_prefixes;
+        let key =
+            IpNet::new(src, if src.is_ipv4() { v4 } else { v6 }).map_or(src, |host| host.network());
+        let replies = self.replies.entry(key).or_default();
+        *replies += 1;
+        if *replies > bucket {
+            return refuse(&format!(
+                "from {src}: reply {replies} to host {key}, beyond the largest bucket ({bucket})"
+            ));
+        }
+        Ok(())
     }
 
     /// What the host table and its overflow map hold.

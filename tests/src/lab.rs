@@ -8,9 +8,10 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsFd as _, OwnedFd},
     process::Command,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
@@ -269,6 +270,10 @@ pub struct GatewayLab {
     pub subscriber: Netns,
     pub gateway: Netns,
     pub internet: Netns,
+    /// The pass-all XDP program on the subscriber's end of the subscriber link (see
+    /// [`create_subscriber_link`](Self::create_subscriber_link)) and its link, replaced when
+    /// the link is created again.
+    subscriber_xdp: Mutex<Option<(OwnedFd, OwnedFd)>>,
 }
 
 pub const SUBSCRIBER_INTERFACE: &str = "sub0";
@@ -284,6 +289,7 @@ impl GatewayLab {
             subscriber: Netns::new("sub")?,
             gateway: Netns::new("gw")?,
             internet: Netns::new("inet")?,
+            subscriber_xdp: Mutex::new(None),
         };
         // No duplicate address detection, for the link-local addresses too (the global ones
         // are added with nodad): a tentative link-local address holds back the gateway's
@@ -350,9 +356,26 @@ impl GatewayLab {
     /// eth0, addressed and routed, and waits until both are ready. A link created again after
     /// [`delete_subscriber_link`](Self::delete_subscriber_link) has the same name and a new
     /// ifindex.
+    ///
+    /// The subscriber's eth0 runs a pass-all XDP program, so that what the gateway's XDP
+    /// program sends back (`XDP_TX`) reaches the subscriber as a NIC's transmit would: veth
+    /// hands an XDP_TX frame to its peer's receive ring only when the peer has NAPI (else the
+    /// gateway counts `xdp_tx_errors`), and schedules the peer's NAPI to take it from there
+    /// only when the peer has an XDP program (`veth_xdp_flush`): with GRO alone the frames
+    /// are counted as sent (`xdp_tx`) and wait in the ring until other traffic comes.
     pub fn create_subscriber_link(&self) -> anyhow::Result<()> {
         use addr::*;
         add_veth(&self.gateway, SUBSCRIBER_INTERFACE, &self.subscriber)?;
+        let program = crate::bpf::load_constant("lab_pass", crate::bpf::XDP_PASS)?;
+        let link = self.subscriber.run(|| -> anyhow::Result<OwnedFd> {
+            let ifindex = nix::net::if_::if_nametoindex("eth0")
+                .context("the subscriber's end of the subscriber link")?;
+            crate::bpf::attach_xdp(program.as_fd(), ifindex)
+        })?;
+        *self
+            .subscriber_xdp
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((program, link));
         add_addresses(
             &self.subscriber,
             "eth0",

@@ -305,7 +305,8 @@ impl RoundReport {
     /// veth dropped frames on their way (a frame the gateway never judged, or a forwarded
     /// packet the internet host never saw). The gateway's subscriber end transmits only
     /// toward the subscriber (its own ICMP errors, `reject`'s replies), never an arrival:
-    /// replies `XDP_TX` hands to a veth whose peer has no NAPI are dropped there.
+    /// what it drops on transmit (the subscriber's receive ring full during a batch) hides
+    /// nothing.
     pub fn check_nothing_lost(&self) -> Result<(), String> {
         let lost: Vec<String> = self
             .links

@@ -265,3 +265,114 @@ fn a_host_in_its_slot_and_in_the_overflow_is_counted_once_and_idle_overflow_entr
     drop(snapshotter);
     std::fs::remove_dir_all(&state).unwrap();
 }
+
+/// `reject` goes on answering with no process holding the program: the reply programs'
+/// arrays are pinned, so the kernel keeps their programs; a new instance puts its own reply
+/// programs into the same arrays.
+#[test]
+fn reject_keeps_answering_while_the_agent_is_stopped() {
+    let lab = GatewayLab::new().unwrap();
+    let _servers = Servers::start(&lab.internet, &[25]).unwrap();
+    let pins = PinFolder::new("reject");
+    let text = CONFIG.replace(
+        "[[subscribers]]\n",
+        "[[subscribers]]\naction = \"reject\"\nrate = 100\nper = \"1h\"\n",
+    );
+    let config = Config::parse(&text, Path::new("pins.toml")).unwrap();
+    let desired = DesiredPolicy::from_config(&config);
+    let refused = || match connect(&lab.subscriber, ip(addr::MX_V4), 25, OPEN) {
+        Connect::Failed(error) if error.contains("Connection refused") => Ok(()),
+        other => Err(other),
+    };
+    let attach = |dataplane: &mut Dataplane| {
+        lab.gateway
+            .run(|| {
+                dataplane.attach_pinned(&pins.0, SUBSCRIBER_INTERFACE, Attach::Xdp(XdpMode::Driver))
+            })
+            .unwrap_or_else(|e| panic!("attaching: {e}"))
+    };
+
+    let mut first = load(&pins.0, &desired);
+    attach(&mut first);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "attached: the SYN is answered with a reset"
+    );
+    drop(first);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "no process holds the program: still answered, not dropped"
+    );
+
+    let mut second = load(&pins.0, &desired);
+    assert_eq!(attach(&mut second).outcome, AttachOutcome::Updated);
+    drop(second);
+    assert_eq!(
+        refused(),
+        Ok(()),
+        "after a restart and with its process gone again"
+    );
+}
+
+/// A host's attempts over its rate reach the history as `limited`, and from there the report.
+#[test]
+fn limited_attempts_reach_the_history_and_the_report() {
+    use smtpguard::report::{Grouping, ReportOptions};
+    use smtpguard_tests::frames::{FrameSpec, TCP_SYN};
+    use std::time::SystemTime;
+    let pins = PinFolder::new("limited");
+    let text = CONFIG.replace(
+        "[[subscribers]]\n",
+        "[[subscribers]]\naction = \"ratelimit\"\nrate = 2\nper = \"1h\"\n",
+    );
+    let config = Config::parse(&text, Path::new("pins.toml")).unwrap();
+    let mut dataplane = load(&pins.0, &DesiredPolicy::from_config(&config));
+    let state = std::env::temp_dir().join(format!("smtpguard-limited-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let mut snapshotter = smtpguard::report::snapshot::Snapshotter::open(&pins.0, &state).unwrap();
+    let syn = FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.7"), 25, TCP_SYN).build();
+    let start = SystemTime::now();
+    let mut limited = Vec::new();
+    for (attempts, now) in [(5, start), (3, start + Duration::from_secs(60))] {
+        for _ in 0..attempts {
+            dataplane.run_xdp(&syn).unwrap();
+        }
+        snapshotter.take(now).unwrap();
+        let history = smtpguard::store::Store::open(&state)
+            .unwrap()
+            .host_intervals(
+                start - Duration::from_secs(3600),
+                now + Duration::from_secs(1),
+            )
+            .unwrap();
+        limited.push(history.iter().map(|i| i.limited).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        limited,
+        [vec![3], vec![3, 3]],
+        "rate 2: 3 of the first 5 attempts limited, then all 3 of the next interval's"
+    );
+    let options = ReportOptions {
+        from: start - Duration::from_secs(3600),
+        to: start + Duration::from_secs(61),
+        top: None,
+        min_attempts: 0,
+        prefix: None,
+        group: Grouping::Host,
+        limited_only: true,
+    };
+    let history = smtpguard::store::Store::open(&state)
+        .unwrap()
+        .host_intervals(options.from, options.to)
+        .unwrap();
+    let rows = smtpguard::report::build(&history, &config, &options);
+    let rows: Vec<(String, u64)> = rows
+        .iter()
+        .map(|row| (row.host.to_string(), row.limited))
+        .collect();
+    assert_eq!(rows, [("100.64.0.2".to_owned(), 6)]);
+    drop(snapshotter);
+    std::fs::remove_dir_all(&state).unwrap();
+}

@@ -238,6 +238,18 @@ fn maps_of_an_earlier_version_are_unpinned_or_replaced_at_load() {
         "type", "lru_hash", "key", "16", "value", "128", "entries", "4096",
     ];
     let stats_id = pin_map(&pins.0.map("HOST_STATS"), &old_stats, "HOST_STATS");
+    // The reply programs' scratch entry with a value of another size than this version's.
+    let old_scratch = [
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "1",
+    ];
+    pin_map(&pins.0.map("REPLY_ACTION"), &old_scratch, "REPLY_ACTION");
     // A map whose shape did not change: it must be reused as it is.
     let epoch_id = pin_map(&pins.0.map("SKETCH_EPOCH"), &array, "SKETCH_EPOCH");
 
@@ -252,7 +264,14 @@ fn maps_of_an_earlier_version_are_unpinned_or_replaced_at_load() {
         .map(|r| (r.name, r.found.value_size, r.expected.value_size))
         .collect();
     let expected_size = std::mem::size_of::<smtpguard_common::HostStats>() as u32;
-    assert_eq!(replaced, [("HOST_STATS", 128, expected_size)]);
+    let scratch_size = std::mem::size_of::<smtpguard_common::ReplyScratch>() as u32;
+    assert_eq!(
+        replaced,
+        [
+            ("HOST_STATS", 128, expected_size),
+            ("REPLY_ACTION", 8, scratch_size)
+        ]
+    );
     assert_ne!(pinned_id(&pins.0.map("HOST_STATS")), stats_id);
     assert_eq!(pinned_id(&pins.0.map("SKETCH_EPOCH")), epoch_id);
     assert!(pins.0.map("SOURCES_V4").exists());

@@ -3,12 +3,12 @@
 //! fails at once with the error the reply means: "connection refused" for a TCP reset, "no
 //! route to host" (ICMP code 13) or "permission denied" (ICMPv6 administratively
 //! prohibited) for the ICMP answer. Not a timeout: the SYN is answered. Both families, at
-//! TC. (XDP_TX's replies are checked by BPF_PROG_TEST_RUN in reject.rs; on this lab's veth
-//! pair they did not reach the subscriber even with GRO on its end, which is still open.)
-//! Needs root (namespaces, veth, bpf).
+//! XDP (the reply sent with `XDP_TX`; the lab's subscriber end runs a pass-all XDP program so
+//! that veth delivers it, as a NIC would) and at TC. Needs root (namespaces, veth, bpf).
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
+use aya::programs::XdpMode;
 use smtpguard::{
     config::Config,
     dataplane::{Attach, Dataplane},
@@ -59,6 +59,16 @@ const RESET: [&str; 2] = ["Connection refused", "Connection refused"];
 /// Linux maps ICMP code 13 to EHOSTUNREACH and ICMPv6 administratively prohibited to EACCES
 /// (`icmp_err_convert`, `icmpv6_err_convert`).
 const ICMP: [&str; 2] = ["No route to host", "Permission denied"];
+
+#[test]
+fn xdp_reset_refuses_the_connection() {
+    refuses(Attach::Xdp(XdpMode::Driver), "tcp-reset", RESET);
+}
+
+#[test]
+fn xdp_icmp_makes_the_connect_fail_at_once() {
+    refuses(Attach::Xdp(XdpMode::Driver), "icmp-admin-prohibited", ICMP);
+}
 
 #[test]
 fn tc_reset_refuses_the_connection() {

@@ -137,6 +137,9 @@ pub enum Request {
         top: Option<usize>,
         #[serde(default)]
         min_attempts: u64,
+        /// Only hosts that hit their limit (rate-limited or unanswered attempts).
+        #[serde(default, skip_serializing_if = "is_false")]
+        limited: bool,
         #[serde(default)]
         prefix: Option<String>,
         /// host, /64, /56 or subscriber-prefix.

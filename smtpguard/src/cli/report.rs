@@ -41,6 +41,10 @@ pub struct ReportArgs {
     /// Only rows with at least N connection attempts, e.g. --min-attempts 10
     #[arg(long, default_value_t = 0)]
     min_attempts: u64,
+    /// Only hosts that hit their limit: attempts refused by their `ratelimit` rate or beyond
+    /// their `reject` reply budget (the limited column), e.g. --limited --since 24h
+    #[arg(long, conflicts_with_all = ["reoffenders", "fleet"])]
+    limited: bool,
     /// Only hosts inside this prefix, e.g. --prefix 100.64.0.0/16
     #[arg(long)]
     prefix: Option<String>,
@@ -75,6 +79,7 @@ pub fn run(args: &ReportArgs, agent: &AgentArgs) -> anyhow::Result<()> {
         to: humantime::format_rfc3339_millis(to).to_string(),
         top: args.top,
         min_attempts: args.min_attempts,
+        limited: args.limited,
         prefix: args.prefix.clone(),
         group: name(args.group),
         format: name(args.format),

@@ -38,8 +38,11 @@ pub struct PinLayout {
     root: PathBuf,
 }
 
-/// The map names the loader pins, all of them: the program's whole state.
-pub const PINNED_MAPS: [&str; 17] = [
+/// The map names the loader pins, all of them: the program's whole state. The reply
+/// programs' arrays are pinned too (with the scratch entry through which an entry point hands
+/// its reply program the action), so that `reject` keeps answering while no agent runs: the
+/// kernel empties a program array once no process and no pin holds it.
+pub const PINNED_MAPS: [&str; 20] = [
     names::SOURCES_V4,
     names::SOURCES_V6,
     names::SUBSCRIBER_SPACE_V4,
@@ -57,6 +60,9 @@ pub const PINNED_MAPS: [&str; 17] = [
     names::SKETCH_EPOCH,
     names::POLICY_GENERATION,
     names::HOST_OVERRIDES,
+    names::XDP_REPLY,
+    names::TC_REPLY,
+    names::REPLY_ACTION,
 ];
 
 /// Maps of earlier versions, whose contents the agent now writes elsewhere (the subscriber

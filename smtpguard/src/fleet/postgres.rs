@@ -497,6 +497,8 @@ async fn records(
             span,
             row.get(3),
             Some(row.get(4)),
+            // The fleet's chunks do not carry limited attempts (yet): 0.
+            None,
             &wanted,
             time,
             &mut records,
@@ -685,6 +687,7 @@ fn legacy_interval(
         attempts: row.get::<i64>(6) as u64,
         segments: row.get::<i64>(7) as u64,
         dropped: row.get::<i64>(8) as u64,
+        limited: 0,
         sketch: registers,
         last_dst: bytes(row.get(10)),
         last_port: row.get::<i32>(11) as u16,

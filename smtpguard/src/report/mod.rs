@@ -50,6 +50,8 @@ pub struct ReportOptions {
     pub min_attempts: u64,
     pub prefix: Option<IpNet>,
     pub group: Grouping,
+    /// Only rows whose hosts hit their limit (some attempts were `limited`).
+    pub limited_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -104,6 +106,9 @@ pub struct ReportRow {
     /// Whether `distinct_destinations` is the sketch's estimate (see [`Distinct`]).
     pub distinct_destinations_estimated: bool,
     pub dropped: u64,
+    /// Attempts the hosts' buckets refused: dropped above a `ratelimit` rate or unanswered
+    /// beyond a `reject` reply budget. Above 0: the host hit its limit.
+    pub limited: u64,
     pub segments: u64,
     #[serde(serialize_with = "rfc3339")]
     pub first_seen: SystemTime,
@@ -409,6 +414,7 @@ struct Slice {
     attempts: u64,
     segments: u64,
     dropped: u64,
+    limited: u64,
     sketch: [u8; SKETCH_REGISTERS],
     exempt: bool,
     modes: Modes,
@@ -423,6 +429,7 @@ impl Slice {
             attempts: interval.attempts,
             segments: interval.segments,
             dropped: interval.dropped,
+            limited: interval.limited,
             sketch: interval.sketch,
             exempt: interval.last_reason == Reason::Exempt as u16,
             modes: {
@@ -438,6 +445,7 @@ impl Slice {
         self.attempts += other.attempts;
         self.segments += other.segments;
         self.dropped += other.dropped;
+        self.limited += other.limited;
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_seen = self.last_seen.max(other.last_seen);
         self.sketch = DistinctSketch::new(&self.sketch).union(&other.sketch);
@@ -461,6 +469,7 @@ struct Summary {
     distinct: Distinct,
     modes: Modes,
     dropped: u64,
+    limited: u64,
     segments: u64,
     first_seen: SystemTime,
     last_seen: SystemTime,
@@ -585,7 +594,7 @@ fn summaries(
     // split between parts.
     let parts = group_parts(&keyed, parallelism());
     on_threads(&parts, |part| {
-        summarize_runs(part, intervals, config, options.min_attempts)
+        summarize_runs(part, intervals, config, options)
     })
 }
 
@@ -664,12 +673,12 @@ pub(crate) fn on_threads<P: Sync, R: Send>(
 }
 
 /// The summaries of the groups in `keyed` (whole runs of equal keys), those with at least
-/// `min_attempts`.
+/// `min_attempts` (and some limited attempts, with `limited_only`).
 fn summarize_runs(
     keyed: &[(IpNet, usize)],
     intervals: &[HostInterval],
     config: &Config,
-    min_attempts: u64,
+    options: &ReportOptions,
 ) -> Vec<Summary> {
     let mut summaries = Vec::with_capacity(keyed.len());
     let (mut members, mut slices): (Vec<[u8; 16]>, Vec<Slice>) = (Vec::new(), Vec::new());
@@ -689,7 +698,9 @@ fn summarize_runs(
         members.dedup();
         let exact = exact_distinct(run.iter().map(|&(_, index)| &intervals[index]), &mut keys);
         let summary = summarize(run[0].0, members.len(), &slices, exact, config);
-        if summary.attempts >= min_attempts {
+        if summary.attempts >= options.min_attempts
+            && (!options.limited_only || summary.limited > 0)
+        {
             summaries.push(summary);
         }
     }
@@ -852,6 +863,7 @@ fn summarize(
             all
         }),
         dropped: slices.iter().map(|s| s.dropped).sum(),
+        limited: slices.iter().map(|s| s.limited).sum(),
         segments,
         first_seen,
         last_seen,
@@ -890,6 +902,7 @@ impl RowMaker<'_> {
             distinct_destinations: summary.distinct.count,
             distinct_destinations_estimated: summary.distinct.estimated,
             dropped: summary.dropped,
+            limited: summary.limited,
             segments: summary.segments,
             first_seen: summary.first_seen,
             last_seen: summary.last_seen,
@@ -1078,6 +1091,7 @@ mod tests {
             attempts,
             segments: attempts,
             dropped: attempts,
+            limited: 0,
             sketch: registers,
             exact_destinations,
             last_dst: ipv4_mapped([198, 51, 100, 7]),
@@ -1094,6 +1108,7 @@ mod tests {
             min_attempts: 0,
             prefix: None,
             group,
+            limited_only: false,
         }
     }
 
@@ -1301,6 +1316,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn limited_attempts_are_summed_kept_by_the_store_and_can_be_listed_alone() {
+        let mut history = vec![
+            interval(ip("100.64.0.2"), 1, 9, &[1], Reason::RateLimited),
+            interval(ip("100.64.0.3"), 1, 5, &[1], Reason::Dropped),
+            interval(ip("100.64.0.2"), 2, 4, &[1], Reason::RateLimited),
+        ];
+        (history[0].limited, history[2].limited) = (6, 3);
+        let history = through_store(&history);
+        let mut opts = options(Grouping::Host);
+        let limited = |rows: &[ReportRow]| -> Vec<(String, u64)> {
+            rows.iter()
+                .map(|row| (row.host.to_string(), row.limited))
+                .collect()
+        };
+        let rows = build(&history, &config(), &opts);
+        assert_eq!(
+            limited(&rows),
+            [("100.64.0.2".to_owned(), 9), ("100.64.0.3".to_owned(), 0)]
+        );
+        opts.limited_only = true;
+        let rows = build(&history, &config(), &opts);
+        assert_eq!(limited(&rows), [("100.64.0.2".to_owned(), 9)]);
+        opts.group = Grouping::SubscriberPrefix;
+        let rows = build(&history, &config(), &opts);
+        assert_eq!(limited(&rows), [("100.64.0.0/10".to_owned(), 9)]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub enum ReportFormat {
 }
 
 /// The columns of the JSON and CSV forms, in order.
-pub const FIELDS: [&str; 16] = [
+pub const FIELDS: [&str; 17] = [
     "host",
     "hosts",
     "subscriber_prefix",
@@ -30,6 +30,7 @@ pub const FIELDS: [&str; 16] = [
     "distinct_destinations",
     "distinct_destinations_estimated",
     "dropped",
+    "limited",
     "segments",
     "first_seen",
     "last_seen",
@@ -58,7 +59,7 @@ pub fn report(
 }
 
 /// The table's columns: heading, and whether the cells are right-aligned (numbers).
-const COLUMNS: [(&str, bool); 12] = [
+const COLUMNS: [(&str, bool); 13] = [
     ("HOST", false),
     ("SUBSCRIBER RANGE", false),
     ("MODE", false),
@@ -67,6 +68,7 @@ const COLUMNS: [(&str, bool); 12] = [
     ("AVG/MIN", true),
     ("DESTINATIONS", true),
     ("DROPPED", true),
+    ("LIMITED", true),
     ("FIRST SEEN", false),
     ("LAST SEEN", false),
     ("CLASS", false),
@@ -108,14 +110,15 @@ fn cell_text(cell: &mut String, row: &ReportRow, column: usize) {
         5 => write!(cell, "{:.1}", row.attempts_per_minute_avg),
         6 => write!(cell, "{}", row.distinct()),
         7 => write!(cell, "{}", row.dropped),
-        8 => write!(
+        8 => write!(cell, "{}", row.limited),
+        9 => write!(
             cell,
             "{}",
             humantime::format_rfc3339_seconds(row.first_seen)
         ),
-        9 => write!(cell, "{}", humantime::format_rfc3339_seconds(row.last_seen)),
-        10 => write!(cell, "{}", row.class.name()),
-        11 => write!(cell, "{}", row.class_reason),
+        10 => write!(cell, "{}", humantime::format_rfc3339_seconds(row.last_seen)),
+        11 => write!(cell, "{}", row.class.name()),
+        12 => write!(cell, "{}", row.class_reason),
         GATEWAYS_COLUMN => write!(cell, "{}", row.gateways.unwrap_or(0)),
         _ => write!(cell, "{}", row.subscriber_id.as_deref().unwrap_or("")),
     };
@@ -185,7 +188,7 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
     let fleet = fleet(rows);
     writer.write_record(FIELDS.iter().copied().chain(fleet.then_some("gateways")))?;
-    // Each field is formed in one reused buffer: a million rows, fifteen fields each.
+    // Each field is formed in one reused buffer: a million rows, sixteen fields each.
     let mut buffer = String::new();
     let mut field = |writer: &mut csv::Writer<_>, value: &dyn std::fmt::Display| {
         buffer.clear();
@@ -206,6 +209,7 @@ pub fn csv(rows: &[ReportRow], out: &mut dyn Write) -> std::io::Result<()> {
         field(&mut writer, &row.distinct_destinations)?;
         field(&mut writer, &row.distinct_destinations_estimated)?;
         field(&mut writer, &row.dropped)?;
+        field(&mut writer, &row.limited)?;
         field(&mut writer, &row.segments)?;
         field(
             &mut writer,

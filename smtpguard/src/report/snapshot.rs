@@ -125,6 +125,7 @@ impl Snapshotter {
             min_attempts: 0,
             prefix: None,
             group: Grouping::Host,
+            limited_only: false,
         };
         let mut rows = super::build(&history, config, &options);
         rows.retain(|row| row.class == Class::Bot);
@@ -151,6 +152,7 @@ impl Snapshotter {
         stats.attempts = stats.attempts.saturating_sub(base.attempts);
         stats.segments -= base.segments;
         stats.dropped = stats.dropped.saturating_sub(base.dropped);
+        stats.limited = stats.limited.saturating_sub(base.limited);
         let stats = HostRecord { stats, ..*record }.merged();
         // The store keeps milliseconds: compare there, so a snapshot right after the last one
         // still has an end after its start.
@@ -172,6 +174,7 @@ impl Snapshotter {
             attempts: stats.attempts,
             segments: stats.segments,
             dropped: stats.dropped,
+            limited: u64::from(stats.limited),
             sketch,
             exact_destinations,
             last_dst: stats.last_dst,
@@ -193,6 +196,7 @@ fn cursor_of(stats: &HostStats) -> HostCursor {
         attempts: stats.attempts,
         segments: stats.segments,
         dropped: stats.dropped,
+        limited: stats.limited,
         first_seen_ns: stats.first_seen_ns,
     }
 }

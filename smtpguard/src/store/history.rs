@@ -10,7 +10,9 @@
 //! work alone would take longer than the report may (under a second for a million hosts).
 //! The cursors are stored the same way. Each chunk's exact destination sets (schema version 5)
 //! sit in a blob of their own beside the records, in the same host order; chunks written
-//! before version 5 have none, and their hosts' destinations are only estimated.
+//! before version 5 have none, and their hosts' destinations are only estimated. So do the
+//! hosts' rate-limited attempts (schema version 8), beside the records and beside the
+//! cursors; history from before has none (0), and a cursor from before counts from 0.
 
 use std::{
     collections::HashMap,
@@ -36,6 +38,9 @@ pub struct HostInterval {
     pub attempts: u64,
     pub segments: u64,
     pub dropped: u64,
+    /// Attempts the host's bucket refused: dropped above its `ratelimit` rate, or unanswered
+    /// beyond its `reject` reply budget (0 in history from before schema version 8).
+    pub limited: u64,
     /// Distinct destinations of the interval (HyperLogLog registers).
     pub sketch: [u8; SKETCH_REGISTERS],
     /// The interval's distinct destinations exactly, as keys of the sketch's hash (0: an
@@ -69,6 +74,8 @@ pub struct HostCursor {
     pub attempts: u64,
     pub segments: u64,
     pub dropped: u64,
+    /// The kernel's 32-bit count of refused attempts (see [`HostInterval::limited`]).
+    pub limited: u32,
     /// Identifies the kernel entry: a host evicted and seen again gets a new first-seen time,
     /// and its counters start from zero.
     pub first_seen_ns: u64,
@@ -97,6 +104,8 @@ const EXACT_SET_BYTES: usize = 1 + 4 * EXACT_DESTINATIONS;
 const UNKNOWN_SET: u8 = 0xff;
 /// One cursor record: host 16, attempts, segments, dropped, first seen (ns) 8 each.
 const CURSOR_BYTES: usize = 16 + 8 * 4;
+/// A host's limited attempts beside its interval record or its cursor record.
+const LIMITED_BYTES: usize = 4;
 
 /// Pages of SQLite cache for a connection that writes snapshots (negative: KiB), so a million
 /// hosts do not churn the default 2 MiB cache.
@@ -124,10 +133,19 @@ pub(super) const EXACT_SETS: &str = "
      ALTER TABLE history_chunks ADD COLUMN exact_sets BLOB
          CHECK (exact_sets IS NULL OR length(exact_sets) = hosts * 21);";
 
+/// Schema version 8: each chunk's and each cursor chunk's limited attempts, a little-endian
+/// `u32` per host in the records' order; NULL in chunks written before.
+pub(super) const LIMITED: &str = "
+     ALTER TABLE history_chunks ADD COLUMN limited BLOB
+         CHECK (limited IS NULL OR length(limited) = hosts * 4);
+     ALTER TABLE cursor_chunks ADD COLUMN limited BLOB
+         CHECK (limited IS NULL OR length(limited) = length(records) / 48 * 4);";
+
 /// Which columns a chunk is written with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ChunkColumns {
-    /// Version 4's, for its migration (the exact sets' column comes with version 6).
+    /// Version 4's, for its migration (the exact sets' column comes with version 6, the
+    /// limited attempts' with version 8).
     Version4,
     Current,
 }
@@ -196,17 +214,23 @@ pub(crate) fn decode_records<E>(
     [start, end]: [SystemTime; 2],
     records: &[u8],
     sets: Option<&[u8]>,
+    limited: Option<&[u8]>,
     keep: impl Fn(&[u8; 16]) -> bool,
     time: impl Fn(&'static str, i64) -> Result<SystemTime, E>,
     out: &mut Vec<HostInterval>,
 ) -> Result<(), E> {
     let mut sets = sets.map(|sets| sets.chunks_exact(EXACT_SET_BYTES));
+    let mut limited = limited.map(|limited| limited.chunks_exact(LIMITED_BYTES));
     out.reserve(records.len() / INTERVAL_BYTES);
     for record in records.chunks_exact(INTERVAL_BYTES) {
         let exact_destinations = sets
             .as_mut()
             .and_then(|sets| sets.next())
             .and_then(exact_set);
+        let limited = limited
+            .as_mut()
+            .and_then(|limited| limited.next())
+            .map_or(0, |bytes| u64::from(Fields(bytes).u32()));
         let mut fields = Fields(record);
         let host = fields.take();
         if !keep(&host) {
@@ -221,6 +245,7 @@ pub(crate) fn decode_records<E>(
             attempts: fields.u64(),
             segments: fields.u64(),
             dropped: fields.u64(),
+            limited,
             sketch: fields.take(),
             exact_destinations,
             last_dst: fields.take(),
@@ -252,6 +277,10 @@ impl Fields<'_> {
     fn u16(&mut self) -> u16 {
         u16::from_le_bytes(self.take())
     }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
 }
 
 /// Writes intervals as chunks, grouped by interval and sorted by host. `rows` holds each
@@ -270,20 +299,25 @@ fn insert_intervals(
                  VALUES (?1, ?2, ?3, ?4)"
             }
             ChunkColumns::Current => {
-                "INSERT INTO history_chunks (start_ms, end_ms, hosts, records, exact_sets) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)"
+                "INSERT INTO history_chunks (start_ms, end_ms, hosts, records, exact_sets, \
+                 limited) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             }
         })
         .map_err(sql(path))?;
     let mut records = Vec::with_capacity(CHUNK_HOSTS * INTERVAL_BYTES);
     let mut sets = Vec::with_capacity(CHUNK_HOSTS * EXACT_SET_BYTES);
+    let mut limited = Vec::with_capacity(CHUNK_HOSTS * LIMITED_BYTES);
     for same_interval in rows.chunk_by(|a, b| a.1[..2] == b.1[..2]) {
         let [start_ms, end_ms, ..] = same_interval[0].1;
         for chunk in same_interval.chunks(CHUNK_HOSTS) {
             records.clear();
             sets.clear();
+            limited.clear();
             for (interval, [_, _, first_ms, last_ms]) in chunk {
                 put_record(&mut records, &mut sets, interval, *first_ms, *last_ms);
+                // A 32-bit kernel counter's delta: it fits.
+                let count = u32::try_from(interval.limited).unwrap_or(u32::MAX);
+                limited.extend_from_slice(&count.to_le_bytes());
             }
             let hosts = chunk.len() as i64;
             match columns {
@@ -291,7 +325,7 @@ fn insert_intervals(
                     insert.execute(params![start_ms, end_ms, hosts, &records])
                 }
                 ChunkColumns::Current => {
-                    insert.execute(params![start_ms, end_ms, hosts, &records, &sets])
+                    insert.execute(params![start_ms, end_ms, hosts, &records, &sets, &limited])
                 }
             }
             .map_err(sql(path))?;
@@ -305,17 +339,24 @@ fn replace_cursors(
     tx: &rusqlite::Transaction<'_>,
     path: &std::path::Path,
     cursors: &mut [([u8; 16], HostCursor)],
+    columns: ChunkColumns,
 ) -> Result<(), StoreError> {
     cursors.sort_unstable_by_key(|(host, _)| *host);
     tx.execute("DELETE FROM cursor_chunks", [])
         .map_err(sql(path))?;
     let mut insert = tx
-        .prepare_cached("INSERT INTO cursor_chunks (records) VALUES (?1)")
+        .prepare_cached(match columns {
+            ChunkColumns::Version4 => "INSERT INTO cursor_chunks (records) VALUES (?1)",
+            ChunkColumns::Current => "INSERT INTO cursor_chunks (records, limited) VALUES (?1, ?2)",
+        })
         .map_err(sql(path))?;
     let mut records = Vec::with_capacity(CHUNK_HOSTS * CURSOR_BYTES);
+    let mut limited = Vec::with_capacity(CHUNK_HOSTS * LIMITED_BYTES);
     for chunk in cursors.chunks(CHUNK_HOSTS) {
         records.clear();
+        limited.clear();
         for (host, cursor) in chunk {
+            limited.extend_from_slice(&cursor.limited.to_le_bytes());
             put(
                 &mut records,
                 &[
@@ -327,7 +368,11 @@ fn replace_cursors(
                 ],
             );
         }
-        insert.execute([&records]).map_err(sql(path))?;
+        match columns {
+            ChunkColumns::Version4 => insert.execute([&records]),
+            ChunkColumns::Current => insert.execute([&records, &limited]),
+        }
+        .map_err(sql(path))?;
     }
     Ok(())
 }
@@ -373,7 +418,7 @@ impl Store {
         let mut cursors: Vec<_> = cursors.iter().map(|(host, c)| (*host, *c)).collect();
         self.write(|tx, path| {
             insert_intervals(tx, path, &mut rows, ChunkColumns::Current)?;
-            replace_cursors(tx, path, &mut cursors)?;
+            replace_cursors(tx, path, &mut cursors, ChunkColumns::Current)?;
             tx.execute(
                 "INSERT INTO snapshot_state (id, epoch, last_ms) VALUES (1, ?1, ?2) \
                  ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, last_ms = excluded.last_ms",
@@ -389,12 +434,14 @@ impl Store {
         let path = &self.path;
         let mut select = self
             .conn
-            .prepare("SELECT records FROM cursor_chunks ORDER BY id")
+            .prepare("SELECT records, limited FROM cursor_chunks ORDER BY id")
             .map_err(sql(path))?;
         let mut rows = select.query([]).map_err(sql(path))?;
         let mut cursors = HashMap::new();
         while let Some(row) = rows.next().map_err(sql(path))? {
             let records = blob(row, 0, path, CURSOR_TABLE, "records")?;
+            let mut limited = optional_blob(row, 1, path, CURSOR_TABLE, "limited")?
+                .map(|limited| limited.chunks_exact(LIMITED_BYTES));
             for record in records.chunks_exact(CURSOR_BYTES) {
                 let mut fields = Fields(record);
                 let host = fields.take();
@@ -404,6 +451,10 @@ impl Store {
                         attempts: fields.u64(),
                         segments: fields.u64(),
                         dropped: fields.u64(),
+                        limited: limited
+                            .as_mut()
+                            .and_then(|limited| limited.next())
+                            .map_or(0, |bytes| Fields(bytes).u32()),
                         first_seen_ns: fields.u64(),
                     },
                 );
@@ -445,7 +496,7 @@ impl Store {
         let mut select = self
             .conn
             .prepare_cached(
-                "SELECT start_ms, end_ms, records, exact_sets FROM history_chunks \
+                "SELECT start_ms, end_ms, records, exact_sets, limited FROM history_chunks \
                  WHERE end_ms >= ?1 AND end_ms <= ?2 ORDER BY end_ms, id",
             )
             .map_err(sql(path))?;
@@ -457,11 +508,17 @@ impl Store {
             let end = time("end_ms", row.get(1).map_err(sql(path))?)?;
             // Records are decoded straight from the blob SQLite holds: no copy of the chunk.
             let records = blob(row, 2, path, TABLE, "records")?;
-            let sets = match row.get_ref(3).map_err(sql(path))? {
-                rusqlite::types::ValueRef::Null => None,
-                _ => Some(blob(row, 3, path, TABLE, "exact_sets")?),
-            };
-            decode_records([start, end], records, sets, |_| true, time, &mut intervals)?;
+            let sets = optional_blob(row, 3, path, TABLE, "exact_sets")?;
+            let limited = optional_blob(row, 4, path, TABLE, "limited")?;
+            decode_records(
+                [start, end],
+                records,
+                sets,
+                limited,
+                |_| true,
+                time,
+                &mut intervals,
+            )?;
         }
         Ok(intervals)
     }
@@ -502,6 +559,20 @@ fn blob<'row>(
             value: "a value that is not a blob".to_owned(),
             expected: "a blob of records",
         })
+}
+
+/// A blob column that is NULL in rows written before it existed.
+fn optional_blob<'row>(
+    row: &'row rusqlite::Row<'_>,
+    index: usize,
+    path: &std::path::Path,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<&'row [u8]>, StoreError> {
+    match row.get_ref(index).map_err(sql(path))? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => blob(row, index, path, table, column).map(Some),
+    }
 }
 
 /// A version 3 blob column of a fixed length.
@@ -552,6 +623,7 @@ pub(super) fn pack_rows_into_chunks(
                 attempts: number(5)?.unsigned_abs(),
                 segments: number(6)?.unsigned_abs(),
                 dropped: number(7)?.unsigned_abs(),
+                limited: 0,
                 sketch: fixed_blob(row, 8, path, "sketch")?,
                 exact_destinations: None,
                 last_dst: fixed(9, "last_dst")?,
@@ -581,13 +653,14 @@ pub(super) fn pack_rows_into_chunks(
                         attempts: number(1)?.unsigned_abs(),
                         segments: number(2)?.unsigned_abs(),
                         dropped: number(3)?.unsigned_abs(),
+                        limited: 0,
                         first_seen_ns: number(4)?.unsigned_abs(),
                     },
                 ));
             }
         }
     }
-    replace_cursors(tx, path, &mut cursors)?;
+    replace_cursors(tx, path, &mut cursors, ChunkColumns::Version4)?;
     tx.execute_batch("DROP TABLE host_intervals; DROP TABLE host_cursors;")
         .map_err(sql(path))
 }
@@ -609,6 +682,7 @@ mod tests {
             attempts,
             segments: attempts + 1,
             dropped: attempts,
+            limited: attempts / 2,
             sketch: [1; SKETCH_REGISTERS],
             // Hosts with odd numbers went to more destinations than the set holds.
             exact_destinations: host.is_multiple_of(2).then_some([0x11, u32::MAX, 0, 0, 0]),
@@ -629,6 +703,7 @@ mod tests {
                 attempts: 3,
                 segments: 4,
                 dropped: 3,
+                limited: 0,
                 first_seen_ns: 99,
             },
         );
@@ -693,6 +768,7 @@ mod tests {
                 attempts: 1,
                 segments: 2,
                 dropped: 0,
+                limited: 3,
                 first_seen_ns: 5,
             },
         );
@@ -722,8 +798,10 @@ mod tests {
             interval(2, 1_000, 5),
             interval(2, 1_060, 7),
         ]
+        // Version 3 kept neither exact sets nor limited attempts.
         .map(|i| HostInterval {
             exact_destinations: None,
+            limited: 0,
             ..i
         });
         {
@@ -776,6 +854,7 @@ mod tests {
                 attempts: 7,
                 segments: 9,
                 dropped: 7,
+                limited: 0,
                 first_seen_ns: 42
             })
         );
@@ -794,8 +873,10 @@ mod tests {
     fn version_4_chunks_are_kept_without_exact_sets() {
         use crate::store::{DB_FILE_NAME, MIGRATIONS, Migration};
         let dir = tempfile::tempdir().unwrap();
+        // Version 4 kept neither exact sets nor limited attempts.
         let old = [interval(2, 1_000, 5), interval(4, 1_000, 1)].map(|i| HostInterval {
             exact_destinations: None,
+            limited: 0,
             ..i
         });
         {

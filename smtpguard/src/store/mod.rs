@@ -202,6 +202,8 @@ const MIGRATIONS: &[Migration] = &[
     // 7: subscriber identity exemptions and the bindings of addresses to identities (see
     // `identities`).
     Migration::Sql(identities::SCHEMA),
+    // 8: limited attempts beside each chunk's records and cursors (see `history`).
+    Migration::Sql(history::LIMITED),
 ];
 
 /// The schema version this build writes and understands.

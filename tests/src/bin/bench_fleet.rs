@@ -293,6 +293,7 @@ fn snapshot(hosts: usize, start: SystemTime) -> Vec<HostInterval> {
                 attempts: 1 + (n % 90) as u64,
                 segments: 2 + (n % 90) as u64,
                 dropped: 1 + (n % 90) as u64,
+                limited: 0,
                 sketch,
                 // Most hosts of a real snapshot tried a handful of destinations.
                 exact_destinations: (n % 4 != 0).then_some([n as u32 | 1, 0, 0, 0, 0]),
@@ -345,6 +346,7 @@ fn reports(hosts: usize, gateways: usize, results: &mut Results) -> Result<()> {
         min_attempts: 0,
         prefix: None,
         group: Grouping::Host,
+        limited_only: false,
     };
     let timed = |options: &ReportOptions| {
         let began = Instant::now();

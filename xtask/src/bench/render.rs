@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::results::{Case, ControlPlane, Results};
+use super::results::{Actions, Case, ControlPlane, Results, find_ns};
 
 const FLOOR: &str = "floor";
 const PEER: &str = "xdp-filter";
@@ -19,6 +19,8 @@ const FLOOD_TARGET: f64 = 4.0;
 const NEW_SOURCE_TARGET: f64 = 3.0;
 const SNAPSHOT_TARGET_S: f64 = 4.0;
 const EXEMPT_ADD_TARGET_MS: f64 = 10.0;
+/// Issue 17: the reject path (reply built and sent) at most this many times the drop path.
+const REJECT_TARGET: f64 = 1.5;
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
@@ -236,7 +238,15 @@ pub fn table(results: &Results) -> String {
         }
     }
 
-    let _ = writeln!(out, "\nTargets (issue 15)\n");
+    match (&results.actions, &results.actions_error) {
+        (Some(actions), _) => out.push_str(&actions_table(actions)),
+        (None, Some(error)) => {
+            let _ = writeln!(out, "\nEnforcement actions: not measured ({error})");
+        }
+        (None, None) => {}
+    }
+
+    let _ = writeln!(out, "\nTargets (issues 15 and 17)\n");
     for line in targets(results) {
         let _ = writeln!(out, "- {line}");
     }
@@ -324,6 +334,30 @@ fn targets(results: &Results) -> Vec<String> {
             "end to end at least {FLOOD_TARGET}x nftables: not measured"
         )),
     }
+    match &results.actions {
+        Some(actions) => {
+            for key in ["reject-reset", "reject-icmp"] {
+                if let (Some(reject), Some(drop), Some(peer)) = (
+                    actions.live_ns(key),
+                    actions.live_ns("drop"),
+                    actions.live_ns("xdp-filter-drop"),
+                ) {
+                    lines.push(format!(
+                        "{key} at most {REJECT_TARGET}x the drop path (live frames): {} \
+                         ({reject:.0} vs {drop:.0} ns, {:.2}x; {:.2}x xdp-filter's drop; the tx \
+                         floor, a frame sent back with no work, {} ns)",
+                        verdict(reject <= REJECT_TARGET * drop),
+                        reject / drop,
+                        reject / peer,
+                        ns(actions.live_ns("tx-floor"))
+                    ));
+                }
+            }
+        }
+        None => lines.push(format!(
+            "reject at most {REJECT_TARGET}x the drop path: not measured"
+        )),
+    }
     let add = results.control_plane.exempt_add_large_ms;
     lines.push(format!(
         "`exempt add` effective under {EXEMPT_ADD_TARGET_MS} ms: {} ({add:.3} ms with 100,000 \
@@ -351,6 +385,41 @@ fn targets(results: &Results) -> Vec<String> {
         None => "report over 1,000,000 hosts under 1 s: not measured".into(),
     });
     lines
+}
+
+/// `reject` and `ratelimit` next to the drop path and xdp-filter's drop: both tables, each
+/// row's ratio to the drop path and to xdp-filter's drop timed the same way.
+fn actions_table(actions: &Actions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nEnforcement actions, ns/packet (median of {} runs of {} packets; {})\n",
+        actions.runs, actions.repeat, actions.note
+    );
+    let _ = writeln!(
+        out,
+        "| timed by | case | verdict | ns | / smtpguard drop | / xdp-filter drop |"
+    );
+    let _ = writeln!(out, "|---|---|---|--:|--:|--:|");
+    for (method, timings) in [("live frames", &actions.live), ("kernel", &actions.kernel)] {
+        let (drop, peer) = (
+            find_ns(timings, "drop"),
+            find_ns(timings, "xdp-filter-drop"),
+        );
+        for timing in timings {
+            let ns = Some(f64::from(timing.ns));
+            let _ = writeln!(
+                out,
+                "| {method} | {} | {} | {} | {} | {} |",
+                timing.description,
+                timing.action,
+                timing.ns,
+                ratio(ns, drop),
+                ratio(ns, peer),
+            );
+        }
+    }
+    out
 }
 
 /// The control-plane sentence on the statistics path: snapshot, then the 24 h report.

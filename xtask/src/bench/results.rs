@@ -15,6 +15,11 @@ pub struct Results {
     pub cases: Vec<Case>,
     #[serde(default)]
     pub two_cpus: Option<TwoCpus>,
+    /// `reject` and `ratelimit` next to the drop path; absent from runs before them.
+    #[serde(default)]
+    pub actions: Option<Actions>,
+    #[serde(default)]
+    pub actions_error: Option<String>,
     pub scale: Scale,
     pub control_plane: ControlPlane,
     pub end_to_end: Option<EndToEnd>,
@@ -54,6 +59,40 @@ pub struct Case {
 pub struct Timing {
     pub ns: u32,
     pub action: String,
+}
+
+/// The enforcement actions' per-packet cost: live frames timed by the thread's CPU time,
+/// ordinary test runs timed by the kernel.
+#[derive(Debug, Deserialize)]
+pub struct Actions {
+    pub repeat: u32,
+    pub runs: u32,
+    pub live: Vec<ActionTiming>,
+    pub kernel: Vec<ActionTiming>,
+    pub note: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionTiming {
+    pub key: String,
+    pub description: String,
+    pub action: String,
+    pub ns: u32,
+}
+
+impl Actions {
+    /// The live-frames figure of `key`.
+    pub fn live_ns(&self, key: &str) -> Option<f64> {
+        find_ns(&self.live, key)
+    }
+}
+
+/// The figure of `key` among `timings`.
+pub fn find_ns(timings: &[ActionTiming], key: &str) -> Option<f64> {
+    timings
+        .iter()
+        .find(|timing| timing.key == key)
+        .map(|timing| f64::from(timing.ns))
 }
 
 /// The drop path's ns/packet per CPU, alone and with both CPUs judging at once.

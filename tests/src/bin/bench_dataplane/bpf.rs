@@ -1,66 +1,24 @@
 //! The few `bpf(2)` commands the benchmark issues itself, so that smtpguard, the floor and
 //! xdp-filter are all timed through exactly the same `BPF_PROG_TEST_RUN` call.
 
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-};
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
+use smtpguard_tests::bpf::{CALL, EXIT, MOV64_IMM, bpf, insn, load_xdp};
+pub use smtpguard_tests::bpf::{XDP_DROP, XDP_PASS};
+
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: XDP_TX and XDP_REDIRECT really transmit the frames.
 pub const TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `cmd`, zero-padded, and
-    // its pointers refer to buffers that outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// One eBPF instruction: opcode, registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    u64::from(code)
-        | u64::from(dst & 0xf) << 8
-        | u64::from(src & 0xf) << 12
-        | u64::from(off as u16) << 16
-        | u64::from(imm as u32) << 32
-}
-
-const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
-const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
 const HELPER_REDIRECT: i32 = 23; // bpf_redirect(ifindex, flags)
 
 /// `r0 = XDP_PASS; exit`: the least an XDP program can cost (the floor).
 pub fn load_floor() -> Result<OwnedFd> {
-    load_xdp(
-        "bench_floor",
-        &[
-            insn(MOV64_IMM, 0, 0, 0, XDP_PASS as i32),
-            insn(EXIT, 0, 0, 0, 0),
-        ],
-    )
+    smtpguard_tests::bpf::load_constant("bench_floor", XDP_PASS)
 }
 
 /// `return bpf_redirect(ifindex, 0)`: sends every frame out of `ifindex` (the flood's sender,
@@ -75,50 +33,6 @@ pub fn load_redirect(ifindex: u32) -> Result<OwnedFd> {
             insn(EXIT, 0, 0, 0, 0),
         ],
     )
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-fn load_xdp(name: &str, insns: &[u64]) -> Result<OwnedFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 4096];
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        ..ProgLoadAttr::default()
-    };
-    attr.prog_name[..name.len()].copy_from_slice(name.as_bytes());
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(error) => {
-            let log = String::from_utf8_lossy(&log);
-            bail!(
-                "loading {name}: {error}; verifier: {}",
-                log.trim_end_matches('\0').trim()
-            )
-        }
-    }
 }
 
 #[repr(C)]
@@ -175,6 +89,67 @@ pub fn test_run(
         action: attr.retval,
         ns: attr.duration,
     })
+}
+
+/// `struct xdp_md` as `BPF_PROG_TEST_RUN` takes it for a context.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// Runs `frame` through the XDP program `repeat` times with live frames (batches of 64) as if
+/// it arrived on interface `ifindex` of the calling thread's namespace, so that `XDP_TX`
+/// really sends it back out there; returns the CPU time the calling thread spent in the call
+/// (the kernel reports no time in this mode; CPU time rather than the wall clock, so that
+/// other work on a busy machine is not counted). Each repetition starts from the frame as
+/// given.
+pub fn test_run_live_on(
+    program: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+) -> Result<std::time::Duration> {
+    let mut context = XdpMd {
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..XdpMd::default()
+    };
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: (&raw mut context) as u64,
+        flags: TEST_XDP_LIVE_FRAMES,
+        batch_size: 64,
+        ..TestRunAttr::default()
+    };
+    let started = thread_cpu_time()?;
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN with live frames")?;
+    Ok(thread_cpu_time()?.saturating_sub(started))
+}
+
+/// The calling thread's CPU time so far (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Result<std::time::Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime");
+    }
+    Ok(std::time::Duration::new(
+        now.tv_sec as u64,
+        now.tv_nsec as u32,
+    ))
 }
 
 #[repr(C)]

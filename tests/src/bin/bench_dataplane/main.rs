@@ -5,6 +5,7 @@
 //!
 //! Usage: bench_dataplane [--quick] [--no-flood] --out FILE   (as root)
 
+mod actions;
 mod bpf;
 mod flood;
 mod multicore;
@@ -120,6 +121,10 @@ struct Results {
     cases: Vec<CaseResult>,
     /// None on a machine with one CPU.
     two_cpus: Option<multicore::TwoCpus>,
+    /// `reject` and `ratelimit` next to the drop path (issue 17).
+    actions: Option<actions::Actions>,
+    /// Why `actions` is missing, when it is.
+    actions_error: Option<String>,
     scale: Scale,
     control_plane: ControlPlane,
     end_to_end: Option<flood::EndToEnd>,
@@ -385,6 +390,15 @@ fn main() -> Result<()> {
         }
     };
 
+    eprintln!("enforcement actions: reject and ratelimit next to the drop path");
+    let (actions, actions_error) = match actions::measure(peer.program.as_fd(), repeat, runs) {
+        Ok(actions) => (Some(actions), None),
+        Err(error) => {
+            eprintln!("enforcement actions failed: {error:#}");
+            (None, Some(format!("{error:#}")))
+        }
+    };
+
     eprintln!("control plane: one exemption written as the agent does, and a full reconcile");
     let mut control_plane =
         control_plane(&mut small, &mut base.clone(), &mut large, &mut large_policy)?;
@@ -421,6 +435,8 @@ fn main() -> Result<()> {
         programs: infos,
         cases: case_results,
         two_cpus,
+        actions,
+        actions_error,
         scale,
         control_plane,
         end_to_end,
@@ -734,6 +750,7 @@ fn snapshot_and_report(config: &Config) -> Result<SnapshotAndReport> {
         min_attempts: 0,
         prefix: None,
         group: Grouping::Host,
+        limited_only: false,
     };
     let started = Instant::now();
     let history = Store::open(&scratch.state_dir)?.host_intervals(options.from, options.to)?;

@@ -1,0 +1,303 @@
+//! The enforcement actions' per-packet cost (issue 17): `reject` (the reply built and sent back
+//! with `XDP_TX`) and `ratelimit` (the host's bucket taken from, the SYN passed or dropped),
+//! next to the drop path and xdp-filter's drop in the same rounds.
+//!
+//! A repeated `BPF_PROG_TEST_RUN` keeps the frame a run rewrote, so the reply's own cost is
+//! timed with live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`), which start every repetition from
+//! the SYN as given and really transmit what the program sends back: out of a veth whose peer
+//! drops it with a 2-instruction XDP program (veth hands an XDP_TX frame over only to a peer
+//! running XDP). The kernel reports no time in that mode, so every program of that table is
+//! timed the same way, by the calling thread's CPU time over the call, the drops included:
+//! the ratios are taken within one method. Passing frames cannot be timed so (live frames turn them into skbs
+//! for the stack), so the rate-limit's two outcomes are timed the usual way, by the kernel,
+//! beside the drop path timed the same way.
+//!
+//! Every call gets a host of its own with a budget (rate 1,000,000 per hour) larger than the
+//! call's repetitions, so no reply or passed SYN ever meets an empty bucket; the over-the-rate
+//! case is one host with a budget of one, spent before timing.
+
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use smtpguard::{config::Config, dataplane::Dataplane};
+use smtpguard_tests::{
+    bpf::{XDP_DROP, attach_xdp, load_constant},
+    frames::{FrameSpec, TCP_SYN},
+    lab::Netns,
+};
+
+use crate::{bpf, ip, median_u32};
+
+/// The bench's policy with a range per action (the main policy's 100.64.0.0/10 drops).
+const POLICY: &str = r#"
+[enforcement]
+ports = [25]
+
+[[subscribers]]
+prefix = "100.64.0.0/10"
+[[subscribers]]
+prefix = "10.1.0.0/16"
+action = "reject"
+rate = 1000000
+per = "1h"
+[[subscribers]]
+prefix = "10.2.0.0/16"
+action = "reject"
+reject_with = "icmp-admin-prohibited"
+rate = 1000000
+per = "1h"
+[[subscribers]]
+prefix = "10.3.0.0/16"
+action = "ratelimit"
+rate = 1000000
+per = "1h"
+[[subscribers]]
+prefix = "10.4.0.0/16"
+action = "ratelimit"
+rate = 1
+per = "1h"
+
+[capacity]
+hosts = 65536
+"#;
+
+/// At most this many repetitions per call: below every per-host budget.
+const MAX_REPEAT: u32 = 500_000;
+
+#[derive(Serialize)]
+pub struct Actions {
+    pub repeat: u32,
+    pub runs: u32,
+    /// Timed by the thread's CPU time over live-frames test runs.
+    pub live: Vec<ActionTiming>,
+    /// Timed by the kernel (ordinary test runs).
+    pub kernel: Vec<ActionTiming>,
+    pub note: String,
+}
+
+#[derive(Serialize)]
+pub struct ActionTiming {
+    pub key: &'static str,
+    pub description: &'static str,
+    /// "xdp-filter", "smtpguard" or "tx floor".
+    pub program: &'static str,
+    /// The verdict it gave (checked before timing).
+    pub action: &'static str,
+    /// Median ns per packet, and each run's.
+    pub ns: u32,
+    pub runs: Vec<u32>,
+}
+
+/// One timed case: which program, and the frame of run `n` (a fresh host per run where the
+/// bucket matters).
+struct Case {
+    key: &'static str,
+    description: &'static str,
+    program: Program,
+    expected: u32,
+    frame: fn(u32) -> Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum Program {
+    Smtpguard,
+    XdpFilter,
+    /// `r0 = XDP_TX; exit`: what sending a frame back costs the test run, with no work of a
+    /// program's own.
+    TxFloor,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Smtpguard => "smtpguard",
+            Program::XdpFilter => "xdp-filter",
+            Program::TxFloor => "tx floor",
+        }
+    }
+}
+
+const XDP_TX: u32 = 3;
+
+fn syn(src: String) -> Vec<u8> {
+    FrameSpec::tcp(ip(&src), ip("198.51.100.7"), 25, TCP_SYN).build()
+}
+
+fn drop_frame(_: u32) -> Vec<u8> {
+    syn("100.64.0.2".into())
+}
+
+/// The `n`th host of a /16 starting with `prefix` ("10.1").
+fn host(prefix: &str, n: u32) -> String {
+    format!("{prefix}.{}.{}", (n >> 8) & 0xff, (n & 0xff) + 1)
+}
+
+const XDP_FILTER_DROP: Case = Case {
+    key: "xdp-filter-drop",
+    description: "xdp-filter drops a SYN to 25",
+    program: Program::XdpFilter,
+    expected: XDP_DROP,
+    frame: drop_frame,
+};
+const DROP: Case = Case {
+    key: "drop",
+    description: "smtpguard drops a subscriber's SYN to 25 (action drop)",
+    program: Program::Smtpguard,
+    expected: XDP_DROP,
+    frame: drop_frame,
+};
+const RATELIMIT_OVER: Case = Case {
+    key: "ratelimit-over",
+    description: "ratelimit: a SYN over the host's rate, dropped",
+    program: Program::Smtpguard,
+    expected: XDP_DROP,
+    // One host throughout: its one attempt was spent by the verdict check.
+    frame: |_| syn(host("10.4", 0)),
+};
+
+const LIVE: [Case; 6] = [
+    XDP_FILTER_DROP,
+    DROP,
+    Case {
+        key: "tx-floor",
+        description: "r0 = XDP_TX; exit: the frame sent back as it came, no work of its own",
+        program: Program::TxFloor,
+        expected: XDP_TX,
+        frame: drop_frame,
+    },
+    Case {
+        key: "reject-reset",
+        description: "reject: the SYN rewritten into a TCP RST+ACK and sent back (XDP_TX)",
+        program: Program::Smtpguard,
+        expected: XDP_TX,
+        frame: |n| syn(host("10.1", n)),
+    },
+    Case {
+        key: "reject-icmp",
+        description: "reject: the SYN rewritten into ICMP administratively prohibited and sent back",
+        program: Program::Smtpguard,
+        expected: XDP_TX,
+        frame: |n| syn(host("10.2", n)),
+    },
+    RATELIMIT_OVER,
+];
+
+const KERNEL: [Case; 4] = [
+    XDP_FILTER_DROP,
+    DROP,
+    Case {
+        key: "ratelimit-within",
+        description: "ratelimit: a SYN within the host's rate, passed",
+        program: Program::Smtpguard,
+        expected: bpf::XDP_PASS,
+        frame: |n| syn(host("10.3", n)),
+    },
+    RATELIMIT_OVER,
+];
+
+const NOTE: &str = "live: BPF_PROG_TEST_RUN with live frames (batches of 64) as if the SYN \
+    arrived on a veth whose peer drops what comes back with XDP; the thread's CPU time over \
+    the call per repetition, every program alike, so replies are timed with their transmit; \
+    kernel: ordinary test runs, the kernel's own mean; each call a host of its own whose \
+    budget outlasts it (ratelimit-over: a budget of one)";
+
+/// A veth pair in a namespace of its own: the programs are run as if frames arrived on
+/// `bench0`; `bench1`, its peer, drops whatever is sent back.
+struct Wire {
+    netns: Netns,
+    ifindex: u32,
+    _drop: (OwnedFd, OwnedFd),
+}
+
+impl Wire {
+    fn new() -> Result<Self> {
+        let netns = Netns::new("actions")?;
+        netns.ip(&[
+            "link", "add", "bench0", "type", "veth", "peer", "name", "bench1",
+        ])?;
+        netns.ip(&["link", "set", "bench0", "up"])?;
+        netns.ip(&["link", "set", "bench1", "up"])?;
+        let program = load_constant("bench_sink", XDP_DROP)?;
+        let sink = netns.ifindex("bench1")?;
+        let link = netns.run(|| attach_xdp(program.as_fd(), sink))?;
+        let ifindex = netns.ifindex("bench0")?;
+        Ok(Self {
+            netns,
+            ifindex,
+            _drop: (program, link),
+        })
+    }
+}
+
+pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> {
+    let repeat = repeat.min(MAX_REPEAT);
+    let config = Config::parse(POLICY, std::path::Path::new("actions.toml"))
+        .context("the actions bench policy")?;
+    let dataplane = Dataplane::with_policy(&config)?;
+    let ours = dataplane.xdp_program_fd()?;
+    let tx_floor = load_constant("bench_tx_floor", XDP_TX)?;
+    let program = |case: &Case| match case.program {
+        Program::Smtpguard => ours,
+        Program::XdpFilter => peer,
+        Program::TxFloor => tx_floor.as_fd(),
+    };
+    // Hosts are numbered across both tables and the verdict checks, so none is used twice.
+    let mut next_host = 0u32;
+    let mut frame = |case: &Case| {
+        next_host += 1;
+        (case.frame)(next_host)
+    };
+    // The second run of a frame is checked: the first spends a budget of one.
+    for case in LIVE.iter().chain(&KERNEL) {
+        let frame = frame(case);
+        bpf::test_run(program(case), &frame, 1, None)?;
+        let action = bpf::test_run(program(case), &frame, 1, None)?.action;
+        if action != case.expected {
+            bail!(
+                "{} ({}) returned {}, expected {}",
+                case.key,
+                case.description,
+                smtpguard::replay::xdp_action_name(action),
+                smtpguard::replay::xdp_action_name(case.expected)
+            );
+        }
+    }
+    let wire = Wire::new()?;
+    let mut live = vec![Vec::new(); LIVE.len()];
+    let mut kernel = vec![Vec::new(); KERNEL.len()];
+    // Rounds, each case once per round, so noise on the machine hits all of them alike.
+    for _ in 0..runs {
+        for (c, case) in LIVE.iter().enumerate() {
+            let frame = frame(case);
+            let elapsed = wire
+                .netns
+                .run(|| bpf::test_run_live_on(program(case), &frame, repeat, wire.ifindex))?;
+            live[c].push((elapsed.as_nanos() / u128::from(repeat)) as u32);
+        }
+        for (c, case) in KERNEL.iter().enumerate() {
+            kernel[c].push(bpf::test_run(program(case), &frame(case), repeat, None)?.ns);
+        }
+    }
+    let timings = |cases: &[Case], runs: Vec<Vec<u32>>| -> Vec<ActionTiming> {
+        cases
+            .iter()
+            .zip(runs)
+            .map(|(case, runs)| ActionTiming {
+                key: case.key,
+                description: case.description,
+                program: case.program.name(),
+                action: smtpguard::replay::xdp_action_name(case.expected),
+                ns: median_u32(&runs),
+                runs,
+            })
+            .collect()
+    };
+    Ok(Actions {
+        repeat,
+        runs,
+        live: timings(&LIVE, live),
+        kernel: timings(&KERNEL, kernel),
+        note: NOTE.into(),
+    })
+}
