@@ -106,9 +106,6 @@ pub struct ReportRow {
     /// Whether `distinct_destinations` is the sketch's estimate (see [`Distinct`]).
     pub distinct_destinations_estimated: bool,
     pub dropped: u64,
-    /// Attempts the hosts' buckets refused: dropped above a `ratelimit` rate or unanswered
-    /// beyond a `reject` reply budget. Above 0: the host hit its limit.
-    pub limited: u64,
     pub segments: u64,
     #[serde(serialize_with = "rfc3339")]
     pub first_seen: SystemTime,
@@ -120,6 +117,9 @@ pub struct ReportRow {
     /// or `smtpguard session`); empty when none did, or nobody knows.
     #[serde(serialize_with = "empty_when_none")]
     pub subscriber_id: Option<String>,
+    /// Attempts the hosts' buckets refused: dropped above a `ratelimit` rate or unanswered
+    /// beyond a `reject` reply budget. Above 0: the host hit its limit.
+    pub limited: u64,
     /// In a fleet report, how many gateways saw the host (or the group's hosts); `None` in a
     /// gateway's own report, which has no such column.
     #[serde(skip_serializing_if = "Option::is_none")]
