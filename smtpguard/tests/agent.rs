@@ -1124,11 +1124,11 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     }
     // Everything is in the history once a snapshot after the traffic has run (every second
     // here; later under load): wait for the counts to be whole, then check everything.
-    eventually(
+    let rows = eventually_observed(
         Duration::from_secs(20),
         "every attempt in the history",
-        || {
-            let rows = report_rows(&f, &["--since", "1h"]);
+        || report_rows(&f, &["--since", "1h"]),
+        |rows| {
             let attempts = |host: &str| {
                 rows.iter()
                     .find(|r| r["host"] == host)
@@ -1141,8 +1141,6 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
                 && attempts(IPV6_HOST) >= Some(6)
         },
     );
-
-    let rows = report_rows(&f, &["--since", "1h"]);
     let summary: Vec<(String, String, u64)> = rows
         .iter()
         .map(|r| {

@@ -450,9 +450,27 @@ impl Drop for Agent {
 
 /// Polls `check` every 100 ms until it holds or `limit` passes.
 pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    eventually_observed(limit, what, &mut check, |held| *held);
+}
+
+/// Observes every 100 ms until `holds` accepts the observation, or `limit` passes: then the
+/// failure shows the last observation. Returns the accepted one.
+pub fn eventually_observed<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut observe: impl FnMut() -> T,
+    holds: impl Fn(&T) -> bool,
+) -> T {
     let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+    loop {
+        let observed = observe();
+        if holds(&observed) {
+            return observed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?}; last observed: {observed:?}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }
