@@ -354,13 +354,7 @@ mod tests {
         let root = repo_root();
         // The same build as `cargo xtask test`'s build phase, so under CI it finds everything
         // built (`-p smtpguard` alone resolves other dependency features and rebuilds).
-        cmd::run(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--workspace",
-            "--exclude",
-            "smtpguard-ebpf",
-        ]))
-        .unwrap();
+        cmd::run(&mut crate::test::build_command(&root)).unwrap();
         let scratch = tempfile::tempdir().unwrap();
         // Uncompressed: xz spends most of a minute on the 100 MB debug binary.
         let deb = super::build(&root, &super::binary(&root, true), scratch.path(), "none").unwrap();

@@ -73,9 +73,7 @@ fn phases(root: &Path, jobs: usize, tally: &mut Tally) -> Result<()> {
                 .args(["--", "-D", "warnings"]),
         )
     })?;
-    phase("build", || {
-        cmd::run(cargo(root).args(["build", "--workspace", "--exclude", EBPF_CRATE]))
-    })?;
+    phase("build", || cmd::run(&mut build_command(root)))?;
     phase("test", || {
         let binaries = binaries::build(cargo(root).args([
             "test",
@@ -154,6 +152,22 @@ fn run_tests(command: &mut Command, tally: &mut Tally) -> Result<()> {
         tally.add(output);
         Ok(())
     })
+}
+
+/// The build phase's command: every target of the host crates, so the test phase finds its
+/// binaries built. All targets, not only the binaries: the tests' dev-dependencies change
+/// which features some dependencies are built with, and a build without them would compile
+/// those dependencies, and the crates above them, twice.
+pub fn build_command(root: &Path) -> Command {
+    let mut command = cargo(root);
+    command.args([
+        "build",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--all-targets",
+    ]);
+    command
 }
 
 fn cargo(root: &Path) -> Command {
