@@ -590,8 +590,8 @@ impl PolicySource for EtcdSource {
         self.local.active_escalations()
     }
 
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>> {
-        self.local.escalations_of(host)
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>> {
+        self.local.escalations_in(prefix)
     }
 
     fn escalate(

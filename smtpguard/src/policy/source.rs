@@ -141,8 +141,9 @@ pub trait PolicySource: Send {
 
     /// Hosts of monitor-mode ranges enforced for themselves (bots), oldest first.
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>>;
-    /// Every escalation `host` had, oldest first: the level of the next one depends on them.
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>>;
+    /// Every escalation a host in `prefix` had (a host itself, or the hosts of a delegated
+    /// prefix), oldest first: the level of the next one depends on them.
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>>;
     fn escalate(
         &mut self,
         host: IpAddr,
@@ -273,8 +274,8 @@ impl PolicySource for LocalStore {
         Ok(self.store.active_escalations()?)
     }
 
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>> {
-        Ok(self.store.escalations_of(host)?)
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>> {
+        Ok(self.store.escalations_in(prefix)?)
     }
 
     fn escalate(

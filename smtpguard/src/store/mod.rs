@@ -46,8 +46,8 @@ pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub(crate) use history::{decode_records, put_record};
 pub use identities::{
-    Binding, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption, check_subscriber,
-    holder_at,
+    Binding, Holder, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption,
+    check_subscriber, holder_at,
 };
 pub use relays::{NewRelay, RuntimeRelay};
 pub use shipping::IntervalSpan;
@@ -204,6 +204,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(identities::SCHEMA),
     // 8: limited attempts beside each chunk's records and cursors (see `history`).
     Migration::Sql(history::LIMITED),
+    // 9: the NAS that announced each binding and the identity of each bot event (see
+    // `identities`).
+    Migration::Sql(identities::MIGRATION_9),
 ];
 
 /// The schema version this build writes and understands.
