@@ -277,6 +277,44 @@ fn sessions_by_hand_and_bad_input_are_named() {
         !delivers(&f, ip(addr::SUBSCRIBER_V4)),
         "exemption removed: blocked"
     );
+    // An identity's exemption with an expiry: open until it lapses, audited when it does.
+    f.ok(&[
+        "exempt",
+        "add",
+        "--subscriber",
+        "biz-7",
+        "--reason",
+        "trial",
+        "--expires",
+        "3s",
+    ]);
+    assert!(
+        delivers(&f, ip(addr::SUBSCRIBER_V4)),
+        "until it lapses: open"
+    );
+    let listed = f.json(&["exempt", "list", "-o", "json"]);
+    assert!(
+        listed[0]["expires"].is_string(),
+        "the list shows when it lapses: {listed}"
+    );
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the identity's exemption lapsed",
+        || f.json(&["exempt", "list", "-o", "json"]) == serde_json::json!([]),
+    );
+    assert!(
+        !delivers(&f, ip(addr::SUBSCRIBER_V4)),
+        "lapsed: blocked again"
+    );
+    let audit = f.json(&["audit", "-o", "json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "subscriber-exemption-expired" && e["subject"] == "biz-7"),
+        "the audit trail names the lapse: {audit}"
+    );
 
     for (args, needles) in [
         (
@@ -329,9 +367,9 @@ fn sessions_by_hand_and_bad_input_are_named() {
                 "--reason",
                 "r",
                 "--expires",
-                "1d",
+                "0s",
             ],
-            vec!["--expires"],
+            vec!["--expires \"0s\" is no time from now"],
         ),
     ] {
         let output = f.cli(&args);

@@ -138,6 +138,12 @@ pub trait PolicySource: Send {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<SubscriberExemption>;
+    /// Removes the identity exemptions that ran out by `now` and returns them (what
+    /// `next_exemption_expiry` counts too).
+    fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> PolicyResult<Vec<SubscriberExemption>>;
 
     /// Hosts of monitor-mode ranges enforced for themselves (bots), oldest first.
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>>;
@@ -268,6 +274,13 @@ impl PolicySource for LocalStore {
         Ok(self
             .store
             .remove_subscriber_exemption(subscriber, who, now)?)
+    }
+
+    fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> PolicyResult<Vec<SubscriberExemption>> {
+        Ok(self.store.expire_subscriber_exemptions(now)?)
     }
 
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
 use super::{
-    PrefixColumns, Store, StoreError, check_text, describe_time, from_millis, parse_stored_prefix,
-    query_all, quoted_or_none, sql, stored_time, to_millis,
+    PrefixColumns, SYSTEM_WHO, Store, StoreError, check_text, describe_time, from_millis,
+    parse_stored_prefix, query_all, quoted_or_none, sql, stored_time, to_millis,
 };
 
 /// The most bytes a subscriber identity may hold: a RADIUS attribute's value.
@@ -48,9 +48,10 @@ pub(super) const SCHEMA: &str = "CREATE TABLE subscriber_exemptions (
 /// Accounting-On or -Off (it restarted: every session it held is over) ends exactly its
 /// bindings (older bindings and those made by `smtpguard session` have none); and the
 /// identity that held a bot's host when it was classified, so that a reoffender is the
-/// customer, whatever its address.
+/// customer, whatever its address; and when an identity's exemption lapses.
 pub(super) const MIGRATION_9: &str = "ALTER TABLE bindings ADD COLUMN nas TEXT;
- ALTER TABLE bot_events ADD COLUMN subscriber TEXT;";
+ ALTER TABLE bot_events ADD COLUMN subscriber TEXT;
+ ALTER TABLE subscriber_exemptions ADD COLUMN expires_ms INTEGER;";
 
 /// A subscriber identity exemption to add.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,6 +60,8 @@ pub struct NewSubscriberExemption {
     pub reason: String,
     pub ticket: Option<String>,
     pub who: String,
+    /// When it lapses; `None`: never.
+    pub expires: Option<SystemTime>,
 }
 
 /// A stored subscriber identity exemption.
@@ -70,6 +73,8 @@ pub struct SubscriberExemption {
     pub who: String,
     #[serde(serialize_with = "super::serialize_time")]
     pub created: SystemTime,
+    #[serde(serialize_with = "super::serialize_optional_time")]
+    pub expires: Option<SystemTime>,
     /// The gateway it was made on, in fleet mode; `None` in a gateway's own store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -130,12 +135,27 @@ impl NewSubscriberExemption {
             check_text("ticket", ticket)?;
         }
         check_text("who", &self.who)?;
+        let expires = match self.expires {
+            Some(expires) => {
+                let ms = to_millis("expires", expires)?;
+                if ms <= now_ms {
+                    return Err(StoreError::SubscriberExpiryNotInFuture {
+                        subscriber: self.subscriber.clone(),
+                        expires,
+                        now,
+                    });
+                }
+                Some(from_millis(ms).unwrap_or(expires))
+            }
+            None => None,
+        };
         Ok(SubscriberExemption {
             subscriber: self.subscriber.clone(),
             reason: self.reason.clone(),
             ticket: self.ticket.clone(),
             who: self.who.clone(),
             created: from_millis(now_ms).unwrap_or(now),
+            expires,
             gateway: None,
         })
     }
@@ -143,8 +163,11 @@ impl NewSubscriberExemption {
 
 /// The audit detail of a subscriber exemption: all its fields but the identity (the subject).
 fn describe(exemption: &SubscriberExemption) -> String {
+    let expires = exemption
+        .expires
+        .map_or_else(|| "never".to_owned(), describe_time);
     format!(
-        "reason {:?}; ticket {}; added by {:?} at {}",
+        "reason {:?}; ticket {}; expires {expires}; added by {:?} at {}",
         exemption.reason,
         quoted_or_none(exemption.ticket.as_deref()),
         exemption.who,
@@ -163,8 +186,8 @@ fn select_exemptions(
     param: impl rusqlite::ToSql,
 ) -> Result<Vec<SubscriberExemption>, StoreError> {
     let query = format!(
-        "SELECT subscriber, reason, ticket, who, created_ms FROM {EXEMPTIONS} WHERE {filter} \
-         ORDER BY subscriber"
+        "SELECT subscriber, reason, ticket, who, created_ms, expires_ms FROM {EXEMPTIONS} \
+         WHERE {filter} ORDER BY subscriber"
     );
     let rows = query_all(conn, path, &query, [param], |row| {
         Ok((
@@ -173,19 +196,25 @@ fn select_exemptions(
             row.get::<_, Option<String>>(2)?,
             row.get::<_, String>(3)?,
             row.get::<_, i64>(4)?,
+            row.get::<_, Option<i64>>(5)?,
         ))
     })?;
     rows.into_iter()
-        .map(|(subscriber, reason, ticket, who, created_ms)| {
-            Ok(SubscriberExemption {
-                subscriber,
-                reason,
-                ticket,
-                who,
-                created: stored_time(path, EXEMPTIONS, "created_ms", created_ms)?,
-                gateway: None,
-            })
-        })
+        .map(
+            |(subscriber, reason, ticket, who, created_ms, expires_ms)| {
+                Ok(SubscriberExemption {
+                    subscriber,
+                    reason,
+                    ticket,
+                    who,
+                    created: stored_time(path, EXEMPTIONS, "created_ms", created_ms)?,
+                    expires: expires_ms
+                        .map(|ms| stored_time(path, EXEMPTIONS, "expires_ms", ms))
+                        .transpose()?,
+                    gateway: None,
+                })
+            },
+        )
         .collect()
 }
 
@@ -274,15 +303,21 @@ impl Store {
                     subscriber: exemption.subscriber.clone(),
                 });
             }
+            let expires_ms = exemption
+                .expires
+                .map(|at| to_millis("expires", at))
+                .transpose()?;
             tx.execute(
-                "INSERT INTO subscriber_exemptions (subscriber, reason, ticket, who, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO subscriber_exemptions
+                     (subscriber, reason, ticket, who, created_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     exemption.subscriber,
                     exemption.reason,
                     exemption.ticket,
                     exemption.who,
-                    now_ms
+                    now_ms,
+                    expires_ms
                 ],
             )
             .map_err(sql(path))?;
@@ -331,6 +366,36 @@ impl Store {
                 &describe(&removed),
             )?;
             Ok(removed)
+        })
+    }
+
+    /// Removes every identity exemption whose `expires <= now`, audits each as
+    /// [`AuditAction::SubscriberExemptionExpired`] by [`SYSTEM_WHO`], all in one transaction,
+    /// and returns them by identity.
+    pub fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> Result<Vec<SubscriberExemption>, StoreError> {
+        let now_ms = to_millis("now", now)?;
+        self.write(|tx, path| {
+            let expired = select_exemptions(tx, path, "expires_ms <= ?1", now_ms)?;
+            for exemption in &expired {
+                tx.execute(
+                    "DELETE FROM subscriber_exemptions WHERE subscriber = ?1",
+                    [&exemption.subscriber],
+                )
+                .map_err(sql(path))?;
+                insert_audit(
+                    tx,
+                    path,
+                    now_ms,
+                    AuditAction::SubscriberExemptionExpired,
+                    &exemption.subscriber,
+                    SYSTEM_WHO,
+                    &describe(exemption),
+                )?;
+            }
+            Ok(expired)
         })
     }
 
@@ -520,7 +585,59 @@ mod tests {
             reason: "own mail server".to_owned(),
             ticket: Some("T-1".to_owned()),
             who: "alice".to_owned(),
+            expires: None,
         }
+    }
+
+    #[test]
+    fn subscriber_exemptions_expire_when_they_say() {
+        let (_dir, mut store) = temp_store();
+        let lapsing = NewSubscriberExemption {
+            expires: Some(at(NOW + 60)),
+            ..exemption("cust-7")
+        };
+        let err = store
+            .add_subscriber_exemption(&lapsing, at(NOW + 60))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected an expiry in the future"),
+            "{err}"
+        );
+        store.add_subscriber_exemption(&lapsing, at(NOW)).unwrap();
+        store
+            .add_subscriber_exemption(&exemption("cust-8"), at(NOW))
+            .unwrap();
+        assert_eq!(store.next_expiry().unwrap(), Some(at(NOW + 60)));
+        assert!(
+            store
+                .expire_subscriber_exemptions(at(NOW + 59))
+                .unwrap()
+                .is_empty()
+        );
+        let expired = store.expire_subscriber_exemptions(at(NOW + 60)).unwrap();
+        assert_eq!(
+            expired
+                .iter()
+                .map(|e| e.subscriber.as_str())
+                .collect::<Vec<_>>(),
+            ["cust-7"]
+        );
+        let left = store.subscriber_exemptions().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].subscriber.as_str(), left[0].expires),
+            ("cust-8", None)
+        );
+        assert_eq!(store.next_expiry().unwrap(), None);
+        let last = store.audit(None).unwrap().pop().unwrap();
+        assert_eq!(
+            (last.action, last.subject.as_str(), last.who.as_str()),
+            (
+                AuditAction::SubscriberExemptionExpired,
+                "cust-7",
+                SYSTEM_WHO
+            )
+        );
     }
 
     #[test]

@@ -409,6 +409,18 @@ pub enum StoreError {
     },
 
     #[error(
+        "the exemption of subscriber {subscriber:?} would expire at {}, not after now ({}); \
+         expected an expiry in the future",
+        describe_time(*.expires),
+        describe_time(*.now)
+    )]
+    SubscriberExpiryNotInFuture {
+        subscriber: String,
+        expires: SystemTime,
+        now: SystemTime,
+    },
+
+    #[error(
         "{field} {} is out of range; expected a time from 1970-01-01T00:00:00Z to \
          9999-12-31T23:59:59Z",
         describe_time(*.time)
