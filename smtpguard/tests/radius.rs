@@ -250,14 +250,19 @@ fn sessions_by_hand_and_bad_input_are_named() {
     let (port, metrics) = (free_udp_port(), free_port());
     let f = fixture("session", port, metrics);
     let _agent = f.start();
-    f.ok(&[
-        "exempt",
-        "add",
-        "--subscriber",
-        "biz-7",
-        "--reason",
-        "business line",
-    ]);
+    let exempt = |extra: &[&str]| {
+        let mut args = vec![
+            "exempt",
+            "add",
+            "--subscriber",
+            "biz-7",
+            "--reason",
+            "business",
+        ];
+        args.extend(extra);
+        f.ok(&args);
+    };
+    exempt(&[]);
     let bound = f.ok(&[
         "session",
         "start",
@@ -278,16 +283,7 @@ fn sessions_by_hand_and_bad_input_are_named() {
         "exemption removed: blocked"
     );
     // An identity's exemption with an expiry: open until it lapses, audited when it does.
-    f.ok(&[
-        "exempt",
-        "add",
-        "--subscriber",
-        "biz-7",
-        "--reason",
-        "trial",
-        "--expires",
-        "3s",
-    ]);
+    exempt(&["--expires", "3s"]);
     assert!(
         delivers(&f, ip(addr::SUBSCRIBER_V4)),
         "until it lapses: open"

@@ -13,7 +13,8 @@ use serde::Serialize;
 use super::audit::{AuditAction, insert_audit};
 use super::{
     PrefixColumns, SYSTEM_WHO, Store, StoreError, check_text, describe_time, from_millis,
-    parse_stored_prefix, query_all, quoted_or_none, sql, stored_time, to_millis,
+    parse_stored_prefix, query_all, quoted_or_none, sql, stored_optional_time, stored_time,
+    to_millis,
 };
 
 /// The most bytes a subscriber identity may hold: a RADIUS attribute's value.
@@ -208,9 +209,7 @@ fn select_exemptions(
                     ticket,
                     who,
                     created: stored_time(path, EXEMPTIONS, "created_ms", created_ms)?,
-                    expires: expires_ms
-                        .map(|ms| stored_time(path, EXEMPTIONS, "expires_ms", ms))
-                        .transpose()?,
+                    expires: stored_optional_time(path, EXEMPTIONS, "expires_ms", expires_ms)?,
                     gateway: None,
                 })
             },
@@ -246,9 +245,7 @@ fn select_bindings(
                     session,
                     nas,
                     started: stored_time(path, BINDINGS, "started_ms", started_ms)?,
-                    stopped: stopped_ms
-                        .map(|ms| stored_time(path, BINDINGS, "stopped_ms", ms))
-                        .transpose()?,
+                    stopped: stored_optional_time(path, BINDINGS, "stopped_ms", stopped_ms)?,
                 })
             },
         )

@@ -901,6 +901,17 @@ fn stored_time(
     })
 }
 
+/// [`stored_time`] of a column that may be NULL.
+fn stored_optional_time(
+    path: &Path,
+    table: &'static str,
+    column: &'static str,
+    ms: Option<i64>,
+) -> Result<Option<SystemTime>, StoreError> {
+    ms.map(|ms| stored_time(path, table, column, ms))
+        .transpose()
+}
+
 /// RFC 3339 UTC, to the second, if the time is in the storable range.
 fn rfc3339(time: SystemTime) -> Option<String> {
     to_millis("time", time)
