@@ -276,24 +276,18 @@ impl AgentState {
         Ok(hosts)
     }
 
-    /// The hosts of a bound prefix, as the override map keys them: none for a prefix of more
-    /// than [`MAX_FOLLOWED_HOSTS`] hosts, which would crowd out every other escalation.
+    /// The hosts of a bound prefix, as the override map keys them (see [`host_keys`]).
     fn hosts_of(&self, prefix: IpNet, subscriber: &str) -> Vec<IpAddr> {
         let (host, _) = self.config.enforcement.host_prefix(&prefix);
-        let bits = host.saturating_sub(prefix.prefix_len());
-        if bits > MAX_FOLLOWED_HOSTS.ilog2() as u8 {
+        host_keys(prefix, host).unwrap_or_else(|| {
             warn!(
                 %prefix,
                 subscriber,
-                "an escalated identity holds a prefix of 2^{bits} hosts, more than the \
-                 {MAX_FOLLOWED_HOSTS} an escalation follows; its hosts are judged by their range"
+                "an escalated identity holds a prefix of more than the {MAX_FOLLOWED_HOSTS} \
+                 hosts an escalation follows; its hosts are judged by their range"
             );
-            return Vec::new();
-        }
-        prefix
-            .subnets(host)
-            .map(|hosts| hosts.map(|host| host.network()).collect())
-            .unwrap_or_default()
+            Vec::new()
+        })
     }
 
     /// The binding that covers `host` now: its own, or a wider bound prefix's.
@@ -386,4 +380,45 @@ fn in_subscriber_space(desired: &DesiredPolicy, prefix: &IpNet) -> bool {
         .subscribers
         .keys()
         .any(|range| range.contains(prefix))
+}
+
+/// The hosts (of `host` bits) of `prefix`, by their first address; `None` for a prefix of
+/// more than [`MAX_FOLLOWED_HOSTS`] hosts, which would crowd out every other escalation.
+fn host_keys(prefix: IpNet, host: u8) -> Option<Vec<IpAddr>> {
+    let bits = host.saturating_sub(prefix.prefix_len());
+    if u32::from(bits) > MAX_FOLLOWED_HOSTS.ilog2() {
+        return None;
+    }
+    let hosts = prefix.subnets(host.max(prefix.prefix_len())).ok()?;
+    Some(hosts.map(|host| host.network()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(prefix: &str, host: u8) -> Option<Vec<String>> {
+        let keys = host_keys(prefix.parse().unwrap(), host)?;
+        Some(keys.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn an_escalation_follows_every_host_of_a_delegation_up_to_256() {
+        assert_eq!(
+            keys("100.64.0.2/32", 32),
+            Some(vec!["100.64.0.2".to_owned()])
+        );
+        assert_eq!(
+            keys("2001:db8:1:2::/64", 64),
+            Some(vec!["2001:db8:1:2::".to_owned()])
+        );
+        let delegated = keys("2001:db8:1000:100::/56", 64).unwrap();
+        assert_eq!(delegated.len(), 256);
+        assert_eq!(
+            (delegated[0].as_str(), delegated[255].as_str()),
+            ("2001:db8:1000:100::", "2001:db8:1000:1ff::")
+        );
+        assert_eq!(keys("2001:db8:1000::/55", 64), None, "512 hosts");
+        assert_eq!(keys("2001:db8::/48", 64), None);
+    }
 }
