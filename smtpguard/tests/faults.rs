@@ -544,6 +544,7 @@ fn a_read_only_state_folder_fails_writes_clearly_and_keeps_enforcing() {
     let ext4 = Ext4::mount(f.scratch.file("state.img"), &f.scratch.file("state"));
     let mut agent = f.start();
     let enforcing = exempt_one_host(&f);
+    f.ok(&["exempt", "add", "--subscriber", "cust-ro", "--reason", "r"]);
 
     ext4.fail();
     let output = f.cli(&["exempt", "add", "100.64.0.5/32", "--reason", "read-only"]);
@@ -552,6 +553,29 @@ fn a_read_only_state_folder_fails_writes_clearly_and_keeps_enforcing() {
         1,
         &["error:", "read-only"],
         "exempt add on a read-only state folder",
+    );
+    // A binding is in the kernel before the store's commit: the refused commit takes it out
+    // again, so the exempt customer's address is not left open.
+    let output = f.cli(&[
+        "session",
+        "start",
+        "--subscriber",
+        "cust-ro",
+        "--address",
+        "100.64.0.5",
+    ]);
+    assert_fails(
+        &output,
+        1,
+        &["error:", "read-only"],
+        "session start on a read-only state folder",
+    );
+    assert_check(
+        &f,
+        "100.64.0.5",
+        addr::MX_V4,
+        "dropped",
+        "the binding the store refused",
     );
     enforcing("with the state folder read-only");
     eventually(REPAIRED, "a failed snapshot in the log", || {

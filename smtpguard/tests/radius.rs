@@ -61,14 +61,16 @@ fn accounting(port: u16, secret: &str, attributes: &[&str]) -> bool {
     output.status.success()
 }
 
-/// An authentic Start or Stop of `user`'s `session` at `address`, which must be answered.
-fn session(port: u16, status: &str, user: &str, session: &str, address: &str) {
-    let attributes = [
+/// An authentic Start or Stop of `user`'s `session` at `address` (announced by the NAS at
+/// `nas`, when given), which must be answered.
+fn session(port: u16, status: &str, user: &str, session: &str, address: &str, nas: Option<&str>) {
+    let mut attributes = vec![
         format!("Acct-Status-Type = {status}"),
         format!("User-Name = \"{user}\""),
         format!("Acct-Session-Id = \"{session}\""),
         format!("Framed-IP-Address = {address}"),
     ];
+    attributes.extend(nas.map(|nas| format!("NAS-IP-Address = {nas}")));
     let attributes: Vec<&str> = attributes.iter().map(String::as_str).collect();
     assert!(
         accounting(port, SECRET, &attributes),
@@ -77,11 +79,11 @@ fn session(port: u16, status: &str, user: &str, session: &str, address: &str) {
 }
 
 fn start(port: u16, user: &str, id: &str, address: &str) {
-    session(port, "Start", user, id, address);
+    session(port, "Start", user, id, address, None);
 }
 
 fn stop(port: u16, user: &str, id: &str, address: &str) {
-    session(port, "Stop", user, id, address);
+    session(port, "Stop", user, id, address, None);
 }
 
 fn who(f: &Fixture, address: &str) -> String {
@@ -201,6 +203,46 @@ fn accounting_moves_a_customers_exemption_with_its_address() {
         table_text(&f.json(&["who", "100.64.0.3", "--at", &then, "-o", "json"])["subscriber"]),
         "cust-b@isp"
     );
+
+    // A BNG reboots: its Accounting-On (or -Off) ends every session it announced, and only
+    // those.
+    session(
+        port,
+        "Start",
+        "cust-c@isp",
+        "s5",
+        "100.64.0.3",
+        Some("192.0.2.11"),
+    );
+    for status in ["Accounting-On", "Accounting-Off"] {
+        session(
+            port,
+            "Start",
+            "cust-a@isp",
+            "s4",
+            addr::SUBSCRIBER_V4,
+            Some("192.0.2.10"),
+        );
+        assert!(delivers(&f, first), "cust-a through BNG 1: open");
+        assert!(
+            accounting(
+                port,
+                SECRET,
+                &[
+                    &format!("Acct-Status-Type = {status}"),
+                    "NAS-IP-Address = 192.0.2.10"
+                ]
+            ),
+            "{status} of BNG 1: expected an Accounting-Response"
+        );
+        assert!(!delivers(&f, first), "after BNG 1's {status}: blocked");
+        assert_eq!(who(&f, addr::SUBSCRIBER_V4), "", "after BNG 1's {status}");
+        assert_eq!(
+            who(&f, "100.64.0.3"),
+            "cust-c@isp",
+            "BNG 2's session outlives BNG 1's {status}"
+        );
+    }
 }
 
 #[test]
@@ -208,14 +250,19 @@ fn sessions_by_hand_and_bad_input_are_named() {
     let (port, metrics) = (free_udp_port(), free_port());
     let f = fixture("session", port, metrics);
     let _agent = f.start();
-    f.ok(&[
-        "exempt",
-        "add",
-        "--subscriber",
-        "biz-7",
-        "--reason",
-        "business line",
-    ]);
+    let exempt = |extra: &[&str]| {
+        let mut args = vec![
+            "exempt",
+            "add",
+            "--subscriber",
+            "biz-7",
+            "--reason",
+            "business",
+        ];
+        args.extend(extra);
+        f.ok(&args);
+    };
+    exempt(&[]);
     let bound = f.ok(&[
         "session",
         "start",
@@ -234,6 +281,35 @@ fn sessions_by_hand_and_bad_input_are_named() {
     assert!(
         !delivers(&f, ip(addr::SUBSCRIBER_V4)),
         "exemption removed: blocked"
+    );
+    // An identity's exemption with an expiry: open until it lapses, audited when it does.
+    exempt(&["--expires", "3s"]);
+    assert!(
+        delivers(&f, ip(addr::SUBSCRIBER_V4)),
+        "until it lapses: open"
+    );
+    let listed = f.json(&["exempt", "list", "-o", "json"]);
+    assert!(
+        listed[0]["expires"].is_string(),
+        "the list shows when it lapses: {listed}"
+    );
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the identity's exemption lapsed",
+        || f.json(&["exempt", "list", "-o", "json"]) == serde_json::json!([]),
+    );
+    assert!(
+        !delivers(&f, ip(addr::SUBSCRIBER_V4)),
+        "lapsed: blocked again"
+    );
+    let audit = f.json(&["audit", "-o", "json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "subscriber-exemption-expired" && e["subject"] == "biz-7"),
+        "the audit trail names the lapse: {audit}"
     );
 
     for (args, needles) in [
@@ -287,9 +363,9 @@ fn sessions_by_hand_and_bad_input_are_named() {
                 "--reason",
                 "r",
                 "--expires",
-                "1d",
+                "0s",
             ],
-            vec!["--expires"],
+            vec!["--expires \"0s\" is no time from now"],
         ),
     ] {
         let output = f.cli(&args);
@@ -336,9 +412,23 @@ fn bind(f: &Fixture, verb: &str, address: &str) {
 #[test]
 fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
     let f = Fixture::new("reoffender");
-    let extra = "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[report]\n\
-                 interval = \"1s\"\nbot_window = \"2s\"\nescalate = true\nescalate_for = \"10m\"\n";
-    std::fs::write(&f.config, f.config_text(extra)).unwrap();
+    // The on_bot program keeps each row it is handed in a file of its own.
+    let hook_dir = f.scratch.file("bots");
+    std::fs::create_dir(&hook_dir).unwrap();
+    let hook = f.scratch.file("on-bot.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ncat > {}/bot-$$.json\n", hook_dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "[[subscribers]]\nprefix = \"100.127.0.0/16\"\nmode = \"monitor\"\n[report]\n\
+         interval = \"1s\"\nbot_window = \"2s\"\nescalate = true\nescalate_for = \"10m\"\n\
+         reoffense_gap = \"1s\"\non_bot = \"{}\"\n",
+        hook.display()
+    );
+    std::fs::write(&f.config, f.config_text(&extra)).unwrap();
     let (old, new) = ("100.127.0.9", "100.127.0.10");
     for address in [old, new] {
         f.lab
@@ -363,19 +453,22 @@ fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
         "monitor mode lets port 25 through"
     );
     // It turns bot: 25 MX hosts at once, classified and escalated under its first address.
-    std::thread::scope(|scope| {
-        for n in 0..25u8 {
-            let f = &f;
-            scope.spawn(move || {
-                attempt_from(
-                    f,
-                    ip(old),
-                    IpAddr::from([198, 51, 100, 10 + n]),
-                    std::time::Duration::from_millis(200),
-                )
-            });
-        }
-    });
+    let turn_bot = |address: &str| {
+        std::thread::scope(|scope| {
+            for n in 0..25u8 {
+                let f = &f;
+                scope.spawn(move || {
+                    attempt_from(
+                        f,
+                        ip(address),
+                        IpAddr::from([198, 51, 100, 10 + n]),
+                        std::time::Duration::from_millis(200),
+                    )
+                });
+            }
+        })
+    };
+    turn_bot(old);
     let escalations = || f.json(&["escalations", "-o", "json"]);
     eventually(
         std::time::Duration::from_secs(15),
@@ -396,10 +489,6 @@ fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
     assert!(
         !delivers(&f, ip(new)),
         "the customer's new address: still escalated, blocked"
-    );
-    assert!(
-        attempt_from(&f, ip(old), mx(), OPEN),
-        "its old address, now nobody's: monitor mode again"
     );
     let listed = escalations();
     assert_eq!(
@@ -456,6 +545,67 @@ fn a_bots_escalation_and_report_follow_the_customer_to_its_next_address() {
     let customer = customer_row();
     assert_eq!(customer["hosts"], 2, "{customer}");
     assert_eq!(customer["class"], "bot", "{customer}");
+    // Only now that the reports are checked (a row is named by whoever held its host at its
+    // last attempt): the old address, nobody's, is judged by its range again.
+    assert!(
+        attempt_from(&f, ip(old), mx(), OPEN),
+        "its old address, now nobody's: monitor mode again"
+    );
+    // The bot again, under its second address: the same reoffender, named by its customer,
+    // and the on_bot program is told whose it is each time.
+    turn_bot(new);
+    let reoffenders = || f.json(&["report", "--reoffenders", "--since", "1h", "-o", "json"]);
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the customer is a reoffender",
+        || reoffenders()[0]["classifications"] == 2,
+    );
+    let listed = reoffenders();
+    let row = &listed[0];
+    assert_eq!(
+        (
+            listed.as_array().unwrap().len(),
+            row["subscriber_id"].as_str(),
+            row["host"].as_str(),
+            row["hosts"].clone(),
+            row["escalations"].as_u64()
+        ),
+        (
+            1,
+            Some("bot-cust"),
+            Some(new),
+            serde_json::json!([old, new]),
+            Some(1)
+        ),
+        "one reoffender, the customer, with both addresses and its one escalation: {listed}"
+    );
+    // The rows the program has written whole so far (it runs beside the agent).
+    let hooked = || {
+        let mut rows: Vec<(String, String)> = std::fs::read_dir(&hook_dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let text = std::fs::read(entry.unwrap().path()).unwrap();
+                let row: serde_json::Value = serde_json::from_slice(&text).ok()?;
+                Some((table_text(&row["host"]), table_text(&row["subscriber_id"])))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    eventually(
+        std::time::Duration::from_secs(5),
+        "the on_bot program ran twice",
+        || hooked().len() == 2,
+    );
+    assert_eq!(
+        hooked(),
+        // Sorted as text.
+        [
+            (new.to_owned(), "bot-cust".to_owned()),
+            (old.to_owned(), "bot-cust".to_owned())
+        ],
+        "the rows on_bot was handed"
+    );
 
     // Lifting by the address the customer holds now ends the customer's escalation.
     f.ok(&["escalations", "lift", new]);

@@ -129,8 +129,12 @@ fn the_abuse_desk_needs_only_the_socket() {
     intervals.push(interval(v6, now, minutes(30), 2, 0xC633_6407..0xC633_6408));
     let mut store = record(&f, &intervals, now);
     // A reoffender (two classifications over an hour apart) and a live escalation.
-    store.record_bot(bot, now - minutes(180), "bot").unwrap();
-    store.record_bot(bot, now - minutes(30), "bot").unwrap();
+    store
+        .record_bot(bot, now - minutes(180), "bot", None)
+        .unwrap();
+    store
+        .record_bot(bot, now - minutes(30), "bot", None)
+        .unwrap();
     let escalated = ip("100.64.3.3");
     store
         .escalate(escalated, 0, now, now + minutes(60), "bot")

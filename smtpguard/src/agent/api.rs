@@ -70,6 +70,9 @@ pub enum Request {
         reason: String,
         #[serde(default)]
         ticket: Option<String>,
+        /// RFC 3339, as for `ExemptAdd`.
+        #[serde(default)]
+        expires: Option<String>,
     },
     SubscriberExemptRemove {
         subscriber: String,
@@ -205,9 +208,11 @@ impl Request {
                 subscriber,
                 reason,
                 ticket,
+                expires,
             } => {
                 input::check_subscriber(subscriber)?;
                 check_exemption_text(reason, ticket)?;
+                check_expiry(expires, now)?;
             }
             Request::SubscriberExemptRemove { subscriber } => {
                 input::check_subscriber(subscriber)?;
@@ -278,6 +283,11 @@ fn check_exemption(
     } else if let Some(ticket) = ticket {
         input::check_text("ticket", ticket, MAX_TICKET_BYTES)?;
     }
+    check_expiry(expires, now)
+}
+
+/// An exemption's expiry, if it has one: a time, after `now`.
+fn check_expiry(expires: &Option<String>, now: SystemTime) -> Result<(), InputError> {
     if let Some(expires) = expires {
         let at = input::parse_time("expires", expires)?;
         input::check_expiry("expires", at, now)?;

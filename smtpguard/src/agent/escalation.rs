@@ -31,21 +31,31 @@ impl AgentState {
         let from = now
             .checked_sub(report.bot_window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let known: HashSet<IpAddr> = self
-            .journal
-            .store
-            .bot_events(from)?
-            .into_iter()
-            .map(|e| e.host)
-            .collect();
-        for row in bots {
+        // A bot is recorded once per bot window: a host, or the customer that holds it under
+        // any of its addresses (a bot that reconnects is not new).
+        let mut known_hosts = HashSet::new();
+        let mut known_customers = HashSet::new();
+        for event in self.journal.store.bot_events(from)? {
+            known_hosts.insert(event.host);
+            known_customers.extend(event.subscriber);
+        }
+        for mut row in bots {
             // A host row's first address is the one the kernel keys the host by.
             let host = row.host.prefix().network();
             let reason = row.class_reason.to_string();
-            if !known.contains(&host) {
-                self.journal.store.record_bot(host, now, &reason)?;
+            row.subscriber_id = self.identity_at(host, now)?;
+            let known = known_hosts.contains(&host)
+                || row
+                    .subscriber_id
+                    .as_ref()
+                    .is_some_and(|customer| known_customers.contains(customer));
+            if !known {
+                let subscriber = row.subscriber_id.as_deref();
+                self.journal
+                    .store
+                    .record_bot(host, now, &reason, subscriber)?;
                 self.journal.counters.bots_classified += 1;
-                info!(%host, reason, "new bot");
+                info!(%host, reason, subscriber, "new bot");
                 if let Some(program) = &report.on_bot {
                     events::run_hook(program, &row);
                 }

@@ -1,4 +1,5 @@
-//! Expiry: exemptions and escalations that ran out leave the kernel map within a second.
+//! Expiry: exemptions (of addresses and of identities) and escalations that ran out leave
+//! the kernel map within a second.
 
 use std::time::SystemTime;
 
@@ -24,6 +25,17 @@ impl AgentState {
         for exemption in expired {
             self.remove_entry(EntryList::Exemptions, exemption.prefix)?;
             info!(prefix = %exemption.prefix, "exemption expired");
+        }
+        let expired = self
+            .policy
+            .expire_subscriber_exemptions(now)
+            .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+        for exemption in expired {
+            self.set_subscriber_exempt(&exemption.subscriber, false);
+            info!(
+                subscriber = exemption.subscriber,
+                "subscriber exemption expired"
+            );
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Subscriber identities in the agent: session changes (RADIUS accounting, `smtpguard
-//! session`) go to the store first (durable, with their times), to the in-memory bindings
-//! next, and to the kernel's exemption map last, through the same one-entry writes as a
-//! runtime exemption. A prefix bound to an exempt identity is exempt with the origin
+//! session`) go to the in-memory bindings and the kernel's exemption map first, through the
+//! same one-entry writes as a runtime exemption, and to the store next (durable, with their
+//! times), before anyone is answered: the kernel follows a Start without waiting for the
+//! disk, and what the store refuses is undone. A prefix bound to an exempt identity is exempt with the origin
 //! `subscriber`; the config's and the runtime exemptions win where both name a prefix.
 
 use std::{net::IpAddr, time::SystemTime};
@@ -12,12 +13,24 @@ use tracing::{info, warn};
 
 use super::{reconcile::EntryList, state::AgentState};
 use crate::{
-    identity::{ChangeKind, Holder, SessionChange},
+    identity::{Change, ChangeKind, Holder, SessionChange},
     policy::DesiredPolicy,
     store::{Escalation, StoreError},
 };
 
 const BOUND: PrefixOrigin = PrefixOrigin::new(Origin::Subscriber);
+
+/// The most hosts an escalation follows into one bound prefix: a delegated IPv6 /56 under
+/// /64 hosts (or an IPv4 /24 under /32 hosts). A /48's 65,536 would fill the override map.
+const MAX_FOLLOWED_HOSTS: u32 = 256;
+
+/// A binding's change, made in memory and in the kernel before the store holds it, with what
+/// undoing it restores.
+struct Rebinding {
+    prefix: IpNet,
+    from: Option<Holder>,
+    to: Option<Holder>,
+}
 
 impl AgentState {
     /// The prefix a session's address or prefix is bound as: a prefix longer than one host
@@ -44,11 +57,67 @@ impl AgentState {
         }
     }
 
-    /// Applies a session change and returns the prefixes whose binding changed. A failing
-    /// store changes nothing (the change is not answered, so a RADIUS client sends it again);
-    /// a kernel map that cannot follow is logged and counted, and the next reconcile mends it.
-    pub fn apply_session(&mut self, change: &SessionChange) -> Result<Vec<IpNet>, StoreError> {
-        let now = SystemTime::now();
+    /// Applies `changes` in order: to the bindings in memory and the kernel's exemptions at
+    /// once, then to the store in one transaction (one commit for a whole batch of
+    /// accounting). Returns the prefixes whose binding changed. When the store fails, the
+    /// memory and the kernel are put back as they were and the error is returned: the caller
+    /// must not answer, so that a RADIUS client sends its packets again. A crash before the
+    /// commit loses nothing either: the request was not answered, and the agent reconciles
+    /// the kernel maps to the store when it starts. A kernel map that cannot follow is
+    /// logged, and the next reconcile mends it.
+    pub fn apply_changes<'c>(
+        &mut self,
+        changes: impl IntoIterator<Item = &'c Change>,
+    ) -> Result<Vec<IpNet>, StoreError> {
+        let mut staged = Vec::new();
+        for change in changes {
+            match change {
+                Change::Session(change) => self.stage_session(change, &mut staged),
+                Change::NasRestarted { nas } => {
+                    let prefixes = self.identities.prefixes_of_nas(nas);
+                    info!(
+                        nas,
+                        sessions = prefixes.len(),
+                        "the NAS restarted: its sessions end"
+                    );
+                    self.stage_release(&prefixes, &mut staged);
+                }
+            }
+        }
+        self.follow_rebindings(&staged);
+        let rows: Vec<(IpNet, Option<&Holder>)> = staged
+            .iter()
+            .map(|rebinding| (rebinding.prefix, rebinding.to.as_ref()))
+            .collect();
+        if let Err(error) = self.journal.store.rebind(&rows, SystemTime::now()) {
+            self.journal.counters.store_errors += 1;
+            for rebinding in staged.iter().rev() {
+                match &rebinding.from {
+                    Some(holder) => self.identities.bind(rebinding.prefix, holder.clone()),
+                    None => self.identities.unbind(&rebinding.prefix),
+                }
+            }
+            self.follow_rebindings(&staged);
+            return Err(error);
+        }
+        Ok(staged
+            .into_iter()
+            .map(|rebinding| rebinding.prefix)
+            .collect())
+    }
+
+    /// Makes the kernel follow the bindings of `staged` (exemptions, then escalations).
+    fn follow_rebindings(&mut self, staged: &[Rebinding]) {
+        for rebinding in staged {
+            self.follow_binding(rebinding.prefix);
+        }
+        if !staged.is_empty() {
+            self.follow_escalations();
+        }
+    }
+
+    /// Stages a session's change in memory.
+    fn stage_session(&mut self, change: &SessionChange, staged: &mut Vec<Rebinding>) {
         let mut prefixes: Vec<IpNet> = change
             .prefixes
             .iter()
@@ -60,13 +129,12 @@ impl AgentState {
         let holder = Holder {
             subscriber: change.subscriber.clone(),
             session: change.session.clone(),
+            nas: change.nas.clone(),
         };
-        let mut changed = Vec::new();
-        let result = match change.kind {
-            ChangeKind::Hold => self.hold(&holder, &prefixes, now, &mut changed),
+        match change.kind {
+            ChangeKind::Hold => self.stage_hold(&holder, &prefixes, staged),
             ChangeKind::Stop => {
-                let given = !prefixes.is_empty();
-                let stopped: Vec<IpNet> = if given {
+                let stopped: Vec<IpNet> = if !prefixes.is_empty() {
                     prefixes
                         .into_iter()
                         .filter(|prefix| {
@@ -82,47 +150,34 @@ impl AgentState {
                 } else {
                     Vec::new()
                 };
-                self.release(&stopped, now, &mut changed)
+                self.stage_release(&stopped, staged);
             }
-        };
-        // What was stored is in force, even when a later write failed.
-        for prefix in &changed {
-            self.follow_binding(*prefix);
         }
-        if !changed.is_empty() {
-            self.follow_escalations();
-        }
-        result.map(|()| changed)
     }
 
     /// The session of `holder` holds exactly `prefixes` now: each is bound to it, and with
     /// a session id, what the session held before and no longer does is released.
-    fn hold(
-        &mut self,
-        holder: &Holder,
-        prefixes: &[IpNet],
-        now: SystemTime,
-        changed: &mut Vec<IpNet>,
-    ) -> Result<(), StoreError> {
+    fn stage_hold(&mut self, holder: &Holder, prefixes: &[IpNet], staged: &mut Vec<Rebinding>) {
         for prefix in prefixes {
-            if self.identities.holder(prefix) == Some(holder) {
+            let from = self.identities.holder(prefix).cloned();
+            if from.as_ref() == Some(holder) {
                 continue;
             }
-            let moved = self.journal.store.bind(
-                *prefix,
-                &holder.subscriber,
-                holder.session.as_deref(),
-                now,
-            );
-            let moved = moved.inspect_err(|_| self.journal.counters.store_errors += 1)?;
-            if let Some(from) = moved.filter(|from| from.subscriber != holder.subscriber) {
+            if let Some(from) = from
+                .as_ref()
+                .filter(|from| from.subscriber != holder.subscriber)
+            {
                 info!(%prefix, from = from.subscriber, to = holder.subscriber, "address moved");
             }
             self.identities.bind(*prefix, holder.clone());
-            changed.push(*prefix);
+            staged.push(Rebinding {
+                prefix: *prefix,
+                from,
+                to: Some(holder.clone()),
+            });
         }
         let Some(session) = holder.session.as_deref() else {
-            return Ok(());
+            return;
         };
         let given_up: Vec<IpNet> = self
             .identities
@@ -130,25 +185,20 @@ impl AgentState {
             .into_iter()
             .filter(|prefix| !prefixes.contains(prefix))
             .collect();
-        self.release(&given_up, now, changed)
+        self.stage_release(&given_up, staged);
     }
 
-    /// Ends the bindings of `prefixes`.
-    fn release(
-        &mut self,
-        prefixes: &[IpNet],
-        now: SystemTime,
-        changed: &mut Vec<IpNet>,
-    ) -> Result<(), StoreError> {
+    /// Ends the bindings of `prefixes` in memory.
+    fn stage_release(&mut self, prefixes: &[IpNet], staged: &mut Vec<Rebinding>) {
         for prefix in prefixes {
-            self.journal
-                .store
-                .unbind(*prefix, now)
-                .inspect_err(|_| self.journal.counters.store_errors += 1)?;
+            let from = self.identities.holder(prefix).cloned();
             self.identities.unbind(prefix);
-            changed.push(*prefix);
+            staged.push(Rebinding {
+                prefix: *prefix,
+                from,
+                to: None,
+            });
         }
-        Ok(())
     }
 
     /// Makes the kernel's exemption of `prefix` follow its binding: exempt while an exempt
@@ -195,64 +245,83 @@ impl AgentState {
 }
 
 impl AgentState {
-    /// The identity that held `host` at `at`, from the bindings' history: a binding is a
-    /// host or wider (see `bound_prefix`), so only those lengths are looked up.
-    fn identity_at(&self, host: IpAddr, at: SystemTime) -> Result<Option<String>, StoreError> {
+    /// The identity that held `host` at `at`, from the bindings' history (see
+    /// `bound_prefix`).
+    pub(super) fn identity_at(
+        &self,
+        host: IpAddr,
+        at: SystemTime,
+    ) -> Result<Option<String>, StoreError> {
         let (length, _) = self.config.enforcement.host_prefix(&IpNet::from(host));
-        let held = self
-            .journal
-            .store
-            .binding_at(host, at, (0..=length).rev())?;
-        Ok(held.map(|b| b.subscriber))
+        self.journal.store.identity_at(host, length, at)
     }
 
     /// The hosts the kernel enforces for the active escalations. An escalation follows the
     /// identity that held its host when it began: to the hosts that identity holds now (none
-    /// while it is offline); a host no identity held stays escalated itself. A bound prefix
-    /// wider than a host (a delegated /56) is not followed: the override map holds hosts.
+    /// while it is offline), every host of a bound prefix wider than one (the 256 /64 hosts
+    /// of a delegated /56), up to [`MAX_FOLLOWED_HOSTS`] per prefix; a host no identity held
+    /// stays escalated itself.
     pub(super) fn escalated_hosts(&self) -> anyhow::Result<Vec<IpAddr>> {
         let mut hosts = Vec::new();
         for escalation in self.policy.active_escalations()? {
             match self.identity_at(escalation.host, escalation.started)? {
                 None => hosts.push(escalation.host),
-                Some(subscriber) => hosts.extend(
-                    self.bound_to(&subscriber)
-                        .into_iter()
-                        .filter(|prefix| {
-                            self.config.enforcement.host_prefix(prefix).0 == prefix.prefix_len()
-                        })
-                        .map(|prefix| prefix.network()),
-                ),
+                Some(subscriber) => {
+                    for prefix in self.bound_to(&subscriber) {
+                        hosts.extend(self.hosts_of(prefix, &subscriber));
+                    }
+                }
             }
         }
         Ok(hosts)
+    }
+
+    /// The hosts of a bound prefix, as the override map keys them (see [`host_keys`]).
+    fn hosts_of(&self, prefix: IpNet, subscriber: &str) -> Vec<IpAddr> {
+        let (host, _) = self.config.enforcement.host_prefix(&prefix);
+        host_keys(prefix, host).unwrap_or_else(|| {
+            warn!(
+                %prefix,
+                subscriber,
+                "an escalated identity holds a prefix of more than the {MAX_FOLLOWED_HOSTS} \
+                 hosts an escalation follows; its hosts are judged by their range"
+            );
+            Vec::new()
+        })
+    }
+
+    /// The binding that covers `host` now: its own, or a wider bound prefix's.
+    fn holder_of_host(&self, host: IpAddr) -> Option<&Holder> {
+        self.identities
+            .covering(self.config.enforcement.host_of(host))
     }
 
     /// The escalations that count for `host`: its own, and when an identity holds it now,
     /// every escalation of a host while that identity held it (a bot that reconnects with
     /// another address does not start over), oldest first.
     pub(super) fn escalation_history(&self, host: IpAddr) -> anyhow::Result<Vec<Escalation>> {
-        let mut history = self.policy.escalations_of(host)?;
-        let Some(subscriber) = self
-            .identities
-            .holder(&self.config.enforcement.host_of(host))
-            .map(|h| h.subscriber.clone())
-        else {
+        let mut history = self.policy.escalations_in(IpNet::from(host))?;
+        let Some(subscriber) = self.holder_of_host(host).map(|h| h.subscriber.clone()) else {
             return Ok(history);
         };
-        let mut hosts: Vec<IpAddr> = self
+        let mut prefixes: Vec<IpNet> = self
             .journal
             .store
             .bindings_of(&subscriber)?
             .into_iter()
-            .map(|b| b.prefix.network())
-            .filter(|other| *other != host)
+            .map(|b| b.prefix)
             .collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        for other in hosts {
-            for escalation in self.policy.escalations_of(other)? {
-                if self.identity_at(other, escalation.started)?.as_deref() == Some(&subscriber) {
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        for prefix in prefixes {
+            for escalation in self.policy.escalations_in(prefix)? {
+                if escalation.host != host
+                    && !history.iter().any(|e| e.id == escalation.id)
+                    && self
+                        .identity_at(escalation.host, escalation.started)?
+                        .as_deref()
+                        == Some(&subscriber)
+                {
                     history.push(escalation);
                 }
             }
@@ -269,10 +338,7 @@ impl AgentState {
                 return Ok(host);
             }
         }
-        let Some(holder) = self
-            .identities
-            .holder(&self.config.enforcement.host_of(host))
-        else {
+        let Some(holder) = self.holder_of_host(host) else {
             return Ok(host);
         };
         for escalation in self.policy.active_escalations()? {
@@ -314,4 +380,45 @@ fn in_subscriber_space(desired: &DesiredPolicy, prefix: &IpNet) -> bool {
         .subscribers
         .keys()
         .any(|range| range.contains(prefix))
+}
+
+/// The hosts (of `host` bits) of `prefix`, by their first address; `None` for a prefix of
+/// more than [`MAX_FOLLOWED_HOSTS`] hosts, which would crowd out every other escalation.
+fn host_keys(prefix: IpNet, host: u8) -> Option<Vec<IpAddr>> {
+    let bits = host.saturating_sub(prefix.prefix_len());
+    if u32::from(bits) > MAX_FOLLOWED_HOSTS.ilog2() {
+        return None;
+    }
+    let hosts = prefix.subnets(host.max(prefix.prefix_len())).ok()?;
+    Some(hosts.map(|host| host.network()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(prefix: &str, host: u8) -> Option<Vec<String>> {
+        let keys = host_keys(prefix.parse().unwrap(), host)?;
+        Some(keys.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn an_escalation_follows_every_host_of_a_delegation_up_to_256() {
+        assert_eq!(
+            keys("100.64.0.2/32", 32),
+            Some(vec!["100.64.0.2".to_owned()])
+        );
+        assert_eq!(
+            keys("2001:db8:1:2::/64", 64),
+            Some(vec!["2001:db8:1:2::".to_owned()])
+        );
+        let delegated = keys("2001:db8:1000:100::/56", 64).unwrap();
+        assert_eq!(delegated.len(), 256);
+        assert_eq!(
+            (delegated[0].as_str(), delegated[255].as_str()),
+            ("2001:db8:1000:100::", "2001:db8:1000:1ff::")
+        );
+        assert_eq!(keys("2001:db8:1000::/55", 64), None, "512 hosts");
+        assert_eq!(keys("2001:db8::/48", 64), None);
+    }
 }

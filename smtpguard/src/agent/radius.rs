@@ -1,11 +1,13 @@
-//! The RADIUS accounting listener: a thread of its own on a blocking UDP socket. A datagram
-//! is checked outside the agent's lock (client, authenticator, attributes), so a flood of bad
-//! ones never holds up the CLI; an authentic one takes the lock to apply its session change,
-//! and is answered only once the change is durable (RFC 2866 section 2: a client sends again
-//! what was not answered).
+//! The RADIUS accounting listener: a thread of its own on a UDP socket. A datagram is checked
+//! outside the agent's lock (client, authenticator, attributes), so a flood of bad ones never
+//! holds up the CLI. The authentic ones that arrived together take the lock once: their
+//! changes reach the kernel at once and the store in one commit, and each is answered only
+//! once that commit is durable (RFC 2866 section 2: a client sends again what was not
+//! answered).
 
 use std::{
-    net::UdpSocket,
+    io::ErrorKind,
+    net::{SocketAddr, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -18,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::{lock, state::AgentState};
 use crate::{
     config::RadiusConfig,
-    identity::radius::{self, Client, IdentityAttribute, MAX_PACKET_BYTES, Rejected},
+    identity::radius::{self, Accounting, Client, IdentityAttribute, MAX_PACKET_BYTES, Rejected},
 };
 
 /// What became of the accounting datagrams, for `smtpguard_radius_packets_total{result}`.
@@ -99,6 +101,10 @@ pub(super) fn start(
     Ok(())
 }
 
+/// The most datagrams read before their changes are committed: bounds the wait of the first
+/// of them for its answer under a flood.
+const MAX_BATCH: usize = 256;
+
 fn listen(
     socket: &UdpSocket,
     clients: &[Client],
@@ -108,37 +114,71 @@ fn listen(
 ) {
     // One more than the largest packet: a datagram that fills it is too long.
     let mut buffer = vec![0u8; MAX_PACKET_BYTES + 1];
+    let mut batch = Vec::new();
     loop {
-        let (length, peer) = match socket.recv_from(&mut buffer) {
-            Ok(received) => received,
-            Err(error) => {
-                warn!(%error, "receiving RADIUS accounting failed");
-                continue;
+        // Waits for a datagram, then takes what else has arrived meanwhile without waiting:
+        // the changes of all of them take one commit.
+        for read in 0..MAX_BATCH {
+            if read <= 1
+                && let Err(error) = socket.set_nonblocking(read == 1)
+            {
+                warn!(%error, "switching the RADIUS socket's blocking mode failed");
             }
-        };
-        let Some(client) = radius::client_of(clients, peer.ip()) else {
-            counters.reject(Rejected::UnknownClient);
-            debug!(%peer, "RADIUS packet from an unknown client ignored");
-            continue;
-        };
-        let accounting = match radius::decode(&buffer[..length], &client.secret, identity) {
-            Ok(accounting) => accounting,
-            Err(reason) => {
-                counters.reject(reason);
-                debug!(%peer, %reason, "RADIUS packet ignored");
-                continue;
+            let (length, peer) = match socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    warn!(%error, "receiving RADIUS accounting failed");
+                    break;
+                }
+            };
+            if let Some(accounting) =
+                authentic(&buffer[..length], peer, clients, identity, counters)
+            {
+                batch.push((peer, accounting));
             }
-        };
-        if let Some(change) = &accounting.change
-            && let Err(error) = lock(state).apply_session(change)
-        {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, %error, "a RADIUS session change could not be stored; not answered");
+        }
+        if batch.is_empty() {
             continue;
         }
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = socket.send_to(&accounting.response(), peer) {
-            warn!(%peer, %error, "answering RADIUS accounting failed");
+        let applied = lock(state).apply_changes(batch.iter().map(|(_, a)| &a.change));
+        if let Err(error) = applied {
+            counters
+                .failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            warn!(%error, packets = batch.len(), "RADIUS session changes could not be stored; not answered");
+            batch.clear();
+            continue;
+        }
+        counters
+            .accepted
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for (peer, accounting) in batch.drain(..) {
+            if let Err(error) = socket.send_to(&accounting.response(), peer) {
+                warn!(%peer, %error, "answering RADIUS accounting failed");
+            }
         }
     }
+}
+
+/// The accounting in a datagram from `peer`, if it is an authentic one; what is not is
+/// counted by reason.
+fn authentic(
+    datagram: &[u8],
+    peer: SocketAddr,
+    clients: &[Client],
+    identity: IdentityAttribute,
+    counters: &RadiusCounters,
+) -> Option<Accounting> {
+    let Some(client) = radius::client_of(clients, peer.ip()) else {
+        counters.reject(Rejected::UnknownClient);
+        debug!(%peer, "RADIUS packet from an unknown client ignored");
+        return None;
+    };
+    radius::decode(datagram, peer.ip(), &client.secret, identity)
+        .inspect_err(|reason| {
+            counters.reject(*reason);
+            debug!(%peer, %reason, "RADIUS packet ignored");
+        })
+        .ok()
 }

@@ -20,8 +20,8 @@ pub enum ExemptCommand {
         prefix: Option<OsString>,
         /// Exempt a customer identity instead (its RADIUS User-Name or configured attribute;
         /// printable, at most 253 bytes): the addresses bound to it are exempt for as long as
-        /// they are, e.g. --subscriber cust-4711@isp.example
-        #[arg(long, conflicts_with_all = ["expires", "force"])]
+        /// they are (until --expires, when given), e.g. --subscriber cust-4711@isp.example
+        #[arg(long, conflicts_with = "force")]
         subscriber: Option<OsString>,
         /// Why, for whoever reads the list next (printable, at most 512 bytes), e.g.
         /// --reason "customer's own MX"
@@ -104,6 +104,7 @@ pub fn run(command: &ExemptCommand, agent: &AgentArgs) -> anyhow::Result<()> {
                     subscriber: super::session::subscriber(subscriber)?,
                     reason,
                     ticket,
+                    expires: expiry(expires.as_deref())?,
                 })?,
                 (None, prefix) => agent.call(&Request::ExemptAdd {
                     prefix: exempted(prefix.as_deref())?,

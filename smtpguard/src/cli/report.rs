@@ -58,8 +58,9 @@ pub struct ReportArgs {
     /// Write to this file instead of standard output, e.g. --output report.csv
     #[arg(long)]
     output: Option<PathBuf>,
-    /// List reoffenders instead: hosts classified as bots in windows at least the config's
-    /// reoffense_gap apart, with their history, e.g. --reoffenders --since 30d
+    /// List reoffenders instead: hosts (or customer identities, under all their addresses)
+    /// classified as bots in windows at least the config's reoffense_gap apart, with their
+    /// history, e.g. --reoffenders --since 30d
     #[arg(long)]
     reoffenders: bool,
     /// Every gateway's history, from the fleet's PostgreSQL (the agent's [fleet] postgres),

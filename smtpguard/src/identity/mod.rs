@@ -11,13 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 
 use crate::store::Binding;
+pub use crate::store::Holder;
 
-/// Who holds a bound prefix now.
+/// What an accounting packet or `smtpguard session` changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub subscriber: String,
-    /// The RADIUS Acct-Session-Id; `None` for `smtpguard session start`.
-    pub session: Option<String>,
+pub enum Change {
+    Session(SessionChange),
+    /// Accounting-On or -Off: the NAS (re)started, so every session it announced is over.
+    NasRestarted {
+        nas: String,
+    },
 }
 
 /// A session's change, from an accounting packet or `smtpguard session`.
@@ -26,6 +29,8 @@ pub struct SessionChange {
     pub kind: ChangeKind,
     pub subscriber: String,
     pub session: Option<String>,
+    /// The NAS that announced it (see [`radius::nas_of`]); `None` for `smtpguard session`.
+    pub nas: Option<String>,
     /// The addresses and prefixes the session holds (Start, Interim-Update) or gives up
     /// (Stop). A Stop without any gives up everything its session holds.
     pub prefixes: Vec<IpNet>,
@@ -54,6 +59,7 @@ impl Identities {
                     let holder = Holder {
                         subscriber: b.subscriber,
                         session: b.session,
+                        nas: b.nas,
                     };
                     (b.prefix, holder)
                 })
@@ -64,6 +70,15 @@ impl Identities {
 
     pub fn holder(&self, prefix: &IpNet) -> Option<&Holder> {
         self.current.get(prefix)
+    }
+
+    /// Who holds `host` (a host prefix) now: through its own binding, or a wider bound
+    /// prefix's (a delegated /56 holds its /64 hosts).
+    pub fn covering(&self, host: IpNet) -> Option<&Holder> {
+        (0..=host.prefix_len()).rev().find_map(|length| {
+            let prefix = IpNet::new(host.network(), length).ok()?.trunc();
+            self.current.get(&prefix)
+        })
     }
 
     /// Whether `prefix` is bound to an exempt identity now.
@@ -89,6 +104,15 @@ impl Identities {
                 holder.subscriber == subscriber
                     && session.is_none_or(|session| holder.session.as_deref() == session)
             })
+            .map(|(prefix, _)| *prefix)
+            .collect()
+    }
+
+    /// The prefixes whose sessions `nas` announced.
+    pub fn prefixes_of_nas(&self, nas: &str) -> Vec<IpNet> {
+        self.current
+            .iter()
+            .filter(|(_, holder)| holder.nas.as_deref() == Some(nas))
             .map(|(prefix, _)| *prefix)
             .collect()
     }
@@ -127,6 +151,7 @@ mod tests {
         Holder {
             subscriber: subscriber.to_owned(),
             session: session.map(str::to_owned),
+            nas: session.map(|_| "bng-1".to_owned()),
         }
     }
 
@@ -155,6 +180,19 @@ mod tests {
         );
         assert!(identities.prefixes_of("alice", Some(Some("s2"))).is_empty());
         assert_eq!(identities.prefixes_of("bob", None), [net("100.64.0.3/32")]);
+        assert_eq!(
+            identities.prefixes_of_nas("bng-1"),
+            [net("100.64.0.2/32"), net("2001:db8:1000::/56")]
+        );
+        assert!(identities.prefixes_of_nas("bng-2").is_empty());
+        let holder_of = |host: &str| {
+            identities
+                .covering(net(host))
+                .map(|h| h.subscriber.as_str())
+        };
+        assert_eq!(holder_of("2001:db8:1000:ff::/64"), Some("alice"));
+        assert_eq!(holder_of("2001:db8:1000:100::/64"), None);
+        assert_eq!(holder_of("100.64.0.2/32"), Some("alice"));
         identities.unbind(&net("100.64.0.3/32"));
         assert!(identities.holder(&net("100.64.0.3/32")).is_none());
         identities.set_exempt_identities(["carol".to_owned()]);

@@ -9,17 +9,20 @@ use ipnet::{IpNet, Ipv6Net};
 use radius::core::{
     code::Code,
     packet::Packet,
-    rfc2865::{CALLING_STATION_ID_TYPE, CLASS_TYPE, FRAMED_IP_ADDRESS_TYPE, USER_NAME_TYPE},
+    rfc2865::{
+        CALLING_STATION_ID_TYPE, CLASS_TYPE, FRAMED_IP_ADDRESS_TYPE, NAS_IDENTIFIER_TYPE,
+        NAS_IP_ADDRESS_TYPE, USER_NAME_TYPE,
+    },
     rfc2866::{
         ACCT_SESSION_ID_TYPE, ACCT_STATUS_TYPE_ACCOUNTING_OFF, ACCT_STATUS_TYPE_ACCOUNTING_ON,
         ACCT_STATUS_TYPE_INTERIM_UPDATE, ACCT_STATUS_TYPE_START, ACCT_STATUS_TYPE_STOP,
         ACCT_STATUS_TYPE_TYPE,
     },
-    rfc3162::FRAMED_IPV6_PREFIX_TYPE,
+    rfc3162::{FRAMED_IPV6_PREFIX_TYPE, NAS_IPV6_ADDRESS_TYPE},
     rfc4818::DELEGATED_IPV6_PREFIX_TYPE,
 };
 
-use super::{ChangeKind, SessionChange};
+use super::{Change, ChangeKind, SessionChange};
 use crate::store::check_subscriber;
 
 /// The RADIUS header: code, identifier, length, authenticator.
@@ -122,22 +125,18 @@ impl fmt::Debug for Client {
 
 /// The client a datagram from `source` belongs to: the most specific prefix holding it.
 pub fn client_of(clients: &[Client], source: IpAddr) -> Option<&Client> {
-    let source = match source {
-        // A v4 client on a dual-stack socket.
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
-        v4 => v4,
-    };
+    let source = unmapped(source);
     clients
         .iter()
         .filter(|client| client.prefix.contains(&source))
         .max_by_key(|client| client.prefix.prefix_len())
 }
 
-/// An authentic Accounting-Request: what it changes (nothing for Accounting-On and -Off) and
-/// the Accounting-Response to send once the change is durable.
+/// An authentic Accounting-Request: what it changes and the Accounting-Response to send once
+/// the change is durable.
 #[derive(Debug)]
 pub struct Accounting {
-    pub change: Option<SessionChange>,
+    pub change: Change,
     request: Packet,
 }
 
@@ -151,9 +150,10 @@ impl Accounting {
     }
 }
 
-/// Checks and reads one datagram from a client whose secret is `secret`.
+/// Checks and reads one datagram that `source`, a client whose secret is `secret`, sent.
 pub fn decode(
     datagram: &[u8],
+    source: IpAddr,
     secret: &[u8],
     identity: IdentityAttribute,
 ) -> Result<Accounting, Rejected> {
@@ -175,12 +175,13 @@ pub fn decode(
     let request = Packet::decode(packet, secret).map_err(|_| Rejected::MalformedAttribute)?;
     let status =
         u32_attribute(&request, ACCT_STATUS_TYPE_TYPE)?.ok_or(Rejected::MissingAttribute)?;
+    let nas = nas_of(&request, source)?;
     let kind = match status {
         ACCT_STATUS_TYPE_START | ACCT_STATUS_TYPE_INTERIM_UPDATE => ChangeKind::Hold,
         ACCT_STATUS_TYPE_STOP => ChangeKind::Stop,
         ACCT_STATUS_TYPE_ACCOUNTING_ON | ACCT_STATUS_TYPE_ACCOUNTING_OFF => {
             return Ok(Accounting {
-                change: None,
+                change: Change::NasRestarted { nas },
                 request,
             });
         }
@@ -195,12 +196,44 @@ pub fn decode(
         kind,
         subscriber,
         session,
+        nas: Some(nas),
         prefixes: prefixes(&request)?,
     };
     Ok(Accounting {
-        change: Some(change),
+        change: Change::Session(change),
         request,
     })
+}
+
+/// The NAS a packet speaks for: its NAS-IP-Address, else its NAS-IPv6-Address, else its
+/// NAS-Identifier (RFC 2866 asks for one of them in every Accounting-Request), else the
+/// address it came from. A proxy's source address is no NAS's, hence the attributes first;
+/// a NAS names itself the same way in its sessions' packets and in its Accounting-On.
+pub fn nas_of(packet: &Packet, source: IpAddr) -> Result<String, Rejected> {
+    if let Some(avp) = packet.lookup(NAS_IP_ADDRESS_TYPE) {
+        let avp = avp
+            .encode_ipv4()
+            .map_err(|_| Rejected::MalformedAttribute)?;
+        return Ok(avp.to_string());
+    }
+    if let Some(avp) = packet.lookup(NAS_IPV6_ADDRESS_TYPE) {
+        let avp = avp
+            .encode_ipv6()
+            .map_err(|_| Rejected::MalformedAttribute)?;
+        return Ok(avp.to_string());
+    }
+    if let Some(avp) = packet.lookup(NAS_IDENTIFIER_TYPE) {
+        return text(&avp.encode_bytes()).ok_or(Rejected::MalformedAttribute);
+    }
+    Ok(unmapped(source).to_string())
+}
+
+/// A v4 client's address on a dual-stack socket as the v4 address it is.
+fn unmapped(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(source, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 fn u32_attribute(packet: &Packet, typ: u8) -> Result<Option<u32>, Rejected> {
@@ -284,6 +317,16 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"s3cret";
+    /// The address the test packets come from.
+    const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn decode(
+        datagram: &[u8],
+        secret: &[u8],
+        identity: IdentityAttribute,
+    ) -> Result<Accounting, Rejected> {
+        super::decode(datagram, SOURCE, secret, identity)
+    }
 
     fn request(status: u32, attributes: &[AVP]) -> Packet {
         let mut packet = Packet::new(Code::AccountingRequest, SECRET);
@@ -321,10 +364,11 @@ mod tests {
         let accounting = decode(&bytes, SECRET, IdentityAttribute::UserName).unwrap();
         assert_eq!(
             accounting.change,
-            Some(SessionChange {
+            Change::Session(SessionChange {
                 kind: ChangeKind::Hold,
                 subscriber: "cust-42@isp".to_owned(),
                 session: None,
+                nas: Some("192.0.2.1".to_owned()),
                 prefixes: vec![
                     net("100.64.0.2/32"),
                     net("2001:db8:1000:7::/64"),
@@ -346,7 +390,9 @@ mod tests {
         rfc2865::add_calling_station_id(&mut packet, "00:11:22:33:44:55");
         let bytes = packet.encode().unwrap();
         let identity = |attribute| {
-            let change = decode(&bytes, SECRET, attribute).unwrap().change.unwrap();
+            let Change::Session(change) = decode(&bytes, SECRET, attribute).unwrap().change else {
+                panic!("a Stop is a session's change");
+            };
             assert_eq!(change.kind, ChangeKind::Stop);
             change.subscriber
         };
@@ -419,15 +465,56 @@ mod tests {
     }
 
     #[test]
-    fn accounting_on_and_off_are_answered_and_change_nothing() {
+    fn accounting_on_and_off_end_the_sessions_of_the_nas_they_name() {
+        let nas = |status: u32, attributes: &[AVP]| {
+            let bytes = request(status, attributes).encode().unwrap();
+            decode(&bytes, SECRET, IdentityAttribute::UserName).map(|accounting| accounting.change)
+        };
+        let restarted = |nas: &str| {
+            Ok(Change::NasRestarted {
+                nas: nas.to_owned(),
+            })
+        };
+        let ip = AVP::from_ipv4(NAS_IP_ADDRESS_TYPE, &[192, 0, 2, 10].into());
+        let ipv6 = AVP::from_ipv6(NAS_IPV6_ADDRESS_TYPE, &"2001:db8::10".parse().unwrap());
+        let identifier = AVP::from_string(NAS_IDENTIFIER_TYPE, "bng-1.pop3");
+        // The NAS's address first, its identifier next, the packet's source last.
         for status in [
             ACCT_STATUS_TYPE_ACCOUNTING_ON,
             ACCT_STATUS_TYPE_ACCOUNTING_OFF,
         ] {
-            let bytes = request(status, &[]).encode().unwrap();
-            let accounting = decode(&bytes, SECRET, IdentityAttribute::UserName).unwrap();
-            assert_eq!(accounting.change, None);
+            assert_eq!(
+                nas(status, &[identifier.clone(), ip.clone()]),
+                restarted("192.0.2.10")
+            );
+            assert_eq!(
+                nas(status, &[identifier.clone(), ipv6.clone()]),
+                restarted("2001:db8::10")
+            );
+            assert_eq!(
+                nas(status, std::slice::from_ref(&identifier)),
+                restarted("bng-1.pop3")
+            );
+            assert_eq!(nas(status, &[]), restarted("192.0.2.1"));
         }
+        assert_eq!(
+            nas(
+                ACCT_STATUS_TYPE_ACCOUNTING_ON,
+                &[AVP::from_bytes(NAS_IP_ADDRESS_TYPE, &[192, 0, 2])]
+            ),
+            Err(Rejected::MalformedAttribute)
+        );
+        // A session's packet names its NAS the same way.
+        let mut start = request(ACCT_STATUS_TYPE_START, &[ip]);
+        rfc2865::add_user_name(&mut start, "alice");
+        let bytes = start.encode().unwrap();
+        let Change::Session(change) = decode(&bytes, SECRET, IdentityAttribute::UserName)
+            .unwrap()
+            .change
+        else {
+            panic!("a Start is a session's change");
+        };
+        assert_eq!(change.nas.as_deref(), Some("192.0.2.10"));
     }
 
     #[test]

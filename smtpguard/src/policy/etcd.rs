@@ -482,6 +482,14 @@ impl PolicySource for EtcdSource {
         Ok(Vec::new())
     }
 
+    /// As `expire_exemptions`: the lease's.
+    fn expire_subscriber_exemptions(
+        &mut self,
+        _now: SystemTime,
+    ) -> PolicyResult<Vec<SubscriberExemption>> {
+        Ok(Vec::new())
+    }
+
     fn next_exemption_expiry(&self) -> PolicyResult<Option<SystemTime>> {
         Ok(None)
     }
@@ -538,6 +546,7 @@ impl PolicySource for EtcdSource {
             .into());
         }
         let value = encode_subscriber_exemption(&exemption, &self.gateway)?;
+        let lease = self.lease_until(exemption.expires, now)?;
         let audit = FleetAuditEntry::new(
             now,
             AuditAction::SubscriberExempted,
@@ -546,7 +555,7 @@ impl PolicySource for EtcdSource {
             &self.gateway,
             String::from_utf8_lossy(&value).into_owned(),
         )?;
-        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, 0));
+        let txn = TxnParts::on_revision(&key, 0, Self::put_op(&key, value, lease));
         let changed = FleetError::SubscriberChangedMeanwhile {
             subscriber: exemption.subscriber.clone(),
             seen: 0,
@@ -590,8 +599,8 @@ impl PolicySource for EtcdSource {
         self.local.active_escalations()
     }
 
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>> {
-        self.local.escalations_of(host)
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>> {
+        self.local.escalations_in(prefix)
     }
 
     fn escalate(

@@ -180,16 +180,14 @@ impl FleetKeys {
             }))
         } else if let Some(text) = rest.strip_prefix(SUBSCRIBERS) {
             let subscriber = parse_subscriber(text)?;
-            // An exemption's value, which never expires.
+            // An exemption's value; one that expires is held by a lease as well.
             let value: ExemptionValue = serde_json::from_slice(value)?;
-            if let Some(ms) = value.expires_ms {
-                return Err(CorruptKey::BadTime(ms));
-            }
             let exemption = crate::store::NewSubscriberExemption {
                 subscriber,
                 reason: value.reason,
                 ticket: value.ticket,
                 who: value.who,
+                expires: value.expires_ms.map(time).transpose()?,
             };
             check_text("gateway", &value.gateway)?;
             let created = time(value.created_ms)?;
@@ -233,7 +231,7 @@ pub fn encode_subscriber_exemption(
         (&exemption.reason, &exemption.ticket, &exemption.who),
         exemption.gateway.as_deref().unwrap_or(gateway),
         exemption.created,
-        None,
+        exemption.expires,
     )?;
     Ok(serde_json::to_vec(&value).expect("plain fields serialize"))
 }
@@ -359,6 +357,7 @@ mod tests {
             ticket: None,
             who: "alice".to_owned(),
             created: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            expires: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000)),
             gateway: Some("gw-1".to_owned()),
         };
         let value = encode_subscriber_exemption(&exemption, "gw-2").unwrap();

@@ -138,11 +138,18 @@ pub trait PolicySource: Send {
         who: &str,
         now: SystemTime,
     ) -> PolicyResult<SubscriberExemption>;
+    /// Removes the identity exemptions that ran out by `now` and returns them (what
+    /// `next_exemption_expiry` counts too).
+    fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> PolicyResult<Vec<SubscriberExemption>>;
 
     /// Hosts of monitor-mode ranges enforced for themselves (bots), oldest first.
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>>;
-    /// Every escalation `host` had, oldest first: the level of the next one depends on them.
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>>;
+    /// Every escalation a host in `prefix` had (a host itself, or the hosts of a delegated
+    /// prefix), oldest first: the level of the next one depends on them.
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>>;
     fn escalate(
         &mut self,
         host: IpAddr,
@@ -269,12 +276,19 @@ impl PolicySource for LocalStore {
             .remove_subscriber_exemption(subscriber, who, now)?)
     }
 
+    fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> PolicyResult<Vec<SubscriberExemption>> {
+        Ok(self.store.expire_subscriber_exemptions(now)?)
+    }
+
     fn active_escalations(&self) -> PolicyResult<Vec<Escalation>> {
         Ok(self.store.active_escalations()?)
     }
 
-    fn escalations_of(&self, host: IpAddr) -> PolicyResult<Vec<Escalation>> {
-        Ok(self.store.escalations_of(host)?)
+    fn escalations_in(&self, prefix: IpNet) -> PolicyResult<Vec<Escalation>> {
+        Ok(self.store.escalations_in(prefix)?)
     }
 
     fn escalate(

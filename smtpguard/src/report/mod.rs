@@ -984,10 +984,18 @@ fn busiest_window(slices: &[Slice], window: Duration) -> (u64, Distinct) {
     )
 }
 
-/// A host classified as a bot in windows at least the reoffense gap apart.
+/// A host, or a customer under any of its addresses, classified as a bot in windows at least
+/// the reoffense gap apart.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reoffender {
+    /// The host of its last classification.
     pub host: String,
+    /// The customer identity that held its hosts when they were classified; empty for a host
+    /// no identity held.
+    #[serde(serialize_with = "empty_when_none")]
+    pub subscriber_id: Option<String>,
+    /// The hosts it was classified under, in the order of their first classification.
+    pub hosts: Vec<String>,
     pub classifications: usize,
     #[serde(serialize_with = "rfc3339")]
     pub first_classified: SystemTime,
@@ -1011,30 +1019,57 @@ fn rfc3339_list<S: serde::Serializer>(
     )
 }
 
-/// The reoffenders among `events` (oldest first), with `escalations_of` for their history.
+/// Whom a bot classification counts for: the customer that held the host, or else the host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Offender<'a> {
+    Subscriber(&'a str),
+    Host(IpAddr),
+}
+
+/// The reoffenders among `events` (oldest first), with `escalations_of(host, subscriber)` for
+/// their history: a customer's classifications count together whatever address it held.
 pub fn reoffenders(
     events: &[crate::store::BotEvent],
     gap: Duration,
-    escalations_of: impl Fn(IpAddr) -> Vec<crate::store::Escalation>,
+    escalations_of: impl Fn(IpAddr, Option<&str>) -> Vec<crate::store::Escalation>,
 ) -> Vec<Reoffender> {
-    let mut by_host: BTreeMap<IpAddr, Vec<SystemTime>> = BTreeMap::new();
+    let mut by_offender: BTreeMap<Offender<'_>, Vec<&crate::store::BotEvent>> = BTreeMap::new();
     for event in events {
-        by_host.entry(event.host).or_default().push(event.at);
+        let offender = match &event.subscriber {
+            Some(subscriber) => Offender::Subscriber(subscriber),
+            None => Offender::Host(event.host),
+        };
+        by_offender.entry(offender).or_default().push(event);
     }
-    let mut rows: Vec<Reoffender> = by_host
+    let mut rows: Vec<Reoffender> = by_offender
         .into_iter()
-        .filter_map(|(host, history)| {
-            let (first, last) = (*history.first()?, *history.last()?);
-            if last.duration_since(first).unwrap_or_default() < gap {
+        .filter_map(|(offender, events)| {
+            let (first, last) = (*events.first()?, *events.last()?);
+            if last.at.duration_since(first.at).unwrap_or_default() < gap {
                 return None;
             }
-            let escalations = escalations_of(host);
+            let subscriber = match offender {
+                Offender::Subscriber(subscriber) => Some(subscriber),
+                Offender::Host(_) => None,
+            };
+            let mut hosts: Vec<IpAddr> = Vec::new();
+            for event in &events {
+                if !hosts.contains(&event.host) {
+                    hosts.push(event.host);
+                }
+            }
+            let escalations: Vec<crate::store::Escalation> = hosts
+                .iter()
+                .flat_map(|host| escalations_of(*host, subscriber))
+                .collect();
             Some(Reoffender {
-                host: host.to_string(),
-                classifications: history.len(),
-                first_classified: first,
-                last_classified: last,
-                history,
+                host: last.host.to_string(),
+                subscriber_id: subscriber.map(str::to_owned),
+                hosts: hosts.iter().map(IpAddr::to_string).collect(),
+                classifications: events.len(),
+                first_classified: first.at,
+                last_classified: last.at,
+                history: events.iter().map(|event| event.at).collect(),
                 escalations: escalations.len(),
                 highest_level: escalations.iter().map(|e| e.level).max(),
             })
@@ -1236,22 +1271,63 @@ mod tests {
     #[test]
     fn reoffenders_need_two_classifications_a_gap_apart() {
         use crate::store::BotEvent;
-        let event = |host: &str, minute: u64| BotEvent {
+        let event = |host: &str, minute: u64, subscriber: Option<&str>| BotEvent {
             host: ip(host),
             at: at(minute),
             reason: "bot".to_owned(),
+            subscriber: subscriber.map(str::to_owned),
         };
         let events = vec![
-            event("100.64.0.2", 0),
-            event("100.64.0.3", 0),
-            event("100.64.0.3", 30),
-            event("100.64.0.2", 24 * 60),
-            event("100.64.0.2", 25 * 60),
+            event("100.64.0.2", 0, None),
+            event("100.64.0.3", 0, None),
+            event("100.64.0.9", 0, Some("cust-7")),
+            event("100.64.0.3", 30, None),
+            event("100.64.0.2", 24 * 60, None),
+            // The customer's bot under its next address: the same reoffender.
+            event("100.64.0.10", 24 * 60, Some("cust-7")),
+            event("100.64.0.2", 25 * 60, None),
+            // Another customer's bot at the customer's old address: not the customer.
+            event("100.64.0.9", 26 * 60, Some("cust-8")),
         ];
-        let rows = reoffenders(&events, Duration::from_secs(24 * 3600), |_| Vec::new());
-        assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!(rows[0].host, "100.64.0.2");
-        assert_eq!(rows[0].classifications, 3);
+        let rows = reoffenders(&events, Duration::from_secs(24 * 3600), |host, who| {
+            let level = if who == Some("cust-7") { 1 } else { 0 };
+            vec![crate::store::Escalation {
+                id: 1,
+                host,
+                started: at(0),
+                until: at(60),
+                level,
+                ended: None,
+                ended_by: None,
+            }]
+        });
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.host.as_str(),
+                    row.subscriber_id.as_deref(),
+                    row.hosts.join(" "),
+                    row.classifications,
+                    row.escalations,
+                    row.highest_level,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("100.64.0.2", None, "100.64.0.2".to_owned(), 3, 1, Some(0)),
+                (
+                    "100.64.0.10",
+                    Some("cust-7"),
+                    "100.64.0.9 100.64.0.10".to_owned(),
+                    2,
+                    2,
+                    Some(1)
+                ),
+            ]
+        );
         assert_eq!(rows[0].history, [at(0), at(24 * 60), at(25 * 60)]);
     }
 

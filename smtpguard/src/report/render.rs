@@ -245,6 +245,7 @@ pub fn reoffenders(
             .join(" ")
     };
     let level = |row: &Reoffender| row.highest_level.map(|l| l.to_string()).unwrap_or_default();
+    let subscriber = |row: &Reoffender| row.subscriber_id.clone().unwrap_or_default();
     match format {
         ReportFormat::Json => {
             serde_json::to_writer_pretty(&mut *out, rows)?;
@@ -260,6 +261,8 @@ pub fn reoffenders(
                 "history",
                 "escalations",
                 "highest_level",
+                "subscriber_id",
+                "hosts",
             ])?;
             for row in rows {
                 writer.write_record([
@@ -270,14 +273,19 @@ pub fn reoffenders(
                     history(row),
                     row.escalations.to_string(),
                     level(row),
+                    subscriber(row),
+                    row.hosts.join(" "),
                 ])?;
             }
             writer.flush()
         }
         ReportFormat::Table => {
+            // A SUBSCRIBER column only when some row names its customer, as in the report.
+            let named = rows.iter().any(|row| row.subscriber_id.is_some());
             let mut table = Table::new();
-            table.load_preset(NOTHING).set_header(vec![
-                "HOST",
+            let mut header = vec!["HOST"];
+            header.extend(named.then_some("SUBSCRIBER"));
+            header.extend([
                 "CLASSIFIED",
                 "FIRST",
                 "LAST",
@@ -285,9 +293,11 @@ pub fn reoffenders(
                 "HIGHEST LEVEL",
                 "HISTORY",
             ]);
+            table.load_preset(NOTHING).set_header(header);
             for row in rows {
-                table.add_row(vec![
-                    row.host.clone(),
+                let mut cells = vec![row.host.clone()];
+                cells.extend(named.then(|| subscriber(row)));
+                cells.extend([
                     row.classifications.to_string(),
                     time(row.first_classified),
                     time(row.last_classified),
@@ -295,6 +305,7 @@ pub fn reoffenders(
                     level(row),
                     history(row),
                 ]);
+                table.add_row(cells);
             }
             writeln!(out, "{table}")?;
             writeln!(out, "{} reoffenders", rows.len())

@@ -42,11 +42,13 @@ pub enum AuditAction {
     /// A subscriber identity was exempted, whatever address it holds.
     SubscriberExempted,
     SubscriberExemptionRemoved,
+    /// A subscriber identity's exemption reached its expiry and was removed.
+    SubscriberExemptionExpired,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::ExemptionAdded,
         AuditAction::ExemptionRemoved,
         AuditAction::ExemptionUpdated,
@@ -66,6 +68,7 @@ impl AuditAction {
         AuditAction::InterfaceAttached,
         AuditAction::SubscriberExempted,
         AuditAction::SubscriberExemptionRemoved,
+        AuditAction::SubscriberExemptionExpired,
     ];
 
     /// The stable lowercase-hyphen name, as stored and shown.
@@ -90,6 +93,7 @@ impl AuditAction {
             AuditAction::InterfaceAttached => "interface-attached",
             AuditAction::SubscriberExempted => "subscriber-exempted",
             AuditAction::SubscriberExemptionRemoved => "subscriber-exemption-removed",
+            AuditAction::SubscriberExemptionExpired => "subscriber-exemption-expired",
         }
     }
 }
@@ -274,6 +278,7 @@ mod tests {
                 "interface-attached",
                 "subscriber-exempted",
                 "subscriber-exemption-removed",
+                "subscriber-exemption-expired",
             ]
         );
         for action in AuditAction::ALL {
@@ -291,7 +296,7 @@ mod tests {
              exemption-removed, exemption-updated, exemption-expired, relay-added, relay-removed, \
              config-reloaded, config-refused, detached, escalated, escalation-lifted, escalation-expired, forced, pins-restored, \
              pins-replaced, interface-detached, interface-attached, subscriber-exempted, \
-             subscriber-exemption-removed"
+             subscriber-exemption-removed, subscriber-exemption-expired"
         );
     }
 

@@ -8,6 +8,7 @@ use std::{
     time::SystemTime,
 };
 
+use ipnet::IpNet;
 use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub struct BotEvent {
     #[serde(serialize_with = "super::serialize_time")]
     pub at: SystemTime,
     pub reason: String,
+    /// The identity that held the host then, if one did: the reoffender it counts for.
+    pub subscriber: Option<String>,
 }
 
 /// An escalation, active (no `ended`) or past.
@@ -59,18 +62,20 @@ const COLUMNS: &str = "id, host, started_ms, until_ms, level, ended_ms, ended_by
 type EscalationRow = (i64, Vec<u8>, i64, i64, u32, Option<i64>, Option<String>);
 
 impl Store {
-    /// Records a bot classification of `host`.
+    /// Records a bot classification of `host`, which `subscriber` held then (if anyone did).
     pub fn record_bot(
         &mut self,
         host: IpAddr,
         at: SystemTime,
         reason: &str,
+        subscriber: Option<&str>,
     ) -> Result<(), StoreError> {
         let at_ms = to_millis("classification time", at)?;
         self.write(|tx, path| {
             tx.execute(
-                "INSERT OR IGNORE INTO bot_events (host, at_ms, reason) VALUES (?1, ?2, ?3)",
-                params![&key(host)[..], at_ms, reason],
+                "INSERT OR IGNORE INTO bot_events (host, at_ms, reason, subscriber)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![&key(host)[..], at_ms, reason, subscriber],
             )
             .map_err(sql(path))?;
             Ok(())
@@ -84,7 +89,8 @@ impl Store {
         let mut select = self
             .conn
             .prepare_cached(
-                "SELECT host, at_ms, reason FROM bot_events WHERE at_ms >= ?1 ORDER BY at_ms, host",
+                "SELECT host, at_ms, reason, subscriber FROM bot_events WHERE at_ms >= ?1
+                 ORDER BY at_ms, host",
             )
             .map_err(sql(path))?;
         let rows = select
@@ -93,15 +99,17 @@ impl Store {
                     row.get::<_, Vec<u8>>(0)?,
                     row.get::<_, i64>(1)?,
                     row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
                 ))
             })
             .map_err(sql(path))?;
         rows.map(|row| {
-            let (host, at_ms, reason) = row.map_err(sql(path))?;
+            let (host, at_ms, reason, subscriber) = row.map_err(sql(path))?;
             Ok(BotEvent {
                 host: address(&host),
                 at: stored_time(path, "bot_events", "at_ms", at_ms)?,
                 reason,
+                subscriber,
             })
         })
         .collect()
@@ -186,11 +194,15 @@ impl Store {
         self.select_escalations("WHERE ended_ms IS NULL ORDER BY started_ms, id", [])
     }
 
-    /// Every escalation of `host`, oldest first.
-    pub fn escalations_of(&self, host: IpAddr) -> Result<Vec<Escalation>, StoreError> {
+    /// Every escalation of a host in `prefix` (the host itself for a host prefix), oldest
+    /// first.
+    pub fn escalations_in(&self, prefix: IpNet) -> Result<Vec<Escalation>, StoreError> {
         self.select_escalations(
-            "WHERE host = ?1 ORDER BY started_ms, id",
-            [key(host).to_vec()],
+            "WHERE host BETWEEN ?1 AND ?2 ORDER BY started_ms, id",
+            [
+                key(prefix.network()).to_vec(),
+                key(prefix.broadcast()).to_vec(),
+            ],
         )
     }
 
@@ -290,7 +302,7 @@ mod tests {
             .escalate(host, 1, at(400), at(600), "bot again")
             .unwrap();
         store.end_escalation(host, "x", true, at(600)).unwrap();
-        let history = store.escalations_of(host).unwrap();
+        let history = store.escalations_in(IpNet::from(host)).unwrap();
         assert_eq!(history.iter().map(|e| e.level).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(history[1].id, second.id);
         assert_eq!(history[1].ended_by.as_deref(), Some(SYSTEM_WHO));
@@ -319,16 +331,21 @@ mod tests {
                 ip("100.64.0.2"),
                 at(10),
                 "30 distinct destinations within 10m",
+                Some("cust-42@isp"),
             )
             .unwrap();
         store
-            .record_bot(ip("2001:db8::2"), at(20), "70 attempts within 10m")
+            .record_bot(ip("2001:db8::2"), at(20), "70 attempts within 10m", None)
             .unwrap();
-        store.record_bot(ip("100.64.0.2"), at(10), "again").unwrap();
+        store
+            .record_bot(ip("100.64.0.2"), at(10), "again", None)
+            .unwrap();
         let events = store.bot_events(at(0)).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].host, ip("100.64.0.2"));
+        assert_eq!(events[0].subscriber.as_deref(), Some("cust-42@isp"));
         assert_eq!(events[1].host, ip("2001:db8::2"));
+        assert_eq!(events[1].subscriber, None);
         assert_eq!(store.bot_events(at(15)).unwrap().len(), 1);
     }
 }

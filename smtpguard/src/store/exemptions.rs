@@ -368,14 +368,18 @@ impl Store {
         })
     }
 
-    /// When the next exemption expires, if any (the agent sleeps until then).
+    /// When the next exemption (of an address or of an identity) expires, if any (the agent
+    /// sleeps until then).
     pub fn next_expiry(&self) -> Result<Option<SystemTime>, StoreError> {
         let path = &self.path;
         let next: Option<i64> = self
             .conn
-            .query_row("SELECT min(expires_ms) FROM exemptions", [], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT min(expires_ms) FROM (SELECT expires_ms FROM exemptions
+                 UNION ALL SELECT expires_ms FROM subscriber_exemptions)",
+                [],
+                |row| row.get(0),
+            )
             .map_err(sql(path))?;
         next.map(|ms| stored_time(path, TABLE, "expires_ms", ms))
             .transpose()

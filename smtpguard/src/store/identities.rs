@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use super::audit::{AuditAction, insert_audit};
 use super::{
-    PrefixColumns, Store, StoreError, check_text, describe_time, from_millis, parse_stored_prefix,
-    query_all, quoted_or_none, sql, stored_time, to_millis,
+    PrefixColumns, SYSTEM_WHO, Store, StoreError, check_text, describe_time, from_millis,
+    parse_stored_prefix, query_all, quoted_or_none, sql, stored_optional_time, stored_time,
+    to_millis,
 };
 
 /// The most bytes a subscriber identity may hold: a RADIUS attribute's value.
@@ -44,6 +45,15 @@ pub(super) const SCHEMA: &str = "CREATE TABLE subscriber_exemptions (
  CREATE INDEX bindings_prefix ON bindings (prefix, started_ms);
  CREATE INDEX bindings_subscriber ON bindings (subscriber, started_ms);";
 
+/// The schema of migration 9: the NAS (BNG) that announced a binding, so that its
+/// Accounting-On or -Off (it restarted: every session it held is over) ends exactly its
+/// bindings (older bindings and those made by `smtpguard session` have none); and the
+/// identity that held a bot's host when it was classified, so that a reoffender is the
+/// customer, whatever its address; and when an identity's exemption lapses.
+pub(super) const MIGRATION_9: &str = "ALTER TABLE bindings ADD COLUMN nas TEXT;
+ ALTER TABLE bot_events ADD COLUMN subscriber TEXT;
+ ALTER TABLE subscriber_exemptions ADD COLUMN expires_ms INTEGER;";
+
 /// A subscriber identity exemption to add.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewSubscriberExemption {
@@ -51,6 +61,8 @@ pub struct NewSubscriberExemption {
     pub reason: String,
     pub ticket: Option<String>,
     pub who: String,
+    /// When it lapses; `None`: never.
+    pub expires: Option<SystemTime>,
 }
 
 /// A stored subscriber identity exemption.
@@ -62,9 +74,21 @@ pub struct SubscriberExemption {
     pub who: String,
     #[serde(serialize_with = "super::serialize_time")]
     pub created: SystemTime,
+    #[serde(serialize_with = "super::serialize_optional_time")]
+    pub expires: Option<SystemTime>,
     /// The gateway it was made on, in fleet mode; `None` in a gateway's own store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+}
+
+/// Who holds a bound prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub subscriber: String,
+    /// The RADIUS Acct-Session-Id; `None` for `smtpguard session start`.
+    pub session: Option<String>,
+    /// The NAS (BNG) whose accounting announced it; `None` for `smtpguard session start`.
+    pub nas: Option<String>,
 }
 
 /// An address (or prefix) held by a subscriber identity from `started` until `stopped`.
@@ -75,6 +99,8 @@ pub struct Binding {
     pub subscriber: String,
     /// The RADIUS Acct-Session-Id; `None` for `smtpguard session start`.
     pub session: Option<String>,
+    /// The NAS that announced it; `None` for `smtpguard session start`.
+    pub nas: Option<String>,
     #[serde(serialize_with = "super::serialize_time")]
     pub started: SystemTime,
     /// `None` while it holds.
@@ -110,12 +136,27 @@ impl NewSubscriberExemption {
             check_text("ticket", ticket)?;
         }
         check_text("who", &self.who)?;
+        let expires = match self.expires {
+            Some(expires) => {
+                let ms = to_millis("expires", expires)?;
+                if ms <= now_ms {
+                    return Err(StoreError::SubscriberExpiryNotInFuture {
+                        subscriber: self.subscriber.clone(),
+                        expires,
+                        now,
+                    });
+                }
+                Some(from_millis(ms).unwrap_or(expires))
+            }
+            None => None,
+        };
         Ok(SubscriberExemption {
             subscriber: self.subscriber.clone(),
             reason: self.reason.clone(),
             ticket: self.ticket.clone(),
             who: self.who.clone(),
             created: from_millis(now_ms).unwrap_or(now),
+            expires,
             gateway: None,
         })
     }
@@ -123,8 +164,11 @@ impl NewSubscriberExemption {
 
 /// The audit detail of a subscriber exemption: all its fields but the identity (the subject).
 fn describe(exemption: &SubscriberExemption) -> String {
+    let expires = exemption
+        .expires
+        .map_or_else(|| "never".to_owned(), describe_time);
     format!(
-        "reason {:?}; ticket {}; added by {:?} at {}",
+        "reason {:?}; ticket {}; expires {expires}; added by {:?} at {}",
         exemption.reason,
         quoted_or_none(exemption.ticket.as_deref()),
         exemption.who,
@@ -134,7 +178,7 @@ fn describe(exemption: &SubscriberExemption) -> String {
 
 const EXEMPTIONS: &str = "subscriber_exemptions";
 const BINDINGS: &str = "bindings";
-const BINDING_COLUMNS: &str = "prefix, subscriber, session, started_ms, stopped_ms";
+const BINDING_COLUMNS: &str = "prefix, subscriber, session, nas, started_ms, stopped_ms";
 
 fn select_exemptions(
     conn: &Connection,
@@ -143,8 +187,8 @@ fn select_exemptions(
     param: impl rusqlite::ToSql,
 ) -> Result<Vec<SubscriberExemption>, StoreError> {
     let query = format!(
-        "SELECT subscriber, reason, ticket, who, created_ms FROM {EXEMPTIONS} WHERE {filter} \
-         ORDER BY subscriber"
+        "SELECT subscriber, reason, ticket, who, created_ms, expires_ms FROM {EXEMPTIONS} \
+         WHERE {filter} ORDER BY subscriber"
     );
     let rows = query_all(conn, path, &query, [param], |row| {
         Ok((
@@ -153,19 +197,23 @@ fn select_exemptions(
             row.get::<_, Option<String>>(2)?,
             row.get::<_, String>(3)?,
             row.get::<_, i64>(4)?,
+            row.get::<_, Option<i64>>(5)?,
         ))
     })?;
     rows.into_iter()
-        .map(|(subscriber, reason, ticket, who, created_ms)| {
-            Ok(SubscriberExemption {
-                subscriber,
-                reason,
-                ticket,
-                who,
-                created: stored_time(path, EXEMPTIONS, "created_ms", created_ms)?,
-                gateway: None,
-            })
-        })
+        .map(
+            |(subscriber, reason, ticket, who, created_ms, expires_ms)| {
+                Ok(SubscriberExemption {
+                    subscriber,
+                    reason,
+                    ticket,
+                    who,
+                    created: stored_time(path, EXEMPTIONS, "created_ms", created_ms)?,
+                    expires: stored_optional_time(path, EXEMPTIONS, "expires_ms", expires_ms)?,
+                    gateway: None,
+                })
+            },
+        )
         .collect()
 }
 
@@ -183,43 +231,48 @@ fn select_bindings(
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
             row.get::<_, Option<String>>(2)?,
-            row.get::<_, i64>(3)?,
-            row.get::<_, Option<i64>>(4)?,
+            row.get::<_, Option<String>>(3)?,
+            row.get::<_, i64>(4)?,
+            row.get::<_, Option<i64>>(5)?,
         ))
     })?;
     rows.into_iter()
-        .map(|(prefix, subscriber, session, started_ms, stopped_ms)| {
-            Ok(Binding {
-                prefix: parse_stored_prefix(path, BINDINGS, prefix)?,
-                subscriber,
-                session,
-                started: stored_time(path, BINDINGS, "started_ms", started_ms)?,
-                stopped: stopped_ms
-                    .map(|ms| stored_time(path, BINDINGS, "stopped_ms", ms))
-                    .transpose()?,
-            })
-        })
+        .map(
+            |(prefix, subscriber, session, nas, started_ms, stopped_ms)| {
+                Ok(Binding {
+                    prefix: parse_stored_prefix(path, BINDINGS, prefix)?,
+                    subscriber,
+                    session,
+                    nas,
+                    started: stored_time(path, BINDINGS, "started_ms", started_ms)?,
+                    stopped: stored_optional_time(path, BINDINGS, "stopped_ms", stopped_ms)?,
+                })
+            },
+        )
         .collect()
 }
 
-/// Stops the current binding of `prefix`, if any, at `now_ms`; returns it as it was.
-fn stop_current(
-    tx: &Connection,
-    path: &Path,
-    prefix: &str,
-    now_ms: i64,
-) -> Result<Option<Binding>, StoreError> {
-    let current = select_bindings(tx, path, "prefix = ?1 AND stopped_ms IS NULL", [prefix])?.pop();
-    if current.is_some() {
-        // A binding started later than `now` (a clock step back) stops when it started.
-        tx.execute(
-            "UPDATE bindings SET stopped_ms = max(started_ms, ?2)
-             WHERE prefix = ?1 AND stopped_ms IS NULL",
-            params![prefix, now_ms],
-        )
-        .map_err(sql(path))?;
+/// Checks what a binding to `holder` would store.
+fn check_holder(prefix: IpNet, holder: &Holder) -> Result<(), StoreError> {
+    if prefix.trunc() != prefix {
+        return Err(StoreError::BoundHostBits { prefix });
     }
-    Ok(current)
+    check_subscriber(&holder.subscriber)?;
+    if let Some(session) = &holder.session {
+        check_text("session", session)?;
+    }
+    if let Some(nas) = &holder.nas {
+        check_text("nas", nas)?;
+    }
+    Ok(())
+}
+
+impl Binding {
+    fn is_held_by(&self, holder: &Holder) -> bool {
+        self.subscriber == holder.subscriber
+            && self.session == holder.session
+            && self.nas == holder.nas
+    }
 }
 
 impl Store {
@@ -247,15 +300,21 @@ impl Store {
                     subscriber: exemption.subscriber.clone(),
                 });
             }
+            let expires_ms = exemption
+                .expires
+                .map(|at| to_millis("expires", at))
+                .transpose()?;
             tx.execute(
-                "INSERT INTO subscriber_exemptions (subscriber, reason, ticket, who, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO subscriber_exemptions
+                     (subscriber, reason, ticket, who, created_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     exemption.subscriber,
                     exemption.reason,
                     exemption.ticket,
                     exemption.who,
-                    now_ms
+                    now_ms,
+                    expires_ms
                 ],
             )
             .map_err(sql(path))?;
@@ -307,74 +366,103 @@ impl Store {
         })
     }
 
+    /// Removes every identity exemption whose `expires <= now`, audits each as
+    /// [`AuditAction::SubscriberExemptionExpired`] by [`SYSTEM_WHO`], all in one transaction,
+    /// and returns them by identity.
+    pub fn expire_subscriber_exemptions(
+        &mut self,
+        now: SystemTime,
+    ) -> Result<Vec<SubscriberExemption>, StoreError> {
+        let now_ms = to_millis("now", now)?;
+        self.write(|tx, path| {
+            let expired = select_exemptions(tx, path, "expires_ms <= ?1", now_ms)?;
+            for exemption in &expired {
+                tx.execute(
+                    "DELETE FROM subscriber_exemptions WHERE subscriber = ?1",
+                    [&exemption.subscriber],
+                )
+                .map_err(sql(path))?;
+                insert_audit(
+                    tx,
+                    path,
+                    now_ms,
+                    AuditAction::SubscriberExemptionExpired,
+                    &exemption.subscriber,
+                    SYSTEM_WHO,
+                    &describe(exemption),
+                )?;
+            }
+            Ok(expired)
+        })
+    }
+
     /// Every subscriber identity exemption, by identity.
     pub fn subscriber_exemptions(&self) -> Result<Vec<SubscriberExemption>, StoreError> {
         select_exemptions(&self.conn, &self.path, "?1", true)
     }
 
-    /// Binds `prefix` to `subscriber` (in `session`) from `now`, in one transaction: the
-    /// binding `prefix` had until now stops. Returns the binding that stopped, if any. A
-    /// prefix already bound to the same identity and session is left as it is (`Ok(None)`).
-    pub fn bind(
+    /// Makes each prefix held by its holder from `now` (by nobody, for `None`), in order and
+    /// in one transaction, so that a batch of accounting costs one commit: the binding a
+    /// prefix had until now stops. A prefix its holder holds already is left as it is. An
+    /// empty batch writes nothing.
+    pub fn rebind(
         &mut self,
-        prefix: IpNet,
-        subscriber: &str,
-        session: Option<&str>,
+        changes: &[(IpNet, Option<&Holder>)],
         now: SystemTime,
-    ) -> Result<Option<Binding>, StoreError> {
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let now_ms = to_millis("now", now)?;
-        if prefix.trunc() != prefix {
-            return Err(StoreError::BoundHostBits { prefix });
-        }
-        check_subscriber(subscriber)?;
-        if let Some(session) = session {
-            check_text("session", session)?;
-        }
-        let columns = PrefixColumns::new(prefix);
-        self.write(|tx, path| {
-            let current = select_bindings(
-                tx,
-                path,
-                "prefix = ?1 AND stopped_ms IS NULL",
-                [&columns.text],
-            )?
-            .pop();
-            if current
-                .as_ref()
-                .is_some_and(|b| b.subscriber == subscriber && b.session.as_deref() == session)
-            {
-                return Ok(None);
+        for (prefix, holder) in changes {
+            if let Some(holder) = holder {
+                check_holder(*prefix, holder)?;
             }
-            let stopped = stop_current(tx, path, &columns.text, now_ms)?;
-            tx.execute(
-                "INSERT INTO bindings
-                     (prefix, family, address, length, subscriber, session, started_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    columns.text,
-                    columns.family,
-                    columns.address,
-                    columns.length,
-                    subscriber,
-                    session,
-                    now_ms
-                ],
-            )
-            .map_err(sql(path))?;
-            Ok(stopped)
+        }
+        self.write(|tx, path| {
+            for (prefix, holder) in changes {
+                let columns = PrefixColumns::new(*prefix);
+                if let Some(holder) = holder {
+                    let current = select_bindings(
+                        tx,
+                        path,
+                        "prefix = ?1 AND stopped_ms IS NULL",
+                        [&columns.text],
+                    )?;
+                    if current.iter().any(|b| b.is_held_by(holder)) {
+                        continue;
+                    }
+                }
+                // A binding started later than `now` (a clock step back) stops when it
+                // started.
+                tx.execute(
+                    "UPDATE bindings SET stopped_ms = max(started_ms, ?2)
+                     WHERE prefix = ?1 AND stopped_ms IS NULL",
+                    params![columns.text, now_ms],
+                )
+                .map_err(sql(path))?;
+                let Some(holder) = holder else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO bindings
+                         (prefix, family, address, length, subscriber, session, nas, started_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        columns.text,
+                        columns.family,
+                        columns.address,
+                        columns.length,
+                        holder.subscriber,
+                        holder.session,
+                        holder.nas,
+                        now_ms
+                    ],
+                )
+                .map_err(sql(path))?;
+            }
+            Ok(())
         })
-    }
-
-    /// Stops the current binding of `prefix` at `now` and returns it; `Ok(None)` if it had
-    /// none.
-    pub fn unbind(
-        &mut self,
-        prefix: IpNet,
-        now: SystemTime,
-    ) -> Result<Option<Binding>, StoreError> {
-        let now_ms = to_millis("now", now)?;
-        let text = prefix.to_string();
-        self.write(|tx, path| stop_current(tx, path, &text, now_ms))
     }
 
     /// The bindings that hold now, oldest first.
@@ -407,6 +495,18 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// The identity whose binding held `host` (its first `host_len` bits) at `at`: a binding
+    /// is a host or wider, so only those lengths are looked up, the most specific first.
+    pub fn identity_at(
+        &self,
+        host: std::net::IpAddr,
+        host_len: u8,
+        at: SystemTime,
+    ) -> Result<Option<String>, StoreError> {
+        let held = self.binding_at(host, at, (0..=host_len).rev())?;
+        Ok(held.map(|b| b.subscriber))
     }
 
     /// Every binding `subscriber` ever had, oldest first.
@@ -454,13 +554,87 @@ mod tests {
     use super::super::testing::{NOW, at, net, temp_store};
     use super::*;
 
+    fn holder(subscriber: &str, session: Option<&str>) -> Holder {
+        Holder {
+            subscriber: subscriber.to_owned(),
+            session: session.map(str::to_owned),
+            nas: session.map(|_| "192.0.2.10".to_owned()),
+        }
+    }
+
+    fn bind(
+        store: &mut Store,
+        prefix: IpNet,
+        subscriber: &str,
+        session: Option<&str>,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        store.rebind(&[(prefix, Some(&holder(subscriber, session)))], at)
+    }
+
+    fn unbind(store: &mut Store, prefix: IpNet, at: SystemTime) {
+        store.rebind(&[(prefix, None)], at).unwrap();
+    }
+
     fn exemption(subscriber: &str) -> NewSubscriberExemption {
         NewSubscriberExemption {
             subscriber: subscriber.to_owned(),
             reason: "own mail server".to_owned(),
             ticket: Some("T-1".to_owned()),
             who: "alice".to_owned(),
+            expires: None,
         }
+    }
+
+    #[test]
+    fn subscriber_exemptions_expire_when_they_say() {
+        let (_dir, mut store) = temp_store();
+        let lapsing = NewSubscriberExemption {
+            expires: Some(at(NOW + 60)),
+            ..exemption("cust-7")
+        };
+        let err = store
+            .add_subscriber_exemption(&lapsing, at(NOW + 60))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected an expiry in the future"),
+            "{err}"
+        );
+        store.add_subscriber_exemption(&lapsing, at(NOW)).unwrap();
+        store
+            .add_subscriber_exemption(&exemption("cust-8"), at(NOW))
+            .unwrap();
+        assert_eq!(store.next_expiry().unwrap(), Some(at(NOW + 60)));
+        assert!(
+            store
+                .expire_subscriber_exemptions(at(NOW + 59))
+                .unwrap()
+                .is_empty()
+        );
+        let expired = store.expire_subscriber_exemptions(at(NOW + 60)).unwrap();
+        assert_eq!(
+            expired
+                .iter()
+                .map(|e| e.subscriber.as_str())
+                .collect::<Vec<_>>(),
+            ["cust-7"]
+        );
+        let left = store.subscriber_exemptions().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].subscriber.as_str(), left[0].expires),
+            ("cust-8", None)
+        );
+        assert_eq!(store.next_expiry().unwrap(), None);
+        let last = store.audit(None).unwrap().pop().unwrap();
+        assert_eq!(
+            (last.action, last.subject.as_str(), last.who.as_str()),
+            (
+                AuditAction::SubscriberExemptionExpired,
+                "cust-7",
+                SYSTEM_WHO
+            )
+        );
     }
 
     #[test]
@@ -527,22 +701,17 @@ mod tests {
                 .add_subscriber_exemption(&exemption(subscriber), at(NOW))
                 .unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
-            let err = store
-                .bind(net("100.64.0.2/32"), subscriber, None, at(NOW))
-                .unwrap_err();
+            let err =
+                bind(&mut store, net("100.64.0.2/32"), subscriber, None, at(NOW)).unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
         }
         let long = "x".repeat(MAX_SUBSCRIBER_BYTES + 1);
-        let err = store
-            .bind(net("100.64.0.2/32"), &long, None, at(NOW))
-            .unwrap_err();
+        let err = bind(&mut store, net("100.64.0.2/32"), &long, None, at(NOW)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "subscriber is 254 bytes long; expected at most 253 bytes (a RADIUS attribute)"
         );
-        let err = store
-            .bind(net("100.64.0.2/24"), "c", None, at(NOW))
-            .unwrap_err();
+        let err = bind(&mut store, net("100.64.0.2/24"), "c", None, at(NOW)).unwrap_err();
         assert!(err.to_string().contains("has host bits set"), "{err}");
         assert!(store.current_bindings().unwrap().is_empty());
     }
@@ -551,29 +720,26 @@ mod tests {
     fn a_prefix_moves_between_identities_and_the_history_keeps_both() {
         let (_dir, mut store) = temp_store();
         let prefix = net("100.64.0.2/32");
-        assert_eq!(
-            store.bind(prefix, "alice", Some("s1"), at(NOW)).unwrap(),
-            None
-        );
+        let started = |store: &Store| {
+            let current = store.current_bindings().unwrap();
+            current
+                .iter()
+                .map(|b| (b.subscriber.clone(), b.started))
+                .collect::<Vec<_>>()
+        };
+        bind(&mut store, prefix, "alice", Some("s1"), at(NOW)).unwrap();
         // The same binding again (an Interim-Update) changes nothing.
+        bind(&mut store, prefix, "alice", Some("s1"), at(NOW + 5)).unwrap();
+        assert_eq!(started(&store), [("alice".to_owned(), at(NOW))]);
+        bind(&mut store, prefix, "bob", Some("s2"), at(NOW + 10)).unwrap();
+        assert_eq!(started(&store), [("bob".to_owned(), at(NOW + 10))]);
         assert_eq!(
-            store
-                .bind(prefix, "alice", Some("s1"), at(NOW + 5))
-                .unwrap(),
-            None
+            store.current_bindings().unwrap()[0].nas.as_deref(),
+            Some("192.0.2.10")
         );
-        let moved = store.bind(prefix, "bob", Some("s2"), at(NOW + 10)).unwrap();
-        assert_eq!(
-            moved.map(|b| (b.subscriber, b.started)),
-            Some(("alice".to_owned(), at(NOW)))
-        );
-        let current = store.current_bindings().unwrap();
-        assert_eq!(current.len(), 1);
-        assert_eq!(current[0].subscriber, "bob");
 
-        let stopped = store.unbind(prefix, at(NOW + 20)).unwrap().unwrap();
-        assert_eq!(stopped.subscriber, "bob");
-        assert_eq!(store.unbind(prefix, at(NOW + 21)).unwrap(), None);
+        unbind(&mut store, prefix, at(NOW + 20));
+        unbind(&mut store, prefix, at(NOW + 21));
         assert!(store.current_bindings().unwrap().is_empty());
 
         let history = store.bindings_between(at(NOW), at(NOW + 30)).unwrap();
@@ -605,11 +771,47 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_applied_in_order_and_all_or_nothing() {
+        let (_dir, mut store) = temp_store();
+        let (a, b) = (net("100.64.0.2/32"), net("100.64.0.3/32"));
+        let (alice, bob) = (holder("alice", Some("s1")), holder("bob", Some("s2")));
+        store
+            .rebind(
+                &[(a, Some(&alice)), (b, Some(&alice)), (a, Some(&bob))],
+                at(NOW),
+            )
+            .unwrap();
+        let current: Vec<(IpNet, String)> = store
+            .current_bindings()
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.prefix, b.subscriber))
+            .collect();
+        assert_eq!(current, [(b, "alice".to_owned()), (a, "bob".to_owned())]);
+        // A bad entry late in a batch: the earlier ones are not stored either.
+        let err = store
+            .rebind(
+                &[(b, None), (net("100.64.0.4/24"), Some(&bob))],
+                at(NOW + 1),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("has host bits set"), "{err}");
+        assert_eq!(store.current_bindings().unwrap().len(), 2);
+        store.rebind(&[], at(NOW + 2)).unwrap();
+        assert_eq!(store.current_bindings().unwrap().len(), 2);
+    }
+
+    #[test]
     fn bindings_survive_reopening() {
         let (dir, mut store) = temp_store();
-        store
-            .bind(net("2001:db8:1000::/56"), "carol", Some("s9"), at(NOW))
-            .unwrap();
+        bind(
+            &mut store,
+            net("2001:db8:1000::/56"),
+            "carol",
+            Some("s9"),
+            at(NOW),
+        )
+        .unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         let current = store.current_bindings().unwrap();
@@ -619,6 +821,7 @@ mod tests {
                 prefix: net("2001:db8:1000::/56"),
                 subscriber: "carol".to_owned(),
                 session: Some("s9".to_owned()),
+                nas: Some("192.0.2.10".to_owned()),
                 started: at(NOW),
                 stopped: None,
             }]

@@ -46,8 +46,8 @@ pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
 pub(crate) use history::{decode_records, put_record};
 pub use identities::{
-    Binding, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption, check_subscriber,
-    holder_at,
+    Binding, Holder, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption,
+    check_subscriber, holder_at,
 };
 pub use relays::{NewRelay, RuntimeRelay};
 pub use shipping::IntervalSpan;
@@ -204,6 +204,9 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql(identities::SCHEMA),
     // 8: limited attempts beside each chunk's records and cursors (see `history`).
     Migration::Sql(history::LIMITED),
+    // 9: the NAS that announced each binding and the identity of each bot event (see
+    // `identities`).
+    Migration::Sql(identities::MIGRATION_9),
 ];
 
 /// The schema version this build writes and understands.
@@ -401,6 +404,18 @@ pub enum StoreError {
     )]
     ExpiryNotInFuture {
         prefix: IpNet,
+        expires: SystemTime,
+        now: SystemTime,
+    },
+
+    #[error(
+        "the exemption of subscriber {subscriber:?} would expire at {}, not after now ({}); \
+         expected an expiry in the future",
+        describe_time(*.expires),
+        describe_time(*.now)
+    )]
+    SubscriberExpiryNotInFuture {
+        subscriber: String,
         expires: SystemTime,
         now: SystemTime,
     },
@@ -884,6 +899,17 @@ fn stored_time(
         value: ms.to_string(),
         expected: "Unix milliseconds from 0 to 253402300799999 (year 9999)",
     })
+}
+
+/// [`stored_time`] of a column that may be NULL.
+fn stored_optional_time(
+    path: &Path,
+    table: &'static str,
+    column: &'static str,
+    ms: Option<i64>,
+) -> Result<Option<SystemTime>, StoreError> {
+    ms.map(|ms| stored_time(path, table, column, ms))
+        .transpose()
 }
 
 /// RFC 3339 UTC, to the second, if the time is in the storable range.

@@ -4,13 +4,14 @@
 //! write), Interim-Updates per second for sessions the agent already holds (a BNG's storm
 //! after a restart), packets with a wrong secret ignored per second (a flood), and the time
 //! from sending an Accounting-Start for an exempt customer to its address's exemption in the
-//! kernel map. Writes its figures as JSON.
+//! kernel map, and to its answer (after the store's commit). Writes its figures as JSON.
 //!
 //! Usage: bench_radius --smtpguard BIN --out FILE [--quick]
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -46,6 +47,17 @@ struct Results {
     start_to_map_ms_p50: f64,
     start_to_map_ms_p99: f64,
     start_to_map_ms_max: f64,
+    /// From sending the same Accounting-Start to its Accounting-Response, which waits for
+    /// the store's commit (a disk flush).
+    start_to_answer_ms_p50: f64,
+    start_to_answer_ms_p99: f64,
+    /// The same two while another connection keeps Starts of new sessions in flight, and
+    /// how many of those were answered per second meanwhile.
+    loaded_starts_per_s: f64,
+    loaded_start_to_map_ms_p50: f64,
+    loaded_start_to_map_ms_p99: f64,
+    loaded_start_to_answer_ms_p50: f64,
+    loaded_start_to_answer_ms_p99: f64,
 }
 
 fn main() -> Result<()> {
@@ -99,18 +111,27 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     results.interims_per_s = answered_per_second(&client, &storm, interims)?;
     results.rejects_per_s = rejected_per_second(&client, &agent, &storm[0], rejects)?;
-    latency(&agent.agent, &client, samples, &mut results)?;
+    latency(&agent, &client, samples, &mut results)?;
 
     println!(
         "radius: {:.0} Accounting-Starts/s ({sessions} sessions); {:.0} Interim-Updates/s of held \
          sessions (target 20,000/s); {:.0} wrong-secret packets ignored/s; Start to kernel map: \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target < 10 ms)",
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target < 10 ms); to its answer (durable): \
+         p50 {:.2} ms, p99 {:.2} ms; under a storm of Starts ({:.0}/s answered): to the map \
+         p50 {:.2} ms, p99 {:.2} ms, to the answer p50 {:.2} ms, p99 {:.2} ms",
         results.starts_per_s,
         results.interims_per_s,
         results.rejects_per_s,
         results.start_to_map_ms_p50,
         results.start_to_map_ms_p99,
-        results.start_to_map_ms_max
+        results.start_to_map_ms_max,
+        results.start_to_answer_ms_p50,
+        results.start_to_answer_ms_p99,
+        results.loaded_starts_per_s,
+        results.loaded_start_to_map_ms_p50,
+        results.loaded_start_to_map_ms_p99,
+        results.loaded_start_to_answer_ms_p50,
+        results.loaded_start_to_answer_ms_p99
     );
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -202,14 +223,10 @@ fn rejected_per_second(
 }
 
 /// Accounting-Starts of an exempt customer at new addresses: from the send to the entry in
-/// the kernel's source trie.
-fn latency(
-    agent: &BenchAgent,
-    client: &UdpSocket,
-    samples: usize,
-    results: &mut Results,
-) -> Result<()> {
-    let added = agent.cli(&[
+/// the kernel's source trie and to the answer, alone and while another connection keeps
+/// Starts of new sessions in flight (each a store write).
+fn latency(agent: &Agent, client: &UdpSocket, samples: usize, results: &mut Results) -> Result<()> {
+    let added = agent.agent.cli(&[
         "exempt",
         "add",
         "--subscriber",
@@ -218,12 +235,49 @@ fn latency(
         "bench",
     ])?;
     ensure!(added.status.success(), "exempt add --subscriber: {added:?}");
-    let trie = agent.sources()?;
+    // Sessions after the throughput ones: addresses no binding holds yet.
+    let (map, answer) = start_latencies(agent, client, 100_000, samples)?;
+    results.start_to_map_ms_p50 = ms(&map, 0.5);
+    results.start_to_map_ms_p99 = ms(&map, 0.99);
+    results.start_to_map_ms_max = ms(&map, 1.0);
+    results.start_to_answer_ms_p50 = ms(&answer, 0.5);
+    results.start_to_answer_ms_p99 = ms(&answer, 0.99);
+
+    let stop = AtomicBool::new(false);
+    let (measured, storm) = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| start_storm(agent.port, 1_000_000, &stop));
+        let measured = start_latencies(agent, client, 200_000, samples);
+        stop.store(true, Ordering::Relaxed);
+        (measured, storm.join())
+    });
+    let (map, answer) = measured?;
+    results.loaded_starts_per_s = storm.map_err(|_| anyhow::anyhow!("the storm panicked"))??;
+    results.loaded_start_to_map_ms_p50 = ms(&map, 0.5);
+    results.loaded_start_to_map_ms_p99 = ms(&map, 0.99);
+    results.loaded_start_to_answer_ms_p50 = ms(&answer, 0.5);
+    results.loaded_start_to_answer_ms_p99 = ms(&answer, 0.99);
+    Ok(())
+}
+
+/// The `q` quantile of sorted `times`, in milliseconds.
+fn ms(times: &[Duration], q: f64) -> f64 {
+    let index = ((times.len() as f64 - 1.0) * q).round() as usize;
+    times[index].as_secs_f64() * 1000.0
+}
+
+/// `samples` Starts of the exempt customer, one at a time, at the addresses of sessions
+/// `first..`: the times to the kernel map and to the answer, each sorted.
+fn start_latencies(
+    agent: &Agent,
+    client: &UdpSocket,
+    first: usize,
+    samples: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let trie = agent.agent.sources()?;
     let mut answer = [0u8; 4096];
     let mut times = Vec::with_capacity(samples);
-    for n in 0..samples {
-        // Sessions after the throughput ones: addresses no binding holds yet.
-        let i = 100_000 + n;
+    let mut answered = Vec::with_capacity(samples);
+    for i in first..first + samples {
         let start = accounting(ACCT_STATUS_TYPE_START, "exempt-customer", i, SECRET)?;
         let key = Key::new(32, address(i).octets());
         let sent = Instant::now();
@@ -239,16 +293,39 @@ fn latency(
         }
         times.push(sent.elapsed());
         client.recv(&mut answer)?;
+        answered.push(sent.elapsed());
     }
     times.sort();
-    let ms = |q: f64| {
-        let index = ((times.len() as f64 - 1.0) * q).round() as usize;
-        times[index].as_secs_f64() * 1000.0
-    };
-    results.start_to_map_ms_p50 = ms(0.5);
-    results.start_to_map_ms_p99 = ms(0.99);
-    results.start_to_map_ms_max = ms(1.0);
-    Ok(())
+    answered.sort();
+    Ok((times, answered))
+}
+
+/// Starts of new sessions (`first..`, each a store write), [`WINDOW`] in flight, from a
+/// socket of their own until `stop`; returns the answers per second.
+fn start_storm(port: u16, first: usize, stop: &AtomicBool) -> Result<f64> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut answer = [0u8; 4096];
+    let started = Instant::now();
+    let (mut sent, mut answered) = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        while sent - answered < WINDOW {
+            let i = first + sent;
+            socket.send(&accounting(
+                ACCT_STATUS_TYPE_START,
+                &format!("user-{i}"),
+                i,
+                SECRET,
+            )?)?;
+            sent += 1;
+        }
+        socket
+            .recv(&mut answer)
+            .with_context(|| format!("waiting for storm answer {answered}"))?;
+        answered += 1;
+    }
+    Ok(answered as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The agent with a RADIUS listener for 127.0.0.1, and its ports.

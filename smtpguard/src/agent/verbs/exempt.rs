@@ -170,8 +170,12 @@ impl AgentState {
         subscriber: String,
         reason: String,
         ticket: Option<String>,
+        expires: Option<&str>,
         who: &str,
     ) -> Outcome {
+        let expires = expires
+            .map(|at| input::parse_time("expires", at))
+            .transpose()?;
         let exemption = self
             .policy
             .add_subscriber_exemption(
@@ -180,6 +184,7 @@ impl AgentState {
                     reason,
                     ticket,
                     who: who.to_owned(),
+                    expires,
                 },
                 SystemTime::now(),
             )

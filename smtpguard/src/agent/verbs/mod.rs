@@ -107,7 +107,8 @@ impl AgentState {
                 subscriber,
                 reason,
                 ticket,
-            } => self.subscriber_exempt_add(subscriber, reason, ticket, who),
+                expires,
+            } => self.subscriber_exempt_add(subscriber, reason, ticket, expires.as_deref(), who),
             Request::SubscriberExemptRemove { subscriber } => {
                 self.subscriber_exempt_remove(&subscriber, who)
             }

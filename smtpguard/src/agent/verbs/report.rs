@@ -5,6 +5,8 @@
 
 use std::time::SystemTime;
 
+use ipnet::IpNet;
+
 use crate::{
     agent::{
         api::{ErrorKind, Request},
@@ -153,8 +155,18 @@ pub(in crate::agent) fn produce(
             .into_iter()
             .filter(|e| e.at <= query.to)
             .collect();
-        let rows = report::reoffenders(&events, config.report.reoffense_gap, |host| {
-            store.escalations_of(host).unwrap_or_default()
+        // A customer's escalations: those of its hosts that began while it held them.
+        let rows = report::reoffenders(&events, config.report.reoffense_gap, |host, customer| {
+            let (length, _) = config.enforcement.host_prefix(&IpNet::from(host));
+            let mut escalations = store.escalations_in(IpNet::from(host)).unwrap_or_default();
+            if customer.is_some() {
+                escalations.retain(|e| {
+                    store
+                        .identity_at(host, length, e.started)
+                        .is_ok_and(|held| held.as_deref() == customer)
+                });
+            }
+            escalations
         });
         out.start()
             .and_then(|()| render::reoffenders(&rows, query.format, out))

@@ -10,7 +10,7 @@ use tracing::info;
 use super::{Failure, Outcome};
 use crate::{
     agent::{api::ErrorKind, state::AgentState},
-    identity::{ChangeKind, SessionChange},
+    identity::{Change, ChangeKind, SessionChange},
     input,
 };
 
@@ -31,9 +31,10 @@ impl AgentState {
             kind: ChangeKind::Hold,
             subscriber,
             session: None,
+            nas: None,
             prefixes: vec![prefix],
         };
-        self.apply_session(&change).map_err(Failure::from)?;
+        self.apply_session(&change)?;
         info!(%prefix, subscriber = change.subscriber, who, "session started");
         Ok(self.binding_body(prefix))
     }
@@ -61,11 +62,18 @@ impl AgentState {
             kind: ChangeKind::Stop,
             subscriber,
             session: None,
+            nas: None,
             prefixes: vec![prefix],
         };
-        self.apply_session(&change).map_err(Failure::from)?;
+        self.apply_session(&change)?;
         info!(%prefix, subscriber = change.subscriber, who, "session stopped");
         Ok(json!({"prefix": prefix.to_string(), "subscriber": change.subscriber}))
+    }
+
+    fn apply_session(&mut self, change: &SessionChange) -> Result<(), Failure> {
+        let change = Change::Session(change.clone());
+        self.apply_changes([&change]).map_err(Failure::from)?;
+        Ok(())
     }
 
     /// The binding `prefix` has now, as `session start` answers.
@@ -97,6 +105,7 @@ impl AgentState {
             "subscriber": holder.map(|b| b.subscriber.clone()),
             "prefix": holder.map(|b| b.prefix.to_string()),
             "session": holder.and_then(|b| b.session.clone()),
+            "nas": holder.and_then(|b| b.nas.clone()),
             "started": holder.map(|b| humantime::format_rfc3339_seconds(b.started).to_string()),
             "stopped": holder
                 .and_then(|b| b.stopped)
