@@ -1,7 +1,9 @@
-//! The host table: a direct-mapped array of slots, each holding one host's key and its
-//! statistics, indexed by a one-multiply hash of the key. A known host's lookup is an array
-//! access the verifier inlines, where a hash map's is a helper call. A host whose slot is
-//! held by another goes to the `HOST_STATS` LRU map (the overflow), so no host is untracked.
+//! The host table: a 2-way set-associative array of slots, each holding one host's key and
+//! its statistics. A one-multiply hash of the key picks a pair of slots, and the host takes
+//! either. A known host's lookup is an array access the verifier inlines, where a hash map's
+//! is a helper call. A host whose pair is held by others goes to the `HOST_STATS` LRU map
+//! (the overflow), so no host is untracked. The second way: at half the slots filled, a
+//! direct-mapped table sends about 21 % of hosts to the overflow, a 2-way one 10 %.
 
 use crate::{HostKey, HostStats};
 
@@ -105,10 +107,12 @@ impl HostTableParams {
         a ^ b ^ c.rotate_left(32) ^ self.seed
     }
 
-    /// The slot of a folded key: one multiply and a shift.
+    /// The two slots a folded key may hold, its home first: one multiply and a shift, and
+    /// the home's neighbour in its aligned pair (one 512-byte block).
     #[inline(always)]
-    pub const fn slot(&self, folded: u64) -> u32 {
-        (folded.wrapping_mul(FIBONACCI) >> self.shift) as u32
+    pub const fn pair(&self, folded: u64) -> [u32; 2] {
+        let home = (folded.wrapping_mul(FIBONACCI) >> self.shift) as u32;
+        [home, home ^ 1]
     }
 
     /// 24 bits of another mix of the folded key, for [`crate::CachedClass`].
@@ -167,7 +171,9 @@ mod tests {
         let params = HostTableParams::new(8, 0x1234_5678_9abc_def0);
         for i in 0..10_000u32 {
             let folded = params.fold(&HostKey::from_v4(i.to_be_bytes()));
-            assert!(params.slot(folded) < params.slots());
+            let [home, neighbour] = params.pair(folded);
+            assert!(home < params.slots() && neighbour < params.slots());
+            assert_eq!(home / 2, neighbour / 2, "one aligned pair");
         }
     }
 
@@ -190,7 +196,7 @@ mod tests {
             let mut taken = vec![false; params.slots() as usize];
             let mut shared = 0;
             for i in 0..params.slots() / 10 {
-                let slot = params.slot(params.fold(&key(i))) as usize;
+                let slot = params.pair(params.fold(&key(i)))[0] as usize;
                 shared += usize::from(taken[slot]);
                 taken[slot] = true;
             }

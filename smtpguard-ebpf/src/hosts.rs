@@ -1,5 +1,6 @@
-//! Finding a host's statistics: its slot in the host table (an inlined array access), else
-//! its entry in the overflow LRU map (a helper call); and making one for a new host.
+//! Finding a host's statistics: its slot in the host table (either of its pair; an inlined
+//! array access), else its entry in the overflow LRU map (a helper call); and making one for
+//! a new host.
 //!
 //! The judged path carries only the slot it found for the host into the class decision, not
 //! an overflow entry's pointer: the verifier walks the decision once for each kind of
@@ -56,7 +57,8 @@ pub fn find(params: &HostTableParams, key: &HostKey) -> Found {
         limit_word: 0,
         tag: HostTableParams::tag(folded),
     };
-    if let Some(slot) = held_slot(params.slot(folded), key) {
+    let [home, neighbour] = params.pair(folded);
+    if let Some(slot) = held_slot(home, key).or_else(|| held_slot(neighbour, key)) {
         // SAFETY: a pointer into the array's value, valid for this program run; one word.
         found.class_word = unsafe { read_volatile(&raw const (*slot.0).stats.cached_class) };
         found.limit_word = unsafe { read_volatile(&raw const (*slot.0).stats.cached_limit) };
@@ -123,17 +125,20 @@ unsafe fn key_difference(slot: *const HostSlot, key: &HostKey) -> u64 {
     }
 }
 
-/// Makes the statistics entry of a new host: its slot if the slot is empty or its holder
-/// idle for two epochs (lossless: the snapshots have its counts), else an overflow entry.
+/// Makes the statistics entry of a new host: the first slot of its pair that is empty or whose
+/// holder has been idle for two epochs (lossless: the snapshots have its counts), else an
+/// overflow entry.
 #[inline(always)]
 fn create(key: &HostKey, first: &HostStats, epoch: u32) -> Option<*mut HostStats> {
     // The slot is computed again rather than carried from `find`: a value carried through
     // the decision is one more the verifier tells states apart by.
     let params = ENFORCEMENT.get(0).map(|config| config.host_table)?;
-    if let Some(slot) = HOST_TABLE.get_ptr_mut(params.slot(params.fold(key)))
-        && let Some(stats) = claim_slot(slot, key, first, epoch)
-    {
-        return Some(stats);
+    for index in params.pair(params.fold(key)) {
+        if let Some(slot) = HOST_TABLE.get_ptr_mut(index)
+            && let Some(stats) = claim_slot(slot, key, first, epoch)
+        {
+            return Some(stats);
+        }
     }
     // NOEXIST: when two CPUs see a new host at once, the first insert wins and the second CPU
     // adds to it instead of resetting it.

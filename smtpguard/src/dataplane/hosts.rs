@@ -94,12 +94,12 @@ pub(super) fn read(
         });
     });
     batch::for_each::<HostKey, HostStats>(overflow, names::HOST_STATS, |key, stats| {
-        let slot = params.slot(params.fold(&key));
-        let holder = held
-            .binary_search_by_key(&slot, |(index, _)| *index)
-            .ok()
-            .map(|at| held[at].1)
-            .filter(|host| read.hosts[*host].key == key);
+        let holder = params.pair(params.fold(&key)).into_iter().find_map(|slot| {
+            held.binary_search_by_key(&slot, |(index, _)| *index)
+                .ok()
+                .map(|at| held[at].1)
+                .filter(|host| read.hosts[*host].key == key)
+        });
         match holder {
             Some(host) => {
                 read.hosts[host].duplicate = Some(stats);
@@ -249,10 +249,13 @@ pub(super) fn insert(
     let mut written = 0;
     for (key, stats) in hosts {
         written += 1;
-        let slot = params.slot(params.fold(&key));
-        match taken.get_mut(slot as usize) {
-            Some(taken) if !*taken => {
-                *taken = true;
+        let free = params
+            .pair(params.fold(&key))
+            .into_iter()
+            .find(|slot| taken.get(*slot as usize) == Some(&false));
+        match free {
+            Some(slot) => {
+                taken[slot as usize] = true;
                 let value = HostSlot {
                     claim: 2,
                     key,

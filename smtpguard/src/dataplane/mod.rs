@@ -597,13 +597,6 @@ impl Dataplane {
             .collect())
     }
 
-    /// The host table's slot for the host `address` belongs to (which may hold another).
-    pub fn host_slot(&self, address: IpAddr) -> Result<u32, DataplaneError> {
-        let key = maps::host_mask(&self.ebpf)?.key(address);
-        let params = hosts::params(&self.ebpf)?;
-        Ok(params.slot(params.fold(&key)))
-    }
-
     /// Every tracked host as the kernel holds it: slot holders first, then overflow entries.
     pub fn host_records(&self) -> Result<HostsRead, DataplaneError> {
         hosts::read_loaded(&self.ebpf)
