@@ -111,6 +111,16 @@ pub fn entry(
     create(key, &first(), epoch)
 }
 
+/// Whether `slot` holds a published host other than `key`.
+#[inline(always)]
+fn held_by_another(slot: *mut HostSlot, key: &HostKey) -> bool {
+    // SAFETY: a pointer into the array's value, valid for this program run.
+    unsafe {
+        HostSlot::is_published(read_volatile(&raw const (*slot).claim))
+            && key_difference(slot, key) != 0
+    }
+}
+
 /// Zero if the slot's key is `key`: the words xored and ored together (a byte-array `==`
 /// becomes a call to `bcmp`).
 #[inline(always)]
@@ -133,9 +143,18 @@ fn create(key: &HostKey, first: &HostStats, epoch: u32) -> Option<*mut HostStats
     // The slot is computed again rather than carried from `find`: a value carried through
     // the decision is one more the verifier tells states apart by.
     let params = ENFORCEMENT.get(0).map(|config| config.host_table)?;
-    for index in params.pair(params.fold(key)) {
-        if let Some(slot) = HOST_TABLE.get_ptr_mut(index)
-            && let Some(stats) = claim_slot(slot, key, first, epoch)
+    let [home, neighbour] = params.pair(params.fold(key));
+    if let Some(slot) = HOST_TABLE.get_ptr_mut(home) {
+        if let Some(stats) = claim_slot(slot, key, first, epoch) {
+            return Some(stats);
+        }
+        // The neighbour only while another host holds the home. A home being claimed, or
+        // taken by this host since the lookup (its first segment on another CPU), would leave
+        // the host in both slots; the overflow is where such a race's second copy goes, and
+        // the snapshot merges it.
+        if held_by_another(slot, key)
+            && let Some(other) = HOST_TABLE.get_ptr_mut(neighbour)
+            && let Some(stats) = claim_slot(other, key, first, epoch)
         {
             return Some(stats);
         }

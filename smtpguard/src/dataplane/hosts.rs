@@ -83,8 +83,23 @@ pub(super) fn read(
 ) -> Result<HostsRead, DataplaneError> {
     let mut read = HostsRead::default();
     // (slot, index into `read.hosts`), in slot order as the batches come.
-    let mut held = Vec::new();
+    let mut held: Vec<(u32, usize)> = Vec::new();
     MappedTable::new(table)?.for_each_published(|index, slot| {
+        // Both slots of a pair holding one host: a claim raced the replacement of an idle
+        // holder on another CPU (see the kernel's `create`). The kernel counts in the home
+        // slot, which it looks in first; the other copy, a segment or so, is left out
+        // rather than counted as a second host.
+        if let Some((last, host)) = held.last_mut()
+            && *last == index ^ 1
+            && read.hosts[*host].key == slot.key
+        {
+            if params.pair(params.fold(&slot.key))[0] == index {
+                *last = index;
+                read.hosts[*host].slot = Some(index);
+                read.hosts[*host].stats = slot.stats;
+            }
+            return;
+        }
         held.push((index, read.hosts.len()));
         read.hosts.push(HostRecord {
             key: slot.key,
@@ -238,24 +253,30 @@ pub(super) fn insert(
         .ok_or(missing(names::HOST_STATS))?
         .try_into()
         .map_err(|source| map_error(names::HOST_STATS, source))?;
-    let mut taken = vec![false; table.len() as usize];
+    // The holder of each slot, as the kernel's claims would leave them.
+    let mut taken: Vec<Option<HostKey>> = vec![None; table.len() as usize];
     batch::for_each::<u32, HostSlot>(table.map(), names::HOST_TABLE, |index, slot| {
         if slot.claim != HostSlot::EMPTY
             && let Some(taken) = taken.get_mut(index as usize)
         {
-            *taken = true;
+            *taken = Some(slot.key);
         }
     })?;
     let mut written = 0;
     for (key, stats) in hosts {
         written += 1;
-        let free = params
-            .pair(params.fold(&key))
-            .into_iter()
-            .find(|slot| taken.get(*slot as usize) == Some(&false));
+        // As the kernel claims: the neighbour only while another host holds the home.
+        let [home, neighbour] = params.pair(params.fold(&key));
+        let free = match taken.get(home as usize) {
+            Some(None) => Some(home),
+            Some(Some(holder)) if *holder != key => {
+                Some(neighbour).filter(|n| taken.get(*n as usize) == Some(&None))
+            }
+            _ => None,
+        };
         match free {
             Some(slot) => {
-                taken[slot as usize] = true;
+                taken[slot as usize] = Some(key);
                 let value = HostSlot {
                     claim: 2,
                     key,
