@@ -62,8 +62,10 @@ fn run_seed(seed: u64, count: usize, mut harness: Harness) -> Harness {
         }
         if let Err(differences) = harness.compare_hosts() {
             let mut report = format!(
-                "seed {seed}: host statistics differ after frames {judged}..{}",
-                judged + batch.len()
+                "seed {seed}: host statistics differ after frames {judged}..{} (kernel holds {:?}, the model {} hosts)",
+                judged + batch.len(),
+                harness.host_count(),
+                harness.model.hosts.len()
             );
             for (host, what) in differences.iter().take(5) {
                 let frames: Vec<&GeneratedFrame> = batch

@@ -337,19 +337,22 @@ fn targets(results: &Results) -> Vec<String> {
     match &results.actions {
         Some(actions) => {
             for key in ["reject-reset", "reject-icmp"] {
-                if let (Some(reject), Some(drop), Some(peer)) = (
-                    actions.live_ns(key),
+                if let (Some((reject, build, transmit)), Some(drop), Some(peer)) = (
+                    actions.reject_as_sent(key),
                     actions.live_ns("drop"),
                     actions.live_ns("xdp-filter-drop"),
                 ) {
                     lines.push(format!(
-                        "{key} at most {REJECT_TARGET}x the drop path (live frames): {} \
-                         ({reject:.0} vs {drop:.0} ns, {:.2}x; {:.2}x xdp-filter's drop; the tx \
-                         floor, a frame sent back with no work, {} ns)",
+                        "{key} at most {REJECT_TARGET}x the drop path: {} ({reject:.0} vs \
+                         {drop:.0} ns as sent, {:.2}x; {:.2}x xdp-filter's drop; of it, \
+                         judging and building the reply {build:.0} ns more than a drop, \
+                         transmitting {transmit:.0} ns more than dropping (tx floor {} ns, \
+                         drop floor {} ns, live))",
                         verdict(reject <= REJECT_TARGET * drop),
                         reject / drop,
                         reject / peer,
-                        ns(actions.live_ns("tx-floor"))
+                        ns(actions.live_ns("tx-floor")),
+                        ns(actions.live_ns("drop-floor"))
                     ));
                 }
             }
@@ -401,7 +404,12 @@ fn actions_table(actions: &Actions) -> String {
         "| timed by | case | verdict | ns | / smtpguard drop | / xdp-filter drop |"
     );
     let _ = writeln!(out, "|---|---|---|--:|--:|--:|");
-    for (method, timings) in [("live frames", &actions.live), ("kernel", &actions.kernel)] {
+    let fresh = format!("kernel, 1 repetition x {} calls", actions.fresh_calls);
+    for (method, timings) in [
+        ("live frames", &actions.live),
+        (fresh.as_str(), &actions.fresh),
+        ("kernel", &actions.kernel),
+    ] {
         let (drop, peer) = (
             find_ns(timings, "drop"),
             find_ns(timings, "xdp-filter-drop"),

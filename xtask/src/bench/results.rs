@@ -62,12 +62,14 @@ pub struct Timing {
 }
 
 /// The enforcement actions' per-packet cost: live frames timed by the thread's CPU time,
-/// ordinary test runs timed by the kernel.
+/// single repetitions from the frame as given and ordinary test runs timed by the kernel.
 #[derive(Debug, Deserialize)]
 pub struct Actions {
     pub repeat: u32,
     pub runs: u32,
     pub live: Vec<ActionTiming>,
+    pub fresh: Vec<ActionTiming>,
+    pub fresh_calls: u32,
     pub kernel: Vec<ActionTiming>,
     pub note: String,
 }
@@ -84,6 +86,16 @@ impl Actions {
     /// The live-frames figure of `key`.
     pub fn live_ns(&self, key: &str) -> Option<f64> {
         find_ns(&self.live, key)
+    }
+
+    /// What the reject case `key` costs as sent, put together from its parts: the drop
+    /// path's live figure, what judging and building the reply adds to it (single
+    /// repetitions, no transmit) and what transmitting adds to dropping (the tx floor
+    /// against the drop floor, live). Returns (total, build, transmit).
+    pub fn reject_as_sent(&self, key: &str) -> Option<(f64, f64, f64)> {
+        let build = find_ns(&self.fresh, key)? - find_ns(&self.fresh, "drop")?;
+        let transmit = self.live_ns("tx-floor")? - self.live_ns("drop-floor")?;
+        Some((self.live_ns("drop")? + build + transmit, build, transmit))
     }
 }
 

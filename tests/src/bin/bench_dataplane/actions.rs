@@ -2,15 +2,24 @@
 //! with `XDP_TX`) and `ratelimit` (the host's bucket taken from, the SYN passed or dropped),
 //! next to the drop path and xdp-filter's drop in the same rounds.
 //!
-//! A repeated `BPF_PROG_TEST_RUN` keeps the frame a run rewrote, so the reply's own cost is
-//! timed with live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`), which start every repetition from
-//! the SYN as given and really transmit what the program sends back: out of a veth whose peer
-//! drops it with a 2-instruction XDP program (veth hands an XDP_TX frame over only to a peer
-//! running XDP). The kernel reports no time in that mode, so every program of that table is
-//! timed the same way, by the calling thread's CPU time over the call, the drops included:
-//! the ratios are taken within one method. Passing frames cannot be timed so (live frames turn them into skbs
-//! for the stack), so the rate-limit's two outcomes are timed the usual way, by the kernel,
-//! beside the drop path timed the same way.
+//! A reply cannot be timed over repetitions of one test run: an ordinary run keeps the frame
+//! the program rewrote for the next repetition, and so do live frames
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`), whose page pool recycles a transmitted page with the reply
+//! in it and resets only the context's pointers (measured: of 200,000 repetitions, the first
+//! batch of 64 was rejected and the rest judged the recycled reply, passed into the stack).
+//! So the cost is taken apart:
+//! - build: ordinary test runs of one repetition each, every call from the SYN as given, timed
+//!   by the kernel (its clock read around the one run, the same for every program): what
+//!   judging and building the reply cost next to dropping, with no transmit;
+//! - transmit: live frames out of a veth whose peer drops them with a 2-instruction XDP
+//!   program (veth hands an XDP_TX frame over only to a peer running XDP), the tx floor
+//!   (`XDP_TX` of an unchanged frame) against a drop floor, timed by the calling thread's CPU
+//!   time over the call (the kernel reports no time in that mode);
+//! - reject as sent: the drop path's live figure plus both differences.
+//!
+//! Passing frames cannot be timed with live frames either (they become skbs for the stack),
+//! so the rate-limit's two outcomes are timed by the kernel over repetitions, beside the drop
+//! path timed the same way. Every live repetition's verdict is checked by the counters.
 //!
 //! Every call gets a host of its own with a budget (rate 1,000,000 per hour) larger than the
 //! call's repetitions, so no reply or passed SYN ever meets an empty bucket; the over-the-rate
@@ -21,6 +30,7 @@ use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use smtpguard::{config::Config, dataplane::Dataplane};
+use smtpguard_common::Reason;
 use smtpguard_tests::{
     bpf::{XDP_DROP, attach_xdp, load_constant},
     frames::{FrameSpec, TCP_SYN},
@@ -64,6 +74,8 @@ hosts = 65536
 
 /// At most this many repetitions per call: below every per-host budget.
 const MAX_REPEAT: u32 = 500_000;
+/// Calls of one repetition per case and run for the build figures.
+const FRESH_CALLS: u32 = 20_000;
 
 #[derive(Serialize)]
 pub struct Actions {
@@ -71,6 +83,10 @@ pub struct Actions {
     pub runs: u32,
     /// Timed by the thread's CPU time over live-frames test runs.
     pub live: Vec<ActionTiming>,
+    /// Timed by the kernel, one repetition per call from the frame as given (mean over
+    /// `fresh_calls` calls).
+    pub fresh: Vec<ActionTiming>,
+    pub fresh_calls: u32,
     /// Timed by the kernel (ordinary test runs).
     pub kernel: Vec<ActionTiming>,
     pub note: String,
@@ -80,7 +96,7 @@ pub struct Actions {
 pub struct ActionTiming {
     pub key: &'static str,
     pub description: &'static str,
-    /// "xdp-filter", "smtpguard" or "tx floor".
+    /// "xdp-filter", "smtpguard", "tx floor" or "drop floor".
     pub program: &'static str,
     /// The verdict it gave (checked before timing).
     pub action: &'static str,
@@ -106,6 +122,8 @@ enum Program {
     /// `r0 = XDP_TX; exit`: what sending a frame back costs the test run, with no work of a
     /// program's own.
     TxFloor,
+    /// `r0 = XDP_DROP; exit`: the same without the transmit.
+    DropFloor,
 }
 
 impl Program {
@@ -114,6 +132,7 @@ impl Program {
             Program::Smtpguard => "smtpguard",
             Program::XdpFilter => "xdp-filter",
             Program::TxFloor => "tx floor",
+            Program::DropFloor => "drop floor",
         }
     }
 }
@@ -156,31 +175,42 @@ const RATELIMIT_OVER: Case = Case {
     frame: |_| syn(host("10.4", 0)),
 };
 
-const LIVE: [Case; 6] = [
+const TX_FLOOR: Case = Case {
+    key: "tx-floor",
+    description: "r0 = XDP_TX; exit: the frame sent back as it came, no work of its own",
+    program: Program::TxFloor,
+    expected: XDP_TX,
+    frame: drop_frame,
+};
+const DROP_FLOOR: Case = Case {
+    key: "drop-floor",
+    description: "r0 = XDP_DROP; exit: no work of its own, nothing sent",
+    program: Program::DropFloor,
+    expected: XDP_DROP,
+    frame: drop_frame,
+};
+
+const LIVE: [Case; 5] = [XDP_FILTER_DROP, DROP, DROP_FLOOR, TX_FLOOR, RATELIMIT_OVER];
+
+const FRESH: [Case; 6] = [
     XDP_FILTER_DROP,
     DROP,
-    Case {
-        key: "tx-floor",
-        description: "r0 = XDP_TX; exit: the frame sent back as it came, no work of its own",
-        program: Program::TxFloor,
-        expected: XDP_TX,
-        frame: drop_frame,
-    },
+    DROP_FLOOR,
+    TX_FLOOR,
     Case {
         key: "reject-reset",
-        description: "reject: the SYN rewritten into a TCP RST+ACK and sent back (XDP_TX)",
+        description: "reject: the SYN rewritten into a TCP RST+ACK for XDP_TX (not sent)",
         program: Program::Smtpguard,
         expected: XDP_TX,
         frame: |n| syn(host("10.1", n)),
     },
     Case {
         key: "reject-icmp",
-        description: "reject: the SYN rewritten into ICMP administratively prohibited and sent back",
+        description: "reject: the SYN rewritten into ICMP administratively prohibited (not sent)",
         program: Program::Smtpguard,
         expected: XDP_TX,
         frame: |n| syn(host("10.2", n)),
     },
-    RATELIMIT_OVER,
 ];
 
 const KERNEL: [Case; 4] = [
@@ -198,9 +228,11 @@ const KERNEL: [Case; 4] = [
 
 const NOTE: &str = "live: BPF_PROG_TEST_RUN with live frames (batches of 64) as if the SYN \
     arrived on a veth whose peer drops what comes back with XDP; the thread's CPU time over \
-    the call per repetition, every program alike, so replies are timed with their transmit; \
-    kernel: ordinary test runs, the kernel's own mean; each call a host of its own whose \
-    budget outlasts it (ratelimit-over: a budget of one)";
+    the call per repetition, every program alike, each repetition's verdict checked by the \
+    counters; fresh: one repetition per call from the SYN as given (a reply cannot be repeated: \
+    both modes hand the next repetition the rewritten frame), the kernel's time of the run, \
+    the mean over the calls, no transmit; kernel: ordinary test runs, the kernel's own mean; \
+    each call a host of its own whose budget outlasts it (ratelimit-over: a budget of one)";
 
 /// A veth pair in a namespace of its own: the programs are run as if frames arrived on
 /// `bench0`; `bench1`, its peer, drops whatever is sent back.
@@ -237,10 +269,12 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
     let dataplane = Dataplane::with_policy(&config)?;
     let ours = dataplane.xdp_program_fd()?;
     let tx_floor = load_constant("bench_tx_floor", XDP_TX)?;
+    let drop_floor = load_constant("bench_dropflr", XDP_DROP)?;
     let program = |case: &Case| match case.program {
         Program::Smtpguard => ours,
         Program::XdpFilter => peer,
         Program::TxFloor => tx_floor.as_fd(),
+        Program::DropFloor => drop_floor.as_fd(),
     };
     // Hosts are numbered across both tables and the verdict checks, so none is used twice.
     let mut next_host = 0u32;
@@ -249,7 +283,7 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
         (case.frame)(next_host)
     };
     // The second run of a frame is checked: the first spends a budget of one.
-    for case in LIVE.iter().chain(&KERNEL) {
+    for case in LIVE.iter().chain(&FRESH).chain(&KERNEL) {
         let frame = frame(case);
         bpf::test_run(program(case), &frame, 1, None)?;
         let action = bpf::test_run(program(case), &frame, 1, None)?.action;
@@ -265,15 +299,26 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
     }
     let wire = Wire::new()?;
     let mut live = vec![Vec::new(); LIVE.len()];
+    let mut fresh = vec![Vec::new(); FRESH.len()];
     let mut kernel = vec![Vec::new(); KERNEL.len()];
     // Rounds, each case once per round, so noise on the machine hits all of them alike.
     for _ in 0..runs {
         for (c, case) in LIVE.iter().enumerate() {
             let frame = frame(case);
+            let before = dataplane.counters()?;
             let elapsed = wire
                 .netns
                 .run(|| bpf::test_run_live_on(program(case), &frame, repeat, wire.ifindex))?;
+            check_live(case, repeat, &before, &dataplane.counters()?)?;
             live[c].push((elapsed.as_nanos() / u128::from(repeat)) as u32);
+        }
+        for (c, case) in FRESH.iter().enumerate() {
+            let frame = frame(case);
+            let mut total = 0u64;
+            for _ in 0..FRESH_CALLS {
+                total += u64::from(bpf::test_run(program(case), &frame, 1, None)?.ns);
+            }
+            fresh[c].push((total / u64::from(FRESH_CALLS)) as u32);
         }
         for (c, case) in KERNEL.iter().enumerate() {
             kernel[c].push(bpf::test_run(program(case), &frame(case), repeat, None)?.ns);
@@ -297,7 +342,40 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
         repeat,
         runs,
         live: timings(&LIVE, live),
+        fresh: timings(&FRESH, fresh),
+        fresh_calls: FRESH_CALLS,
         kernel: timings(&KERNEL, kernel),
         note: NOTE.into(),
     })
+}
+
+/// Fails unless every repetition of a live run of smtpguard moved the counter of the verdict
+/// the case times (a recycled page holding a rewritten frame would be judged otherwise).
+fn check_live(case: &Case, repeat: u32, before: &[u64], after: &[u64]) -> Result<()> {
+    if !matches!(case.program, Program::Smtpguard) {
+        return Ok(());
+    }
+    let moved: Vec<(&str, u64)> = Reason::ALL
+        .into_iter()
+        .map(|reason| {
+            (
+                reason.name(),
+                after[reason as usize] - before[reason as usize],
+            )
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    let judged_so = Reason::ALL
+        .into_iter()
+        .filter(|reason| smtpguard::model::xdp_action(reason.verdict()) == case.expected)
+        .map(|reason| after[reason as usize] - before[reason as usize])
+        .sum::<u64>();
+    if judged_so != u64::from(repeat) {
+        bail!(
+            "{}: {repeat} live repetitions, {judged_so} judged {}; the counters moved by {moved:?}",
+            case.key,
+            smtpguard::replay::xdp_action_name(case.expected)
+        );
+    }
+    Ok(())
 }

@@ -77,6 +77,9 @@ struct Args {
     out: PathBuf,
     /// An earlier build of the kernel program, timed in the same rounds as "baseline".
     baseline: Option<PathBuf>,
+    /// Only the enforcement actions' table (reject and ratelimit next to the drop path),
+    /// written alone to `out`: a change to the reply programs measured in a minute.
+    actions_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -84,11 +87,13 @@ fn args() -> Result<Args> {
     let mut flood = true;
     let mut out = None;
     let mut baseline = None;
+    let mut actions_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--no-flood" => flood = false,
+            "--actions-only" => actions_only = true,
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "--baseline" => {
                 baseline = Some(PathBuf::from(
@@ -97,7 +102,7 @@ fn args() -> Result<Args> {
             }
             other => bail!(
                 "unknown argument {other}; usage: bench_dataplane [--quick] [--no-flood] \
-                 [--baseline OBJECT] --out FILE"
+                 [--baseline OBJECT] [--actions-only] --out FILE"
             ),
         }
     }
@@ -106,6 +111,7 @@ fn args() -> Result<Args> {
         flood,
         out: out.context("--out FILE is required")?,
         baseline,
+        actions_only,
     })
 }
 
@@ -268,6 +274,13 @@ fn main() -> Result<()> {
     } else {
         (2_000_000, 7)
     };
+    if args.actions_only {
+        let peer = peer::XdpFilter::load()?;
+        let actions = actions::measure(peer.program.as_fd(), repeat, runs)?;
+        let json = serde_json::to_string_pretty(&actions)?;
+        return fs::write(&args.out, json)
+            .with_context(|| format!("writing {}", args.out.display()));
+    }
     let config = Config::parse(POLICY, Path::new("bench.toml")).context("the bench policy")?;
     let capacity = config.capacity.clone();
     let base = DesiredPolicy::from_config(&config);
