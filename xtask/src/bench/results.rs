@@ -123,6 +123,7 @@ pub struct Scale {
     pub exemptions: u32,
     pub hosts: u32,
     pub hosts_in_map: usize,
+    pub hosts_in_table: u64,
     pub fill_subscribers_s: f64,
     pub fill_exemptions_s: f64,
     pub fill_hosts_s: f64,
