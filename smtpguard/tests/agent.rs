@@ -1134,10 +1134,10 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
                     .find(|r| r["host"] == host)
                     .and_then(|r| r["attempts"].as_u64())
             };
-            attempts("100.64.0.2") == Some(30)
-                && attempts("100.64.0.3") == Some(5)
-                // At least: a SYN the kernel retransmits while a loaded machine has not yet
-                // closed the timed-out socket is an attempt too.
+            // At least: a SYN the kernel retransmits (after 1 s) while a loaded machine has
+            // not yet closed the timed-out socket is an attempt too (see `sent_once`).
+            attempts("100.64.0.2") >= Some(30)
+                && attempts("100.64.0.3") >= Some(5)
                 && attempts(IPV6_HOST) >= Some(6)
         },
     );
@@ -1151,13 +1151,24 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
             )
         })
         .collect();
-    let expected_top = ("100.64.0.2".to_owned(), "bot".to_owned(), 30);
+    // Each attempt's SYN, and at most one retransmission of it.
+    let sent_once = |row: &Value, attempts: u64| {
+        let counted = row["attempts"].as_u64().unwrap();
+        assert!(
+            (attempts..=2 * attempts).contains(&counted),
+            "{attempts} attempts counted as {counted}: {row}"
+        );
+        counted
+    };
+    let bot_row = row(&rows, "100.64.0.2");
+    let bot_attempts = sent_once(bot_row, 30);
     assert_eq!(
-        summary.first(),
-        Some(&expected_top),
+        summary
+            .first()
+            .map(|(host, class, _)| (host.as_str(), class.as_str())),
+        Some(("100.64.0.2", "bot")),
         "the bot is on top: {summary:?}"
     );
-    let bot_row = row(&rows, "100.64.0.2");
     let distinct = bot_row["distinct_destinations"].as_u64().unwrap();
     assert!(
         (24..=36).contains(&distinct),
@@ -1165,9 +1176,9 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     );
     assert_eq!(bot_row["subscriber_prefix"], "100.64.0.0/10");
     assert_eq!(bot_row["mode"], "enforce");
-    assert_eq!(bot_row["dropped"], 30);
+    assert_eq!(bot_row["dropped"], bot_attempts);
     assert_eq!(row(&rows, "100.64.0.3")["class"], "misconfigured-client");
-    assert_eq!(row(&rows, "100.64.0.3")["attempts"], 5);
+    sent_once(row(&rows, "100.64.0.3"), 5);
     assert_eq!(row(&rows, "100.64.10.5")["class"], "exempt-sender");
     assert_eq!(row(&rows, "100.64.10.5")["dropped"], 0);
     // Judged then: the exempt host as exempt (its range enforces), the bot's destinations
@@ -1177,7 +1188,7 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     // The three IPv6 addresses are one host, their /64: a subscriber's whole prefix.
     let lan = row(&rows, IPV6_HOST);
     assert_eq!(lan["hosts"].as_u64(), Some(1));
-    assert!(lan["attempts"].as_u64() >= Some(6), "{lan}");
+    sent_once(lan, 6);
     assert_eq!(lan["class"], "misconfigured-client", "6 attempts to one MX");
     assert!(
         ipv6_hosts
@@ -1195,7 +1206,7 @@ fn report_classifies_real_traffic_and_survives_a_restart() {
     let records = report_csv(&csv);
     assert_eq!(records.len(), rows.len());
     assert_eq!(&records[0][0], "100.64.0.2");
-    assert_eq!(&records[0][4], "30");
+    assert_eq!(records[0][4], bot_attempts.to_string());
     assert_eq!(&records[0][13], "bot");
 
     // A window before the traffic is empty.

@@ -196,6 +196,8 @@ fn ip(args: &[&str]) -> Result<String> {
 
 const BOT_V4: &str = "100.64.1.2";
 const BOT_V6: &str = "2001:db8:1001::2";
+/// The IPv6 bot's report row: an IPv6 host is its /64, as a subscriber's whole prefix.
+const BOT_V6_ROW: &str = "2001:db8:1001::/64";
 const USER_V4: &str = "100.64.2.2";
 const BIZ_V4: &str = "100.64.10.5";
 const MON_V4: &str = "100.127.0.9";
@@ -1165,7 +1167,7 @@ fn wait_for_bot_report(lab: &Lab) -> Result<String> {
         let first = &rows[0];
         let host = first["host"].as_str().unwrap_or("");
         let class = first["class"].as_str().unwrap_or("");
-        if (host == BOT_V4 || host == BOT_V6) && class == "bot" {
+        if (host == BOT_V4 || host == BOT_V6_ROW) && class == "bot" {
             let distinct = first["distinct_destinations"].as_u64().unwrap_or(0);
             let attempts = first["attempts"].as_u64().unwrap_or(0);
             if distinct < 15 || attempts < 20 {
