@@ -690,8 +690,13 @@ fn reports_of_schema_version_2_move_into_chunks() {
     assert_eq!(record.host_address(), ip("100.64.0.2"));
     assert_eq!(record.last_destination(), ip("198.51.100.7"));
     assert_eq!(
-        (record.attempts, record.segments, record.dropped),
-        (7, 9, 6)
+        (
+            record.attempts,
+            record.segments,
+            record.dropped,
+            record.limited
+        ),
+        (7, 9, 6, 0)
     );
     assert_eq!(record.sketch[63], 5);
     assert_eq!(record.exact_destinations, Some([42, 0, 0, 0, 0]));
@@ -711,9 +716,95 @@ fn reports_of_schema_version_2_move_into_chunks() {
             )
             .unwrap()
             .trim(),
-        "3|t|1",
-        "version 3, the old table gone, one chunk"
+        "4|t|1",
+        "version 4, the old table gone, one chunk"
     );
+}
+
+/// A host's limited attempts (its `ratelimit` or `reject` bucket refused them) reach the fleet
+/// report as the local one keeps them: written with the records, read back by both reads of a
+/// window (whole, and the chosen hosts' chunks only); a chunk written before schema version 4
+/// (no limited column) reads as 0.
+#[test]
+fn limited_attempts_reach_postgres_with_their_records() {
+    use smtpguard::store::HostInterval;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let postgres = smtpguard_tests::engines::Postgres::start().unwrap();
+    let config = smtpguard::config::PostgresConfig {
+        url: postgres.url(),
+        password_file: None,
+        tls: smtpguard::config::PostgresTls::Disable,
+        identity: None,
+    };
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    let interval = |host: u8, limited: u64| HostInterval {
+        host: smtpguard_common::host::ipv4_mapped([100, 64, 0, host]),
+        start: at(60),
+        end: at(120),
+        first_seen: at(61),
+        last_seen: at(62),
+        attempts: limited + 10,
+        segments: limited + 10,
+        dropped: limited + 10,
+        limited,
+        sketch: [0; smtpguard_common::sketch::SKETCH_REGISTERS],
+        exact_destinations: None,
+        last_dst: smtpguard_common::host::ipv4_mapped([198, 51, 100, 7]),
+        last_port: 25,
+        last_reason: 0,
+    };
+    let shipped = [
+        interval(2, 7),
+        interval(3, 0),
+        interval(4, u64::from(u32::MAX)),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limited = |records: Vec<(String, HostInterval)>| -> Vec<(String, u64)> {
+        records
+            .into_iter()
+            .map(|(_, record)| (record.host_address().to_string(), record.limited))
+            .collect()
+    };
+    let read = |pick_one: bool| {
+        runtime
+            .block_on(async {
+                let mut reports = smtpguard::fleet::postgres::Reports::open(&config).await?;
+                if pick_one {
+                    reports
+                        .intervals_of(at(0), SystemTime::now(), None, |totals| vec![totals[0].0])
+                        .await
+                } else {
+                    reports.intervals(at(0), SystemTime::now(), None).await
+                }
+            })
+            .unwrap()
+    };
+    runtime
+        .block_on(async {
+            smtpguard::fleet::postgres::Reports::open(&config)
+                .await?
+                .ship("gw-1", &shipped)
+                .await
+        })
+        .unwrap();
+    assert_eq!(
+        limited(read(false)),
+        [
+            ("100.64.0.2".to_owned(), 7),
+            ("100.64.0.3".to_owned(), 0),
+            ("100.64.0.4".to_owned(), u64::from(u32::MAX))
+        ]
+    );
+    assert_eq!(limited(read(true)), [("100.64.0.2".to_owned(), 7)]);
+    // What an agent of the previous version wrote: no limited attempts.
+    postgres
+        .psql("smtpguard", "UPDATE host_chunks SET limited = NULL")
+        .unwrap();
+    assert_eq!(limited(read(true)), [("100.64.0.2".to_owned(), 0)]);
 }
 
 /// TLS to PostgreSQL as libpq's sslmode means it, against a server that takes TLS only and a

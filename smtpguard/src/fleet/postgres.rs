@@ -25,7 +25,7 @@ use tokio_postgres::{
 use super::{keys, postgres_tls};
 use crate::{
     config::{PostgresConfig, PostgresTls},
-    store::{HostInterval, decode_records, from_millis, put_record, to_millis},
+    store::{HostInterval, decode_records, from_millis, put_limited, put_record, to_millis},
 };
 
 /// Schema migrations; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Append,
@@ -72,6 +72,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE host_chunks ALTER COLUMN keys SET STORAGE EXTERNAL,
          ALTER COLUMN records SET STORAGE EXTERNAL,
          ALTER COLUMN exact_sets SET STORAGE EXTERNAL;",
+    // 4: each chunk's limited attempts (`ratelimit` and `reject` buckets), as the local
+    // store keeps them; NULL in chunks written before, read as 0.
+    "ALTER TABLE host_chunks ADD COLUMN limited bytea
+         CHECK (limited IS NULL OR length(limited) = hosts * 4);
+     ALTER TABLE host_chunks ALTER COLUMN limited SET STORAGE EXTERNAL;",
 ];
 
 /// The version whose migration moves version 2's rows into chunks.
@@ -81,13 +86,15 @@ const CHUNKED: usize = 3;
 const CHUNK_HOSTS: usize = 4096;
 
 /// A chunk's columns in COPY order, with their types.
-const CHUNK_COLUMNS: &str = "gateway, start_ms, end_ms, chunk, hosts, keys, records, exact_sets";
-const CHUNK_TYPES: [Type; 8] = [
+const CHUNK_COLUMNS: &str =
+    "gateway, start_ms, end_ms, chunk, hosts, keys, records, exact_sets, limited";
+const CHUNK_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::INT8,
     Type::INT8,
     Type::INT4,
     Type::INT4,
+    Type::BYTEA,
     Type::BYTEA,
     Type::BYTEA,
     Type::BYTEA,
@@ -316,13 +323,14 @@ impl Reports {
                 supported,
             });
         }
-        for (version, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for migration in MIGRATIONS.iter().skip(found as usize) {
             tx.batch_execute(migration).await.map_err(refused(
                 "a schema migration (does the role own the database?)",
             ))?;
-            if version + 1 == CHUNKED {
-                rows_into_chunks(&tx, &server).await?;
-            }
+        }
+        // Version 2's rows move once the chunks' table has every column this version writes.
+        if (found as usize) < CHUNKED {
+            rows_into_chunks(&tx, &server).await?;
         }
         tx.execute(
             "INSERT INTO smtpguard_schema (id, version) VALUES (1, $1)
@@ -367,7 +375,7 @@ impl Reports {
             &tx,
             &self.server,
             &format!(
-                "SELECT gateway, start_ms, end_ms, records, exact_sets FROM host_chunks \
+                "SELECT gateway, start_ms, end_ms, records, exact_sets, limited FROM host_chunks \
                  WHERE {WINDOW} ORDER BY end_ms, gateway, start_ms, chunk"
             ),
             &window.params(),
@@ -440,7 +448,7 @@ impl Reports {
         records(
             &tx,
             server,
-            "SELECT gateway, start_ms, end_ms, records, exact_sets FROM host_chunks \
+            "SELECT gateway, start_ms, end_ms, records, exact_sets, limited FROM host_chunks \
              WHERE (gateway, start_ms, chunk) IN \
                  (SELECT * FROM unnest($1::text[], $2::bigint[], $3::integer[])) \
              ORDER BY end_ms, gateway, start_ms, chunk",
@@ -469,7 +477,8 @@ async fn snapshot<'c>(
         .map_err(refusal(server, "a read-only transaction"))
 }
 
-/// The records of the chunks `statement` selects (gateway, start, end, records, sets), those
+/// The records of the chunks `statement` selects (gateway, start, end, records, sets,
+/// limited), those
 /// of the hosts `wanted` keeps, as the rows stream in.
 async fn records(
     tx: &tokio_postgres::Transaction<'_>,
@@ -497,8 +506,7 @@ async fn records(
             span,
             row.get(3),
             Some(row.get(4)),
-            // The fleet's chunks do not carry limited attempts (yet): 0.
-            None,
+            row.get(5),
             &wanted,
             time,
             &mut records,
@@ -572,13 +580,15 @@ async fn write_chunks(
         .await
         .map_err(refusal(server, "COPY (does the role have INSERT?)"))?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &CHUNK_TYPES));
-    let (mut key_column, mut records, mut sets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut key_column, mut records, mut sets, mut limited) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for interval in sorted.chunk_by(|a, b| a.0 == b.0) {
         let (start_ms, end_ms) = (interval[0].0, interval[0].1);
         for (number, chunk) in interval.chunks(CHUNK_HOSTS).enumerate() {
             key_column.clear();
             records.clear();
             sets.clear();
+            limited.clear();
             keys::encode(
                 chunk
                     .iter()
@@ -593,6 +603,7 @@ async fn write_chunks(
                     millis(record.first_seen),
                     millis(record.last_seen),
                 );
+                put_limited(&mut limited, record);
             }
             writer
                 .as_mut()
@@ -605,6 +616,7 @@ async fn write_chunks(
                     &key_column,
                     &records,
                     &sets,
+                    &limited,
                 ])
                 .await
                 .map_err(refusal(server, "COPY"))?;

@@ -207,6 +207,14 @@ pub(crate) fn put_record(
     );
 }
 
+/// Appends `interval`'s limited attempts to a chunk's `limited` column (read back by
+/// [`decode_records`]): a little-endian `u32` per host in the records' order.
+pub(crate) fn put_limited(out: &mut Vec<u8>, interval: &HostInterval) {
+    // A 32-bit kernel counter's delta: it fits.
+    let count = u32::try_from(interval.limited).unwrap_or(u32::MAX);
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
 /// Decodes a chunk written by [`put_record`] (its exact sets, if it has them) onto `out`, the
 /// records of `keep` only. `time` turns stored milliseconds into a time, naming the field when
 /// they are out of range.
@@ -315,9 +323,7 @@ fn insert_intervals(
             limited.clear();
             for (interval, [_, _, first_ms, last_ms]) in chunk {
                 put_record(&mut records, &mut sets, interval, *first_ms, *last_ms);
-                // A 32-bit kernel counter's delta: it fits.
-                let count = u32::try_from(interval.limited).unwrap_or(u32::MAX);
-                limited.extend_from_slice(&count.to_le_bytes());
+                put_limited(&mut limited, interval);
             }
             let hosts = chunk.len() as i64;
             match columns {

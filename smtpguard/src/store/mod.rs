@@ -44,7 +44,7 @@ pub use escalations::{BotEvent, Escalation};
 pub use exemptions::{Exemption, ExemptionUpdate, NewExemption};
 pub use fleet_cache::{CachedKey, FleetCache};
 pub use history::{HostCursor, HostInterval, SnapshotState};
-pub(crate) use history::{decode_records, put_record};
+pub(crate) use history::{decode_records, put_limited, put_record};
 pub use identities::{
     Binding, Holder, MAX_SUBSCRIBER_BYTES, NewSubscriberExemption, SubscriberExemption,
     check_subscriber, holder_at,
