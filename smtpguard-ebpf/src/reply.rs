@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
-    helpers::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_tail},
+    helpers::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
 };
 use smtpguard_common::{Action, policy::REPLY_MAX_LEN};
 
@@ -427,12 +427,52 @@ pub fn xdp(ctx: *mut xdp_md, start: usize, end: usize) -> Option<()> {
     let delta = reply.frame_len() as i32 - (end - start) as i32;
     // SAFETY: the program's own context; the helper moves the frame's end.
     if unsafe { bpf_xdp_adjust_tail(ctx, delta) } != 0 {
-        return None;
+        // No room after the frame: veth and generic XDP hand the program a frame that
+        // ends its buffer (`veth_convert_skb_to_xdp_buff`, `netif_receive_generic_xdp`),
+        // so an answer longer than the SYN grows at the front instead, into the headroom
+        // XDP always has.
+        grow_at_head(ctx, delta, reply.ip_offset)?;
     }
     // SAFETY: the context's `xdp_md`, valid for this program run; the packet pointers are
     // read again, as every helper that moves them requires.
     let (start, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
     write(&reply, start, end, true)
+}
+
+/// Grows the frame by `delta` bytes at its front and moves its link layer (the `ip_offset`
+/// bytes before the IP header, which the answer keeps) there; what follows is overwritten by
+/// the answer.
+#[inline(always)]
+fn grow_at_head(ctx: *mut xdp_md, delta: i32, ip_offset: usize) -> Option<()> {
+    if delta <= 0 || delta as usize > MAX_LEN {
+        return None;
+    }
+    // SAFETY: the program's own context; the helper moves the frame's start.
+    if unsafe { bpf_xdp_adjust_head(ctx, -delta) } != 0 {
+        return None;
+    }
+    // SAFETY: as in `xdp`.
+    let (start, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
+    // Needed by the verifier for the destination: an answer that grows is an ICMP error,
+    // longer than the longest link layer.
+    if start + MAX_IP_OFFSET > end {
+        return None;
+    }
+    let from = start + delta as usize;
+    // Eight bytes at a time, from the front: each word is read before anything is written
+    // over it, since the destination lies `delta` bytes before the source.
+    for i in 0..MAX_IP_OFFSET / 8 {
+        if 8 * i >= ip_offset {
+            break;
+        }
+        // Needed by the verifier.
+        if from + 8 * i + 8 > end {
+            return None;
+        }
+        // SAFETY: both words are inside the frame (checked above).
+        unsafe { store(start + 8 * i, load::<u64>(from + 8 * i)) };
+    }
+    Some(())
 }
 
 /// TC: the skb becomes the answer, to be redirected out of the interface it came in on.
@@ -449,7 +489,14 @@ pub fn tc(skb: *mut __sk_buff, link: Link, ethernet: bool) -> Option<()> {
     };
     let reply = build(start, end, len, link)?;
     // SAFETY: the program's own context; the helper trims or grows the packet.
-    if unsafe { bpf_skb_change_tail(skb, reply.frame_len() as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(skb, reply.frame_len() as u32, 0) } != 0
+        // The kernel refuses to cut an skb short of its transport header
+        // (`__bpf_skb_min_len`), which the sender's stack may have set deep into a long SYN
+        // (`skb_probe_transport_header`). A shorter answer then keeps the frame's length: its
+        // IP and PPPoE lengths say where it ends, and the receiver trims the rest of the SYN
+        // that trails it (`ip_rcv_core`, `ipv6_rcv`, `pppoe_rcv`).
+        && reply.frame_len() > len
+    {
         return None;
     }
     // The answer is written with direct access: all of it must be in the linear part.

@@ -7,7 +7,6 @@ use std::{
     net::IpAddr,
 };
 
-use ipnet::IpNet;
 use nix::{
     sched::{CpuSet, sched_getcpu, sched_setaffinity},
     unistd::Pid,
@@ -18,11 +17,12 @@ use smtpguard::{
     model::{self, AboveIp, Dissection, HostRecord, Model, ModelPolicy, decide, dissect},
     policy::DesiredPolicy,
 };
-use smtpguard_common::{Action, HostStats, REASON_COUNT, Reason};
+use smtpguard_common::{HostStats, REASON_COUNT, Reason};
 
 use crate::{
     frames::{TCP_ACK, TCP_SYN},
     regression::hex,
+    replies::{AnsweredSyn, ReplyBudget},
 };
 
 /// Hosts the host table holds: far more than a run creates, so that hosts rarely share a
@@ -36,9 +36,9 @@ pub struct Harness {
     pub model: Model,
     /// How often each reason occurred (in frames, whichever entry point).
     pub coverage: [u64; REASON_COUNT as usize],
-    /// Replies each host got so far (XDP and TC), by its host key (the source with the
-    /// host prefix applied), for the checks that hold whatever the model says.
-    replies: HashMap<IpAddr, u64>,
+    /// Replies each host got so far (XDP and TC), for the checks that hold whatever the
+    /// model says.
+    replies: ReplyBudget,
 }
 
 /// A frame as hex and as the model reads it.
@@ -87,7 +87,7 @@ impl Harness {
             dataplane,
             model: Model::new(empty),
             coverage: [0; REASON_COUNT as usize],
-            replies: HashMap::new(),
+            replies: ReplyBudget::default(),
         }
     }
 
@@ -170,64 +170,30 @@ impl Harness {
         Ok(expected)
     }
 
-    /// What holds of every reply the kernel sends, whatever the model says (the two could
-    /// share a mistake): it answers a SYN (no ACK) to an enforced port, from a source inside
-    /// a subscriber range whose action replies, not exempt, not to a relay; and no host gets
-    /// more replies than the largest bucket of the policy allows (no refill within a run:
-    /// the generated buckets are per hour).
+    /// What holds of every reply the kernel sends, whatever the model says
+    /// ([`ReplyBudget::check`]), for the frame it answered: a whole TCP SYN (no ACK).
     fn reply_allowed(&mut self, frame: &[u8], entry: &str) -> Result<(), String> {
-        let policy = &self.model.policy;
-        let refuse = |why: &str| Err(format!("{entry}: a reply to a frame {why}"));
+        let refuse = |why: String| Err(format!("{entry}: {why}"));
         let Dissection::Ip {
             src,
             dst,
             above: AboveIp::Tcp { dst_port, flags },
         } = dissect(frame)
         else {
-            return refuse("that is not a whole TCP segment");
+            return refuse("a reply to a frame that is not a whole TCP segment".into());
         };
-        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN || !policy.ports.contains(&dst_port) {
-            return refuse(&format!(
-                "that is not a SYN to an enforced port (flags {flags:#04x}, port {dst_port})"
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return refuse(format!(
+                "a reply to a segment that is not a SYN (flags {flags:#04x})"
             ));
         }
-        let range = policy
-            .subscribers
-            .iter()
-            .filter(|(range, _)| range.contains(&src))
-            .max_by_key(|(range, _)| range.prefix_len());
-        let Some((range, _)) = range else {
-            return refuse(&format!("from {src}, outside every subscriber range"));
+        let syn = AnsweredSyn {
+            src,
+            dst,
+            dst_port: Some(dst_port),
+            answer: None,
         };
-        if !policy
-            .actions
-            .get(range)
-            .is_some_and(|(action, _)| matches!(action, Action::Reset | Action::IcmpProhibited))
-        {
-            return refuse(&format!("from {src}, whose range {range} does not reject"));
-        }
-        if policy.exemptions.iter().any(|exempt| exempt.contains(&src))
-            || policy.relays.iter().any(|relay| relay.contains(&dst))
-        {
-            return refuse(&format!("from {src} to {dst}: exempt, or to a relay"));
-        }
-        let bucket = policy
-            .actions
-            .values()
-            .map(|(_, limit)| u64::from(limit.rate))
-            .max()
-            .unwrap_or(0);
-        let (v4, v6) = policy.host_prefixes;
-        let key =
-            IpNet::new(src, if src.is_ipv4() { v4 } else { v6 }).map_or(src, |host| host.network());
-        let replies = self.replies.entry(key).or_default();
-        *replies += 1;
-        if *replies > bucket {
-            return refuse(&format!(
-                "from {src}: reply {replies} to host {key}, beyond the largest bucket ({bucket})"
-            ));
-        }
-        Ok(())
+        self.replies.check(&self.model.policy, &syn).or_else(refuse)
     }
 
     /// What the host table and its overflow map hold.

@@ -10,4 +10,5 @@ pub mod generate;
 pub mod lab;
 pub mod oracle;
 pub mod regression;
+pub mod replies;
 pub mod wire;

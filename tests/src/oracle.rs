@@ -12,6 +12,13 @@
 //!                                                          (AnyIP; raw TCP sockets)
 //! ```
 //!
+//! What comes back matters as much: every answer smtpguard sends (`reject`: a TCP reset or an
+//! ICMP administratively-prohibited error, told from what the gateway forwards by its hop
+//! limit) is captured on the subscriber's wire and must answer a SYN the reference model
+//! rejects, from a host within its reply bucket ([`crate::replies`]); and every SYN the model
+//! rejects (judged frame by frame, with the buckets) must get its answer: an answer the
+//! kernel program cannot build or send degrades `reject` to a silent drop.
+//!
 //! Generated policies get `unparseable = drop`: with `pass`, TCP the program cannot read
 //! passes by the operator's choice, and its arrival would look like a leak.
 //!
@@ -31,7 +38,7 @@ use std::{
 use smtpguard::{
     config::Capacity,
     dataplane::{Attach, Dataplane},
-    model::{ModelPolicy, decide, dissect},
+    model::{Dissection, Model, ModelPolicy, decide, dissect},
 };
 use smtpguard_common::{Reason, UnparseableAction};
 
@@ -40,7 +47,8 @@ use crate::{
     frames::{FrameSpec, TCP_SYN, Upper},
     generate::{self, GeneratedFrame, GeneratedPolicy},
     lab::{GatewayLab, INTERNET_INTERFACE, LinkStats, SUBSCRIBER_INTERFACE},
-    wire::{Arrival, PacketWriter, TcpArrivals},
+    replies::{CapturedReply, ReplyBudget},
+    wire::{Arrival, FrameCapture, PacketWriter, TcpArrivals},
 };
 
 /// Frames sent under one policy before the next is installed.
@@ -53,6 +61,10 @@ const BATCH: usize = 128;
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Leaks kept in full (with their suspect frames) in a report; the rest are counted.
 const LEAKS_KEPT: usize = 20;
+/// How long answers may trail the sentinels at the end of a policy: they take another path
+/// (back out of the gateway's subscriber end) than the sentinels, and must be judged under
+/// the policy they were sent under.
+const REPLY_SETTLE: Duration = Duration::from_millis(20);
 
 /// The sentinels' addresses: documentation space routed (by the default routes) to the
 /// internet host like everything else.
@@ -66,6 +78,8 @@ pub struct OracleLab {
     pub lab: GatewayLab,
     writer: PacketWriter,
     pub arrivals: TcpArrivals,
+    /// What comes back to the subscriber's line.
+    returned: FrameCapture,
     gateway_mac: [u8; 6],
     sentinel_token: u16,
 }
@@ -76,11 +90,13 @@ impl OracleLab {
         lab.forward_everything()?;
         let writer = PacketWriter::open(&lab.subscriber, "eth0")?;
         let arrivals = TcpArrivals::open(&lab.internet, "eth0")?;
+        let returned = FrameCapture::open(&lab.subscriber, "eth0")?;
         let gateway_mac = lab.gateway.mac(SUBSCRIBER_INTERFACE)?;
         Ok(Self {
             lab,
             writer,
             arrivals,
+            returned,
             gateway_mac,
             sentinel_token: 0,
         })
@@ -130,6 +146,16 @@ impl OracleLab {
         );
         arrivals.retain(|arrival| !is_sentinel(arrival));
         arrivals
+    }
+
+    /// The answers of smtpguard's that came back to the subscriber's line since the last call
+    /// (everything else that came back is left out).
+    pub fn replies(&mut self) -> Vec<CapturedReply> {
+        self.returned
+            .drain()
+            .iter()
+            .filter_map(|frame| CapturedReply::parse(frame))
+            .collect()
     }
 
     /// Counters of the links a frame crosses: the subscriber's end (where the writer sends),
@@ -188,6 +214,26 @@ pub fn judge_arrival(policy: &ModelPolicy, arrival: &Arrival) -> Option<Reason> 
         flags: arrival.flags().unwrap_or(0),
     };
     Some(decide(policy, &dissect(&spec.build())))
+}
+
+/// `Err` saying why the policy never lets smtpguard send `reply`: [`ReplyBudget::check`], and
+/// the model's verdict on a clean SYN with the answer's addresses and ports (when the answer
+/// shows the port) must be `Rejected`.
+pub fn judge_reply(
+    policy: &ModelPolicy,
+    budget: &mut ReplyBudget,
+    reply: &CapturedReply,
+) -> Result<(), String> {
+    reply.check_addressed()?;
+    budget.check(policy, &reply.syn)?;
+    let Some(dst_port) = reply.syn.dst_port else {
+        return Ok(());
+    };
+    let syn = FrameSpec::tcp(reply.syn.src, reply.syn.dst, dst_port, TCP_SYN);
+    match decide(policy, &dissect(&syn.build())) {
+        Reason::Rejected => Ok(()),
+        reason => Err(format!("the model judges the SYN it answers {reason:?}")),
+    }
 }
 
 /// A port the policy does not enforce, for the sentinels.
@@ -253,8 +299,16 @@ pub struct RoundReport {
     pub leak_count: usize,
     /// The first leaks in full.
     pub leaks: Vec<Leak>,
+    /// smtpguard's answers that came back to the subscriber.
+    pub replies: usize,
+    /// Answers the policy forbids, and SYNs the model rejects that got no answer (must be 0).
+    pub bad_reply_count: usize,
+    /// The first of them, described.
+    pub bad_replies: Vec<String>,
     /// Packets the receivers' sockets dropped (must be 0).
     pub overflows: u32,
+    /// Frames the capture on the subscriber's line missed (must be 0).
+    pub capture_drops: u64,
     /// Link counters moved during the round (after minus before), by link.
     pub links: Vec<(&'static str, LinkStats)>,
     pub elapsed: Duration,
@@ -273,17 +327,26 @@ impl RoundReport {
         }
     }
 
+    fn note_bad_reply(&mut self, what: String) {
+        self.bad_reply_count += 1;
+        if self.bad_replies.len() < LEAKS_KEPT {
+            self.bad_replies.push(what);
+        }
+    }
+
     /// One line of figures.
     pub fn summary(&self) -> String {
         format!(
-            "{}: seed {}, {} frames sent ({} refused), {} TCP arrivals, {} leaks, {:.0} frames/s \
-             ({:.1?})",
+            "{}: seed {}, {} frames sent ({} refused), {} TCP arrivals, {} leaks, {} answers \
+             ({} wrong), {:.0} frames/s ({:.1?})",
             self.name(),
             self.config.seed,
             self.frames_sent,
             self.frames_refused,
             self.arrivals,
             self.leak_count,
+            self.replies,
+            self.bad_reply_count,
             self.frames_per_second(),
             self.elapsed
         )
@@ -297,6 +360,15 @@ impl RoundReport {
         }
         if self.leak_count > self.leaks.len() {
             text += &format!("\n... and {} more", self.leak_count - self.leaks.len());
+        }
+        for reply in &self.bad_replies {
+            text += &format!("\nWRONG ANSWER (seed {}) {reply}", self.config.seed);
+        }
+        if self.bad_reply_count > self.bad_replies.len() {
+            text += &format!(
+                "\n... and {} more",
+                self.bad_reply_count - self.bad_replies.len()
+            );
         }
         text
     }
@@ -315,14 +387,15 @@ impl RoundReport {
             .filter(|(_, stats)| stats.tx_dropped > 0)
             .map(|(link, stats)| format!("{link} dropped {} on transmit", stats.tx_dropped))
             .collect();
-        if self.overflows == 0 && lost.is_empty() {
+        if self.overflows == 0 && self.capture_drops == 0 && lost.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "{}: packets may have been lost: the receivers' sockets dropped {} (SO_RXQ_OVFL); \
-                 {lost:?}",
+                "{}: packets may have been lost: the receivers' sockets dropped {} (SO_RXQ_OVFL), \
+                 the capture on the subscriber's line {} (PACKET_STATISTICS); {lost:?}",
                 self.name(),
-                self.overflows
+                self.overflows,
+                self.capture_drops
             ))
         }
     }
@@ -354,11 +427,19 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
         arrivals: 0,
         leak_count: 0,
         leaks: Vec::new(),
+        replies: 0,
+        bad_reply_count: 0,
+        bad_replies: Vec::new(),
         overflows: 0,
+        capture_drops: 0,
         links: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let mut rng = generate::rng(config.seed);
+    let mut budget = ReplyBudget::default();
+    // The reference model judging every frame sent, with the host buckets the kernel keeps
+    // across policies: which SYNs must be answered.
+    let mut answering: Option<Model> = None;
     let mut policy_index = 0;
     while report.frames_sent < config.frames {
         let mut policy = generate::random_policy(&mut rng);
@@ -369,6 +450,15 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
         let model =
             ModelPolicy::from_desired(&policy.desired, policy.escalated.iter().copied().collect());
         let port = free_port(&policy);
+        if dataplane.is_some() {
+            match answering.as_mut() {
+                Some(answering) => answering.policy = model.clone(),
+                None => answering = Some(Model::new(model.clone())),
+            }
+        }
+        // The SYNs the model rejects under this policy (source, destination) and not yet
+        // answered.
+        let mut unanswered: Vec<(IpAddr, IpAddr)> = Vec::new();
         let mut window: Vec<GeneratedFrame> = Vec::new();
         let policy_end = (report.frames_sent + FRAMES_PER_POLICY).min(config.frames);
         while report.frames_sent < policy_end {
@@ -376,7 +466,14 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
             while report.frames_sent < batch_end {
                 for frame in generate::random_datagram(&mut rng, &policy) {
                     report.frames_sent += 1;
-                    report.frames_refused += usize::from(!lab.send(&frame.bytes));
+                    if !lab.send(&frame.bytes) {
+                        report.frames_refused += 1;
+                    } else if let Some(model) = answering.as_mut()
+                        && model.judge(&frame.bytes) == Reason::Rejected
+                        && let Dissection::Ip { src, dst, .. } = dissect(&frame.bytes)
+                    {
+                        unanswered.push((src, dst));
+                    }
                     window.push(frame);
                 }
             }
@@ -395,6 +492,29 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
                     });
                 }
             }
+            let last_batch = report.frames_sent == policy_end;
+            if last_batch {
+                std::thread::sleep(REPLY_SETTLE);
+            }
+            for reply in lab.replies() {
+                report.replies += 1;
+                let answers = (reply.syn.src, reply.syn.dst);
+                let judged = judge_reply(&model, &mut budget, &reply).and_then(|()| {
+                    let expected = unanswered.iter().position(|syn| *syn == answers);
+                    let expected = expected.ok_or("an answer to no SYN the model rejects")?;
+                    unanswered.swap_remove(expected);
+                    Ok(())
+                });
+                if let Err(why) = judged {
+                    report.note_bad_reply(format!("{reply:?} under policy {policy_index}: {why}"));
+                }
+            }
+        }
+        for (src, dst) in unanswered {
+            report.note_bad_reply(format!(
+                "no answer to a SYN from {src} to {dst} that the model rejects, under policy \
+                 {policy_index}"
+            ));
         }
         policy_index += 1;
         report.elapsed = started.elapsed();
@@ -402,6 +522,7 @@ pub fn run_round(config: RoundConfig, mut progress: impl FnMut(&RoundReport)) ->
     }
     report.elapsed = started.elapsed();
     report.overflows = lab.arrivals.overflows();
+    report.capture_drops = lab.returned.drops();
     report.links = lab
         .link_stats()
         .into_iter()

@@ -1,6 +1,7 @@
 //! Frames onto a wire and TCP off it: an AF_PACKET writer that puts raw frames (any bytes:
-//! VLAN stacks, PPPoE, broken headers) onto an interface, and raw TCP sockets that see every
-//! TCP packet a namespace's kernel delivers locally, after reassembly: what really got through.
+//! VLAN stacks, PPPoE, broken headers) onto an interface, raw TCP sockets that see every
+//! TCP packet a namespace's kernel delivers locally, after reassembly: what really got through,
+//! and an AF_PACKET capture of every frame an interface receives (what came back).
 //!
 //! A receiver that silently lost packets would hide exactly what it is there to find, so
 //! [`TcpArrivals`] asks the kernel for its drop count (`SO_RXQ_OVFL`) on every packet and
@@ -69,6 +70,109 @@ impl PacketWriter {
     /// Sends one frame. The kernel refuses frames shorter than an Ethernet header.
     pub fn send(&self, frame: &[u8]) -> nix::Result<()> {
         send(self.socket.as_raw_fd(), frame, MsgFlags::empty()).map(drop)
+    }
+}
+
+/// Every frame an interface receives (AF_PACKET, `ETH_P_ALL`), as the namespace's taps see
+/// it: after the interface's XDP program, and without an outer VLAN tag the kernel moved into
+/// the packet's metadata (`skb_vlan_untag` runs before the taps). Frames the namespace sends
+/// itself are left out.
+pub struct FrameCapture {
+    socket: OwnedFd,
+    /// Frames the kernel could not queue for this socket, summed (`PACKET_STATISTICS`).
+    drops: u64,
+    buffer: Vec<u8>,
+}
+
+impl FrameCapture {
+    pub fn open(netns: &Netns, interface: &str) -> anyhow::Result<Self> {
+        let ifindex = netns.ifindex(interface)?;
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        let socket = netns.run(|| -> anyhow::Result<OwnedFd> {
+            // SAFETY: plain arguments; the descriptor is owned at once.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    i32::from(all),
+                )
+            };
+            let fd = Errno::result(fd).context("AF_PACKET capture socket")?;
+            // SAFETY: a descriptor just returned by socket(2), owned by nothing else.
+            let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
+            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_protocol = all;
+            address.sll_ifindex = ifindex as i32;
+            // SAFETY: the pointer and length describe `address`, which outlives the call.
+            let bound = unsafe {
+                libc::bind(
+                    socket.as_raw_fd(),
+                    (&raw const address).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            Errno::result(bound).context("binding the AF_PACKET capture socket")?;
+            setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER)?;
+            Ok(socket)
+        })?;
+        Ok(Self {
+            socket,
+            drops: 0,
+            buffer: vec![0; 1 << 16],
+        })
+    }
+
+    /// Takes every frame queued now.
+    pub fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        loop {
+            // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: the buffer and the address describe memory that outlives the call.
+            let len = unsafe {
+                libc::recvfrom(
+                    self.socket.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut from).cast(),
+                    &mut from_len,
+                )
+            };
+            match Errno::result(len) {
+                Ok(len) if from.sll_pkttype != libc::PACKET_OUTGOING => {
+                    frames.push(self.buffer[..len as usize].to_vec())
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return frames,
+                Err(error) => panic!("receiving from the capture socket: {error}"),
+            }
+        }
+    }
+
+    /// Frames the kernel dropped for want of room in this socket's queue so far (0, or the
+    /// capture missed frames).
+    pub fn drops(&mut self) -> u64 {
+        // SAFETY: tpacket_stats is plain data; zero is a valid value for every field.
+        let mut stats: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: the pointer and length describe `stats`, which outlives the call.
+        let read = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&raw mut stats).cast(),
+                &mut len,
+            )
+        };
+        Errno::result(read).expect("reading the capture socket's statistics");
+        // The kernel resets its counters on every read.
+        self.drops += u64::from(stats.tp_drops);
+        self.drops
     }
 }
 

@@ -1,8 +1,11 @@
 //! The kernel as the oracle (tests/src/oracle.rs): generated frames through a real forwarding
 //! gateway namespace to a host that takes every address, and every TCP packet that host's
 //! kernel delivers (after reassembly) judged by the reference model. With smtpguard attached
-//! (XDP in driver mode, TC) no arrival may be one the model drops; without it (the baseline,
-//! the same frames) there must be such arrivals, or the oracle could not see a leak at all.
+//! (XDP in driver mode, TC) no arrival may be one the model drops, and every answer `reject`
+//! sends back to the subscriber must answer a SYN the model rejects, within the host's bucket;
+//! without it (the baseline, the same frames) there must be such arrivals, or the oracle could
+//! not see a leak at all, and nothing the gateway's kernel sends back may pass for an answer
+//! of smtpguard's, or the answers' check could be judging the wrong packets.
 //!
 //! A short fixed-seed run; `cargo xtask fuzz --oracle kernel` is the long one. Needs root.
 
@@ -56,6 +59,14 @@ fn without_smtpguard_the_oracle_sees_what_it_must_stop() {
          could not see a leak\n{}",
         report.summary()
     );
+    assert_eq!(
+        report.replies,
+        0,
+        "observed {} packets without smtpguard that the oracle takes for its answers, expected \
+         0\n{}",
+        report.replies,
+        report.details()
+    );
 }
 
 fn no_leaks(attach: Attach, host_capacity: u32) {
@@ -71,6 +82,20 @@ fn no_leaks(attach: Attach, host_capacity: u32) {
         0,
         "observed {} leaks (arrivals the model drops), expected 0\n{}",
         report.leak_count,
+        report.details()
+    );
+    assert!(
+        report.replies > 0,
+        "observed no answers with {attach:?}, expected some: the generated policies reject \
+         in a quarter of their ranges\n{}",
+        report.summary()
+    );
+    assert_eq!(
+        report.bad_reply_count,
+        0,
+        "observed {} answers the policy forbids or SYNs the model rejects left unanswered, \
+         expected 0\n{}",
+        report.bad_reply_count,
         report.details()
     );
 }

@@ -96,6 +96,20 @@ pub fn dissect(frame: &[u8]) -> Dissection {
     }
 }
 
+/// The IP packet in a frame, the link layer peeled off as [`dissect`] peels it: for reading
+/// what the gateway sends toward a subscriber (the kernel oracle reads `reject`'s answers with
+/// it). `None` for a frame that carries no IP the specification can see.
+pub fn ip_packet(frame: &[u8]) -> Option<&[u8]> {
+    match link_layer(frame) {
+        LinkLayer::Network {
+            network: Network::Ipv4 { vj_slot: false } | Network::Ipv6,
+            frame,
+            at,
+        } => frame.get(at..),
+        _ => None,
+    }
+}
+
 /// The network protocol a link layer carries.
 enum Network {
     /// IPv4; `vj_slot` when the protocol byte holds a Van Jacobson slot, not the protocol.

@@ -30,7 +30,7 @@ use smtpguard_common::{
 };
 
 pub use decide::{ModelPolicy, decide};
-pub use dissect::{AboveIp, Dissection, dissect};
+pub use dissect::{AboveIp, Dissection, dissect, ip_packet};
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
