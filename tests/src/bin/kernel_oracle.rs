@@ -2,8 +2,9 @@
 //! generated frames through a real forwarding gateway, first with nothing attached (the
 //! baseline: what smtpguard is there to stop), then with smtpguard's XDP entry point (driver
 //! mode), then with its TC entry point; every TCP arrival at the far host is judged by the
-//! reference model. Prints frames sent, arrivals, leaks and frames/second per round, and every
-//! leak (up to 20 per round) with the frames that may have carried it.
+//! reference model, and every answer of `reject` checked. Prints frames sent, arrivals, leaks,
+//! answers and frames/second per round, and every leak and wrong or missing answer (up to 20
+//! each per round), a leak with the frames that may have carried it.
 //!
 //! Usage: kernel_oracle [--frames N] [--seed N]   (as root; default 1,000,000 frames a round)
 //! Exit status 1 when a round with smtpguard attached let a leak through, an arrival may
@@ -79,6 +80,19 @@ fn main() -> ExitCode {
             Some(_) if report.leak_count > 0 => {
                 failures.push(format!("{}: {} leaks", report.name(), report.leak_count))
             }
+            _ => {}
+        }
+        match attach {
+            None if report.replies > 0 => failures.push(format!(
+                "{}: {} packets taken for smtpguard's answers without smtpguard",
+                report.name(),
+                report.replies
+            )),
+            Some(_) if report.bad_reply_count > 0 => failures.push(format!(
+                "{}: {} wrong or missing answers",
+                report.name(),
+                report.bad_reply_count
+            )),
             _ => {}
         }
     }
