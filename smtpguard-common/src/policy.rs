@@ -103,15 +103,32 @@ impl Limit {
 pub const REPLY_MAX_LEN: usize = 96;
 
 /// The single per-CPU entry of `REPLY_ACTION`: the entry point leaves the action of the
-/// host whose SYN it rejects; the reply program builds the answer in `bytes` (too large for
-/// the BPF stack).
+/// host whose SYN it rejects and where the SYN's headers are, which its parser found, so the
+/// reply program it tail-calls does not parse the frame again; the reply program builds the
+/// answer in `bytes` (too large for the BPF stack).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyScratch {
-    /// An [`Action`] discriminant.
+    /// An [`Action`] discriminant. The reply program sets it back to `Drop` once it has read
+    /// the entry, so an entry is answered at most once.
     pub action: u32,
+    /// Where the IP header starts, from the frame's first byte.
+    pub ip_offset: u16,
+    /// Where the PPPoE session header starts, or 0 without one (it never starts a frame).
+    pub pppoe_offset: u16,
+    /// Where the TCP header starts.
+    pub tcp_offset: u16,
+    /// [`ReplyScratch::IPV6`] and [`ReplyScratch::VJ`].
+    pub flags: u16,
     pub reserved: u32,
     pub bytes: [u8; REPLY_MAX_LEN],
+}
+
+impl ReplyScratch {
+    /// The SYN is IPv6 (else IPv4).
+    pub const IPV6: u16 = 1;
+    /// The SYN came as Van Jacobson uncompressed TCP over PPP.
+    pub const VJ: u16 = 2;
 }
 
 /// What a subscriber range does: part of [`SourcePolicy`].
@@ -324,10 +341,14 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(size_of::<ReplyScratch>(), 104);
+        assert_eq!(size_of::<ReplyScratch>(), 112);
         assert_eq!(offset_of!(ReplyScratch, action), 0);
-        assert_eq!(offset_of!(ReplyScratch, reserved), 4);
-        assert_eq!(offset_of!(ReplyScratch, bytes), 8);
+        assert_eq!(offset_of!(ReplyScratch, ip_offset), 4);
+        assert_eq!(offset_of!(ReplyScratch, pppoe_offset), 6);
+        assert_eq!(offset_of!(ReplyScratch, tcp_offset), 8);
+        assert_eq!(offset_of!(ReplyScratch, flags), 10);
+        assert_eq!(offset_of!(ReplyScratch, reserved), 12);
+        assert_eq!(offset_of!(ReplyScratch, bytes), 16);
         assert_eq!(size_of::<Limit>(), 8);
         assert_eq!(offset_of!(Limit, rate), 0);
         assert_eq!(offset_of!(Limit, per_secs), 4);

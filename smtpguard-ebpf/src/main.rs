@@ -153,24 +153,21 @@ pub fn smtpguard_tc_l3(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn smtpguard_tc_reply(ctx: TcContext) -> i32 {
-    // SAFETY: the context's `__sk_buff`, valid for this program run.
-    let offloaded_tags = unsafe { (*ctx.skb.skb).vlan_present } as usize;
-    tc_reply(&ctx, parse::Link::Ethernet { offloaded_tags }, true)
+    tc_reply(&ctx, true)
 }
 
 #[classifier]
 pub fn smtpguard_tc_l3_reply(ctx: TcContext) -> i32 {
-    let ethertype = u16::from_be(ctx.skb.protocol() as u16);
-    tc_reply(&ctx, parse::Link::Ip { ethertype }, false)
+    tc_reply(&ctx, false)
 }
 
 /// Sends the answer back out of the interface the SYN came in on (the egress of the
 /// ingress interface; an outer VLAN tag held in the skb's metadata goes out with it).
 #[inline(always)]
-fn tc_reply(ctx: &TcContext, link: parse::Link, ethernet: bool) -> i32 {
+fn tc_reply(ctx: &TcContext, ethernet: bool) -> i32 {
     // SAFETY: the context's `__sk_buff`, valid for this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match reply::tc(ctx.skb.skb, link, ethernet) {
+    match reply::tc(ctx.skb.skb, ethernet) {
         // SAFETY: a helper on plain values; it returns TC_ACT_REDIRECT.
         Some(()) => unsafe { bpf_redirect(ifindex, 0) as i32 },
         None => TC_ACT_SHOT,
@@ -210,7 +207,14 @@ fn judge(frame: Frame, link: parse::Link, ifindex: u32) -> Reason {
         parse::Parsed::Ip(packet) => {
             let decision = decide::decide(&packet);
             match decision.host {
-                Some(host) => stats::record_host(&packet, decision.reason, host),
+                Some(host) => {
+                    let action = host.class.action();
+                    let reason = stats::record_host(&packet, decision.reason, host);
+                    if reason == Reason::Rejected {
+                        reply::prepare(&packet, action);
+                    }
+                    reason
+                }
                 None => decision.reason,
             }
         }

@@ -127,12 +127,6 @@ impl Frame {
         Some(Header(at as *const u8))
     }
 
-    /// `N` bytes at `offset`, if they are readable and kept.
-    #[inline(always)]
-    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.header(offset, N).map(|header| header.bytes(0))
-    }
-
     /// The frame as the kernel keeps it once it has trimmed it to `len` bytes from `start`;
     /// the caller has checked that `len` is not beyond the current limit.
     #[inline(always)]
@@ -172,9 +166,11 @@ pub struct Packet {
     pub addresses: Addresses,
     pub transport: Transport,
     /// Where the IP header starts, and the PPPoE session header (0: none; it never starts a
-    /// frame). Only a reply needs them: the decision leaves them unread.
+    /// frame), and whether the IPv4 header came as Van Jacobson uncompressed TCP. Only a reply
+    /// needs them: the decision leaves them unread.
     pub ip_offset: usize,
     pub pppoe_offset: usize,
+    pub vj: bool,
 }
 
 pub enum Parsed {
@@ -355,6 +351,7 @@ fn parse_ipv4(frame: Frame, offset: usize, vj_slot: bool, pppoe_offset: usize) -
         transport,
         ip_offset: offset,
         pppoe_offset,
+        vj: vj_slot,
     })
 }
 
@@ -388,6 +385,7 @@ fn parse_ipv6(frame: Frame, offset: usize, pppoe_offset: usize) -> Parsed {
         transport: ipv6_transport(&frame, offset + IPV6_HEADER_LEN, next),
         ip_offset: offset,
         pppoe_offset,
+        vj: false,
     })
 }
 

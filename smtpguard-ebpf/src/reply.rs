@@ -9,18 +9,19 @@
 //!
 //! This runs in programs of its own, reached by tail call from the entry points once the
 //! decision is `Rejected`: the kernel verifies them apart from the entry points, whose
-//! budget the decision already uses. A failed tail call or a frame this code cannot answer
-//! is dropped, as `drop` would have.
+//! budget the decision already uses. The entry point leaves where its parser found the SYN's
+//! headers in this CPU's scratch entry ([`prepare`]), so the frame is not parsed twice. A
+//! failed tail call or a frame this code cannot answer is dropped, as `drop` would have.
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     helpers::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
 };
-use smtpguard_common::{Action, policy::REPLY_MAX_LEN};
+use smtpguard_common::{Action, ReplyScratch, policy::REPLY_MAX_LEN};
 
 use crate::{
     REPLY_ACTION,
-    parse::{self, Addresses, Frame, Link, Transport},
+    parse::{Addresses, Packet, Transport},
 };
 
 const ETH_ALEN: usize = 6;
@@ -45,6 +46,10 @@ const _: () = assert!(ICMP_V6_LEN == MAX_LEN);
 /// The link layer in front of the IP header is at most an Ethernet header, the VLAN tags
 /// walked and a PPPoE session header with its protocol field; the bound is for the verifier.
 const MAX_IP_OFFSET: usize = 64;
+/// A bound on where the TCP header starts, for the verifier: far beyond any IPv4 header,
+/// short of the longest IPv6 extension-header chain the parser walks (a SYN behind a longer
+/// chain is dropped, not answered).
+const MAX_TCP_OFFSET: usize = 4096;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
@@ -55,9 +60,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PKT_FILTERED: u8 = 13;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_ADM_PROHIBITED: u8 = 1;
-/// Van Jacobson uncompressed TCP over PPP (the protocol field's last byte): the reply is a
-/// plain IP packet, so its PPP protocol becomes IPv4's.
-const PPP_VJ_UNCOMPRESSED: u8 = 0x2f;
+/// A reply to Van Jacobson uncompressed TCP over PPP is a plain IP packet: its PPP protocol
+/// becomes IPv4's.
 const PPP_IPV4: u8 = 0x21;
 
 /// An answer built from the IP header on (in this CPU's scratch entry), and where it goes in
@@ -71,84 +75,132 @@ pub struct Reply {
     vj: bool,
 }
 
-/// Remembers the action of the host whose SYN is about to be answered, for the reply
-/// program the entry point tail-calls next on this CPU.
+/// Leaves the action of the host whose SYN is about to be answered, and where the parser
+/// found the SYN's headers, for the reply program the entry point tail-calls next on this CPU.
 #[inline(always)]
-pub fn prepare(action: Action) {
-    if let Some(slot) = REPLY_ACTION.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
-        unsafe { (*slot).action = action as u32 };
+pub fn prepare(packet: &Packet, action: Action) {
+    // A rejected segment is a TCP SYN. Were it anything else, the entry would stay as the
+    // last reply program left it, taken, and the reply program would drop.
+    let Transport::Tcp { offset: tcp, .. } = packet.transport else {
+        return;
+    };
+    let Some(entry) = REPLY_ACTION.get_ptr_mut(0) else {
+        return;
+    };
+    let ipv6 = match packet.addresses {
+        Addresses::V4 { .. } => 0,
+        Addresses::V6 { .. } => ReplyScratch::IPV6,
+    };
+    let vj = if packet.vj { ReplyScratch::VJ } else { 0 };
+    // SAFETY: a per-CPU entry, written only by this CPU with preemption off. Every offset is
+    // far below 64 KiB (see `parse::Frame::header`).
+    unsafe {
+        (*entry).action = action as u32;
+        (*entry).ip_offset = packet.ip_offset as u16;
+        (*entry).pppoe_offset = packet.pppoe_offset as u16;
+        (*entry).tcp_offset = tcp as u16;
+        (*entry).flags = ipv6 | vj;
     }
 }
 
-/// The answer to the SYN in the frame `[start, end)` (`len` bytes long, of which `[start,
-/// end)` is readable), or `None` when it cannot be answered.
+/// The answer to the SYN in the frame `[start, end)`, from what the entry point left in this
+/// CPU's scratch entry, or `None` when it cannot be answered.
 #[inline(always)]
-pub fn build(start: usize, end: usize, len: usize, link: Link) -> Option<Reply> {
-    let scratch = REPLY_ACTION.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch entry, used by this program run alone (preemption off).
-    let (action, bytes) = unsafe { (Action::from_u32((*scratch).action), &mut (*scratch).bytes) };
-    let frame = Frame::new(start, end, len);
-    let parse::Parsed::Ip(packet) = parse::parse(frame, link) else {
-        return None;
-    };
-    let Transport::Tcp { offset: tcp, .. } = packet.transport else {
-        return None;
+pub fn build(start: usize, end: usize) -> Option<Reply> {
+    let entry = REPLY_ACTION.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch entry, used by this program run alone (preemption off),
+    // which the entry point that tail-called this program filled.
+    let (action, ip_offset, pppoe_offset, tcp, flags, bytes) = unsafe {
+        let entry = &mut *entry;
+        let action = Action::from_u32(entry.action);
+        // Taken: an entry is answered once, so a tail call without a fresh one drops.
+        entry.action = Action::Drop as u32;
+        (
+            action,
+            usize::from(entry.ip_offset),
+            usize::from(entry.pppoe_offset),
+            usize::from(entry.tcp_offset),
+            entry.flags,
+            &mut entry.bytes,
+        )
     };
     // Needed by the verifier: offsets into the frame stay small and known.
-    if packet.ip_offset > MAX_IP_OFFSET || tcp > 4096 {
+    if ip_offset > MAX_IP_OFFSET || tcp > MAX_TCP_OFFSET {
         return None;
     }
-    let vj = packet.pppoe_offset != 0
-        && frame.bytes::<1>(packet.ip_offset - 1)?[0] == PPP_VJ_UNCOMPRESSED;
-    let ports = frame.bytes::<4>(tcp)?;
-    let seq = u32::from_be_bytes(frame.bytes::<4>(tcp + 4)?);
+    let (ip, tcp) = (start + ip_offset, start + tcp);
+    // Needed by the verifier: the parser read these bytes already.
+    if tcp + 8 > end {
+        return None;
+    }
+    // SAFETY: inside the frame (checked above); see `load`.
+    let (ports, seq) = unsafe { (load::<u32>(tcp), load::<u32>(tcp + 4)) };
     // Every word of the answer is written below, so what the last answer left needs no
     // clearing: the copy into the frame takes the answer's length alone.
     let mut reply = Reply {
         bytes,
         len: 0,
-        ip_offset: packet.ip_offset,
-        pppoe_offset: packet.pppoe_offset,
-        vj,
+        ip_offset,
+        pppoe_offset,
+        vj: flags & ReplyScratch::VJ != 0,
     };
-    let quoted = start + packet.ip_offset;
-    match (action, packet.addresses) {
-        (Action::IcmpProhibited, Addresses::V4 { src, dst }) => {
+    let ipv6 = flags & ReplyScratch::IPV6 != 0;
+    match action {
+        Action::IcmpProhibited if ipv6 => {
             let quote =
-                reply.quote::<{ QUOTE_V4 / 4 }>(quoted, end, IPV4_HEADER_LEN + ICMP_HEADER_LEN)?;
-            reply.icmp_v4(src, dst, quote);
-        }
-        (Action::IcmpProhibited, Addresses::V6 { src, dst }) => {
-            let quote =
-                reply.quote::<{ QUOTE_V6 / 4 }>(quoted, end, IPV6_HEADER_LEN + ICMP_HEADER_LEN)?;
+                reply.quote::<{ QUOTE_V6 / 4 }>(ip, end, IPV6_HEADER_LEN + ICMP_HEADER_LEN)?;
+            let (src, dst) = ipv6_addresses(ip, end)?;
             reply.icmp_v6(src, dst, quote);
         }
-        (Action::Reset, Addresses::V4 { src, dst }) => reply.reset_v4(src, dst, ports, seq),
-        (Action::Reset, Addresses::V6 { src, dst }) => reply.reset_v6(src, dst, ports, seq),
+        Action::IcmpProhibited => {
+            let quote =
+                reply.quote::<{ QUOTE_V4 / 4 }>(ip, end, IPV4_HEADER_LEN + ICMP_HEADER_LEN)?;
+            let (src, dst) = ipv4_addresses(ip, end)?;
+            reply.icmp_v4(src, dst, quote);
+        }
+        Action::Reset if ipv6 => {
+            let (src, dst) = ipv6_addresses(ip, end)?;
+            reply.reset_v6(src, dst, ports, seq);
+        }
+        Action::Reset => {
+            let (src, dst) = ipv4_addresses(ip, end)?;
+            reply.reset_v4(src, dst, ports, seq);
+        }
         _ => return None,
     }
     Some(reply)
 }
 
-/// Four bytes in memory order as the word a load of them gives: the answer is written and
-/// summed in such words. The Internet checksum is the same sum in either byte order (RFC
-/// 1071, 2.B), so a sum of these words, folded and stored the same way, is the checksum's
-/// bytes.
+/// The source and destination words of the IPv4 header at `ip`.
+#[inline(always)]
+fn ipv4_addresses(ip: usize, end: usize) -> Option<(u32, u32)> {
+    // Needed by the verifier: the parser read the header already.
+    if ip + IPV4_HEADER_LEN > end {
+        return None;
+    }
+    // SAFETY: inside the frame (checked above); see `load`.
+    Some(unsafe { (load::<u32>(ip + 12), load::<u32>(ip + 16)) })
+}
+
+/// The source and destination words of the IPv6 header at `ip`.
+#[inline(always)]
+fn ipv6_addresses(ip: usize, end: usize) -> Option<([u32; 4], [u32; 4])> {
+    // Needed by the verifier: the parser read the header already.
+    if ip + IPV6_HEADER_LEN > end {
+        return None;
+    }
+    // SAFETY: inside the frame (checked above); see `load`.
+    let words = |at: usize| unsafe { [0, 4, 8, 12].map(|i| load::<u32>(at + i)) };
+    Some((words(ip + 8), words(ip + 24)))
+}
+
+/// Four bytes in memory order as the word a load of them gives: the answer is read from the
+/// SYN, written and summed in such words. The Internet checksum is the same sum in either
+/// byte order (RFC 1071, 2.B), so a sum of these words, folded and stored the same way, is the
+/// checksum's bytes.
 #[inline(always)]
 const fn word(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
-}
-
-#[inline(always)]
-fn address_words(address: [u8; 16]) -> [u32; 4] {
-    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = address;
-    [
-        word([a, b, c, d]),
-        word([e, f, g, h]),
-        word([i, j, k, l]),
-        word([m, n, o, p]),
-    ]
 }
 
 impl Reply {
@@ -207,9 +259,9 @@ impl Reply {
     /// The IPv4 header of an answer of `len` bytes; returns the sum of its addresses, which
     /// the TCP pseudo-header repeats.
     #[inline(always)]
-    fn ipv4_header(&mut self, len: usize, protocol: u8, src: [u8; 4], dst: [u8; 4]) -> u64 {
+    fn ipv4_header(&mut self, len: usize, protocol: u8, src: u32, dst: u32) -> u64 {
         let [len_high, len_low] = (len as u16).to_be_bytes();
-        let addresses = u64::from(word(src)) + u64::from(word(dst));
+        let addresses = u64::from(src) + u64::from(dst);
         // Don't fragment: an answer this small never needs it. The checksum word is 0 while
         // the header is summed.
         let sum = self.put(
@@ -218,8 +270,8 @@ impl Reply {
                 word([0x45, 0, len_high, len_low]),
                 word([0, 0, 0x40, 0]),
                 word([TTL, protocol, 0, 0]),
-                word(src),
-                word(dst),
+                src,
+                dst,
             ],
         );
         self.checksum(10, sum);
@@ -228,33 +280,34 @@ impl Reply {
 
     /// The IPv6 header; returns the sum of its addresses.
     #[inline(always)]
-    fn ipv6_header(&mut self, payload_len: usize, next: u8, src: [u8; 16], dst: [u8; 16]) -> u64 {
+    fn ipv6_header(&mut self, payload_len: usize, next: u8, src: [u32; 4], dst: [u32; 4]) -> u64 {
         let [len_high, len_low] = (payload_len as u16).to_be_bytes();
         self.put(
             0,
             [word([0x60, 0, 0, 0]), word([len_high, len_low, next, TTL])],
         );
-        self.put(8, address_words(src)) + self.put(24, address_words(dst))
+        self.put(8, src) + self.put(24, dst)
     }
 
     /// The reset of RFC 793 for a segment without ACK: sequence 0, acknowledging the SYN;
-    /// returns the sum of its words.
+    /// returns the sum of its words. `ports` and `seq` are the SYN's words as loaded.
     #[inline(always)]
-    fn tcp_reset(&mut self, at: usize, ports: [u8; 4], seq: u32) -> u64 {
+    fn tcp_reset(&mut self, at: usize, ports: u32, seq: u32) -> u64 {
         self.put(
             at,
             [
-                word([ports[2], ports[3], ports[0], ports[1]]),
+                // The two ports swapped: the halves of the word, in either byte order.
+                ports.rotate_left(16),
                 0,
-                word(seq.wrapping_add(1).to_be_bytes()),
+                u32::from_be(seq).wrapping_add(1).to_be(),
                 word([(TCP_HEADER_LEN as u8 / 4) << 4, TCP_RST_ACK, 0, 0]),
                 0,
             ],
         )
     }
 
-    #[inline(never)]
-    fn reset_v4(&mut self, src: [u8; 4], dst: [u8; 4], ports: [u8; 4], seq: u32) {
+    #[inline(always)]
+    fn reset_v4(&mut self, src: u32, dst: u32, ports: u32, seq: u32) {
         self.len = RESET_V4_LEN;
         let addresses = self.ipv4_header(RESET_V4_LEN, IPPROTO_TCP, dst, src);
         // The pseudo-header: both addresses, the protocol and the TCP length.
@@ -263,8 +316,8 @@ impl Reply {
         self.checksum(IPV4_HEADER_LEN + 16, pseudo + tcp);
     }
 
-    #[inline(never)]
-    fn reset_v6(&mut self, src: [u8; 16], dst: [u8; 16], ports: [u8; 4], seq: u32) {
+    #[inline(always)]
+    fn reset_v6(&mut self, src: [u32; 4], dst: [u32; 4], ports: u32, seq: u32) {
         self.len = RESET_V6_LEN;
         let addresses = self.ipv6_header(TCP_HEADER_LEN, IPPROTO_TCP, dst, src);
         let pseudo = addresses
@@ -276,8 +329,8 @@ impl Reply {
 
     /// From the SYN's destination, as if the server refused it: the gateway's own address
     /// is not known here. `quote` is the sum of the quote, in place already.
-    #[inline(never)]
-    fn icmp_v4(&mut self, src: [u8; 4], dst: [u8; 4], quote: u64) {
+    #[inline(always)]
+    fn icmp_v4(&mut self, src: u32, dst: u32, quote: u64) {
         self.len = ICMP_V4_LEN;
         self.ipv4_header(ICMP_V4_LEN, IPPROTO_ICMP, dst, src);
         let at = IPV4_HEADER_LEN;
@@ -285,8 +338,8 @@ impl Reply {
         self.checksum(at + 2, header + quote);
     }
 
-    #[inline(never)]
-    fn icmp_v6(&mut self, src: [u8; 16], dst: [u8; 16], quote: u64) {
+    #[inline(always)]
+    fn icmp_v6(&mut self, src: [u32; 4], dst: [u32; 4], quote: u64) {
         self.len = ICMP_V6_LEN;
         let payload = ICMP_HEADER_LEN + QUOTE_V6;
         let addresses = self.ipv6_header(payload, IPPROTO_ICMPV6, dst, src);
@@ -340,7 +393,7 @@ unsafe fn store<T: Copy>(at: usize, value: T) {
 
 /// Writes the answer into the frame `[start, end)` that now has the answer's length: the
 /// answer itself, the swapped MAC addresses on an Ethernet link, the PPPoE length.
-#[inline(never)]
+#[inline(always)]
 fn write(reply: &Reply, start: usize, end: usize, ethernet: bool) -> Option<()> {
     // One copy per answer length: a constant length is what the verifier can check once.
     match reply.len {
@@ -380,10 +433,14 @@ fn write(reply: &Reply, start: usize, end: usize, ethernet: bool) -> Option<()> 
         unsafe { core::ptr::write_unaligned(field, length.to_be_bytes()) };
     }
     if reply.vj {
-        // The protocol field ends right before the IP header, one or two bytes long.
-        let last = (reply.ip_offset & (MAX_IP_OFFSET - 1)).checked_sub(1)?;
-        // Needed by the verifier.
-        if start + last + 1 > end {
+        // The protocol field ends right before the IP header, one or two bytes long. The
+        // mask comes after the subtraction for the verifier: LLVM would otherwise fold the
+        // `- 1` into the store's constant offset, below the range the test proves.
+        let last = reply.ip_offset.checked_sub(1)? & (MAX_IP_OFFSET - 1);
+        // Needed by the verifier. Two bytes, the field's last and the IP header's first: a
+        // test of one LLVM turns into `start + last >= end`, from which the verifier learns
+        // no readable range.
+        if start + last + 2 > end {
             return None;
         }
         // SAFETY: inside the frame (checked above).
@@ -418,24 +475,25 @@ fn copy<const N: usize>(reply: &Reply, start: usize, end: usize) -> Option<()> {
 /// XDP: the frame becomes the answer, for `XDP_TX`.
 #[inline(always)]
 pub fn xdp(ctx: *mut xdp_md, start: usize, end: usize) -> Option<()> {
-    let reply = build(
-        start,
-        end,
-        end - start,
-        Link::Ethernet { offloaded_tags: 0 },
-    )?;
+    let reply = build(start, end)?;
     let delta = reply.frame_len() as i32 - (end - start) as i32;
-    // SAFETY: the program's own context; the helper moves the frame's end.
-    if unsafe { bpf_xdp_adjust_tail(ctx, delta) } != 0 {
-        // No room after the frame: veth and generic XDP hand the program a frame that
-        // ends its buffer (`veth_convert_skb_to_xdp_buff`, `netif_receive_generic_xdp`),
-        // so an answer longer than the SYN grows at the front instead, into the headroom
-        // XDP always has.
-        grow_at_head(ctx, delta, reply.ip_offset)?;
-    }
-    // SAFETY: the context's `xdp_md`, valid for this program run; the packet pointers are
-    // read again, as every helper that moves them requires.
-    let (start, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
+    // The helper only where the length changes (a reset to a SYN without options or padding
+    // keeps it).
+    let (start, end) = if delta == 0 {
+        (start, end)
+    } else {
+        // SAFETY: the program's own context; the helper moves the frame's end.
+        if unsafe { bpf_xdp_adjust_tail(ctx, delta) } != 0 {
+            // No room after the frame: veth and generic XDP hand the program a frame that
+            // ends its buffer (`veth_convert_skb_to_xdp_buff`, `netif_receive_generic_xdp`),
+            // so an answer longer than the SYN grows at the front instead, into the headroom
+            // XDP always has.
+            grow_at_head(ctx, delta, reply.ip_offset)?;
+        }
+        // SAFETY: the context's `xdp_md`, valid for this program run; the packet pointers are
+        // read again, as every helper that moves them requires.
+        unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) }
+    };
     write(&reply, start, end, true)
 }
 
@@ -478,7 +536,7 @@ fn grow_at_head(ctx: *mut xdp_md, delta: i32, ip_offset: usize) -> Option<()> {
 /// TC: the skb becomes the answer, to be redirected out of the interface it came in on.
 /// `ethernet` is false for the L3 entry point, whose frames start with the IP header.
 #[inline(always)]
-pub fn tc(skb: *mut __sk_buff, link: Link, ethernet: bool) -> Option<()> {
+pub fn tc(skb: *mut __sk_buff, ethernet: bool) -> Option<()> {
     // SAFETY: the context's `__sk_buff`, valid for this program run.
     let (start, end, len) = unsafe {
         (
@@ -487,24 +545,34 @@ pub fn tc(skb: *mut __sk_buff, link: Link, ethernet: bool) -> Option<()> {
             (*skb).len as usize,
         )
     };
-    let reply = build(start, end, len, link)?;
-    // SAFETY: the program's own context; the helper trims or grows the packet.
-    if unsafe { bpf_skb_change_tail(skb, reply.frame_len() as u32, 0) } != 0
-        // The kernel refuses to cut an skb short of its transport header
-        // (`__bpf_skb_min_len`), which the sender's stack may have set deep into a long SYN
-        // (`skb_probe_transport_header`). A shorter answer then keeps the frame's length: its
-        // IP and PPPoE lengths say where it ends, and the receiver trims the rest of the SYN
-        // that trails it (`ip_rcv_core`, `ipv6_rcv`, `pppoe_rcv`).
-        && reply.frame_len() > len
-    {
-        return None;
+    let reply = build(start, end)?;
+    let (start, end) = if reply.frame_len() == len {
+        (start, end)
+    } else {
+        // SAFETY: the program's own context; the helper trims or grows the packet.
+        if unsafe { bpf_skb_change_tail(skb, reply.frame_len() as u32, 0) } != 0
+            // The kernel refuses to cut an skb short of its transport header
+            // (`__bpf_skb_min_len`), which the sender's stack may have set deep into a long
+            // SYN (`skb_probe_transport_header`). A shorter answer then keeps the frame's
+            // length: its IP and PPPoE lengths say where it ends, and the receiver trims the
+            // rest of the SYN that trails it (`ip_rcv_core`, `ipv6_rcv`, `pppoe_rcv`).
+            && reply.frame_len() > len
+        {
+            return None;
+        }
+        // SAFETY: as above; the data pointers are read again after the helper moved them.
+        unsafe { ((*skb).data as usize, (*skb).data_end as usize) }
+    };
+    // The answer is written with direct access: all of it must be in the linear part, which
+    // the entry point's pull made it for any SYN this short.
+    if end - start >= reply.frame_len() {
+        return write(&reply, start, end, ethernet);
     }
-    // The answer is written with direct access: all of it must be in the linear part.
     // SAFETY: as above.
     if unsafe { bpf_skb_pull_data(skb, reply.frame_len() as u32) } != 0 {
         return None;
     }
-    // SAFETY: as above; the data pointers are read again after the helpers moved them.
+    // SAFETY: as above; the data pointers are read again after the helper moved them.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     write(&reply, start, end, ethernet)
 }

@@ -17,7 +17,6 @@ use crate::{
     decide::TrackedHost,
     hosts,
     parse::{Addresses, Packet, Transport},
-    reply,
 };
 
 const TCP_SYN: u8 = 0x02;
@@ -263,7 +262,6 @@ unsafe fn act(stats: *mut HostStats, action: Action, limit: Limit, attempt: bool
             if take_token(stats, limit) {
                 if replies {
                     add32(&raw mut (*stats).replies, 1);
-                    reply::prepare(action);
                     Reason::Rejected
                 } else {
                     Reason::WithinRate

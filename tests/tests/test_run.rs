@@ -232,8 +232,12 @@ fn host_statistics_follow_the_traffic() {
 #[test]
 fn verifier_complexity_stays_within_budget() {
     // A budget, not the kernel's limit (1,000,000): a parser change that makes the verifier
-    // walk many more paths shows up here first.
-    const BUDGET: u32 = 200_000;
+    // walk many more paths shows up here first, in the entry points and the reply programs
+    // alike (the reply programs verified 768,000 and 519,000 instructions while they parsed
+    // the frame again; every agent start pays for them). Raised from 200,000 when the entry
+    // points began to leave the reply program where the SYN's headers are (smtpguard_tc:
+    // 201,267).
+    const BUDGET: u32 = 210_000;
     for (program, count) in dataplane("drop").verified_instructions().unwrap() {
         println!("{program}: the verifier processed {count} instructions");
         assert!(

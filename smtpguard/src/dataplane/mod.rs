@@ -443,19 +443,31 @@ impl Dataplane {
         Ok(test_run(program, TC_PROGRAM, frame)? as i32)
     }
 
-    /// How many instructions the kernel's verifier processed for each entry point: the
-    /// program's complexity, which must stay far below the kernel's one-million limit.
-    pub fn verified_instructions(&self) -> Result<[(&'static str, u32); 2], DataplaneError> {
-        let xdp = program_ref::<Xdp>(&self.ebpf, XDP_PROGRAM)?
-            .info()
-            .map_err(|source| program_error("inspecting", XDP_PROGRAM, source))?;
-        let tc = program_ref::<SchedClassifier>(&self.ebpf, TC_PROGRAM)?
-            .info()
-            .map_err(|source| program_error("inspecting", TC_PROGRAM, source))?;
-        Ok([
-            (XDP_PROGRAM, xdp.verified_instruction_count().unwrap_or(0)),
-            (TC_PROGRAM, tc.verified_instruction_count().unwrap_or(0)),
-        ])
+    /// How many instructions the kernel's verifier processed for each entry point and each
+    /// reply program: their complexity, which must stay far below the kernel's one-million
+    /// limit.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>, DataplaneError> {
+        let replies = REPLY_PROGRAMS.map(|reply| match reply {
+            ReplyProgram::Xdp(name) | ReplyProgram::Tc(name, _) => name,
+        });
+        [XDP_PROGRAM, TC_PROGRAM]
+            .into_iter()
+            .chain(
+                replies
+                    .into_iter()
+                    .filter(|name| self.ebpf.program(name).is_some()),
+            )
+            .map(|name| {
+                let program = self.ebpf.program(name).ok_or(DataplaneError::Missing {
+                    kind: "program",
+                    name,
+                })?;
+                let info = program
+                    .info()
+                    .map_err(|source| program_error("inspecting", name, source))?;
+                Ok((name, info.verified_instruction_count().unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// Per-reason packet counts, summed over CPUs, indexed by `Reason as usize`.

@@ -10,7 +10,8 @@
 //! So the cost is taken apart:
 //! - build: ordinary test runs of one repetition each, every call from the SYN as given, timed
 //!   by the kernel (its clock read around the one run, the same for every program): what
-//!   judging and building the reply cost next to dropping, with no transmit;
+//!   judging and building the reply cost next to dropping, with no transmit (with
+//!   `--baseline`, the earlier build's drop and reject in the same rounds);
 //! - transmit: live frames out of a veth whose peer drops them with a 2-instruction XDP
 //!   program (veth hands an XDP_TX frame over only to a peer running XDP), the tx floor
 //!   (`XDP_TX` of an unchanged frame) against a drop floor, timed by the calling thread's CPU
@@ -25,7 +26,10 @@
 //! call's repetitions, so no reply or passed SYN ever meets an empty bucket; the over-the-rate
 //! case is one host with a budget of one, spent before timing.
 
-use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::{
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
@@ -96,7 +100,7 @@ pub struct Actions {
 pub struct ActionTiming {
     pub key: &'static str,
     pub description: &'static str,
-    /// "xdp-filter", "smtpguard", "tx floor" or "drop floor".
+    /// "xdp-filter", "smtpguard", "baseline", "tx floor" or "drop floor".
     pub program: &'static str,
     /// The verdict it gave (checked before timing).
     pub action: &'static str,
@@ -118,6 +122,8 @@ struct Case {
 #[derive(Clone, Copy)]
 enum Program {
     Smtpguard,
+    /// smtpguard as an earlier build (`--baseline`) makes it.
+    Baseline,
     XdpFilter,
     /// `r0 = XDP_TX; exit`: what sending a frame back costs the test run, with no work of a
     /// program's own.
@@ -130,6 +136,7 @@ impl Program {
     fn name(self) -> &'static str {
         match self {
             Program::Smtpguard => "smtpguard",
+            Program::Baseline => "baseline",
             Program::XdpFilter => "xdp-filter",
             Program::TxFloor => "tx floor",
             Program::DropFloor => "drop floor",
@@ -190,27 +197,75 @@ const DROP_FLOOR: Case = Case {
     frame: drop_frame,
 };
 
+const REJECT_RESET: Case = Case {
+    key: "reject-reset",
+    description: "reject: the SYN rewritten into a TCP RST+ACK for XDP_TX (not sent)",
+    program: Program::Smtpguard,
+    expected: XDP_TX,
+    frame: |n| syn(host("10.1", n)),
+};
+/// A SYN as long as the usual one with its options (20 bytes after the base TCP header): its
+/// reset is shorter than it, so the frame is cut, where the 54-byte SYN's keeps its length.
+const REJECT_RESET_LONG: Case = Case {
+    key: "reject-reset-74",
+    description: "reject: a 74-byte SYN rewritten into a TCP RST+ACK, the frame cut to 54 bytes (not sent)",
+    frame: |n| {
+        FrameSpec::tcp(ip(&host("10.1", n)), ip("198.51.100.7"), 25, TCP_SYN)
+            .payload(&[0; 20])
+            .build()
+    },
+    ..REJECT_RESET
+};
+const REJECT_ICMP: Case = Case {
+    key: "reject-icmp",
+    description: "reject: the SYN rewritten into ICMP administratively prohibited (not sent)",
+    program: Program::Smtpguard,
+    expected: XDP_TX,
+    frame: |n| syn(host("10.2", n)),
+};
+const BASELINE_DROP: Case = Case {
+    key: "baseline-drop",
+    description: "the earlier build drops a subscriber's SYN to 25 (action drop)",
+    program: Program::Baseline,
+    ..DROP
+};
+const BASELINE_RESET: Case = Case {
+    key: "baseline-reject-reset",
+    description: "the earlier build's reject with a TCP RST+ACK",
+    program: Program::Baseline,
+    ..REJECT_RESET
+};
+const BASELINE_RESET_LONG: Case = Case {
+    key: "baseline-reject-reset-74",
+    description: "the earlier build's reject of a 74-byte SYN with a TCP RST+ACK",
+    program: Program::Baseline,
+    ..REJECT_RESET_LONG
+};
+const BASELINE_ICMP: Case = Case {
+    key: "baseline-reject-icmp",
+    description: "the earlier build's reject with ICMP administratively prohibited",
+    program: Program::Baseline,
+    ..REJECT_ICMP
+};
+
 const LIVE: [Case; 5] = [XDP_FILTER_DROP, DROP, DROP_FLOOR, TX_FLOOR, RATELIMIT_OVER];
 
-const FRESH: [Case; 6] = [
+const FRESH: [Case; 7] = [
     XDP_FILTER_DROP,
     DROP,
     DROP_FLOOR,
     TX_FLOOR,
-    Case {
-        key: "reject-reset",
-        description: "reject: the SYN rewritten into a TCP RST+ACK for XDP_TX (not sent)",
-        program: Program::Smtpguard,
-        expected: XDP_TX,
-        frame: |n| syn(host("10.1", n)),
-    },
-    Case {
-        key: "reject-icmp",
-        description: "reject: the SYN rewritten into ICMP administratively prohibited (not sent)",
-        program: Program::Smtpguard,
-        expected: XDP_TX,
-        frame: |n| syn(host("10.2", n)),
-    },
+    REJECT_RESET,
+    REJECT_RESET_LONG,
+    REJECT_ICMP,
+];
+
+/// The earlier build's cases, timed in the same rounds where `--baseline` gives one.
+const BASELINE: [Case; 4] = [
+    BASELINE_DROP,
+    BASELINE_RESET,
+    BASELINE_RESET_LONG,
+    BASELINE_ICMP,
 ];
 
 const KERNEL: [Case; 4] = [
@@ -262,20 +317,61 @@ impl Wire {
     }
 }
 
-pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> {
+/// `baseline`: an earlier build's object, whose drop and reject are timed in the same rounds.
+pub fn measure(
+    peer: BorrowedFd<'_>,
+    repeat: u32,
+    runs: u32,
+    baseline: Option<&Path>,
+) -> Result<Actions> {
     let repeat = repeat.min(MAX_REPEAT);
-    let config = Config::parse(POLICY, std::path::Path::new("actions.toml"))
-        .context("the actions bench policy")?;
+    let config =
+        Config::parse(POLICY, Path::new("actions.toml")).context("the actions bench policy")?;
     let dataplane = Dataplane::with_policy(&config)?;
     let ours = dataplane.xdp_program_fd()?;
+    let earlier = match baseline {
+        Some(path) => {
+            let object =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut earlier = Dataplane::load_object(&object, &config.capacity)
+                .with_context(|| format!("loading {}", path.display()))?;
+            earlier
+                .policy_maps()?
+                .reconcile(&smtpguard::policy::DesiredPolicy::from_config(&config))?;
+            Some(earlier)
+        }
+        None => None,
+    };
     let tx_floor = load_constant("bench_tx_floor", XDP_TX)?;
     let drop_floor = load_constant("bench_dropflr", XDP_DROP)?;
-    let program = |case: &Case| match case.program {
-        Program::Smtpguard => ours,
-        Program::XdpFilter => peer,
-        Program::TxFloor => tx_floor.as_fd(),
-        Program::DropFloor => drop_floor.as_fd(),
+    let program = |case: &Case| {
+        anyhow::Ok(match case.program {
+            Program::Smtpguard => ours,
+            Program::Baseline => earlier
+                .as_ref()
+                .context("a baseline case without a baseline")?
+                .xdp_program_fd()?,
+            Program::XdpFilter => peer,
+            Program::TxFloor => tx_floor.as_fd(),
+            Program::DropFloor => drop_floor.as_fd(),
+        })
     };
+    // The instance whose counters check a case's verdicts (none for the other programs).
+    let counted = |case: &Case| match case.program {
+        Program::Smtpguard => Some(&dataplane),
+        Program::Baseline => earlier.as_ref(),
+        _ => None,
+    };
+    let counters = |case: &Case| -> Result<Vec<u64>> {
+        Ok(match counted(case) {
+            Some(instance) => instance.counters()?.to_vec(),
+            None => Vec::new(),
+        })
+    };
+    let fresh_cases: Vec<Case> = FRESH
+        .into_iter()
+        .chain(BASELINE.into_iter().filter(|_| earlier.is_some()))
+        .collect();
     // Hosts are numbered across both tables and the verdict checks, so none is used twice.
     let mut next_host = 0u32;
     let mut frame = |case: &Case| {
@@ -283,10 +379,10 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
         (case.frame)(next_host)
     };
     // The second run of a frame is checked: the first spends a budget of one.
-    for case in LIVE.iter().chain(&FRESH).chain(&KERNEL) {
+    for case in LIVE.iter().chain(&fresh_cases).chain(&KERNEL) {
         let frame = frame(case);
-        bpf::test_run(program(case), &frame, 1, None)?;
-        let action = bpf::test_run(program(case), &frame, 1, None)?.action;
+        bpf::test_run(program(case)?, &frame, 1, None)?;
+        let action = bpf::test_run(program(case)?, &frame, 1, None)?.action;
         if action != case.expected {
             bail!(
                 "{} ({}) returned {}, expected {}",
@@ -299,29 +395,31 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
     }
     let wire = Wire::new()?;
     let mut live = vec![Vec::new(); LIVE.len()];
-    let mut fresh = vec![Vec::new(); FRESH.len()];
+    let mut fresh = vec![Vec::new(); fresh_cases.len()];
     let mut kernel = vec![Vec::new(); KERNEL.len()];
     // Rounds, each case once per round, so noise on the machine hits all of them alike.
     for _ in 0..runs {
         for (c, case) in LIVE.iter().enumerate() {
             let frame = frame(case);
-            let before = dataplane.counters()?;
+            let before = counters(case)?;
+            let program = program(case)?;
             let elapsed = wire
                 .netns
-                .run(|| bpf::test_run_live_on(program(case), &frame, repeat, wire.ifindex))?;
-            check_live(case, repeat, &before, &dataplane.counters()?)?;
+                .run(|| bpf::test_run_live_on(program, &frame, repeat, wire.ifindex))?;
+            check_live(case, repeat, &before, &counters(case)?)?;
             live[c].push((elapsed.as_nanos() / u128::from(repeat)) as u32);
         }
-        for (c, case) in FRESH.iter().enumerate() {
+        for (c, case) in fresh_cases.iter().enumerate() {
             let frame = frame(case);
+            let program = program(case)?;
             let mut total = 0u64;
             for _ in 0..FRESH_CALLS {
-                total += u64::from(bpf::test_run(program(case), &frame, 1, None)?.ns);
+                total += u64::from(bpf::test_run(program, &frame, 1, None)?.ns);
             }
             fresh[c].push((total / u64::from(FRESH_CALLS)) as u32);
         }
         for (c, case) in KERNEL.iter().enumerate() {
-            kernel[c].push(bpf::test_run(program(case), &frame(case), repeat, None)?.ns);
+            kernel[c].push(bpf::test_run(program(case)?, &frame(case), repeat, None)?.ns);
         }
     }
     let timings = |cases: &[Case], runs: Vec<Vec<u32>>| -> Vec<ActionTiming> {
@@ -342,7 +440,7 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
         repeat,
         runs,
         live: timings(&LIVE, live),
-        fresh: timings(&FRESH, fresh),
+        fresh: timings(&fresh_cases, fresh),
         fresh_calls: FRESH_CALLS,
         kernel: timings(&KERNEL, kernel),
         note: NOTE.into(),
@@ -352,7 +450,7 @@ pub fn measure(peer: BorrowedFd<'_>, repeat: u32, runs: u32) -> Result<Actions> 
 /// Fails unless every repetition of a live run of smtpguard moved the counter of the verdict
 /// the case times (a recycled page holding a rewritten frame would be judged otherwise).
 fn check_live(case: &Case, repeat: u32, before: &[u64], after: &[u64]) -> Result<()> {
-    if !matches!(case.program, Program::Smtpguard) {
+    if !matches!(case.program, Program::Smtpguard | Program::Baseline) {
         return Ok(());
     }
     let moved: Vec<(&str, u64)> = Reason::ALL

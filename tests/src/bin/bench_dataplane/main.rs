@@ -278,7 +278,8 @@ fn main() -> Result<()> {
     };
     if args.actions_only {
         let peer = peer::XdpFilter::load()?;
-        let actions = actions::measure(peer.program.as_fd(), repeat, runs)?;
+        let actions =
+            actions::measure(peer.program.as_fd(), repeat, runs, args.baseline.as_deref())?;
         let json = serde_json::to_string_pretty(&actions)?;
         return fs::write(&args.out, json)
             .with_context(|| format!("writing {}", args.out.display()));
@@ -406,13 +407,14 @@ fn main() -> Result<()> {
     };
 
     eprintln!("enforcement actions: reject and ratelimit next to the drop path");
-    let (actions, actions_error) = match actions::measure(peer.program.as_fd(), repeat, runs) {
-        Ok(actions) => (Some(actions), None),
-        Err(error) => {
-            eprintln!("enforcement actions failed: {error:#}");
-            (None, Some(format!("{error:#}")))
-        }
-    };
+    let (actions, actions_error) =
+        match actions::measure(peer.program.as_fd(), repeat, runs, args.baseline.as_deref()) {
+            Ok(actions) => (Some(actions), None),
+            Err(error) => {
+                eprintln!("enforcement actions failed: {error:#}");
+                (None, Some(format!("{error:#}")))
+            }
+        };
 
     eprintln!("control plane: one exemption written as the agent does, and a full reconcile");
     let mut control_plane =
