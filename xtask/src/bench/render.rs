@@ -350,12 +350,15 @@ fn targets(results: &Results) -> Vec<String> {
                          {drop:.0} ns as sent, {:.2}x; {:.2}x xdp-filter's drop; of it, \
                          judging and building the reply {build:.0} ns more than a drop, \
                          transmitting {transmit:.0} ns more than dropping (tx floor {} ns, \
-                         drop floor {} ns, live))",
+                         drop floor {} ns, live); a reply that cost nothing to build would \
+                         still be {:.0} ns as sent, {:.2}x the drop path)",
                         verdict(reject <= REJECT_TARGET * drop),
                         reject / drop,
                         reject / peer,
                         ns(actions.live_ns("tx-floor")),
-                        ns(actions.live_ns("drop-floor"))
+                        ns(actions.live_ns("drop-floor")),
+                        drop + transmit,
+                        (drop + transmit) / drop
                     ));
                 }
             }
