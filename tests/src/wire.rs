@@ -48,19 +48,7 @@ impl PacketWriter {
                 None,
             )
             .context("AF_PACKET socket")?;
-            // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
-            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_ifindex = ifindex as i32;
-            // SAFETY: the pointer and length describe `address`, which outlives the call.
-            let bound = unsafe {
-                libc::bind(
-                    socket.as_raw_fd(),
-                    (&raw const address).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            Errno::result(bound).context("binding the AF_PACKET socket")?;
+            bind_to_interface(&socket, ifindex, 0)?;
             setsockopt(&socket, sockopt::SndBufForce, &RECEIVE_BUFFER)?;
             Ok(socket)
         })?;
@@ -71,6 +59,27 @@ impl PacketWriter {
     pub fn send(&self, frame: &[u8]) -> nix::Result<()> {
         send(self.socket.as_raw_fd(), frame, MsgFlags::empty()).map(drop)
     }
+}
+
+/// Binds an AF_PACKET socket to interface `ifindex`, receiving `protocol` (an ethertype in
+/// network byte order; 0 receives nothing).
+fn bind_to_interface(socket: &OwnedFd, ifindex: u32, protocol: u16) -> anyhow::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol;
+    address.sll_ifindex = ifindex as i32;
+    // SAFETY: the pointer and length describe `address`, which outlives the call.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const address).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    Errno::result(bound)
+        .map(drop)
+        .with_context(|| format!("binding an AF_PACKET socket to interface {ifindex}"))
 }
 
 /// Every frame an interface receives (AF_PACKET, `ETH_P_ALL`), as the namespace's taps see
@@ -100,20 +109,7 @@ impl FrameCapture {
             let fd = Errno::result(fd).context("AF_PACKET capture socket")?;
             // SAFETY: a descriptor just returned by socket(2), owned by nothing else.
             let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            // SAFETY: sockaddr_ll is plain data; zero is a valid value for every field.
-            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            address.sll_family = libc::AF_PACKET as u16;
-            address.sll_protocol = all;
-            address.sll_ifindex = ifindex as i32;
-            // SAFETY: the pointer and length describe `address`, which outlives the call.
-            let bound = unsafe {
-                libc::bind(
-                    socket.as_raw_fd(),
-                    (&raw const address).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            Errno::result(bound).context("binding the AF_PACKET capture socket")?;
+            bind_to_interface(&socket, ifindex, all)?;
             setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER)?;
             Ok(socket)
         })?;
