@@ -173,6 +173,11 @@ pub fn build_command(root: &Path) -> Command {
 fn cargo(root: &Path) -> Command {
     let mut command = Command::new("cargo");
     command.current_dir(root);
+    // CI builds everything from a clean checkout once: incremental compilation's bookkeeping
+    // is pure cost there. A developer's runs keep it for their rebuilds.
+    if std::env::var_os("CI").is_some() {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
     command
 }
 
