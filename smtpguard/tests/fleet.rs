@@ -138,7 +138,8 @@ fn one_policy_reaches_every_gateway() {
     let [gw1, gw2, gw3] = [&gateways[0], &gateways[1], &gateways[2]];
     let all = [gw1, gw2, gw3];
     for gateway in all {
-        eventually(PROPAGATION, "every agent reaches etcd", || {
+        // A connection, not a propagation: bounded as an agent's start is.
+        eventually(harness::READY, "every agent reaches etcd", || {
             gateway.fleet_connected()
         });
     }
@@ -287,7 +288,8 @@ fn gateways_keep_enforcing_without_etcd_and_catch_up_after() {
         .map(|n| Gateway::new("outage", &format!("gw-{n}"), &fleet))
         .collect();
     for gateway in &gateways {
-        eventually(PROPAGATION, "every agent reaches etcd", || {
+        // A connection, not a propagation: bounded as an agent's start is.
+        eventually(harness::READY, "every agent reaches etcd", || {
             gateway.fleet_connected()
         });
     }
