@@ -278,7 +278,8 @@ impl Reply {
         addresses
     }
 
-    /// The IPv6 header; returns the sum of its addresses.
+    /// The IPv6 header; returns the sum of the upper-layer checksum's pseudo-header (RFC
+    /// 8200, 8.1): both addresses, the payload length and the next header.
     #[inline(always)]
     fn ipv6_header(&mut self, payload_len: usize, next: u8, src: [u32; 4], dst: [u32; 4]) -> u64 {
         let [len_high, len_low] = (payload_len as u16).to_be_bytes();
@@ -286,7 +287,10 @@ impl Reply {
             0,
             [word([0x60, 0, 0, 0]), word([len_high, len_low, next, TTL])],
         );
-        self.put(8, src) + self.put(24, dst)
+        self.put(8, src)
+            + self.put(24, dst)
+            + u64::from(word((payload_len as u32).to_be_bytes()))
+            + u64::from(word([0, 0, 0, next]))
     }
 
     /// The reset of RFC 793 for a segment without ACK: sequence 0, acknowledging the SYN;
@@ -319,10 +323,7 @@ impl Reply {
     #[inline(always)]
     fn reset_v6(&mut self, src: [u32; 4], dst: [u32; 4], ports: u32, seq: u32) {
         self.len = RESET_V6_LEN;
-        let addresses = self.ipv6_header(TCP_HEADER_LEN, IPPROTO_TCP, dst, src);
-        let pseudo = addresses
-            + u64::from(word((TCP_HEADER_LEN as u32).to_be_bytes()))
-            + u64::from(word([0, 0, 0, IPPROTO_TCP]));
+        let pseudo = self.ipv6_header(TCP_HEADER_LEN, IPPROTO_TCP, dst, src);
         let tcp = self.tcp_reset(IPV6_HEADER_LEN, ports, seq);
         self.checksum(IPV6_HEADER_LEN + 16, pseudo + tcp);
     }
@@ -342,10 +343,7 @@ impl Reply {
     fn icmp_v6(&mut self, src: [u32; 4], dst: [u32; 4], quote: u64) {
         self.len = ICMP_V6_LEN;
         let payload = ICMP_HEADER_LEN + QUOTE_V6;
-        let addresses = self.ipv6_header(payload, IPPROTO_ICMPV6, dst, src);
-        let pseudo = addresses
-            + u64::from(word((payload as u32).to_be_bytes()))
-            + u64::from(word([0, 0, 0, IPPROTO_ICMPV6]));
+        let pseudo = self.ipv6_header(payload, IPPROTO_ICMPV6, dst, src);
         let at = IPV6_HEADER_LEN;
         let header = self.put(
             at,
