@@ -64,6 +64,7 @@ impl PolicyError {
                 | StoreError::ControlCharacter { .. }
                 | StoreError::TooLong { .. }
                 | StoreError::ExpiryNotInFuture { .. }
+                | StoreError::SubscriberExpiryNotInFuture { .. }
                 | StoreError::TimeOutOfRange { .. } => Some(Rejection::Invalid),
                 _ => None,
             },

@@ -13,8 +13,8 @@ use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
 use super::{
-    SYSTEM_WHO, Store, StoreError, audit::AuditAction, audit::insert_audit, sql, stored_time,
-    to_millis,
+    SYSTEM_WHO, Store, StoreError, audit::AuditAction, audit::insert_audit, sql,
+    stored_optional_time, stored_time, to_millis,
 };
 
 /// A host classified as a bot at a time.
@@ -238,9 +238,7 @@ impl Store {
                 started: stored_time(path, "escalations", "started_ms", started)?,
                 until: stored_time(path, "escalations", "until_ms", until)?,
                 level,
-                ended: ended
-                    .map(|ms| stored_time(path, "escalations", "ended_ms", ms))
-                    .transpose()?,
+                ended: stored_optional_time(path, "escalations", "ended_ms", ended)?,
                 ended_by,
             })
         })
@@ -260,8 +258,7 @@ impl Store {
             .optional()
             .map_err(sql(path))?
             .flatten();
-        ms.map(|ms| stored_time(path, "escalations", "until_ms", ms))
-            .transpose()
+        stored_optional_time(path, "escalations", "until_ms", ms)
     }
 }
 

@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::audit::{AuditAction, insert_audit};
 use super::{
     EntryKind, PREFIX_ORDER, PrefixColumns, PrefixTable, SYSTEM_WHO, Store, StoreError,
-    check_prefix, check_text, describe_time, from_millis, parse_stored_prefix, sql, stored_time,
-    to_millis,
+    check_prefix, check_text, describe_time, from_millis, future_time, parse_stored_prefix, sql,
+    stored_optional_time, stored_time, to_millis,
 };
 
 /// An exemption to add.
@@ -80,15 +80,11 @@ fn future_millis(
     now: SystemTime,
     now_ms: i64,
 ) -> Result<SystemTime, StoreError> {
-    let ms = to_millis("expires", expires)?;
-    if ms <= now_ms {
-        return Err(StoreError::ExpiryNotInFuture {
-            prefix,
-            expires,
-            now,
-        });
-    }
-    Ok(from_millis(ms).unwrap_or(expires))
+    future_time(expires, now_ms, || StoreError::ExpiryNotInFuture {
+        prefix,
+        expires,
+        now,
+    })
 }
 
 impl ExemptionUpdate {
@@ -180,10 +176,7 @@ impl Row {
             ticket: self.ticket,
             who: self.who,
             created: stored_time(path, TABLE, "created_ms", self.created_ms)?,
-            expires: self
-                .expires_ms
-                .map(|ms| stored_time(path, TABLE, "expires_ms", ms))
-                .transpose()?,
+            expires: stored_optional_time(path, TABLE, "expires_ms", self.expires_ms)?,
             gateway: None,
         })
     }
@@ -381,8 +374,7 @@ impl Store {
                 |row| row.get(0),
             )
             .map_err(sql(path))?;
-        next.map(|ms| stored_time(path, TABLE, "expires_ms", ms))
-            .transpose()
+        stored_optional_time(path, TABLE, "expires_ms", next)
     }
 }
 

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::audit::{AuditAction, insert_audit};
 use super::{
     PrefixColumns, SYSTEM_WHO, Store, StoreError, check_text, describe_time, from_millis,
-    parse_stored_prefix, query_all, quoted_or_none, sql, stored_optional_time, stored_time,
-    to_millis,
+    future_time, parse_stored_prefix, query_all, quoted_or_none, sql, stored_optional_time,
+    stored_time, to_millis,
 };
 
 /// The most bytes a subscriber identity may hold: a RADIUS attribute's value.
@@ -136,20 +136,18 @@ impl NewSubscriberExemption {
             check_text("ticket", ticket)?;
         }
         check_text("who", &self.who)?;
-        let expires = match self.expires {
-            Some(expires) => {
-                let ms = to_millis("expires", expires)?;
-                if ms <= now_ms {
-                    return Err(StoreError::SubscriberExpiryNotInFuture {
+        let expires = self
+            .expires
+            .map(|expires| {
+                future_time(expires, now_ms, || {
+                    StoreError::SubscriberExpiryNotInFuture {
                         subscriber: self.subscriber.clone(),
                         expires,
                         now,
-                    });
-                }
-                Some(from_millis(ms).unwrap_or(expires))
-            }
-            None => None,
-        };
+                    }
+                })
+            })
+            .transpose()?;
         Ok(SubscriberExemption {
             subscriber: self.subscriber.clone(),
             reason: self.reason.clone(),
@@ -599,6 +597,11 @@ mod tests {
         assert!(
             err.to_string().contains("expected an expiry in the future"),
             "{err}"
+        );
+        assert_eq!(
+            crate::policy::PolicyError::from(err).rejection(),
+            Some(crate::policy::Rejection::Invalid),
+            "the caller's mistake, not the store failing"
         );
         store.add_subscriber_exemption(&lapsing, at(NOW)).unwrap();
         store

@@ -901,6 +901,20 @@ fn stored_time(
     })
 }
 
+/// `expires` in whole milliseconds (what reading it back gives), refused with the error
+/// `refused` makes unless it is after `now_ms`.
+fn future_time(
+    expires: SystemTime,
+    now_ms: i64,
+    refused: impl FnOnce() -> StoreError,
+) -> Result<SystemTime, StoreError> {
+    let ms = to_millis("expires", expires)?;
+    if ms <= now_ms {
+        return Err(refused());
+    }
+    Ok(from_millis(ms).unwrap_or(expires))
+}
+
 /// [`stored_time`] of a column that may be NULL.
 fn stored_optional_time(
     path: &Path,
