@@ -8,7 +8,6 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use ipnet::IpNet;
 use smtpguard::model::{ModelPolicy, ip_packet};
 use smtpguard_common::Action;
 
@@ -169,30 +168,19 @@ impl ReplyBudget {
         {
             return Err(format!("an answer to a SYN to port {port}, not enforced"));
         }
-        let range = policy
-            .subscribers
-            .iter()
-            .filter(|(range, _)| range.contains(&src))
-            .max_by_key(|(range, _)| range.prefix_len());
-        let Some((range, _)) = range else {
+        // Outside every subscriber range, the action is `Drop` too.
+        let (action, _) = policy.action(src);
+        if !matches!(action, Action::Reset | Action::IcmpProhibited) {
             return Err(format!(
-                "an answer to {src}, outside every subscriber range"
-            ));
-        };
-        let action = policy.actions.get(range).map(|(action, _)| *action);
-        if !matches!(action, Some(Action::Reset | Action::IcmpProhibited)) {
-            return Err(format!(
-                "an answer to {src}, whose range {range} does not reject ({action:?})"
+                "an answer to {src}, whose range (if any) does not reject ({action:?})"
             ));
         }
-        if answer.is_some() && answer != action {
+        if answer.is_some_and(|answer| answer != action) {
             return Err(format!(
-                "an answer {answer:?} to {src}, whose range {range} asks for {action:?}"
+                "an answer {answer:?} to {src}, whose range asks for {action:?}"
             ));
         }
-        if policy.exemptions.iter().any(|exempt| exempt.contains(&src))
-            || policy.relays.iter().any(|relay| relay.contains(&dst))
-        {
+        if policy.is_exempt(src) || policy.is_relay(dst) {
             return Err(format!(
                 "an answer to {src} for {dst}: exempt, or to a relay"
             ));
@@ -203,9 +191,7 @@ impl ReplyBudget {
             .map(|(_, limit)| u64::from(limit.rate))
             .max()
             .unwrap_or(0);
-        let (v4, v6) = policy.host_prefixes;
-        let key =
-            IpNet::new(src, if src.is_ipv4() { v4 } else { v6 }).map_or(src, |host| host.network());
+        let key = policy.host(src);
         let replies = self.replies.entry(key).or_default();
         *replies += 1;
         if *replies > bucket {

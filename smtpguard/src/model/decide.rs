@@ -114,11 +114,13 @@ impl ModelPolicy {
             .unwrap_or((Action::Drop, Limit::NONE))
     }
 
-    fn is_relay(&self, dst: IpAddr) -> bool {
+    /// Whether `dst` is inside an allowlisted relay.
+    pub fn is_relay(&self, dst: IpAddr) -> bool {
         self.relays.iter().any(|prefix| prefix.contains(&dst))
     }
 
-    fn is_exempt(&self, src: IpAddr) -> bool {
+    /// Whether `src` is inside an exempted prefix.
+    pub fn is_exempt(&self, src: IpAddr) -> bool {
         self.exemptions.iter().any(|prefix| prefix.contains(&src))
     }
 }
