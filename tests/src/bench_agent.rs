@@ -1,6 +1,6 @@
 //! A real `smtpguard run` for the benchmarks (tests/src/bin/bench_*): on a namespace gateway
 //! of its own, with temporary state and pin folders, killed on drop (its pins go with its
-//! folder).
+//! folder); and how those benchmarks sum up their latencies ([`quantile_ms`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +13,12 @@ use aya::maps::{LpmTrie, Map, MapData};
 use smtpguard_common::{SourcePolicy, maps as names};
 
 use crate::lab::{GatewayLab, PinFolder, SUBSCRIBER_INTERFACE};
+
+/// The `q` quantile (0.5: the median, 1: the largest) of `sorted`, in milliseconds.
+pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
 
 pub struct BenchAgent {
     child: Child,

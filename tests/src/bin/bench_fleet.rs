@@ -23,7 +23,7 @@ use smtpguard::{
 };
 use smtpguard_common::sketch::SKETCH_REGISTERS;
 use smtpguard_tests::{
-    bench_agent::BenchAgent,
+    bench_agent::{BenchAgent, quantile_ms},
     engines::{Etcd, Postgres},
 };
 
@@ -154,13 +154,6 @@ fn policy(
     Ok(())
 }
 
-/// The `q` quantile of `samples` (sorted here), in milliseconds.
-fn quantile(samples: &mut [Duration], q: f64) -> f64 {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-    samples[index].as_secs_f64() * 1000.0
-}
-
 /// One fleet agent, `n` of the fleet whose keys live under `prefix`.
 fn fleet_agent(binary: &Path, n: usize, etcd: &Etcd, prefix: &str) -> Result<BenchAgent> {
     BenchAgent::start(binary, &format!("bench-fleet-{n}"), "127.0.0.1:0", |_| {
@@ -213,11 +206,13 @@ fn propagation(binary: &Path, agents: usize, adds: usize, results: &mut Results)
     }
     results.agents = agents;
     results.adds = adds;
-    results.propagation_ms_p50 = quantile(&mut samples, 0.5);
-    results.propagation_ms_p99 = quantile(&mut samples, 0.99);
-    results.propagation_ms_max = quantile(&mut samples, 1.0);
-    results.end_to_end_ms_p50 = quantile(&mut whole, 0.5);
-    results.end_to_end_ms_p99 = quantile(&mut whole, 0.99);
+    samples.sort();
+    whole.sort();
+    results.propagation_ms_p50 = quantile_ms(&samples, 0.5);
+    results.propagation_ms_p99 = quantile_ms(&samples, 0.99);
+    results.propagation_ms_max = quantile_ms(&samples, 1.0);
+    results.end_to_end_ms_p50 = quantile_ms(&whole, 0.5);
+    results.end_to_end_ms_p99 = quantile_ms(&whole, 0.99);
     Ok(())
 }
 
@@ -268,9 +263,10 @@ fn watch_fan_out(watchers: usize, puts: usize, results: &mut Results) -> Result<
     drop(etcd);
     results.watchers = watchers;
     results.puts = puts;
-    results.watch_ms_p50 = quantile(&mut samples, 0.5);
-    results.watch_ms_p99 = quantile(&mut samples, 0.99);
-    results.watch_ms_max = quantile(&mut samples, 1.0);
+    samples.sort();
+    results.watch_ms_p50 = quantile_ms(&samples, 0.5);
+    results.watch_ms_p99 = quantile_ms(&samples, 0.99);
+    results.watch_ms_max = quantile_ms(&samples, 1.0);
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use radius::core::{
     rfc2866::{ACCT_STATUS_TYPE_INTERIM_UPDATE, ACCT_STATUS_TYPE_START},
 };
 use serde::Serialize;
-use smtpguard_tests::bench_agent::BenchAgent;
+use smtpguard_tests::bench_agent::{BenchAgent, quantile_ms};
 
 const SECRET: &[u8] = b"bench-secret";
 /// Requests in flight at once, as a BNG's accounting queue keeps them: fewer than the agent's
@@ -237,11 +237,11 @@ fn latency(agent: &Agent, client: &UdpSocket, samples: usize, results: &mut Resu
     ensure!(added.status.success(), "exempt add --subscriber: {added:?}");
     // Sessions after the throughput ones: addresses no binding holds yet.
     let (map, answer) = start_latencies(agent, client, 100_000, samples)?;
-    results.start_to_map_ms_p50 = ms(&map, 0.5);
-    results.start_to_map_ms_p99 = ms(&map, 0.99);
-    results.start_to_map_ms_max = ms(&map, 1.0);
-    results.start_to_answer_ms_p50 = ms(&answer, 0.5);
-    results.start_to_answer_ms_p99 = ms(&answer, 0.99);
+    results.start_to_map_ms_p50 = quantile_ms(&map, 0.5);
+    results.start_to_map_ms_p99 = quantile_ms(&map, 0.99);
+    results.start_to_map_ms_max = quantile_ms(&map, 1.0);
+    results.start_to_answer_ms_p50 = quantile_ms(&answer, 0.5);
+    results.start_to_answer_ms_p99 = quantile_ms(&answer, 0.99);
 
     let stop = AtomicBool::new(false);
     let (measured, storm) = std::thread::scope(|scope| {
@@ -252,17 +252,11 @@ fn latency(agent: &Agent, client: &UdpSocket, samples: usize, results: &mut Resu
     });
     let (map, answer) = measured?;
     results.loaded_starts_per_s = storm.map_err(|_| anyhow::anyhow!("the storm panicked"))??;
-    results.loaded_start_to_map_ms_p50 = ms(&map, 0.5);
-    results.loaded_start_to_map_ms_p99 = ms(&map, 0.99);
-    results.loaded_start_to_answer_ms_p50 = ms(&answer, 0.5);
-    results.loaded_start_to_answer_ms_p99 = ms(&answer, 0.99);
+    results.loaded_start_to_map_ms_p50 = quantile_ms(&map, 0.5);
+    results.loaded_start_to_map_ms_p99 = quantile_ms(&map, 0.99);
+    results.loaded_start_to_answer_ms_p50 = quantile_ms(&answer, 0.5);
+    results.loaded_start_to_answer_ms_p99 = quantile_ms(&answer, 0.99);
     Ok(())
-}
-
-/// The `q` quantile of sorted `times`, in milliseconds.
-fn ms(times: &[Duration], q: f64) -> f64 {
-    let index = ((times.len() as f64 - 1.0) * q).round() as usize;
-    times[index].as_secs_f64() * 1000.0
 }
 
 /// `samples` Starts of the exempt customer, one at a time, at the addresses of sessions
