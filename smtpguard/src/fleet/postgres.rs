@@ -478,8 +478,7 @@ async fn snapshot<'c>(
 }
 
 /// The records of the chunks `statement` selects (gateway, start, end, records, sets,
-/// limited), those
-/// of the hosts `wanted` keeps, as the rows stream in.
+/// limited), those of the hosts `wanted` keeps, as the rows stream in.
 async fn records(
     tx: &tokio_postgres::Transaction<'_>,
     server: &str,
