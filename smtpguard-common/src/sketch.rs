@@ -72,7 +72,9 @@ pub fn remember_exact(set: &mut [u32; EXACT_DESTINATIONS], len: &mut u32, key: u
             *slot = key;
             *len += 1;
         }
-        None => *len = EXACT_OVERFLOWED,
+        // Once: a store of the same value would still take the cache line from other CPUs.
+        None if *len != EXACT_OVERFLOWED => *len = EXACT_OVERFLOWED,
+        None => {}
     }
 }
 

@@ -167,8 +167,15 @@ pub extern "C" fn update_host(stats: *mut HostStats, segment: *const Segment) ->
         }
         (*stats).last_dst = dst;
         (*stats).last_dst_port = segment.dst_port;
-        (*stats).cached_class = segment.class;
-        (*stats).cached_limit = segment.limit;
+        // Stored only when they change: every lookup reads these two words, and a store of
+        // an unchanged value still takes their cache line from the other CPUs (a bot's
+        // segments to many destinations, spread over the CPUs by RSS, come this way).
+        if (*stats).cached_class != segment.class {
+            (*stats).cached_class = segment.class;
+        }
+        if (*stats).cached_limit != segment.limit {
+            (*stats).cached_limit = segment.limit;
+        }
         if (*stats).sketch_epoch != epoch {
             // A new snapshot interval: this host's sketch starts empty.
             clear_destinations(stats);
@@ -201,7 +208,9 @@ pub extern "C" fn update_host(stats: *mut HostStats, segment: *const Segment) ->
         // more for each.
         add(&raw mut (*stats).attempts, u64::from(segment.attempt));
         add(&raw mut (*stats).dropped, (NOT_PASSED >> reason) & 1);
-        (*stats).last_reason = reason as u16;
+        if (*stats).last_reason != reason as u16 {
+            (*stats).last_reason = reason as u16;
+        }
         reason
     }
 }
