@@ -11,6 +11,7 @@ use crate::{
     ENFORCEMENT, HOST_OVERRIDES, POLICY_GENERATION, RELAY_FILTER, RELAYS_V4, RELAYS_V6, SOURCES_V4,
     SOURCES_V6, SUBSCRIBER_SPACE_V4, SUBSCRIBER_SPACE_V6, hosts,
     parse::{Addresses, Packet, Transport},
+    stage,
 };
 
 /// What the policy is asked to judge.
@@ -52,6 +53,11 @@ pub fn decide(packet: &Packet) -> Decision {
     if let Transport::Other = packet.transport {
         return Decision::untracked(Reason::Other);
     }
+    if stage::ENDS_AT_PARSE {
+        // Kept whole: without a reader, the compiler would drop the parser's later work.
+        core::hint::black_box(packet);
+        return Decision::untracked(Reason::Dropped);
+    }
     // An empty array slot reads as zeros: no enforced ports, so nothing is judged until the
     // loader has written the configuration.
     let Some(config) = ENFORCEMENT.get(0) else {
@@ -75,6 +81,11 @@ pub fn decide(packet: &Packet) -> Decision {
             false => not_subscriber(judged),
         };
         return Decision::untracked(reason);
+    }
+
+    if stage::ENDS_AT_POLICY && matches!(judged, Judged::Segment) {
+        core::hint::black_box(packet);
+        return Decision::untracked(Reason::Dropped);
     }
 
     // A known host's class is cached in its statistics entry, which the segment updates

@@ -38,6 +38,14 @@ pub struct Found {
 #[derive(Clone, Copy)]
 pub struct Held(*mut HostSlot);
 
+impl Held {
+    /// Whether the host has a slot of the host table (else it is in the overflow or new).
+    #[inline(always)]
+    pub fn in_table(self) -> bool {
+        !self.0.is_null()
+    }
+}
+
 impl Found {
     /// The host's class, action and limit, if cached in this policy generation.
     #[inline(always)]

@@ -13,6 +13,7 @@ mod decide;
 mod hosts;
 mod parse;
 mod reply;
+mod stage;
 mod stats;
 
 use aya_ebpf::{
@@ -207,6 +208,8 @@ fn judge(frame: Frame, link: parse::Link, ifindex: u32) -> Reason {
         parse::Parsed::Ip(packet) => {
             let decision = decide::decide(&packet);
             match decision.host {
+                // The bench's stage profile (`stage`): a host found, nothing recorded.
+                Some(host) if stage::ENDS_AT_LOOKUP && host.held.in_table() => decision.reason,
                 Some(host) => {
                     let action = host.class.action();
                     let reason = stats::record_host(&packet, decision.reason, host);

@@ -22,6 +22,10 @@ use crate::{bootstrap, cmd};
 /// ethtool (GRO on the gateway's veth, so frames redirected into it reach nftables).
 const BENCH_PACKAGES: &[&str] = &["netsniff-ng", "ethtool"];
 
+/// The builds of the kernel program for the drop path's stage profile, in path order
+/// (smtpguard-ebpf/src/stage.rs).
+const STAGES: [&str; 3] = ["parse", "policy", "lookup"];
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// A short run (fewer, shorter test runs; a smaller flood), e.g. `--quick` to check that
@@ -64,6 +68,16 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let raw = out_dir.join("results.json");
     let mut bench = Command::new(root.join("target/release/bench_dataplane"));
     bench.current_dir(root).arg("--out").arg(&raw);
+    for stage in STAGES {
+        let object = out_dir.join(format!("stage-{stage}.o"));
+        let target_dir = out_dir.join(format!("stage-{stage}-target"));
+        let cfg = format!("smtpguard_stage=\"{stage}\"");
+        build_kernel_object(root, &target_dir, Some(&cfg), &object)
+            .with_context(|| format!("building the {stage} stage of the kernel program"))?;
+        bench
+            .arg("--stage")
+            .arg(format!("{stage}={}", object.display()));
+    }
     if args.quick {
         bench.arg("--quick");
     }
@@ -152,19 +166,46 @@ fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
     let built = (|| {
         std::os::unix::fs::symlink(root.join(".tools"), source.join(".tools"))
             .context("linking .tools into the baseline checkout")?;
-        cmd::run(
-            Command::new("cargo")
-                .current_dir(&source)
-                .env("CARGO_TARGET_DIR", bench.join("baseline-target"))
-                .args(["+nightly", "build", "--release", "-p", "smtpguard-ebpf"])
-                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]),
-        )
-        .with_context(|| format!("building the kernel program of {rev:?}"))?;
         let object = bench.join("baseline.o");
-        let built = bench.join("baseline-target/bpfel-unknown-none/release/smtpguard");
-        fs::copy(&built, &object).with_context(|| format!("copying {}", built.display()))?;
+        build_kernel_object(&source, &bench.join("baseline-target"), None, &object)
+            .with_context(|| format!("building the kernel program of {rev:?}"))?;
         Ok(object)
     })();
     remove_checkout()?;
     built
+}
+
+/// Builds smtpguard-ebpf in `source` into `object`, with the flags aya-build gives the
+/// program the agent embeds (smtpguard/build.rs: BTF, the target arch), so that the bench
+/// times the same code; `cfg` adds one (`name="value"`).
+fn build_kernel_object(
+    source: &Path,
+    target_dir: &Path,
+    cfg: Option<&str>,
+    object: &Path,
+) -> Result<()> {
+    let mut flags = vec![
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ];
+    flags.extend(cfg.map(|cfg| format!("--cfg={cfg}")));
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(source)
+            .env("CARGO_TARGET_DIR", target_dir)
+            .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+            .args([
+                "+nightly",
+                "build",
+                "--release",
+                "-p",
+                "smtpguard-ebpf",
+                "--bins",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]),
+    )?;
+    let built = target_dir.join("bpfel-unknown-none/release/smtpguard");
+    fs::copy(&built, object).with_context(|| format!("copying {}", built.display()))?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::results::{Actions, Case, ControlPlane, Results, find_ns};
+use super::results::{Actions, Case, ControlPlane, Results, Stages, find_ns};
 
 const FLOOR: &str = "floor";
 const PEER: &str = "xdp-filter";
@@ -133,6 +133,20 @@ pub fn table(results: &Results) -> String {
             two.peer_both,
             times(two.peer_both, two.peer_alone),
         );
+        if let Some(split) = two.smtpguard_one_host_two_destinations {
+            let _ = writeln!(
+                out,
+                "\nOne host's segments on both CPUs, each CPU to a destination of its own (a \
+                 bot's connections to many MX hosts, spread by RSS: every segment is a new last \
+                 destination for the host's entry): {split} ns/packet per CPU ({:.2}x the host \
+                 alone).",
+                times(split, two.smtpguard_alone),
+            );
+        }
+    }
+
+    if let Some(stages) = &results.stages {
+        out.push_str(&stages_table(stages));
     }
 
     let scale = &results.scale;
@@ -398,6 +412,45 @@ fn targets(results: &Results) -> Vec<String> {
 
 /// `reject` and `ratelimit` next to the drop path and xdp-filter's drop: both tables, each
 /// row's ratio to the drop path and to xdp-filter's drop timed the same way.
+/// What each stage of the drop path adds, from the builds that stop after it.
+fn stages_table(stages: &Stages) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nWhere the drop path's time goes: builds of the program that stop after each stage \
+         (smtpguard-ebpf/src/stage.rs), timed on the drop case in the same rounds; ns/packet, \
+         each build loaded {} times and its loads' medians averaged (where the JIT puts a \
+         program moves its time by up to 15 %); xdp-filter {} ns, the floor {} ns.\n",
+        stages.loads, stages.peer_ns, stages.floor_ns
+    );
+    let _ = writeln!(
+        out,
+        "| stage | what it adds | ns (loads) | adds | / xdp-filter |\n|---|---|--:|--:|--:|"
+    );
+    let mut before = f64::from(stages.floor_ns);
+    for stage in &stages.stages {
+        let what = match stage.key.as_str() {
+            "parse" => "the parser, the reason and interface counters (and the test-run floor)",
+            "policy" => "the enforced-port check and the relay filter",
+            "lookup" => "the host key, its slot in the host table, its cached class",
+            "whole" => "recording the segment in the host's statistics",
+            _ => "",
+        };
+        let loads: Vec<String> = stage.loads.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {what} | {:.1} ({}) | {:+.1} | {:.2} |",
+            stage.key,
+            stage.ns,
+            loads.join(", "),
+            stage.ns - before,
+            stage.ns / f64::from(stages.peer_ns.max(1)),
+        );
+        before = stage.ns;
+    }
+    out
+}
+
 fn actions_table(actions: &Actions) -> String {
     let mut out = String::new();
     let _ = writeln!(

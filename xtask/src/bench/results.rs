@@ -15,6 +15,9 @@ pub struct Results {
     pub cases: Vec<Case>,
     #[serde(default)]
     pub two_cpus: Option<TwoCpus>,
+    /// The drop path's stage profile; absent from runs before it.
+    #[serde(default)]
+    pub stages: Option<Stages>,
     /// `reject` and `ratelimit` next to the drop path; absent from runs before them.
     #[serde(default)]
     pub actions: Option<Actions>,
@@ -107,12 +110,31 @@ pub fn find_ns(timings: &[ActionTiming], key: &str) -> Option<f64> {
         .map(|timing| f64::from(timing.ns))
 }
 
+/// Builds of the kernel program that stop early, timed on the drop case (ns/packet).
+#[derive(Debug, Deserialize)]
+pub struct Stages {
+    pub loads: usize,
+    pub peer_ns: u32,
+    pub floor_ns: u32,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Stage {
+    pub key: String,
+    pub ns: f64,
+    pub loads: Vec<u32>,
+}
+
 /// The drop path's ns/packet per CPU, alone and with both CPUs judging at once.
 #[derive(Debug, Deserialize)]
 pub struct TwoCpus {
     pub smtpguard_alone: u32,
     pub smtpguard_one_host: u32,
     pub smtpguard_two_hosts: u32,
+    /// Missing from results written before it was measured.
+    #[serde(default)]
+    pub smtpguard_one_host_two_destinations: Option<u32>,
     pub peer_alone: u32,
     pub peer_both: u32,
 }

@@ -3,13 +3,14 @@
 //! sizes, times the control plane, drives a flood through a namespace gateway, and writes
 //! every figure as JSON. xtask renders the table, the chart and docs/benchmarks.md from it.
 //!
-//! Usage: bench_dataplane [--quick] [--no-flood] --out FILE   (as root)
+//! Usage: bench_dataplane [--quick] [--no-flood] [--stage NAME=OBJECT ...] --out FILE   (as root)
 
 mod actions;
 mod bpf;
 mod flood;
 mod multicore;
 mod peer;
+mod stages;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -80,6 +81,8 @@ struct Args {
     /// Only the enforcement actions' table (reject and ratelimit next to the drop path),
     /// written alone to `out`: a change to the reply programs measured in a minute.
     actions_only: bool,
+    /// Builds of the kernel program that stop early (`NAME=OBJECT`), for the stage profile.
+    stages: Vec<(String, PathBuf)>,
 }
 
 fn args() -> Result<Args> {
@@ -88,12 +91,20 @@ fn args() -> Result<Args> {
     let mut out = None;
     let mut baseline = None;
     let mut actions_only = false;
+    let mut stages = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--no-flood" => flood = false,
             "--actions-only" => actions_only = true,
+            "--stage" => {
+                let stage = args.next().context("--stage needs NAME=OBJECT")?;
+                let (name, object) = stage
+                    .split_once('=')
+                    .with_context(|| format!("--stage {stage}: expected NAME=OBJECT"))?;
+                stages.push((name.to_owned(), PathBuf::from(object)));
+            }
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a file")?)),
             "--baseline" => {
                 baseline = Some(PathBuf::from(
@@ -102,7 +113,7 @@ fn args() -> Result<Args> {
             }
             other => bail!(
                 "unknown argument {other}; usage: bench_dataplane [--quick] [--no-flood] \
-                 [--baseline OBJECT] [--actions-only] --out FILE"
+                 [--baseline OBJECT] [--actions-only] [--stage NAME=OBJECT ...] --out FILE"
             ),
         }
     }
@@ -112,6 +123,7 @@ fn args() -> Result<Args> {
         out: out.context("--out FILE is required")?,
         baseline,
         actions_only,
+        stages,
     })
 }
 
@@ -127,6 +139,8 @@ struct Results {
     cases: Vec<CaseResult>,
     /// None on a machine with one CPU.
     two_cpus: Option<multicore::TwoCpus>,
+    /// The drop path's stage profile; None when no stage builds were given.
+    stages: Option<stages::Stages>,
     /// `reject` and `ratelimit` next to the drop path (issue 17).
     actions: Option<actions::Actions>,
     /// Why `actions` is missing, when it is.
@@ -395,11 +409,32 @@ fn main() -> Result<()> {
         _ => {
             eprintln!("the drop path on two CPUs at once");
             let other_host = FrameSpec::tcp(ip("100.64.0.4"), ip("198.51.100.7"), 25, TCP_SYN);
+            let other_destination =
+                FrameSpec::tcp(ip("100.64.0.2"), ip("198.51.100.9"), 25, TCP_SYN);
+            let segments = multicore::Segments {
+                one_host: &cases[1].frame,
+                other_host: &other_host.build(),
+                other_destination: &other_destination.build(),
+            };
             Some(multicore::measure(
                 small.xdp_program_fd()?,
                 peer.program.as_fd(),
+                &segments,
+                repeat,
+                runs,
+            )?)
+        }
+    };
+
+    let stages = match args.stages.is_empty() {
+        true => None,
+        false => {
+            eprintln!("the drop path's stages: builds of the program that stop early");
+            Some(stages::measure(
+                &config,
+                &args.stages,
+                peer.program.as_fd(),
                 &cases[1].frame,
-                &other_host.build(),
                 repeat,
                 runs,
             )?)
@@ -452,6 +487,7 @@ fn main() -> Result<()> {
         programs: infos,
         cases: case_results,
         two_cpus,
+        stages,
         actions,
         actions_error,
         scale,

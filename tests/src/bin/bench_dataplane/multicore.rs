@@ -1,7 +1,9 @@
 //! The drop path on both CPUs at once: one `BPF_PROG_TEST_RUN` per CPU, run together, so the
 //! programs judge in parallel as they do under a flood spread by RSS. A bot's segments on two
 //! CPUs update one statistics entry, whose cache line then moves between the CPUs on every
-//! segment; two bots on two CPUs each keep their own. xdp-filter keeps no per-host state and
+//! segment; two bots on two CPUs each keep their own. A bot's connections to many MX hosts
+//! are spread over the CPUs by RSS (it hashes the addresses and ports), so the host's
+//! segments alternate destinations as well: each is a new last destination for its entry. xdp-filter keeps no per-host state and
 //! shows what parallel runs cost without it.
 
 use std::{os::fd::BorrowedFd, thread};
@@ -20,28 +22,45 @@ pub struct TwoCpus {
     pub smtpguard_one_host: u32,
     /// Each CPU judges segments of a host of its own.
     pub smtpguard_two_hosts: u32,
+    /// Both CPUs judge segments of the same host, each CPU to a destination of its own.
+    pub smtpguard_one_host_two_destinations: u32,
     pub peer_alone: u32,
     pub peer_both: u32,
 }
 
-/// `one_host` and `other_host` are dropped segments of two hosts.
+/// Dropped segments: `one_host` and `other_host` of two hosts, `other_destination` of the
+/// first host to another destination.
+pub struct Segments<'a> {
+    pub one_host: &'a [u8],
+    pub other_host: &'a [u8],
+    pub other_destination: &'a [u8],
+}
+
 pub fn measure(
     ours: BorrowedFd<'_>,
     peer: BorrowedFd<'_>,
-    one_host: &[u8],
-    other_host: &[u8],
+    segments: &Segments<'_>,
     repeat: u32,
     runs: u32,
 ) -> Result<TwoCpus> {
-    let mut samples: [Vec<u32>; 5] = Default::default();
+    let Segments {
+        one_host,
+        other_host,
+        other_destination,
+    } = *segments;
+    let mut samples: [Vec<u32>; 6] = Default::default();
     for _ in 0..runs {
         samples[0].push(on_cpus(&[(ours, one_host)], repeat)?);
         samples[1].push(on_cpus(&[(ours, one_host), (ours, one_host)], repeat)?);
         samples[2].push(on_cpus(&[(ours, one_host), (ours, other_host)], repeat)?);
         samples[3].push(on_cpus(&[(peer, one_host)], repeat)?);
         samples[4].push(on_cpus(&[(peer, one_host), (peer, one_host)], repeat)?);
+        samples[5].push(on_cpus(
+            &[(ours, one_host), (ours, other_destination)],
+            repeat,
+        )?);
     }
-    let [alone, one, two, peer_alone, peer_both] = samples.map(|mut runs| {
+    let [alone, one, two, peer_alone, peer_both, split] = samples.map(|mut runs| {
         runs.sort_unstable();
         runs[runs.len() / 2]
     });
@@ -49,6 +68,7 @@ pub fn measure(
         smtpguard_alone: alone,
         smtpguard_one_host: one,
         smtpguard_two_hosts: two,
+        smtpguard_one_host_two_destinations: split,
         peer_alone,
         peer_both,
     })
