@@ -54,9 +54,7 @@ pub fn decide(packet: &Packet) -> Decision {
         return Decision::untracked(Reason::Other);
     }
     if stage::ENDS_AT_PARSE {
-        // Kept whole: without a reader, the compiler would drop the parser's later work.
-        core::hint::black_box(packet);
-        return Decision::untracked(Reason::Dropped);
+        return Decision::untracked(stage::dropped(packet));
     }
     // An empty array slot reads as zeros: no enforced ports, so nothing is judged until the
     // loader has written the configuration.
@@ -84,8 +82,7 @@ pub fn decide(packet: &Packet) -> Decision {
     }
 
     if stage::ENDS_AT_POLICY && matches!(judged, Judged::Segment) {
-        core::hint::black_box(packet);
-        return Decision::untracked(Reason::Dropped);
+        return Decision::untracked(stage::dropped(packet));
     }
 
     // A known host's class is cached in its statistics entry, which the segment updates
