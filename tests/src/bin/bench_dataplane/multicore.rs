@@ -3,8 +3,8 @@
 //! CPUs update one statistics entry, whose cache line then moves between the CPUs on every
 //! segment; two bots on two CPUs each keep their own. A bot's connections to many MX hosts
 //! are spread over the CPUs by RSS (it hashes the addresses and ports), so the host's
-//! segments alternate destinations as well: each is a new last destination for its entry. xdp-filter keeps no per-host state and
-//! shows what parallel runs cost without it.
+//! segments alternate destinations as well: each is a new last destination for its entry.
+//! xdp-filter keeps no per-host state and shows what parallel runs cost without it.
 
 use std::{os::fd::BorrowedFd, thread};
 
