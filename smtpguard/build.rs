@@ -1,26 +1,97 @@
 //! Compiles the kernel program (smtpguard-ebpf) for the BPF target with the nightly
-//! toolchain and places the object in OUT_DIR, where `dataplane` embeds it.
-use anyhow::{Context as _, anyhow};
-use aya_build::Toolchain;
+//! toolchain and places the object in OUT_DIR, where `dataplane` embeds it. This is
+//! aya-build's recipe (the flags every aya program gets, `-Z build-std=core`, a target folder
+//! of its own in OUT_DIR) written out, because aya-build fixes the compiler flags and the
+//! program needs one more: smtpguard-ebpf/rustflags.
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("reading the workspace metadata")?;
-    let ebpf = packages
-        .into_iter()
-        .find(|package| package.name.as_str() == "smtpguard-ebpf")
-        .ok_or_else(|| anyhow!("the smtpguard-ebpf package is not in the workspace"))?;
-    let root_dir = ebpf
-        .manifest_path
+use anyhow::{Context as _, Result, bail};
+
+/// `-Z build-std` and the BPF target need a nightly toolchain.
+const TOOLCHAIN: &str = "nightly";
+
+fn main() -> Result<()> {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir
         .parent()
-        .ok_or_else(|| anyhow!("{} has no parent folder", ebpf.manifest_path))?;
-    let package = aya_build::Package {
-        name: ebpf.name.as_str(),
-        root_dir: root_dir.as_str(),
-        ..Default::default()
+        .context("the smtpguard crate has no parent folder")?
+        .join("smtpguard-ebpf");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("no OUT_DIR")?);
+    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
+
+    let target = match env::var("CARGO_CFG_TARGET_ENDIAN")
+        .context("no CARGO_CFG_TARGET_ENDIAN")?
+        .as_str()
+    {
+        "little" => "bpfel-unknown-none",
+        "big" => "bpfeb-unknown-none",
+        other => bail!("unsupported byte order {other:?}: expected little or big"),
     };
-    aya_build::build_ebpf([package], Toolchain::default())
-        .context("building the kernel program; run `cargo xtask bootstrap` first")
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").context("no CARGO_CFG_TARGET_ARCH")?;
+    let mut flags = vec![
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ];
+    flags.extend(program_flags(&ebpf_dir.join("rustflags"))?);
+
+    let target_dir = out_dir.join("ebpf-target");
+    let mut cargo = Command::new("rustup");
+    cargo
+        .args([
+            "run",
+            TOOLCHAIN,
+            "cargo",
+            "build",
+            "--release",
+            "--package",
+            "smtpguard-ebpf",
+        ])
+        .args([
+            "--bins",
+            "--target",
+            target,
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .current_dir(&ebpf_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        // This build's own compiler, not the one cargo chose for the host build.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    let output = cargo
+        .output()
+        .with_context(|| format!("running {cargo:?}"))?;
+    // Its warnings are left to the lint (clippy with -D warnings on the BPF target): rustc
+    // warns about every unstable target feature on every build, ours included.
+    if !output.status.success() {
+        bail!(
+            "building the kernel program failed ({}); run `cargo xtask bootstrap` first\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = target_dir.join(target).join("release").join("smtpguard");
+    let object = out_dir.join("smtpguard");
+    fs::copy(&built, &object)
+        .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    Ok(())
+}
+
+/// The flags in `path`: one per line, `#` comments and blank lines skipped.
+fn program_flags(path: &Path) -> Result<Vec<String>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }

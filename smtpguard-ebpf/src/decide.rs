@@ -1,7 +1,7 @@
 //! The decision: is this frame enforced-port TCP from a subscriber, and if so, does a relay,
 //! an exemption or monitor mode let it pass?
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use smtpguard_common::{
     Action, CachedClass, EnforcementConfig, HostKey, Limit, Reason, RelayFilter, RelayMatch,
     SourceClass, SourcePolicy,
@@ -170,8 +170,8 @@ fn classify(addresses: &Addresses, key: HostKey) -> Option<(SourceClass, Action,
 #[inline(always)]
 fn source(addresses: &Addresses) -> Option<SourcePolicy> {
     match addresses {
-        Addresses::V4 { src, .. } => SOURCES_V4.get(Key::new(32, *src)).copied(),
-        Addresses::V6 { src, .. } => SOURCES_V6.get(Key::new(128, *src)).copied(),
+        Addresses::V4 { src, .. } => trie_get(&SOURCES_V4, 32, *src).copied(),
+        Addresses::V6 { src, .. } => trie_get(&SOURCES_V6, 128, *src).copied(),
     }
 }
 
@@ -184,10 +184,10 @@ fn in_subscriber_space(filter: &RelayFilter, addresses: &Addresses) -> bool {
     match addresses {
         Addresses::V4 { src, .. } => space
             .holds_v4(*src)
-            .unwrap_or_else(|| SUBSCRIBER_SPACE_V4.get(Key::new(32, *src)).is_some()),
+            .unwrap_or_else(|| trie_get(&SUBSCRIBER_SPACE_V4, 32, *src).is_some()),
         Addresses::V6 { src, .. } => space
             .holds_v6(*src)
-            .unwrap_or_else(|| SUBSCRIBER_SPACE_V6.get(Key::new(128, *src)).is_some()),
+            .unwrap_or_else(|| trie_get(&SUBSCRIBER_SPACE_V6, 128, *src).is_some()),
     }
 }
 
@@ -200,12 +200,12 @@ fn is_relay(filter: &RelayFilter, addresses: &Addresses) -> bool {
         Addresses::V4 { dst, .. } => match filter.relay_v4(*dst) {
             RelayMatch::NotRelay => false,
             RelayMatch::Relay => true,
-            RelayMatch::AskTrie => RELAYS_V4.get(Key::new(32, *dst)).is_some(),
+            RelayMatch::AskTrie => trie_get(&RELAYS_V4, 32, *dst).is_some(),
         },
         Addresses::V6 { dst, .. } => match filter.relay_v6(*dst) {
             RelayMatch::NotRelay => false,
             RelayMatch::Relay => true,
-            RelayMatch::AskTrie => RELAYS_V6.get(Key::new(128, *dst)).is_some(),
+            RelayMatch::AskTrie => trie_get(&RELAYS_V6, 128, *dst).is_some(),
         },
     }
 }
@@ -215,4 +215,23 @@ fn is_relay(filter: &RelayFilter, addresses: &Addresses) -> bool {
 fn is_escalated(key: HostKey) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { HOST_OVERRIDES.get(key) }.is_some()
+}
+
+/// An LPM trie key whose address starts on an 8-byte boundary of the stack: the kernel's key
+/// layout puts it 4 bytes after the prefix length, and the program is built to read and
+/// write words at any alignment (`allows-misaligned-mem-access`), which the verifier allows
+/// in packet data but not on the stack.
+#[repr(C, align(8))]
+struct AlignedKey<K> {
+    _before: u32,
+    key: Key<K>,
+}
+
+#[inline(always)]
+fn trie_get<K, V>(trie: &LpmTrie<K, V>, prefix_len: u32, data: K) -> Option<&V> {
+    let aligned = AlignedKey {
+        _before: 0,
+        key: Key::new(prefix_len, data),
+    };
+    trie.get(&aligned.key)
 }

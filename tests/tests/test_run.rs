@@ -236,8 +236,10 @@ fn verifier_complexity_stays_within_budget() {
     // alike (the reply programs verified 768,000 and 519,000 instructions while they parsed
     // the frame again; every agent start pays for them). Raised from 200,000 when the entry
     // points began to leave the reply program where the SYN's headers are (smtpguard_tc:
-    // 201,267).
-    const BUDGET: u32 = 210_000;
+    // 201,267), and to 215,000 when the program was built to load and store words at any
+    // alignment (smtpguard-ebpf/rustflags): XDP went from 182,073 to 173,401, TC from
+    // 201,267 to 210,367.
+    const BUDGET: u32 = 215_000;
     for (program, count) in dataplane("drop").verified_instructions().unwrap() {
         println!("{program}: the verifier processed {count} instructions");
         assert!(

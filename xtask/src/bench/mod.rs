@@ -175,9 +175,10 @@ fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
     built
 }
 
-/// Builds smtpguard-ebpf in `source` into `object`, with the flags aya-build gives the
-/// program the agent embeds (smtpguard/build.rs: BTF, the target arch), so that the bench
-/// times the same code; `cfg` adds one (`name="value"`).
+/// Builds smtpguard-ebpf in `source` into `object` with the flags smtpguard/build.rs gives
+/// the program the agent embeds (BTF, the target arch, and those `source` lists in
+/// smtpguard-ebpf/rustflags, if it has that file), so that the bench times the same code;
+/// `cfg` adds one (`name="value"`).
 fn build_kernel_object(
     source: &Path,
     target_dir: &Path,
@@ -189,6 +190,15 @@ fn build_kernel_object(
         "-Cdebuginfo=2".to_owned(),
         "-Clink-arg=--btf".to_owned(),
     ];
+    // A revision from before the file was built without it.
+    if let Ok(listed) = fs::read_to_string(source.join("smtpguard-ebpf/rustflags")) {
+        let listed = listed.lines().map(str::trim);
+        flags.extend(
+            listed
+                .filter(|flag| !flag.is_empty() && !flag.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
     flags.extend(cfg.map(|cfg| format!("--cfg={cfg}")));
     cmd::run(
         Command::new("cargo")

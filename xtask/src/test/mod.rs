@@ -13,7 +13,7 @@ use crate::{bootstrap, cmd};
 mod binaries;
 
 /// The kernel program only builds for the BPF target with the nightly toolchain
-/// (`#![feature]`, its own panic handler); smtpguard's build.rs compiles it through aya-build,
+/// (`#![feature]`, its own panic handler); smtpguard's build.rs compiles it for that target,
 /// and the lint phase runs clippy on it for that target.
 const EBPF_CRATE: &str = "smtpguard-ebpf";
 
