@@ -403,6 +403,22 @@ impl Ext4 {
     /// What an operator does: unmount, check, mount again.
     fn repair(&self) {
         run(Command::new("umount").arg(&self.mount_point));
+        // The loop device detaches itself after the unmount, but not at once; `mount -o loop`
+        // reuses a device still attached to the image, and that device's cached blocks
+        // predate the check: it mounted read-only again (seen with two test binaries at once).
+        eventually_observed(
+            Duration::from_secs(10),
+            "the image off its loop device after the unmount",
+            || {
+                let attached = Command::new("losetup")
+                    .arg("-j")
+                    .arg(&self.image)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&attached.stdout).into_owned()
+            },
+            |attached| attached.is_empty(),
+        );
         // 1: errors corrected.
         let status = Command::new("e2fsck")
             .arg("-fy")
