@@ -419,9 +419,10 @@ fn stages_table(stages: &Stages) -> String {
         out,
         "\nWhere the drop path's time goes: builds of the program that stop after each stage \
          (smtpguard-ebpf/src/stage.rs), timed on the drop case in the same rounds; ns/packet, \
-         each build loaded {} times and its loads' medians averaged (where the JIT puts a \
-         program moves its time by up to 15 %); xdp-filter {} ns, the floor {} ns.\n",
-        stages.loads, stages.peer_ns, stages.floor_ns
+         each build loaded {} times with a {}-host table and its loads' medians averaged \
+         (where the JIT puts a program moves its time by up to 15 %); xdp-filter {} ns, the \
+         floor {} ns.\n",
+        stages.loads, stages.hosts, stages.peer_ns, stages.floor_ns
     );
     let _ = writeln!(
         out,

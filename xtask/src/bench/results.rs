@@ -114,6 +114,7 @@ pub fn find_ns(timings: &[ActionTiming], key: &str) -> Option<f64> {
 #[derive(Debug, Deserialize)]
 pub struct Stages {
     pub loads: usize,
+    pub hosts: u32,
     pub peer_ns: u32,
     pub floor_ns: u32,
     pub stages: Vec<Stage>,
