@@ -410,8 +410,6 @@ fn targets(results: &Results) -> Vec<String> {
     lines
 }
 
-/// `reject` and `ratelimit` next to the drop path and xdp-filter's drop: both tables, each
-/// row's ratio to the drop path and to xdp-filter's drop timed the same way.
 /// What each stage of the drop path adds, from the builds that stop after it.
 fn stages_table(stages: &Stages) -> String {
     let mut out = String::new();
@@ -452,6 +450,8 @@ fn stages_table(stages: &Stages) -> String {
     out
 }
 
+/// `reject` and `ratelimit` next to the drop path and xdp-filter's drop: both tables, each
+/// row's ratio to the drop path and to xdp-filter's drop timed the same way.
 fn actions_table(actions: &Actions) -> String {
     let mut out = String::new();
     let _ = writeln!(
