@@ -148,9 +148,9 @@ const fn prefix_bytes<const N: usize>(prefix: u8) -> [u8; N] {
     bytes
 }
 
-/// An address as two native words.
+/// An IPv6 address (or an IPv4-mapped one) as two native words, in memory order.
 #[inline(always)]
-const fn address_words(addr: [u8; 16]) -> [u64; 2] {
+pub const fn address_words(addr: [u8; 16]) -> [u64; 2] {
     // SAFETY: `[u8; 16]` and `[u64; 2]` have the same size and every bit pattern is valid.
     unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(addr) }
 }

@@ -12,6 +12,8 @@
 //! list only ranges that hold subscribers), so a filter the kernel reads while the agent
 //! rewrites it can only send a lookup to the trie, or say what the trie says.
 
+use crate::host::address_words;
+
 /// Slots per family: one per filter bit.
 pub const RELAY_SLOTS: usize = 64;
 /// Outermost subscriber ranges per family the list holds; more are left to the trie.
@@ -81,7 +83,7 @@ impl RelayFilter {
         let index = v6_index(network);
         self.v6 |= 1 << index;
         self.v6_exact |= 1 << index;
-        self.v6_slots[index] = words(network);
+        self.v6_slots[index] = address_words(network);
     }
 
     #[inline(always)]
@@ -104,7 +106,7 @@ impl RelayFilter {
         if self.v6 & bit == 0 {
             return RelayMatch::NotRelay;
         }
-        let [high, low] = words(addr);
+        let [high, low] = address_words(addr);
         let slot = self.v6_slots[index];
         if self.v6_exact & bit != 0 && slot[0] == high && slot[1] == low {
             RelayMatch::Relay
@@ -152,8 +154,8 @@ impl ListedRanges {
         }
         for (slot, (network, len)) in self.v6.iter_mut().zip(ranges) {
             let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
-            let [network_high, network_low] = words(*network);
-            let [mask_high, mask_low] = words(mask.to_be_bytes());
+            let [network_high, network_low] = address_words(*network);
+            let [mask_high, mask_low] = address_words(mask.to_be_bytes());
             *slot = [network_high, network_low, mask_high, mask_low];
         }
         self.v6_listed = ranges.len() as u32 + 1;
@@ -178,7 +180,7 @@ impl ListedRanges {
     #[inline(always)]
     pub fn holds_v6(&self, addr: [u8; 16]) -> Option<bool> {
         let listed = (self.v6_listed as usize).checked_sub(1)?;
-        let [high, low] = words(addr);
+        let [high, low] = address_words(addr);
         for (n, [network_high, network_low, mask_high, mask_low]) in self.v6.iter().enumerate() {
             if n >= listed {
                 break;
@@ -200,18 +202,8 @@ fn v4_index(addr: [u8; 4]) -> usize {
 
 #[inline(always)]
 fn v6_index(addr: [u8; 16]) -> usize {
-    let [high, low] = words(addr);
+    let [high, low] = address_words(addr);
     ((high ^ low).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize & (RELAY_SLOTS - 1)
-}
-
-/// An IPv6 address as two words, in memory order.
-#[inline(always)]
-fn words(addr: [u8; 16]) -> [u64; 2] {
-    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = addr;
-    [
-        u64::from_ne_bytes([a, b, c, d, e, f, g, h]),
-        u64::from_ne_bytes([i, j, k, l, m, n, o, p]),
-    ]
 }
 
 #[cfg(feature = "user")]

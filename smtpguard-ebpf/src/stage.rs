@@ -4,7 +4,7 @@
 //! costs, measured on the code itself. A product build sets none of them, and the checks
 //! are constants the compiler removes.
 
-use smtpguard_common::Reason;
+use smtpguard_common::{Reason, host::address_words};
 
 use crate::parse::{Addresses, Packet};
 
@@ -25,12 +25,8 @@ pub fn dropped(packet: &Packet) -> Reason {
     let addresses = match packet.addresses {
         Addresses::V4 { src, dst } => u64::from(u32::from_ne_bytes(src) ^ u32::from_ne_bytes(dst)),
         Addresses::V6 { src, dst } => {
-            let word = |bytes: &[u8; 16], at: usize| {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(&bytes[at..at + 8]);
-                u64::from_ne_bytes(word)
-            };
-            word(&src, 0) ^ word(&src, 8) ^ word(&dst, 0) ^ word(&dst, 8)
+            let ([a, b], [c, d]) = (address_words(src), address_words(dst));
+            a ^ b ^ c ^ d
         }
     };
     // One word in 2^64 reads as `Other`; the bench checks that the drop case is not it.
