@@ -3,11 +3,9 @@
 //! aya-build's recipe (the flags every aya program gets, `-Z build-std=core`, a target folder
 //! of its own in OUT_DIR) written out, because aya-build fixes the compiler flags and the
 //! program needs one more: smtpguard-ebpf/rustflags.
-use std::{
-    env, fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod kernel_flags;
+
+use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -33,12 +31,10 @@ fn main() -> Result<()> {
         other => bail!("unsupported byte order {other:?}: expected little or big"),
     };
     let arch = env::var("CARGO_CFG_TARGET_ARCH").context("no CARGO_CFG_TARGET_ARCH")?;
-    let mut flags = vec![
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ];
-    flags.extend(program_flags(&ebpf_dir.join("rustflags"))?);
+    let listed = ebpf_dir.join("rustflags");
+    let listed =
+        fs::read_to_string(&listed).with_context(|| format!("reading {}", listed.display()))?;
+    let flags = kernel_flags::kernel_rustflags(&arch, &listed);
 
     let target_dir = out_dir.join("ebpf-target");
     let mut cargo = Command::new("rustup");
@@ -83,15 +79,4 @@ fn main() -> Result<()> {
     fs::copy(&built, &object)
         .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
     Ok(())
-}
-
-/// The flags in `path`: one per line, `#` comments and blank lines skipped.
-fn program_flags(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
 }

@@ -5,6 +5,8 @@
 //! (tests/src/bin/bench_radius: a real agent fed accounting over UDP).
 //! Never part of `cargo xtask test`: it takes minutes and its figures depend on the machine.
 
+#[path = "../../../smtpguard/kernel_flags.rs"]
+mod kernel_flags;
 mod render;
 mod results;
 
@@ -176,29 +178,18 @@ fn baseline_object(root: &Path, rev: &str) -> Result<PathBuf> {
 }
 
 /// Builds smtpguard-ebpf in `source` into `object` with the flags smtpguard/build.rs gives
-/// the program the agent embeds (BTF, the target arch, and those `source` lists in
-/// smtpguard-ebpf/rustflags, if it has that file), so that the bench times the same code;
-/// `cfg` adds one (`name="value"`).
+/// the program the agent embeds (smtpguard/kernel_flags.rs, with the list `source` has in
+/// smtpguard-ebpf/rustflags), so that the bench times the same code; `cfg` adds one
+/// (`name="value"`).
 fn build_kernel_object(
     source: &Path,
     target_dir: &Path,
     cfg: Option<&str>,
     object: &Path,
 ) -> Result<()> {
-    let mut flags = vec![
-        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ];
-    // A revision from before the file was built without it.
-    if let Ok(listed) = fs::read_to_string(source.join("smtpguard-ebpf/rustflags")) {
-        let listed = listed.lines().map(str::trim);
-        flags.extend(
-            listed
-                .filter(|flag| !flag.is_empty() && !flag.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
+    // A revision from before the file lists nothing more.
+    let listed = fs::read_to_string(source.join("smtpguard-ebpf/rustflags")).unwrap_or_default();
+    let mut flags = kernel_flags::kernel_rustflags(std::env::consts::ARCH, &listed);
     flags.extend(cfg.map(|cfg| format!("--cfg={cfg}")));
     cmd::run(
         Command::new("cargo")
