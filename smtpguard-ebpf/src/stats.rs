@@ -6,7 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use smtpguard_common::{
     Action, CachedClass, HostStats, InterfaceSlot, Limit, Reason, Verdict,
-    host::ipv4_mapped,
+    host::{address_words, ipv4_mapped},
     interface::interface_counter,
     sketch,
     sketch::{EXACT_DESTINATIONS, SKETCH_REGISTERS},
@@ -337,13 +337,7 @@ unsafe fn remember_exact(stats: *mut HostStats, key: u32) {
 /// Two addresses compared as two words each: a byte-array `==` becomes a call to `bcmp`.
 #[inline(always)]
 fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    // SAFETY: `[u8; 16]` and `[u64; 2]` have the same size; unaligned reads of plain bytes.
-    let (a, b) = unsafe {
-        (
-            core::ptr::read_unaligned(a as *const [u8; 16] as *const [u64; 2]),
-            core::ptr::read_unaligned(b as *const [u8; 16] as *const [u64; 2]),
-        )
-    };
+    let (a, b) = (address_words(*a), address_words(*b));
     a[0] == b[0] && a[1] == b[1]
 }
 
