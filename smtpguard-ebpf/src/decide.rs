@@ -69,6 +69,11 @@ pub fn decide(packet: &Packet) -> Decision {
         Transport::EvasiveFragment => Judged::Fragment,
     };
 
+    if stage::COUNT_ONLY && matches!(judged, Judged::Segment) {
+        hosts::count_attempt(&config.host_table, &host_key(config, &packet.addresses));
+        return Decision::untracked(Reason::Dropped);
+    }
+
     // Traffic to a relay is not an attempt and keeps no statistics, so it is settled first,
     // and a subscriber's mail told from a stranger's. An unwritten filter reads as zeros.
     if let Some(filter) = RELAY_FILTER.get(0)
@@ -88,10 +93,7 @@ pub fn decide(packet: &Packet) -> Decision {
     // A known host's class is cached in its statistics entry, which the segment updates
     // anyway: while the policy is unchanged, the source trie is not walked again.
     let generation = POLICY_GENERATION.get(0).copied().unwrap_or(0);
-    let key = match packet.addresses {
-        Addresses::V4 { src, .. } => config.host_mask.key_v4(src),
-        Addresses::V6 { src, .. } => config.host_mask.key_v6(src),
-    };
+    let key = host_key(config, &packet.addresses);
     let found = hosts::find(&config.host_table, &key);
     let Some((class, action, limit)) = found
         .cached(generation)
@@ -112,6 +114,16 @@ pub fn decide(packet: &Packet) -> Decision {
             held: found.held,
             limit,
         }),
+    }
+}
+
+/// The statistics key of the segment's source: its address, an IPv6 one masked to the
+/// configured prefix.
+#[inline(always)]
+fn host_key(config: &EnforcementConfig, addresses: &Addresses) -> HostKey {
+    match addresses {
+        Addresses::V4 { src, .. } => config.host_mask.key_v4(*src),
+        Addresses::V6 { src, .. } => config.host_mask.key_v6(*src),
     }
 }
 

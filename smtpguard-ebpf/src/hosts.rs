@@ -85,6 +85,20 @@ pub fn find(params: &HostTableParams, key: &HostKey) -> Found {
     found
 }
 
+/// The bench's floor of per-host accounting (`stage::COUNT_ONLY`): one attempt added to the
+/// host's home slot, if the host holds it, as the statistics update adds it.
+#[inline(always)]
+pub fn count_attempt(params: &HostTableParams, key: &HostKey) {
+    let [home, _] = params.pair(params.fold(key));
+    if let Some((slot, _)) = held_slot(home, key) {
+        // SAFETY: a pointer into the array's value, valid for this program run; the counter
+        // is 8-byte aligned (layout test).
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*slot).stats.attempts, 1)
+        };
+    }
+}
+
 /// The slot `index` with the claim word read, if it holds `key` and is published. The reads
 /// are volatile so they happen in this order: a caller that reads the claim word again after
 /// its own reads and finds the same value read one holder's values (every claim changes it).

@@ -14,6 +14,11 @@ pub const ENDS_AT_PARSE: bool = cfg!(smtpguard_stage = "parse");
 pub const ENDS_AT_POLICY: bool = cfg!(smtpguard_stage = "policy");
 /// A host found in the host table gets its class's verdict, with no statistics recorded.
 pub const ENDS_AT_LOOKUP: bool = cfg!(smtpguard_stage = "lookup");
+/// Not a stage of the path but its floor: a judged segment, once its port is found enforced,
+/// only finds its host's home slot and adds one to its attempts (no relay check, class,
+/// other counters or destinations). What a drop that keeps any per-host statistics costs at
+/// the least, against the whole program and xdp-filter in the same rounds.
+pub const COUNT_ONLY: bool = cfg!(smtpguard_stage = "counted");
 
 /// `Dropped`, from a word that depends on the addresses, which only the later stages read:
 /// a stage that ended without reading them would let the compiler drop the parser's work

@@ -24,9 +24,13 @@ use crate::{bootstrap, cmd};
 /// ethtool (GRO on the gateway's veth, so frames redirected into it reach nftables).
 const BENCH_PACKAGES: &[&str] = &["netsniff-ng", "ethtool"];
 
-/// The builds of the kernel program for the drop path's stage profile, in path order
-/// (smtpguard-ebpf/src/stage.rs).
-const STAGES: [&str; 3] = ["parse", "policy", "lookup"];
+/// The builds of the kernel program for the drop path's stage profile, in path order, and
+/// the floor of per-host accounting, `counted` (smtpguard-ebpf/src/stage.rs).
+const STAGES: [&str; 4] = ["parse", "policy", "lookup", COUNTED];
+
+/// The stage build that only counts one attempt in the host's slot: not a stage of the path
+/// but what any drop that keeps per-host statistics costs at the least.
+pub const COUNTED: &str = "counted";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {

@@ -120,6 +120,16 @@ pub struct Stages {
     pub stages: Vec<Stage>,
 }
 
+impl Stages {
+    /// The ns/packet of the build `key`.
+    pub fn ns(&self, key: &str) -> Option<f64> {
+        self.stages
+            .iter()
+            .find(|stage| stage.key == key)
+            .map(|stage| stage.ns)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Stage {
     pub key: String,

@@ -83,6 +83,9 @@ struct Args {
     actions_only: bool,
     /// Builds of the kernel program that stop early (`NAME=OBJECT`), for the stage profile.
     stages: Vec<(String, PathBuf)>,
+    /// Only the stage profile, written alone to `out`: a variant build of the drop path
+    /// (`--stage NAME=OBJECT`) measured in a minute.
+    stages_only: bool,
 }
 
 fn args() -> Result<Args> {
@@ -92,12 +95,14 @@ fn args() -> Result<Args> {
     let mut baseline = None;
     let mut actions_only = false;
     let mut stages = Vec::new();
+    let mut stages_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--no-flood" => flood = false,
             "--actions-only" => actions_only = true,
+            "--stages-only" => stages_only = true,
             "--stage" => {
                 let stage = args.next().context("--stage needs NAME=OBJECT")?;
                 let (name, object) = stage
@@ -113,7 +118,8 @@ fn args() -> Result<Args> {
             }
             other => bail!(
                 "unknown argument {other}; usage: bench_dataplane [--quick] [--no-flood] \
-                 [--baseline OBJECT] [--actions-only] [--stage NAME=OBJECT ...] --out FILE"
+                 [--baseline OBJECT] [--actions-only] [--stages-only] [--stage NAME=OBJECT ...] \
+                 --out FILE"
             ),
         }
     }
@@ -124,6 +130,7 @@ fn args() -> Result<Args> {
         baseline,
         actions_only,
         stages,
+        stages_only,
     })
 }
 
@@ -294,11 +301,22 @@ fn main() -> Result<()> {
         let peer = peer::XdpFilter::load()?;
         let actions =
             actions::measure(peer.program.as_fd(), repeat, runs, args.baseline.as_deref())?;
-        let json = serde_json::to_string_pretty(&actions)?;
-        return fs::write(&args.out, json)
-            .with_context(|| format!("writing {}", args.out.display()));
+        return write_json(&args.out, &actions);
     }
     let config = Config::parse(POLICY, Path::new("bench.toml")).context("the bench policy")?;
+    if args.stages_only {
+        let cases = cases();
+        let peer = peer::XdpFilter::load()?;
+        let stages = stages::measure(
+            &config,
+            &args.stages,
+            peer.program.as_fd(),
+            &cases[1].frame,
+            repeat,
+            runs,
+        )?;
+        return write_json(&args.out, &stages);
+    }
     let capacity = config.capacity.clone();
     let base = DesiredPolicy::from_config(&config);
 
@@ -495,9 +513,13 @@ fn main() -> Result<()> {
         end_to_end,
         end_to_end_error,
     };
-    let json = serde_json::to_string_pretty(&results)?;
-    fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("results in {}", args.out.display());
+    write_json(&args.out, &results)
+}
+
+fn write_json(out: &Path, results: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(results)?;
+    fs::write(out, json).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("results in {}", out.display());
     Ok(())
 }
 
